@@ -1,0 +1,237 @@
+"""Reverse samplers as one ``lax.scan`` that carries the Hal statistic (trajectory variance).
+
+Hal of a sample is the population variance (ddof 0) of x0_hat over a window of K reverse steps, per
+coordinate, then the mean over coordinates. The scan carries a running (Welford) mean and sum of
+squared deviations of x0_hat, so memory does not grow with T; no N x T trajectory is ever stored.
+
+Randomness is per sample: sample ``i`` uses ``fold_in(key, i)``, its starting noise
+``fold_in(key_i, T)`` and the noise of step t ``fold_in(key_i, t)``. A sample therefore does not depend
+on the chunk size, on the other samples of its batch, or on how the batch is laid out.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from functools import partial
+from typing import Iterator, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from mijax.diffusion import Denoiser, model_predictions, predict_eps_from_x0
+from mijax.schedules import Schedule
+
+SAMPLERS = ("ddpm", "ddim")
+VARIANCES = ("fixed_large", "fixed_small")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """Static settings of a reverse sampler (hashable: a ``jit`` static argument).
+
+    Attributes:
+      sampler: ``ddpm`` (ancestral, the paper's) or ``ddim``.
+      variance: DDPM step variance, ``fixed_large`` (beta_t, the paper's) or ``fixed_small``
+        (the posterior variance).
+      objective: what the denoiser predicts: ``eps`` (the paper's), ``x0`` or ``mean``.
+      hal_window: K, the number of reverse steps whose x0_hat variance is Hal (>= 2).
+      hal_end: the window ends this many reverse steps before the last one. For DDPM over all T steps
+        the window is t = hal_end .. hal_end + K - 1 (the paper's code: t = 9..0).
+      ddim_steps: length of DDIM's evenly spaced step subsequence (None: all T steps).
+      eta: DDIM's noise scale (0: deterministic).
+      trajectory_stride: record x0_hat every this many reverse steps (0: record nothing).
+      trajectory_last: record only within the last this many reverse steps (None: all).
+    """
+
+    sampler: str = "ddpm"
+    variance: str = "fixed_large"
+    objective: str = "eps"
+    hal_window: int = 10
+    hal_end: int = 0
+    ddim_steps: Optional[int] = None
+    eta: float = 0.0
+    trajectory_stride: int = 0
+    trajectory_last: Optional[int] = None
+
+
+@struct.dataclass
+class Samples:
+    """What a sampler returns."""
+
+    x: jnp.ndarray  # [N, *shape] final samples (x0_hat of the last step)
+    hal: jnp.ndarray  # [N] trajectory variance of x0_hat over the Hal window
+    trajectory: Optional[jnp.ndarray] = None  # [N, R, *shape] recorded x0_hat, if asked for
+    trajectory_t: Optional[np.ndarray] = struct.field(pytree_node=False, default=None)  # [R] their t
+
+
+def reverse_timesteps(config: SamplerConfig, num_timesteps: int) -> np.ndarray:
+    """The timesteps the sampler visits, in reverse order (first T-1, last 0). int32 [S]."""
+    if config.sampler == "ddpm" or config.ddim_steps is None:
+        return np.arange(num_timesteps - 1, -1, -1, dtype=np.int32)
+    steps = np.unique(np.round(np.linspace(0, num_timesteps - 1, config.ddim_steps)).astype(np.int32))
+    return steps[::-1].copy()
+
+
+def validate(config: SamplerConfig, num_timesteps: int) -> None:
+    """Raise ValueError with a one-line reason if ``config`` cannot run on a T-step schedule."""
+    if config.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {config.sampler!r}; choose from {', '.join(SAMPLERS)}")
+    if config.variance not in VARIANCES:
+        raise ValueError(f"unknown variance {config.variance!r}; choose from {', '.join(VARIANCES)}")
+    if config.sampler == "ddim" and config.ddim_steps is not None and not 1 <= config.ddim_steps <= num_timesteps:
+        raise ValueError(f"ddim steps must be in 1..{num_timesteps}, got {config.ddim_steps}")
+    num_steps = len(reverse_timesteps(config, num_timesteps))
+    if not 2 <= config.hal_window <= num_steps:
+        raise ValueError(f"Hal window must be in 2..{num_steps} (the sampler's steps), got {config.hal_window}")
+    if config.hal_end < 0 or config.hal_end + config.hal_window > num_steps:
+        raise ValueError(f"Hal window of {config.hal_window} steps ending {config.hal_end} steps before the "
+                         f"last does not fit in {num_steps} steps")
+    if config.trajectory_stride < 0:
+        raise ValueError("trajectory stride must be >= 0")
+    if config.eta < 0:
+        raise ValueError("eta must be >= 0")
+
+
+def _step_table(config: SamplerConfig, num_timesteps: int):
+    """Per-step constants of the scan: t, previous t, Hal weight 1/count (0 outside), trajectory slot."""
+    ts = reverse_timesteps(config, num_timesteps)
+    n = len(ts)
+    from_end = n - 1 - np.arange(n)  # 0 at the last step
+    in_window = (from_end >= config.hal_end) & (from_end < config.hal_end + config.hal_window)
+    count = np.cumsum(in_window)
+    inv_count = np.where(in_window, 1.0 / np.maximum(count, 1), 0.0).astype(np.float32)
+    slots = np.full(n, -1, dtype=np.int32)
+    if config.trajectory_stride > 0:
+        last = n if config.trajectory_last is None else min(config.trajectory_last, n)
+        record = (from_end < last) & (from_end % config.trajectory_stride == 0)
+        slots[record] = np.arange(int(record.sum()), dtype=np.int32)
+    t_prev = np.concatenate([ts[1:], [-1]]).astype(np.int32)
+    return ts, t_prev, in_window, inv_count, slots
+
+
+def _per_sample_normal(keys: jax.Array, step: jnp.ndarray, shape: tuple) -> jnp.ndarray:
+    """Standard normal [C, *shape]: row i from fold_in(keys[i], step)."""
+    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, step), shape, jnp.float32))(keys)
+
+
+def _sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, start: jnp.ndarray,
+                  config: SamplerConfig, shape: tuple, chunk_size: int) -> Samples:
+    """Samples ``start .. start + chunk_size - 1`` of the stream defined by ``key``."""
+    T = schedule.num_timesteps
+    ts, t_prev, in_window, inv_count, slots = _step_table(config, T)
+    num_records = int((slots >= 0).sum())
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(chunk_size, dtype=jnp.uint32))
+    x = _per_sample_normal(keys, T, shape)
+    zeros = jnp.zeros_like(x)
+    trajectory = jnp.zeros((chunk_size, num_records) + shape, jnp.float32) if num_records else None
+    if config.variance == "fixed_large":
+        sigmas = jnp.sqrt(schedule.betas)
+    else:
+        sigmas = jnp.exp(0.5 * schedule.posterior_log_variance_clipped)
+    abar = schedule.alphas_cumprod
+
+    def step(carry, xs):
+        x, mean_x0, m2_x0, trajectory = carry
+        t, tp, window, w, slot = xs
+        output = denoise_fn(params, x, t)
+        x0, mean = model_predictions(schedule, output, x, t, config.objective)
+        noise = _per_sample_normal(keys, t, shape)
+        if config.sampler == "ddpm":
+            x_next = mean + jnp.where(t > 0, sigmas[t], 0.0) * noise
+        else:
+            eps = output if config.objective == "eps" else predict_eps_from_x0(schedule, x, t, x0)
+            abar_t = abar[t]
+            abar_prev = jnp.where(tp >= 0, abar[jnp.maximum(tp, 0)], 1.0)
+            sigma = config.eta * jnp.sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))
+            sigma = jnp.where(tp >= 0, sigma, 0.0)
+            direction = jnp.sqrt(jnp.maximum(1 - abar_prev - sigma**2, 0.0))
+            x_next = jnp.sqrt(abar_prev) * x0 + direction * eps + sigma * noise
+        # The last step returns x0_hat itself (x_{-1} := x0_hat): the t = 0 ancestral step has no noise
+        # and c1 = 1, c2 = 0 there, so this equals the mean up to rounding.
+        x_next = jnp.where(tp >= 0, x_next, x0)
+        # Welford update of the running mean and squared deviations of x0_hat inside the Hal window.
+        delta = jnp.where(window, x0 - mean_x0, 0.0)
+        mean_x0 = mean_x0 + w * delta
+        m2_x0 = m2_x0 + jnp.where(window, delta * (x0 - mean_x0), 0.0)
+        if trajectory is not None:
+            trajectory = jax.lax.cond(
+                slot >= 0,
+                lambda tr: jax.lax.dynamic_update_index_in_dim(tr, x0, jnp.maximum(slot, 0), axis=1),
+                lambda tr: tr, trajectory)
+        return (x_next, mean_x0, m2_x0, trajectory), None
+
+    xs = (jnp.asarray(ts), jnp.asarray(t_prev), jnp.asarray(in_window), jnp.asarray(inv_count), jnp.asarray(slots))
+    (x, _, m2, trajectory), _ = jax.lax.scan(step, (x, zeros, zeros, trajectory), xs)
+    hal = jnp.mean((m2 / config.hal_window).reshape(chunk_size, -1), axis=1)
+    return Samples(x=x, hal=hal, trajectory=trajectory)
+
+
+@partial(jax.jit, static_argnames=("denoise_fn", "config", "shape", "chunk_size", "seed_axis"))
+def sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, start: jnp.ndarray,
+                 config: SamplerConfig, shape: tuple, chunk_size: int, seed_axis: bool = False) -> Samples:
+    """One jitted chunk of samples ``start .. start + chunk_size - 1``.
+
+    With ``seed_axis`` the params and key carry a leading seed axis [S] and every output gains one.
+    """
+    fn = partial(_sample_chunk, denoise_fn, config=config, shape=shape, chunk_size=chunk_size)
+    if seed_axis:
+        return jax.vmap(lambda p, k: fn(p, schedule, k, start))(params, key)
+    return fn(params, schedule, key, start)
+
+
+def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, n: int,
+                  shape: Sequence[int], config: SamplerConfig = SamplerConfig(),
+                  chunk_size: Optional[int] = None, seed_axis: bool = False) -> Iterator[tuple[int, Samples]]:
+    """Yield ``(start, Samples)`` chunk by chunk (device arrays of ``min(chunk, n - start)`` samples).
+
+    Every chunk has the same compiled shape (the last is padded and trimmed), so one compilation
+    serves all chunks and all later calls with the same sizes.
+    """
+    shape = tuple(int(s) for s in shape)
+    if n <= 0:
+        raise ValueError(f"the number of samples must be > 0, got {n}")
+    if chunk_size is not None and chunk_size <= 0:
+        raise ValueError(f"chunk size must be > 0, got {chunk_size}")
+    validate(config, schedule.num_timesteps)
+    chunk = n if chunk_size is None else min(chunk_size, n)
+    for start in range(0, n, chunk):
+        out = sample_chunk(denoise_fn, params, schedule, key, jnp.uint32(start), config, shape, chunk, seed_axis)
+        keep = min(chunk, n - start)
+        if keep < chunk:
+            out = jax.tree.map(lambda a: _trim(a, keep, seed_axis), out)
+        yield start, out
+
+
+def _trim(a: jnp.ndarray, keep: int, seed_axis: bool) -> jnp.ndarray:
+    return a[:, :keep] if seed_axis else a[:keep]
+
+
+def sample(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, n: int, shape: Sequence[int],
+           config: SamplerConfig = SamplerConfig(), chunk_size: Optional[int] = None,
+           seed_axis: bool = False) -> Samples:
+    """Draw n samples with their Hal score.
+
+    Args:
+      denoise_fn: ``(params, x_t [C, *shape], t []) -> output [C, *shape]``; hashable (a jit static).
+      params: the denoiser's parameters ([S, ...] leaves with ``seed_axis``).
+      schedule: the noise schedule the denoiser was trained with.
+      key: a PRNG key ([S] keys with ``seed_axis``).
+      n: number of samples.
+      shape: the shape of one sample, e.g. ``(1,)`` for 1D data.
+      config: sampler settings (DDPM with fixed-large variance and Hal over t = 9..0 by default).
+      chunk_size: samples per compiled chunk (None: all at once). Results do not depend on it.
+      seed_axis: vmap over a leading seed axis of ``params`` and ``key``.
+    Returns:
+      :class:`Samples` with x [N, *shape] and hal [N] (or [S, N, *shape] and [S, N]).
+    """
+    parts = [out for _, out in sample_chunks(denoise_fn, params, schedule, key, n, shape, config, chunk_size,
+                                             seed_axis)]
+    axis = 1 if seed_axis else 0
+    merged = jax.tree.map(lambda *a: jnp.concatenate(a, axis=axis), *parts) if len(parts) > 1 else parts[0]
+    if merged.trajectory is not None:
+        ts = reverse_timesteps(config, schedule.num_timesteps)
+        slots = _step_table(config, schedule.num_timesteps)[4]
+        merged = merged.replace(trajectory_t=ts[slots >= 0])
+    return merged
