@@ -12,6 +12,20 @@ from mijax.diffusion import (
     predict_x0_from_eps,
     q_sample,
 )
+from mijax.hallucination import (
+    auroc,
+    blur_adjusted_labels,
+    detection_summary,
+    hallucination_rate,
+    labels,
+    random_filter,
+    rate_table,
+    removal_at_retention,
+    retained_at_removal,
+    roc_curve,
+    threshold_filter,
+    variance_filter,
+)
 from mijax.mixtures import (
     GaussianMixture,
     exact_denoiser,
@@ -29,7 +43,7 @@ from mijax.mixtures import (
     score,
 )
 from mijax.mixtures import sample as sample_mixture
-from mijax.models import ToyDenoiser, timestep_embedding
+from mijax.models import ModuleDenoiser, ToyDenoiser, timestep_embedding
 from mijax.sampling import SamplerConfig, Samples, reverse_timesteps, sample, sample_chunks
 from mijax.schedules import SCHEDULES, Schedule, beta_values, make_schedule
 from mijax.training import TrainConfig, TrainState, get_batch, init_state, make_optimizer, train, train_step, train_steps
@@ -37,11 +51,15 @@ from mijax.training import TrainConfig, TrainState, get_batch, init_state, make_
 __version__ = "0.1.0"
 
 __all__ = [
-    "OBJECTIVES", "SCHEDULES", "GaussianMixture", "SamplerConfig", "Samples", "Schedule", "ToyDenoiser",
+    "OBJECTIVES", "SCHEDULES", "GaussianMixture", "ModuleDenoiser", "SamplerConfig", "Samples", "Schedule", "ToyDenoiser",
     "TrainConfig", "TrainState", "beta_values", "denoising_loss", "exact_denoiser", "exact_eps", "gaussian1d",
     "gaussian8", "gaussian25", "gaussian25_rotated", "get_batch", "in_support", "init_state", "log_prob",
     "make_mixture", "make_optimizer", "make_schedule", "mass_beyond", "model_predictions", "nearest_mode",
     "noised", "posterior_mean_variance", "predict_eps_from_x0", "predict_x0_from_eps", "q_sample",
     "reverse_timesteps", "sample", "sample_chunks", "sample_mixture", "score", "timestep_embedding", "train",
     "train_step", "train_steps",
+    # hallucination labels, detection and filters
+    "auroc", "blur_adjusted_labels", "detection_summary", "hallucination_rate", "labels", "random_filter",
+    "rate_table", "removal_at_retention", "retained_at_removal", "roc_curve", "threshold_filter",
+    "variance_filter",
 ]

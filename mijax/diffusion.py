@@ -48,9 +48,13 @@ def predict_x0_from_eps(schedule: Schedule, x_t: jnp.ndarray, t: jnp.ndarray, ep
 
 
 def predict_eps_from_x0(schedule: Schedule, x_t: jnp.ndarray, t: jnp.ndarray, x0: jnp.ndarray) -> jnp.ndarray:
-    """The eps for which ``predict_x0_from_eps`` gives ``x0``. Shapes [N, *shape]."""
-    return ((extract(schedule.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0)
-            / extract(schedule.sqrt_recipm1_alphas_cumprod, t, x_t))
+    """The eps for which ``predict_x0_from_eps`` gives ``x0``. Shapes [N, *shape].
+
+    Written as (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t), which stays finite where abar_t underflows
+    float32 (the equivalent (sqrt(1/abar_t) x_t - x0) / sqrt(1/abar_t - 1) is inf / inf there).
+    """
+    return ((x_t - extract(schedule.sqrt_alphas_cumprod, t, x_t) * x0)
+            / extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t))
 
 
 def posterior_mean_variance(schedule: Schedule, x0: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray):

@@ -24,6 +24,7 @@ from mijax.diffusion import Denoiser, model_predictions, predict_eps_from_x0
 from mijax.schedules import Schedule
 
 SAMPLERS = ("ddpm", "ddim")
+ROW_BLOCK = 64  # chunks are padded to a multiple of this many samples (see sample_chunks)
 VARIANCES = ("fixed_large", "fixed_small")
 
 
@@ -131,6 +132,8 @@ def _sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
     else:
         sigmas = jnp.exp(0.5 * schedule.posterior_log_variance_clipped)
     abar = schedule.alphas_cumprod
+    log_alphas = jnp.log1p(-schedule.betas)  # [T], for DDIM's abar_t / abar_{t'} (see below)
+    step_index = jnp.arange(T)
 
     def step(carry, xs):
         x, mean_x0, m2_x0, trajectory = carry
@@ -144,10 +147,19 @@ def _sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
             eps = output if config.objective == "eps" else predict_eps_from_x0(schedule, x, t, x0)
             abar_t = abar[t]
             abar_prev = jnp.where(tp >= 0, abar[jnp.maximum(tp, 0)], 1.0)
-            sigma = config.eta * jnp.sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))
+            # keep = abar_t / abar_prev = prod of alpha_s over tp < s <= t, summed in log space: late in
+            # long schedules (the paper's: t >~ 900) abar underflows float32 and the ratio of two zeros,
+            # like x0_hat = sqrt(1 / abar_t) x_t - ..., is not representable.
+            keep = jnp.exp(jnp.sum(jnp.where((step_index > tp) & (step_index <= t), log_alphas, 0.0)))
+            sigma = config.eta * jnp.sqrt((1 - abar_prev) / (1 - abar_t) * (1 - keep))
             sigma = jnp.where(tp >= 0, sigma, 0.0)
             direction = jnp.sqrt(jnp.maximum(1 - abar_prev - sigma**2, 0.0))
-            x_next = jnp.sqrt(abar_prev) * x0 + direction * eps + sigma * noise
+            if config.objective == "eps":
+                # sqrt(abar_prev) x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(keep), finite where x0_hat is not
+                scaled_x0 = (x - schedule.sqrt_one_minus_alphas_cumprod[t] * eps) * jax.lax.rsqrt(keep)
+            else:
+                scaled_x0 = jnp.sqrt(abar_prev) * x0
+            x_next = scaled_x0 + direction * eps + sigma * noise
         # The last step returns x0_hat itself (x_{-1} := x0_hat): the t = 0 ancestral step has no noise
         # and c1 = 1, c2 = 0 there, so this equals the mean up to rounding.
         x_next = jnp.where(tp >= 0, x_next, x0)
@@ -196,10 +208,14 @@ def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
         raise ValueError(f"chunk size must be > 0, got {chunk_size}")
     validate(config, schedule.num_timesteps)
     chunk = n if chunk_size is None else min(chunk_size, n)
+    # Compile for a multiple of ROW_BLOCK rows: CPU matmul kernels treat a ragged tail of rows with other
+    # code (other rounding), so only full blocks make every sample bit-identical whatever the chunking.
+    compiled = -(-chunk // ROW_BLOCK) * ROW_BLOCK
     for start in range(0, n, chunk):
-        out = sample_chunk(denoise_fn, params, schedule, key, jnp.uint32(start), config, shape, chunk, seed_axis)
+        out = sample_chunk(denoise_fn, params, schedule, key, jnp.uint32(start), config, shape, compiled,
+                           seed_axis)
         keep = min(chunk, n - start)
-        if keep < chunk:
+        if keep < compiled:
             out = jax.tree.map(lambda a: _trim(a, keep, seed_axis), out)
         yield start, out
 

@@ -1,0 +1,524 @@
+"""Throughput and memory of the paper's workloads: sampling with Hal, training, seeds as a vmap axis.
+
+Every figure excludes compilation: each measured function is run once to compile (and warm up), then
+timed ``repeats`` times with ``block_until_ready``; the best time is reported. The model is the paper's
+:class:`~mijax.models.ToyDenoiser` with random weights (throughput does not depend on them).
+
+The measurements are plain functions (``bench_sampling``, ``bench_sampling_memory``,
+``bench_training``, ``bench_seed_sampling``, ``bench_torch``) that :func:`run` composes; ``run`` prints a
+table and one JSON line and returns the same figures as a dict. ``--compare-torch`` also runs the eager
+PyTorch baseline (``shared/baselines/torch_ddpm.py``) in subprocesses, one after the other, and reports
+the speed-ups of mijax over it.
+
+    python -m mijax.bench                       # the paper's sizes: N = 10,000, T = 1000, d = 1
+    python -m mijax.bench --compare-torch --json-out bench.json
+    python -m mijax.bench --quick               # tiny sizes, seconds
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from mijax.models import ToyDenoiser
+from mijax.sampling import SamplerConfig, sample, sample_chunk, validate
+from mijax.schedules import make_schedule
+from mijax.training import TrainConfig, init_state, train_steps
+
+# Sizes of the paper's workloads, and tiny ones for tests (--quick). An option given explicitly wins.
+DEFAULTS = dict(n=10_000, timesteps=1000, dim=1, window=10, train_batch=10_000, train_steps=20, seeds="8",
+                seed_n=2000, repeats=3)
+QUICK = dict(n=256, timesteps=20, dim=1, window=5, train_batch=256, train_steps=2, seeds="2", seed_n=256,
+             repeats=1)
+# Memory is compared at T and at T / MEMORY_T_FACTOR.
+MEMORY_T_FACTOR = 10
+# 'does not grow with T': the compiled temporaries at T are within this factor of those at T / 10.
+MEMORY_GROWTH_TOLERANCE = 1.1
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing helpers
+# --------------------------------------------------------------------------------------------------
+
+class CpuMeter:
+    """Wall time, this process's CPU time (and its children's) and the whole machine's busy CPU time.
+
+    ``other_cores`` is how many cores other processes kept busy meanwhile: near 0 on a quiet machine.
+    Timings taken while it is well above 0 are noisy (the machine is shared).
+    """
+
+    def __init__(self, children: bool = False):
+        self.children = children
+        self.start = self._snapshot()
+
+    def _snapshot(self) -> tuple[float, float, Optional[float]]:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN if self.children else resource.RUSAGE_SELF)
+        return time.perf_counter(), usage.ru_utime + usage.ru_stime, _machine_busy_seconds()
+
+    def read(self) -> dict:
+        wall0, own0, busy0 = self.start
+        wall1, own1, busy1 = self._snapshot()
+        wall, own = wall1 - wall0, own1 - own0
+        out = {"wall_seconds": wall, "cpu_seconds": own, "cpu_per_wall": own / wall if wall > 0 else None}
+        if busy0 is not None and busy1 is not None and wall > 0:
+            out["other_cores"] = max(0.0, (busy1 - busy0 - own) / wall)
+        return out
+
+
+def _machine_busy_seconds() -> Optional[float]:
+    """CPU seconds all processes have spent busy since boot (Linux /proc/stat); None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def time_best(fn: Callable[[], Any], repeats: int) -> dict:
+    """Run ``fn`` once to compile and warm up, then ``repeats`` times; block on every result.
+
+    Returns:
+      ``{"seconds": best, "times": [all timed runs], "first_seconds": compile + first run,
+      "cpu_per_wall": cores this process used in the best run, "other_cores": cores other processes used}``.
+    """
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - start
+    runs = []
+    for _ in range(max(1, repeats)):
+        meter = CpuMeter()
+        jax.block_until_ready(fn())
+        runs.append(meter.read())
+    best = min(runs, key=lambda r: r["wall_seconds"])
+    out = {"seconds": best["wall_seconds"], "times": [round(r["wall_seconds"], 6) for r in runs],
+           "first_seconds": round(first, 6), "cpu_per_wall": best["cpu_per_wall"]}
+    if "other_cores" in best:
+        out["other_cores"] = best["other_cores"]
+    return out
+
+
+def _denoiser(dim: int) -> tuple[ToyDenoiser, Callable[[jax.Array], Any]]:
+    """The paper's toy denoiser for d = ``dim`` and its ``init_fn(key) -> params``."""
+    model = ToyDenoiser(features=dim)
+    x, t = jnp.zeros((1, dim), jnp.float32), jnp.zeros((1,), jnp.int32)
+    return model, lambda key: model.init(key, x, t)
+
+
+def _seed_params(init_fn: Callable, num_seeds: int, key: jax.Array):
+    """Params with a leading seed axis [S, ...] and the S sampling keys."""
+    keys = jax.random.split(key, num_seeds)
+    return jax.vmap(init_fn)(keys), jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+
+
+# --------------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------------
+
+def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int = 3, seed: int = 0) -> dict:
+    """Throughput of :func:`mijax.sampling.sample` (DDPM carrying Hal over the last ``window`` steps).
+
+    Returns:
+      seconds (best), point_steps_per_s = n T / seconds, first_seconds (compile + first run), times.
+    """
+    model, init_fn = _denoiser(dim)
+    key = jax.random.PRNGKey(seed)
+    params = init_fn(key)
+    schedule = make_schedule(num_timesteps=timesteps)
+    config = SamplerConfig(hal_window=window)
+    validate(config, timesteps)
+    sample_key = jax.random.fold_in(key, 1)
+    timing = time_best(lambda: sample(model.apply, params, schedule, sample_key, n, (dim,), config), repeats)
+    result = {"n": n, "timesteps": timesteps, "dim": dim, "window": window, **timing,
+              "point_steps_per_s": n * timesteps / timing["seconds"]}
+    peak = device_peak_bytes()
+    if peak is not None:
+        result["device_peak_bytes_in_use"] = peak
+    return result
+
+
+def compiled_memory(n: int, timesteps: int, dim: int, window: int, seed: int = 0) -> Optional[dict]:
+    """XLA's memory analysis of the compiled sampling chunk (N samples, T steps); None if unavailable."""
+    model, init_fn = _denoiser(dim)
+    key = jax.random.PRNGKey(seed)
+    params = init_fn(key)
+    schedule = make_schedule(num_timesteps=timesteps)
+    config = SamplerConfig(hal_window=window)
+    compiled = sample_chunk.lower(model.apply, params, schedule, key, jnp.uint32(0), config, (dim,), n).compile()
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    fields = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+              "generated_code_size_in_bytes")
+    return {"timesteps": timesteps, **{f: int(getattr(analysis, f)) for f in fields if hasattr(analysis, f)}}
+
+
+def bench_sampling_memory(n: int, timesteps: int, dim: int, window: int) -> dict:
+    """Compiled memory of the sampler at T and at T / 10: the temporaries must not grow with T.
+
+    The arguments do grow with T, but only by the schedule's [T] coefficient tables (O(T), not O(N T)).
+    Returns:
+      ``{"long": analysis at T, "short": analysis at T / 10, "temp_ratio": long / short,
+      "grows_with_t": bool}``, or ``{"skipped": reason}`` if the backend has no memory analysis.
+    """
+    short_t = max(window, timesteps // MEMORY_T_FACTOR)
+    long, short = compiled_memory(n, timesteps, dim, window), compiled_memory(n, short_t, dim, window)
+    if long is None or short is None:
+        return {"skipped": f"{jax.default_backend()} backend gives no compiled memory analysis"}
+    ratio = long["temp_size_in_bytes"] / max(short["temp_size_in_bytes"], 1)
+    return {"n": n, "dim": dim, "long": long, "short": short, "temp_ratio": ratio,
+            "grows_with_t": bool(ratio > MEMORY_GROWTH_TOLERANCE),
+            # What keeping every step's x0_hat (as the published code does) would take at T: N T d float32.
+            "trajectory_bytes_at_t": 4 * n * timesteps * dim}
+
+
+def device_peak_bytes() -> Optional[int]:
+    """``peak_bytes_in_use`` of the first device where the backend tracks it (GPU, TPU); else None."""
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 - backends without allocator statistics raise or return None
+        return None
+    return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def bench_training(batch: int, steps: int, dim: int, num_seeds: Optional[int] = None, timesteps: int = 1000,
+                   repeats: int = 3, seed: int = 0) -> dict:
+    """Milliseconds per Adam step of :func:`mijax.training.train_steps` (``steps`` steps in one dispatch).
+
+    ``num_seeds`` None trains one model; an integer S trains S models together along a seed axis
+    (``seed_axis=True``, even for S = 1), and ms_per_step is then the time of one step of all S models.
+    """
+    model, init_fn = _denoiser(dim)
+    schedule = make_schedule(num_timesteps=timesteps)
+    config = TrainConfig(steps=steps, batch_size=batch, steps_per_call=steps)
+    key = jax.random.PRNGKey(seed)
+    seed_axis = num_seeds is not None
+    if seed_axis:
+        keys = jax.random.split(key, num_seeds)
+        state = jax.vmap(lambda k: init_state(init_fn, config, k))(keys)
+        data = jax.random.normal(jax.random.fold_in(key, 1), (num_seeds, batch, dim), jnp.float32)
+    else:
+        keys = key
+        state = init_state(init_fn, config, key)
+        data = jax.random.normal(jax.random.fold_in(key, 1), (batch, dim), jnp.float32)
+    holder = {"state": state}
+
+    def call():
+        # train_steps donates its state: always continue from the state it returned.
+        holder["state"], holder["losses"] = train_steps(model.apply, schedule, config, holder["state"], keys, data,
+                                                        steps, seed_axis)
+        return holder["losses"]
+
+    timing = time_best(call, repeats)
+    finite = bool(jnp.all(jnp.isfinite(holder["losses"])))
+    num_models = num_seeds if seed_axis else 1
+    return {"batch": batch, "steps": steps, "dim": dim, "num_seeds": num_models, "seed_axis": seed_axis,
+            **timing, "ms_per_step": 1e3 * timing["seconds"] / steps,
+            "examples_per_s": batch * num_models * steps / timing["seconds"], "losses_finite": finite}
+
+
+def bench_seed_sampling(n: int, timesteps: int, dim: int, window: int, num_seeds: int, repeats: int = 3,
+                        seed: int = 0, one_seed_seconds: Optional[float] = None) -> dict:
+    """S models sampled together (``seed_axis=True``) against S times one model sampled alone.
+
+    ``one_seed_seconds``, if given, is the one-model time at the same sizes (to avoid measuring it twice).
+    Returns:
+      seconds (S models vmapped), one_seed_seconds, ratio = seconds / (S one_seed_seconds) (1 is ideal).
+    """
+    model, init_fn = _denoiser(dim)
+    key = jax.random.PRNGKey(seed)
+    schedule = make_schedule(num_timesteps=timesteps)
+    config = SamplerConfig(hal_window=window)
+    if one_seed_seconds is None:
+        one_seed_seconds = bench_sampling(n, timesteps, dim, window, repeats, seed)["seconds"]
+    params, keys = _seed_params(init_fn, num_seeds, key)
+    timing = time_best(lambda: sample(model.apply, params, schedule, keys, n, (dim,), config, seed_axis=True),
+                       repeats)
+    return {"n": n, "timesteps": timesteps, "dim": dim, "num_seeds": num_seeds, **timing,
+            "one_seed_seconds": one_seed_seconds,
+            "ratio": timing["seconds"] / (num_seeds * one_seed_seconds),
+            "point_steps_per_s": num_seeds * n * timesteps / timing["seconds"]}
+
+
+def torch_available(python: str = sys.executable) -> tuple[bool, str]:
+    """Whether ``import torch`` works in this interpreter (checked in a subprocess), and why not."""
+    proc = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        return False, f"import torch failed: {lines[-1] if lines else 'exit ' + str(proc.returncode)}"
+    return True, proc.stdout.strip()
+
+
+def parse_json_line(text: str) -> dict:
+    """The last line of ``text`` that parses as a JSON object."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    raise ValueError("no JSON line in the output")
+
+
+def bench_torch(script: str | os.PathLike, mode: str, options: dict, repeats: int = 1,
+                python: str = sys.executable, timeout: Optional[float] = None) -> dict:
+    """Run the torch baseline ``repeats`` times, one run after the other, and keep the fastest.
+
+    Args:
+      script: path of torch_ddpm.py. mode: ``trajectory``, ``sample`` or ``train``.
+      options: its command-line options, e.g. ``{"n": 10000, "timesteps": 1000}``.
+    Returns:
+      the fastest run's JSON, plus ``command`` and ``times`` (the seconds of every run).
+    """
+    command = [python, str(script), mode] + [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    runs = []
+    for _ in range(max(1, repeats)):
+        meter = CpuMeter(children=True)
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed: {proc.stderr.strip()[-500:]}")
+        # The CPU figures cover the whole subprocess (import and warm-up included), not only its timed part.
+        runs.append({**parse_json_line(proc.stdout), **{f"process_{k}": v for k, v in meter.read().items()}})
+    best = min(runs, key=lambda r: r["seconds"])
+    return {**best, "times": [r["seconds"] for r in runs], "command": " ".join(command[1:])}
+
+
+def machine_info() -> dict:
+    """Versions, backend, device and CPU of this machine, and its load average (noise in timings)."""
+    device = jax.devices()[0]
+    info = {"jax": jax.__version__, "backend": jax.default_backend(), "device_kind": device.device_kind,
+            "device_count": jax.device_count(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "cpu_model": _cpu_model()}
+    if hasattr(os, "getloadavg"):
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+def default_torch_baseline() -> Path:
+    """``../shared/baselines/torch_ddpm.py`` relative to the repository root."""
+    return Path(__file__).resolve().parents[1].parent / "shared" / "baselines" / "torch_ddpm.py"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the benchmark's options to ``parser`` (sizes default to None: resolved by :func:`resolve`)."""
+    d = DEFAULTS
+    parser.add_argument("--n", type=int, help=f"samples drawn (default {d['n']})")
+    parser.add_argument("--timesteps", type=int, help=f"diffusion steps T (default {d['timesteps']})")
+    parser.add_argument("--dim", type=int, help=f"data dimension d (default {d['dim']})")
+    parser.add_argument("--window", type=int, help=f"Hal window K (default {d['window']})")
+    parser.add_argument("--train-batch", type=int, help=f"training batch (default {d['train_batch']})")
+    parser.add_argument("--train-steps", type=int,
+                        help=f"optimiser steps timed, in one dispatch (default {d['train_steps']})")
+    parser.add_argument("--seeds", help=f"comma-separated seed counts S for the vmapped-seeds measurements "
+                                        f"(default {d['seeds']}; 0 or '' skips them)")
+    parser.add_argument("--seed-n", type=int,
+                        help=f"samples per seed in the vmapped-seeds sampling measurement (default {d['seed_n']})")
+    parser.add_argument("--repeats", type=int, help=f"timed runs after the warm-up; best reported (default "
+                                                    f"{d['repeats']})")
+    parser.add_argument("--compare-torch", action="store_true",
+                        help="also run the eager PyTorch baseline (if torch imports) and report the speed-ups")
+    parser.add_argument("--torch-baseline", type=Path, default=None,
+                        help="path of torch_ddpm.py (default: ../shared/baselines/torch_ddpm.py from the repo root)")
+    parser.add_argument("--torch-repeats", type=int, default=1,
+                        help="runs of each torch measurement, fastest kept (default 1)")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated measurements to skip: sampling, memory, training, seeds")
+    parser.add_argument("--json-out", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a few seconds), for tests")
+    return parser
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the sizes left unset from ``DEFAULTS`` (or ``QUICK`` with ``--quick``)."""
+    base = QUICK if getattr(args, "quick", False) else DEFAULTS
+    values = vars(args).copy()
+    for name, value in base.items():
+        if values.get(name) is None:
+            values[name] = value
+    seeds = values["seeds"]
+    if isinstance(seeds, str):
+        seeds = [int(s) for s in seeds.replace(" ", "").split(",") if s]
+    values["seeds"] = [s for s in seeds if s > 0]
+    values.setdefault("compare_torch", False)
+    values.setdefault("torch_baseline", None)
+    values.setdefault("torch_repeats", 1)
+    values.setdefault("json_out", None)
+    skip = values.get("skip") or ""
+    values["skip"] = set(skip.split(",")) - {""} if isinstance(skip, str) else set(skip)
+    for name in ("n", "timesteps", "dim", "train_batch", "train_steps", "seed_n", "repeats"):
+        if values[name] <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {values[name]}")
+    return argparse.Namespace(**values)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the measurements that ``args`` asks for; print a table and one JSON line; return the results."""
+    a = resolve(args)
+    results: dict[str, Any] = {"machine": machine_info(),
+                               "config": {k: (sorted(v) if isinstance(v, set) else
+                                              str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}}
+    torch_skip = None
+    if a.compare_torch:
+        script = Path(a.torch_baseline) if a.torch_baseline else default_torch_baseline()
+        ok, detail = (False, f"torch baseline not found at {script}") if not script.is_file() else torch_available()
+        torch_skip = None if ok else detail
+        results["torch"] = {"skipped": torch_skip} if torch_skip else {"version": detail, "script": str(script)}
+
+    if "sampling" not in a.skip:
+        results["sampling"] = bench_sampling(a.n, a.timesteps, a.dim, a.window, a.repeats)
+    if "memory" not in a.skip:
+        results["memory"] = bench_sampling_memory(a.n, a.timesteps, a.dim, a.window)
+    if "training" not in a.skip:
+        one = bench_training(a.train_batch, a.train_steps, a.dim, None, a.timesteps, a.repeats)
+        results["training"] = {"one_seed": one, "seeds": []}
+        if "seeds" not in a.skip:
+            for s in a.seeds:
+                many = bench_training(a.train_batch, a.train_steps, a.dim, s, a.timesteps, a.repeats)
+                many["ratio"] = many["seconds"] / (s * one["seconds"])
+                results["training"]["seeds"].append(many)
+    if "seeds" not in a.skip and a.seeds:
+        one_seed_seconds = None
+        if a.seed_n == a.n and "sampling" in results:
+            one_seed_seconds = results["sampling"]["seconds"]
+        else:
+            one_seed_seconds = bench_sampling(a.seed_n, a.timesteps, a.dim, a.window, a.repeats)["seconds"]
+        results["seed_sampling"] = [bench_seed_sampling(a.seed_n, a.timesteps, a.dim, a.window, s, a.repeats,
+                                                        one_seed_seconds=one_seed_seconds) for s in a.seeds]
+
+    if a.compare_torch and not torch_skip:
+        torch_results = results["torch"]
+        script = torch_results["script"]
+        if "sampling" in results:
+            traj = bench_torch(script, "trajectory", dict(n=a.n, timesteps=a.timesteps, dim=a.dim, window=a.window),
+                               a.torch_repeats)
+            torch_results["trajectory"] = traj
+            torch_results["sampling_speedup"] = traj["seconds"] / results["sampling"]["seconds"]
+        if "training" in results:
+            train = bench_torch(script, "train", dict(batch=a.train_batch, steps=a.train_steps, dim=a.dim),
+                                a.torch_repeats)
+            torch_results["train"] = train
+            torch_results["training_speedup"] = train["ms_per_step"] / results["training"]["one_seed"]["ms_per_step"]
+
+    results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()] \
+        if hasattr(os, "getloadavg") else None
+    print(format_table(results))
+    print(json.dumps(_jsonable(results), sort_keys=True))
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(_jsonable(results), indent=2, sort_keys=True) + "\n")
+    return _jsonable(results)
+
+
+def _jsonable(obj):
+    """Plain JSON types; non-finite floats become None (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (bool, int, str)) or obj is None:
+        return obj
+    if hasattr(obj, "item"):
+        return _jsonable(obj.item())
+    return str(obj)
+
+
+def _busy(r: dict) -> str:
+    """A warning when other processes used the CPU during a measurement."""
+    other = r.get("other_cores", r.get("process_other_cores"))
+    return f" [NOISY: other processes used {other:.1f} cores]" if other is not None and other > 0.3 else ""
+
+
+def format_table(results: dict) -> str:
+    """A human-readable table of ``run``'s results."""
+    rows: list[tuple[str, str]] = []
+    m = results["machine"]
+    rows.append(("machine", f"{m['cpu_model']}, {m['cpu_count']} CPUs, {m['backend']} ({m['device_kind']}), "
+                            f"jax {m['jax']}"))
+    if "sampling" in results:
+        s = results["sampling"]
+        rows.append((f"sampling+Hal N={s['n']} T={s['timesteps']} d={s['dim']} K={s['window']}",
+                     f"{s['point_steps_per_s'] / 1e6:.3f} M point-steps/s ({s['seconds']:.3f} s; "
+                     f"first call {s['first_seconds']:.1f} s){_busy(s)}"))
+        if "device_peak_bytes_in_use" in s:
+            rows.append(("device peak bytes in use", f"{s['device_peak_bytes_in_use'] / 2**20:.1f} MiB"))
+    if "memory" in results:
+        mem = results["memory"]
+        if "skipped" in mem:
+            rows.append(("compiled memory", f"skipped: {mem['skipped']}"))
+        else:
+            for part in ("short", "long"):
+                r = mem[part]
+                rows.append((f"compiled sampler T={r['timesteps']}",
+                             f"temp {r['temp_size_in_bytes'] / 2**20:.2f} MiB, args "
+                             f"{r['argument_size_in_bytes'] / 2**20:.2f} MiB, out "
+                             f"{r['output_size_in_bytes'] / 2**20:.3f} MiB"))
+            rows.append(("temp memory T / (T/10)", f"{mem['temp_ratio']:.3f} "
+                                                   f"({'GROWS' if mem['grows_with_t'] else 'constant'} in T; a "
+                                                   f"stored N x T x d trajectory would be "
+                                                   f"{mem['trajectory_bytes_at_t'] / 2**20:.1f} MiB)"))
+    if "training" in results:
+        one = results["training"]["one_seed"]
+        rows.append((f"training batch={one['batch']} d={one['dim']}",
+                     f"{one['ms_per_step']:.2f} ms/step ({one['steps']} steps per dispatch){_busy(one)}"))
+        for r in results["training"]["seeds"]:
+            rows.append((f"training {r['num_seeds']} seeds vmapped",
+                         f"{r['ms_per_step']:.2f} ms/step; ratio to {r['num_seeds']} x one seed {r['ratio']:.3f}"
+                         f"{_busy(r)}"))
+    for r in results.get("seed_sampling", []):
+        rows.append((f"sampling {r['num_seeds']} seeds vmapped N={r['n']}",
+                     f"{r['seconds']:.3f} s vs {r['num_seeds']} x {r['one_seed_seconds']:.3f} s; "
+                     f"ratio {r['ratio']:.3f}{_busy(r)}"))
+    if "torch" in results:
+        t = results["torch"]
+        if "skipped" in t:
+            rows.append(("torch baseline", f"skipped: {t['skipped']}"))
+        else:
+            if "trajectory" in t:
+                rows.append(("torch trajectory", f"{t['trajectory']['point_steps_per_s'] / 1e6:.3f} M point-steps/s "
+                                                 f"({t['trajectory']['seconds']:.3f} s); mijax speed-up "
+                                                 f"{t['sampling_speedup']:.2f}x{_busy(t['trajectory'])}"))
+            if "train" in t:
+                rows.append(("torch train", f"{t['train']['ms_per_step']:.2f} ms/step; mijax speed-up "
+                                            f"{t['training_speedup']:.2f}x{_busy(t['train'])}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """``python -m mijax.bench [options]``."""
+    parser = add_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

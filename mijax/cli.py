@@ -1,0 +1,229 @@
+"""The ``mijax`` command: argument parsing and dispatch only; the work lives in the library.
+
+Bad input ends with one line on stderr (``mijax: error: ...``) and exit status 2, before anything is
+written. Set ``MIJAX_DEBUG=1`` to see the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage dump
+        raise UsageError(message)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if not parts:
+        raise argparse.ArgumentTypeError("expected comma-separated numbers, got nothing")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"means must be finite, got {text!r}")
+    return values
+
+
+def _positive_int(name):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {value}")
+        return value
+    return parse
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from mijax.runs import DATASETS
+    from mijax.schedules import SCHEDULES
+
+    p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--modes", type=_floats, default=None, help="gaussian1d means, e.g. 1,2,3 (default 1,2,3)")
+    p.add_argument("--std", type=float, default=None, help="std of every mode (default: the preset's, 0.05)")
+    p.add_argument("--n-train", type=_positive_int("n-train"), default=None,
+                   help="training-set size (default: 20,000 in 1D, 100,000 in 2D, as published)")
+    p.add_argument("--steps", type=_positive_int("steps"), default=None,
+                   help="optimiser steps (default: 10,000 epochs = 10,000 N / batch)")
+    p.add_argument("--batch-size", type=_positive_int("batch size"), default=10_000)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--shuffle", action="store_true", help="permute the training set every epoch "
+                   "(the published code visits fixed batches in order)")
+    p.add_argument("--timesteps", type=int, default=1000, help="diffusion steps T")
+    p.add_argument("--schedule", default="linear", help=f"beta schedule: {', '.join(SCHEDULES)}")
+    p.add_argument("--beta-start", type=float, default=1e-3)
+    p.add_argument("--beta-end", type=float, default=0.2)
+    p.add_argument("--objective", default="eps", choices=["eps", "x0", "mean"], help="what the network predicts")
+    p.add_argument("--untied", action="store_true", help="three separate residual blocks (published: one, tied)")
+    p.add_argument("--seeds", type=_positive_int("seeds"), default=1, help="models trained at once (vmapped)")
+    p.add_argument("--seed", type=int, default=0, help="first seed; model s uses seed + s")
+    p.add_argument("--checkpoint-every", type=_positive_int("checkpoint-every"), default=5_000)
+    p.add_argument("--steps-per-call", type=_positive_int("steps per call"), default=200,
+                   help="optimiser steps per jitted dispatch")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True, type=Path, help="run directory")
+
+
+def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, type=Path, help="a run directory made by mijax train")
+    p.add_argument("--n", type=_positive_int("n"), required=True, help="samples per seed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"])
+    p.add_argument("--variance", default="fixed_large", choices=["fixed_large", "fixed_small"],
+                   help="DDPM step variance (published: fixed_large, beta_t)")
+    p.add_argument("--ddim-steps", type=_positive_int("ddim steps"), default=None)
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale")
+    p.add_argument("--hal-window", type=int, default=10, help="reverse steps in the Hal window (K)")
+    p.add_argument("--hal-end", type=int, default=0, help="the window ends this many steps before the last")
+    p.add_argument("--chunk-size", type=int, default=50_000, help="samples per compiled chunk")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True, type=Path, help="output .npz (x [S, N, d], hal [S, N])")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mijax", description="Hallucinations in diffusion models through mode interpolation.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train_arguments(sub.add_parser("train", help="train the paper's toy DDPM on a Gaussian mixture"))
+    _add_sample_arguments(sub.add_parser("sample", help="sample a trained run, with Hal for every sample"))
+    demo = sub.add_parser("demo", help="train, sample 100,000 points, report the hallucinations (~5 min on 2 CPUs)")
+    demo.add_argument("--out", type=Path, default=Path("mijax-demo"))
+    demo.add_argument("--overwrite", action="store_true")
+    demo.add_argument("--no-progress", action="store_true")
+    exp = sub.add_parser("experiment", help="run one of the paper's experiments (or `all`); --list names them")
+    exp.add_argument("name", nargs="?", help="experiment name, or `all`")
+    exp.add_argument("--list", action="store_true", help="name the experiments, one line each")
+    exp.add_argument("--profile", default="quick", choices=["quick", "paper"],
+                     help="quick: minutes on 2 CPU cores; paper: the paper's sizes (for a GPU)")
+    exp.add_argument("--seeds", type=_positive_int("seeds"), default=None, help="seeds (default: the profile's)")
+    exp.add_argument("--out", type=Path, default=None, help="output directory (all: one folder per experiment)")
+    exp.add_argument("--overwrite", action="store_true", help="replace a finished experiment")
+    exp.add_argument("--no-progress", action="store_true")
+    from mijax import bench
+    bench.add_arguments(sub.add_parser("bench", help="throughput and memory of sampling and training"))
+    return parser
+
+
+def _train(a) -> None:
+    from mijax.runs import DataConfig, DiffusionConfig, ModelConfig, RunConfig, train_run
+    from mijax.training import TrainConfig
+
+    is_1d = a.dataset == "gaussian1d"
+    n_train = a.n_train if a.n_train is not None else (20_000 if is_1d else 100_000)
+    steps = a.steps if a.steps is not None else max(1, 10_000 * (n_train // a.batch_size))
+    modes = a.modes if a.modes is not None else ((1.0, 2.0, 3.0) if is_1d else None)
+    if a.modes is not None and not is_1d:
+        raise UsageError("--modes applies to gaussian1d only")
+    config = RunConfig(
+        data=DataConfig(dataset=a.dataset, modes=modes, std=a.std, n_train=n_train),
+        model=ModelConfig(tied=not a.untied),
+        diffusion=DiffusionConfig(a.schedule, a.timesteps, a.beta_start, a.beta_end, a.objective),
+        train=TrainConfig(steps=steps, batch_size=a.batch_size, learning_rate=a.lr, objective=a.objective,
+                          shuffle=a.shuffle, steps_per_call=a.steps_per_call),
+        seed=a.seed, seeds=a.seeds, checkpoint_every=a.checkpoint_every)
+    train_run(a.out, config, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress)
+    print(f"trained {config.seeds} model(s) for {steps} steps -> {a.out}")
+
+
+def _sample(a) -> None:
+    from mijax.runs import RunError, load_config, prepare_output
+    from mijax.sampling import SamplerConfig, validate
+
+    if a.chunk_size <= 0:
+        raise UsageError(f"chunk size must be > 0, got {a.chunk_size}")
+    prepare_output(a.out, overwrite=a.overwrite)
+    config = load_config(a.run)
+    sampler = SamplerConfig(sampler=a.sampler, variance=a.variance, objective=config.diffusion.objective,
+                            hal_window=a.hal_window, hal_end=a.hal_end, ddim_steps=a.ddim_steps, eta=a.eta)
+    try:
+        validate(sampler, config.diffusion.timesteps)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    from mijax.runs import sample_run
+
+    result = sample_run(a.run, a.n, seed=a.seed, sampler=sampler, chunk_size=a.chunk_size,
+                        progress=not a.no_progress)
+    from mijax.runs import save_npz
+
+    save_npz(a.out, **result)
+    print(f"{result['x'].shape[0]} seed(s) x {a.n} samples -> {a.out}")
+
+
+def _demo(a) -> None:
+    from experiments.demo import run_demo
+
+    run_demo(a.out, overwrite=a.overwrite, progress=not a.no_progress)
+
+
+def _experiment(a) -> None:
+    import experiments
+
+    if a.list:
+        for name in experiments.names():
+            print(f"{name:16s} {experiments.load(name).SUMMARY}")
+        return
+    if a.name is None:
+        raise UsageError("name an experiment (or `all`), or pass --list")
+    if a.out is None:
+        raise UsageError("--out is required")
+    chosen = experiments.names() if a.name == "all" else [a.name]
+    modules = {name: experiments.load(name) for name in chosen}  # unknown names fail before any work
+    for name, module in modules.items():
+        out = a.out / name if a.name == "all" else a.out
+        if (out / "metrics.json").exists() and not a.overwrite:
+            if a.name == "all":
+                print(f"{name}: finished earlier in {out}, skipped (--overwrite reruns it)")
+                continue
+            raise UsageError(f"{out} holds a finished experiment; pass --overwrite to rerun it")
+        if out.exists() and a.overwrite and (out / "metrics.json").exists():
+            import shutil
+
+            shutil.rmtree(out)
+        print(f"== {name} ({a.profile}) -> {out}")
+        module.run(out, profile=a.profile, seeds=a.seeds, progress=not a.no_progress)
+
+
+def _bench(a) -> None:
+    from mijax import bench
+
+    bench.run(a)
+
+
+COMMANDS = {"train": _train, "sample": _sample, "demo": _demo, "experiment": _experiment, "bench": _bench}
+
+
+def main(argv=None) -> int:
+    from mijax.runs import RunError
+
+    try:
+        args = build_parser().parse_args(argv)
+        COMMANDS[args.command](args)
+    except (UsageError, RunError, ValueError) as e:
+        if os.environ.get("MIJAX_DEBUG"):
+            raise
+        print(f"mijax: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mijax: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

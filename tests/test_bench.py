@@ -1,0 +1,100 @@
+"""The benchmark runs end to end at tiny sizes and reports well-formed, positive, finite figures.
+
+No timing is asserted: this machine's speed is not the code's correctness.
+"""
+import argparse
+import json
+import math
+
+import pytest
+
+from mijax import bench
+
+
+def _parse(argv):
+    return bench.add_arguments(argparse.ArgumentParser()).parse_args(argv)
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    # A missing baseline path: the torch comparison must be reported as skipped, not crash.
+    argv = ["--quick", "--json-out", str(out), "--compare-torch", "--torch-baseline", "/nonexistent/torch_ddpm.py"]
+    return bench.run(_parse(argv)), out
+
+
+def test_quick_run_structure(quick_results, capsys):
+    results, out = quick_results
+    assert set(results) >= {"machine", "config", "sampling", "memory", "training", "seed_sampling", "torch"}
+    assert json.loads(out.read_text()) == results
+    machine = results["machine"]
+    assert machine["backend"] and machine["jax"] and machine["cpu_count"] >= 1
+    config = results["config"]
+    assert (config["n"], config["timesteps"], config["seeds"]) == (256, 20, [2])
+
+
+def test_quick_sampling_figures(quick_results):
+    s = quick_results[0]["sampling"]
+    assert (s["n"], s["timesteps"], s["dim"]) == (256, 20, 1)
+    for key in ("seconds", "first_seconds", "point_steps_per_s"):
+        assert _positive(s[key]), key
+    assert math.isclose(s["point_steps_per_s"], s["n"] * s["timesteps"] / s["seconds"], rel_tol=1e-9)
+    assert len(s["times"]) == 1 and all(_positive(t) for t in s["times"])
+
+
+def test_quick_memory_figures(quick_results):
+    mem = quick_results[0]["memory"]
+    if "skipped" in mem:
+        pytest.skip(mem["skipped"])
+    assert mem["long"]["timesteps"] == 20 and mem["short"]["timesteps"] == 5  # max(window, T // 10)
+    for part in ("long", "short"):
+        assert _positive(mem[part]["temp_size_in_bytes"])
+        assert _positive(mem[part]["argument_size_in_bytes"])
+    assert _positive(mem["temp_ratio"]) and isinstance(mem["grows_with_t"], bool)
+
+
+def test_quick_training_and_seed_figures(quick_results):
+    results = quick_results[0]
+    one = results["training"]["one_seed"]
+    assert one["num_seeds"] == 1 and one["losses_finite"]
+    assert _positive(one["ms_per_step"]) and _positive(one["examples_per_s"])
+    (two,) = results["training"]["seeds"]
+    assert two["num_seeds"] == 2 and two["losses_finite"]
+    assert _positive(two["ms_per_step"]) and _positive(two["ratio"])
+    (seeds,) = results["seed_sampling"]
+    assert seeds["num_seeds"] == 2
+    for key in ("seconds", "one_seed_seconds", "ratio", "point_steps_per_s"):
+        assert _positive(seeds[key]), key
+
+
+def test_torch_missing_is_skipped_with_reason(quick_results):
+    torch = quick_results[0]["torch"]
+    assert set(torch) == {"skipped"} and torch["skipped"]
+
+
+def test_quick_prints_table_and_json(capsys):
+    results = bench.run(_parse(["--quick", "--skip", "memory,training,seeds"]))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1]) == results
+    assert any("sampling+Hal" in line for line in lines[:-1])
+    assert set(results) == {"machine", "config", "sampling"}
+
+
+def test_explicit_sizes_override_quick():
+    a = bench.resolve(_parse(["--quick", "--n", "64", "--seeds", "1,3", "--repeats", "2"]))
+    assert (a.n, a.timesteps, a.seeds, a.repeats) == (64, bench.QUICK["timesteps"], [1, 3], 2)
+    d = bench.resolve(_parse([]))
+    assert (d.n, d.timesteps, d.window, d.train_batch) == (10_000, 1000, 10, 10_000)
+    with pytest.raises(ValueError):
+        bench.resolve(_parse(["--n", "0"]))
+
+
+def test_parse_json_line():
+    text = 'warning: something\n{"mode": "train", "ms_per_step": 12.5}\n'
+    assert bench.parse_json_line(text) == {"mode": "train", "ms_per_step": 12.5}
+    with pytest.raises(ValueError):
+        bench.parse_json_line("no json here")

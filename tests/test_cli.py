@@ -1,0 +1,175 @@
+"""The ``mijax`` command: train -> sample round trip, resume, and every bad input (exit 2, one line)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from mijax import runs
+from mijax.cli import main
+
+TINY = ["--dataset", "gaussian1d", "--n-train", "400", "--steps", "20", "--batch-size", "200",
+        "--timesteps", "30", "--checkpoint-every", "10", "--steps-per-call", "5", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", *TINY, "--seeds", "2", "--out", str(run)]) == 0
+    return run
+
+
+def _error(capsys, argv):
+    """Run argv; it must fail with status 2 and exactly one line on stderr, no traceback."""
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("mijax: error: "), err
+    return err[0]
+
+
+def test_train_writes_a_run(trained):
+    assert (trained / "config.json").is_file() and (trained / "losses.json").is_file()
+    config = runs.load_config(trained)
+    assert config.seeds == 2 and config.train.steps == 20 and config.diffusion.timesteps == 30
+    assert runs.latest_step(trained) == 20
+    losses = runs.read_json(trained / "losses.json")
+    assert losses["step"][-1] == 20 and len(losses["loss"][-1]) == 2
+
+
+def test_sample_writes_seed_stacked_npz(trained, tmp_path, capsys):
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--run", str(trained), "--n", "37", "--chunk-size", "16", "--no-progress",
+                 "--out", str(out)]) == 0
+    with np.load(out) as f:
+        assert f["x"].shape == (2, 37, 1) and f["x"].dtype == np.float32
+        assert f["hal"].shape == (2, 37) and f["hal"].dtype == np.float32
+        assert np.all(np.isfinite(f["x"])) and np.all(f["hal"] >= 0)
+        x = f["x"]
+    # The chunk size does not change the samples; the two seeds' models differ.
+    out2 = tmp_path / "s2.npz"
+    assert main(["sample", "--run", str(trained), "--n", "37", "--no-progress", "--out", str(out2)]) == 0
+    with np.load(out2) as f:
+        np.testing.assert_array_equal(f["x"], x)
+    assert not np.allclose(x[0], x[1])
+
+
+def test_sample_refuses_existing_output_unless_overwrite(trained, tmp_path, capsys):
+    out = tmp_path / "s.npz"
+    out.write_bytes(b"keep me")
+    msg = _error(capsys, ["sample", "--run", str(trained), "--n", "4", "--out", str(out)])
+    assert "already exists" in msg and out.read_bytes() == b"keep me"
+    assert main(["sample", "--run", str(trained), "--n", "4", "--no-progress", "--overwrite", "--out", str(out)]) == 0
+    assert np.load(out)["x"].shape == (2, 4, 1)
+
+
+def test_resume_continues_a_killed_run_to_the_same_parameters(trained, tmp_path):
+    run = tmp_path / "killed"
+    config = runs.load_config(trained)
+    runs.train_run(run, config, progress=False, stop_at=10)  # "killed" after the step-10 checkpoint
+    assert runs.latest_step(run) == 10
+    assert main(["train", *TINY, "--seeds", "2", "--resume", "--out", str(run)]) == 0
+    _, _, a = runs.load_run(trained)
+    _, _, b = runs.load_run(run)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert runs.read_json(run / "losses.json") == runs.read_json(trained / "losses.json")
+
+
+def test_resume_refuses_a_different_configuration(trained, capsys):
+    msg = _error(capsys, ["train", *TINY, "--seeds", "3", "--resume", "--out", str(trained)])
+    assert "another configuration" in msg
+
+
+def test_seeded_runs_equal_their_vmapped_run(trained, tmp_path):
+    """Seed s of a 2-seed run is the model of a 1-seed run with --seed s."""
+    single = tmp_path / "single"
+    assert main(["train", *TINY, "--seed", "1", "--out", str(single)]) == 0
+    _, _, both = runs.load_run(trained)
+    _, _, one = runs.load_run(single)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[1], b[0], rtol=1e-4, atol=1e-5), both.params, one.params)
+
+
+BAD_TRAIN = {
+    "unknown data set": (["--dataset", "mnist"], "unknown data set"),
+    "empty means": (["--modes", ","], "modes"),
+    "nan means": (["--modes", "1,nan,3"], "finite"),
+    "infinite means": (["--modes", "1,inf"], "finite"),
+    "std zero": (["--std", "0"], "std"),
+    "std negative": (["--std", "-0.1"], "std"),
+    "timesteps zero": (["--timesteps", "0"], "timesteps"),
+    "n-train zero": (["--n-train", "0"], "n-train"),
+    "steps negative": (["--steps", "-5"], "steps"),
+    "batch zero": (["--batch-size", "0"], "batch"),
+    "seeds zero": (["--seeds", "0"], "seeds"),
+    "unknown schedule": (["--schedule", "sigmoid"], "schedule"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_TRAIN))
+def test_bad_train_input(name, tmp_path, capsys):
+    extra, expected = BAD_TRAIN[name]
+    out = tmp_path / "run"
+    msg = _error(capsys, ["train", *TINY, *extra, "--out", str(out)])
+    assert expected in msg
+    assert not out.exists()
+
+
+def test_train_refuses_existing_output(trained, tmp_path, capsys):
+    before = sorted(p.name for p in trained.iterdir())
+    msg = _error(capsys, ["train", *TINY, "--out", str(trained)])
+    assert "already exists" in msg and sorted(p.name for p in trained.iterdir()) == before
+
+
+BAD_SAMPLE = {
+    "n zero": (["--n", "0"], "n must be > 0"),
+    "n negative": (["--n", "-3"], "n must be > 0"),
+    "hal window one": (["--n", "4", "--hal-window", "1"], "Hal window"),
+    "hal window above T": (["--n", "4", "--hal-window", "31"], "Hal window"),
+    "chunk size zero": (["--n", "4", "--chunk-size", "0"], "chunk size"),
+    "chunk size negative": (["--n", "4", "--chunk-size", "-2"], "chunk size"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_SAMPLE))
+def test_bad_sample_input(name, trained, tmp_path, capsys):
+    extra, expected = BAD_SAMPLE[name]
+    out = tmp_path / "s.npz"
+    msg = _error(capsys, ["sample", "--run", str(trained), *extra, "--out", str(out)])
+    assert expected in msg
+    assert not out.exists()
+
+
+def test_sample_from_a_missing_run(tmp_path, capsys):
+    out = tmp_path / "s.npz"
+    msg = _error(capsys, ["sample", "--run", str(tmp_path / "nowhere"), "--n", "4", "--out", str(out)])
+    assert "does not exist" in msg and not out.exists()
+
+
+def test_sample_from_a_corrupt_checkpoint(trained, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "corrupt"
+    shutil.copytree(trained, run)
+    damaged = 0
+    for path in (run / "checkpoints").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0 and "metadata" not in path.name:
+            path.write_bytes(b"\x00garbage" * 4)
+            damaged += 1
+    assert damaged
+    out = tmp_path / "s.npz"
+    msg = _error(capsys, ["sample", "--run", str(run), "--n", "4", "--out", str(out)])
+    assert "corrupt checkpoint" in msg and not out.exists()
+
+
+def test_console_script_reports_one_line(tmp_path):
+    """The installed entry point: a bad data set exits 2 with one stderr line and no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "mijax.cli", "train", "--dataset", "nope", "--out",
+                           str(tmp_path / "r")], capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["mijax: error: unknown data set 'nope'; choose from "
+                                                "gaussian1d, gaussian25, gaussian25_rotated, gaussian8"]
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,205 @@
+"""Training: batches, the Adam step, scanned dispatches, resumption, seeds as a vmap axis, no retrace."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mijax
+from mijax.training import STEP_STREAM, TrainConfig, TrainState, get_batch, init_state, train, train_step, train_steps
+
+MODEL = mijax.ToyDenoiser(1)
+
+
+def toy(params, x, t):
+    return MODEL.apply(params, x, t)
+
+
+def init_fn(key):
+    return MODEL.init(key, jnp.zeros((2, 1)), jnp.zeros((2,), jnp.int32))
+
+
+_init_state = jax.jit(init_state, static_argnums=(0, 1))
+_get_batch = jax.jit(get_batch, static_argnames="config")
+_train_step = jax.jit(train_step, static_argnums=(0, 2))
+_denoising_loss = jax.jit(mijax.denoising_loss, static_argnames=("denoise_fn", "objective"))
+
+# small batches for the invariance tests: compile time, not arithmetic, dominates here
+SMALL = TrainConfig(steps=30, batch_size=100, steps_per_call=10)
+
+
+@pytest.fixture(scope="module")
+def schedule():
+    return mijax.make_schedule()
+
+
+@pytest.fixture(scope="module")
+def data():
+    # the paper's 1D three modes, round-robin, N = 3000 (30 fixed batches of 100, 3 of 1000)
+    return mijax.sample_mixture(mijax.gaussian1d(), jax.random.key(0), 3000)
+
+
+@pytest.fixture(scope="module")
+def state0():
+    return _init_state(init_fn, SMALL, jax.random.key(1))
+
+
+def _copy(tree):
+    """train/train_steps donate their state: give each run its own buffers."""
+    return jax.tree.map(jnp.copy, tree)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(schedule, state0, data):
+    """30 steps in one dispatch."""
+    config = TrainConfig(steps=30, batch_size=100, steps_per_call=30)
+    return train(toy, schedule, config, _copy(state0), jax.random.key(1), data)
+
+
+def test_init_state(state0):
+    assert isinstance(state0, TrainState)
+    assert int(state0.step) == 0 and state0.step.dtype == jnp.int32
+    assert sum(a.size for a in jax.tree.leaves(state0.params)) == 66_817
+    # the parameters come from fold_in(key, 0), so they are reproducible and key-dependent
+    chex.assert_trees_all_close(state0.params, jax.jit(init_fn)(jax.random.fold_in(jax.random.key(1), 0)))
+    other = _init_state(init_fn, SMALL, jax.random.key(2))
+    assert not np.allclose(np.asarray(other.params["params"]["output"]["kernel"]),
+                           np.asarray(state0.params["params"]["output"]["kernel"]))
+    # Adam's moments start at zero
+    for leaf in jax.tree.leaves(state0.opt_state):
+        if leaf.ndim > 0:
+            np.testing.assert_array_equal(np.asarray(leaf), 0.0)
+
+
+def test_get_batch_fixed_order():
+    for n in (50, 57):  # 57: the last 7 rows are never visited, as in the published code
+        data = jnp.arange(n, dtype=jnp.float32)[:, None]
+        config = TrainConfig(batch_size=10)
+        seen = set()
+        for step in range(13):
+            batch = _get_batch(data, jnp.int32(step), jax.random.key(0), config)
+            chex.assert_shape(batch, (10, 1))
+            np.testing.assert_array_equal(np.asarray(batch)[:, 0], (step % 5) * 10 + np.arange(10))
+            seen |= set(np.asarray(batch)[:, 0].astype(int).tolist())
+        assert seen == set(range(50))
+
+
+def test_get_batch_shuffle_is_a_permutation_per_epoch():
+    data = jnp.arange(40, dtype=jnp.float32)[:, None] * 2.0
+    config = TrainConfig(batch_size=10, shuffle=True)
+    key = jax.random.key(3)
+
+    def epoch(e, key=key):
+        return np.concatenate([np.asarray(_get_batch(data, jnp.int32(4 * e + i), key, config))[:, 0] for i in range(4)])
+
+    e0, e1 = epoch(0), epoch(1)
+    np.testing.assert_array_equal(np.sort(e0), np.arange(40) * 2.0)
+    np.testing.assert_array_equal(np.sort(e1), np.arange(40) * 2.0)
+    assert not np.array_equal(e0, e1)  # a new order each epoch
+    assert not np.array_equal(e0, np.arange(40) * 2.0)  # actually shuffled
+    np.testing.assert_array_equal(e0, epoch(0))  # reproducible
+    assert not np.array_equal(e0, epoch(0, jax.random.key(4)))  # key-dependent
+
+
+def test_train_step_is_one_adam_step_on_the_denoising_loss(schedule, state0, data):
+    key = jax.random.key(1)
+    state, loss = _train_step(toy, schedule, SMALL, _copy(state0), key, data)
+    assert int(state.step) == 1
+    # the loss is that of fixed batch 0 with the step key fold_in(fold_in(key, 2), 0)
+    step_key = jax.random.fold_in(jax.random.fold_in(key, STEP_STREAM), 0)
+    want = _denoising_loss(toy, state0.params, schedule, step_key, data[:100])
+    np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
+    # Adam's first step moves every parameter by lr * g / (|g| + eps): lr = 1e-3 where |g| >> 1e-8
+    grads = jax.jit(jax.grad(lambda p: mijax.denoising_loss(toy, p, schedule, step_key, data[:100])))(state0.params)
+    delta = jax.tree.map(lambda a, b: np.asarray(a, np.float64) - np.asarray(b, np.float64),
+                         state.params, state0.params)
+    for d, g in zip(jax.tree.leaves(delta), jax.tree.leaves(grads)):
+        g = np.asarray(g, np.float64)
+        big = np.abs(g) > 1e-5
+        assert big.mean() > 0.5
+        np.testing.assert_allclose(d[big], -1e-3 * np.sign(g[big]), rtol=1e-3, atol=1e-8)
+        assert np.all(np.abs(d) <= 1e-3 * (1 + 1e-4))
+
+
+def test_loss_falls(schedule, data):
+    config = TrainConfig(steps=150, batch_size=1000)
+    state = _init_state(init_fn, config, jax.random.key(5))
+    state, losses = train_steps(toy, schedule, config, state, jax.random.key(5), data, 150)
+    chex.assert_shape(losses, (150,))
+    chex.assert_tree_all_finite((losses, state.params))
+    assert int(state.step) == 150
+    first, last = float(losses[:10].mean()), float(losses[-10:].mean())
+    assert last < 0.7 * first, (first, last)
+
+
+def test_result_does_not_depend_on_steps_per_call(schedule, state0, data, uninterrupted):
+    calls = []
+    state = train(toy, schedule, SMALL, _copy(state0), jax.random.key(1), data,
+                  callback=lambda s, losses: calls.append((int(s.step), losses.shape)))
+    assert calls == [(10, (10,)), (20, (10,)), (30, (10,))]
+    assert int(state.step) == int(uninterrupted.step) == 30
+    chex.assert_trees_all_close(state.params, uninterrupted.params, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(state.opt_state, uninterrupted.opt_state, rtol=1e-6, atol=1e-9)
+    # training did move the parameters
+    assert not np.allclose(np.asarray(state.params["params"]["output"]["kernel"]),
+                           np.asarray(state0.params["params"]["output"]["kernel"]))
+
+
+def test_resume_equals_uninterrupted(schedule, state0, data, uninterrupted):
+    key = jax.random.key(1)
+    mid = train(toy, schedule, SMALL, _copy(state0), key, data, stop_at=10)
+    assert int(mid.step) == 10
+    # e.g. restored from a checkpoint: a host round trip of every leaf
+    mid = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), mid)
+    done = train(toy, schedule, SMALL, mid, key, data)
+    assert int(done.step) == 30
+    chex.assert_trees_all_close(done.params, uninterrupted.params, rtol=1e-6, atol=1e-7)
+    # a finished state is left alone
+    again = train(toy, schedule, SMALL, _copy(done), key, data)
+    assert int(again.step) == 30
+    chex.assert_trees_all_equal(again.params, done.params)
+
+
+def test_seed_axis_equals_separate_runs(schedule, data):
+    keys = jax.random.split(jax.random.key(7), 2)
+    stacked_data = jnp.stack([data, data[::-1]])
+    states = jax.jit(jax.vmap(lambda k: init_state(init_fn, SMALL, k)))(keys)
+    chex.assert_shape(states.step, (2,))
+    # positional like train() passes them, so the compiled dispatches are shared with it
+    out, losses = train_steps(toy, schedule, SMALL, _copy(states), keys, stacked_data, 10, True)
+    chex.assert_shape(losses, (2, 10))
+    for s in range(2):
+        one = jax.tree.map(lambda a: a[s], states)
+        single, single_losses = train_steps(toy, schedule, SMALL, _copy(one), keys[s], stacked_data[s], 10, False)
+        chex.assert_trees_all_close(jax.tree.map(lambda a: a[s], out.params), single.params, rtol=1e-5, atol=1e-6)
+        chex.assert_trees_all_close(losses[s], single_losses, rtol=1e-5)
+    assert not np.allclose(np.asarray(losses[0]), np.asarray(losses[1]))
+    # train() drives the seed axis too
+    final = train(toy, schedule, SMALL, _copy(states), keys, stacked_data, seed_axis=True, stop_at=10)
+    chex.assert_trees_all_close(final.params, out.params, rtol=1e-6, atol=1e-7)
+
+
+TRACES = {"count": 0}
+
+
+def counting_denoiser(params, x, t):
+    TRACES["count"] += 1
+    return params["w"] * x + params["b"] * t.astype(jnp.float32)[:, None] / 1000.0
+
+
+@pytest.mark.parametrize("objective", mijax.OBJECTIVES)
+def test_train_steps_does_not_retrace(schedule, data, objective):
+    config = TrainConfig(batch_size=100, objective=objective)
+    params = {"w": jnp.float32(0.1), "b": jnp.float32(0.0)}
+    state = _init_state(lambda k: params, config, jax.random.key(0))
+    before = TRACES["count"]
+    state, losses = train_steps(counting_denoiser, schedule, config, state, jax.random.key(0), data, 5)
+    traced = TRACES["count"]
+    assert traced > before
+    state, losses2 = train_steps(counting_denoiser, schedule, config, state, jax.random.key(0), data, 5)
+    state, _ = train_steps(counting_denoiser, schedule, config, state, jax.random.key(9), data * 2.0, 5)
+    assert TRACES["count"] == traced
+    assert int(state.step) == 15
+    chex.assert_tree_all_finite((losses, losses2))
+    # the steps continue the batch/noise stream: the second dispatch's losses are not the first's
+    assert not np.allclose(np.asarray(losses), np.asarray(losses2))
