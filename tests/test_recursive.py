@@ -1,0 +1,186 @@
+"""Recursive training: filters keep exactly N and the right ones, threshold calibration, distances,
+generation bookkeeping, and resume after a kill = an uninterrupted run."""
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mijax
+from mijax import recursive
+from mijax.recursive import (RecursiveConfig, calibrate_threshold, filter_indices, gen_dir, histogram_kl, model_keys,
+                             run_recursive, sliced_wasserstein, threshold_keep_indices)
+from mijax.runs import DataConfig, DiffusionConfig, RunConfig, RunError
+from mijax.training import TrainConfig
+
+_filter = jax.jit(filter_indices, static_argnames=("name", "n"))
+HAL = jnp.asarray([0.5, 0.1, 0.9, 0.3, 0.2, 0.7, 0.05, 0.6], jnp.float32)  # lowest four: 6, 1, 4, 3
+
+
+def test_none_keeps_the_first_n():
+    idx, count = _filter("none", jax.random.key(0), HAL, 3)
+    np.testing.assert_array_equal(idx, [0, 1, 2])
+    assert int(count) == 3
+
+
+def test_variance_keeps_the_n_lowest_hal():
+    idx, count = _filter("variance", jax.random.key(0), HAL, 4)
+    np.testing.assert_array_equal(idx, [1, 3, 4, 6])
+    assert int(count) == 4
+
+
+def test_random_keeps_n_distinct_and_depends_on_the_key():
+    a, count = _filter("random", jax.random.key(0), HAL, 5)
+    b, _ = _filter("random", jax.random.key(1), HAL, 5)
+    assert a.shape == (5,) and len(set(np.asarray(a).tolist())) == 5 and int(count) == 5
+    assert np.all((np.asarray(a) >= 0) & (np.asarray(a) < 8))
+    c = np.stack([np.asarray(_filter("random", jax.random.key(i), HAL, 4)[0]) for i in range(200)])
+    counts = np.bincount(c.ravel(), minlength=8) / 200
+    np.testing.assert_allclose(counts, 0.5, atol=0.15)  # each index kept half the time
+    assert not np.array_equal(a, b)
+
+
+def test_threshold_cycles_accepted_samples_when_too_few():
+    idx, count = _filter("threshold", jax.random.key(0), HAL, 5, 0.25)  # accepts 1, 4, 6
+    assert int(count) == 3
+    idx = np.asarray(idx)
+    assert idx.shape == (5,)
+    assert set(idx.tolist()) == {1, 4, 6}
+    np.testing.assert_array_equal(idx[3:], idx[:2])  # cycled: row i is accepted sample i mod 3
+
+
+def test_threshold_takes_a_random_n_of_many_accepted():
+    idx, count = _filter("threshold", jax.random.key(3), HAL, 3, 0.65)  # accepts 0, 1, 3, 4, 6, 7
+    assert int(count) == 6
+    assert len(set(np.asarray(idx).tolist())) == 3
+    assert set(np.asarray(idx).tolist()) <= {0, 1, 3, 4, 6, 7}
+
+
+def test_threshold_falls_back_to_variance_when_nothing_is_accepted():
+    idx, count = threshold_keep_indices(jax.random.key(0), HAL, 0.01, 2)
+    assert int(count) == 0
+    np.testing.assert_array_equal(np.sort(np.asarray(idx)), [1, 6])
+
+
+def test_filters_reject_bad_sizes():
+    with pytest.raises(ValueError):
+        filter_indices("variance", jax.random.key(0), HAL, 9)
+    with pytest.raises(ValueError):
+        filter_indices("median", jax.random.key(0), HAL, 2)
+
+
+def test_calibrated_threshold_keeps_exactly_keep():
+    hal = np.random.default_rng(0).random((3, 50)).astype(np.float32)
+    thresholds = calibrate_threshold(hal, 20)
+    kept = (hal < thresholds[:, None].astype(np.float32)).sum(axis=1)
+    np.testing.assert_array_equal(kept, [20, 20, 20])
+    assert np.all(np.isinf(calibrate_threshold(hal, 50)))
+
+
+def test_distances_are_small_for_true_samples_and_grow_when_modes_are_lost():
+    mixture = mijax.gaussian25()
+    x = np.asarray(mijax.sample_mixture(mixture, jax.random.key(0), 20_000))
+    y = np.asarray(mijax.sample_mixture(mixture, jax.random.key(1), 20_000))
+    assert histogram_kl(mixture, x) < 0.1
+    lost = x[np.asarray(mijax.nearest_mode(mixture, jnp.asarray(x))[0]) < 20]  # 5 modes missing
+    assert histogram_kl(mixture, lost) > 0.15
+    assert sliced_wasserstein(x, x) == 0.0
+    assert sliced_wasserstein(x, y) < 0.01
+    shifted = sliced_wasserstein(x[:, :1], x[:, :1] + 0.3)
+    assert shifted == pytest.approx(0.3, rel=1e-6)
+    mass = recursive.mode_mass(mixture, lost, 5.0)
+    assert mass.shape == (25,) and np.all(mass[20:] == 0) and mass.sum() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_model_keys_bookkeeping():
+    config = RecursiveConfig(run=RunConfig(seed=3, seeds=2), filters=("none", "variance"))
+    k0, k1, k2 = (model_keys(config, g) for g in range(3))
+    assert k0.shape == (2,) and k1.shape == (4,) and k2.shape == (4,)
+    data = lambda k: np.asarray(jax.vmap(jax.random.key_data)(k)).reshape(k.shape[0], -1)  # noqa: E731
+    np.testing.assert_array_equal(data(k0), data(mijax.runs.seed_keys([3, 4])))
+    rows = np.concatenate([data(k0), data(k1), data(k2)])
+    assert len({tuple(r) for r in rows}) == 10  # every model of every generation has its own key
+
+
+def test_config_validation_and_pool_size():
+    assert RecursiveConfig(run=RunConfig(data=DataConfig(n_train=1000))).pool_size == 3500
+    assert RecursiveConfig(run=RunConfig(data=DataConfig(n_train=1000)), pool_ratio=1.25).pool_size == 1250
+    with pytest.raises(RunError):
+        recursive.validate_recursive(RecursiveConfig(filters=("best",)))
+    with pytest.raises(RunError):
+        recursive.validate_recursive(RecursiveConfig(generations=0))
+    config = RecursiveConfig(filters=("none", "threshold"), pool_ratio=1.5)
+    assert recursive.recursive_config_from_dict(json.loads(json.dumps(recursive.recursive_config_to_dict(config)))) == config
+
+
+TOY = RecursiveConfig(
+    run=RunConfig(data=DataConfig(dataset="gaussian1d", modes=(1.0, 2.0), n_train=64),
+                  diffusion=DiffusionConfig(timesteps=20),
+                  train=TrainConfig(steps=6, batch_size=32, steps_per_call=3), seeds=2, checkpoint_every=3),
+    generations=3, filters=("none", "variance", "threshold"), pool_extra=32, chunk_size=64)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rec") / "study"
+    return out, run_recursive(out, TOY)
+
+
+def test_generations_bookkeeping(uninterrupted):
+    out, result = uninterrupted
+    S, F, N, P = 2, 3, 64, 96
+    assert [g["generation"] for g in result["generations"]] == [0, 1, 2]
+    for g in range(3):
+        d = gen_dir(out, g)
+        assert (d / "metrics.json").exists() and (d / "model.msgpack").exists() and not (d / "state.msgpack").exists()
+        pool = np.load(d / "pool.npz")
+        assert pool["x"].shape == ((S if g == 0 else F * S), P, 1) and pool["hal"].shape == pool["x"].shape[:2]
+        kept = np.load(d / "kept.npz")
+        chex.assert_shape(kept["data"], (F * S, N, 1))
+        chex.assert_tree_all_finite(kept["data"])
+        for name in TOY.filters:
+            assert len(result["generations"][g]["filters"][name]) == S
+    # generation 0: the filters act on the same pools; none keeps the first N, variance the lowest Hal
+    pool, kept = np.load(gen_dir(out, 0) / "pool.npz"), np.load(gen_dir(out, 0) / "kept.npz")["data"]
+    np.testing.assert_array_equal(kept[:S], pool["x"][:, :N])
+    for s in range(S):
+        lowest = np.sort(np.argsort(pool["hal"][s], kind="stable")[:N])
+        np.testing.assert_array_equal(kept[S + s], pool["x"][s, lowest])
+        # calibrated on generation 0, the threshold keeps the same samples as variance (another order)
+        np.testing.assert_array_equal(np.sort(kept[2 * S + s, :, 0]), np.sort(kept[S + s, :, 0]))
+    g0 = result["generations"][0]["filters"]
+    assert g0["none"][0]["hallucination_rate"] == g0["variance"][0]["hallucination_rate"]  # one shared model
+    assert [row["accepted"] for row in g0["threshold"]] == [N, N]
+    summary = result["summary"]["variance"]["hallucination_rate"]
+    assert len(summary) == 3 and summary[0]["n"] == S
+    assert json.loads((out / "metrics.json").read_text())["summary"].keys() == result["summary"].keys()
+
+
+class Kill(Exception):
+    pass
+
+
+@pytest.mark.parametrize("event,generation", [("checkpoint", 1), ("sampled", 0), ("filtered", 2)])
+def test_resume_after_a_kill_equals_an_uninterrupted_run(uninterrupted, tmp_path, event, generation):
+    out, expected = uninterrupted
+
+    def hook(e, g, step):
+        if e == event and g == generation and (e != "checkpoint" or step == 3):
+            raise Kill
+
+    with pytest.raises(Kill):
+        run_recursive(tmp_path / "study", TOY, hook=hook)
+    assert not (gen_dir(tmp_path / "study", generation) / "metrics.json").exists()
+    result = run_recursive(tmp_path / "study", TOY)
+    assert result["generations"] == expected["generations"]
+    for g in range(3):
+        np.testing.assert_array_equal(np.load(gen_dir(tmp_path / "study", g) / "kept.npz")["data"],
+                                      np.load(gen_dir(out, g) / "kept.npz")["data"])
+
+
+def test_another_config_is_refused(uninterrupted):
+    out, _ = uninterrupted
+    with pytest.raises(RunError):
+        run_recursive(out, RecursiveConfig(run=TOY.run, generations=2, filters=TOY.filters, pool_extra=32))
