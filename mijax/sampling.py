@@ -19,7 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
+from mijax import distributed
 from mijax.diffusion import Denoiser, model_predictions, predict_eps_from_x0
 from mijax.schedules import Schedule
 
@@ -180,44 +183,91 @@ def _sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
     return Samples(x=x, hal=hal, trajectory=trajectory)
 
 
-@partial(jax.jit, static_argnames=("denoise_fn", "config", "shape", "chunk_size", "seed_axis"))
+@partial(jax.jit, static_argnames=("denoise_fn", "config", "shape", "chunk_size", "seed_axis", "seed_batch",
+                                   "mesh"))
 def sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, start: jnp.ndarray,
-                 config: SamplerConfig, shape: tuple, chunk_size: int, seed_axis: bool = False) -> Samples:
+                 config: SamplerConfig, shape: tuple, chunk_size: int, seed_axis: bool = False,
+                 seed_batch: Optional[int] = None, mesh: Optional[Mesh] = None) -> Samples:
     """One jitted chunk of samples ``start .. start + chunk_size - 1``.
 
-    With ``seed_axis`` the params and key carry a leading seed axis [S] and every output gains one.
+    With ``seed_axis`` the params and key carry a leading seed axis [S] and every output gains one; the
+    seeds run ``seed_batch`` at a time (None: :func:`mijax.distributed.default_seed_batch`).
+    With a ``mesh`` (axis ``"rows"``, D devices) each device draws ``chunk_size / D`` consecutive samples
+    and the outputs are split over the devices along the sample axis; ``chunk_size / D`` should be a
+    multiple of ``ROW_BLOCK`` for results that do not depend on D.
     """
-    fn = partial(_sample_chunk, denoise_fn, config=config, shape=shape, chunk_size=chunk_size)
-    if seed_axis:
-        return jax.vmap(lambda p, k: fn(p, schedule, k, start))(params, key)
-    return fn(params, schedule, key, start)
+    devices = distributed.mesh_size(mesh)
+    if chunk_size % devices:
+        raise ValueError(f"chunk size {chunk_size} does not split over {devices} devices")
+    rows = chunk_size // devices
+    fn = partial(_sample_chunk, denoise_fn, config=config, shape=shape, chunk_size=rows)
+
+    def local(params, schedule, key, start):
+        if mesh is not None:  # this device's block of the chunk
+            start = start + jax.lax.axis_index(distributed.ROWS).astype(start.dtype) * rows
+        if not seed_axis:
+            return fn(params, schedule, key, start)
+        num_seeds = jax.tree.leaves(key)[0].shape[0]
+        batch = distributed.default_seed_batch(num_seeds) if seed_batch is None else seed_batch
+        return distributed.map_seeds(lambda p, k: fn(p, schedule, k, start), (params, key), batch)
+
+    if mesh is None:
+        return local(params, schedule, key, start)
+    split = P(None, distributed.ROWS) if seed_axis else P(distributed.ROWS)
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P()), out_specs=split,
+                         check_vma=False)(params, schedule, key, start)
+
+
+def chunk_rows(n: int, chunk_size: Optional[int], devices: int = 1) -> tuple[int, int]:
+    """(samples per chunk, compiled rows per chunk) for n samples over ``devices`` devices.
+
+    The compiled rows are a multiple of ``devices * ROW_BLOCK``: CPU matmul kernels treat a ragged tail of
+    rows with other code (other rounding), so only full blocks on every device make every sample
+    bit-identical whatever the chunking and the device count. (This holds for the paper's width-128
+    network; much narrower layers, e.g. width 16 with under 256 rows per device, fall below XLA:CPU's
+    size threshold for its matmul library and their rows then depend on the row count.)
+    """
+    chunk = n if chunk_size is None else min(chunk_size, n)
+    block = devices * ROW_BLOCK
+    return chunk, -(-chunk // block) * block
 
 
 def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, n: int,
                   shape: Sequence[int], config: SamplerConfig = SamplerConfig(),
-                  chunk_size: Optional[int] = None, seed_axis: bool = False) -> Iterator[tuple[int, Samples]]:
+                  chunk_size: Optional[int] = None, seed_axis: bool = False, seed_batch: Optional[int] = None,
+                  mesh: Optional[Mesh] | str = "auto", start: int = 0, stop: Optional[int] = None
+                  ) -> Iterator[tuple[int, Samples]]:
     """Yield ``(start, Samples)`` chunk by chunk (device arrays of ``min(chunk, n - start)`` samples).
 
     Every chunk has the same compiled shape (the last is padded and trimmed), so one compilation
     serves all chunks and all later calls with the same sizes.
+
+    Args:
+      mesh: devices that share each chunk: ``"auto"`` (every device of every process, see
+        :func:`mijax.distributed.rows_mesh`), a mesh with axis ``"rows"``, or None (the default device).
+        In a multi-process job the yielded arrays span the processes (see
+        :func:`mijax.distributed.to_host`).
+      start, stop: draw only samples ``start .. stop - 1`` of the n (default all).
+      seed_batch: see :func:`sample_chunk`.
     """
     shape = tuple(int(s) for s in shape)
     if n <= 0:
         raise ValueError(f"the number of samples must be > 0, got {n}")
     if chunk_size is not None and chunk_size <= 0:
         raise ValueError(f"chunk size must be > 0, got {chunk_size}")
+    stop = n if stop is None else min(stop, n)
     validate(config, schedule.num_timesteps)
-    chunk = n if chunk_size is None else min(chunk_size, n)
-    # Compile for a multiple of ROW_BLOCK rows: CPU matmul kernels treat a ragged tail of rows with other
-    # code (other rounding), so only full blocks make every sample bit-identical whatever the chunking.
-    compiled = -(-chunk // ROW_BLOCK) * ROW_BLOCK
-    for start in range(0, n, chunk):
-        out = sample_chunk(denoise_fn, params, schedule, key, jnp.uint32(start), config, shape, compiled,
-                           seed_axis)
-        keep = min(chunk, n - start)
+    if isinstance(mesh, str):
+        mesh = distributed.rows_mesh()
+    chunk, compiled = chunk_rows(stop - start, chunk_size, distributed.mesh_size(mesh))
+    params, key = distributed.replicate((params, key), mesh)
+    for first in range(start, stop, chunk):
+        out = sample_chunk(denoise_fn, params, schedule, key, jnp.uint32(first), config, shape, compiled,
+                           seed_axis, seed_batch, mesh)
+        keep = min(chunk, stop - first)
         if keep < compiled:
             out = jax.tree.map(lambda a: _trim(a, keep, seed_axis), out)
-        yield start, out
+        yield first, out
 
 
 def _trim(a: jnp.ndarray, keep: int, seed_axis: bool) -> jnp.ndarray:
@@ -226,7 +276,7 @@ def _trim(a: jnp.ndarray, keep: int, seed_axis: bool) -> jnp.ndarray:
 
 def sample(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, n: int, shape: Sequence[int],
            config: SamplerConfig = SamplerConfig(), chunk_size: Optional[int] = None,
-           seed_axis: bool = False) -> Samples:
+           seed_axis: bool = False, seed_batch: Optional[int] = None, mesh: Optional[Mesh] | str = "auto") -> Samples:
     """Draw n samples with their Hal score.
 
     Args:
@@ -238,12 +288,14 @@ def sample(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, n: 
       shape: the shape of one sample, e.g. ``(1,)`` for 1D data.
       config: sampler settings (DDPM with fixed-large variance and Hal over t = 9..0 by default).
       chunk_size: samples per compiled chunk (None: all at once). Results do not depend on it.
-      seed_axis: vmap over a leading seed axis of ``params`` and ``key``.
+      seed_axis: a leading seed axis on ``params`` and ``key`` (one program for all seeds).
+      seed_batch: seeds computed together inside a device (None: 1 on CPU, all on accelerators).
+      mesh: the devices that share the samples (``"auto"``: all of them; see :func:`sample_chunks`).
     Returns:
       :class:`Samples` with x [N, *shape] and hal [N] (or [S, N, *shape] and [S, N]).
     """
     parts = [out for _, out in sample_chunks(denoise_fn, params, schedule, key, n, shape, config, chunk_size,
-                                             seed_axis)]
+                                             seed_axis, seed_batch, mesh)]
     axis = 1 if seed_axis else 0
     merged = jax.tree.map(lambda *a: jnp.concatenate(a, axis=axis), *parts) if len(parts) > 1 else parts[0]
     if merged.trajectory is not None:

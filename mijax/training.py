@@ -15,7 +15,10 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
+from mijax import distributed
 from mijax.diffusion import Denoiser, denoising_loss
 from mijax.schedules import Schedule
 
@@ -88,15 +91,20 @@ def train_step(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, st
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), loss
 
 
-@partial(jax.jit, static_argnames=("denoise_fn", "config", "num_steps", "seed_axis"), donate_argnames=("state",))
+@partial(jax.jit, static_argnames=("denoise_fn", "config", "num_steps", "seed_axis", "seed_batch", "mesh"),
+         donate_argnames=("state",))
 def train_steps(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: TrainState, key: jax.Array,
-                data: jnp.ndarray, num_steps: int, seed_axis: bool = False) -> tuple[TrainState, jnp.ndarray]:
+                data: jnp.ndarray, num_steps: int, seed_axis: bool = False, seed_batch: Optional[int] = None,
+                mesh: Optional[Mesh] = None) -> tuple[TrainState, jnp.ndarray]:
     """``num_steps`` optimiser steps in one dispatch (a ``lax.scan``).
 
     Args:
       state: a :class:`TrainState` (leaves [S, ...] with ``seed_axis``).
       key: the model's key ([S] with ``seed_axis``).
       data: the training set [N, *shape] ([S, N, *shape] with ``seed_axis``).
+      seed_batch: seeds computed together inside a device (None: 1 on CPU, where the seeds then run one
+        after the other in the same program, all on accelerators, where they are vmapped).
+      mesh: with ``seed_axis``, a mesh (axis ``"seeds"``) whose devices each train S / D of the models.
     Returns:
       (state after the steps, losses [num_steps] or [S, num_steps]).
     """
@@ -107,24 +115,42 @@ def train_steps(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, s
 
         return jax.lax.scan(body, state, None, length=num_steps)
 
-    if seed_axis:
-        return jax.vmap(run)(state, key, data)
-    return run(state, key, data)
+    if not seed_axis:
+        return run(state, key, data)
+
+    def local(state, key, data):
+        num_seeds = jax.tree.leaves(key)[0].shape[0]
+        batch = distributed.default_seed_batch(num_seeds) if seed_batch is None else seed_batch
+        return distributed.map_seeds(run, (state, key, data), batch)
+
+    if mesh is None:
+        return local(state, key, data)
+    split = P(distributed.SEEDS)
+    return jax.shard_map(local, mesh=mesh, in_specs=(split, split, split), out_specs=split,
+                         check_vma=False)(state, key, data)
 
 
 def train(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: TrainState, key: jax.Array,
           data: jnp.ndarray, seed_axis: bool = False, stop_at: Optional[int] = None,
-          callback: Optional[Callable[[TrainState, jnp.ndarray], None]] = None) -> TrainState:
+          callback: Optional[Callable[[TrainState, jnp.ndarray], None]] = None, seed_batch: Optional[int] = None,
+          mesh: Optional[Mesh] | str = "auto") -> TrainState:
     """Train from ``state`` up to step ``stop_at`` (default ``config.steps``) in scanned dispatches.
 
     ``callback(state, losses)`` runs after each dispatch (progress, logs, checkpoints). The result does
-    not depend on how the steps are split into dispatches.
+    not depend on how the steps are split into dispatches, nor on the devices the seeds are spread over.
+    With ``seed_axis``, ``mesh="auto"`` spreads the seeds over as many devices as divide them evenly
+    (:func:`mijax.distributed.seeds_mesh`); None keeps them on the default device.
     """
     stop_at = config.steps if stop_at is None else stop_at
-    step = int(jnp.max(state.step))
+    if isinstance(mesh, str):
+        mesh = distributed.seeds_mesh(jax.tree.leaves(key)[0].shape[0]) if seed_axis else None
+    if seed_axis:
+        state, key, data = distributed.shard_leading((state, key, data), mesh)
+    step = int(jnp.max(distributed.to_host(state.step)))
     while step < stop_at:
         n = min(config.steps_per_call, stop_at - step)
-        state, losses = train_steps(denoise_fn, schedule, config, state, key, data, n, seed_axis)
+        state, losses = train_steps(denoise_fn, schedule, config, state, key, data, n, seed_axis, seed_batch,
+                                    mesh if seed_axis else None)
         step += n
         if callback is not None:
             callback(state, losses)

@@ -1,0 +1,153 @@
+"""Devices, meshes and processes: how mijax spreads samples and seeds over every accelerator.
+
+Two one-axis meshes carry all of mijax's parallelism:
+
+* ``"rows"``: sampling splits the N samples of a chunk across devices. Sample ``i`` draws its noise from
+  ``fold_in(key, i)`` wherever it runs, and every device's block is a multiple of ``ROW_BLOCK`` rows, so
+  the samples and their Hal are bit-identical on 1, 2 or 8 devices (and across hosts).
+* ``"seeds"``: seed-stacked training splits the S models across devices (each device trains S / D of
+  them; the models are independent, so there is no communication).
+
+Inside one device, the seeds of a stack run one after the other (``lax.map``) on CPU, where a vmap over
+parameters turns every matmul into a batched ``dot_general`` that XLA:CPU runs ~1.4x slower than the
+separate matmuls; on GPU and TPU they are vmapped (a small model leaves the chip idle otherwise). The
+choice (``seed_batch``) never changes a number: a seed's program is the same either way on CPU.
+
+Many hosts: call :func:`initialize` first (``jax.distributed.initialize``; on CPU the collectives are
+gloo); meshes then span ``jax.devices()`` of every process, inputs are replicated with
+:func:`replicate` and results come back to each process with :func:`to_host`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+ROWS, SEEDS = "rows", "seeds"
+
+
+def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+               process_id: Optional[int] = None, auto: bool = False) -> bool:
+    """Join a multi-process JAX job; returns whether one was joined.
+
+    Args:
+      coordinator_address: ``host:port`` of process 0's coordinator.
+      num_processes, process_id: this job's size and this process's rank (0 .. num_processes - 1).
+      auto: let JAX detect the settings from the platform (Cloud TPU, SLURM, Open MPI, ...).
+    With no setting and ``auto`` False nothing happens (one process). Must run before any other JAX call
+    that touches a device.
+    """
+    given = (coordinator_address, num_processes, process_id)
+    if not auto and all(v is None for v in given):
+        return False
+    if not auto and any(v is None for v in given):
+        raise ValueError("a multi-process run needs the coordinator address, the process count and the "
+                         "process id (or auto-detection)")
+    if num_processes is not None and not 0 <= process_id < num_processes:
+        raise ValueError(f"process id must be in 0..{num_processes - 1}, got {process_id}")
+    # CPU processes exchange data through gloo (the default in recent jax; set explicitly so that an
+    # environment that changed the default still gets working collectives).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
+    return True
+
+
+def mesh(axis: str, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """A one-axis mesh named ``axis`` over ``devices`` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (axis,))
+
+
+def rows_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Optional[Mesh]:
+    """The sampling mesh over ``devices`` (default all); None when that is a single device."""
+    devices = jax.devices() if devices is None else list(devices)
+    return None if len(devices) == 1 and jax.process_count() == 1 else mesh(ROWS, devices)
+
+
+def seeds_mesh(num_seeds: int, devices: Optional[Sequence[jax.Device]] = None) -> Optional[Mesh]:
+    """The training mesh for ``num_seeds`` models: the most devices that divide the seeds evenly.
+
+    None when that is one device of one process (no sharding needed).
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    used = max(d for d in range(1, len(devices) + 1) if num_seeds % d == 0)
+    if used == 1 and jax.process_count() == 1:
+        return None
+    if jax.process_count() > 1 and used != len(devices):
+        raise ValueError(f"{num_seeds} seeds do not divide evenly over the {len(devices)} devices of a "
+                         f"multi-process job; use a multiple of {len(devices)} seeds")
+    return mesh(SEEDS, devices[:used])
+
+
+def mesh_size(m: Optional[Mesh]) -> int:
+    return 1 if m is None else int(math.prod(m.devices.shape))
+
+
+def default_seed_batch(num_seeds: int) -> int:
+    """Seeds computed together (vmapped) inside one device: 1 on CPU (see the module doc), all elsewhere."""
+    return 1 if jax.default_backend() == "cpu" else max(1, num_seeds)
+
+
+def map_seeds(fn, args: tuple, seed_batch: int):
+    """``fn`` over the leading seed axis of ``args``: ``lax.map`` in batches of ``seed_batch`` seeds."""
+    num_seeds = jax.tree.leaves(args)[0].shape[0]
+    if seed_batch <= 1:  # even for one seed: its program is then the unbatched one, whatever S and D are
+        return jax.lax.map(lambda a: fn(*a), args)
+    if seed_batch >= num_seeds:
+        return jax.vmap(fn)(*args)
+    return jax.lax.map(lambda a: fn(*a), args, batch_size=seed_batch)
+
+
+def _put(a, sharding: NamedSharding):
+    """One leaf onto ``sharding``: device_put in one process, built from the host value in several."""
+    if jax.process_count() == 1:
+        return jax.device_put(a, sharding)
+    if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+        impl = jax.random.key_impl(a)
+        return jax.random.wrap_key_data(_put(jax.random.key_data(a), sharding), impl=impl)
+    host = np.asarray(a)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def replicate(tree: Any, m: Optional[Mesh]) -> Any:
+    """Every leaf of ``tree`` replicated on every device of ``m`` (unchanged when ``m`` is None).
+
+    In a multi-process job every process must pass the same values (they are read from its host copy).
+    """
+    if m is None:
+        return tree
+    sharding = NamedSharding(m, P())
+    return jax.tree.map(lambda a: _put(a, sharding), tree)
+
+
+def shard_leading(tree: Any, m: Optional[Mesh]) -> Any:
+    """Every leaf of ``tree`` split along its leading axis over ``m`` (unchanged when ``m`` is None)."""
+    if m is None:
+        return tree
+    sharding = NamedSharding(m, P(m.axis_names[0]))
+    return jax.tree.map(lambda a: _put(a, sharding), tree)
+
+
+def to_host(tree: Any) -> Any:
+    """Host numpy copies of ``tree``'s leaves; arrays spread over several processes are gathered first."""
+    def get(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+        return np.asarray(a)
+
+    return jax.tree.map(get, tree)
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches this point (nothing to do in one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -1,0 +1,130 @@
+"""Sharding over devices and processes: the same numbers on 1, 2 and 8 devices.
+
+Fake CPU devices need a fresh JAX, so those checks run in one subprocess (one import, tiny sizes)
+that compares meshes of 1, 2 and 8 of its 8 devices.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mijax
+from mijax import distributed
+from mijax.sampling import ROW_BLOCK, chunk_rows
+
+DEVICE_SCRIPT = textwrap.dedent("""
+    import jax
+    jax.config.update("jax_num_cpu_devices", 8)
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    import jax.numpy as jnp, numpy as np
+    import mijax
+    from mijax import distributed
+
+    assert jax.device_count() == 8
+    # the paper's width: narrower layers fall below XLA:CPU's size threshold for its matmul library, whose
+    # per-row results then depend on the number of rows (see mijax.sampling.chunk_rows)
+    model = mijax.ToyDenoiser(features=2)
+    init_fn = lambda k: model.init(k, jnp.zeros((1, 2)), jnp.zeros((1,), jnp.int32))
+    schedule = mijax.make_schedule(num_timesteps=5)
+    config = mijax.SamplerConfig(hal_window=3)
+    params = init_fn(jax.random.key(0))
+    stacked = jax.vmap(init_fn)(jax.random.split(jax.random.key(1), 3))
+    seed_keys = jax.random.split(jax.random.key(2), 3)
+
+    def run(devices):
+        mesh = distributed.rows_mesh(jax.devices()[:devices])
+        one = mijax.sample(model.apply, params, schedule, jax.random.key(3), 300, (2,), config, chunk_size=200,
+                           mesh=mesh)
+        many = mijax.sample(model.apply, stacked, schedule, seed_keys, 130, (2,), config, seed_axis=True, mesh=mesh)
+        return [np.asarray(a) for a in (one.x, one.hal, many.x, many.hal)]
+
+    reference = run(1)
+    for devices in (2, 8):
+        for a, b in zip(reference, run(devices)):
+            assert a.shape == b.shape and np.array_equal(a, b), devices
+    # the sharded sampler returns outputs spread over the devices
+    out = next(iter(mijax.sample_chunks(model.apply, params, schedule, jax.random.key(3), 512, (2,), config)))[1]
+    assert len(out.x.sharding.device_set) == 8
+
+    train_config = mijax.TrainConfig(steps=2, batch_size=16, steps_per_call=2)
+    keys = jax.random.split(jax.random.key(4), 4)
+    data = jax.random.normal(jax.random.key(5), (4, 32, 2))
+
+    def train(devices):
+        states = jax.vmap(lambda k: mijax.init_state(init_fn, train_config, k))(keys)
+        mesh = distributed.seeds_mesh(4, jax.devices()[:devices])
+        final = mijax.train(model.apply, schedule, train_config, states, keys, data, seed_axis=True, mesh=mesh)
+        return final, [np.asarray(a) for a in jax.tree.leaves(final)]
+
+    reference = train(1)[1]
+    for devices in (8,):  # 8 devices hold the 4 seeds on 4 of them
+        final, leaves = train(devices)
+        assert len(final.params["params"]["output"]["kernel"].sharding.device_set) == min(devices, 4)
+        assert all(np.array_equal(a, b) for a, b in zip(reference, leaves)), devices
+    print("OK")
+""")
+
+
+def test_same_numbers_on_1_2_and_8_devices():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", DEVICE_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_chunk_rows_are_whole_blocks_on_every_device():
+    assert chunk_rows(1000, None, 1) == (1000, 1024)
+    assert chunk_rows(1000, 300, 2) == (300, 384)
+    for devices in (1, 2, 8):
+        chunk, compiled = chunk_rows(12_345, 1000, devices)
+        assert chunk == 1000 and compiled % (devices * ROW_BLOCK) == 0 and compiled - chunk < devices * ROW_BLOCK
+
+
+@pytest.mark.parametrize("seed_batch", [1, 2, 3])
+def test_map_seeds_equals_vmap(seed_batch):
+    fn = lambda w, x: jnp.tanh(x @ w)  # noqa: E731
+    w = jax.random.normal(jax.random.key(0), (3, 8, 8))
+    x = jax.random.normal(jax.random.key(1), (3, 64, 8))
+    got = jax.jit(lambda w, x: distributed.map_seeds(fn, (w, x), seed_batch))(w, x)
+    np.testing.assert_allclose(got, jax.vmap(fn)(w, x), rtol=1e-6, atol=1e-6)
+
+
+def test_one_device_needs_no_mesh():
+    assert distributed.rows_mesh(jax.devices()[:1]) is None
+    assert distributed.seeds_mesh(3, jax.devices()[:1]) is None
+    assert distributed.mesh_size(None) == 1
+    tree = {"a": jnp.ones(3)}
+    assert distributed.replicate(tree, None) is tree and distributed.shard_leading(tree, None) is tree
+    np.testing.assert_array_equal(distributed.to_host(tree)["a"], np.ones(3))
+
+
+def test_default_seed_batch():
+    expected = 1 if jax.default_backend() == "cpu" else 5
+    assert distributed.default_seed_batch(5) == expected
+
+
+def test_initialize_without_settings_is_single_process():
+    assert distributed.initialize() is False
+    with pytest.raises(ValueError, match="coordinator"):
+        distributed.initialize(coordinator_address="127.0.0.1:1234")
+    with pytest.raises(ValueError, match="process id"):
+        distributed.initialize("127.0.0.1:1234", num_processes=2, process_id=2)
+
+
+def test_seed_loop_equals_separate_runs_bit_for_bit():
+    model = mijax.ToyDenoiser(features=1, width=16)
+    init_fn = lambda k: model.init(k, jnp.zeros((1, 1)), jnp.zeros((1,), jnp.int32))  # noqa: E731
+    schedule = mijax.make_schedule(num_timesteps=4)
+    config = mijax.SamplerConfig(hal_window=2)
+    stacked = jax.vmap(init_fn)(jax.random.split(jax.random.key(0), 2))
+    keys = jax.random.split(jax.random.key(1), 2)
+    both = mijax.sample(model.apply, stacked, schedule, keys, 64, (1,), config, seed_axis=True, seed_batch=1)
+    for s in range(2):
+        alone = mijax.sample(model.apply, jax.tree.map(lambda a: a[s], stacked), schedule, keys[s], 64, (1,), config)
+        np.testing.assert_array_equal(both.x[s], alone.x)
+        np.testing.assert_array_equal(both.hal[s], alone.hal)
