@@ -11,7 +11,10 @@ import importlib
 from types import ModuleType
 
 # name -> module (in the order ``mijax experiment all`` runs them)
-EXPERIMENTS: dict[str, str] = {}
+EXPERIMENTS: dict[str, str] = {
+    "recursive-1d": "experiments.recursive_1d",
+    "recursive-2d": "experiments.recursive_2d",
+}
 PROFILES = ("quick", "paper")
 
 

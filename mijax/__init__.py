@@ -44,6 +44,7 @@ from mijax.mixtures import (
 )
 from mijax.mixtures import sample as sample_mixture
 from mijax.models import ModuleDenoiser, ToyDenoiser, timestep_embedding
+from mijax.recursive import RecursiveConfig, filter_indices, run_generation, run_recursive
 from mijax.sampling import SamplerConfig, Samples, reverse_timesteps, sample, sample_chunks
 from mijax.schedules import SCHEDULES, Schedule, beta_values, make_schedule
 from mijax.training import TrainConfig, TrainState, get_batch, init_state, make_optimizer, train, train_step, train_steps
@@ -62,4 +63,6 @@ __all__ = [
     "auroc", "blur_adjusted_labels", "detection_summary", "hallucination_rate", "labels", "random_filter",
     "rate_table", "removal_at_retention", "retained_at_removal", "roc_curve", "threshold_filter",
     "variance_filter",
+    # recursive training on generated data
+    "RecursiveConfig", "filter_indices", "run_generation", "run_recursive",
 ]

@@ -184,3 +184,45 @@ def test_another_config_is_refused(uninterrupted):
     out, _ = uninterrupted
     with pytest.raises(RunError):
         run_recursive(out, RecursiveConfig(run=TOY.run, generations=2, filters=TOY.filters, pool_extra=32))
+
+
+def test_cli_recursive_equals_the_library(uninterrupted, tmp_path, capsys):
+    from mijax.cli import main
+
+    _, expected = uninterrupted
+    argv = ["recursive", "--dataset", "gaussian1d", "--modes", "1,2", "--n-train", "64", "--steps", "6",
+            "--batch-size", "32", "--steps-per-call", "3", "--timesteps", "20", "--seeds", "2",
+            "--checkpoint-every", "3", "--generations", "3", "--filters", "none,variance,threshold",
+            "--pool-extra", "32", "--chunk-size", "64", "--no-progress", "--out", str(tmp_path / "cli")]
+    assert main(argv) == 0
+    assert "variance" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert saved["generations"] == expected["generations"]
+    assert main(argv[:-2] + ["--filters", "best", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_experiment_report_and_figures(uninterrupted, tmp_path):
+    from experiments.recursive import run_dim
+
+    out, _ = uninterrupted
+    import shutil
+
+    shutil.copytree(out, tmp_path / "study")  # finished: the experiment only reads it back
+    metrics = run_dim(1, tmp_path, profile="quick", progress=False, config=TOY)
+    for name in ("hallucination_rate.png", "modes_lost.png", "sliced_w1.png", "histograms.png", "report.md"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert metrics["verdict"]["means"] is None  # no random filter in TOY
+    assert "Recursive training" in (tmp_path / "report.md").read_text()
+
+
+def test_experiment_configs_fit_their_profiles():
+    import experiments
+    from experiments.recursive import make_config
+
+    assert {"recursive-1d", "recursive-2d"} <= set(experiments.names())
+    quick = make_config(2, "quick")
+    assert quick.num_seeds == 4 and quick.filters == ("none", "random", "variance") and quick.generations == 5
+    paper = make_config(2, "paper")
+    assert paper.n == 100_000 and paper.run.train.steps == 100_000 and paper.pool_size == 102_500
+    recursive.validate_recursive(quick)
+    recursive.validate_recursive(make_config(1, "paper"))
