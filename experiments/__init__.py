@@ -1,7 +1,8 @@
 """The paper's experiments, one module each, run by ``mijax experiment NAME``.
 
 Each experiment module defines ``SUMMARY`` (one line) and
-``run(out: Path, profile: str = "quick", seeds: int | None = None, progress: bool = True) -> dict``,
+``run(out: Path, profile: str = "quick", seeds: int | None = None, progress: bool = True,
+overrides: dict | None = None) -> dict`` (``overrides`` changes the profile's sizes, e.g. for tests),
 which writes ``metrics.json``, ``report.md`` and PNG figures into ``out`` and returns the metrics.
 Modules are imported only when run, so ``--list`` stays fast.
 """
@@ -12,8 +13,12 @@ from types import ModuleType
 
 # name -> module (in the order ``mijax experiment all`` runs them)
 EXPERIMENTS: dict[str, str] = {
-    "recursive-1d": "experiments.recursive_1d",
-    "recursive-2d": "experiments.recursive_2d",
+    "interp-1d": "experiments.interp_1d",
+    "distance-1d": "experiments.distance_1d",
+    "grid-2d": "experiments.grid_2d",
+    "score": "experiments.score",
+    "trajectories": "experiments.trajectories",
+    "detection": "experiments.detection",
 }
 PROFILES = ("quick", "paper")
 

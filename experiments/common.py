@@ -1,0 +1,306 @@
+"""Shared machinery of the paper's experiments: profiles, training and sampling all seeds at once with
+resume, per-seed statistics with confidence intervals, figures and report writing.
+
+Every experiment follows one flow: a profile (a dict of sizes, ``quick`` or ``paper``, updated by
+``overrides``) -> a :class:`~mijax.runs.RunConfig` with ``seeds = S`` -> one vmapped training run in
+``out/runs/<name>`` (resumed from its checkpoints when an interrupted experiment is rerun) -> seed-stacked
+samples (cached in ``out/runs/<name>/samples-*.npz``, so a rerun skips finished sampling too) ->
+per-seed numbers -> mean and 95% CI over seeds -> ``metrics.json``, ``report.md`` and PNGs in ``out``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mijax import stats
+from mijax.runs import (DataConfig, DiffusionConfig, RunConfig, RunError, atomic_write_bytes, load_run,
+                        sample_keys, sample_run, save_npz, train_run, write_json)
+from mijax.sampling import SamplerConfig, sample_chunks
+from mijax.training import TrainConfig
+
+PROFILES = ("quick", "paper")
+KS = (3.0, 4.0, 5.0, 6.0)
+K = 5.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Profiles.
+
+def resolve_profile(profiles: Mapping[str, dict], profile: str, seeds: Optional[int] = None,
+                    overrides: Optional[dict] = None) -> dict:
+    """The sizes of one profile: ``profiles[profile]``, then ``seeds``, then ``overrides``.
+
+    Raises:
+      RunError: an unknown profile, an unknown override key, or seeds < 1.
+    """
+    if profile not in profiles:
+        raise RunError(f"unknown profile {profile!r}; choose from {', '.join(profiles)}")
+    p = dict(profiles[profile])
+    for key, value in (overrides or {}).items():
+        if key not in p:
+            raise RunError(f"unknown override {key!r}; this experiment's sizes are {', '.join(p)}")
+        p[key] = value
+    if seeds is not None:
+        p["seeds"] = int(seeds)
+    if p["seeds"] < 1:
+        raise RunError(f"seeds must be >= 1, got {p['seeds']}")
+    p["profile"] = profile
+    return p
+
+
+def run_config(p: dict, dataset: str = "gaussian1d", modes: Optional[Sequence[float]] = (1.0, 2.0, 3.0),
+               n_train: Optional[int] = None, steps: Optional[int] = None) -> RunConfig:
+    """The RunConfig of a profile: the paper's recipe with the profile's sizes; S seeds vmapped."""
+    n_train = p["n_train"] if n_train is None else n_train
+    steps = p["steps"] if steps is None else steps
+    batch = min(p["batch_size"], n_train)
+    return RunConfig(
+        data=DataConfig(dataset=dataset, modes=tuple(float(m) for m in modes) if dataset == "gaussian1d" else None,
+                        n_train=n_train),
+        diffusion=DiffusionConfig(timesteps=p["timesteps"]),
+        train=TrainConfig(steps=steps, batch_size=batch, steps_per_call=min(p.get("steps_per_call", 250), steps)),
+        seed=p.get("seed", 0), seeds=p["seeds"], checkpoint_every=min(p.get("checkpoint_every", 1000), steps))
+
+
+def epochs_to_steps(epochs: int, n_train: int, batch_size: int) -> int:
+    """The published recipe counts epochs of fixed batches: steps = epochs * N / batch."""
+    return max(1, epochs * max(1, n_train // min(batch_size, n_train)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and sampling, resumable.
+
+def train(out: Path, name: str, config: RunConfig, progress: bool = True) -> Path:
+    """Train all seeds of ``config`` in one vmapped run at ``out/runs/name``, resuming if interrupted."""
+    run_dir = Path(out) / "runs" / name
+    if not (run_dir / "train.json").exists() or _latest_done(run_dir) < config.train.steps:
+        train_run(run_dir, config, resume=True, progress=progress)
+    return run_dir
+
+
+def _latest_done(run_dir: Path) -> int:
+    try:
+        return int(json.loads((run_dir / "train.json").read_text())["steps"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _cache_name(tag: str, **settings) -> str:
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"samples-{tag}-{digest}.npz"
+
+
+def sample(run_dir: Path, n: int, sampler: Optional[SamplerConfig] = None, seed: int = 0,
+           chunk_size: Optional[int] = None, progress: bool = True) -> dict[str, np.ndarray]:
+    """All seeds' samples {"x": [S, n, d], "hal": [S, n]}, cached in the run directory."""
+    sampler = SamplerConfig() if sampler is None else sampler
+    path = run_dir / _cache_name("hal", n=n, seed=seed, sampler=dataclasses.asdict(sampler))
+    if path.exists():
+        with np.load(path) as f:
+            return {key: f[key] for key in f.files}
+    result = sample_run(run_dir, n, seed=seed, sampler=sampler, chunk_size=chunk_size, progress=progress)
+    save_npz(path, **result)
+    return result
+
+
+def sample_windows(run_dir: Path, n: int, windows: Sequence[tuple[int, int]], trajectory_steps: int = 0,
+                   seed: int = 0, chunk_size: Optional[int] = None, progress: bool = True) -> dict[str, np.ndarray]:
+    """Samples with Hal over several windows at once, and optionally their last x0_hat trajectories.
+
+    One sampling pass records x0_hat over the last ``L = max(end + length, trajectory_steps)`` reverse
+    steps of each chunk on the device, reduces it to the population variance over each window
+    ``(end, length)`` (t = end .. end + length - 1, mean over coordinates), and keeps only those.
+    The samples are those of :func:`sample` with the same seed (the Hal window does not move them).
+
+    Returns:
+      {"x": [S, n, d], "hal": [S, n, W] (one column per window), "windows": [W, 2],
+      "trajectory": [S, n, trajectory_steps, d] x0_hat at t = trajectory_steps - 1 .. 0 (if asked),
+      "trajectory_t": [trajectory_steps]}.
+    """
+    windows = [(int(e), int(k)) for e, k in windows]
+    path = run_dir / _cache_name("windows", n=n, seed=seed, windows=windows, traj=trajectory_steps)
+    if path.exists():
+        with np.load(path) as f:
+            return {key: f[key] for key in f.files}
+    config, pieces, state = load_run(run_dir)
+    T = config.diffusion.timesteps
+    last = max([e + k for e, k in windows] + [trajectory_steps])
+    if last > T:
+        raise RunError(f"windows reach t = {last - 1}, beyond the {T} steps of the schedule")
+    sampler = SamplerConfig(objective=config.diffusion.objective, hal_window=min(10, T), trajectory_stride=1,
+                            trajectory_last=last)
+    S = config.seeds
+    x = np.empty((S, n) + pieces.shape, np.float32)
+    hal = np.empty((S, n, len(windows)), np.float32)
+    traj = np.empty((S, n, trajectory_steps) + pieces.shape, np.float32) if trajectory_steps else None
+    reduce = jax.jit(lambda tr: _window_variances(tr, windows, last))
+    bar = _bar(progress, n, f"sample {S} seed(s), {len(windows)} Hal windows")
+    for start, out in sample_chunks(pieces.denoise_fn, state.params, pieces.schedule, sample_keys(config, 0 + seed),
+                                    n, pieces.shape, sampler, chunk_size, seed_axis=True):
+        size = out.x.shape[1]
+        x[:, start:start + size] = np.asarray(out.x)
+        hal[:, start:start + size] = np.asarray(reduce(out.trajectory))
+        if traj is not None:
+            traj[:, start:start + size] = np.asarray(out.trajectory[:, :, last - trajectory_steps:])
+        if bar is not None:
+            bar.update(size)
+    if bar is not None:
+        bar.close()
+    result = {"x": x, "hal": hal, "windows": np.asarray(windows, np.int32)}
+    if traj is not None:
+        result["trajectory"] = traj
+        result["trajectory_t"] = np.arange(trajectory_steps - 1, -1, -1, dtype=np.int32)
+    save_npz(path, **result)
+    return result
+
+
+def _window_variances(trajectory: jnp.ndarray, windows: Sequence[tuple[int, int]], last: int) -> jnp.ndarray:
+    """trajectory [S, C, last, *shape] at t = last-1 .. 0 -> Hal [S, C, W] for windows (end, length)."""
+    out = []
+    for end, length in windows:
+        hi = last - end  # index of t = end is last - 1 - end
+        part = trajectory[:, :, hi - length:hi]
+        var = jnp.var(part, axis=2)  # population variance (ddof 0), as the sampler's Hal
+        out.append(jnp.mean(var.reshape(var.shape[0], var.shape[1], -1), axis=2))
+    return jnp.stack(out, axis=-1)
+
+
+def _bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics over seeds.
+
+def ci(values) -> dict:
+    """Mean and 95% CI over seeds of per-seed values [S] (NaN seeds dropped), JSON-able; the per-seed values too."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    finite = v[np.isfinite(v)]
+    if finite.size == 0:
+        return {"mean": None, "low": None, "high": None, "n": 0, "per_seed": [None] * v.size}
+    c = stats.mean_ci(finite)
+    clean = lambda a: float(a) if a is not None and math.isfinite(a) else None  # noqa: E731
+    return {"mean": clean(c["mean"]), "low": clean(c["low"]), "high": clean(c["high"]), "n": int(c["n"]),
+            "per_seed": [clean(a) for a in v]}
+
+
+def fmt(c: dict, pct: bool = False, digits: int = 3) -> str:
+    """``mean [low, high]`` of a :func:`ci` dict (percent with ``pct``)."""
+    if c["mean"] is None:
+        return "n/a"
+    full = {"mean": c["mean"], "low": c["low"] if c["low"] is not None else math.nan,
+            "high": c["high"] if c["high"] is not None else math.nan, "n": c["n"]}
+    return stats.format_ci(full, scale=100.0 if pct else 1.0, digits=digits, unit="%" if pct else "")
+
+
+def rate_rows(mixture, x: np.ndarray, ks: Sequence[float] = KS) -> list[dict]:
+    """Per k: the hallucination rate over seeds (x [S, N, d]) with CI, beside the true mass beyond k."""
+    from mijax.hallucination import rate_table
+
+    tables = [rate_table(mixture, jnp.asarray(xs), ks) for xs in x]
+    return [{"k": float(k), "rate": ci([t[i]["rate"] for t in tables]), "true_mass": tables[0][i]["true_mass"]}
+            for i, k in enumerate(ks)]
+
+
+def rate_markdown(rows: list[dict]) -> str:
+    lines = ["| k (std) | model: hallucination rate, mean [95% CI] over seeds | true mixture's mass beyond k |",
+             "|---|---|---|"]
+    lines += [f"| {r['k']:g} | {fmt(r['rate'], pct=True)} | {r['true_mass']:.2g} |" for r in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output.
+
+class Timer:
+    """Wall-clock seconds of named stages, for the metrics."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._t, 1)
+        self._t = now
+
+
+def finish(out: Path, metrics: dict, report: str) -> dict:
+    """Write ``metrics.json`` and ``report.md`` atomically (metrics last: it marks the experiment done)."""
+    out = Path(out)
+    atomic_write_bytes(out / "report.md", report.encode())
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def sizes_markdown(p: dict) -> str:
+    skip = {"profile"}
+    return ", ".join(f"{k} = {v:,}" if isinstance(v, int) else f"{k} = {v}" for k, v in p.items() if k not in skip)
+
+
+def holds_word(ok: Optional[bool]) -> str:
+    return "n/a (not enough samples to decide)" if ok is None else ("**yes**" if ok else "**no**")
+
+
+# Figures drawn only by the experiments reuse the library's figure helpers (Agg canvas, atomic PNG).
+def new_figure(width: float = 6.4, height: float = 4.4):
+    from mijax.plots import _new_figure
+
+    return _new_figure(width, height)
+
+
+def save_figure(figure, path) -> str:
+    from mijax.plots import _save
+
+    return _save(figure, path)
+
+
+def plot_ci_lines(path, xs: Sequence[float], series: Mapping[str, list[dict]], xlabel: str, ylabel: str,
+                  title: str, logx: bool = False, logy: bool = False, reference: Optional[Mapping[str, float]] = None,
+                  scale: float = 1.0) -> str:
+    """Lines of per-seed means with 95% CI bands, one per series ({name: [ci dict per x]})."""
+    figure = new_figure()
+    ax = figure.subplots()
+    for name, cis in series.items():
+        mean = np.array([c["mean"] if c["mean"] is not None else np.nan for c in cis]) * scale
+        low = np.array([c["low"] if c["low"] is not None else np.nan for c in cis]) * scale
+        high = np.array([c["high"] if c["high"] is not None else np.nan for c in cis]) * scale
+        (line,) = ax.plot(xs, mean, marker="o", lw=1.5, label=name)
+        ax.fill_between(xs, np.maximum(low, 1e-12) if logy else low, high, color=line.get_color(), alpha=0.2, lw=0)
+    for name, value in (reference or {}).items():
+        ax.axhline(value * scale, color="black", ls=":", lw=1, label=name)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return save_figure(figure, path)
+
+
+def check_out(out: Path) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+
+def mass_beyond_k(mixture, k: float = K) -> float:
+    from mijax.mixtures import mass_beyond
+
+    return mass_beyond(float(k), mixture.dim)

@@ -1,0 +1,186 @@
+"""The paper's experiments end to end at toy size: metrics, report and figures are written, numbers
+are consistent, and a rerun resumes from what the first run wrote."""
+import json
+
+import numpy as np
+import pytest
+
+import experiments
+from experiments import common
+
+# Toy sizes: T = 40, a few dozen steps, 2 seeds (detection: T = 120, room for windows up to t = 100 + 20).
+TOY = {"seeds": 2, "timesteps": 40, "steps": 20, "batch_size": 200, "num_samples": 128, "chunk_size": 128,
+       "steps_per_call": 10, "checkpoint_every": 10}
+
+
+def _toy(module, **extra):
+    keys = module.PROFILES["quick"]
+    return {k: v for k, v in {**TOY, **extra}.items() if k in keys}
+
+
+def _check_outputs(out, metrics, pngs):
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    report = (out / "report.md").read_text()
+    assert "Holds" in report or "Headline" in report
+    for name in pngs:
+        assert (out / name).is_file() and (out / name).stat().st_size > 1000, name
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_registry_lists_the_experiments_with_summaries():
+    for name in ("interp-1d", "distance-1d", "grid-2d", "score", "trajectories", "detection"):
+        assert name in experiments.names()
+        module = experiments.load(name)
+        assert isinstance(module.SUMMARY, str) and "\n" not in module.SUMMARY
+        assert set(module.PROFILES) == {"quick", "paper"}
+        assert module.PROFILES["quick"]["seeds"] >= 4
+
+
+def test_profile_overrides_and_bad_keys():
+    from mijax.runs import RunError
+
+    p = common.resolve_profile({"quick": {"seeds": 4, "steps": 10}, "paper": {"seeds": 4, "steps": 20}}, "quick",
+                               seeds=3, overrides={"steps": 5})
+    assert p["seeds"] == 3 and p["steps"] == 5
+    with pytest.raises(RunError, match="unknown override"):
+        common.resolve_profile({"quick": {"seeds": 4}}, "quick", overrides={"nope": 1})
+    with pytest.raises(RunError, match="unknown profile"):
+        common.resolve_profile({"quick": {"seeds": 4}}, "fast")
+
+
+def test_ci_over_seeds():
+    c = common.ci([0.1, 0.2, 0.3])
+    assert c["mean"] == pytest.approx(0.2) and c["low"] < 0.2 < c["high"] and c["n"] == 3
+    assert common.ci([float("nan")])["mean"] is None
+    assert "%" in common.fmt(c, pct=True)
+
+
+def test_interp_1d_end_to_end_and_resume(tmp_path):
+    from experiments import interp_1d
+
+    out = tmp_path / "interp"
+    over = _toy(interp_1d, sizes=(400, 800))
+    m = interp_1d.run(out, progress=False, overrides=over)
+    _check_outputs(out, m, ["rate_vs_n.png", "histogram_n400.png", "histogram_n800.png"])
+    assert [row["n_train"] for row in m["per_size"]] == [400, 800]
+    assert [r["k"] for r in m["per_size"][0]["rates"]] == [3, 4, 5, 6]
+    # Per-seed rates at k = 5 are the fraction of cached samples beyond 5 std of the nearest mode.
+    cached = sorted((out / "runs" / "n400").glob("samples-hal-*.npz"))
+    with np.load(cached[0]) as f:
+        x = f["x"][:, :, 0]
+    dist = np.min(np.abs(x[..., None] - np.array([1.0, 2.0, 3.0])), axis=-1) / 0.05
+    assert m["per_size"][0]["rates"][2]["rate"]["per_seed"] == pytest.approx(list(np.mean(dist > 5, axis=1)), abs=1e-6)
+    # A rerun reuses the checkpoints and cached samples: the same numbers.
+    (out / "metrics.json").unlink()
+    again = interp_1d.run(out, progress=False, overrides=over)
+    assert again["per_size"] == m["per_size"]
+
+
+def test_window_hal_equals_sampler_hal(tmp_path):
+    """Hal over a window computed from the recorded x0_hat equals the sampler's own running Hal."""
+    from mijax.sampling import SamplerConfig
+
+    p = common.resolve_profile({"quick": {**TOY, "n_train": 400}}, "quick")
+    run_dir = common.train(tmp_path, "1d", common.run_config(p), progress=False)
+    windows = common.sample_windows(run_dir, 128, [(0, 10), (5, 20)], trajectory_steps=30, chunk_size=128,
+                                    progress=False)
+    plain = common.sample(run_dir, 128, chunk_size=128, progress=False)
+    shifted = common.sample(run_dir, 128, SamplerConfig(hal_window=20, hal_end=5), chunk_size=128, progress=False)
+    np.testing.assert_allclose(windows["x"], plain["x"], rtol=0, atol=0)
+    np.testing.assert_allclose(windows["hal"][..., 0], plain["hal"], rtol=1e-3, atol=1e-9)
+    np.testing.assert_allclose(windows["hal"][..., 1], shifted["hal"], rtol=1e-3, atol=1e-9)
+    assert windows["trajectory"].shape == (2, 128, 30, 1)
+    np.testing.assert_array_equal(windows["trajectory"][:, :, -1], windows["x"])  # t = 0 is the sample
+
+
+def test_detection_end_to_end(tmp_path):
+    from experiments import detection
+
+    out = tmp_path / "det"
+    m = detection.run(out, progress=False, overrides=_toy(detection, n_train=400, n_train_2d=400, steps_2d=20, timesteps=120))
+    _check_outputs(out, m, ["hal_1d.png", "roc_1d.png", "auroc_windows_1d.png", "hal_2d.png", "auroc_windows_2d.png"])
+    assert m["windows"][0] == [0, 10] or tuple(m["windows"][0]) == (0, 10)
+    # Every (end, length) of the sweep that fits in T = 120 steps: all 20 but (100, 50).
+    assert len(m["settings"]["1d"]["window_sweep"]) == len(m["windows"]) == 19
+    assert set(m["settings"]["2d"]["per_k"]) == {"3", "4", "5", "6"}
+    assert "blur_adjusted" in m["settings"]["1d"]
+
+
+def test_score_end_to_end(tmp_path):
+    from experiments import score
+
+    out = tmp_path / "score"
+    m = score.run(out, progress=False, overrides=_toy(score, n_train=400, grid_points=301))
+    _check_outputs(out, m, ["eps_vs_x.png", "histogram_exact.png", "histogram_trained.png"])
+    # The exact eps* jumps between modes at t = 0: far steeper than any toy network.
+    assert m["gap_slope"]["0"]["exact"] > 10 * m["gap_slope"]["0"]["learned"]["mean"]
+    # The exact sampler stays on the modes.
+    assert m["rates_exact"][2]["rate"]["mean"] < 0.01
+
+
+def test_gap_slope_of_a_step_and_a_ramp():
+    from experiments.score import gap_slope
+
+    grid = np.linspace(0.5, 3.5, 3001)
+    assert gap_slope(grid, 0.5 * grid) == pytest.approx(0.5)
+    step = np.where(grid < 1.5, 0.0, 1.0)
+    assert gap_slope(grid, step) == pytest.approx(1.0 / (grid[1] - grid[0]))
+
+
+def test_distance_1d_end_to_end(tmp_path):
+    from experiments import distance_1d
+
+    out = tmp_path / "dist"
+    m = distance_1d.run(out, progress=False, overrides=_toy(distance_1d, n_train=400))
+    _check_outputs(out, m, ["histogram.png", "gap_density.png"])
+    assert list(m["gap_density_per_unit_length"]) == ["1-2", "2-4", "4-5"]
+
+
+def test_gap_densities_count_per_unit_length():
+    from experiments.distance_1d import gap_densities
+
+    x = np.array([1.5, 1.5, 3.0, 3.0, 3.0, 3.0, 1.0, 2.0, 4.0, 5.0])
+    d = gap_densities(x)
+    assert d == pytest.approx([0.2 / 0.5, 0.4 / 1.5, 0.0])
+
+
+def test_mode_pairs_directions():
+    from experiments.grid_2d import ORIENTATIONS, mode_pairs
+    from mijax.mixtures import gaussian25, gaussian25_rotated
+
+    grid = np.asarray(gaussian25().means, np.float64)
+    s = 2 / 2.828869
+    x = np.array([[0.5 * s, 0.0], [0.0, 0.5 * s], [0.5 * s, 0.45 * s]])
+    t = mode_pairs(grid, x)
+    assert [ORIENTATIONS[o] for o in t["orientation"][:2]] == ["horizontal", "vertical"]
+    assert list(t["nearest"][:2]) == [True, True]
+    rotated = np.asarray(gaussian25_rotated().means, np.float64)
+    # On the segment from (0, 0) to (1, 0) (x-axis neighbours, not nearest) on the rotated grid.
+    t = mode_pairs(rotated, np.array([[0.25 * s, 0.0]]))
+    assert ORIENTATIONS[t["orientation"][0]] == "horizontal" and not t["nearest"][0]
+
+
+def test_grid_2d_end_to_end(tmp_path):
+    from experiments import grid_2d
+
+    out = tmp_path / "grid"
+    m = grid_2d.run(out, progress=False, overrides=_toy(grid_2d, n_train=400))
+    _check_outputs(out, m, ["scatter_gaussian25.png", "scatter_gaussian25_rotated.png"])
+    assert set(m["datasets"]) == {"gaussian25", "gaussian25_rotated"}
+
+
+def test_trajectories_end_to_end(tmp_path):
+    from experiments import trajectories
+
+    out = tmp_path / "traj"
+    m = trajectories.run(out, progress=False, overrides=_toy(trajectories, n_train=400, n_train_2d=400, steps_2d=20))
+    _check_outputs(out, m, ["trajectories_1d.png", "trajectories_2d.png"])
+    assert m["steps_shown"] == 40  # min(100, T)
+
+
+def test_movement_of_a_trajectory():
+    from experiments.trajectories import movement
+
+    traj = np.zeros((2, 20, 1))
+    traj[1, -1, 0] = 3.0
+    assert list(movement(traj)) == [0.0, 3.0]
