@@ -19,6 +19,8 @@ EXPERIMENTS: dict[str, str] = {
     "score": "experiments.score",
     "trajectories": "experiments.trajectories",
     "detection": "experiments.detection",
+    "recursive-1d": "experiments.recursive_1d",
+    "recursive-2d": "experiments.recursive_2d",
 }
 PROFILES = ("quick", "paper")
 
