@@ -78,6 +78,29 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, type=Path, help="run directory")
+    _add_scale_arguments(p)
+
+
+def _add_scale_arguments(p: argparse.ArgumentParser) -> None:
+    """Matmul precision and the jax.distributed settings of a multi-process (multi-host) run."""
+    p.add_argument("--precision", default=None, choices=["float32", "tf32", "bf16"],
+                   help="the network's matmuls (sampler arithmetic stays float32; default float32, for "
+                        "sample: the run's)")
+    g = p.add_argument_group("many processes (jax.distributed; all processes run the same command)")
+    g.add_argument("--coordinator-address", default=None, help="host:port of process 0")
+    g.add_argument("--num-processes", type=_positive_int("num processes"), default=None)
+    g.add_argument("--process-id", type=int, default=None, help="this process's rank, 0 .. num-processes - 1")
+    g.add_argument("--distributed-auto", action="store_true",
+                   help="detect the settings from the platform (Cloud TPU, SLURM, Open MPI)")
+
+
+def _init_distributed(a) -> None:
+    from mijax import distributed
+
+    try:
+        distributed.initialize(a.coordinator_address, a.num_processes, a.process_id, auto=a.distributed_auto)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,19 +118,7 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, type=Path, help="output .npz (x [S, N, d], hal [S, N])")
-
-
-def _add_recursive_arguments(p: argparse.ArgumentParser) -> None:
-    _add_train_arguments(p)
-    p.add_argument("--generations", type=_positive_int("generations"), default=5)
-    p.add_argument("--filters", default="none,random,variance",
-                   help="comma-separated, of none, random, variance, threshold")
-    p.add_argument("--pool-extra", type=int, default=2_500, help="pool = N + this many samples (published: 2,500)")
-    p.add_argument("--pool-ratio", type=float, default=None, help="pool = ceil(N * ratio) instead")
-    p.add_argument("--threshold-keep", type=float, default=None,
-                   help="fraction of generation 0's pool the threshold filter keeps (default N / pool)")
-    p.add_argument("--hal-window", type=int, default=10, help="reverse steps in the Hal window (K)")
-    p.add_argument("--chunk-size", type=_positive_int("chunk size"), default=20_000, help="samples per compiled chunk")
+    _add_scale_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,18 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", type=Path, default=None, help="output directory (all: one folder per experiment)")
     exp.add_argument("--overwrite", action="store_true", help="replace a finished experiment")
     exp.add_argument("--no-progress", action="store_true")
-    _add_recursive_arguments(sub.add_parser("recursive", help="recursive training on generated data, with and "
-                                            "without Hal filtering; rerun the same command to resume"))
     from mijax import bench
     bench.add_arguments(sub.add_parser("bench", help="throughput and memory of sampling and training"))
     return parser
 
 
-def _run_config(a):
-    """The RunConfig of the training options (train and recursive)."""
-    from mijax.runs import DataConfig, DiffusionConfig, ModelConfig, RunConfig
+def _train(a) -> None:
+    from mijax.runs import DataConfig, DiffusionConfig, ModelConfig, RunConfig, train_run
     from mijax.training import TrainConfig
 
+    _init_distributed(a)
     is_1d = a.dataset == "gaussian1d"
     n_train = a.n_train if a.n_train is not None else (20_000 if is_1d else 100_000)
     steps = a.steps if a.steps is not None else max(1, 10_000 * (n_train // a.batch_size))
@@ -148,20 +157,13 @@ def _run_config(a):
         raise UsageError("--modes applies to gaussian1d only")
     config = RunConfig(
         data=DataConfig(dataset=a.dataset, modes=modes, std=a.std, n_train=n_train),
-        model=ModelConfig(tied=not a.untied),
+        model=ModelConfig(tied=not a.untied, precision=a.precision or "float32"),
         diffusion=DiffusionConfig(a.schedule, a.timesteps, a.beta_start, a.beta_end, a.objective),
         train=TrainConfig(steps=steps, batch_size=a.batch_size, learning_rate=a.lr, objective=a.objective,
                           shuffle=a.shuffle, steps_per_call=a.steps_per_call),
         seed=a.seed, seeds=a.seeds, checkpoint_every=a.checkpoint_every)
-    return config
-
-
-def _train(a) -> None:
-    from mijax.runs import train_run
-
-    config = _run_config(a)
     train_run(a.out, config, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress)
-    print(f"trained {config.seeds} model(s) for {config.train.steps} steps -> {a.out}")
+    print(f"trained {config.seeds} model(s) for {steps} steps -> {a.out}")
 
 
 def _sample(a) -> None:
@@ -170,6 +172,7 @@ def _sample(a) -> None:
 
     if a.chunk_size <= 0:
         raise UsageError(f"chunk size must be > 0, got {a.chunk_size}")
+    _init_distributed(a)
     prepare_output(a.out, overwrite=a.overwrite)
     config = load_config(a.run)
     sampler = SamplerConfig(sampler=a.sampler, variance=a.variance, objective=config.diffusion.objective,
@@ -181,11 +184,11 @@ def _sample(a) -> None:
     from mijax.runs import sample_run
 
     result = sample_run(a.run, a.n, seed=a.seed, sampler=sampler, chunk_size=a.chunk_size,
-                        progress=not a.no_progress)
-    from mijax.runs import save_npz
+                        progress=not a.no_progress, out=a.out, precision=a.precision)
+    import jax
 
-    save_npz(a.out, **result)
-    print(f"{result['x'].shape[0]} seed(s) x {a.n} samples -> {a.out}")
+    if jax.process_index() == 0:
+        print(f"{result['shape'][0]} seed(s) x {a.n} samples -> {a.out}")
 
 
 def _demo(a) -> None:
@@ -222,29 +225,13 @@ def _experiment(a) -> None:
         module.run(out, profile=a.profile, seeds=a.seeds, progress=not a.no_progress)
 
 
-def _recursive(a) -> None:
-    from mijax.recursive import RecursiveConfig, run_recursive, summarize  # noqa: F401
-    from mijax.stats import format_ci
-
-    config = RecursiveConfig(run=_run_config(a), generations=a.generations,
-                             filters=tuple(f for f in a.filters.replace(" ", "").split(",") if f),
-                             pool_extra=a.pool_extra, pool_ratio=a.pool_ratio, threshold_keep=a.threshold_keep,
-                             hal_window=a.hal_window, chunk_size=a.chunk_size)
-    result = run_recursive(a.out, config, progress=not a.no_progress, overwrite=a.overwrite)
-    for name, table in result["summary"].items():
-        rates = ", ".join(format_ci(c, 100.0, 3, "%") for c in table["hallucination_rate"])
-        print(f"{name:9s} % hallucinated per generation: {rates}")
-    print(f"-> {a.out}/metrics.json")
-
-
 def _bench(a) -> None:
     from mijax import bench
 
     bench.run(a)
 
 
-COMMANDS = {"train": _train, "sample": _sample, "demo": _demo, "experiment": _experiment, "bench": _bench,
-            "recursive": _recursive}
+COMMANDS = {"train": _train, "sample": _sample, "demo": _demo, "experiment": _experiment, "bench": _bench}
 
 
 def main(argv=None) -> int:

@@ -49,6 +49,8 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
                          "process id (or auto-detection)")
     if num_processes is not None and not 0 <= process_id < num_processes:
         raise ValueError(f"process id must be in 0..{num_processes - 1}, got {process_id}")
+    if jax.distributed.is_initialized():  # a second command in the same process (e.g. train, then sample)
+        return True
     # CPU processes exchange data through gloo (the default in recent jax; set explicitly so that an
     # environment that changed the default still gets working collectives).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -107,6 +109,8 @@ def _put(a, sharding: NamedSharding):
     """One leaf onto ``sharding``: device_put in one process, built from the host value in several."""
     if jax.process_count() == 1:
         return jax.device_put(a, sharding)
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:  # already global (e.g. a later dispatch)
+        return a if a.sharding == sharding else jax.device_put(a, sharding)
     if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
         impl = jax.random.key_impl(a)
         return jax.random.wrap_key_data(_put(jax.random.key_data(a), sharding), impl=impl)

@@ -25,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mijax import mixtures
+from mijax import distributed
 from mijax.models import ModuleDenoiser, ToyDenoiser
+from mijax.models.mlp import PRECISIONS
 from mijax.sampling import SamplerConfig, sample_chunks
 from mijax.schedules import SCHEDULES, Schedule, make_schedule
 from mijax.training import TrainConfig, TrainState, init_state, train
@@ -60,6 +62,7 @@ class ModelConfig:
     width: int = 128
     num_layers: int = 3
     tied: bool = True
+    precision: str = "float32"  # of the matmuls: float32, tf32 or bf16 (see mijax.models.mlp)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +133,9 @@ def validate_config(config: RunConfig) -> None:
               (c.checkpoint_every > 0, f"checkpoint-every must be > 0, got {c.checkpoint_every}"),
               (c.model.kind == "mlp", f"unknown model {c.model.kind!r}"),
               (c.model.width > 1 and c.model.width % 2 == 0, "model width must be even and > 1"),
-              (c.model.num_layers > 0, "num layers must be > 0")]
+              (c.model.num_layers > 0, "num layers must be > 0"),
+              (c.model.precision in PRECISIONS,
+               f"unknown precision {c.model.precision!r}; choose from {', '.join(PRECISIONS)}")]
     for ok, message in checks:
         if not ok:
             raise RunError(message)
@@ -160,7 +165,7 @@ def make_run_schedule(config: RunConfig) -> Schedule:
 
 def make_model(config: RunConfig, dim: int) -> ToyDenoiser:
     m = config.model
-    return ToyDenoiser(features=dim, width=m.width, num_layers=m.num_layers, tied=m.tied)
+    return ToyDenoiser(features=dim, width=m.width, num_layers=m.num_layers, tied=m.tied, precision=m.precision)
 
 
 def seed_keys(seeds: Sequence[int]) -> jax.Array:
@@ -263,7 +268,7 @@ def _manager(run_dir: Path, read_only: bool = False):
 def save_checkpoint(run_dir: Path, state: TrainState) -> None:
     import orbax.checkpoint as ocp
 
-    step = int(np.max(jax.device_get(state.step)))
+    step = int(np.max(distributed.to_host(state.step)))
     with _manager(run_dir) as manager:
         manager.save(step, args=ocp.args.StandardSave(state), force=True)
         manager.wait_until_finished()
@@ -336,7 +341,7 @@ def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwri
     losses: dict[str, list] = {"step": [], "loss": []}
     if resume and latest_step(out) is not None:
         state = restore_checkpoint(out, state)
-        done = int(np.max(np.asarray(state.step)))
+        done = int(np.max(distributed.to_host(state.step)))
         if (out / "losses.json").exists():
             logged = read_json(out / "losses.json")
             keep = [i for i, s in enumerate(logged["step"]) if s <= done]
@@ -345,15 +350,16 @@ def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwri
     write_json(out / "config.json", {**config_to_dict(config), "versions": _versions()})
     data = training_data(config, keys)
     stop_at = config.train.steps if stop_at is None else min(stop_at, config.train.steps)
-    step = int(np.max(np.asarray(state.step)))
-    bar = _progress(progress, total=config.train.steps, initial=step, desc=f"train {config.seeds} seed(s)")
+    step = int(np.max(distributed.to_host(state.step)))
+    bar = _progress(progress and jax.process_index() == 0, total=config.train.steps, initial=step,
+                    desc=f"train {config.seeds} seed(s)")
 
     def next_stop(s):
         return min(stop_at, (s // config.checkpoint_every + 1) * config.checkpoint_every)
 
     def log(state, chunk_losses):
-        now = int(np.max(np.asarray(state.step)))
-        mean = np.asarray(chunk_losses).mean(axis=-1)
+        now = int(np.max(distributed.to_host(state.step)))
+        mean = distributed.to_host(chunk_losses).mean(axis=-1)
         losses["step"].append(now)
         losses["loss"].append([float(v) for v in np.atleast_1d(mean)])
         if bar is not None:
@@ -367,11 +373,12 @@ def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwri
                           stop_at=target, callback=log)
             step = target
             save_checkpoint(out, state)
-            write_json(out / "losses.json", losses)
+            if jax.process_index() == 0:
+                write_json(out / "losses.json", losses)
     finally:
         if bar is not None:
             bar.close()
-    if step >= config.train.steps:
+    if step >= config.train.steps and jax.process_index() == 0:
         write_json(out / "train.json", {"steps": step, "final_loss": losses["loss"][-1] if losses["loss"] else None})
     return state
 
@@ -407,30 +414,68 @@ def sample_keys(config: RunConfig, seed: int) -> jax.Array:
 
 
 def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[SamplerConfig] = None,
-               chunk_size: Optional[int] = None, progress: bool = False) -> dict[str, np.ndarray]:
-    """Sample every seed of a trained run at once (vmapped), chunk by chunk, into host arrays.
+               chunk_size: Optional[int] = None, progress: bool = False, out: Optional[os.PathLike] = None,
+               precision: Optional[str] = None) -> dict[str, np.ndarray]:
+    """Sample every seed of a trained run at once, chunk by chunk, over every device (and process).
 
+    Args:
+      n: samples per seed. seed: the sampling seed (see :func:`sample_keys`).
+      chunk_size: samples per compiled chunk, over all devices (None: all n at once). Device memory is
+        bounded by the chunk, not by n.
+      out: stream the chunks into this ``.npz`` (x, hal, seeds) instead of returning them in memory: they
+        go to memory-mapped ``.npy`` files beside it, which are then packed (uncompressed, zip64) and
+        removed, so host memory holds one chunk, never all n. In a multi-process job only process 0
+        writes.
+      precision: the matmul precision (default: the run's; see :class:`ModelConfig`).
     Returns:
-      {"x": float32 [S, n, *shape], "hal": float32 [S, n], "seeds": int [S]}.
+      {"x": float32 [S, n, *shape], "hal": float32 [S, n], "seeds": int [S]}; with ``out`` only
+      {"shape": (S, n, *shape), "seeds": int [S]} (the arrays are in the file).
     """
     config, pieces, state = load_run(run_dir)
+    if precision is not None:
+        if precision not in PRECISIONS:
+            raise RunError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        pieces = dataclasses.replace(pieces, model=pieces.model.clone(precision=precision))
     sampler = SamplerConfig(objective=config.diffusion.objective) if sampler is None else sampler
     S = config.seeds
-    x = np.empty((S, n) + pieces.shape, np.float32)
-    hal = np.empty((S, n), np.float32)
-    bar = _progress(progress, total=n, desc=f"sample {S} seed(s)", unit="sample")
+    seeds = np.asarray(config.seed_values)
+    writer = jax.process_index() == 0
+    scratch = x = hal = None
+    if out is not None and writer:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".parts"))
+        x = np.lib.format.open_memmap(scratch / "x.npy", "w+", np.float32, (S, n) + pieces.shape)
+        hal = np.lib.format.open_memmap(scratch / "hal.npy", "w+", np.float32, (S, n))
+    elif out is None:
+        x = np.empty((S, n) + pieces.shape, np.float32)
+        hal = np.empty((S, n), np.float32)
+    bar = _progress(progress and writer, total=n, desc=f"sample {S} seed(s)", unit="sample")
     try:
-        for start, out in sample_chunks(pieces.denoise_fn, state.params, pieces.schedule, sample_keys(config, seed),
-                                        n, pieces.shape, sampler, chunk_size, seed_axis=True):
-            size = out.hal.shape[1]
-            x[:, start:start + size] = np.asarray(out.x)
-            hal[:, start:start + size] = np.asarray(out.hal)
+        for start, chunk in sample_chunks(pieces.denoise_fn, state.params, pieces.schedule,
+                                          sample_keys(config, seed), n, pieces.shape, sampler, chunk_size,
+                                          seed_axis=True):
+            chunk_x, chunk_hal = distributed.to_host((chunk.x, chunk.hal))  # every process takes part
+            size = chunk_hal.shape[1]
+            if writer:
+                x[:, start:start + size] = chunk_x
+                hal[:, start:start + size] = chunk_hal
             if bar is not None:
                 bar.update(size)
+        if out is None:
+            return {"x": x, "hal": hal, "seeds": seeds}
+        if writer:
+            x.flush()
+            hal.flush()
+            save_npz(out, x=x, hal=hal, seeds=seeds)  # np.savez copies memory maps in 16 MiB pieces
+        distributed.barrier("mijax.sample_run")
+        return {"shape": (S, n) + pieces.shape, "seeds": seeds}
     finally:
         if bar is not None:
             bar.close()
-    return {"x": x, "hal": hal, "seeds": np.asarray(config.seed_values)}
+        if scratch is not None:
+            x = hal = None  # close the memory maps before their files go
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _versions() -> dict:

@@ -260,9 +260,9 @@ def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
     if isinstance(mesh, str):
         mesh = distributed.rows_mesh()
     chunk, compiled = chunk_rows(stop - start, chunk_size, distributed.mesh_size(mesh))
-    params, key = distributed.replicate((params, key), mesh)
+    params, schedule, key = distributed.replicate((params, schedule, key), mesh)
     for first in range(start, stop, chunk):
-        out = sample_chunk(denoise_fn, params, schedule, key, jnp.uint32(first), config, shape, compiled,
+        out = sample_chunk(denoise_fn, params, schedule, key, np.uint32(first), config, shape, compiled,
                            seed_axis, seed_batch, mesh)
         keep = min(chunk, stop - first)
         if keep < compiled:

@@ -128,3 +128,55 @@ def test_seed_loop_equals_separate_runs_bit_for_bit():
         alone = mijax.sample(model.apply, jax.tree.map(lambda a: a[s], stacked), schedule, keys[s], 64, (1,), config)
         np.testing.assert_array_equal(both.x[s], alone.x)
         np.testing.assert_array_equal(both.hal[s], alone.hal)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+TWO_PROCESS_SCRIPT = """
+import sys
+from mijax.cli import main
+train, sample, dist = sys.argv[1].split(), sys.argv[2].split(), sys.argv[3].split()
+sys.exit(main(train + dist) or main(sample + dist))
+"""
+
+
+def test_two_processes_train_and_write_what_one_process_does(tmp_path):
+    """`mijax train` and `mijax sample` in 2 processes (jax.distributed on localhost, gloo collectives):
+    the same parameters and the same samples file as one process, bit for bit."""
+    from mijax import runs
+    from mijax.cli import main
+
+    train = ("train --dataset gaussian1d --n-train 64 --batch-size 32 --steps 4 --timesteps 5 --seeds 2 "
+             "--checkpoint-every 2 --steps-per-call 2 --no-progress --out {}")
+    sample = "sample --run {} --n 200 --chunk-size 128 --hal-window 3 --no-progress --out {}"
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(train.format(one).split()) == 0
+    assert main(sample.format(one, one / "samples.npz").split()) == 0  # streamed to disk chunk by chunk
+    address = f"127.0.0.1:{_free_port()}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_SCRIPT, train.format(two),
+                               sample.format(two, two / "samples.npz"),
+                               f"--coordinator-address {address} --num-processes 2 --process-id {i}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for i in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err[-3000:]
+
+    trained = [jax.tree.leaves(runs.load_run(d)[2]) for d in (one, two)]
+    assert all(np.array_equal(a, b) for a, b in zip(*trained))
+    a, b = np.load(one / "samples.npz"), np.load(two / "samples.npz")
+    assert sorted(a.files) == sorted(b.files) == ["hal", "seeds", "x"]
+    for name in a.files:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert a["x"].shape == (2, 200, 1)
+    in_memory = runs.sample_run(one, 200, chunk_size=128, sampler=mijax.SamplerConfig(hal_window=3))
+    for name in a.files:
+        np.testing.assert_array_equal(a[name], in_memory[name])
+    assert not list(one.glob(".*.parts"))  # the memory-mapped scratch files are gone

@@ -8,15 +8,53 @@ weights are Xavier-uniform and biases zero, as in the published code.
 from __future__ import annotations
 
 import math
-from functools import partial
-
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 LEAKY_SLOPE = 0.02
 LAYER_NORM_EPS = 1e-5
+PRECISIONS = ("float32", "tf32", "bf16")
 
-_dense = partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.zeros)
+
+def _round_to_tf32(a: jnp.ndarray) -> jnp.ndarray:
+    """float32 rounded to TF32's 10-bit mantissa (round to nearest even), kept as float32."""
+    bits = jax.lax.bitcast_convert_type(a, jnp.uint32)
+    bits = (bits + jnp.uint32(0xFFF) + ((bits >> 13) & jnp.uint32(1))) & jnp.uint32(0xFFFFE000)
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def matmul_dot_general(precision: str):
+    """The ``dot_general`` of every Dense layer for a matmul precision; all else stays float32.
+
+    ``float32``: full float32 products (``Precision.HIGHEST``; GPUs would otherwise use TF32).
+    ``tf32``: inputs rounded to TF32 (10-bit mantissa), float32 accumulation: the tensor cores' TF32
+    algorithm on GPU, the same rounding emulated on other backends (so CPU runs show its effect).
+    ``bf16``: inputs cast to bfloat16, products accumulated in float32.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+
+    def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):  # noqa: ARG001
+        if mode == "bf16":
+            return jax.lax.dot_general(lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16), dimension_numbers,
+                                       preferred_element_type=jnp.float32)
+        if mode == "tf32":
+            if jax.default_backend() == "gpu":
+                return jax.lax.dot_general(lhs, rhs, dimension_numbers,
+                                           precision=jax.lax.DotAlgorithmPreset.TF32_TF32_F32,
+                                           preferred_element_type=jnp.float32)
+            lhs, rhs = _round_to_tf32(lhs), _round_to_tf32(rhs)
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=jax.lax.Precision.HIGHEST,
+                                   preferred_element_type=jnp.float32)
+
+    mode = precision
+    return dot_general
+
+
+def _dense(features: int, use_bias: bool = True, precision: str = "float32") -> nn.Dense:
+    return nn.Dense(features, use_bias=use_bias, kernel_init=nn.initializers.xavier_uniform(),
+                    bias_init=nn.initializers.zeros, dot_general=matmul_dot_general(precision))
 
 
 def _act(x):
@@ -43,13 +81,14 @@ class ResidualBlock(nn.Module):
     that a batch sharing one t computes it once."""
 
     width: int
+    precision: str = "float32"
 
     def setup(self):
         self.norm1 = nn.LayerNorm(epsilon=LAYER_NORM_EPS)
         self.norm2 = nn.LayerNorm(epsilon=LAYER_NORM_EPS)
-        self.fc1 = _dense(self.width, use_bias=False)
-        self.fc2 = _dense(self.width, use_bias=False)
-        self.time = _dense(self.width)
+        self.fc1 = _dense(self.width, use_bias=False, precision=self.precision)
+        self.fc2 = _dense(self.width, use_bias=False, precision=self.precision)
+        self.time = _dense(self.width, precision=self.precision)
 
     def project_time(self, temb: jnp.ndarray) -> jnp.ndarray:
         """[B, width] -> [B, width]; B is 1 when the batch shares t."""
@@ -68,6 +107,8 @@ class ToyDenoiser(nn.Module):
       width: hidden width (128).
       num_layers: how many times the residual block is applied (3).
       tied: one block reused ``num_layers`` times (the published code) or separate blocks.
+      precision: of the matmuls, ``float32`` (published), ``tf32`` or ``bf16`` (see
+        :func:`matmul_dot_general`); parameters, LayerNorm and activations stay float32.
 
     ``__call__(x [N, d], t [N] or []) -> eps_hat [N, d]``. A scalar t is embedded once for the batch.
     Parameters: 66,817 (d = 1) and 67,074 (d = 2) tied; untied adds 99,584.
@@ -77,14 +118,15 @@ class ToyDenoiser(nn.Module):
     width: int = 128
     num_layers: int = 3
     tied: bool = True
+    precision: str = "float32"
 
     def setup(self):
-        self.input_proj = _dense(self.width, use_bias=False)
-        self.time_proj = _dense(self.width)
+        self.input_proj = _dense(self.width, use_bias=False, precision=self.precision)
+        self.time_proj = _dense(self.width, precision=self.precision)
         n_blocks = 1 if self.tied else self.num_layers
-        self.blocks = [ResidualBlock(self.width) for _ in range(n_blocks)]
+        self.blocks = [ResidualBlock(self.width, self.precision) for _ in range(n_blocks)]
         self.out_norm = nn.LayerNorm(epsilon=LAYER_NORM_EPS)
-        self.output = _dense(self.features)
+        self.output = _dense(self.features, precision=self.precision)
 
     def __call__(self, x: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
         if x.ndim != 2 or x.shape[1] != self.features:
