@@ -121,6 +121,19 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     _add_scale_arguments(p)
 
 
+def _add_recursive_arguments(p: argparse.ArgumentParser) -> None:
+    _add_train_arguments(p)
+    p.add_argument("--generations", type=_positive_int("generations"), default=5)
+    p.add_argument("--filters", default="none,random,variance",
+                   help="comma-separated, of none, random, variance, threshold")
+    p.add_argument("--pool-extra", type=int, default=2_500, help="pool = N + this many samples (published: 2,500)")
+    p.add_argument("--pool-ratio", type=float, default=None, help="pool = ceil(N * ratio) instead")
+    p.add_argument("--threshold-keep", type=float, default=None,
+                   help="fraction of generation 0's pool the threshold filter keeps (default N / pool)")
+    p.add_argument("--hal-window", type=int, default=10, help="reverse steps in the Hal window (K)")
+    p.add_argument("--chunk-size", type=_positive_int("chunk size"), default=20_000, help="samples per compiled chunk")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mijax", description="Hallucinations in diffusion models through mode interpolation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -139,13 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", type=Path, default=None, help="output directory (all: one folder per experiment)")
     exp.add_argument("--overwrite", action="store_true", help="replace a finished experiment")
     exp.add_argument("--no-progress", action="store_true")
+    _add_recursive_arguments(sub.add_parser("recursive", help="recursive training on generated data, with and "
+                                            "without Hal filtering; rerun the same command to resume"))
     from mijax import bench
     bench.add_arguments(sub.add_parser("bench", help="throughput and memory of sampling and training"))
     return parser
 
 
-def _train(a) -> None:
-    from mijax.runs import DataConfig, DiffusionConfig, ModelConfig, RunConfig, train_run
+def _run_config(a):
+    """The RunConfig of the training options (train and recursive)."""
+    from mijax.runs import DataConfig, DiffusionConfig, ModelConfig, RunConfig
     from mijax.training import TrainConfig
 
     _init_distributed(a)
@@ -162,8 +178,15 @@ def _train(a) -> None:
         train=TrainConfig(steps=steps, batch_size=a.batch_size, learning_rate=a.lr, objective=a.objective,
                           shuffle=a.shuffle, steps_per_call=a.steps_per_call),
         seed=a.seed, seeds=a.seeds, checkpoint_every=a.checkpoint_every)
+    return config
+
+
+def _train(a) -> None:
+    from mijax.runs import train_run
+
+    config = _run_config(a)
     train_run(a.out, config, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress)
-    print(f"trained {config.seeds} model(s) for {steps} steps -> {a.out}")
+    print(f"trained {config.seeds} model(s) for {config.train.steps} steps -> {a.out}")
 
 
 def _sample(a) -> None:
@@ -225,13 +248,29 @@ def _experiment(a) -> None:
         module.run(out, profile=a.profile, seeds=a.seeds, progress=not a.no_progress)
 
 
+def _recursive(a) -> None:
+    from mijax.recursive import RecursiveConfig, run_recursive, summarize  # noqa: F401
+    from mijax.stats import format_ci
+
+    config = RecursiveConfig(run=_run_config(a), generations=a.generations,
+                             filters=tuple(f for f in a.filters.replace(" ", "").split(",") if f),
+                             pool_extra=a.pool_extra, pool_ratio=a.pool_ratio, threshold_keep=a.threshold_keep,
+                             hal_window=a.hal_window, chunk_size=a.chunk_size)
+    result = run_recursive(a.out, config, progress=not a.no_progress, overwrite=a.overwrite)
+    for name, table in result["summary"].items():
+        rates = ", ".join(format_ci(c, 100.0, 3, "%") for c in table["hallucination_rate"])
+        print(f"{name:9s} % hallucinated per generation: {rates}")
+    print(f"-> {a.out}/metrics.json")
+
+
 def _bench(a) -> None:
     from mijax import bench
 
     bench.run(a)
 
 
-COMMANDS = {"train": _train, "sample": _sample, "demo": _demo, "experiment": _experiment, "bench": _bench}
+COMMANDS = {"train": _train, "sample": _sample, "demo": _demo, "experiment": _experiment, "bench": _bench,
+            "recursive": _recursive}
 
 
 def main(argv=None) -> int:
