@@ -213,6 +213,15 @@ def initial_states(config: RunConfig, pieces: Pieces, keys: jax.Array) -> TrainS
 # ---------------------------------------------------------------------------------------------
 # Atomic files.
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same directory and a rename."""
     path = Path(path)
@@ -223,6 +232,7 @@ def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; a run's files are as readable as any other
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -242,6 +252,7 @@ def save_npz(path: os.PathLike, **arrays: np.ndarray) -> None:
     os.close(fd)
     try:
         np.savez(tmp, **arrays)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
