@@ -1,4 +1,4 @@
-"""Throughput and memory of the paper's workloads: sampling with Hal, training, seeds as a vmap axis.
+"""Throughput and memory of the paper's workloads: sampling with Hal, training, a stack of seeds in one program.
 
 Every figure excludes compilation: each measured function is run once to compile (and warm up), then
 timed ``repeats`` times with ``block_until_ready``; the best time is reported. The model is the paper's
@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 
 from mijax.models import ToyDenoiser
-from mijax.sampling import SamplerConfig, sample, sample_chunk, validate
+from mijax import distributed
+from mijax.sampling import SamplerConfig, chunk_rows, sample, sample_chunk, validate
 from mijax.schedules import make_schedule
 from mijax.training import TrainConfig, init_state, train_steps
 
@@ -85,6 +86,27 @@ def _machine_busy_seconds() -> Optional[float]:
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_quiet(max_seconds: float, threshold: float = 0.15, settle: float = 10.0, poll: float = 2.0) -> dict:
+    """Wait until other processes have used under ``threshold`` cores for ``settle`` seconds in a row.
+
+    For shared machines: call before a measurement. Gives up after ``max_seconds``.
+    Returns:
+      ``{"quiet": whether it got quiet, "waited_seconds": ...}`` (quiet is None where /proc/stat is missing).
+    """
+    start = time.perf_counter()
+    if max_seconds <= 0 or _machine_busy_seconds() is None:
+        return {"quiet": None, "waited_seconds": 0.0}
+    calm = 0.0
+    while time.perf_counter() - start < max_seconds:
+        meter = CpuMeter()
+        time.sleep(poll)
+        busy = meter.read().get("other_cores", 0.0)
+        calm = calm + poll if busy < threshold else 0.0
+        if calm >= settle:
+            return {"quiet": True, "waited_seconds": time.perf_counter() - start}
+    return {"quiet": False, "waited_seconds": time.perf_counter() - start}
 
 
 def time_best(fn: Callable[[], Any], repeats: int) -> dict:
@@ -156,13 +178,15 @@ def compiled_memory(n: int, timesteps: int, dim: int, window: int, seed: int = 0
     params = init_fn(key)
     schedule = make_schedule(num_timesteps=timesteps)
     config = SamplerConfig(hal_window=window)
-    compiled = sample_chunk.lower(model.apply, params, schedule, key, jnp.uint32(0), config, (dim,), n).compile()
+    rows = chunk_rows(n, None)[1]  # what sample() compiles for n samples in one chunk (padded rows)
+    compiled = sample_chunk.lower(model.apply, params, schedule, key, jnp.uint32(0), config, (dim,), rows).compile()
     analysis = compiled.memory_analysis()
     if analysis is None:
         return None
     fields = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
               "generated_code_size_in_bytes")
-    return {"timesteps": timesteps, **{f: int(getattr(analysis, f)) for f in fields if hasattr(analysis, f)}}
+    return {"timesteps": timesteps, "rows": rows,
+            **{f: int(getattr(analysis, f)) for f in fields if hasattr(analysis, f)}}
 
 
 def bench_sampling_memory(n: int, timesteps: int, dim: int, window: int) -> dict:
@@ -194,11 +218,12 @@ def device_peak_bytes() -> Optional[int]:
 
 
 def bench_training(batch: int, steps: int, dim: int, num_seeds: Optional[int] = None, timesteps: int = 1000,
-                   repeats: int = 3, seed: int = 0) -> dict:
+                   repeats: int = 3, seed: int = 0, seed_batch: Optional[int] = None) -> dict:
     """Milliseconds per Adam step of :func:`mijax.training.train_steps` (``steps`` steps in one dispatch).
 
-    ``num_seeds`` None trains one model; an integer S trains S models together along a seed axis
-    (``seed_axis=True``, even for S = 1), and ms_per_step is then the time of one step of all S models.
+    ``num_seeds`` None trains one model; an integer S trains S models in one program along a seed axis
+    (``seed_axis=True``, even for S = 1), ``seed_batch`` of them vmapped together (None: the library's
+    default for this backend), and ms_per_step is then the time of one step of all S models.
     """
     model, init_fn = _denoiser(dim)
     schedule = make_schedule(num_timesteps=timesteps)
@@ -218,24 +243,27 @@ def bench_training(batch: int, steps: int, dim: int, num_seeds: Optional[int] = 
     def call():
         # train_steps donates its state: always continue from the state it returned.
         holder["state"], holder["losses"] = train_steps(model.apply, schedule, config, holder["state"], keys, data,
-                                                        steps, seed_axis)
+                                                        steps, seed_axis, seed_batch if seed_axis else None)
         return holder["losses"]
 
     timing = time_best(call, repeats)
     finite = bool(jnp.all(jnp.isfinite(holder["losses"])))
     num_models = num_seeds if seed_axis else 1
     return {"batch": batch, "steps": steps, "dim": dim, "num_seeds": num_models, "seed_axis": seed_axis,
+            "seed_batch": _seed_batch(num_models, seed_batch) if seed_axis else None,
             **timing, "ms_per_step": 1e3 * timing["seconds"] / steps,
             "examples_per_s": batch * num_models * steps / timing["seconds"], "losses_finite": finite}
 
 
 def bench_seed_sampling(n: int, timesteps: int, dim: int, window: int, num_seeds: int, repeats: int = 3,
-                        seed: int = 0, one_seed_seconds: Optional[float] = None) -> dict:
-    """S models sampled together (``seed_axis=True``) against S times one model sampled alone.
+                        seed: int = 0, one_seed_seconds: Optional[float] = None,
+                        seed_batch: Optional[int] = None) -> dict:
+    """S models sampled in one program (``seed_axis=True``) against S times one model sampled alone.
 
+    ``seed_batch`` seeds are vmapped together (None: the library's default for this backend).
     ``one_seed_seconds``, if given, is the one-model time at the same sizes (to avoid measuring it twice).
     Returns:
-      seconds (S models vmapped), one_seed_seconds, ratio = seconds / (S one_seed_seconds) (1 is ideal).
+      seconds (S models), one_seed_seconds, ratio = seconds / (S one_seed_seconds) (1 is ideal).
     """
     model, init_fn = _denoiser(dim)
     key = jax.random.PRNGKey(seed)
@@ -244,12 +272,19 @@ def bench_seed_sampling(n: int, timesteps: int, dim: int, window: int, num_seeds
     if one_seed_seconds is None:
         one_seed_seconds = bench_sampling(n, timesteps, dim, window, repeats, seed)["seconds"]
     params, keys = _seed_params(init_fn, num_seeds, key)
-    timing = time_best(lambda: sample(model.apply, params, schedule, keys, n, (dim,), config, seed_axis=True),
-                       repeats)
-    return {"n": n, "timesteps": timesteps, "dim": dim, "num_seeds": num_seeds, **timing,
+    timing = time_best(lambda: sample(model.apply, params, schedule, keys, n, (dim,), config, seed_axis=True,
+                                      seed_batch=seed_batch), repeats)
+    return {"n": n, "timesteps": timesteps, "dim": dim, "num_seeds": num_seeds,
+            "seed_batch": _seed_batch(num_seeds, seed_batch), **timing,
             "one_seed_seconds": one_seed_seconds,
             "ratio": timing["seconds"] / (num_seeds * one_seed_seconds),
             "point_steps_per_s": num_seeds * n * timesteps / timing["seconds"]}
+
+
+def _seed_batch(num_seeds: int, seed_batch: Optional[int]) -> int:
+    """The seeds vmapped together: ``seed_batch`` or the library's default (1 on CPU: a loop), at most S."""
+    batch = distributed.default_seed_batch(num_seeds) if seed_batch is None else seed_batch
+    return max(1, min(batch, num_seeds))
 
 
 def torch_available(python: str = sys.executable) -> tuple[bool, str]:
@@ -338,10 +373,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--train-batch", type=int, help=f"training batch (default {d['train_batch']})")
     parser.add_argument("--train-steps", type=int,
                         help=f"optimiser steps timed, in one dispatch (default {d['train_steps']})")
-    parser.add_argument("--seeds", help=f"comma-separated seed counts S for the vmapped-seeds measurements "
+    parser.add_argument("--seeds", help=f"comma-separated seed counts S for the seeds-in-one-program measurements "
                                         f"(default {d['seeds']}; 0 or '' skips them)")
     parser.add_argument("--seed-n", type=int,
-                        help=f"samples per seed in the vmapped-seeds sampling measurement (default {d['seed_n']})")
+                        help=f"samples per seed in the seeds sampling measurement (default {d['seed_n']})")
+    parser.add_argument("--seed-batch", type=int, default=None,
+                        help="seeds vmapped together in those measurements (default: the library's, 1 on CPU "
+                             "where the seeds loop inside the program, all of them on accelerators)")
     parser.add_argument("--repeats", type=int, help=f"timed runs after the warm-up; best reported (default "
                                                     f"{d['repeats']})")
     parser.add_argument("--compare-torch", action="store_true",
@@ -352,6 +390,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="runs of each torch measurement, fastest kept (default 1)")
     parser.add_argument("--skip", default="",
                         help="comma-separated measurements to skip: sampling, memory, training, seeds")
+    parser.add_argument("--quiet-wait", type=float, default=0.0,
+                        help="on a shared machine, wait up to this many seconds before each measurement for other "
+                             "processes to go quiet (default 0: do not wait)")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a few seconds), for tests")
     return parser
@@ -372,6 +413,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     values.setdefault("torch_baseline", None)
     values.setdefault("torch_repeats", 1)
     values.setdefault("json_out", None)
+    values.setdefault("quiet_wait", 0.0)
+    values.setdefault("seed_batch", None)
     skip = values.get("skip") or ""
     values["skip"] = set(skip.split(",")) - {""} if isinstance(skip, str) else set(skip)
     for name in ("n", "timesteps", "dim", "train_batch", "train_steps", "seed_n", "repeats"):
@@ -381,60 +424,71 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Run the measurements that ``args`` asks for; print a table and one JSON line; return the results."""
+    """Run the measurements that ``args`` asks for; print a table and one JSON line; return the results.
+
+    Each torch measurement runs right after its mijax counterpart, so both see the same machine.
+    """
     a = resolve(args)
     results: dict[str, Any] = {"machine": machine_info(),
                                "config": {k: (sorted(v) if isinstance(v, set) else
                                               str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}}
-    torch_skip = None
+
+    def measure(fn: Callable[[], dict]) -> dict:
+        wait = wait_for_quiet(a.quiet_wait) if a.quiet_wait > 0 else None
+        out = fn()
+        if wait is not None:
+            out["quiet_wait"] = wait
+        return out
+
+    torch_skip, script = None, None
     if a.compare_torch:
         script = Path(a.torch_baseline) if a.torch_baseline else default_torch_baseline()
         ok, detail = (False, f"torch baseline not found at {script}") if not script.is_file() else torch_available()
         torch_skip = None if ok else detail
         results["torch"] = {"skipped": torch_skip} if torch_skip else {"version": detail, "script": str(script)}
+    with_torch = a.compare_torch and not torch_skip
 
     if "sampling" not in a.skip:
-        results["sampling"] = bench_sampling(a.n, a.timesteps, a.dim, a.window, a.repeats)
+        results["sampling"] = measure(lambda: bench_sampling(a.n, a.timesteps, a.dim, a.window, a.repeats))
+        if with_torch:
+            traj = measure(lambda: bench_torch(script, "trajectory", dict(n=a.n, timesteps=a.timesteps, dim=a.dim,
+                                                                           window=a.window), a.torch_repeats))
+            results["torch"]["trajectory"] = traj
+            results["torch"]["sampling_speedup"] = traj["seconds"] / results["sampling"]["seconds"]
     if "memory" not in a.skip:
-        results["memory"] = bench_sampling_memory(a.n, a.timesteps, a.dim, a.window)
+        results["memory"] = bench_sampling_memory(a.n, a.timesteps, a.dim, a.window)  # compiles only: no wait
     if "training" not in a.skip:
-        one = bench_training(a.train_batch, a.train_steps, a.dim, None, a.timesteps, a.repeats)
+        one = measure(lambda: bench_training(a.train_batch, a.train_steps, a.dim, None, a.timesteps, a.repeats))
         results["training"] = {"one_seed": one, "seeds": []}
+        if with_torch:
+            train = measure(lambda: bench_torch(script, "train", dict(batch=a.train_batch, steps=a.train_steps,
+                                                                       dim=a.dim), a.torch_repeats))
+            results["torch"]["train"] = train
+            results["torch"]["training_speedup"] = train["ms_per_step"] / one["ms_per_step"]
         if "seeds" not in a.skip:
             for s in a.seeds:
-                many = bench_training(a.train_batch, a.train_steps, a.dim, s, a.timesteps, a.repeats)
+                many = measure(lambda: bench_training(a.train_batch, a.train_steps, a.dim, s, a.timesteps, a.repeats,
+                                                      seed_batch=a.seed_batch))
                 many["ratio"] = many["seconds"] / (s * one["seconds"])
                 results["training"]["seeds"].append(many)
     if "seeds" not in a.skip and a.seeds:
-        one_seed_seconds = None
         if a.seed_n == a.n and "sampling" in results:
-            one_seed_seconds = results["sampling"]["seconds"]
+            one_seed = results["sampling"]
         else:
-            one_seed_seconds = bench_sampling(a.seed_n, a.timesteps, a.dim, a.window, a.repeats)["seconds"]
-        results["seed_sampling"] = [bench_seed_sampling(a.seed_n, a.timesteps, a.dim, a.window, s, a.repeats,
-                                                        one_seed_seconds=one_seed_seconds) for s in a.seeds]
+            one_seed = measure(lambda: bench_sampling(a.seed_n, a.timesteps, a.dim, a.window, a.repeats))
+        results["seed_sampling"] = [
+            measure(lambda: bench_seed_sampling(a.seed_n, a.timesteps, a.dim, a.window, s, a.repeats,
+                                                one_seed_seconds=one_seed["seconds"], seed_batch=a.seed_batch))
+            for s in a.seeds]
 
-    if a.compare_torch and not torch_skip:
-        torch_results = results["torch"]
-        script = torch_results["script"]
-        if "sampling" in results:
-            traj = bench_torch(script, "trajectory", dict(n=a.n, timesteps=a.timesteps, dim=a.dim, window=a.window),
-                               a.torch_repeats)
-            torch_results["trajectory"] = traj
-            torch_results["sampling_speedup"] = traj["seconds"] / results["sampling"]["seconds"]
-        if "training" in results:
-            train = bench_torch(script, "train", dict(batch=a.train_batch, steps=a.train_steps, dim=a.dim),
-                                a.torch_repeats)
-            torch_results["train"] = train
-            torch_results["training_speedup"] = train["ms_per_step"] / results["training"]["one_seed"]["ms_per_step"]
-
-    results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()] \
-        if hasattr(os, "getloadavg") else None
+    if hasattr(os, "getloadavg"):
+        results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    results = _jsonable(results)
     print(format_table(results))
-    print(json.dumps(_jsonable(results), sort_keys=True))
+    print(json.dumps(results, sort_keys=True))
     if a.json_out:
-        Path(a.json_out).write_text(json.dumps(_jsonable(results), indent=2, sort_keys=True) + "\n")
-    return _jsonable(results)
+        Path(a.json_out).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    return results
 
 
 def _jsonable(obj):
@@ -455,7 +509,10 @@ def _jsonable(obj):
 def _busy(r: dict) -> str:
     """A warning when other processes used the CPU during a measurement."""
     other = r.get("other_cores", r.get("process_other_cores"))
-    return f" [NOISY: other processes used {other:.1f} cores]" if other is not None and other > 0.3 else ""
+    note = f" [NOISY: other processes used {other:.1f} cores]" if other is not None and other > 0.3 else ""
+    if (r.get("quiet_wait") or {}).get("quiet") is False:
+        note += f" [machine not quiet after {r['quiet_wait']['waited_seconds']:.0f} s of waiting]"
+    return note
 
 
 def format_table(results: dict) -> str:
@@ -491,11 +548,11 @@ def format_table(results: dict) -> str:
         rows.append((f"training batch={one['batch']} d={one['dim']}",
                      f"{one['ms_per_step']:.2f} ms/step ({one['steps']} steps per dispatch){_busy(one)}"))
         for r in results["training"]["seeds"]:
-            rows.append((f"training {r['num_seeds']} seeds vmapped",
+            rows.append((f"training {r['num_seeds']} seeds, {r['seed_batch']} vmapped at a time",
                          f"{r['ms_per_step']:.2f} ms/step; ratio to {r['num_seeds']} x one seed {r['ratio']:.3f}"
                          f"{_busy(r)}"))
     for r in results.get("seed_sampling", []):
-        rows.append((f"sampling {r['num_seeds']} seeds vmapped N={r['n']}",
+        rows.append((f"sampling {r['num_seeds']} seeds, {r['seed_batch']} vmapped at a time, N={r['n']}",
                      f"{r['seconds']:.3f} s vs {r['num_seeds']} x {r['one_seed_seconds']:.3f} s; "
                      f"ratio {r['ratio']:.3f}{_busy(r)}"))
     if "torch" in results:

@@ -60,10 +60,10 @@ def test_quick_memory_figures(quick_results):
 def test_quick_training_and_seed_figures(quick_results):
     results = quick_results[0]
     one = results["training"]["one_seed"]
-    assert one["num_seeds"] == 1 and one["losses_finite"]
+    assert one["num_seeds"] == 1 and not one["seed_axis"] and one["losses_finite"]
     assert _positive(one["ms_per_step"]) and _positive(one["examples_per_s"])
     (two,) = results["training"]["seeds"]
-    assert two["num_seeds"] == 2 and two["losses_finite"]
+    assert two["num_seeds"] == 2 and two["seed_axis"] and two["losses_finite"]
     assert _positive(two["ms_per_step"]) and _positive(two["ratio"])
     (seeds,) = results["seed_sampling"]
     assert seeds["num_seeds"] == 2
