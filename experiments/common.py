@@ -87,6 +87,17 @@ def train(out: Path, name: str, config: RunConfig, progress: bool = True) -> Pat
     return run_dir
 
 
+def train_and_sample(out: Path, name: str, config: RunConfig, p: dict, timer: "Timer",
+                     progress: bool = True) -> tuple[Path, dict[str, np.ndarray]]:
+    """The usual first half of an experiment: train ``config`` (resuming), then sample the profile's
+    ``num_samples`` per seed with Hal; lap ``timer`` after each. Returns (run_dir, samples)."""
+    run_dir = train(out, name, config, progress)
+    timer.lap("train")
+    result = sample(run_dir, p["num_samples"], chunk_size=p["chunk_size"], progress=progress)
+    timer.lap("sample")
+    return run_dir, result
+
+
 def _latest_done(run_dir: Path) -> int:
     try:
         return int(json.loads((run_dir / "train.json").read_text())["steps"])

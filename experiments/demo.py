@@ -7,7 +7,6 @@ writes ``report.md``, ``metrics.json`` and PNG figures into the output directory
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from pathlib import Path

@@ -36,10 +36,7 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     out = common.check_out(out)
     timer = common.Timer()
     config = common.run_config(p, modes=MODES)
-    run_dir = common.train(out, "1d", config, progress)
-    timer.lap("train")
-    result = common.sample(run_dir, p["num_samples"], chunk_size=p["chunk_size"], progress=progress)
-    timer.lap("sample")
+    run_dir, result = common.train_and_sample(out, "1d", config, p, timer, progress)
     mixture = build(config).mixture
     x = result["x"][:, :, 0]  # [S, N]
     dens = np.stack([gap_densities(xs) for xs in x])  # [S, 3]

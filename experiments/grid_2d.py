@@ -61,10 +61,7 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     sections = []
     for dataset in DATASETS:
         config = common.run_config(p, dataset=dataset)
-        run_dir = common.train(out, dataset, config, progress)
-        timer.lap("train")
-        result = common.sample(run_dir, p["num_samples"], chunk_size=p["chunk_size"], progress=progress)
-        timer.lap("sample")
+        run_dir, result = common.train_and_sample(out, dataset, config, p, timer, progress)
         mixture = build(config).mixture
         means = np.asarray(mixture.means, np.float64)
         x = result["x"]

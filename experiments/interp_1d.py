@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
 from experiments import common
 from mijax import plots
@@ -34,10 +33,7 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     for n_train in p["sizes"]:
         steps = p["steps"] or common.epochs_to_steps(p["epochs"], n_train, p["batch_size"])
         config = common.run_config(p, modes=MODES, n_train=n_train, steps=steps)
-        run_dir = common.train(out, f"n{n_train}", config, progress)
-        timer.lap("train")
-        result = common.sample(run_dir, p["num_samples"], chunk_size=p["chunk_size"], progress=progress)
-        timer.lap("sample")
+        run_dir, result = common.train_and_sample(out, f"n{n_train}", config, p, timer, progress)
         mixture = build(config).mixture
         samples_by_size[n_train] = result["x"]
         per_size.append({"n_train": n_train, "steps": steps, "batch_size": config.train.batch_size,

@@ -6,8 +6,6 @@ study. The study lives in ``out/study`` and resumes there if the command is reru
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Optional

@@ -43,10 +43,7 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     out = common.check_out(out)
     timer = common.Timer()
     config = common.run_config(p, modes=MODES)
-    run_dir = common.train(out, "1d", config, progress)
-    timer.lap("train")
-    trained = common.sample(run_dir, p["num_samples"], chunk_size=p["chunk_size"], progress=progress)
-    timer.lap("sample")
+    run_dir, trained = common.train_and_sample(out, "1d", config, p, timer, progress)
     _, pieces, state = load_run(run_dir)
     mixture, schedule = pieces.mixture, pieces.schedule
     times = [t for t in TIMES if t < p["timesteps"]]

@@ -249,7 +249,7 @@ def _experiment(a) -> None:
 
 
 def _recursive(a) -> None:
-    from mijax.recursive import RecursiveConfig, run_recursive, summarize  # noqa: F401
+    from mijax.recursive import RecursiveConfig, run_recursive
     from mijax.stats import format_ci
 
     config = RecursiveConfig(run=_run_config(a), generations=a.generations,

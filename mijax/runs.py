@@ -339,7 +339,6 @@ def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwri
     out = Path(out)
     validate_config(config)
     prepare_output(out, overwrite, resume)
-    start_state = None
     if resume and (out / "config.json").exists():
         saved = load_config(out)
         if saved != config:

@@ -11,7 +11,6 @@ on the chunk size, on the other samples of its batch, or on how the batch is lai
 from __future__ import annotations
 
 import dataclasses
-import math
 from functools import partial
 from typing import Iterator, Optional, Sequence
 
