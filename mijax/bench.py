@@ -38,10 +38,14 @@ from mijax.schedules import make_schedule
 from mijax.training import TrainConfig, init_state, train_steps
 
 # Sizes of the paper's workloads, and tiny ones for tests (--quick). An option given explicitly wins.
+# The sweep's axes ("sweep_n" / "sweep_timesteps" None: just --n / --timesteps; "all": every local device).
 DEFAULTS = dict(n=10_000, timesteps=1000, dim=1, window=10, train_batch=10_000, train_steps=20, seeds="8",
-                seed_n=2000, repeats=3)
+                seed_n=2000, repeats=3, sweep_n=None, sweep_timesteps=None, sweep_dims="1,2", devices="1,all",
+                precisions="float32,bf16")
 QUICK = dict(n=256, timesteps=20, dim=1, window=5, train_batch=256, train_steps=2, seeds="2", seed_n=256,
-             repeats=1)
+             repeats=1, sweep_n=None, sweep_timesteps=None, sweep_dims="1,2", devices="1,all",
+             precisions="float32,bf16")
+PRECISIONS = ("float32", "tf32", "bf16")
 # Memory is compared at T and at T / MEMORY_T_FACTOR.
 MEMORY_T_FACTOR = 10
 # 'does not grow with T': the compiled temporaries at T are within this factor of those at T / 10.
@@ -132,9 +136,9 @@ def time_best(fn: Callable[[], Any], repeats: int) -> dict:
     return out
 
 
-def _denoiser(dim: int) -> tuple[ToyDenoiser, Callable[[jax.Array], Any]]:
-    """The paper's toy denoiser for d = ``dim`` and its ``init_fn(key) -> params``."""
-    model = ToyDenoiser(features=dim)
+def _denoiser(dim: int, precision: str = "float32") -> tuple[ToyDenoiser, Callable[[jax.Array], Any]]:
+    """The paper's toy denoiser for d = ``dim`` (matmuls in ``precision``) and its ``init_fn(key) -> params``."""
+    model = ToyDenoiser(features=dim, precision=precision)
     x, t = jnp.zeros((1, dim), jnp.float32), jnp.zeros((1,), jnp.int32)
     return model, lambda key: model.init(key, x, t)
 
@@ -149,21 +153,29 @@ def _seed_params(init_fn: Callable, num_seeds: int, key: jax.Array):
 # Measurements
 # --------------------------------------------------------------------------------------------------
 
-def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int = 3, seed: int = 0) -> dict:
+def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int = 3, seed: int = 0,
+                   devices: Optional[int] = None, precision: str = "float32") -> dict:
     """Throughput of :func:`mijax.sampling.sample` (DDPM carrying Hal over the last ``window`` steps).
 
+    ``devices``: the samples are split over the first this many local devices (a ``rows`` mesh); None
+    uses the library's default (every device). ``precision``: the network's matmul precision.
     Returns:
-      seconds (best), point_steps_per_s = n T / seconds, first_seconds (compile + first run), times.
+      seconds (best), point_steps_per_s = n T / seconds, first_seconds (compile + first run), times,
+      and the device peak bytes in use where the backend tracks them (GPU, TPU).
     """
-    model, init_fn = _denoiser(dim)
+    model, init_fn = _denoiser(dim, precision)
+    mesh = "auto" if devices is None else _rows_mesh(devices)
     key = jax.random.PRNGKey(seed)
     params = init_fn(key)
     schedule = make_schedule(num_timesteps=timesteps)
     config = SamplerConfig(hal_window=window)
     validate(config, timesteps)
     sample_key = jax.random.fold_in(key, 1)
-    timing = time_best(lambda: sample(model.apply, params, schedule, sample_key, n, (dim,), config), repeats)
-    result = {"n": n, "timesteps": timesteps, "dim": dim, "window": window, **timing,
+    timing = time_best(lambda: sample(model.apply, params, schedule, sample_key, n, (dim,), config, mesh=mesh),
+                       repeats)
+    result = {"n": n, "timesteps": timesteps, "dim": dim, "window": window, "precision": precision,
+              "devices": distributed.mesh_size(mesh) if not isinstance(mesh, str) else
+              distributed.mesh_size(distributed.rows_mesh()), **timing,
               "point_steps_per_s": n * timesteps / timing["seconds"]}
     peak = device_peak_bytes()
     if peak is not None:
@@ -171,9 +183,51 @@ def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int =
     return result
 
 
-def compiled_memory(n: int, timesteps: int, dim: int, window: int, seed: int = 0) -> Optional[dict]:
+def _rows_mesh(devices: int):
+    """A ``rows`` mesh over the first ``devices`` local devices (None for one: the default device)."""
+    available = jax.local_devices()
+    if not 1 <= devices <= len(available):
+        raise ValueError(f"--devices asks for {devices} devices; this process has {len(available)}")
+    return None if devices == 1 else distributed.rows_mesh(available[:devices])
+
+
+def bench_sampling_sweep(ns: Sequence[int], timesteps: Sequence[int], dims: Sequence[int],
+                         devices: Sequence[int], precisions: Sequence[str], window: int, repeats: int = 3,
+                         measure: Callable[[Callable[[], dict]], dict] = lambda fn: fn()) -> list[dict]:
+    """:func:`bench_sampling` at every combination of the axes (N, T, d, device count, precision).
+
+    ``measure`` wraps each measurement (e.g. to wait for a quiet machine first). Each row also has
+    ``point_steps_per_s_per_device``; where the backend tracks it, the device's peak memory in use.
+    """
+    rows = []
+    for n in ns:
+        for t in timesteps:
+            for d in dims:
+                for dev in devices:
+                    for precision in precisions:
+                        r = measure(lambda: bench_sampling(n, t, d, min(window, t), repeats, devices=dev,
+                                                           precision=precision))
+                        r["point_steps_per_s_per_device"] = r["point_steps_per_s"] / r["devices"]
+                        # What one device's program holds: its share of the rows, whole trajectory not kept.
+                        mem = compiled_memory(-(-n // r["devices"]), t, d, min(window, t), precision=precision)
+                        if mem is not None:
+                            r["compiled_bytes_per_device"] = sum(
+                                mem.get(f, 0) for f in ("temp_size_in_bytes", "argument_size_in_bytes",
+                                                        "output_size_in_bytes"))
+                        rows.append(r)
+    return rows
+
+
+def host_peak_bytes() -> int:
+    """This process's peak resident memory so far (``ru_maxrss``), in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def compiled_memory(n: int, timesteps: int, dim: int, window: int, seed: int = 0,
+                    precision: str = "float32") -> Optional[dict]:
     """XLA's memory analysis of the compiled sampling chunk (N samples, T steps); None if unavailable."""
-    model, init_fn = _denoiser(dim)
+    model, init_fn = _denoiser(dim, precision)
     key = jax.random.PRNGKey(seed)
     params = init_fn(key)
     schedule = make_schedule(num_timesteps=timesteps)
@@ -380,6 +434,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed-batch", type=int, default=None,
                         help="seeds vmapped together in those measurements (default: the library's, 1 on CPU "
                              "where the seeds loop inside the program, all of them on accelerators)")
+    parser.add_argument("--sweep-n", help="comma-separated N for the sampling sweep (default: --n)")
+    parser.add_argument("--sweep-timesteps", help="comma-separated T for the sampling sweep (default: --timesteps)")
+    parser.add_argument("--sweep-dims", help=f"comma-separated d for the sampling sweep (default {d['sweep_dims']})")
+    parser.add_argument("--devices", help=f"comma-separated device counts for the sampling sweep, 'all' for every "
+                                          f"local device (default {d['devices']})")
+    parser.add_argument("--precisions", help=f"comma-separated matmul precisions for the sampling sweep, of "
+                                             f"{', '.join(PRECISIONS)} (default {d['precisions']})")
     parser.add_argument("--repeats", type=int, help=f"timed runs after the warm-up; best reported (default "
                                                     f"{d['repeats']})")
     parser.add_argument("--compare-torch", action="store_true",
@@ -389,7 +450,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--torch-repeats", type=int, default=1,
                         help="runs of each torch measurement, fastest kept (default 1)")
     parser.add_argument("--skip", default="",
-                        help="comma-separated measurements to skip: sampling, memory, training, seeds")
+                        help="comma-separated measurements to skip: sampling, sweep, memory, training, seeds")
     parser.add_argument("--quiet-wait", type=float, default=0.0,
                         help="on a shared machine, wait up to this many seconds before each measurement for other "
                              "processes to go quiet (default 0: do not wait)")
@@ -415,12 +476,55 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     values.setdefault("json_out", None)
     values.setdefault("quiet_wait", 0.0)
     values.setdefault("seed_batch", None)
+    values["sweep_n"] = _ints(values["sweep_n"], "sweep-n") if values["sweep_n"] else [values["n"]]
+    values["sweep_timesteps"] = (_ints(values["sweep_timesteps"], "sweep-timesteps") if values["sweep_timesteps"]
+                                 else [values["timesteps"]])
+    values["sweep_dims"] = _ints(values["sweep_dims"], "sweep-dims")
+    values["devices"] = _device_counts(values["devices"])
+    precisions = _items(values["precisions"])
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise ValueError(f"--precisions must name some of {', '.join(PRECISIONS)}, got {values['precisions']!r}")
+    values["precisions"] = list(dict.fromkeys(precisions))
     skip = values.get("skip") or ""
     values["skip"] = set(skip.split(",")) - {""} if isinstance(skip, str) else set(skip)
     for name in ("n", "timesteps", "dim", "train_batch", "train_steps", "seed_n", "repeats"):
         if values[name] <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {values[name]}")
     return argparse.Namespace(**values)
+
+
+def _items(text) -> list[str]:
+    if isinstance(text, (list, tuple)):
+        return [str(v) for v in text]
+    return [v for v in str(text).replace(" ", "").split(",") if v]
+
+
+def _ints(text, name: str) -> list[int]:
+    try:
+        values = [int(float(v)) for v in _items(text)]
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated positive integers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise ValueError(f"--{name} must be comma-separated positive integers, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
+def _device_counts(text) -> list[int]:
+    """Device counts from '1,2,all' (all: every local device), deduplicated, each checked against this host."""
+    available = len(jax.local_devices())
+    counts = []
+    for v in _items(text):
+        if v == "all":
+            counts.append(available)
+            continue
+        try:
+            counts.append(int(v))
+        except ValueError:
+            raise ValueError(f"--devices must be comma-separated counts or 'all', got {text!r}") from None
+    if not counts or min(counts) < 1 or max(counts) > available:
+        raise ValueError(f"--devices {text!r}: counts must lie in 1..{available} (the local devices)")
+    return list(dict.fromkeys(counts))
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -455,6 +559,9 @@ def run(args: argparse.Namespace) -> dict:
                                                                            window=a.window), a.torch_repeats))
             results["torch"]["trajectory"] = traj
             results["torch"]["sampling_speedup"] = traj["seconds"] / results["sampling"]["seconds"]
+    if "sweep" not in a.skip:
+        results["sweep"] = bench_sampling_sweep(a.sweep_n, a.sweep_timesteps, a.sweep_dims, a.devices, a.precisions,
+                                                a.window, a.repeats, measure)
     if "memory" not in a.skip:
         results["memory"] = bench_sampling_memory(a.n, a.timesteps, a.dim, a.window)  # compiles only: no wait
     if "training" not in a.skip:
@@ -481,6 +588,10 @@ def run(args: argparse.Namespace) -> dict:
                                                 one_seed_seconds=one_seed["seconds"], seed_batch=a.seed_batch))
             for s in a.seeds]
 
+    results["machine"]["host_peak_bytes"] = host_peak_bytes()
+    peak = device_peak_bytes()
+    if peak is not None:
+        results["machine"]["device_peak_bytes_in_use"] = peak
     if hasattr(os, "getloadavg"):
         results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     results = _jsonable(results)
@@ -528,6 +639,13 @@ def format_table(results: dict) -> str:
                      f"first call {s['first_seconds']:.1f} s){_busy(s)}"))
         if "device_peak_bytes_in_use" in s:
             rows.append(("device peak bytes in use", f"{s['device_peak_bytes_in_use'] / 2**20:.1f} MiB"))
+    for r in results.get("sweep", []):
+        mem = r.get("compiled_bytes_per_device")
+        peak = r.get("device_peak_bytes_in_use")
+        rows.append((f"sweep N={r['n']} T={r['timesteps']} d={r['dim']} devices={r['devices']} {r['precision']}",
+                     f"{r['point_steps_per_s'] / 1e6:.3f} M point-steps/s ({r['seconds']:.3f} s)"
+                     + (f"; compiled {mem / 2**20:.2f} MiB/device" if mem is not None else "")
+                     + (f"; device peak so far {peak / 2**20:.1f} MiB" if peak is not None else "") + _busy(r)))
     if "memory" in results:
         mem = results["memory"]
         if "skipped" in mem:
@@ -567,6 +685,10 @@ def format_table(results: dict) -> str:
             if "train" in t:
                 rows.append(("torch train", f"{t['train']['ms_per_step']:.2f} ms/step; mijax speed-up "
                                             f"{t['training_speedup']:.2f}x{_busy(t['train'])}"))
+    if "host_peak_bytes" in m:
+        rows.append(("host peak memory (this process)", f"{m['host_peak_bytes'] / 2**20:.0f} MiB"))
+    if "device_peak_bytes_in_use" in m:
+        rows.append(("device peak memory (this process)", f"{m['device_peak_bytes_in_use'] / 2**20:.1f} MiB"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

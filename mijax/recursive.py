@@ -447,7 +447,7 @@ def run_generation(out: Path, config: RecursiveConfig, generation: int, progress
     directory.mkdir(parents=True, exist_ok=True)
     pieces = build(config.run)
     keys = model_keys(config, generation)
-    S, F = config.num_seeds, len(config.filters)
+    S = config.num_seeds
     if generation == 0:
         data = training_data(config.run, seed_keys(config.run.seed_values))
     else:

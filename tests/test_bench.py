@@ -77,11 +77,41 @@ def test_torch_missing_is_skipped_with_reason(quick_results):
 
 
 def test_quick_prints_table_and_json(capsys):
-    results = bench.run(_parse(["--quick", "--skip", "memory,training,seeds"]))
+    results = bench.run(_parse(["--quick", "--skip", "memory,training,seeds,sweep"]))
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1]) == results
     assert any("sampling+Hal" in line for line in lines[:-1])
+    assert any("host peak memory" in line for line in lines[:-1])
     assert set(results) == {"machine", "config", "sampling"}
+    assert _positive(results["machine"]["host_peak_bytes"])
+
+
+def test_quick_sweep_covers_every_combination(quick_results):
+    results = quick_results[0]
+    sweep = results["sweep"]
+    # QUICK: N = 256, T = 20, d in (1, 2), devices (1, all) deduplicated, precisions float32 and bf16.
+    devices = sorted(set([1, results["machine"]["device_count"]]))
+    combos = {(r["n"], r["timesteps"], r["dim"], r["devices"], r["precision"]) for r in sweep}
+    assert combos == {(256, 20, d, dev, p) for d in (1, 2) for dev in devices for p in ("float32", "bf16")}
+    assert len(sweep) == len(combos)
+    for r in sweep:
+        assert _positive(r["point_steps_per_s"]) and _positive(r["point_steps_per_s_per_device"])
+        assert math.isclose(r["point_steps_per_s"], r["n"] * r["timesteps"] / r["seconds"], rel_tol=1e-9)
+        if "compiled_bytes_per_device" in r:
+            assert _positive(r["compiled_bytes_per_device"])
+
+
+def test_sweep_axes_parse_and_reject_bad_values():
+    a = bench.resolve(_parse(["--quick", "--sweep-n", "1e3,2000,1000", "--sweep-timesteps", "10,20",
+                              "--sweep-dims", "2", "--devices", "all,1", "--precisions", "tf32,float32"]))
+    assert a.sweep_n == [1000, 2000] and a.sweep_timesteps == [10, 20] and a.sweep_dims == [2]
+    assert a.devices == [1] and a.precisions == ["tf32", "float32"]  # one CPU device in this process
+    d = bench.resolve(_parse(["--quick", "--n", "64"]))
+    assert d.sweep_n == [64] and d.sweep_timesteps == [bench.QUICK["timesteps"]]
+    for bad in (["--precisions", "fp8"], ["--devices", "0"], ["--devices", "999"], ["--devices", "two"],
+                ["--sweep-n", "0"], ["--sweep-dims", "x"]):
+        with pytest.raises(ValueError):
+            bench.resolve(_parse(["--quick", *bad]))
 
 
 def test_explicit_sizes_override_quick():

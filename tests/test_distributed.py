@@ -66,6 +66,14 @@ DEVICE_SCRIPT = textwrap.dedent("""
         final, leaves = train(devices)
         assert len(final.params["params"]["output"]["kernel"].sharding.device_set) == min(devices, 4)
         assert all(np.array_equal(a, b) for a, b in zip(reference, leaves)), devices
+
+    # the benchmark's device-count axis: the samples split over the first 1, 2 and 8 devices
+    from mijax import bench
+    rows = bench.bench_sampling_sweep([256], [5], [1], [1, 2, 8], ["float32"], window=3, repeats=1)
+    assert [r["devices"] for r in rows] == [1, 2, 8]
+    assert all(r["point_steps_per_s"] > 0 for r in rows)
+    assert bench.resolve(bench.add_arguments(__import__("argparse").ArgumentParser()).parse_args(
+        ["--quick", "--devices", "1,all"])).devices == [1, 8]
     print("OK")
 """)
 
