@@ -6,9 +6,15 @@ Every experiment follows one flow: a profile (a dict of sizes, ``quick`` or ``pa
 ``out/runs/<name>`` (resumed from its checkpoints when an interrupted experiment is rerun) -> seed-stacked
 samples (cached in ``out/runs/<name>/samples-*.npz``, so a rerun skips finished sampling too) ->
 per-seed numbers -> mean and 95% CI over seeds -> ``metrics.json``, ``report.md`` and PNGs in ``out``.
+
+Inside ``with shared_runs(folder):`` (what ``mijax experiment all`` and ``--runs`` do) the training runs
+live in ``folder`` instead, named by their configuration (``<dataset>-n<N>-<digest>``), so experiments
+that train the same model (the quick profiles share their 1D and 2D recipes) train it once, and reuse
+each other's cached samples too.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -22,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mijax import stats
-from mijax.runs import (DataConfig, DiffusionConfig, RunConfig, RunError, atomic_write_bytes, load_run,
+from mijax.runs import (DataConfig, DiffusionConfig, RunConfig, RunError, atomic_write_bytes, load_config, load_run,
                         sample_keys, sample_run, save_npz, train_run, write_json)
 from mijax.sampling import SamplerConfig, sample_chunks
 from mijax.training import TrainConfig
@@ -79,9 +85,42 @@ def epochs_to_steps(epochs: int, n_train: int, batch_size: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # Training and sampling, resumable.
 
+_SHARED_RUNS: list[Path] = []
+
+
+@contextlib.contextmanager
+def shared_runs(folder: Path):
+    """Within this context, :func:`train` keeps its runs in ``folder``, named by configuration, so that
+    experiments training the same configuration share one run (and its cached samples)."""
+    _SHARED_RUNS.append(Path(folder))
+    try:
+        yield Path(folder)
+    finally:
+        _SHARED_RUNS.pop()
+
+
+def config_digest(config: RunConfig) -> str:
+    """A short digest of everything in ``config`` that changes the trained models' numbers."""
+    d = dataclasses.asdict(config)
+    d.pop("checkpoint_every", None)  # how often a run is saved does not change it
+    d["train"].pop("steps_per_call", None)  # nor how its steps are split into dispatches
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def run_dir_for(out: Path, name: str, config: RunConfig) -> Path:
+    """Where :func:`train` keeps ``config``'s run: ``out/runs/name``, or in the shared folder by config."""
+    if _SHARED_RUNS:
+        return _SHARED_RUNS[-1] / f"{config.data.dataset}-n{config.data.n_train}-{config_digest(config)}"
+    return Path(out) / "runs" / name
+
+
 def train(out: Path, name: str, config: RunConfig, progress: bool = True) -> Path:
-    """Train all seeds of ``config`` in one vmapped run at ``out/runs/name``, resuming if interrupted."""
-    run_dir = Path(out) / "runs" / name
+    """Train all seeds of ``config`` in one vmapped run at :func:`run_dir_for`, resuming if interrupted."""
+    run_dir = run_dir_for(out, name, config)
+    if (run_dir / "config.json").exists():
+        saved = load_config(run_dir)
+        if config_digest(saved) == config_digest(config):
+            config = saved  # a shared run saved or split into dispatches differently: the same models
     if not (run_dir / "train.json").exists() or _latest_done(run_dir) < config.train.steps:
         train_run(run_dir, config, resume=True, progress=progress)
     return run_dir

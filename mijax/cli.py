@@ -6,6 +6,7 @@ written. Set ``MIJAX_DEBUG=1`` to see the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -151,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--seeds", type=_positive_int("seeds"), default=None, help="seeds (default: the profile's)")
     exp.add_argument("--out", type=Path, default=None, help="output directory (all: one folder per experiment)")
     exp.add_argument("--overwrite", action="store_true", help="replace a finished experiment")
+    exp.add_argument("--runs", type=Path, default=None,
+                     help="a folder of trained runs shared by experiments: one that trains the same configuration as "
+                          "another reuses its models and samples (all: OUT/runs by default; one experiment: its own)")
     exp.add_argument("--no-progress", action="store_true")
     _add_recursive_arguments(sub.add_parser("recursive", help="recursive training on generated data, with and "
                                             "without Hal filtering; rerun the same command to resume"))
@@ -233,6 +237,14 @@ def _experiment(a) -> None:
         raise UsageError("--out is required")
     chosen = experiments.names() if a.name == "all" else [a.name]
     modules = {name: experiments.load(name) for name in chosen}  # unknown names fail before any work
+    from experiments import common
+
+    runs = a.runs if a.runs is not None else (a.out / "runs" if a.name == "all" else None)
+    with (common.shared_runs(runs) if runs is not None else contextlib.nullcontext()):
+        _run_experiments(a, modules)
+
+
+def _run_experiments(a, modules) -> None:
     for name, module in modules.items():
         out = a.out / name if a.name == "all" else a.out
         if (out / "metrics.json").exists() and not a.overwrite:

@@ -13,6 +13,13 @@ TOY = {"seeds": 2, "timesteps": 40, "steps": 20, "batch_size": 200, "num_samples
        "steps_per_call": 10, "checkpoint_every": 10}
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One folder of toy runs shared by the tests below, as `mijax experiment all` shares its runs: the
+    score, trajectories and grid tests train the same toy 1D and 2D models once."""
+    return tmp_path_factory.mktemp("shared-runs")
+
+
 def _toy(module, **extra):
     keys = module.PROFILES["quick"]
     return {k: v for k, v in {**TOY, **extra}.items() if k in keys}
@@ -82,6 +89,7 @@ def test_window_hal_equals_sampler_hal(tmp_path):
 
     p = common.resolve_profile({"quick": {**TOY, "n_train": 400}}, "quick")
     run_dir = common.train(tmp_path, "1d", common.run_config(p), progress=False)
+    assert run_dir == tmp_path / "runs" / "1d"  # outside shared_runs: the experiment's own folder
     windows = common.sample_windows(run_dir, 128, [(0, 10), (5, 20)], trajectory_steps=30, chunk_size=128,
                                     progress=False)
     plain = common.sample(run_dir, 128, chunk_size=128, progress=False)
@@ -106,11 +114,12 @@ def test_detection_end_to_end(tmp_path):
     assert "blur_adjusted" in m["settings"]["1d"]
 
 
-def test_score_end_to_end(tmp_path):
+def test_score_end_to_end(tmp_path, shared):
     from experiments import score
 
     out = tmp_path / "score"
-    m = score.run(out, progress=False, overrides=_toy(score, n_train=400, grid_points=301))
+    with common.shared_runs(shared):
+        m = score.run(out, progress=False, overrides=_toy(score, n_train=400, grid_points=301))
     _check_outputs(out, m, ["eps_vs_x.png", "histogram_exact.png", "histogram_trained.png"])
     # The exact eps* jumps between modes at t = 0: far steeper than any toy network.
     assert m["gap_slope"]["0"]["exact"] > 10 * m["gap_slope"]["0"]["learned"]["mean"]
@@ -160,22 +169,42 @@ def test_mode_pairs_directions():
     assert ORIENTATIONS[t["orientation"][0]] == "horizontal" and not t["nearest"][0]
 
 
-def test_grid_2d_end_to_end(tmp_path):
+def test_grid_2d_end_to_end(tmp_path, shared):
     from experiments import grid_2d
 
     out = tmp_path / "grid"
-    m = grid_2d.run(out, progress=False, overrides=_toy(grid_2d, n_train=400))
+    with common.shared_runs(shared):
+        m = grid_2d.run(out, progress=False, overrides=_toy(grid_2d, n_train=400))
     _check_outputs(out, m, ["scatter_gaussian25.png", "scatter_gaussian25_rotated.png"])
     assert set(m["datasets"]) == {"gaussian25", "gaussian25_rotated"}
 
 
-def test_trajectories_end_to_end(tmp_path):
-    from experiments import trajectories
+def test_trajectories_end_to_end(tmp_path, shared):
+    from experiments import score, trajectories
 
     out = tmp_path / "traj"
-    m = trajectories.run(out, progress=False, overrides=_toy(trajectories, n_train=400, n_train_2d=400, steps_2d=20))
-    _check_outputs(out, m, ["trajectories_1d.png", "trajectories_2d.png"])
-    assert m["steps_shown"] == 40  # min(100, T)
+    with common.shared_runs(shared):
+        # Saved and dispatched differently from the score test's run, but the same models: shared.
+        m = trajectories.run(out, progress=False, overrides=_toy(trajectories, n_train=400, n_train_2d=400,
+                                                                  steps_2d=20, checkpoint_every=20))
+        _check_outputs(out, m, ["trajectories_1d.png", "trajectories_2d.png"])
+        assert m["steps_shown"] == 40  # min(100, T)
+        config = common.run_config(common.resolve_profile(score.PROFILES, "quick", overrides=_toy(score, n_train=400)))
+        run_dir = common.run_dir_for(out, "1d", config)
+    assert run_dir.parent == shared and run_dir.name.startswith("gaussian1d-n400-")
+    assert not (out / "runs").exists()
+    # One run per configuration: 1D (score and trajectories), 2D grid (trajectories and grid-2d), rotated grid.
+    names = sorted(d.name.rsplit("-", 1)[0] for d in shared.iterdir())
+    assert names == sorted(set(names)) and {"gaussian1d-n400", "gaussian25-n400"} <= set(names)
+
+
+def test_config_digest_ignores_only_how_a_run_is_saved():
+    p = common.resolve_profile({"quick": {**TOY, "n_train": 400}}, "quick")
+    base = common.run_config(p)
+    same = common.run_config({**p, "checkpoint_every": 7, "steps_per_call": 5})
+    assert common.config_digest(base) == common.config_digest(same)
+    for other in ({**p, "steps": 21}, {**p, "seeds": 3}, {**p, "batch_size": 100}, {**p, "n_train": 401}):
+        assert common.config_digest(common.run_config(other)) != common.config_digest(base)
 
 
 def test_movement_of_a_trajectory():
