@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -260,6 +261,54 @@ def save_npz(path: os.PathLike, **arrays: np.ndarray) -> None:
         raise
 
 
+class NpyStream:
+    """A ``.npy`` file of a known shape filled piece by piece with ``pwrite``: nothing is memory-mapped,
+    so the process holds only the piece being written (the page cache is the kernel's to drop)."""
+
+    def __init__(self, path: os.PathLike, dtype, shape: tuple[int, ...]):
+        self.path, self.dtype, self.shape = Path(path), np.dtype(dtype), tuple(shape)
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        with open(self.path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            self.offset = f.tell()
+            f.truncate(self.offset + self.dtype.itemsize * int(np.prod(self.shape)))
+        self._fd = os.open(self.path, os.O_WRONLY)
+
+    def write(self, index: tuple[int, ...], block: np.ndarray) -> None:
+        """Write ``block`` (C order) whose first element is at ``index`` and that runs contiguously from there
+        (a block of whole rows of the trailing axes)."""
+        flat = int(np.ravel_multi_index(index, self.shape))
+        data = np.ascontiguousarray(block, self.dtype).tobytes()
+        os.pwrite(self._fd, data, self.offset + flat * self.dtype.itemsize)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def pack_npz(path: os.PathLike, files: dict[str, os.PathLike], **arrays: np.ndarray) -> None:
+    """Atomically write an uncompressed ``.npz`` holding the ``.npy`` ``files`` (copied from disk piece by
+    piece, never loaded whole) and the small in-memory ``arrays``; ``np.load`` reads it as usual."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            for name, file in files.items():
+                z.write(file, f"{name}.npy")
+            for name, array in arrays.items():
+                with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def read_json(path: os.PathLike) -> Any:
     with open(path) as f:
         return json.load(f)
@@ -432,10 +481,10 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
       n: samples per seed. seed: the sampling seed (see :func:`sample_keys`).
       chunk_size: samples per compiled chunk, over all devices (None: all n at once). Device memory is
         bounded by the chunk, not by n.
-      out: stream the chunks into this ``.npz`` (x, hal, seeds) instead of returning them in memory: they
-        go to memory-mapped ``.npy`` files beside it, which are then packed (uncompressed, zip64) and
-        removed, so host memory holds one chunk, never all n. In a multi-process job only process 0
-        writes.
+      out: stream the chunks into this ``.npz`` (x, hal, seeds) instead of returning them in memory: each
+        chunk is written into ``.npy`` files beside it (``pwrite``, no memory maps), which are then packed
+        (uncompressed, zip64, copied from disk piece by piece) and removed, so host memory holds one
+        chunk, never all n. In a multi-process job only process 0 writes.
       precision: the matmul precision (default: the run's; see :class:`ModelConfig`).
     Returns:
       {"x": float32 [S, n, *shape], "hal": float32 [S, n], "seeds": int [S]}; with ``out`` only
@@ -455,8 +504,8 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".parts"))
-        x = np.lib.format.open_memmap(scratch / "x.npy", "w+", np.float32, (S, n) + pieces.shape)
-        hal = np.lib.format.open_memmap(scratch / "hal.npy", "w+", np.float32, (S, n))
+        x = NpyStream(scratch / "x.npy", np.float32, (S, n) + pieces.shape)
+        hal = NpyStream(scratch / "hal.npy", np.float32, (S, n))
     elif out is None:
         x = np.empty((S, n) + pieces.shape, np.float32)
         hal = np.empty((S, n), np.float32)
@@ -467,24 +516,29 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
                                           seed_axis=True):
             chunk_x, chunk_hal = distributed.to_host((chunk.x, chunk.hal))  # every process takes part
             size = chunk_hal.shape[1]
-            if writer:
+            if writer and out is None:
                 x[:, start:start + size] = chunk_x
                 hal[:, start:start + size] = chunk_hal
+            elif writer:
+                for i in range(S):  # seed i's rows start..start + size are contiguous in [S, n, ...]
+                    x.write((i, start) + (0,) * len(pieces.shape), chunk_x[i])
+                    hal.write((i, start), chunk_hal[i])
             if bar is not None:
                 bar.update(size)
         if out is None:
             return {"x": x, "hal": hal, "seeds": seeds}
         if writer:
-            x.flush()
-            hal.flush()
-            save_npz(out, x=x, hal=hal, seeds=seeds)  # np.savez copies memory maps in 16 MiB pieces
+            x.close()
+            hal.close()
+            pack_npz(out, {"x": scratch / "x.npy", "hal": scratch / "hal.npy"}, seeds=seeds)
         distributed.barrier("mijax.sample_run")
         return {"shape": (S, n) + pieces.shape, "seeds": seeds}
     finally:
         if bar is not None:
             bar.close()
         if scratch is not None:
-            x = hal = None  # close the memory maps before their files go
+            x.close()
+            hal.close()
             shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -54,6 +54,27 @@ def test_sample_writes_seed_stacked_npz(trained, tmp_path, capsys):
     with np.load(out2) as f:
         np.testing.assert_array_equal(f["x"], x)
     assert not np.allclose(x[0], x[1])
+    # Streamed to disk chunk by chunk, the file holds what sampling in memory returns.
+    in_memory = runs.sample_run(trained, 37, chunk_size=16)
+    with np.load(out) as f:
+        np.testing.assert_array_equal(f["x"], in_memory["x"])
+        np.testing.assert_array_equal(f["hal"], in_memory["hal"])
+        np.testing.assert_array_equal(f["seeds"], in_memory["seeds"])
+
+
+def test_npy_stream_and_pack_npz(tmp_path):
+    want = np.arange(2 * 7 * 3, dtype=np.float32).reshape(2, 7, 3)
+    stream = runs.NpyStream(tmp_path / "a.npy", np.float32, want.shape)
+    for seed in (1, 0):  # any order, in row blocks
+        for start, stop in ((4, 7), (0, 4)):
+            stream.write((seed, start, 0), want[seed, start:stop])
+    stream.close()
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), want)
+    runs.pack_npz(tmp_path / "p.npz", {"a": tmp_path / "a.npy"}, b=np.array([1, 2]))
+    with np.load(tmp_path / "p.npz") as f:
+        np.testing.assert_array_equal(f["a"], want)
+        np.testing.assert_array_equal(f["b"], [1, 2])
+    assert not list(tmp_path.glob(".*tmp*"))
 
 
 def test_sample_refuses_existing_output_unless_overwrite(trained, tmp_path, capsys):
