@@ -17,11 +17,10 @@ ENDS = (0, 10, 25, 50, 100)
 LENGTHS = (5, 10, 20, 50)
 DEFAULT_WINDOW = (0, 10)  # t = 9..0, the published code's
 PROFILES = {
-    "quick": {"seeds": 4, "n_train": 20_000, "n_train_2d": 20_000, "steps": 1_500, "steps_2d": 1_500,
-              "batch_size": 1_000, "timesteps": 1000, "num_samples": 5_000, "chunk_size": 2_500,
-              "steps_per_call": 250, "checkpoint_every": 500},
+    "quick": {"seeds": 4, **common.QUICK_1D, **common.QUICK_2D, "timesteps": 1000, "num_samples": 10_000,
+              "chunk_size": 2_500, **common.QUICK_SAVING},
     "paper": {"seeds": 4, "n_train": 20_000, "n_train_2d": 100_000, "steps": 20_000, "steps_2d": 100_000,
-              "batch_size": 10_000, "timesteps": 1000, "num_samples": 1_000_000, "chunk_size": 50_000,
+              "batch_size": 10_000, "batch_size_2d": 10_000, "timesteps": 1000, "num_samples": 1_000_000, "chunk_size": 50_000,
               "steps_per_call": 1_000, "checkpoint_every": 5_000},
 }
 SETTINGS = {"1d": ("gaussian1d", (1.0, 2.0, 3.0)), "2d": ("gaussian25", None)}
@@ -73,7 +72,8 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     for tag, (dataset, modes) in SETTINGS.items():
         n_train = p["n_train"] if tag == "1d" else p["n_train_2d"]
         steps = p["steps"] if tag == "1d" else p["steps_2d"]
-        config = common.run_config(p, dataset=dataset, modes=modes or (), n_train=n_train, steps=steps)
+        config = common.run_config(p, dataset=dataset, modes=modes or (), n_train=n_train, steps=steps,
+                                   batch_size=p["batch_size"] if tag == "1d" else p["batch_size_2d"])
         run_dir = common.train(out, tag, config, progress)
         timer.lap("train")
         result = common.sample_windows(run_dir, p["num_samples"], windows, chunk_size=p["chunk_size"],

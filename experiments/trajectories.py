@@ -13,11 +13,10 @@ from mijax.runs import build
 
 SUMMARY = "x0_hat over the last 100 reverse steps: hallucinated samples keep moving, in-support ones settle (1D, 2D)"
 PROFILES = {
-    "quick": {"seeds": 4, "n_train": 20_000, "n_train_2d": 20_000, "steps": 1_500, "steps_2d": 1_500,
-              "batch_size": 1_000, "timesteps": 1000, "num_samples": 5_000, "chunk_size": 2_500, "shown": 5,
-              "steps_per_call": 250, "checkpoint_every": 500},
+    "quick": {"seeds": 4, **common.QUICK_1D, **common.QUICK_2D, "timesteps": 1000, "num_samples": 5_000,
+              "chunk_size": 2_500, "shown": 5, **common.QUICK_SAVING},
     "paper": {"seeds": 4, "n_train": 20_000, "n_train_2d": 100_000, "steps": 20_000, "steps_2d": 100_000,
-              "batch_size": 10_000, "timesteps": 1000, "num_samples": 100_000, "chunk_size": 20_000, "shown": 5,
+              "batch_size": 10_000, "batch_size_2d": 10_000, "timesteps": 1000, "num_samples": 100_000, "chunk_size": 20_000, "shown": 5,
               "steps_per_call": 1_000, "checkpoint_every": 5_000},
 }
 SETTINGS = {"1d": ("gaussian1d", (1.0, 2.0, 3.0)), "2d": ("gaussian25", None)}
@@ -40,7 +39,8 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     for tag, (dataset, modes) in SETTINGS.items():
         config = common.run_config(p, dataset=dataset, modes=modes or (),
                                    n_train=p["n_train"] if tag == "1d" else p["n_train_2d"],
-                                   steps=p["steps"] if tag == "1d" else p["steps_2d"])
+                                   steps=p["steps"] if tag == "1d" else p["steps_2d"],
+                                   batch_size=p["batch_size"] if tag == "1d" else p["batch_size_2d"])
         run_dir = common.train(out, tag, config, progress)
         timer.lap("train")
         result = common.sample_windows(run_dir, p["num_samples"], [(0, min(10, p["timesteps"]))],

@@ -105,7 +105,8 @@ def test_detection_end_to_end(tmp_path):
     from experiments import detection
 
     out = tmp_path / "det"
-    m = detection.run(out, progress=False, overrides=_toy(detection, n_train=400, n_train_2d=400, steps_2d=20, timesteps=120))
+    m = detection.run(out, progress=False, overrides=_toy(detection, n_train=400, n_train_2d=400, steps_2d=20,
+                                                               batch_size_2d=200, timesteps=120))
     _check_outputs(out, m, ["hal_1d.png", "roc_1d.png", "auroc_windows_1d.png", "hal_2d.png", "auroc_windows_2d.png"])
     assert m["windows"][0] == [0, 10] or tuple(m["windows"][0]) == (0, 10)
     # Every (end, length) of the sweep that fits in T = 120 steps: all 20 but (100, 50).
@@ -186,7 +187,8 @@ def test_trajectories_end_to_end(tmp_path, shared):
     with common.shared_runs(shared):
         # Saved and dispatched differently from the score test's run, but the same models: shared.
         m = trajectories.run(out, progress=False, overrides=_toy(trajectories, n_train=400, n_train_2d=400,
-                                                                  steps_2d=20, checkpoint_every=20))
+                                                                  steps_2d=20, batch_size_2d=200,
+                                                                  checkpoint_every=20))
         _check_outputs(out, m, ["trajectories_1d.png", "trajectories_2d.png"])
         assert m["steps_shown"] == 40  # min(100, T)
         config = common.run_config(common.resolve_profile(score.PROFILES, "quick", overrides=_toy(score, n_train=400)))
