@@ -152,6 +152,11 @@ def test_generations_bookkeeping(uninterrupted):
         np.testing.assert_array_equal(np.sort(kept[2 * S + s, :, 0]), np.sort(kept[S + s, :, 0]))
     g0 = result["generations"][0]["filters"]
     assert g0["none"][0]["hallucination_rate"] == g0["variance"][0]["hallucination_rate"]  # one shared model
+    # blur-adjusted labels only widen the support (k x max(true std, spread)): a subset of the k-std ones
+    for g in result["generations"]:
+        for rows in g["filters"].values():
+            for row in rows:
+                assert 0 <= row["hallucination_rate_blur_adjusted"] <= row["hallucination_rate"]
     assert [row["accepted"] for row in g0["threshold"]] == [N, N]
     summary = result["summary"]["variance"]["hallucination_rate"]
     assert len(summary) == 3 and summary[0]["n"] == S
@@ -209,9 +214,11 @@ def test_experiment_report_and_figures(uninterrupted, tmp_path):
 
     shutil.copytree(out, tmp_path / "study")  # finished: the experiment only reads it back
     metrics = run_dim(1, tmp_path, profile="quick", progress=False, config=TOY)
-    for name in ("hallucination_rate.png", "modes_lost.png", "sliced_w1.png", "histograms.png", "report.md"):
+    for name in ("hallucination_rate.png", "hallucination_rate_blur_adjusted.png", "modes_lost.png", "sliced_w1.png",
+                 "histograms.png", "report.md"):
         assert (tmp_path / name).stat().st_size > 0
     assert metrics["verdict"]["means"] is None  # no random filter in TOY
+    assert metrics["verdict_blur_adjusted"]["means"] is None
     assert "Recursive training" in (tmp_path / "report.md").read_text()
 
 
@@ -222,7 +229,34 @@ def test_experiment_configs_fit_their_profiles():
     assert {"recursive-1d", "recursive-2d"} <= set(experiments.names())
     quick = make_config(2, "quick")
     assert quick.num_seeds == 4 and quick.filters == ("none", "random", "variance") and quick.generations == 5
+    assert quick.n == 2_500 and quick.pool_size == 5_000 and quick.run.train.steps == 6_000
     paper = make_config(2, "paper")
     assert paper.n == 100_000 and paper.run.train.steps == 100_000 and paper.pool_size == 102_500
     recursive.validate_recursive(quick)
     recursive.validate_recursive(make_config(1, "paper"))
+
+
+def test_variance_below_random_verdict_from_hand_made_cis():
+    from experiments.recursive import variance_below_random, make_config
+
+    config = make_config(2, "quick")  # 5 generations; the verdict looks at 1..4
+
+    def ci(mean, half):
+        return {"mean": mean, "low": mean - half, "high": mean + half, "n": 4}
+
+    def result(variance, random, key="hallucination_rate"):
+        return {"summary": {"variance": {key: variance}, "random": {key: random}}}
+
+    random = [ci(0.10, 0.01)] * 5
+    apart = [ci(0.10, 0.01)] + [ci(0.05, 0.01)] * 4
+    v = variance_below_random(config, result(apart, random))
+    assert v["means"] is True and v["cis_separate"] is True and len(v["per_generation"]) == 4
+    overlapping = [ci(0.10, 0.01)] + [ci(0.085, 0.01)] * 4  # below by the means, CIs overlap
+    v = variance_below_random(config, result(overlapping, random))
+    assert v["means"] is True and v["cis_separate"] is False
+    one_above = apart[:3] + [ci(0.2, 0.01)] + apart[4:]
+    assert variance_below_random(config, result(one_above, random))["means"] is False
+    # another key (the blur-adjusted rate) is read only where it was measured
+    blur = result(apart, random, "hallucination_rate_blur_adjusted")
+    assert variance_below_random(config, blur, "hallucination_rate_blur_adjusted")["means"] is True
+    assert variance_below_random(config, result(apart, random), "hallucination_rate_blur_adjusted")["means"] is None
