@@ -45,3 +45,24 @@ def test_bf16_dot_is_bfloat16_inputs_with_float32_accumulation():
 def test_unknown_precision_raises():
     with pytest.raises(ValueError, match="precision"):
         matmul_dot_general("fp8")
+
+
+def test_precision_comparison_on_a_trained_run(tmp_path):
+    from experiments import precision
+    from mijax.runs import DataConfig, DiffusionConfig, RunConfig, train_run
+
+    config = RunConfig(data=DataConfig(n_train=300), diffusion=DiffusionConfig(timesteps=20),
+                       train=mijax.TrainConfig(steps=30, batch_size=100, steps_per_call=30), seeds=2,
+                       checkpoint_every=30)
+    train_run(tmp_path / "run", config, progress=False)
+    (result,) = precision.main(["--run", str(tmp_path / "run"), "--n", "256", "--chunk-size", "128",
+                                "--out", str(tmp_path / "out")])
+    assert set(result["precisions"]) == {"float32", "tf32", "bf16"}
+    f32 = result["precisions"]["float32"]
+    assert len(f32["per_seed"]["rate"]) == 2 and "within_float32_ci" not in f32
+    for name in ("tf32", "bf16"):
+        inside = result["precisions"][name]["within_float32_ci"]
+        assert set(inside) == {"rate", "auroc", "auroc_blur_adjusted"}
+        assert all(v in (True, False, None) for v in inside.values())
+    assert "| bf16 |" in (tmp_path / "out" / "report.md").read_text()
+    assert (tmp_path / "out" / "metrics.json").is_file()
