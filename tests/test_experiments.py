@@ -71,6 +71,10 @@ def test_interp_1d_end_to_end_and_resume(tmp_path):
     _check_outputs(out, m, ["rate_vs_n.png", "histogram_n400.png", "histogram_n800.png"])
     assert [row["n_train"] for row in m["per_size"]] == [400, 800]
     assert [r["k"] for r in m["per_size"][0]["rates"]] == [3, 4, 5, 6]
+    v = m["claim_holds"]
+    assert v["verdict"] == ("yes" if v["means_fall"] and v["ci_separated"] else
+                            "not established" if v["means_fall"] else "no")
+    assert v["rate_falls_with_n"] == (v["verdict"] == "yes")
     # Per-seed rates at k = 5 are the fraction of cached samples beyond 5 std of the nearest mode.
     cached = sorted((out / "runs" / "n400").glob("samples-hal-*.npz"))
     with np.load(cached[0]) as f:
