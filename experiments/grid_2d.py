@@ -33,7 +33,8 @@ def mode_pairs(means: np.ndarray, x: np.ndarray) -> dict:
     Returns:
       {"pair": int [N, 2], "orientation": [N] indices into ORIENTATIONS (angle of mu_b - mu_a within
       10 degrees of 0, 90, 45 or 135 degrees, else other), "nearest": bool [N] (the pair is at the
-      smallest mode spacing, within 10%)}.
+      smallest mode spacing, within 10%), "position": [N] where the sample projects on the segment,
+      0 at mu_a and 1 at mu_b}.
     """
     dist = np.linalg.norm(means[:, None] - means[None], axis=-1)
     spacing = dist[np.triu_indices(len(means), 1)].min()
@@ -50,7 +51,12 @@ def mode_pairs(means: np.ndarray, x: np.ndarray) -> dict:
     orientation[np.abs(angle - 90) < 10] = 1
     orientation[(np.abs(angle - 45) < 10) | (np.abs(angle - 135) < 10)] = 2
     nearest = np.linalg.norm(d, axis=1) < 1.1 * spacing
-    return {"pair": pair, "orientation": orientation, "nearest": nearest}
+    return {"pair": pair, "orientation": orientation, "nearest": nearest, "position": u[np.arange(len(x)), best]}
+
+
+# A hallucinated sample counts as lying between two modes when it projects onto the middle of their
+# segment: samples just outside a (blurred) mode project near an end, where the segment is ambiguous.
+MIDDLE = (0.2, 0.8)
 
 
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
@@ -70,16 +76,20 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
                  "blur": lambda xs: np.asarray(hallucination.blur_adjusted_labels(mixture, xs, common.K)[0])}
         fractions = {rule: {name: [] for name in ORIENTATIONS + ("nearest",)} for rule in rules}
         counts = {rule: [] for rule in rules}
+        between = {rule: [] for rule in rules}
         for s in range(x.shape[0]):
             for rule, label in rules.items():
                 pos = label(x[s])
                 counts[rule].append(int(pos.sum()))
                 tally = mode_pairs(means, x[s][pos].astype(np.float64))
+                middle = (tally["position"] > MIDDLE[0]) & (tally["position"] < MIDDLE[1])
+                between[rule].append(int(middle.sum()))
                 for i, name in enumerate(ORIENTATIONS):
-                    fractions[rule][name].append(np.mean(tally["orientation"] == i) if pos.any() else np.nan)
-                fractions[rule]["nearest"].append(np.mean(tally["nearest"]) if pos.any() else np.nan)
+                    fractions[rule][name].append(np.mean(tally["orientation"][middle] == i) if middle.any() else np.nan)
+                fractions[rule]["nearest"].append(np.mean(tally["nearest"][middle]) if middle.any() else np.nan)
         block = {"rates": common.rate_rows(mixture, x), "num_hallucinated": counts["k5"],
                  "num_hallucinated_blur_adjusted": counts["blur"],
+                 "num_between": between["k5"], "num_between_blur_adjusted": between["blur"],
                  "fraction_of_hallucinations": {k: common.ci(v) for k, v in fractions["k5"].items()},
                  "fraction_of_hallucinations_blur_adjusted": {k: common.ci(v) for k, v in fractions["blur"].items()}}
         verdicts = {}
@@ -110,8 +120,9 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
 {common.rate_markdown(block['rates'])}
 
 Hallucinated samples per seed: {counts['k5']} (k = 5 true stds), {counts['blur']} (blur-adjusted: k = 5 of
-each mode's own spread in the model's samples, if wider). The pair of modes each lies between (the closest
-segment joining nearest or diagonal neighbours), by the direction of the segment joining them:
+each mode's own spread in the model's samples, if wider). Of those, the ones that lie between two modes (they
+project onto the middle {MIDDLE[1] - MIDDLE[0]:.0%} of the closest segment joining nearest or diagonal neighbours): {between['k5']}
+(k = 5), {between['blur']} (blur-adjusted); their share by the direction of the segment:
 
 | labels | horizontal (x axis) | vertical | diagonal | other | pair at the nearest spacing |
 |---|---|---|---|---|---|
@@ -131,7 +142,7 @@ interpolation along the x axis.
 
 **Measured:** for each grid, {p['seeds']} seeds (one vmapped run), {p['num_samples']:,} samples per seed; labels at
 k = 5 std; each hallucinated sample's pair of modes (the nearest segment joining neighbouring modes), tallied by the direction of the segment between
-them. Mean [95% CI] over seeds. Profile `{p['profile']}`: {common.sizes_markdown(p)}.
+them, counting the samples that project onto the middle of that segment. Mean [95% CI] over seeds. Profile `{p['profile']}`: {common.sizes_markdown(p)}.
 
 {chr(10).join(sections)}
 Timing (s): {timer.seconds}.

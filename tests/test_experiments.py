@@ -168,6 +168,7 @@ def test_mode_pairs_directions():
     t = mode_pairs(grid, x)
     assert [ORIENTATIONS[o] for o in t["orientation"][:2]] == ["horizontal", "vertical"]
     assert list(t["nearest"][:2]) == [True, True]
+    assert t["position"][:2] == pytest.approx([0.5, 0.5])  # midway between the two modes
     rotated = np.asarray(gaussian25_rotated().means, np.float64)
     # On the segment from (0, 0) to (1, 0) (x-axis neighbours, not nearest) on the rotated grid.
     t = mode_pairs(rotated, np.array([[0.25 * s, 0.0]]))
