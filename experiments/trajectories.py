@@ -49,20 +49,29 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
         mixture = build(config).mixture
         traj, x = result["trajectory"], result["x"]  # [S, N, L, d], [S, N, d]
         last = min(LAST, steps_shown - 1)
-        hal_move, in_move, ratio = [], [], []
-        for s in range(x.shape[0]):
-            pos = np.asarray(hallucination.labels(mixture, x[s], common.K))
-            move = movement(traj[s], last)
-            h = float(np.median(move[pos])) if pos.any() else np.nan
-            i = float(np.median(move[~pos])) if (~pos).any() else np.nan
-            hal_move.append(h)
-            in_move.append(i)
-            ratio.append(h / i if i > 0 else np.nan)
-        block = {"dataset": dataset, "median_movement_hallucinated": common.ci(hal_move),
-                 "median_movement_in_support": common.ci(in_move), "ratio": common.ci(ratio),
-                 "num_hallucinated": [int(np.asarray(hallucination.labels(mixture, xs, common.K)).sum()) for xs in x]}
+        rules = {"k5": lambda xs: np.asarray(hallucination.labels(mixture, xs, common.K)),
+                 "blur": lambda xs: np.asarray(hallucination.blur_adjusted_labels(mixture, xs, common.K)[0])}
+        stats = {}
+        for rule, label in rules.items():
+            hal_move, in_move, ratio, counts = [], [], [], []
+            for s in range(x.shape[0]):
+                pos = label(x[s])
+                move = movement(traj[s], last)
+                h = float(np.median(move[pos])) if pos.any() else np.nan
+                i = float(np.median(move[~pos])) if (~pos).any() else np.nan
+                hal_move.append(h)
+                in_move.append(i)
+                ratio.append(h / i if i > 0 else np.nan)
+                counts.append(int(pos.sum()))
+            r = common.ci(ratio)
+            stats[rule] = {"median_movement_hallucinated": common.ci(hal_move),
+                           "median_movement_in_support": common.ci(in_move), "ratio": r, "num_hallucinated": counts,
+                           "holds": None if r["mean"] is None else bool(r["mean"] > 2.0)}
+        # k = 5 true stds is the headline label; blur-adjusted labels (k x each mode's own spread in the model's
+        # samples, where wider) keep a blurred mode's samples out of the hallucinated group.
+        block = {"dataset": dataset, **stats["k5"], "blur_adjusted": stats["blur"]}
+        b = stats["blur"]
         r = block["ratio"]
-        block["holds"] = None if r["mean"] is None else bool(r["mean"] > 2.0)
         metrics["settings"][tag] = block
         _figure(out / f"trajectories_{tag}.png", mixture, traj[0], x[0], result["trajectory_t"], p["shown"], dataset)
         sections.append(f"""## {tag.upper()}: {dataset}
@@ -70,7 +79,9 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
 Median distance x0_hat travels over the last {last} steps (t = {last} -> 0), hallucinated vs in-support, per seed:
 {common.fmt(block['median_movement_hallucinated'])} vs {common.fmt(block['median_movement_in_support'])};
 ratio {common.fmt(r)} (hallucinated samples per seed: {block['num_hallucinated']}).
-**Holds** (ratio > 2): {common.holds_word(block['holds'])}.
+With blur-adjusted labels: {common.fmt(b['median_movement_hallucinated'])} vs {common.fmt(b['median_movement_in_support'])};
+ratio {common.fmt(b['ratio'])} (hallucinated samples per seed: {b['num_hallucinated']}).
+**Holds** (ratio > 2): {common.holds_word(block['holds'])} (k = 5); {common.holds_word(b['holds'])} (blur-adjusted).
 
 ![trajectories](trajectories_{tag}.png)
 """)

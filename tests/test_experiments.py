@@ -196,6 +196,8 @@ def test_trajectories_end_to_end(tmp_path, shared):
                                                                   checkpoint_every=20))
         _check_outputs(out, m, ["trajectories_1d.png", "trajectories_2d.png"])
         assert m["steps_shown"] == 40  # min(100, T)
+        for block in m["settings"].values():  # blur-adjusted labels are a subset of the k-std ones
+            assert all(b <= k for b, k in zip(block["blur_adjusted"]["num_hallucinated"], block["num_hallucinated"]))
         config = common.run_config(common.resolve_profile(score.PROFILES, "quick", overrides=_toy(score, n_train=400)))
         run_dir = common.run_dir_for(out, "1d", config)
     assert run_dir.parent == shared and run_dir.name.startswith("gaussian1d-n400-")
