@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -117,7 +118,7 @@ def time_best(fn: Callable[[], Any], repeats: int) -> dict:
     """Run ``fn`` once to compile and warm up, then ``repeats`` times; block on every result.
 
     Returns:
-      ``{"seconds": best, "times": [all timed runs], "first_seconds": compile + first run,
+      ``{"seconds": best, "median_seconds", "times": [all timed runs], "first_seconds": compile + first run,
       "cpu_per_wall": cores this process used in the best run, "other_cores": cores other processes used}``.
     """
     start = time.perf_counter()
@@ -129,8 +130,9 @@ def time_best(fn: Callable[[], Any], repeats: int) -> dict:
         jax.block_until_ready(fn())
         runs.append(meter.read())
     best = min(runs, key=lambda r: r["wall_seconds"])
-    out = {"seconds": best["wall_seconds"], "times": [round(r["wall_seconds"], 6) for r in runs],
-           "first_seconds": round(first, 6), "cpu_per_wall": best["cpu_per_wall"]}
+    out = {"seconds": best["wall_seconds"], "median_seconds": statistics.median(r["wall_seconds"] for r in runs),
+           "times": [round(r["wall_seconds"], 6) for r in runs], "first_seconds": round(first, 6),
+           "cpu_per_wall": best["cpu_per_wall"]}
     if "other_cores" in best:
         out["other_cores"] = best["other_cores"]
     return out
@@ -371,7 +373,7 @@ def bench_torch(script: str | os.PathLike, mode: str, options: dict, repeats: in
       script: path of torch_ddpm.py. mode: ``trajectory``, ``sample`` or ``train``.
       options: its command-line options, e.g. ``{"n": 10000, "timesteps": 1000}``.
     Returns:
-      the fastest run's JSON, plus ``command`` and ``times`` (the seconds of every run).
+      the fastest run's JSON, plus ``command``, ``times`` (the seconds of every run) and ``median_seconds``.
     """
     command = [python, str(script), mode] + [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
     runs = []
@@ -383,7 +385,8 @@ def bench_torch(script: str | os.PathLike, mode: str, options: dict, repeats: in
         # The CPU figures cover the whole subprocess (import and warm-up included), not only its timed part.
         runs.append({**parse_json_line(proc.stdout), **{f"process_{k}": v for k, v in meter.read().items()}})
     best = min(runs, key=lambda r: r["seconds"])
-    return {**best, "times": [r["seconds"] for r in runs], "command": " ".join(command[1:])}
+    return {**best, "times": [r["seconds"] for r in runs],
+            "median_seconds": statistics.median(r["seconds"] for r in runs), "command": " ".join(command[1:])}
 
 
 def machine_info() -> dict:
@@ -559,6 +562,8 @@ def run(args: argparse.Namespace) -> dict:
                                                                            window=a.window), a.torch_repeats))
             results["torch"]["trajectory"] = traj
             results["torch"]["sampling_speedup"] = traj["seconds"] / results["sampling"]["seconds"]
+            # The baseline's own time varies a lot between runs on a shared CPU: the ratio of medians too.
+            results["torch"]["sampling_speedup_median"] = traj["median_seconds"] / results["sampling"]["median_seconds"]
     if "sweep" not in a.skip:
         results["sweep"] = bench_sampling_sweep(a.sweep_n, a.sweep_timesteps, a.sweep_dims, a.devices, a.precisions,
                                                 a.window, a.repeats, measure)
@@ -681,7 +686,9 @@ def format_table(results: dict) -> str:
             if "trajectory" in t:
                 rows.append(("torch trajectory", f"{t['trajectory']['point_steps_per_s'] / 1e6:.3f} M point-steps/s "
                                                  f"({t['trajectory']['seconds']:.3f} s); mijax speed-up "
-                                                 f"{t['sampling_speedup']:.2f}x{_busy(t['trajectory'])}"))
+                                                 f"{t['sampling_speedup']:.2f}x best vs best, "
+                                                 f"{t.get('sampling_speedup_median', float('nan')):.2f}x median vs "
+                                                 f"median{_busy(t['trajectory'])}"))
             if "train" in t:
                 rows.append(("torch train", f"{t['train']['ms_per_step']:.2f} ms/step; mijax speed-up "
                                             f"{t['training_speedup']:.2f}x{_busy(t['train'])}"))

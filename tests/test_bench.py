@@ -44,6 +44,7 @@ def test_quick_sampling_figures(quick_results):
         assert _positive(s[key]), key
     assert math.isclose(s["point_steps_per_s"], s["n"] * s["timesteps"] / s["seconds"], rel_tol=1e-9)
     assert len(s["times"]) == 1 and all(_positive(t) for t in s["times"])
+    assert s["median_seconds"] >= s["seconds"]
 
 
 def test_quick_memory_figures(quick_results):
@@ -128,3 +129,19 @@ def test_parse_json_line():
     assert bench.parse_json_line(text) == {"mode": "train", "ms_per_step": 12.5}
     with pytest.raises(ValueError):
         bench.parse_json_line("no json here")
+
+
+def test_bench_torch_keeps_the_fastest_and_the_median(tmp_path):
+    """A stand-in baseline script (torch itself is not a dependency) reporting its own seconds."""
+    script = tmp_path / "fake_baseline.py"
+    counter = tmp_path / "count"
+    script.write_text(
+        "import json, pathlib, sys\n"
+        f"p = pathlib.Path({str(counter)!r})\n"
+        "i = int(p.read_text()) if p.exists() else 0\n"
+        "p.write_text(str(i + 1))\n"
+        "print('noise')\n"
+        "print(json.dumps({'mode': sys.argv[1], 'seconds': [3.0, 1.0, 2.0][i]}))\n")
+    r = bench.bench_torch(script, "trajectory", {"n": 8}, repeats=3)
+    assert r["times"] == [3.0, 1.0, 2.0] and r["seconds"] == 1.0 and r["median_seconds"] == 2.0
+    assert r["mode"] == "trajectory" and "--n=8" in r["command"]
