@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mijax import stats
+from mijax import hallucination, stats
 from mijax.runs import (DataConfig, DiffusionConfig, RunConfig, RunError, atomic_write_bytes, load_config, load_run,
                         sample_keys, sample_run, save_npz, train_run, write_json)
 from mijax.sampling import SamplerConfig, sample_chunks
@@ -356,6 +356,14 @@ def check_out(out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     return out
 
+
+
+def label_rules(mixture, k: float = K) -> dict:
+    """The two hallucination labels the experiments report, each ``x [N, d] -> bool [N]``: ``"k5"``, farther
+    than k true stds from every mode; ``"blur"``, farther than k times the mode's own spread in the samples
+    where that is wider (:func:`mijax.hallucination.blur_adjusted_labels`)."""
+    return {"k5": lambda x: np.asarray(hallucination.labels(mixture, x, k)),
+            "blur": lambda x: np.asarray(hallucination.blur_adjusted_labels(mixture, x, k)[0])}
 
 
 def mass_beyond_k(mixture, k: float = K) -> float:

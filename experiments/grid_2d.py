@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from experiments import common
-from mijax import hallucination, plots
+from mijax import plots
 from mijax.runs import build
 
 SUMMARY = "5x5 grid and rotated grid (Fig. 3): hallucinations lie between nearest modes, none along x when rotated"
@@ -72,8 +72,7 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
         mixture = build(config).mixture
         means = np.asarray(mixture.means, np.float64)
         x = result["x"]
-        rules = {"k5": lambda xs: np.asarray(hallucination.labels(mixture, xs, common.K)),
-                 "blur": lambda xs: np.asarray(hallucination.blur_adjusted_labels(mixture, xs, common.K)[0])}
+        rules = common.label_rules(mixture)
         fractions = {rule: {name: [] for name in ORIENTATIONS + ("nearest",)} for rule in rules}
         counts = {rule: [] for rule in rules}
         between = {rule: [] for rule in rules}

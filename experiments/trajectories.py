@@ -49,8 +49,7 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
         mixture = build(config).mixture
         traj, x = result["trajectory"], result["x"]  # [S, N, L, d], [S, N, d]
         last = min(LAST, steps_shown - 1)
-        rules = {"k5": lambda xs: np.asarray(hallucination.labels(mixture, xs, common.K)),
-                 "blur": lambda xs: np.asarray(hallucination.blur_adjusted_labels(mixture, xs, common.K)[0])}
+        rules = common.label_rules(mixture)
         stats = {}
         for rule, label in rules.items():
             hal_move, in_move, ratio, counts = [], [], [], []

@@ -166,7 +166,7 @@ def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int =
       and the device peak bytes in use where the backend tracks them (GPU, TPU).
     """
     model, init_fn = _denoiser(dim, precision)
-    mesh = "auto" if devices is None else _rows_mesh(devices)
+    mesh = distributed.rows_mesh() if devices is None else _rows_mesh(devices)  # None: every device
     key = jax.random.PRNGKey(seed)
     params = init_fn(key)
     schedule = make_schedule(num_timesteps=timesteps)
@@ -176,8 +176,7 @@ def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int =
     timing = time_best(lambda: sample(model.apply, params, schedule, sample_key, n, (dim,), config, mesh=mesh),
                        repeats)
     result = {"n": n, "timesteps": timesteps, "dim": dim, "window": window, "precision": precision,
-              "devices": distributed.mesh_size(mesh) if not isinstance(mesh, str) else
-              distributed.mesh_size(distributed.rows_mesh()), **timing,
+              "devices": distributed.mesh_size(mesh), **timing,
               "point_steps_per_s": n * timesteps / timing["seconds"]}
     peak = device_peak_bytes()
     if peak is not None:

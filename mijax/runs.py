@@ -12,6 +12,7 @@ so a run with ``seeds = S`` holds exactly the models of S separate one-seed runs
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -223,22 +224,30 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
-def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory and a rename."""
+@contextlib.contextmanager
+def _atomic_target(path: os.PathLike, suffix: str = ".tmp"):
+    """Yield a temp path beside ``path`` to write; on success it replaces ``path`` (a rename), on error it
+    is removed. The temp file gets the umask's mode (mkstemp makes 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; a run's files are as readable as any other
+        yield tmp
+        os.chmod(tmp, _FILE_MODE)  # a run's files are as readable as any other
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same directory and a rename."""
+    with _atomic_target(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_json(path: os.PathLike, obj: Any) -> None:
@@ -247,18 +256,8 @@ def write_json(path: os.PathLike, obj: Any) -> None:
 
 def save_npz(path: os.PathLike, **arrays: np.ndarray) -> None:
     """An atomic ``np.savez``: a temp file beside ``path``, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
-    os.close(fd)
-    try:
+    with _atomic_target(path, ".tmp.npz") as tmp:
         np.savez(tmp, **arrays)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class NpyStream:
@@ -290,23 +289,13 @@ class NpyStream:
 def pack_npz(path: os.PathLike, files: dict[str, os.PathLike], **arrays: np.ndarray) -> None:
     """Atomically write an uncompressed ``.npz`` holding the ``.npy`` ``files`` (copied from disk piece by
     piece, never loaded whole) and the small in-memory ``arrays``; ``np.load`` reads it as usual."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
-            for name, file in files.items():
-                z.write(file, f"{name}.npy")
-            for name, array in arrays.items():
-                with z.open(f"{name}.npy", "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with _atomic_target(path, ".tmp.npz") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED,
+                                                                   allowZip64=True) as z:
+        for name, file in files.items():
+            z.write(file, f"{name}.npy")
+        for name, array in arrays.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
 
 
 def read_json(path: os.PathLike) -> Any:
