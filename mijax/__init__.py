@@ -43,7 +43,7 @@ from mijax.mixtures import (
     score,
 )
 from mijax.mixtures import sample as sample_mixture
-from mijax.models import ModuleDenoiser, ToyDenoiser, timestep_embedding
+from mijax.models import KERNELS, FusedDenoiser, ModuleDenoiser, ToyDenoiser, make_denoiser, timestep_embedding
 from mijax.recursive import RecursiveConfig, filter_indices, run_generation, run_recursive
 from mijax.sampling import SamplerConfig, Samples, reverse_timesteps, sample, sample_chunks
 from mijax.schedules import SCHEDULES, Schedule, beta_values, make_schedule
@@ -52,10 +52,10 @@ from mijax.training import TrainConfig, TrainState, get_batch, init_state, make_
 __version__ = "0.1.0"
 
 __all__ = [
-    "OBJECTIVES", "SCHEDULES", "GaussianMixture", "ModuleDenoiser", "SamplerConfig", "Samples", "Schedule", "ToyDenoiser",
+    "KERNELS", "OBJECTIVES", "SCHEDULES", "FusedDenoiser", "GaussianMixture", "ModuleDenoiser", "SamplerConfig", "Samples", "Schedule", "ToyDenoiser",
     "TrainConfig", "TrainState", "beta_values", "denoising_loss", "exact_denoiser", "exact_eps", "gaussian1d",
     "gaussian8", "gaussian25", "gaussian25_rotated", "get_batch", "in_support", "init_state", "log_prob",
-    "make_mixture", "make_optimizer", "make_schedule", "mass_beyond", "model_predictions", "nearest_mode",
+    "make_denoiser", "make_mixture", "make_optimizer", "make_schedule", "mass_beyond", "model_predictions", "nearest_mode",
     "noised", "posterior_mean_variance", "predict_eps_from_x0", "predict_x0_from_eps", "q_sample",
     "reverse_timesteps", "sample", "sample_chunks", "sample_mixture", "score", "timestep_embedding", "train",
     "train_step", "train_steps",

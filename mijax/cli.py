@@ -108,6 +108,9 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, type=Path, help="a run directory made by mijax train")
     p.add_argument("--n", type=_positive_int("n"), required=True, help="samples per seed")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kernel", default="xla", choices=["xla", "pallas"],
+                   help="how the network runs: xla (default) or pallas (one fused kernel per block of rows on "
+                        "a GPU; elsewhere the XLA path)")
     p.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"])
     p.add_argument("--variance", default="fixed_large", choices=["fixed_large", "fixed_small"],
                    help="DDPM step variance (published: fixed_large, beta_t)")
@@ -211,7 +214,8 @@ def _sample(a) -> None:
     from mijax.runs import sample_run
 
     result = sample_run(a.run, a.n, seed=a.seed, sampler=sampler, chunk_size=a.chunk_size,
-                        progress=not a.no_progress, out=a.out, precision=a.precision)
+                        progress=not a.no_progress, out=a.out, precision=a.precision,
+                        kernel=a.kernel)
     import jax
 
     if jax.process_index() == 0:

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -29,6 +30,7 @@ import numpy as np
 from mijax import mixtures
 from mijax import distributed
 from mijax.models import ModuleDenoiser, ToyDenoiser
+from mijax.models.fused import KERNELS, make_denoiser
 from mijax.models.mlp import PRECISIONS
 from mijax.sampling import SamplerConfig, sample_chunks
 from mijax.schedules import SCHEDULES, Schedule, make_schedule
@@ -463,7 +465,7 @@ def sample_keys(config: RunConfig, seed: int) -> jax.Array:
 
 def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[SamplerConfig] = None,
                chunk_size: Optional[int] = None, progress: bool = False, out: Optional[os.PathLike] = None,
-               precision: Optional[str] = None) -> dict[str, np.ndarray]:
+               precision: Optional[str] = None, kernel: str = "xla") -> dict[str, np.ndarray]:
     """Sample every seed of a trained run at once, chunk by chunk, over every device (and process).
 
     Args:
@@ -475,6 +477,8 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
         (uncompressed, zip64, copied from disk piece by piece) and removed, so host memory holds one
         chunk, never all n. In a multi-process job only process 0 writes.
       precision: the matmul precision (default: the run's; see :class:`ModelConfig`).
+      kernel: ``xla`` (the module as XLA ops) or ``pallas`` (one fused kernel per block of rows on a GPU,
+        the XLA path elsewhere; see :class:`mijax.models.fused.FusedDenoiser`).
     Returns:
       {"x": float32 [S, n, *shape], "hal": float32 [S, n], "seeds": int [S]}; with ``out`` only
       {"shape": (S, n, *shape), "seeds": int [S]} (the arrays are in the file).
@@ -484,6 +488,12 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
         if precision not in PRECISIONS:
             raise RunError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
         pieces = dataclasses.replace(pieces, model=pieces.model.clone(precision=precision))
+    if kernel not in KERNELS:
+        raise RunError(f"unknown kernel {kernel!r}; choose from {', '.join(KERNELS)}")
+    denoise_fn = make_denoiser(pieces.model, kernel)
+    if kernel == "pallas" and not denoise_fn.uses_kernel and jax.process_index() == 0:
+        warnings.warn(f"--kernel pallas needs a GPU (the backend is {jax.default_backend()}): sampling with the "
+                      "XLA path", stacklevel=2)
     sampler = SamplerConfig(objective=config.diffusion.objective) if sampler is None else sampler
     S = config.seeds
     seeds = np.asarray(config.seed_values)
@@ -500,7 +510,7 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
         hal = np.empty((S, n), np.float32)
     bar = _progress(progress and writer, total=n, desc=f"sample {S} seed(s)", unit="sample")
     try:
-        for start, chunk in sample_chunks(pieces.denoise_fn, state.params, pieces.schedule,
+        for start, chunk in sample_chunks(denoise_fn, state.params, pieces.schedule,
                                           sample_keys(config, seed), n, pieces.shape, sampler, chunk_size,
                                           seed_axis=True):
             chunk_x, chunk_hal = distributed.to_host((chunk.x, chunk.hal))  # every process takes part

@@ -62,6 +62,24 @@ def test_sample_writes_seed_stacked_npz(trained, tmp_path, capsys):
         np.testing.assert_array_equal(f["seeds"], in_memory["seeds"])
 
 
+def test_sample_kernel_option(trained, tmp_path):
+    """--kernel pallas samples with the fused kernel on a GPU; elsewhere it says so and uses the XLA path."""
+    out, ref = tmp_path / "k.npz", tmp_path / "ref.npz"
+    assert main(["sample", "--run", str(trained), "--n", "20", "--no-progress", "--out", str(ref)]) == 0
+    if jax.default_backend() == "gpu":
+        assert main(["sample", "--run", str(trained), "--n", "20", "--kernel", "pallas", "--no-progress",
+                     "--out", str(out)]) == 0
+    else:
+        with pytest.warns(UserWarning, match="needs a GPU"):
+            assert main(["sample", "--run", str(trained), "--n", "20", "--kernel", "pallas", "--no-progress",
+                         "--out", str(out)]) == 0
+    with np.load(out) as got, np.load(ref) as want:
+        np.testing.assert_allclose(got["x"], want["x"], atol=1e-4)
+        np.testing.assert_allclose(got["hal"], want["hal"], atol=1e-6, rtol=1e-3)
+    with pytest.raises(runs.RunError, match="unknown kernel"):
+        runs.sample_run(trained, 4, kernel="cuda")
+
+
 def test_npy_stream_and_pack_npz(tmp_path):
     want = np.arange(2 * 7 * 3, dtype=np.float32).reshape(2, 7, 3)
     stream = runs.NpyStream(tmp_path / "a.npy", np.float32, want.shape)

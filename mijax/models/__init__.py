@@ -20,4 +20,7 @@ class ModuleDenoiser:
         return self.module.apply(params, x, t)
 
 
-__all__ = ["ModuleDenoiser", "ToyDenoiser", "ResidualBlock", "timestep_embedding"]
+from mijax.models.fused import KERNELS, FusedDenoiser, make_denoiser  # noqa: E402 - needs ModuleDenoiser's module
+
+__all__ = ["KERNELS", "FusedDenoiser", "ModuleDenoiser", "ToyDenoiser", "ResidualBlock", "make_denoiser",
+           "timestep_embedding"]

@@ -128,18 +128,23 @@ class ToyDenoiser(nn.Module):
         self.out_norm = nn.LayerNorm(epsilon=LAYER_NORM_EPS)
         self.output = _dense(self.features, precision=self.precision)
 
+    def time_projections(self, t: jnp.ndarray) -> jnp.ndarray:
+        """What each residual block adds for t: [B, width] per block, stacked to [blocks, B, width].
+
+        t is [B] or [] (then B = 1: one embedding for the whole batch); blocks is 1 when tied (the same
+        projection serves all passes). :class:`mijax.models.fused.FusedDenoiser` computes it this way
+        before its kernel.
+        """
+        t = jnp.asarray(t).reshape(-1)
+        temb = _act(self.time_proj(timestep_embedding(t, self.width)))
+        return jnp.stack([block.project_time(temb) for block in self.blocks])
+
     def __call__(self, x: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
         if x.ndim != 2 or x.shape[1] != self.features:
             raise ValueError(f"ToyDenoiser expects x of shape [N, {self.features}], got {x.shape}")
-        t = jnp.asarray(t).reshape(-1)  # [] -> [1]: one embedding for the whole batch
-        temb = _act(self.time_proj(timestep_embedding(t, self.width)))
+        projections = self.time_projections(t)  # [blocks, 1 or N, width]
         h = self.input_proj(x)
-        if self.tied:
-            block = self.blocks[0]
-            time_projection = block.project_time(temb)  # same in all passes: weights are tied
-            for _ in range(self.num_layers):
-                h = block(h, time_projection)
-        else:
-            for block in self.blocks:
-                h = block(h, block.project_time(temb))
+        for layer in range(self.num_layers):
+            block = 0 if self.tied else layer
+            h = self.blocks[block](h, projections[block])
         return self.output(self.out_norm(h))

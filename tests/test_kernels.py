@@ -1,0 +1,127 @@
+"""The fused Pallas denoiser: equal to the module (interpreted here), its XLA fallback, its Triton lowering."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mijax
+from mijax.models import FusedDenoiser, ModuleDenoiser, ToyDenoiser, make_denoiser
+from mijax.sampling import SamplerConfig, sample
+from mijax.schedules import make_schedule
+
+# float32 and tf32 (emulated rounding) agree with the module to float32 rounding of a differently ordered
+# sum. bf16 rounds every matmul input to 8 bits: a last-bit difference before a rounding moves a value by
+# one bf16 step (2^-8 relative), and such steps can add up through the six matmuls.
+TOLERANCE = {"float32": 2e-5, "tf32": 2e-5, "bf16": 3e-2}
+
+
+def _model(d, tied=True, precision="float32", width=128, key=0):
+    model = ToyDenoiser(features=d, tied=tied, precision=precision, width=width)
+    params = jax.jit(model.init)(jax.random.key(key), jnp.zeros((1, d)), jnp.zeros((1,), jnp.int32))
+    return model, params
+
+
+@pytest.mark.parametrize("d,tied,precision", [(1, True, "float32"), (2, True, "float32"), (3, False, "float32"),
+                                              (1, True, "tf32"), (2, False, "bf16"), (1, True, "bf16")])
+def test_kernel_equals_the_module(d, tied, precision):
+    model, params = _model(d, tied, precision)
+    fused = FusedDenoiser(model, block_rows=32, interpret=True)
+    assert fused.uses_kernel
+    n = 100  # not a multiple of the block: the last block is padded and trimmed
+    x = 3.0 * jax.random.normal(jax.random.key(1), (n, d))
+    for t in (jnp.int32(7), jnp.int32(999), jnp.arange(n, dtype=jnp.int32) * 10):  # shared and per-row t
+        want = jax.jit(model.apply)(params, x, t)
+        got = jax.jit(fused)(params, x, t)
+        chex.assert_shape(got, (n, d))
+        chex.assert_type(got, jnp.float32)
+        scale = float(jnp.max(jnp.abs(want)))
+        assert scale > 0.1
+        np.testing.assert_allclose(got, want, atol=TOLERANCE[precision] * max(scale, 1.0), rtol=0)
+
+
+def test_a_row_does_not_depend_on_its_block():
+    """Rows are independent: the same row gives the same bits at any N and block position."""
+    model, params = _model(2)
+    fused = jax.jit(FusedDenoiser(model, block_rows=16, interpret=True))
+    x = jax.random.normal(jax.random.key(2), (50, 2))
+    full = fused(params, x, jnp.int32(3))
+    np.testing.assert_array_equal(fused(params, x[17:40], jnp.int32(3)), full[17:40])
+
+
+def test_seed_axis_vmap_equals_each_seed():
+    model, _ = _model(1)
+    keys = jax.random.split(jax.random.key(3), 3)
+    params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 1)), jnp.zeros((1,), jnp.int32)))(keys)
+    fused = FusedDenoiser(model, block_rows=16, interpret=True)
+    x = jax.random.normal(jax.random.key(4), (3, 40, 1))
+    stacked = jax.jit(jax.vmap(fused, in_axes=(0, 0, None)))(params, x, jnp.int32(5))
+    for s in range(3):
+        one = jax.tree.map(lambda a: a[s], params)
+        np.testing.assert_allclose(stacked[s], model.apply(one, x[s], jnp.int32(5)), atol=2e-5)
+
+
+def test_sampler_with_the_kernel_equals_the_xla_path():
+    """The whole reverse process with Hal: samples and Hal agree with the module's to float32 rounding."""
+    model, params = _model(1)
+    schedule = make_schedule(num_timesteps=20)
+    config = SamplerConfig(hal_window=5)
+    key = jax.random.key(6)
+    want = sample(ModuleDenoiser(model), params, schedule, key, 100, (1,), config)
+    fused = FusedDenoiser(model, block_rows=32, interpret=True)
+    got = sample(fused, params, schedule, key, 100, (1,), config)
+    np.testing.assert_allclose(got.x, want.x, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(got.hal, want.hal, atol=1e-6, rtol=1e-3)
+    # Chunking does not change a sample: per-sample keys, independent rows.
+    chunked = sample(fused, params, schedule, key, 100, (1,), config, chunk_size=64)
+    np.testing.assert_array_equal(chunked.x, got.x)
+    np.testing.assert_array_equal(chunked.hal, got.hal)
+
+
+def test_without_a_gpu_it_falls_back_to_the_module():
+    model, params = _model(2)
+    fused = make_denoiser(model, "pallas")
+    assert isinstance(fused, FusedDenoiser) and fused.interpret is None
+    assert fused.uses_kernel == (jax.default_backend() == "gpu")
+    if not fused.uses_kernel:
+        x = jax.random.normal(jax.random.key(7), (20, 2))
+        np.testing.assert_array_equal(fused(params, x, jnp.int32(4)), model.apply(params, x, jnp.int32(4)))
+    assert make_denoiser(model) == ModuleDenoiser(model)
+    assert mijax.FusedDenoiser is FusedDenoiser and "pallas" in mijax.KERNELS
+
+
+def test_bad_input():
+    model, params = _model(1)
+    with pytest.raises(ValueError, match="power of two"):
+        FusedDenoiser(ToyDenoiser(features=1, width=96))
+    with pytest.raises(ValueError, match="block_rows"):
+        FusedDenoiser(model, block_rows=48)
+    with pytest.raises(TypeError, match="ToyDenoiser"):
+        FusedDenoiser("not a module")
+    with pytest.raises(ValueError, match=r"shape \[N, 1\]"):
+        FusedDenoiser(model, interpret=True)(params, jnp.zeros((4,)), jnp.int32(0))
+    with pytest.raises(ValueError, match="unknown kernel"):
+        make_denoiser(model, "cuda")
+
+
+@pytest.mark.parametrize("d,tied,precision,per_row", [(1, True, "float32", False), (2, False, "bf16", True),
+                                                      (1, True, "tf32", False)])
+def test_kernel_lowers_to_triton_for_a_gpu(d, tied, precision, per_row):
+    """The compiled kernel's lowering for CUDA (Pallas -> Triton IR), done on this machine: every operation of
+    the kernel has a Triton lowering and the block shapes are accepted. (Triton's own compilation to PTX
+    happens on the GPU and is not checked here.)"""
+    export = pytest.importorskip("jax.export")
+    model, params = _model(d, tied, precision)
+    fused = FusedDenoiser(model, interpret=False)
+    t = jax.ShapeDtypeStruct((4096,) if per_row else (), jnp.int32)
+    try:
+        exported = export.export(
+            jax.jit(fused), platforms=["cuda"],
+            disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+        )(params, jax.ShapeDtypeStruct((4096, d), jnp.float32), t)
+    except (ImportError, ModuleNotFoundError) as e:  # a jaxlib without the Triton dialect
+        pytest.skip(f"no Triton lowering in this jaxlib: {e}")
+    text = exported.mlir_module()
+    assert text.count("__gpu$xla.gpu.triton") == 1
+    assert "mijax_fused_denoiser" in text
+    chex.assert_shape(exported.out_avals[0], (4096, d))
