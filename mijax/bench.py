@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from mijax.models import ToyDenoiser
+from mijax.models import KERNELS, ToyDenoiser, make_denoiser
 from mijax import distributed
 from mijax.sampling import SamplerConfig, chunk_rows, sample, sample_chunk, validate
 from mijax.schedules import make_schedule
@@ -42,10 +42,10 @@ from mijax.training import TrainConfig, init_state, train_steps
 # The sweep's axes ("sweep_n" / "sweep_timesteps" None: just --n / --timesteps; "all": every local device).
 DEFAULTS = dict(n=10_000, timesteps=1000, dim=1, window=10, train_batch=10_000, train_steps=20, seeds="8",
                 seed_n=2000, repeats=3, sweep_n=None, sweep_timesteps=None, sweep_dims="1,2", devices="1,all",
-                precisions="float32,bf16")
+                precisions="float32,bf16", kernels="xla", chunk_size=None)
 QUICK = dict(n=256, timesteps=20, dim=1, window=5, train_batch=256, train_steps=2, seeds="2", seed_n=256,
              repeats=1, sweep_n=None, sweep_timesteps=None, sweep_dims="1,2", devices="1,all",
-             precisions="float32,bf16")
+             precisions="float32,bf16", kernels="xla", chunk_size=None)
 PRECISIONS = ("float32", "tf32", "bf16")
 # Memory is compared at T and at T / MEMORY_T_FACTOR.
 MEMORY_T_FACTOR = 10
@@ -156,16 +156,21 @@ def _seed_params(init_fn: Callable, num_seeds: int, key: jax.Array):
 # --------------------------------------------------------------------------------------------------
 
 def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int = 3, seed: int = 0,
-                   devices: Optional[int] = None, precision: str = "float32") -> dict:
+                   devices: Optional[int] = None, precision: str = "float32", kernel: str = "xla",
+                   chunk_size: Optional[int] = None) -> dict:
     """Throughput of :func:`mijax.sampling.sample` (DDPM carrying Hal over the last ``window`` steps).
 
     ``devices``: the samples are split over the first this many local devices (a ``rows`` mesh); None
     uses the library's default (every device). ``precision``: the network's matmul precision.
+    ``kernel``: ``xla`` or ``pallas`` (the fused kernel; where there is no GPU it falls back to the XLA
+    path, and ``kernel_used`` says so). ``chunk_size``: samples per compiled chunk (None: all at once).
     Returns:
       seconds (best), point_steps_per_s = n T / seconds, first_seconds (compile + first run), times,
       and the device peak bytes in use where the backend tracks them (GPU, TPU).
     """
     model, init_fn = _denoiser(dim, precision)
+    denoise_fn = make_denoiser(model, kernel)
+    used = "pallas" if kernel == "pallas" and denoise_fn.uses_kernel else "xla"
     mesh = distributed.rows_mesh() if devices is None else _rows_mesh(devices)  # None: every device
     key = jax.random.PRNGKey(seed)
     params = init_fn(key)
@@ -173,9 +178,10 @@ def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int =
     config = SamplerConfig(hal_window=window)
     validate(config, timesteps)
     sample_key = jax.random.fold_in(key, 1)
-    timing = time_best(lambda: sample(model.apply, params, schedule, sample_key, n, (dim,), config, mesh=mesh),
-                       repeats)
+    timing = time_best(lambda: sample(denoise_fn, params, schedule, sample_key, n, (dim,), config,
+                                      chunk_size=chunk_size, mesh=mesh), repeats)
     result = {"n": n, "timesteps": timesteps, "dim": dim, "window": window, "precision": precision,
+              "kernel": kernel, "kernel_used": used, "chunk_size": chunk_size,
               "devices": distributed.mesh_size(mesh), **timing,
               "point_steps_per_s": n * timesteps / timing["seconds"]}
     peak = device_peak_bytes()
@@ -194,8 +200,9 @@ def _rows_mesh(devices: int):
 
 def bench_sampling_sweep(ns: Sequence[int], timesteps: Sequence[int], dims: Sequence[int],
                          devices: Sequence[int], precisions: Sequence[str], window: int, repeats: int = 3,
-                         measure: Callable[[Callable[[], dict]], dict] = lambda fn: fn()) -> list[dict]:
-    """:func:`bench_sampling` at every combination of the axes (N, T, d, device count, precision).
+                         measure: Callable[[Callable[[], dict]], dict] = lambda fn: fn(),
+                         kernels: Sequence[str] = ("xla",), chunk_size: Optional[int] = None) -> list[dict]:
+    """:func:`bench_sampling` at every combination of the axes (N, T, d, device count, precision, kernel).
 
     ``measure`` wraps each measurement (e.g. to wait for a quiet machine first). Each row also has
     ``point_steps_per_s_per_device``; where the backend tracks it, the device's peak memory in use.
@@ -206,16 +213,20 @@ def bench_sampling_sweep(ns: Sequence[int], timesteps: Sequence[int], dims: Sequ
             for d in dims:
                 for dev in devices:
                     for precision in precisions:
-                        r = measure(lambda: bench_sampling(n, t, d, min(window, t), repeats, devices=dev,
-                                                           precision=precision))
-                        r["point_steps_per_s_per_device"] = r["point_steps_per_s"] / r["devices"]
-                        # What one device's program holds: its share of the rows, whole trajectory not kept.
-                        mem = compiled_memory(-(-n // r["devices"]), t, d, min(window, t), precision=precision)
-                        if mem is not None:
-                            r["compiled_bytes_per_device"] = sum(
-                                mem.get(f, 0) for f in ("temp_size_in_bytes", "argument_size_in_bytes",
-                                                        "output_size_in_bytes"))
-                        rows.append(r)
+                        for kernel in kernels:
+                            r = measure(lambda: bench_sampling(n, t, d, min(window, t), repeats, devices=dev,
+                                                               precision=precision, kernel=kernel,
+                                                               chunk_size=chunk_size))
+                            r["point_steps_per_s_per_device"] = r["point_steps_per_s"] / r["devices"]
+                            # What one device's program holds: its share of the rows (of one chunk).
+                            rows_per_device = -(-min(n, chunk_size or n) // r["devices"])
+                            mem = compiled_memory(rows_per_device, t, d, min(window, t), precision=precision,
+                                                  kernel=kernel)
+                            if mem is not None:
+                                r["compiled_bytes_per_device"] = sum(
+                                    mem.get(f, 0) for f in ("temp_size_in_bytes", "argument_size_in_bytes",
+                                                            "output_size_in_bytes"))
+                            rows.append(r)
     return rows
 
 
@@ -226,15 +237,16 @@ def host_peak_bytes() -> int:
 
 
 def compiled_memory(n: int, timesteps: int, dim: int, window: int, seed: int = 0,
-                    precision: str = "float32") -> Optional[dict]:
+                    precision: str = "float32", kernel: str = "xla") -> Optional[dict]:
     """XLA's memory analysis of the compiled sampling chunk (N samples, T steps); None if unavailable."""
     model, init_fn = _denoiser(dim, precision)
+    denoise_fn = make_denoiser(model, kernel)
     key = jax.random.PRNGKey(seed)
     params = init_fn(key)
     schedule = make_schedule(num_timesteps=timesteps)
     config = SamplerConfig(hal_window=window)
     rows = chunk_rows(n, None)[1]  # what sample() compiles for n samples in one chunk (padded rows)
-    compiled = sample_chunk.lower(model.apply, params, schedule, key, jnp.uint32(0), config, (dim,), rows).compile()
+    compiled = sample_chunk.lower(denoise_fn, params, schedule, key, jnp.uint32(0), config, (dim,), rows).compile()
     analysis = compiled.memory_analysis()
     if analysis is None:
         return None
@@ -443,6 +455,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                           f"local device (default {d['devices']})")
     parser.add_argument("--precisions", help=f"comma-separated matmul precisions for the sampling sweep, of "
                                              f"{', '.join(PRECISIONS)} (default {d['precisions']})")
+    parser.add_argument("--kernels", help=f"comma-separated ways of running the network for the sampling sweep, of "
+                                          f"{', '.join(KERNELS)} (pallas: the fused kernel, GPU only; default "
+                                          f"{d['kernels']})")
+    parser.add_argument("--chunk-size", type=int, help="samples per compiled chunk in the sampling sweep (default: "
+                                                       "all N at once)")
     parser.add_argument("--repeats", type=int, help=f"timed runs after the warm-up; best reported (default "
                                                     f"{d['repeats']})")
     parser.add_argument("--compare-torch", action="store_true",
@@ -488,6 +505,12 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if bad or not precisions:
         raise ValueError(f"--precisions must name some of {', '.join(PRECISIONS)}, got {values['precisions']!r}")
     values["precisions"] = list(dict.fromkeys(precisions))
+    kernels = _items(values["kernels"])
+    if not kernels or any(k not in KERNELS for k in kernels):
+        raise ValueError(f"--kernels must name some of {', '.join(KERNELS)}, got {values['kernels']!r}")
+    values["kernels"] = list(dict.fromkeys(kernels))
+    if values["chunk_size"] is not None and values["chunk_size"] <= 0:
+        raise ValueError(f"--chunk-size must be > 0, got {values['chunk_size']}")
     skip = values.get("skip") or ""
     values["skip"] = set(skip.split(",")) - {""} if isinstance(skip, str) else set(skip)
     for name in ("n", "timesteps", "dim", "train_batch", "train_steps", "seed_n", "repeats"):
@@ -565,7 +588,7 @@ def run(args: argparse.Namespace) -> dict:
             results["torch"]["sampling_speedup_median"] = traj["median_seconds"] / results["sampling"]["median_seconds"]
     if "sweep" not in a.skip:
         results["sweep"] = bench_sampling_sweep(a.sweep_n, a.sweep_timesteps, a.sweep_dims, a.devices, a.precisions,
-                                                a.window, a.repeats, measure)
+                                                a.window, a.repeats, measure, a.kernels, a.chunk_size)
     if "memory" not in a.skip:
         results["memory"] = bench_sampling_memory(a.n, a.timesteps, a.dim, a.window)  # compiles only: no wait
     if "training" not in a.skip:
@@ -646,7 +669,11 @@ def format_table(results: dict) -> str:
     for r in results.get("sweep", []):
         mem = r.get("compiled_bytes_per_device")
         peak = r.get("device_peak_bytes_in_use")
-        rows.append((f"sweep N={r['n']} T={r['timesteps']} d={r['dim']} devices={r['devices']} {r['precision']}",
+        kernel = r.get("kernel", "xla")
+        if kernel != r.get("kernel_used", kernel):
+            kernel += f" (ran {r['kernel_used']}: no GPU)"
+        rows.append((f"sweep N={r['n']} T={r['timesteps']} d={r['dim']} devices={r['devices']} {r['precision']} "
+                     f"{kernel}",
                      f"{r['point_steps_per_s'] / 1e6:.3f} M point-steps/s ({r['seconds']:.3f} s)"
                      + (f"; compiled {mem / 2**20:.2f} MiB/device" if mem is not None else "")
                      + (f"; device peak so far {peak / 2**20:.1f} MiB" if peak is not None else "") + _busy(r)))

@@ -115,6 +115,23 @@ def test_sweep_axes_parse_and_reject_bad_values():
             bench.resolve(_parse(["--quick", *bad]))
 
 
+def test_kernels_axis(capsys):
+    """--kernels xla,pallas measures both; without a GPU the pallas rows say they ran the XLA path."""
+    results = bench.run(_parse(["--quick", "--skip", "sampling,memory,training,seeds", "--sweep-dims", "1",
+                                "--devices", "1", "--precisions", "float32", "--kernels", "xla,pallas",
+                                "--chunk-size", "128"]))
+    rows = results["sweep"]
+    assert [r["kernel"] for r in rows] == ["xla", "pallas"] and all(r["chunk_size"] == 128 for r in rows)
+    gpu = results["machine"]["backend"] == "gpu"
+    assert rows[1]["kernel_used"] == ("pallas" if gpu else "xla") and rows[0]["kernel_used"] == "xla"
+    assert all(_positive(r["point_steps_per_s"]) for r in rows)
+    table = capsys.readouterr().out
+    assert gpu or "pallas (ran xla: no GPU)" in table
+    for bad in (["--kernels", "cuda"], ["--kernels", ""], ["--chunk-size", "0"]):
+        with pytest.raises(ValueError):
+            bench.resolve(_parse(["--quick", *bad]))
+
+
 def test_explicit_sizes_override_quick():
     a = bench.resolve(_parse(["--quick", "--n", "64", "--seeds", "1,3", "--repeats", "2"]))
     assert (a.n, a.timesteps, a.seeds, a.repeats) == (64, bench.QUICK["timesteps"], [1, 3], 2)
