@@ -157,19 +157,20 @@ def _seed_params(init_fn: Callable, num_seeds: int, key: jax.Array):
 
 def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int = 3, seed: int = 0,
                    devices: Optional[int] = None, precision: str = "float32", kernel: str = "xla",
-                   chunk_size: Optional[int] = None) -> dict:
+                   chunk_size: Optional[int] = None, kernel_options: Optional[dict] = None) -> dict:
     """Throughput of :func:`mijax.sampling.sample` (DDPM carrying Hal over the last ``window`` steps).
 
     ``devices``: the samples are split over the first this many local devices (a ``rows`` mesh); None
     uses the library's default (every device). ``precision``: the network's matmul precision.
     ``kernel``: ``xla`` or ``pallas`` (the fused kernel; where there is no GPU it falls back to the XLA
-    path, and ``kernel_used`` says so). ``chunk_size``: samples per compiled chunk (None: all at once).
+    path, and ``kernel_used`` says so; ``kernel_options``: :class:`~mijax.models.FusedDenoiser`'s
+    ``block_rows`` / ``num_warps``). ``chunk_size``: samples per compiled chunk (None: all at once).
     Returns:
       seconds (best), point_steps_per_s = n T / seconds, first_seconds (compile + first run), times,
       and the device peak bytes in use where the backend tracks them (GPU, TPU).
     """
     model, init_fn = _denoiser(dim, precision)
-    denoise_fn = make_denoiser(model, kernel)
+    denoise_fn = make_denoiser(model, kernel, **(kernel_options or {}) if kernel == "pallas" else {})
     used = "pallas" if kernel == "pallas" and denoise_fn.uses_kernel else "xla"
     mesh = distributed.rows_mesh() if devices is None else _rows_mesh(devices)  # None: every device
     key = jax.random.PRNGKey(seed)
@@ -182,6 +183,7 @@ def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int =
                                       chunk_size=chunk_size, mesh=mesh), repeats)
     result = {"n": n, "timesteps": timesteps, "dim": dim, "window": window, "precision": precision,
               "kernel": kernel, "kernel_used": used, "chunk_size": chunk_size,
+              **({"kernel_options": kernel_options} if kernel == "pallas" and kernel_options else {}),
               "devices": distributed.mesh_size(mesh), **timing,
               "point_steps_per_s": n * timesteps / timing["seconds"]}
     peak = device_peak_bytes()
@@ -285,14 +287,16 @@ def device_peak_bytes() -> Optional[int]:
 
 
 def bench_training(batch: int, steps: int, dim: int, num_seeds: Optional[int] = None, timesteps: int = 1000,
-                   repeats: int = 3, seed: int = 0, seed_batch: Optional[int] = None) -> dict:
+                   repeats: int = 3, seed: int = 0, seed_batch: Optional[int] = None,
+                   precision: str = "float32") -> dict:
     """Milliseconds per Adam step of :func:`mijax.training.train_steps` (``steps`` steps in one dispatch).
 
     ``num_seeds`` None trains one model; an integer S trains S models in one program along a seed axis
     (``seed_axis=True``, even for S = 1), ``seed_batch`` of them vmapped together (None: the library's
     default for this backend), and ms_per_step is then the time of one step of all S models.
+    ``precision``: the network's matmul precision.
     """
-    model, init_fn = _denoiser(dim)
+    model, init_fn = _denoiser(dim, precision)
     schedule = make_schedule(num_timesteps=timesteps)
     config = TrainConfig(steps=steps, batch_size=batch, steps_per_call=steps)
     key = jax.random.PRNGKey(seed)
@@ -317,6 +321,7 @@ def bench_training(batch: int, steps: int, dim: int, num_seeds: Optional[int] = 
     finite = bool(jnp.all(jnp.isfinite(holder["losses"])))
     num_models = num_seeds if seed_axis else 1
     return {"batch": batch, "steps": steps, "dim": dim, "num_seeds": num_models, "seed_axis": seed_axis,
+            "precision": precision,
             "seed_batch": _seed_batch(num_models, seed_batch) if seed_axis else None,
             **timing, "ms_per_step": 1e3 * timing["seconds"] / steps,
             "examples_per_s": batch * num_models * steps / timing["seconds"], "losses_finite": finite}

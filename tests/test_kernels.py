@@ -125,3 +125,27 @@ def test_kernel_lowers_to_triton_for_a_gpu(d, tied, precision, per_row):
     assert text.count("__gpu$xla.gpu.triton") == 1
     assert "mijax_fused_denoiser" in text
     chex.assert_shape(exported.out_avals[0], (4096, d))
+
+
+def test_gpu_check_script_runs_at_tiny_sizes(tmp_path):
+    """The prepared accelerator script (experiments/gpu_check.py) runs end to end, here with the kernel
+    interpreted, and records every measurement without errors: device time is too scarce for a script that
+    breaks there."""
+    import json
+
+    from experiments import gpu_check
+
+    results = gpu_check.main(["--out", str(tmp_path), "--quick", "--interpret"])
+    assert results["errors"] == {} and results["skipped"] == []
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["kernel_options"] == results["kernel_options"]
+    for row in results["kernel_check"]:
+        assert row["kernel_ran"]
+        if row["precision"] != "bf16":
+            assert row["max_abs_diff_shared_t"] < 1e-4 and row["max_abs_diff_per_row_t"] < 1e-4
+    assert {r["kernel_used"] for r in results["sampling_1e6_d1"]} == {"xla", "pallas"}
+    assert len(results["sampling_1e6_d1"]) == 6 and len(results["sampling_1e7_d1"]) == 2
+    assert results["seeds"]["training_many"]["num_seeds"] == 2
+    assert "kernel vs XLA" in gpu_check.summary(results)
+    # A spent budget starts nothing more but still writes what it has.
+    later = gpu_check.main(["--out", str(tmp_path / "b"), "--quick", "--budget", "0"])
+    assert "kernel_check" in later["skipped"] and "kernel_check" not in later
