@@ -27,6 +27,9 @@ from mijax.schedules import Schedule
 
 SAMPLERS = ("ddpm", "ddim")
 ROW_BLOCK = 64  # chunks are padded to a multiple of this many samples (see sample_chunks)
+# On CPU a device's rows run through the T steps in blocks of about this many: the blocks' activations stay
+# in cache, which made sampling ~1.4x faster on a 2-core AMD EPYC than 12,288 rows at once (BENCHMARKS.md).
+CPU_ROWS_PER_BLOCK = 3072
 VARIANCES = ("fixed_large", "fixed_small")
 
 
@@ -119,13 +122,44 @@ def _per_sample_normal(keys: jax.Array, step: jnp.ndarray, shape: tuple) -> jnp.
     return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, step), shape, jnp.float32))(keys)
 
 
+def default_rows_per_block() -> Optional[int]:
+    """Rows of a device that run through the reverse steps together: ``CPU_ROWS_PER_BLOCK`` on CPU (cache),
+    None (all of them) on accelerators, which want the widest matmuls."""
+    return CPU_ROWS_PER_BLOCK if jax.default_backend() == "cpu" else None
+
+
+def row_blocks(rows: int, rows_per_block: Optional[int]) -> tuple[int, int]:
+    """(blocks, rows in each) for ``rows`` rows of one device: equal blocks of about ``rows_per_block`` rows
+    (their number rounded to the nearest, at least 1) that cover them, each a multiple of ``ROW_BLOCK``
+    (None: one block)."""
+    if rows_per_block is not None and rows_per_block <= 0:
+        raise ValueError(f"rows per block must be > 0, got {rows_per_block}")
+    count = 1 if rows_per_block is None else max(1, round(rows / rows_per_block))
+    size = -(-rows // count)
+    return count, -(-size // ROW_BLOCK) * ROW_BLOCK
+
+
 def _sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, start: jnp.ndarray,
-                  config: SamplerConfig, shape: tuple, chunk_size: int) -> Samples:
-    """Samples ``start .. start + chunk_size - 1`` of the stream defined by ``key``."""
+                  config: SamplerConfig, shape: tuple, chunk_size: int, blocks: int = 1) -> Samples:
+    """Samples ``start .. start + chunk_size - 1`` of the stream defined by ``key``, run through the reverse
+    steps in ``blocks`` equal blocks of rows one after the other (a ``lax.map``; the same numbers)."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(chunk_size, dtype=jnp.uint32))
+    run = partial(_reverse, denoise_fn, params, schedule, config=config, shape=shape)
+    if blocks == 1:
+        return run(keys)
+    if chunk_size % blocks:
+        raise ValueError(f"{chunk_size} rows do not split into {blocks} equal blocks")
+    out = jax.lax.map(run, keys.reshape((blocks, chunk_size // blocks) + keys.shape[1:]))  # raw keys: [C, 2]
+    return jax.tree.map(lambda a: a.reshape((chunk_size,) + a.shape[2:]), out)
+
+
+def _reverse(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, config: SamplerConfig,
+             shape: tuple) -> Samples:
+    """The reverse process with Hal for the samples of ``keys`` [C] (one per sample)."""
+    chunk_size = keys.shape[0]
     T = schedule.num_timesteps
     ts, t_prev, in_window, inv_count, slots = _step_table(config, T)
     num_records = int((slots >= 0).sum())
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(chunk_size, dtype=jnp.uint32))
     x = _per_sample_normal(keys, T, shape)
     zeros = jnp.zeros_like(x)
     trajectory = jnp.zeros((chunk_size, num_records) + shape, jnp.float32) if num_records else None
@@ -183,11 +217,13 @@ def _sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
 
 
 @partial(jax.jit, static_argnames=("denoise_fn", "config", "shape", "chunk_size", "seed_axis", "seed_batch",
-                                   "mesh"))
+                                   "mesh", "blocks"))
 def sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, start: jnp.ndarray,
                  config: SamplerConfig, shape: tuple, chunk_size: int, seed_axis: bool = False,
-                 seed_batch: Optional[int] = None, mesh: Optional[Mesh] = None) -> Samples:
+                 seed_batch: Optional[int] = None, mesh: Optional[Mesh] = None, blocks: int = 1) -> Samples:
     """One jitted chunk of samples ``start .. start + chunk_size - 1``.
+
+    Each device runs its rows in ``blocks`` equal blocks, one after the other (see :func:`row_blocks`).
 
     With ``seed_axis`` the params and key carry a leading seed axis [S] and every output gains one; the
     seeds run ``seed_batch`` at a time (None: :func:`mijax.distributed.default_seed_batch`).
@@ -199,7 +235,7 @@ def sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arra
     if chunk_size % devices:
         raise ValueError(f"chunk size {chunk_size} does not split over {devices} devices")
     rows = chunk_size // devices
-    fn = partial(_sample_chunk, denoise_fn, config=config, shape=shape, chunk_size=rows)
+    fn = partial(_sample_chunk, denoise_fn, config=config, shape=shape, chunk_size=rows, blocks=blocks)
 
     def local(params, schedule, key, start):
         if mesh is not None:  # this device's block of the chunk
@@ -217,25 +253,27 @@ def sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arra
                          check_vma=False)(params, schedule, key, start)
 
 
-def chunk_rows(n: int, chunk_size: Optional[int], devices: int = 1) -> tuple[int, int]:
+def chunk_rows(n: int, chunk_size: Optional[int], devices: int = 1,
+               rows_per_block: Optional[int] = None) -> tuple[int, int]:
     """(samples per chunk, compiled rows per chunk) for n samples over ``devices`` devices.
 
     The compiled rows are a multiple of ``devices * ROW_BLOCK``: CPU matmul kernels treat a ragged tail of
     rows with other code (other rounding), so only full blocks on every device make every sample
     bit-identical whatever the chunking and the device count. (This holds for the paper's width-128
     network; much narrower layers, e.g. width 16 with under 256 rows per device, fall below XLA:CPU's
-    size threshold for its matmul library and their rows then depend on the row count.)
+    size threshold for its matmul library and their rows then depend on the row count.) With
+    ``rows_per_block`` each device's rows are ``blocks x rows`` of :func:`row_blocks`.
     """
     chunk = n if chunk_size is None else min(chunk_size, n)
-    block = devices * ROW_BLOCK
-    return chunk, -(-chunk // block) * block
+    count, size = row_blocks(-(-chunk // devices), rows_per_block)
+    return chunk, devices * count * size
 
 
 def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, n: int,
                   shape: Sequence[int], config: SamplerConfig = SamplerConfig(),
                   chunk_size: Optional[int] = None, seed_axis: bool = False, seed_batch: Optional[int] = None,
-                  mesh: Optional[Mesh] | str = "auto", start: int = 0, stop: Optional[int] = None
-                  ) -> Iterator[tuple[int, Samples]]:
+                  mesh: Optional[Mesh] | str = "auto", start: int = 0, stop: Optional[int] = None,
+                  rows_per_block: Optional[int] | str = "auto") -> Iterator[tuple[int, Samples]]:
     """Yield ``(start, Samples)`` chunk by chunk (device arrays of ``min(chunk, n - start)`` samples).
 
     Every chunk has the same compiled shape (the last is padded and trimmed), so one compilation
@@ -248,6 +286,8 @@ def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
         :func:`mijax.distributed.to_host`).
       start, stop: draw only samples ``start .. stop - 1`` of the n (default all).
       seed_batch: see :func:`sample_chunk`.
+      rows_per_block: a device runs its rows of a chunk in blocks of about this many, one after the other
+        (``"auto"``: :func:`default_rows_per_block`, cache-sized on CPU; None: all at once). Speed only.
     """
     shape = tuple(int(s) for s in shape)
     if n <= 0:
@@ -258,11 +298,15 @@ def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
     validate(config, schedule.num_timesteps)
     if isinstance(mesh, str):
         mesh = distributed.rows_mesh()
-    chunk, compiled = chunk_rows(stop - start, chunk_size, distributed.mesh_size(mesh))
+    if rows_per_block == "auto":
+        rows_per_block = default_rows_per_block()
+    devices = distributed.mesh_size(mesh)
+    chunk, compiled = chunk_rows(stop - start, chunk_size, devices, rows_per_block)
+    blocks = row_blocks(-(-chunk // devices), rows_per_block)[0]  # as chunk_rows counted them
     params, schedule, key = distributed.replicate((params, schedule, key), mesh)
     for first in range(start, stop, chunk):
         out = sample_chunk(denoise_fn, params, schedule, key, np.uint32(first), config, shape, compiled,
-                           seed_axis, seed_batch, mesh)
+                           seed_axis, seed_batch, mesh, blocks)
         keep = min(chunk, stop - first)
         if keep < compiled:
             out = jax.tree.map(lambda a: _trim(a, keep, seed_axis), out)
@@ -275,7 +319,8 @@ def _trim(a: jnp.ndarray, keep: int, seed_axis: bool) -> jnp.ndarray:
 
 def sample(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, n: int, shape: Sequence[int],
            config: SamplerConfig = SamplerConfig(), chunk_size: Optional[int] = None,
-           seed_axis: bool = False, seed_batch: Optional[int] = None, mesh: Optional[Mesh] | str = "auto") -> Samples:
+           seed_axis: bool = False, seed_batch: Optional[int] = None, mesh: Optional[Mesh] | str = "auto",
+           rows_per_block: Optional[int] | str = "auto") -> Samples:
     """Draw n samples with their Hal score.
 
     Args:
@@ -290,11 +335,12 @@ def sample(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, n: 
       seed_axis: a leading seed axis on ``params`` and ``key`` (one program for all seeds).
       seed_batch: seeds computed together inside a device (None: 1 on CPU, all on accelerators).
       mesh: the devices that share the samples (``"auto"``: all of them; see :func:`sample_chunks`).
+      rows_per_block: rows run through the steps together on a device (see :func:`sample_chunks`).
     Returns:
       :class:`Samples` with x [N, *shape] and hal [N] (or [S, N, *shape] and [S, N]).
     """
     parts = [out for _, out in sample_chunks(denoise_fn, params, schedule, key, n, shape, config, chunk_size,
-                                             seed_axis, seed_batch, mesh)]
+                                             seed_axis, seed_batch, mesh, rows_per_block=rows_per_block)]
     axis = 1 if seed_axis else 0
     merged = jax.tree.map(lambda *a: jnp.concatenate(a, axis=axis), *parts) if len(parts) > 1 else parts[0]
     if merged.trajectory is not None:

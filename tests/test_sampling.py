@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import mijax
-from mijax.sampling import SamplerConfig, reverse_timesteps, sample_chunk, validate
+from mijax.sampling import SamplerConfig, chunk_rows, reverse_timesteps, row_blocks, sample_chunk, validate
 
 T = 50
 MODEL = mijax.ToyDenoiser(1)
@@ -205,6 +205,40 @@ def test_chunk_size_invariance(params, schedule):
     assert [s for s, _ in chunks] == [0, 7, 14, 21]
     assert [c.x.shape[0] for _, c in chunks] == [7, 7, 7, 2]
     np.testing.assert_array_equal(np.concatenate([np.asarray(c.x) for _, c in chunks]), np.asarray(outs[0].x))
+
+
+def test_row_blocks():
+    assert row_blocks(10_000, 3072) == (3, 3392)  # 3.26 blocks of 3072 -> 3 equal blocks, whole ROW_BLOCKs
+    assert row_blocks(12_288, 3072) == (4, 3072)
+    assert row_blocks(100, 3072) == (1, 128) and row_blocks(5000, None) == (1, 5056)
+    # 4,600 rows: 1.5 blocks rounds to 1 of 4,608; sampling splits by the same count, whatever N
+    for n in (4600, 4607, 150, 3072 * 7 + 1):
+        count, size = row_blocks(n, 3072)
+        assert size % 64 == 0 and count * size >= n and count * size - n < count * 64
+        out = mijax.sample(elementwise_denoiser, jnp.float32(0.3), mijax.make_schedule("linear", 3),
+                           jax.random.key(0), n, (1,), SamplerConfig(hal_window=2), rows_per_block=3072)
+        chex.assert_shape(out.x, (n, 1))
+    assert chunk_rows(10_000, None, 1, 3072) == (10_000, 3 * 3392)
+    assert chunk_rows(10_000, 5000, 2, 1000) == (5000, 2 * 2 * 1280)  # 2,500 rows per device: 2 (not 3) blocks
+    with pytest.raises(ValueError, match="rows per block"):
+        row_blocks(100, 0)
+
+
+def test_row_blocks_do_not_change_a_sample(params, schedule):
+    """Rows run through the steps in blocks one after the other (the CPU default): the same bits as all
+    at once, for samples, Hal and recorded trajectories, with and without a seed axis."""
+    config = SamplerConfig(hal_window=6, trajectory_stride=7)
+    key = jax.random.key(9)
+    runs = [mijax.sample(toy, params, schedule, key, 300, (1,), config, rows_per_block=b)
+            for b in (None, 64, 100, "auto")]
+    chex.assert_shape(runs[0].trajectory, (300, 8, 1))
+    for out in runs[1:]:
+        chex.assert_trees_all_equal((out.x, out.hal, out.trajectory), (runs[0].x, runs[0].hal, runs[0].trajectory))
+    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), params, _init(1))
+    keys = jax.random.split(key, 2)
+    seeds = [mijax.sample(toy, stacked, schedule, keys, 200, (1,), SamplerConfig(), seed_axis=True,
+                          rows_per_block=b) for b in (None, 64)]
+    chex.assert_trees_all_equal((seeds[1].x, seeds[1].hal), (seeds[0].x, seeds[0].hal))
 
 
 def test_seeds(params, schedule, reference_runs):
