@@ -27,9 +27,11 @@ from mijax.schedules import Schedule
 
 SAMPLERS = ("ddpm", "ddim")
 ROW_BLOCK = 64  # chunks are padded to a multiple of this many samples (see sample_chunks)
-# On CPU a device's rows run through the T steps in blocks of about this many: the blocks' activations stay
-# in cache, which made sampling ~1.4x faster on a 2-core AMD EPYC than 12,288 rows at once (BENCHMARKS.md).
-CPU_ROWS_PER_BLOCK = 3072
+# On CPU a device's rows run through the T steps in blocks of at most this many. Two reasons: the blocks'
+# activations stay in cache (~1.3x faster on a 2-core AMD EPYC at N = 10,000, BENCHMARKS.md); and XLA:CPU's
+# matmuls take another code path (other rounding) from 4,096 rows up, so blocks below that give every sample
+# the same bits whatever the chunk size and device count (tests/test_sampling.py).
+CPU_ROWS_PER_BLOCK = 4032
 VARIANCES = ("fixed_large", "fixed_small")
 
 
@@ -123,18 +125,20 @@ def _per_sample_normal(keys: jax.Array, step: jnp.ndarray, shape: tuple) -> jnp.
 
 
 def default_rows_per_block() -> Optional[int]:
-    """Rows of a device that run through the reverse steps together: ``CPU_ROWS_PER_BLOCK`` on CPU (cache),
-    None (all of them) on accelerators, which want the widest matmuls."""
+    """The most rows of a device that run through the reverse steps together: ``CPU_ROWS_PER_BLOCK`` on CPU
+    (cache, and one matmul code path), None (all of them) on accelerators, which want the widest matmuls."""
     return CPU_ROWS_PER_BLOCK if jax.default_backend() == "cpu" else None
 
 
 def row_blocks(rows: int, rows_per_block: Optional[int]) -> tuple[int, int]:
-    """(blocks, rows in each) for ``rows`` rows of one device: equal blocks of about ``rows_per_block`` rows
-    (their number rounded to the nearest, at least 1) that cover them, each a multiple of ``ROW_BLOCK``
-    (None: one block)."""
+    """(blocks, rows in each) for ``rows`` rows of one device: the fewest equal blocks of at most
+    ``rows_per_block`` rows (rounded down to whole ``ROW_BLOCK``s) that cover them, each a multiple of
+    ``ROW_BLOCK`` (None: one block)."""
     if rows_per_block is not None and rows_per_block <= 0:
         raise ValueError(f"rows per block must be > 0, got {rows_per_block}")
-    count = 1 if rows_per_block is None else max(1, round(rows / rows_per_block))
+    if rows_per_block is not None:
+        rows_per_block = max(ROW_BLOCK, rows_per_block // ROW_BLOCK * ROW_BLOCK)
+    count = 1 if rows_per_block is None else max(1, -(-rows // rows_per_block))
     size = -(-rows // count)
     return count, -(-size // ROW_BLOCK) * ROW_BLOCK
 
@@ -261,8 +265,9 @@ def chunk_rows(n: int, chunk_size: Optional[int], devices: int = 1,
     rows with other code (other rounding), so only full blocks on every device make every sample
     bit-identical whatever the chunking and the device count. (This holds for the paper's width-128
     network; much narrower layers, e.g. width 16 with under 256 rows per device, fall below XLA:CPU's
-    size threshold for its matmul library and their rows then depend on the row count.) With
-    ``rows_per_block`` each device's rows are ``blocks x rows`` of :func:`row_blocks`.
+    size threshold for its matmul library and their rows then depend on the row count; and from 4,096 rows
+    up XLA:CPU's matmuls round differently again, which the CPU default of blocks of at most 4,032 rows
+    avoids.) With ``rows_per_block`` each device's rows are ``blocks x rows`` of :func:`row_blocks`.
     """
     chunk = n if chunk_size is None else min(chunk_size, n)
     count, size = row_blocks(-(-chunk // devices), rows_per_block)
@@ -286,8 +291,9 @@ def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
         :func:`mijax.distributed.to_host`).
       start, stop: draw only samples ``start .. stop - 1`` of the n (default all).
       seed_batch: see :func:`sample_chunk`.
-      rows_per_block: a device runs its rows of a chunk in blocks of about this many, one after the other
-        (``"auto"``: :func:`default_rows_per_block`, cache-sized on CPU; None: all at once). Speed only.
+      rows_per_block: a device runs its rows of a chunk in blocks of at most this many, one after the other
+        (``"auto"``: :func:`default_rows_per_block`, 4,032 on CPU; None: all at once). On CPU blocks under
+        4,096 rows keep every sample independent of the chunking (see ``CPU_ROWS_PER_BLOCK``).
     """
     shape = tuple(int(s) for s in shape)
     if n <= 0:

@@ -208,20 +208,28 @@ def test_chunk_size_invariance(params, schedule):
 
 
 def test_row_blocks():
-    assert row_blocks(10_000, 3072) == (3, 3392)  # 3.26 blocks of 3072 -> 3 equal blocks, whole ROW_BLOCKs
-    assert row_blocks(12_288, 3072) == (4, 3072)
-    assert row_blocks(100, 3072) == (1, 128) and row_blocks(5000, None) == (1, 5056)
-    # 4,600 rows: 1.5 blocks rounds to 1 of 4,608; sampling splits by the same count, whatever N
-    for n in (4600, 4607, 150, 3072 * 7 + 1):
-        count, size = row_blocks(n, 3072)
-        assert size % 64 == 0 and count * size >= n and count * size - n < count * 64
-        out = mijax.sample(elementwise_denoiser, jnp.float32(0.3), mijax.make_schedule("linear", 3),
-                           jax.random.key(0), n, (1,), SamplerConfig(hal_window=2), rows_per_block=3072)
-        chex.assert_shape(out.x, (n, 1))
-    assert chunk_rows(10_000, None, 1, 3072) == (10_000, 3 * 3392)
-    assert chunk_rows(10_000, 5000, 2, 1000) == (5000, 2 * 2 * 1280)  # 2,500 rows per device: 2 (not 3) blocks
+    assert row_blocks(10_000, 4032) == (3, 3392)  # the fewest blocks of <= 4,032 rows, equal, whole ROW_BLOCKs
+    assert row_blocks(12_288, 3072) == (4, 3072) and row_blocks(12_289, 3072) == (5, 2496)
+    assert row_blocks(100, 4032) == (1, 128) and row_blocks(5000, None) == (1, 5056)
+    assert row_blocks(1000, 100) == (16, 64)  # a block is at least ROW_BLOCK rows
+    assert chunk_rows(10_000, None, 1, 4032) == (10_000, 3 * 3392)
+    assert chunk_rows(10_000, 5000, 2, 1000) == (5000, 2 * 3 * 896)  # 2,500 rows per device: 3 blocks of 896
+    for n in range(1, 30_000, 97):
+        count, size = row_blocks(n, 4032)
+        assert size % 64 == 0 and size <= 4032 and count * size >= n and count * size - n < count * 64
     with pytest.raises(ValueError, match="rows per block"):
         row_blocks(100, 0)
+
+
+def test_samples_do_not_depend_on_the_chunk_across_4096_rows(params):
+    """XLA:CPU's matmuls round differently from 4,096 rows up; the CPU default blocks stay below that, so
+    a chunk of 5,000 samples gives the same bits as chunks of 1,000 (it did not before the blocks)."""
+    schedule = mijax.make_schedule("linear", 4)
+    config = SamplerConfig(hal_window=2)
+    key = jax.random.key(11)
+    runs = [mijax.sample(toy, params, schedule, key, 5000, (1,), config, chunk_size=c) for c in (None, 4500, 1000)]
+    for out in runs[1:]:
+        chex.assert_trees_all_equal((out.x, out.hal), (runs[0].x, runs[0].hal))
 
 
 def test_row_blocks_do_not_change_a_sample(params, schedule):
