@@ -25,7 +25,7 @@ class DemoConfig:
     """Sizes of the demo; the defaults fit in about 5 minutes on 2 CPU cores."""
 
     run: RunConfig = RunConfig(data=DataConfig(dataset="gaussian1d", modes=(1.0, 2.0, 3.0), n_train=20_000),
-                               train=TrainConfig(steps=3_000, batch_size=10_000, steps_per_call=500),
+                               train=TrainConfig(steps=4_000, batch_size=10_000, steps_per_call=500),
                                checkpoint_every=1_000)
     num_samples: int = 100_000
     chunk_size: int = 50_000
