@@ -6,7 +6,8 @@ measurements most important first, writes ``gpu_check.json`` into ``--out`` afte
 short keeps what it measured) and stops starting new ones after ``--budget`` seconds:
 
 1. the fused Pallas kernel compiled for the GPU against the XLA path: max |difference| of eps_hat on
-   random inputs (d = 1, 2; float32, tf32, bf16) and of samples and Hal over a short sampling run;
+   random inputs (d = 1, 2; float32, tf32, bf16) and of samples and Hal over a short sampling run, and
+   whether a row's result depends on how many rows share the call (both paths);
 2. the kernel's block size and warps, picked on a short run (N = 10^6, T = 50);
 3. sampling with Hal, N = 10^6, T = 1000, d = 1: XLA and the kernel in float32, tf32 and bf16; then
    N = 10^7 (chunks of 10^6) for the fastest of each; d = 2 at 10^6;
@@ -54,6 +55,11 @@ def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optiona
             want, got = jax.jit(model.apply)(params, x, t), jax.jit(fused)(params, x, t)
             row[f"max_abs_diff_{name}"] = float(jnp.max(jnp.abs(got - want)))
             row[f"max_abs_{name}"] = float(jnp.max(jnp.abs(want)))
+        # Does a row's result depend on how many rows share the call (the chunk size, the device count)?
+        head = min(4096, check_n // 2)
+        for name, fn in (("xla", jax.jit(model.apply)), ("kernel", jax.jit(fused))):
+            whole, part = fn(params, x, jnp.int32(500)), fn(params, x[:head], jnp.int32(500))
+            row[f"rows_independent_of_n_{name}"] = bool(jnp.array_equal(whole[:head], part))
         if d == 1:
             schedule, config, key = make_schedule(num_timesteps=timesteps), SamplerConfig(), jax.random.key(2)
             a = sample(ModuleDenoiser(model), params, schedule, key, sample_n, (d,), config)
@@ -172,7 +178,9 @@ def summary(results: dict) -> str:
         lines.append(f"kernel vs XLA d={row['dim']} {row['precision']}: eps max diff "
                      f"{row['max_abs_diff_shared_t']:.2e} / {row['max_abs_diff_per_row_t']:.2e}"
                      + (f"; samples max diff {row['sample_max_abs_diff_x']:.2e}" if "sample_max_abs_diff_x" in row
-                        else "") + ("" if row["kernel_ran"] else " (kernel did not run: no GPU)"))
+                        else "") + ("" if row["kernel_ran"] else " (kernel did not run: no GPU)")
+                     + f"; rows independent of N: XLA {row['rows_independent_of_n_xla']}, "
+                       f"kernel {row['rows_independent_of_n_kernel']}")
     for name in ("sampling_1e6_d1", "sampling_1e7_d1", "sampling_1e6_d2"):
         for r in results.get(name, []):
             lines.append(f"{name} {r['kernel_used']} {r['precision']}: {r['seconds']:.3f} s "
