@@ -30,7 +30,8 @@ ROW_BLOCK = 64  # chunks are padded to a multiple of this many samples (see samp
 # On CPU a device's rows run through the T steps in blocks of at most this many. Two reasons: the blocks'
 # activations stay in cache (~1.3x faster on a 2-core AMD EPYC at N = 10,000, BENCHMARKS.md); and XLA:CPU's
 # matmuls take another code path (other rounding) from 4,096 rows up, so blocks below that give every sample
-# the same bits whatever the chunk size and device count (tests/test_sampling.py).
+# the same bits whatever the chunk size and device count (tests/test_sampling.py). Both were measured with
+# jax 0.10.2 on 2-core AMD EPYC machines; XLA's thresholds may differ on other CPUs and versions.
 CPU_ROWS_PER_BLOCK = 4032
 VARIANCES = ("fixed_large", "fixed_small")
 
