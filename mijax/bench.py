@@ -34,8 +34,7 @@ import jax.numpy as jnp
 
 from mijax.models import KERNELS, ToyDenoiser, make_denoiser
 from mijax import distributed
-from mijax.sampling import (SamplerConfig, chunk_rows, default_rows_per_block, row_blocks, sample, sample_chunk,
-                            validate)
+from mijax.sampling import SamplerConfig, chunk_rows, default_rows_per_block, sample, sample_chunk, validate
 from mijax.schedules import make_schedule
 from mijax.training import TrainConfig, init_state, train_steps
 
@@ -249,10 +248,10 @@ def compiled_memory(n: int, timesteps: int, dim: int, window: int, seed: int = 0
     schedule = make_schedule(num_timesteps=timesteps)
     config = SamplerConfig(hal_window=window)
     # What sample() compiles for n samples in one chunk: padded rows, in blocks on CPU.
-    rows = chunk_rows(n, None, 1, default_rows_per_block())[1]
-    blocks = row_blocks(n, default_rows_per_block())[0]
+    rows_per_block = default_rows_per_block()
+    rows = chunk_rows(n, None, 1, rows_per_block)[1]
     compiled = sample_chunk.lower(denoise_fn, params, schedule, key, jnp.uint32(0), config, (dim,), rows,
-                                  blocks=blocks).compile()
+                                  rows_per_block=rows_per_block).compile()
     analysis = compiled.memory_analysis()
     if analysis is None:
         return None

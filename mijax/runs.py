@@ -30,7 +30,7 @@ import numpy as np
 from mijax import mixtures
 from mijax import distributed
 from mijax.models import ModuleDenoiser, ToyDenoiser
-from mijax.models.fused import KERNELS, make_denoiser
+from mijax.models.fused import make_denoiser
 from mijax.models.mlp import PRECISIONS
 from mijax.sampling import SamplerConfig, sample_chunks
 from mijax.schedules import SCHEDULES, Schedule, make_schedule
@@ -488,9 +488,10 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
         if precision not in PRECISIONS:
             raise RunError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
         pieces = dataclasses.replace(pieces, model=pieces.model.clone(precision=precision))
-    if kernel not in KERNELS:
-        raise RunError(f"unknown kernel {kernel!r}; choose from {', '.join(KERNELS)}")
-    denoise_fn = make_denoiser(pieces.model, kernel)
+    try:
+        denoise_fn = make_denoiser(pieces.model, kernel)
+    except ValueError as e:
+        raise RunError(str(e)) from None
     if kernel == "pallas" and not denoise_fn.uses_kernel and jax.process_index() == 0:
         warnings.warn(f"--kernel pallas needs a GPU (the backend is {jax.default_backend()}): sampling with the "
                       "XLA path", stacklevel=2)

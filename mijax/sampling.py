@@ -222,13 +222,15 @@ def _reverse(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, 
 
 
 @partial(jax.jit, static_argnames=("denoise_fn", "config", "shape", "chunk_size", "seed_axis", "seed_batch",
-                                   "mesh", "blocks"))
+                                   "mesh", "rows_per_block"))
 def sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, start: jnp.ndarray,
                  config: SamplerConfig, shape: tuple, chunk_size: int, seed_axis: bool = False,
-                 seed_batch: Optional[int] = None, mesh: Optional[Mesh] = None, blocks: int = 1) -> Samples:
+                 seed_batch: Optional[int] = None, mesh: Optional[Mesh] = None,
+                 rows_per_block: Optional[int] = None) -> Samples:
     """One jitted chunk of samples ``start .. start + chunk_size - 1``.
 
-    Each device runs its rows in ``blocks`` equal blocks, one after the other (see :func:`row_blocks`).
+    Each device runs its rows in the blocks :func:`row_blocks` makes of them for ``rows_per_block``, one
+    after the other (None: all at once); ``chunk_rows`` pads a chunk so that they come out equal.
 
     With ``seed_axis`` the params and key carry a leading seed axis [S] and every output gains one; the
     seeds run ``seed_batch`` at a time (None: :func:`mijax.distributed.default_seed_batch`).
@@ -240,6 +242,8 @@ def sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arra
     if chunk_size % devices:
         raise ValueError(f"chunk size {chunk_size} does not split over {devices} devices")
     rows = chunk_size // devices
+    # On rows padded by chunk_rows this gives back the block count it padded for.
+    blocks = row_blocks(rows, rows_per_block)[0]
     fn = partial(_sample_chunk, denoise_fn, config=config, shape=shape, chunk_size=rows, blocks=blocks)
 
     def local(params, schedule, key, start):
@@ -309,11 +313,10 @@ def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
         rows_per_block = default_rows_per_block()
     devices = distributed.mesh_size(mesh)
     chunk, compiled = chunk_rows(stop - start, chunk_size, devices, rows_per_block)
-    blocks = row_blocks(-(-chunk // devices), rows_per_block)[0]  # as chunk_rows counted them
     params, schedule, key = distributed.replicate((params, schedule, key), mesh)
     for first in range(start, stop, chunk):
         out = sample_chunk(denoise_fn, params, schedule, key, np.uint32(first), config, shape, compiled,
-                           seed_axis, seed_batch, mesh, blocks)
+                           seed_axis, seed_batch, mesh, rows_per_block)
         keep = min(chunk, stop - first)
         if keep < compiled:
             out = jax.tree.map(lambda a: _trim(a, keep, seed_axis), out)

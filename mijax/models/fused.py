@@ -185,11 +185,9 @@ def _matmul(a, w, precision: str, emulate_tf32: bool):
     """[R, K] @ [K, W] with float32 accumulation, in the module's matmul precision."""
     if precision == "bf16":
         return jnp.dot(a.astype(jnp.bfloat16), w.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
-    if precision == "tf32":
-        if not emulate_tf32:  # Triton's TF32 tensor-core algorithm
-            return jnp.dot(a, w, precision=jax.lax.DotAlgorithmPreset.TF32_TF32_F32,
-                           preferred_element_type=jnp.float32)
-        a, w = _round_to_tf32(a), _round_to_tf32(w)  # the same rounding, emulated (as the module does)
+    if precision == "tf32" and not emulate_tf32:  # Triton's TF32 tensor-core algorithm
+        return jnp.dot(a, w, precision=jax.lax.DotAlgorithmPreset.TF32_TF32_F32, preferred_element_type=jnp.float32)
+    a, w = _round(a, precision), _round(w, precision)  # tf32 emulated as the module does; float32 unchanged
     return jnp.dot(a, w, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
 
 
