@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from mijax.models import KERNELS, ToyDenoiser, make_denoiser
+from mijax.models import KERNELS, PRECISIONS, ToyDenoiser, make_denoiser
 from mijax import distributed
 from mijax.sampling import SamplerConfig, chunk_rows, default_rows_per_block, sample, sample_chunk, validate
 from mijax.schedules import make_schedule
@@ -46,7 +46,6 @@ DEFAULTS = dict(n=10_000, timesteps=1000, dim=1, window=10, train_batch=10_000, 
 QUICK = dict(n=256, timesteps=20, dim=1, window=5, train_batch=256, train_steps=2, seeds="2", seed_n=256,
              repeats=1, sweep_n=None, sweep_timesteps=None, sweep_dims="1,2", devices="1,all",
              precisions="float32,bf16", kernels="xla", chunk_size=None)
-PRECISIONS = ("float32", "tf32", "bf16")
 # Memory is compared at T and at T / MEMORY_T_FACTOR.
 MEMORY_T_FACTOR = 10
 # 'does not grow with T': the compiled temporaries at T are within this factor of those at T / 10.

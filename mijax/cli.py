@@ -50,12 +50,13 @@ def _positive_int(name):
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from mijax.runs import DATASETS
+    from mijax import data
     from mijax.schedules import SCHEDULES
 
-    p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--dataset", required=True, help=f"one of {', '.join(data.names())}")
     p.add_argument("--modes", type=_floats, default=None, help="gaussian1d means, e.g. 1,2,3 (default 1,2,3)")
-    p.add_argument("--std", type=float, default=None, help="std of every mode (default: the preset's, 0.05)")
+    p.add_argument("--std", type=float, default=None, help="std of every mode (default: the data set's, 0.05; "
+                   "0.02 for gaussian8)")
     p.add_argument("--n-train", type=_positive_int("n-train"), default=None,
                    help="training-set size (default: 20,000 in 1D, 100,000 in 2D, as published)")
     p.add_argument("--steps", type=_positive_int("steps"), default=None,
@@ -84,7 +85,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_scale_arguments(p: argparse.ArgumentParser) -> None:
     """Matmul precision and the jax.distributed settings of a multi-process (multi-host) run."""
-    p.add_argument("--precision", default=None, choices=["float32", "tf32", "bf16"],
+    from mijax.models import PRECISIONS
+
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="the network's matmuls (sampler arithmetic stays float32; default float32, for "
                         "sample: the run's)")
     g = p.add_argument_group("many processes (jax.distributed; all processes run the same command)")
@@ -150,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("experiment", help="run one of the paper's experiments (or `all`); --list names them")
     exp.add_argument("name", nargs="?", help="experiment name, or `all`")
     exp.add_argument("--list", action="store_true", help="name the experiments, one line each")
-    exp.add_argument("--profile", default="quick", choices=["quick", "paper"],
+    from mijax.experiments import PROFILES
+
+    exp.add_argument("--profile", default="quick", choices=PROFILES,
                      help="quick: minutes on 2 CPU cores; paper: the paper's sizes (for a GPU)")
     exp.add_argument("--seeds", type=_positive_int("seeds"), default=None, help="seeds (default: the profile's)")
     exp.add_argument("--out", type=Path, default=None, help="output directory (all: one folder per experiment)")
@@ -161,31 +166,27 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--no-progress", action="store_true")
     _add_recursive_arguments(sub.add_parser("recursive", help="recursive training on generated data, with and "
                                             "without Hal filtering; rerun the same command to resume"))
-    from mijax import bench
-    bench.add_arguments(sub.add_parser("bench", help="throughput and memory of sampling and training"))
+    sub.add_parser("bench", help="throughput and memory of sampling and training (`mijax bench --help`)")
     return parser
 
 
 def _run_config(a):
-    """The RunConfig of the training options (train and recursive)."""
-    from mijax.runs import DataConfig, DiffusionConfig, ModelConfig, RunConfig
+    """The RunConfig of the training options (train and recursive); data-set options go to the data set,
+    which refuses those it does not take."""
+    from mijax.config import DiffusionConfig, ModelConfig, RunConfig, data_config, paper_steps
     from mijax.training import TrainConfig
 
     _init_distributed(a)
-    is_1d = a.dataset == "gaussian1d"
-    n_train = a.n_train if a.n_train is not None else (20_000 if is_1d else 100_000)
-    steps = a.steps if a.steps is not None else max(1, 10_000 * (n_train // a.batch_size))
-    modes = a.modes if a.modes is not None else ((1.0, 2.0, 3.0) if is_1d else None)
-    if a.modes is not None and not is_1d:
-        raise UsageError("--modes applies to gaussian1d only")
-    config = RunConfig(
-        data=DataConfig(dataset=a.dataset, modes=modes, std=a.std, n_train=n_train),
-        model=ModelConfig(tied=not a.untied, precision=a.precision or "float32"),
+    options = {name: value for name, value in (("modes", a.modes), ("std", a.std)) if value is not None}
+    data = data_config(a.dataset, a.n_train, **options)
+    steps = a.steps if a.steps is not None else paper_steps(data.n_train, a.batch_size)
+    return RunConfig(
+        data=data,
+        model=ModelConfig(precision=a.precision or "float32", options={"tied": not a.untied}),
         diffusion=DiffusionConfig(a.schedule, a.timesteps, a.beta_start, a.beta_end, a.objective),
         train=TrainConfig(steps=steps, batch_size=a.batch_size, learning_rate=a.lr, objective=a.objective,
                           shuffle=a.shuffle, steps_per_call=a.steps_per_call),
         seed=a.seed, seeds=a.seeds, checkpoint_every=a.checkpoint_every)
-    return config
 
 
 def _train(a) -> None:
@@ -223,13 +224,13 @@ def _sample(a) -> None:
 
 
 def _demo(a) -> None:
-    from experiments.demo import run_demo
+    from mijax.experiments.demo import run_demo
 
     run_demo(a.out, overwrite=a.overwrite, progress=not a.no_progress)
 
 
 def _experiment(a) -> None:
-    import experiments
+    from mijax import experiments
 
     if a.list:
         for name in experiments.names():
@@ -241,7 +242,7 @@ def _experiment(a) -> None:
         raise UsageError("--out is required")
     chosen = experiments.names() if a.name == "all" else [a.name]
     modules = {name: experiments.load(name) for name in chosen}  # unknown names fail before any work
-    from experiments import common
+    from mijax.experiments import common
 
     runs = a.runs if a.runs is not None else (a.out / "runs" if a.name == "all" else None)
     with (common.shared_runs(runs) if runs is not None else contextlib.nullcontext()):
@@ -279,23 +280,24 @@ def _recursive(a) -> None:
     print(f"-> {a.out}/metrics.json")
 
 
-def _bench(a) -> None:
-    from mijax import bench
+def _bench(argv) -> None:
+    from mijax import bench  # imported only here: the benchmark is a tool, not part of the library
 
-    bench.run(a)
+    bench.main(argv)
 
 
-COMMANDS = {"train": _train, "sample": _sample, "demo": _demo, "experiment": _experiment, "bench": _bench,
-            "recursive": _recursive}
+COMMANDS = {"train": _train, "sample": _sample, "demo": _demo, "experiment": _experiment, "recursive": _recursive}
 
 
 def main(argv=None) -> int:
-    from mijax.runs import RunError
-
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv[:1] == ["bench"]:  # the benchmark parses its own options
+            _bench(argv[1:])
+            return 0
         args = build_parser().parse_args(argv)
         COMMANDS[args.command](args)
-    except (UsageError, RunError, ValueError) as e:
+    except (UsageError, ValueError) as e:
         if os.environ.get("MIJAX_DEBUG"):
             raise
         print(f"mijax: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

@@ -96,11 +96,6 @@ def gaussian8(std: float = 0.02, radius: float = 2.0) -> GaussianMixture:
     return make_mixture(ring / divisor, std / divisor)
 
 
-PRESETS = {"gaussian1d": gaussian1d, "gaussian25": gaussian25, "gaussian25_rotated": gaussian25_rotated,
-           "gaussian8": gaussian8}
-# The published code draws gaussian8 i.i.d. and the others round-robin (sample i from mode i mod K).
-ROUND_ROBIN = {"gaussian1d": True, "gaussian25": True, "gaussian25_rotated": True, "gaussian8": False}
-
 
 # ---------------------------------------------------------------------------------------------
 # Sampling and density.

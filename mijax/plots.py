@@ -1,15 +1,13 @@
 """Figures: sample histograms against the true density (the paper's Figure 2), Hal histograms, ROC
 curves and 2D scatters.
 
-Every function draws on its own ``matplotlib.figure.Figure`` with an Agg canvas, never through
-pyplot, so nothing touches pyplot's global figure registry or the process-wide backend, and figures
-are freed when the function returns. Each writes one PNG atomically (a temporary file in the target
-directory, then ``os.replace``) and returns its path.
+Every function draws on its own ``matplotlib.figure.Figure`` with an Agg canvas (:func:`new_figure`),
+never through pyplot, so nothing touches pyplot's global figure registry or the process-wide backend,
+and figures are freed when the function returns. Each writes one PNG atomically (:func:`save`) and
+returns its path. Hallucination labels come from the caller (a data set's labels, see :mod:`mijax.data`).
 """
 from __future__ import annotations
 
-import os
-import uuid
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -17,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
-from mijax.hallucination import labels
+from mijax import io
 from mijax.mixtures import GaussianMixture, log_prob
 
 DPI = 120
@@ -26,34 +24,19 @@ HALLUCINATED_COLOUR = "tab:red"
 DENSITY_COLOUR = "black"
 
 
-def _new_figure(width: float = 6.4, height: float = 4.4) -> Figure:
+def new_figure(width: float = 6.4, height: float = 4.4) -> Figure:
+    """A figure with its own Agg canvas (no pyplot)."""
     figure = Figure(figsize=(width, height), dpi=DPI, layout="tight")
     FigureCanvasAgg(figure)
     return figure
 
 
-def _save(figure: Figure, path) -> str:
+def save(figure: Figure, path) -> str:
     """Write ``figure`` to ``path`` as a PNG atomically; returns the path as a string."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    # os.open with 0o666 honours the umask (mkstemp would leave the PNG readable by its owner only).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            figure.savefig(f, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return io.save_figure(figure, path, DPI)
 
 
-def _positives(mixture: GaussianMixture, x: np.ndarray, positives, k: float) -> np.ndarray:
-    if positives is None:
-        return np.asarray(labels(mixture, x, k))
+def _positives(x: np.ndarray, positives) -> np.ndarray:
     positives = np.asarray(positives, dtype=bool)
     if positives.shape != (x.shape[0],):
         raise ValueError(f"positives must be [{x.shape[0]}], got {positives.shape}")
@@ -64,8 +47,8 @@ def _percent(positives: np.ndarray) -> str:
     return f"{100.0 * positives.mean():.3g}%" if positives.size else "n/a"
 
 
-def plot_histogram_1d(path, x, mixture: GaussianMixture, bins: int = 300, k: float = 5.0, title: Optional[str] = None,
-                      positives=None, value_range: Optional[Sequence[float]] = None) -> str:
+def plot_histogram_1d(path, x, mixture: GaussianMixture, positives, bins: int = 300, k: float = 5.0,
+                      title: Optional[str] = None, value_range: Optional[Sequence[float]] = None) -> str:
     """1D samples against the true density on a log scale (the paper's Figure 2).
 
     The histogram is a density over all N samples, its hallucinated part (farther than k stds from
@@ -74,16 +57,16 @@ def plot_histogram_1d(path, x, mixture: GaussianMixture, bins: int = 300, k: flo
 
     Args:
       path: the PNG to write. x: samples [N, 1]. mixture: the true 1D mixture.
+      positives: bool [N] hallucination labels (e.g. the data set's ``hallucinated(x)``).
       bins: histogram bins over ``value_range`` (default: the samples' and modes' range).
-      k: the support radius in stds. title: the figure title (default: a summary).
-      positives: bool [N] hallucination labels (default: ``labels(mixture, x, k)``).
+      k: the support radius in stds (shaded). title: the figure title (default: a summary).
     Returns:
       the path written.
     """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != 1 or mixture.dim != 1:
         raise ValueError(f"plot_histogram_1d needs [N, 1] samples of a 1D mixture, got {x.shape}, d={mixture.dim}")
-    positives = _positives(mixture, x, positives, k)
+    positives = _positives(x, positives)
     values = x[:, 0]
     means = np.asarray(mixture.means, dtype=np.float64)[:, 0]
     stds = np.asarray(mixture.stds, dtype=np.float64)
@@ -101,7 +84,7 @@ def plot_histogram_1d(path, x, mixture: GaussianMixture, bins: int = 300, k: flo
     hal_density = np.histogram(values[positives], edges)[0] / (n * width)
     floor = 0.3 / (n * width)  # below one sample per bin: where the log axis starts
 
-    figure = _new_figure(7.5, 4.8)
+    figure = new_figure(7.5, 4.8)
     ax = figure.subplots()
     for i, (lo_k, hi_k) in enumerate(zip(means - k * stds, means + k * stds)):
         ax.axvspan(lo_k, hi_k, color="tab:green", alpha=0.15, lw=0,
@@ -122,7 +105,7 @@ def plot_histogram_1d(path, x, mixture: GaussianMixture, bins: int = 300, k: flo
     ax.set_ylabel("density (log scale)")
     ax.set_title(title or f"{values.size} samples against the true density")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def _log_bins(values: np.ndarray, bins: int) -> np.ndarray:
@@ -155,7 +138,7 @@ def plot_hal_histograms(path, hal, positives, bins: int = 60, threshold: Optiona
     edges = _log_bins(hal, bins)
     clipped = np.clip(hal, edges[0], edges[-1])
 
-    figure = _new_figure()
+    figure = new_figure()
     ax = figure.subplots()
     for mask, name, colour in ((~positives, "in support", IN_SUPPORT_COLOUR),
                                (positives, "hallucinated", HALLUCINATED_COLOUR)):
@@ -170,7 +153,7 @@ def plot_hal_histograms(path, hal, positives, bins: int = 60, threshold: Optiona
     ax.set_ylabel("fraction of class per bin")
     ax.set_title(title or "Hal of in-support and hallucinated samples")
     ax.legend(fontsize=8)
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def plot_roc(path, curves: Mapping[str, tuple], title: Optional[str] = None) -> str:
@@ -183,7 +166,7 @@ def plot_roc(path, curves: Mapping[str, tuple], title: Optional[str] = None) -> 
     Returns:
       the path written.
     """
-    figure = _new_figure(5.2, 5.0)
+    figure = new_figure(5.2, 5.0)
     ax = figure.subplots()
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="chance")
     for name, (fpr, tpr, area) in curves.items():
@@ -195,16 +178,16 @@ def plot_roc(path, curves: Mapping[str, tuple], title: Optional[str] = None) -> 
     ax.set_ylabel("true positive rate (hallucinations removed)")
     ax.set_title(title or "Detecting hallucinations")
     ax.legend(loc="lower right", fontsize=8)
-    return _save(figure, path)
+    return save(figure, path)
 
 
-def plot_scatter_2d(path, x, mixture: GaussianMixture, positives=None, max_points: int = 20_000,
+def plot_scatter_2d(path, x, mixture: GaussianMixture, positives, max_points: int = 20_000,
                     k: float = 5.0, title: Optional[str] = None, seed: int = 0) -> str:
     """2D samples over the modes, hallucinated ones in another colour, k-std circles around the modes.
 
     Args:
       path: the PNG to write. x: samples [N, 2]. mixture: the true 2D mixture.
-      positives: bool [N] hallucination labels (default: ``labels(mixture, x, k)``).
+      positives: bool [N] hallucination labels (e.g. the data set's ``hallucinated(x)``).
       max_points: draw at most this many samples, a subset fixed by ``seed``; the counts in the
         legend are of all N.
       k: the support radius in stds.
@@ -214,14 +197,14 @@ def plot_scatter_2d(path, x, mixture: GaussianMixture, positives=None, max_point
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != 2 or mixture.dim != 2:
         raise ValueError(f"plot_scatter_2d needs [N, 2] samples of a 2D mixture, got {x.shape}, d={mixture.dim}")
-    positives = _positives(mixture, x, positives, k)
+    positives = _positives(x, positives)
     shown = np.arange(x.shape[0])
     if x.shape[0] > max_points:
         shown = np.sort(np.random.default_rng(seed).choice(x.shape[0], max_points, replace=False))
     means = np.asarray(mixture.means, dtype=np.float64)
     stds = np.asarray(mixture.stds, dtype=np.float64)
 
-    figure = _new_figure(6.0, 6.6)
+    figure = new_figure(6.0, 6.6)
     ax = figure.subplots()
     for mean, std in zip(means, stds):
         ax.add_patch(Circle(mean, k * std, fill=False, color="tab:green", lw=0.8))
@@ -242,4 +225,44 @@ def plot_scatter_2d(path, x, mixture: GaussianMixture, positives=None, max_point
         if hasattr(handle, "set_sizes"):
             handle.set_sizes([16.0])
             handle.set_alpha(1.0)
-    return _save(figure, path)
+    return save(figure, path)
+
+
+def plot_ci_bands(path, xs: Sequence[float], series: Mapping[str, Sequence[dict]], xlabel: str, ylabel: str,
+                  title: str, scale: float = 1.0, logx: bool = False, logy: bool = False,
+                  reference: Optional[Mapping[str, float]] = None, colours: Optional[Mapping[str, str]] = None,
+                  integer_x: bool = False) -> str:
+    """Lines of means over seeds with their 95% CI bands, one per series.
+
+    Args:
+      path: the PNG to write. xs: the x values [X].
+      series: ``{name: [ci per x]}``, each ci a dict with ``mean``, ``low``, ``high`` (None or NaN where
+        undefined: no band there), e.g. from :func:`mijax.stats.mean_ci`.
+      scale: multiplies every value (100 for percent). reference: horizontal lines ``{label: value}``.
+      colours: ``{name: colour}`` for some series. integer_x: a tick at every x (generations).
+    Returns:
+      the path written.
+    """
+    def values(cis, key):
+        return np.array([np.nan if c[key] is None else c[key] for c in cis], dtype=np.float64) * scale
+
+    figure = new_figure(6.4, 4.4)
+    ax = figure.subplots()
+    for name, cis in series.items():
+        (line,) = ax.plot(xs, values(cis, "mean"), marker="o", lw=1.5, label=name,
+                          color=(colours or {}).get(name))
+        low, high = values(cis, "low"), values(cis, "high")
+        ax.fill_between(xs, np.maximum(low, 1e-12) if logy else low, high, color=line.get_color(), alpha=0.2, lw=0)
+    for name, value in (reference or {}).items():
+        ax.axhline(value * scale, color="black", ls=":", lw=1, label=name)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    if integer_x:
+        ax.set_xticks(list(xs))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return save(figure, path)

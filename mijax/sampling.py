@@ -1,8 +1,11 @@
 """Reverse samplers as one ``lax.scan`` that carries the Hal statistic (trajectory variance).
 
 Hal of a sample is the population variance (ddof 0) of x0_hat over a window of K reverse steps, per
-coordinate, then the mean over coordinates. The scan carries a running (Welford) mean and sum of
-squared deviations of x0_hat, so memory does not grow with T; no N x T trajectory is ever stored.
+coordinate, then reduced over the coordinates (``hal_reduction``: the mean, as published, or the max; see
+``HAL_REDUCTIONS``). The scan carries a running (Welford) mean and sum of squared deviations of x0_hat, so
+memory does not grow with T; no N x T trajectory is ever stored. Extra windows (``hal_windows``) are
+carried the same way, in the same pass, and come back as ``Samples.hal_windows`` [N, W]. This is the
+only place mijax computes Hal.
 
 Randomness is per sample: sample ``i`` uses ``fold_in(key, i)``, its starting noise
 ``fold_in(key_i, T)`` and the noise of step t ``fold_in(key_i, t)``. A sample therefore does not depend
@@ -34,6 +37,11 @@ ROW_BLOCK = 64  # chunks are padded to a multiple of this many samples (see samp
 # jax 0.10.2 on 2-core AMD EPYC machines; XLA's thresholds may differ on other CPUs and versions.
 CPU_ROWS_PER_BLOCK = 4032
 VARIANCES = ("fixed_large", "fixed_small")
+# How Hal reduces the per-coordinate variances v [N, D] of a sample to one number.
+HAL_REDUCTIONS = {
+    "mean": lambda v: jnp.mean(v, axis=1),  # the published rule
+    "max": lambda v: jnp.max(v, axis=1),  # the most unsettled coordinate (a pixel, for images)
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +60,9 @@ class SamplerConfig:
       eta: DDIM's noise scale (0: deterministic).
       trajectory_stride: record x0_hat every this many reverse steps (0: record nothing).
       trajectory_last: record only within the last this many reverse steps (None: all).
+      hal_windows: extra Hal windows ``((end, length), ...)``, each the variance over ``length`` reverse
+        steps ending ``end`` steps before the last, carried in the same pass (``Samples.hal_windows``).
+      hal_reduction: how the per-coordinate variances become one number, a key of ``HAL_REDUCTIONS``.
     """
 
     sampler: str = "ddpm"
@@ -63,6 +74,12 @@ class SamplerConfig:
     eta: float = 0.0
     trajectory_stride: int = 0
     trajectory_last: Optional[int] = None
+    hal_windows: tuple[tuple[int, int], ...] = ()
+    hal_reduction: str = "mean"
+
+    def windows(self) -> tuple[tuple[int, int], ...]:
+        """Every Hal window as ``(end, length)``: the main one first, then ``hal_windows``."""
+        return ((self.hal_end, self.hal_window),) + tuple((int(e), int(k)) for e, k in self.hal_windows)
 
 
 @struct.dataclass
@@ -71,6 +88,7 @@ class Samples:
 
     x: jnp.ndarray  # [N, *shape] final samples (x0_hat of the last step)
     hal: jnp.ndarray  # [N] trajectory variance of x0_hat over the Hal window
+    hal_windows: Optional[jnp.ndarray] = None  # [N, W] the same over each of SamplerConfig.hal_windows
     trajectory: Optional[jnp.ndarray] = None  # [N, R, *shape] recorded x0_hat, if asked for
     trajectory_t: Optional[np.ndarray] = struct.field(pytree_node=False, default=None)  # [R] their t
 
@@ -92,11 +110,16 @@ def validate(config: SamplerConfig, num_timesteps: int) -> None:
     if config.sampler == "ddim" and config.ddim_steps is not None and not 1 <= config.ddim_steps <= num_timesteps:
         raise ValueError(f"ddim steps must be in 1..{num_timesteps}, got {config.ddim_steps}")
     num_steps = len(reverse_timesteps(config, num_timesteps))
-    if not 2 <= config.hal_window <= num_steps:
-        raise ValueError(f"Hal window must be in 2..{num_steps} (the sampler's steps), got {config.hal_window}")
-    if config.hal_end < 0 or config.hal_end + config.hal_window > num_steps:
-        raise ValueError(f"Hal window of {config.hal_window} steps ending {config.hal_end} steps before the "
-                         f"last does not fit in {num_steps} steps")
+    if num_steps < 2:
+        raise ValueError(f"Hal needs at least 2 reverse steps; this sampler has {num_steps}")
+    for end, length in config.windows():
+        if not 2 <= length <= num_steps:
+            raise ValueError(f"Hal window must be in 2..{num_steps} (the sampler's steps), got {length}")
+        if end < 0 or end + length > num_steps:
+            raise ValueError(f"Hal window of {length} steps ending {end} steps before the last does not fit in "
+                             f"{num_steps} steps")
+    if config.hal_reduction not in HAL_REDUCTIONS:
+        raise ValueError(f"unknown Hal reduction {config.hal_reduction!r}; choose from {', '.join(HAL_REDUCTIONS)}")
     if config.trajectory_stride < 0:
         raise ValueError("trajectory stride must be >= 0")
     if config.eta < 0:
@@ -104,12 +127,13 @@ def validate(config: SamplerConfig, num_timesteps: int) -> None:
 
 
 def _step_table(config: SamplerConfig, num_timesteps: int):
-    """Per-step constants of the scan: t, previous t, Hal weight 1/count (0 outside), trajectory slot."""
+    """Per-step constants of the scan: t, previous t, per Hal window [steps, W + 1] whether the step is in it
+    and its Welford weight 1/count (0 outside), trajectory slot."""
     ts = reverse_timesteps(config, num_timesteps)
     n = len(ts)
     from_end = n - 1 - np.arange(n)  # 0 at the last step
-    in_window = (from_end >= config.hal_end) & (from_end < config.hal_end + config.hal_window)
-    count = np.cumsum(in_window)
+    in_window = np.stack([(from_end >= end) & (from_end < end + length) for end, length in config.windows()], axis=1)
+    count = np.cumsum(in_window, axis=0)
     inv_count = np.where(in_window, 1.0 / np.maximum(count, 1), 0.0).astype(np.float32)
     slots = np.full(n, -1, dtype=np.int32)
     if config.trajectory_stride > 0:
@@ -166,7 +190,10 @@ def _reverse(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, 
     ts, t_prev, in_window, inv_count, slots = _step_table(config, T)
     num_records = int((slots >= 0).sum())
     x = _per_sample_normal(keys, T, shape)
-    zeros = jnp.zeros_like(x)
+    windows = config.windows()
+    lengths = jnp.asarray([length for _, length in windows], jnp.float32)
+    zeros = jnp.zeros((len(windows),) + x.shape, jnp.float32)  # [W + 1, C, *shape]: one Welford state per window
+    per_window = (len(windows),) + (1,) * x.ndim  # a [W + 1] step constant, broadcast over the state
     trajectory = jnp.zeros((chunk_size, num_records) + shape, jnp.float32) if num_records else None
     if config.variance == "fixed_large":
         sigmas = jnp.sqrt(schedule.betas)
@@ -204,10 +231,11 @@ def _reverse(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, 
         # The last step returns x0_hat itself (x_{-1} := x0_hat): the t = 0 ancestral step has no noise
         # and c1 = 1, c2 = 0 there, so this equals the mean up to rounding.
         x_next = jnp.where(tp >= 0, x_next, x0)
-        # Welford update of the running mean and squared deviations of x0_hat inside the Hal window.
-        delta = jnp.where(window, x0 - mean_x0, 0.0)
+        # Welford update of the running mean and squared deviations of x0_hat inside each Hal window.
+        window, w = window.reshape(per_window), w.reshape(per_window)
+        delta = jnp.where(window, x0[None] - mean_x0, 0.0)
         mean_x0 = mean_x0 + w * delta
-        m2_x0 = m2_x0 + jnp.where(window, delta * (x0 - mean_x0), 0.0)
+        m2_x0 = m2_x0 + jnp.where(window, delta * (x0[None] - mean_x0), 0.0)
         if trajectory is not None:
             trajectory = jax.lax.cond(
                 slot >= 0,
@@ -217,8 +245,10 @@ def _reverse(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, 
 
     xs = (jnp.asarray(ts), jnp.asarray(t_prev), jnp.asarray(in_window), jnp.asarray(inv_count), jnp.asarray(slots))
     (x, _, m2, trajectory), _ = jax.lax.scan(step, (x, zeros, zeros, trajectory), xs)
-    hal = jnp.mean((m2 / config.hal_window).reshape(chunk_size, -1), axis=1)
-    return Samples(x=x, hal=hal, trajectory=trajectory)
+    reduce = HAL_REDUCTIONS[config.hal_reduction]
+    hals = [reduce((m2[i] / lengths[i]).reshape(chunk_size, -1)) for i in range(len(windows))]
+    extra = jnp.stack(hals[1:], axis=1) if len(hals) > 1 else None
+    return Samples(x=x, hal=hals[0], hal_windows=extra, trajectory=trajectory)
 
 
 @partial(jax.jit, static_argnames=("denoise_fn", "config", "shape", "chunk_size", "seed_axis", "seed_batch",

@@ -1,7 +1,7 @@
 """Training: an optax Adam state, many optimiser steps per dispatch (``lax.scan``), seeds as a vmap axis.
 
-Randomness comes from one key per model: ``fold_in(key, 0)`` initialises the parameters and the step
-at index s uses ``fold_in(fold_in(key, 2), s)``, so a run resumed from a checkpoint at step s draws the
+Randomness comes from one key per model (streams: :mod:`mijax.keys`): ``fold_in(key, INIT)`` initialises
+the parameters and the step at index s uses ``fold_in(fold_in(key, STEP), s)``, so a run resumed from a checkpoint at step s draws the
 same t and noise as an uninterrupted one. Batches follow the published code: the training set is cut
 into ``N // B`` fixed batches visited in order, epoch after epoch (``shuffle`` permutes each epoch).
 """
@@ -20,9 +20,9 @@ from jax.sharding import PartitionSpec as P
 
 from mijax import distributed
 from mijax.diffusion import Denoiser, denoising_loss
+from mijax.keys import INIT, SHUFFLE, STEP
 from mijax.schedules import Schedule
 
-INIT_STREAM, DATA_STREAM, STEP_STREAM = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +56,18 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 def init_state(init_fn: Callable, config: TrainConfig, key: jax.Array) -> TrainState:
     """Initial state of one model. ``init_fn(key) -> params`` (e.g. ``lambda k: model.init(k, x, t)``)."""
-    params = init_fn(jax.random.fold_in(key, INIT_STREAM))
+    params = init_fn(jax.random.fold_in(key, INIT))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=make_optimizer(config).init(params))
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def init_states(module, config: TrainConfig, shape: tuple[int, ...], keys: jax.Array) -> TrainState:
+    """Initial states of one Flax denoiser ``module`` per key, stacked (leaves [S, ...]): the parameters from
+    ``module.init`` on a dummy batch of one sample of ``shape`` (compiled once per module, config and shape)."""
+    dummy_x = jnp.zeros((1,) + tuple(shape), jnp.float32)
+    dummy_t = jnp.zeros((1,), jnp.int32)
+    return jax.vmap(lambda k: init_state(lambda kk: module.init(kk, dummy_x, dummy_t), config, k))(keys)
 
 
 def get_batch(data: jnp.ndarray, step: jnp.ndarray, key: jax.Array, config: TrainConfig) -> jnp.ndarray:
@@ -72,7 +81,7 @@ def get_batch(data: jnp.ndarray, step: jnp.ndarray, key: jax.Array, config: Trai
     num_batches = data.shape[0] // config.batch_size
     epoch, index = step // num_batches, step % num_batches
     if config.shuffle:
-        perm_key = jax.random.fold_in(jax.random.fold_in(key, DATA_STREAM), epoch)
+        perm_key = jax.random.fold_in(jax.random.fold_in(key, SHUFFLE), epoch)
         order = jax.random.permutation(perm_key, data.shape[0])
         rows = jax.lax.dynamic_slice_in_dim(order, index * config.batch_size, config.batch_size)
         return data[rows]
@@ -83,7 +92,7 @@ def train_step(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, st
                key: jax.Array, data: jnp.ndarray) -> tuple[TrainState, jnp.ndarray]:
     """One Adam step on the denoising loss. Returns (new state, loss [])."""
     batch = get_batch(data, state.step, key, config)
-    step_key = jax.random.fold_in(jax.random.fold_in(key, STEP_STREAM), state.step)
+    step_key = jax.random.fold_in(jax.random.fold_in(key, STEP), state.step)
     loss, grads = jax.value_and_grad(
         lambda p: denoising_loss(denoise_fn, p, schedule, step_key, batch, config.objective))(state.params)
     updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)

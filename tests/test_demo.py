@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from experiments.demo import DemoConfig, run_demo
-from mijax.runs import DataConfig, DiffusionConfig, RunConfig, RunError
+from mijax.experiments.demo import DemoConfig, run_demo
+from mijax.config import DataConfig, DiffusionConfig, RunConfig, RunError
 from mijax.training import TrainConfig
 
 TOY = DemoConfig(run=RunConfig(data=DataConfig(n_train=600), diffusion=DiffusionConfig(timesteps=40),

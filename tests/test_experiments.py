@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-import experiments
-from experiments import common
+from mijax import experiments, io
+from mijax.experiments import common
 
 # Toy sizes: T = 40, a few dozen steps, 2 seeds (detection: T = 120, room for windows up to t = 100 + 20).
 TOY = {"seeds": 2, "timesteps": 40, "steps": 20, "batch_size": 200, "num_samples": 128, "chunk_size": 128,
@@ -26,7 +26,11 @@ def _toy(module, **extra):
 
 
 def _check_outputs(out, metrics, pngs):
-    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    def no_constants(name):
+        raise AssertionError(f"metrics.json is not strict JSON: it holds {name}")
+
+    saved = json.loads((out / "metrics.json").read_text(), parse_constant=no_constants)
+    assert saved == io.json_safe(metrics)  # non-finite numbers are written as null
     report = (out / "report.md").read_text()
     assert "Holds" in report or "Headline" in report
     for name in pngs:
@@ -63,7 +67,7 @@ def test_ci_over_seeds():
 
 
 def test_interp_1d_end_to_end_and_resume(tmp_path):
-    from experiments import interp_1d
+    from mijax.experiments import interp_1d
 
     out = tmp_path / "interp"
     over = _toy(interp_1d, sizes=(400, 800))
@@ -106,7 +110,7 @@ def test_window_hal_equals_sampler_hal(tmp_path):
 
 
 def test_detection_end_to_end(tmp_path):
-    from experiments import detection
+    from mijax.experiments import detection
 
     out = tmp_path / "det"
     m = detection.run(out, progress=False, overrides=_toy(detection, n_train=400, n_train_2d=400, steps_2d=20,
@@ -120,7 +124,7 @@ def test_detection_end_to_end(tmp_path):
 
 
 def test_score_end_to_end(tmp_path, shared):
-    from experiments import score
+    from mijax.experiments import score
 
     out = tmp_path / "score"
     with common.shared_runs(shared):
@@ -133,7 +137,7 @@ def test_score_end_to_end(tmp_path, shared):
 
 
 def test_gap_slope_of_a_step_and_a_ramp():
-    from experiments.score import gap_slope
+    from mijax.experiments.score import gap_slope
 
     grid = np.linspace(0.5, 3.5, 3001)
     assert gap_slope(grid, 0.5 * grid) == pytest.approx(0.5)
@@ -142,7 +146,7 @@ def test_gap_slope_of_a_step_and_a_ramp():
 
 
 def test_distance_1d_end_to_end(tmp_path):
-    from experiments import distance_1d
+    from mijax.experiments import distance_1d
 
     out = tmp_path / "dist"
     m = distance_1d.run(out, progress=False, overrides=_toy(distance_1d, n_train=400))
@@ -151,7 +155,7 @@ def test_distance_1d_end_to_end(tmp_path):
 
 
 def test_gap_densities_count_per_unit_length():
-    from experiments.distance_1d import gap_densities
+    from mijax.experiments.distance_1d import gap_densities
 
     x = np.array([1.5, 1.5, 3.0, 3.0, 3.0, 3.0, 1.0, 2.0, 4.0, 5.0])
     d = gap_densities(x)
@@ -159,7 +163,7 @@ def test_gap_densities_count_per_unit_length():
 
 
 def test_mode_pairs_directions():
-    from experiments.grid_2d import ORIENTATIONS, mode_pairs
+    from mijax.experiments.grid_2d import ORIENTATIONS, mode_pairs
     from mijax.mixtures import gaussian25, gaussian25_rotated
 
     grid = np.asarray(gaussian25().means, np.float64)
@@ -176,7 +180,7 @@ def test_mode_pairs_directions():
 
 
 def test_grid_2d_end_to_end(tmp_path, shared):
-    from experiments import grid_2d
+    from mijax.experiments import grid_2d
 
     out = tmp_path / "grid"
     with common.shared_runs(shared):
@@ -186,7 +190,7 @@ def test_grid_2d_end_to_end(tmp_path, shared):
 
 
 def test_trajectories_end_to_end(tmp_path, shared):
-    from experiments import score, trajectories
+    from mijax.experiments import score, trajectories
 
     out = tmp_path / "traj"
     with common.shared_runs(shared):
@@ -217,7 +221,7 @@ def test_config_digest_ignores_only_how_a_run_is_saved():
 
 
 def test_movement_of_a_trajectory():
-    from experiments.trajectories import movement
+    from mijax.experiments.trajectories import movement
 
     traj = np.zeros((2, 20, 1))
     traj[1, -1, 0] = 3.0

@@ -147,12 +147,12 @@ def test_seed_vmapped_kernel_lowers_to_one_triton_call():
 
 
 def test_gpu_check_script_runs_at_tiny_sizes(tmp_path):
-    """The prepared accelerator script (experiments/gpu_check.py) runs end to end, here with the kernel
+    """The prepared accelerator script (benchmarks/gpu_check.py) runs end to end, here with the kernel
     interpreted, and records every measurement without errors: device time is too scarce for a script that
     breaks there."""
     import json
 
-    from experiments import gpu_check
+    from benchmarks import gpu_check
 
     results = gpu_check.main(["--out", str(tmp_path), "--quick", "--interpret"])
     assert results["errors"] == {} and results["skipped"] == []

@@ -7,7 +7,8 @@ import matplotlib.figure
 import numpy as np
 import pytest
 
-from mijax import hallucination as hl
+from mijax import detection
+from mijax.data import mixtures as hl
 from mijax import mixtures, plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -38,7 +39,7 @@ def samples_1d():
 def test_histogram_1d(tmp_path, samples_1d):
     mixture, x = samples_1d
     path = tmp_path / "figure2.png"
-    _assert_png(path, plots.plot_histogram_1d(path, x, mixture, bins=120, title="1D"))
+    _assert_png(path, plots.plot_histogram_1d(path, x, mixture, hl.labels(mixture, x), bins=120, title="1D"))
     # Overwriting works, and explicit labels are accepted.
     positives = np.zeros(x.shape[0], bool)
     _assert_png(path, plots.plot_histogram_1d(path, x, mixture, positives=positives))
@@ -47,7 +48,7 @@ def test_histogram_1d(tmp_path, samples_1d):
 
 def test_histogram_1d_rejects_2d(tmp_path):
     with pytest.raises(ValueError, match=r"\[N, 1\]"):
-        plots.plot_histogram_1d(tmp_path / "bad.png", jnp.zeros((3, 2)), mixtures.gaussian25())
+        plots.plot_histogram_1d(tmp_path / "bad.png", jnp.zeros((3, 2)), mixtures.gaussian25(), np.zeros(3, bool))
     assert os.listdir(tmp_path) == []
 
 
@@ -56,7 +57,7 @@ def test_hal_histograms(tmp_path, samples_1d):
     positives = np.asarray(hl.labels(mixture, x))
     hal = np.where(positives, 1e-3, 1e-6) * np.exp(np.random.default_rng(0).normal(size=positives.size))
     hal[0] = 0.0  # clipped into the first log bin, not dropped
-    threshold = hl.retained_at_removal(hal, positives)["threshold"]
+    threshold = detection.retained_at_removal(hal, positives)["threshold"]
     path = tmp_path / "sub" / "hal.png"  # the directory is created
     _assert_png(path, plots.plot_hal_histograms(path, hal, positives, threshold=threshold))
     _assert_png(path, plots.plot_hal_histograms(path, np.ones(4), np.zeros(4, bool)))  # one class, equal values
@@ -69,8 +70,8 @@ def test_roc(tmp_path):
     curves = {}
     for name, separation in (("Hal", 3.0), ("weak", 0.5)):
         scores = rng.normal(size=500) + separation * positives
-        fpr, tpr, _ = hl.roc_curve(scores, positives)
-        curves[name] = (fpr, tpr, hl.auroc(scores, positives))
+        fpr, tpr, _ = detection.roc_curve(scores, positives)
+        curves[name] = (fpr, tpr, detection.auroc(scores, positives))
     path = tmp_path / "roc.png"
     _assert_png(path, plots.plot_roc(path, curves))
 
@@ -81,7 +82,7 @@ def test_scatter_2d(tmp_path):
     x = jnp.concatenate([mixtures.sample(mixture, key, 2500),
                          jax.random.uniform(key, (100, 2), minval=-0.7, maxval=0.7)])
     path = tmp_path / "grid.png"
-    _assert_png(path, plots.plot_scatter_2d(path, x, mixture, max_points=1000))
+    _assert_png(path, plots.plot_scatter_2d(path, x, mixture, hl.labels(mixture, x), max_points=1000))
     positives = np.asarray(hl.labels(mixture, x))
     _assert_png(path, plots.plot_scatter_2d(str(path), x, mixture, positives=positives))
     assert _no_pyplot_figures()

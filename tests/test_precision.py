@@ -48,8 +48,9 @@ def test_unknown_precision_raises():
 
 
 def test_precision_comparison_on_a_trained_run(tmp_path):
-    from experiments import precision
-    from mijax.runs import DataConfig, DiffusionConfig, RunConfig, train_run
+    from benchmarks import precision
+    from mijax.config import DataConfig, DiffusionConfig, RunConfig
+    from mijax.runs import train_run
 
     config = RunConfig(data=DataConfig(n_train=300), diffusion=DiffusionConfig(timesteps=20),
                        train=mijax.TrainConfig(steps=30, batch_size=100, steps_per_call=30), seeds=2,

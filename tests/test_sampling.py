@@ -170,6 +170,30 @@ def test_hal_is_variance_of_recorded_x0_hat(params, schedule, hal_end):
     assert not np.allclose(np.asarray(out.hal), window.var(axis=1, ddof=1).mean(axis=-1), rtol=1e-3)
 
 
+def test_extra_hal_windows_and_reductions_are_variances_of_recorded_x0_hat(schedule):
+    mixture = mijax.gaussian25()
+    windows = ((0, 10), (5, 4), (12, 2))
+    config = SamplerConfig(hal_window=10, hal_windows=windows, trajectory_stride=1, trajectory_last=14)
+    out = mijax.sample(mijax.exact_denoiser, (mixture, schedule), schedule, jax.random.key(3), 37, (2,), config)
+    chex.assert_shape(out.hal_windows, (37, 3))
+    np.testing.assert_array_equal(np.asarray(out.hal_windows[:, 0]), np.asarray(out.hal))  # one window, one number
+    traj = np.asarray(out.trajectory, np.float64)  # t = 13 .. 0
+    for w, (end, length) in enumerate(windows):
+        part = traj[:, 14 - end - length:14 - end]
+        np.testing.assert_allclose(np.asarray(out.hal_windows[:, w]), part.var(axis=1).mean(axis=-1),
+                                   rtol=1e-4, atol=1e-10)
+    # other reductions over the coordinates; the samples do not move
+    top = mijax.sample(mijax.exact_denoiser, (mixture, schedule), schedule, jax.random.key(3), 37, (2,),
+                       dataclasses.replace(config, hal_reduction="max"))
+    np.testing.assert_array_equal(np.asarray(top.x), np.asarray(out.x))
+    np.testing.assert_allclose(np.asarray(top.hal), traj[:, 4:].var(axis=1).max(axis=-1), rtol=1e-4, atol=1e-10)
+    assert np.all(np.asarray(top.hal) >= np.asarray(out.hal))
+    plain = mijax.sample(mijax.exact_denoiser, (mixture, schedule), schedule, jax.random.key(3), 37, (2,),
+                         SamplerConfig(hal_window=10))
+    np.testing.assert_array_equal(np.asarray(plain.hal), np.asarray(out.hal))  # extra windows change nothing
+    assert plain.hal_windows is None
+
+
 def test_strided_trajectory(params, schedule):
     key = jax.random.key(1)
     full = mijax.sample(toy, params, schedule, key, 23, (1,), SamplerConfig(hal_window=6, trajectory_stride=1))
@@ -351,6 +375,9 @@ def test_two_dimensional_samples(schedule):
     (SamplerConfig(variance="learned"), 4, None),
     (SamplerConfig(eta=-0.1, sampler="ddim"), 4, None),
     (SamplerConfig(trajectory_stride=-1), 4, None),
+    (SamplerConfig(hal_windows=((0, 1),)), 4, None),
+    (SamplerConfig(hal_windows=((T - 3, 4),)), 4, None),
+    (SamplerConfig(hal_reduction="median"), 4, None),
     (SamplerConfig(), 0, None),
     (SamplerConfig(), -5, None),
     (SamplerConfig(), 4, 0),

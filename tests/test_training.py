@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import mijax
-from mijax.training import STEP_STREAM, TrainConfig, TrainState, get_batch, init_state, train, train_step, train_steps
+from mijax.keys import STEP as STEP_STREAM
+from mijax.training import TrainConfig, TrainState, get_batch, init_state, train, train_step, train_steps
 
 MODEL = mijax.ToyDenoiser(1)
 

@@ -1,0 +1,214 @@
+"""Issue 5's accelerator targets in one prepared run: the fused kernel's correctness there, then the timings.
+
+Written for a short loan of one GPU (the H200 targets: 10^6 x 1000 samples with Hal in <= 1 s, 10^7 in
+<= 10 s, training >= 10x the published code's steps per second, 16 vmapped seeds <= 3x one). Runs the
+measurements most important first, writes ``gpu_check.json`` into ``--out`` after each one (so a run cut
+short keeps what it measured) and stops starting new ones after ``--budget`` seconds:
+
+1. the fused Pallas kernel compiled for the GPU against the XLA path: max |difference| of eps_hat on
+   random inputs (d = 1, 2; float32, tf32, bf16) and of samples and Hal over a short sampling run, and
+   whether a row's result depends on how many rows share the call (both paths);
+2. the kernel's block size and warps, picked on a short run (N = 10^6, T = 50);
+3. sampling with Hal, N = 10^6, T = 1000, d = 1: XLA and the kernel in float32, tf32 and bf16; then
+   N = 10^7 (chunks of 10^6) for the fastest of each; d = 2 at 10^6;
+4. training at batch 10,000 (ms/step; float32 and tf32) and the published code's, if ``--torch-baseline``;
+5. 16 seeds in one program against one: training and sampling.
+
+    PYTHONPATH=. python3 -m benchmarks.gpu_check --out $OUT --budget 420 [--torch-baseline PATH]
+    python -m benchmarks.gpu_check --out /tmp/g --quick      # tiny sizes: checks the script anywhere
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from mijax import bench
+from mijax.models import FusedDenoiser, ModuleDenoiser, ToyDenoiser
+from mijax.io import write_json
+from mijax.sampling import SamplerConfig, sample
+from mijax.schedules import make_schedule
+
+FULL = dict(n=1_000_000, big_n=10_000_000, timesteps=1000, tune_timesteps=50, check_n=100_000, check_sample_n=10_000,
+            train_batch=10_000, train_steps=50, seeds=16, seed_n=100_000, repeats=2,
+            blocks=((32, 4), (64, 4), (64, 8), (128, 4), (128, 8)))
+QUICK = dict(n=512, big_n=2048, timesteps=20, tune_timesteps=5, check_n=300, check_sample_n=128,
+             train_batch=256, train_steps=2, seeds=2, seed_n=256, repeats=1, blocks=((32, 4), (64, 4)))
+
+
+def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optional[bool]) -> list[dict]:
+    """Max |kernel - XLA| of eps_hat (random x, shared and per-row t) and of a sampling run's x and Hal."""
+    rows = []
+    for d, precision in ((1, "float32"), (2, "float32"), (1, "tf32"), (1, "bf16")):
+        model = ToyDenoiser(features=d, precision=precision)
+        params = model.init(jax.random.key(0), jnp.zeros((1, d)), jnp.zeros((1,), jnp.int32))
+        fused = FusedDenoiser(model, interpret=interpret)
+        apply, fused_fn = jax.jit(model.apply), jax.jit(fused)
+        x = 2.0 * jax.random.normal(jax.random.key(1), (check_n, d))
+        row = {"dim": d, "precision": precision, "rows": check_n, "kernel_ran": fused.uses_kernel}
+        for name, t in (("shared_t", jnp.int32(500)),
+                        ("per_row_t", jnp.arange(check_n, dtype=jnp.int32) % timesteps)):
+            want, got = apply(params, x, t), fused_fn(params, x, t)
+            row[f"max_abs_diff_{name}"] = float(jnp.max(jnp.abs(got - want)))
+            row[f"max_abs_{name}"] = float(jnp.max(jnp.abs(want)))
+        # Does a row's result depend on how many rows share the call (the chunk size, the device count)?
+        head = min(4096, check_n // 2)
+        for name, fn in (("xla", apply), ("kernel", fused_fn)):
+            whole, part = fn(params, x, jnp.int32(500)), fn(params, x[:head], jnp.int32(500))
+            row[f"rows_independent_of_n_{name}"] = bool(jnp.array_equal(whole[:head], part))
+        if d == 1:
+            schedule, config, key = make_schedule(num_timesteps=timesteps), SamplerConfig(), jax.random.key(2)
+            a = sample(ModuleDenoiser(model), params, schedule, key, sample_n, (d,), config)
+            b = sample(fused, params, schedule, key, sample_n, (d,), config)
+            row["sample_max_abs_diff_x"] = float(jnp.max(jnp.abs(a.x - b.x)))
+            row["sample_share_x_differs_1e-3"] = float(jnp.mean(jnp.abs(a.x - b.x) > 1e-3))
+            row["sample_max_rel_diff_hal"] = float(jnp.max(jnp.abs(a.hal - b.hal) / jnp.maximum(a.hal, 1e-12)))
+        rows.append(row)
+    return rows
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json")
+    parser.add_argument("--budget", type=float, default=420.0,
+                        help="start no new measurement after this many seconds (default 420)")
+    parser.add_argument("--torch-baseline", type=Path, default=None, help="torch_ddpm.py, to time its training here")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (checks the script, on any machine)")
+    parser.add_argument("--interpret", action="store_true",
+                        help="run the kernel in Pallas' interpreter (for --quick on a machine without a GPU)")
+    a = parser.parse_args(argv)
+    s = QUICK if a.quick else FULL
+    interpret = True if a.interpret else None
+    a.out.mkdir(parents=True, exist_ok=True)
+    path = a.out / "gpu_check.json"
+    start = time.perf_counter()
+    results: dict = {"machine": bench.machine_info(), "sizes": {k: v for k, v in s.items() if k != "blocks"},
+                     "budget_seconds": a.budget, "errors": {}, "skipped": []}
+
+    def step(name: str, fn: Callable[[], object]) -> None:
+        """Run one measurement unless the budget is spent; keep its result or its error; save."""
+        elapsed = time.perf_counter() - start
+        if elapsed > a.budget:
+            results["skipped"].append(name)
+            print(f"[{elapsed:6.0f} s] skip {name}: budget spent", flush=True)
+            return
+        print(f"[{elapsed:6.0f} s] {name} ...", flush=True)
+        try:
+            results[name] = bench._jsonable(fn())
+        except Exception as e:  # noqa: BLE001 - record it and go on to the next measurement
+            results["errors"][name] = f"{type(e).__name__}: {e}"[:2000]
+            traceback.print_exc()
+        results["elapsed_seconds"] = round(time.perf_counter() - start, 1)
+        write_json(path, results)
+
+    step("kernel_check", lambda: kernel_check(s["check_n"], s["check_sample_n"], s["timesteps"], interpret))
+
+    def tune():
+        rows = []
+        for block_rows, warps in s["blocks"]:
+            options = {"block_rows": block_rows, "num_warps": warps, **({"interpret": True} if interpret else {})}
+            r = bench.bench_sampling(s["n"], s["tune_timesteps"], 1, 10 if s["tune_timesteps"] >= 10 else 2, 1,
+                                     precision="tf32", kernel="pallas", kernel_options=options)
+            rows.append({"block_rows": block_rows, "num_warps": warps, "seconds": r["seconds"],
+                         "point_steps_per_s": r["point_steps_per_s"], "kernel_used": r["kernel_used"]})
+        return rows
+
+    step("kernel_tuning", tune)
+    tuned = results.get("kernel_tuning") or [{"block_rows": 128, "num_warps": 4, "seconds": 0.0}]
+    best = min(tuned, key=lambda r: r["seconds"])
+    options = {"block_rows": best["block_rows"], "num_warps": best["num_warps"],
+               **({"interpret": True} if interpret else {})}
+    results["kernel_options"] = options
+    window = min(10, s["timesteps"])
+
+    def sampling(n: int, d: int, precisions: Sequence[str], kernels: Sequence[str], chunk: Optional[int],
+                 repeats: int = s["repeats"]):
+        return [bench.bench_sampling(n, s["timesteps"], d, window, repeats, precision=p, kernel=k,
+                                     chunk_size=chunk, kernel_options=options if k == "pallas" else None)
+                for k in kernels for p in precisions]
+
+    step("sampling_1e6_d1", lambda: sampling(s["n"], 1, ("float32", "tf32", "bf16"), ("xla", "pallas"), None))
+
+    def fastest(kernel: str) -> str:
+        rows = [r for r in results.get("sampling_1e6_d1", []) if r["kernel"] == kernel]
+        return min(rows, key=lambda r: r["seconds"])["precision"] if rows else "tf32"
+
+    step("sampling_1e7_d1", lambda: [r for k in ("pallas", "xla")
+                                     for r in sampling(s["big_n"], 1, (fastest(k),), (k,), s["n"], 1)])
+    step("sampling_1e6_d2", lambda: sampling(s["n"], 2, (fastest("pallas"),), ("xla", "pallas"), None))
+
+    def training():
+        out = {"mijax": [bench.bench_training(s["train_batch"], s["train_steps"], 1, None, s["timesteps"],
+                                              s["repeats"], precision=p) for p in ("float32", "tf32")]}
+        if a.torch_baseline is not None:
+            out["torch"] = bench.bench_torch(a.torch_baseline, "train", dict(batch=s["train_batch"],
+                                                                             steps=s["train_steps"], dim=1))
+            out["speedup_float32"] = out["torch"]["ms_per_step"] / out["mijax"][0]["ms_per_step"]
+        return out
+
+    step("training", training)
+
+    def seeds():
+        measured = (results.get("training") or {}).get("mijax") or []  # float32 first, if training ran
+        one = measured[0] if measured else bench.bench_training(s["train_batch"], s["train_steps"], 1, None,
+                                                                s["timesteps"], s["repeats"])
+        many = bench.bench_training(s["train_batch"], s["train_steps"], 1, s["seeds"], s["timesteps"], s["repeats"])
+        sampled = bench.bench_seed_sampling(s["seed_n"], s["timesteps"], 1, window, s["seeds"], s["repeats"])
+        return {"training_one": one, "training_many": many,
+                "training_ratio_to_one": many["seconds"] / one["seconds"],
+                "sampling": sampled, "sampling_ratio_to_one": sampled["seconds"] / sampled["one_seed_seconds"]}
+
+    step("seeds", seeds)
+    if a.torch_baseline is not None:
+        step("torch_trajectory_1e5", lambda: bench.bench_torch(a.torch_baseline, "trajectory", dict(
+            n=s["n"] // 10, timesteps=s["timesteps"], dim=1, window=window)))
+    results["machine"]["device_peak_bytes_in_use"] = bench.device_peak_bytes()
+    write_json(path, bench._jsonable(results))
+    print(summary(results))
+    return results
+
+
+def summary(results: dict) -> str:
+    """One line per figure, for the log."""
+    lines = [f"machine: {results['machine'].get('device_kind')} ({results['machine'].get('backend')}), "
+             f"jax {results['machine'].get('jax')}"]
+    for row in results.get("kernel_check", []):
+        lines.append(f"kernel vs XLA d={row['dim']} {row['precision']}: eps max diff "
+                     f"{row['max_abs_diff_shared_t']:.2e} / {row['max_abs_diff_per_row_t']:.2e}"
+                     + (f"; samples max diff {row['sample_max_abs_diff_x']:.2e}" if "sample_max_abs_diff_x" in row
+                        else "") + ("" if row["kernel_ran"] else " (kernel did not run: no GPU)")
+                     + f"; rows independent of N: XLA {row['rows_independent_of_n_xla']}, "
+                       f"kernel {row['rows_independent_of_n_kernel']}")
+    for name in ("sampling_1e6_d1", "sampling_1e7_d1", "sampling_1e6_d2"):
+        for r in results.get(name, []):
+            lines.append(f"{name} {r['kernel_used']} {r['precision']}: {r['seconds']:.3f} s "
+                         f"({r['point_steps_per_s'] / 1e9:.3f} G point-steps/s)")
+    t = results.get("training")
+    if t:
+        for r in t["mijax"]:
+            lines.append(f"training batch {r['batch']} {r['precision']}: {r['ms_per_step']:.3f} ms/step")
+        if "torch" in t:
+            lines.append(f"torch training: {t['torch']['ms_per_step']:.3f} ms/step; speed-up "
+                         f"{t['speedup_float32']:.1f}x")
+    sd = results.get("seeds")
+    if sd:
+        lines.append(f"{sd['training_many']['num_seeds']} seeds: training {sd['training_ratio_to_one']:.2f}x one, "
+                     f"sampling {sd['sampling_ratio_to_one']:.2f}x one")
+    traj = results.get("torch_trajectory_1e5")
+    if traj:
+        lines.append(f"torch trajectory N={traj['n']}: {traj['seconds']:.3f} s "
+                     f"({traj['point_steps_per_s'] / 1e9:.4f} G point-steps/s)")
+    for name, err in results.get("errors", {}).items():
+        lines.append(f"ERROR {name}: {err[:300]}")
+    if results.get("skipped"):
+        lines.append(f"skipped (budget): {', '.join(results['skipped'])}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

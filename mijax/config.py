@@ -1,0 +1,196 @@
+"""The configuration of a training run: data set, model, diffusion, optimiser, seeds; JSON round trip and
+validation, and the pieces a configuration builds.
+
+A run's ``config.json`` is :func:`config_to_dict` of its :class:`RunConfig` (plus the library versions).
+Data-set and model options live with the data set and the model (:mod:`mijax.data`, :mod:`mijax.models`):
+a config records them all, defaults filled in, so it says exactly what was trained.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from mijax import data as datasets
+from mijax import models
+from mijax.io import MijaxError
+from mijax.keys import TRAINING_SET, stream
+from mijax.models import ModuleDenoiser
+from mijax.schedules import SCHEDULES, Schedule, make_schedule
+from mijax.training import TrainConfig
+
+RunError = MijaxError  # the name the run-directory functions raise under
+EPOCHS = 10_000  # the published recipe trains 10,000 epochs of fixed batches
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The training distribution: a registered data set, its options and the training-set size.
+
+    ``options`` are the data set's (for ``gaussian1d``: ``modes``, ``std``, ``round_robin``, ``k``); the
+    defaults are filled in on construction, so two configs of the same data compare equal.
+    """
+
+    dataset: str = "gaussian1d"
+    n_train: int = 20_000
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "options", datasets.resolve(self.dataset, self.options))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The denoiser: a registered model (``mlp``, the paper's), its options and the matmul precision
+    (``float32``, ``tf32`` or ``bf16``; see :mod:`mijax.models.mlp`). Defaults are filled in on construction."""
+
+    name: str = "mlp"
+    precision: str = "float32"
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "options", models.resolve(self.name, self.options))
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+    """The noise schedule and what the network predicts (defaults: the paper's)."""
+
+    schedule: str = "linear"
+    timesteps: int = 1000
+    beta_start: float = 1e-3
+    beta_end: float = 0.2
+    objective: str = "eps"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a training run; saved as ``config.json``."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    train: TrainConfig = TrainConfig()
+    seed: int = 0
+    seeds: int = 1
+    checkpoint_every: int = 5_000
+
+    @property
+    def seed_values(self) -> list[int]:
+        return [self.seed + s for s in range(self.seeds)]
+
+
+def paper_steps(n_train: int, batch_size: int, epochs: int = EPOCHS) -> int:
+    """The published recipe counts epochs of fixed batches: steps = epochs * (N // batch)."""
+    return max(1, epochs * max(1, n_train // min(batch_size, n_train)))
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    d = dataclasses.asdict(config)
+    d["data"]["options"] = dict(config.data.options)
+    d["model"]["options"] = dict(config.model.options)
+    return d
+
+
+def _legacy(d: dict) -> dict:
+    """A config.json of mijax 0.1 (data and model options as fields) in today's form."""
+    data, model = dict(d["data"]), dict(d["model"])
+    if "options" not in data:
+        options = {key: data.pop(key) for key in ("modes", "std", "round_robin") if key in data}
+        if data.get("dataset") != "gaussian1d":
+            options.pop("modes", None)
+        data["options"] = {key: value for key, value in options.items() if value is not None}
+    if "options" not in model:
+        kind = model.pop("kind", "mlp")
+        model = {"name": kind, "precision": model.pop("precision", "float32"), "options": model}
+    return {**d, "data": data, "model": model}
+
+
+def config_from_dict(d: Any) -> RunConfig:
+    """Inverse of :func:`config_to_dict` (also reads the config.json of earlier versions); a dict that does not
+    describe a run raises RunError."""
+    if not isinstance(d, dict):
+        raise RunError(f"config.json does not describe a mijax run (a JSON {type(d).__name__}, not an object)")
+    try:
+        d = _legacy(d)
+        return RunConfig(data=DataConfig(**d["data"]), model=ModelConfig(**d["model"]),
+                         diffusion=DiffusionConfig(**d["diffusion"]), train=TrainConfig(**d["train"]),
+                         **{k: d[k] for k in ("seed", "seeds", "checkpoint_every")})
+    except (KeyError, TypeError, AttributeError) as e:
+        raise RunError(f"config.json does not describe a mijax run ({type(e).__name__}: {e})") from None
+
+
+def validate_config(config: RunConfig) -> None:
+    """Raise RunError (one line) for any setting that cannot run."""
+    c = config
+    if c.diffusion.schedule not in SCHEDULES:
+        raise RunError(f"unknown schedule {c.diffusion.schedule!r}; choose from {', '.join(SCHEDULES)}")
+    checks = [(c.diffusion.timesteps >= 1, f"timesteps must be >= 1, got {c.diffusion.timesteps}"),
+              (c.data.n_train > 0, f"n-train must be > 0, got {c.data.n_train}"),
+              (c.train.steps > 0, f"steps must be > 0, got {c.train.steps}"),
+              (c.train.batch_size > 0, f"batch size must be > 0, got {c.train.batch_size}"),
+              (c.train.batch_size <= c.data.n_train,
+               f"batch size {c.train.batch_size} exceeds the training set ({c.data.n_train})"),
+              (c.train.steps_per_call > 0, "steps per call must be > 0"),
+              (math.isfinite(c.train.learning_rate) and c.train.learning_rate > 0,
+               "learning rate must be finite and > 0"),
+              (c.seeds > 0, f"seeds must be > 0, got {c.seeds}"),
+              (c.checkpoint_every > 0, f"checkpoint-every must be > 0, got {c.checkpoint_every}")]
+    for ok, message in checks:
+        if not ok:
+            raise RunError(message)
+    try:
+        make_schedule(c.diffusion.schedule, c.diffusion.timesteps, c.diffusion.beta_start, c.diffusion.beta_end)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    dataset = datasets.make(c.data.dataset, c.data.options)
+    models.build(c.model.name, dataset.shape, c.model.precision, c.model.options)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a config builds.
+
+@dataclasses.dataclass(frozen=True)
+class Pieces:
+    """What a run config builds: its data set, schedule, model and sample shape."""
+
+    dataset: Any
+    schedule: Schedule
+    model: Any
+    shape: tuple[int, ...]
+
+    @property
+    def denoise_fn(self) -> Callable:
+        return ModuleDenoiser(self.model)
+
+
+def make_run_schedule(config: RunConfig) -> Schedule:
+    d = config.diffusion
+    return make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end)
+
+
+def build(config: RunConfig, precision: str | None = None) -> Pieces:
+    """The data set, schedule and model of ``config`` (the matmuls in ``precision``, default the config's)."""
+    dataset = datasets.make(config.data.dataset, config.data.options)
+    model = models.build(config.model.name, dataset.shape, precision or config.model.precision,
+                         config.model.options)
+    return Pieces(dataset, make_run_schedule(config), model, tuple(dataset.shape))
+
+
+def training_data(config: RunConfig, dataset, keys: jax.Array) -> jnp.ndarray:
+    """The training sets of all seeds, [S, N, *shape], each drawn from the TRAINING_SET stream of its key."""
+    draw = lambda k: dataset.training_set(stream(k, TRAINING_SET), config.data.n_train)  # noqa: E731
+    return jax.jit(jax.vmap(draw))(keys)
+
+
+def data_config(dataset: str, n_train: int | None = None, **options: Any) -> DataConfig:
+    """A DataConfig with the data set's default training-set size unless ``n_train`` is given."""
+    return DataConfig(dataset, datasets.entry(dataset).n_train if n_train is None else n_train, options)
+
+
+__all__ = ["DataConfig", "DiffusionConfig", "ModelConfig", "Pieces", "RunConfig", "RunError", "build",
+           "config_from_dict", "config_to_dict", "data_config", "make_run_schedule", "paper_steps", "training_data",
+           "validate_config"]

@@ -1,0 +1,36 @@
+"""The paper's experiments, one module each, run by ``mijax experiment NAME``.
+
+Each experiment module defines ``SUMMARY`` (one line) and
+``run(out: Path, profile: str = "quick", seeds: int | None = None, progress: bool = True,
+overrides: dict | None = None) -> dict`` (``overrides`` changes the profile's sizes, e.g. for tests),
+which writes ``metrics.json``, ``report.md`` and PNG figures into ``out`` and returns the metrics.
+Modules are imported only when run, so ``--list`` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+# name -> module (in the order ``mijax experiment all`` runs them)
+EXPERIMENTS: dict[str, str] = {
+    "interp-1d": "mijax.experiments.interp_1d",
+    "distance-1d": "mijax.experiments.distance_1d",
+    "grid-2d": "mijax.experiments.grid_2d",
+    "score": "mijax.experiments.score",
+    "trajectories": "mijax.experiments.trajectories",
+    "detection": "mijax.experiments.detection",
+    "recursive-1d": "mijax.experiments.recursive_1d",
+    "recursive-2d": "mijax.experiments.recursive_2d",
+}
+PROFILES = ("quick", "paper")
+
+
+def names() -> list[str]:
+    return list(EXPERIMENTS)
+
+
+def load(name: str) -> ModuleType:
+    """The module of experiment ``name``; ValueError for an unknown name."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; `mijax experiment --list` names them")
+    return importlib.import_module(EXPERIMENTS[name])

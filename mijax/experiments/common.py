@@ -1,0 +1,312 @@
+"""Shared machinery of the paper's experiments: profiles, training and sampling all seeds at once with
+resume, per-seed statistics with confidence intervals, figures and report writing.
+
+Every experiment follows one flow: a profile (a dict of sizes, ``quick`` or ``paper``, updated by
+``overrides``) -> a :class:`~mijax.runs.RunConfig` with ``seeds = S`` -> one vmapped training run in
+``out/runs/<name>`` (resumed from its checkpoints when an interrupted experiment is rerun) -> seed-stacked
+samples (cached in ``out/runs/<name>/samples-*.npz``, so a rerun skips finished sampling too) ->
+per-seed numbers -> mean and 95% CI over seeds -> ``metrics.json``, ``report.md`` and PNGs in ``out``.
+
+Inside ``with shared_runs(folder):`` (what ``mijax experiment all`` and ``--runs`` do) the training runs
+live in ``folder`` instead, named by their configuration (``<dataset>-n<N>-<digest>``), so experiments
+that train the same model (the quick profiles share their 1D and 2D recipes) train it once, and reuse
+each other's cached samples too.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from mijax import collect, plots, stats
+from mijax.config import DataConfig, DiffusionConfig, RunConfig, RunError, paper_steps
+from mijax.data.mixtures import blur_adjusted_labels, labels, rate_table
+from mijax.io import finite_or_none, load_npz, save_npz, write_json, write_text
+from mijax.mixtures import mass_beyond
+from mijax.runs import load_config, load_run, sample_keys, sample_run, train_run
+from mijax.sampling import SamplerConfig
+from mijax.training import TrainConfig
+
+# The quick profiles' training recipes, the same in every experiment so that `mijax experiment all` trains
+# each model once (see shared_runs). The paper's recipe with smaller batches and fewer steps: on 2 CPU cores
+# 6,000 steps of 2,000 sharpen the 1D modes (AUROC ~0.99); in 2D, steps matter more than the batch, and
+# 32,000 steps of 500 still leave the 5x5 grid's modes wider than the truth (README, Results: calibration).
+QUICK_1D = {"n_train": 20_000, "steps": 6_000, "batch_size": 2_000}
+QUICK_2D = {"n_train_2d": 20_000, "steps_2d": 32_000, "batch_size_2d": 500}
+QUICK_SAVING = {"steps_per_call": 1_000, "checkpoint_every": 4_000}
+KS = (3.0, 4.0, 5.0, 6.0)
+K = 5.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Profiles.
+
+def resolve_profile(profiles: Mapping[str, dict], profile: str, seeds: Optional[int] = None,
+                    overrides: Optional[dict] = None) -> dict:
+    """The sizes of one profile: ``profiles[profile]``, then ``seeds``, then ``overrides``.
+
+    Raises:
+      RunError: an unknown profile, an unknown override key, or seeds < 1.
+    """
+    if profile not in profiles:
+        raise RunError(f"unknown profile {profile!r}; choose from {', '.join(profiles)}")
+    p = dict(profiles[profile])
+    for key, value in (overrides or {}).items():
+        if key not in p:
+            raise RunError(f"unknown override {key!r}; this experiment's sizes are {', '.join(p)}")
+        p[key] = value
+    if seeds is not None:
+        p["seeds"] = int(seeds)
+    if p["seeds"] < 1:
+        raise RunError(f"seeds must be >= 1, got {p['seeds']}")
+    p["profile"] = profile
+    return p
+
+
+def run_config(p: dict, dataset: str = "gaussian1d", modes: Optional[Sequence[float]] = (1.0, 2.0, 3.0),
+               n_train: Optional[int] = None, steps: Optional[int] = None,
+               batch_size: Optional[int] = None) -> RunConfig:
+    """The RunConfig of a profile: the paper's recipe with the profile's sizes; S seeds vmapped."""
+    n_train = p["n_train"] if n_train is None else n_train
+    steps = p["steps"] if steps is None else steps
+    batch = min(p["batch_size"] if batch_size is None else batch_size, n_train)
+    options = {"modes": tuple(float(m) for m in modes)} if dataset == "gaussian1d" else {}
+    return RunConfig(
+        data=DataConfig(dataset=dataset, n_train=n_train, options=options),
+        diffusion=DiffusionConfig(timesteps=p["timesteps"]),
+        train=TrainConfig(steps=steps, batch_size=batch, steps_per_call=min(p.get("steps_per_call", 250), steps)),
+        seed=p.get("seed", 0), seeds=p["seeds"], checkpoint_every=min(p.get("checkpoint_every", 1000), steps))
+
+
+def epochs_to_steps(epochs: int, n_train: int, batch_size: int) -> int:
+    """The published recipe counts epochs of fixed batches: steps = epochs * N / batch."""
+    return paper_steps(n_train, batch_size, epochs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and sampling, resumable.
+
+_SHARED_RUNS: contextvars.ContextVar[Optional[Path]] = contextvars.ContextVar("mijax_shared_runs", default=None)
+
+
+@contextlib.contextmanager
+def shared_runs(folder: Path):
+    """Within this context, :func:`train` keeps its runs in ``folder``, named by configuration, so that
+    experiments training the same configuration share one run (and its cached samples)."""
+    token = _SHARED_RUNS.set(Path(folder))
+    try:
+        yield Path(folder)
+    finally:
+        _SHARED_RUNS.reset(token)
+
+
+def config_digest(config: RunConfig) -> str:
+    """A short digest of everything in ``config`` that changes the trained models' numbers."""
+    d = dataclasses.asdict(config)
+    d.pop("checkpoint_every", None)  # how often a run is saved does not change it
+    d["train"].pop("steps_per_call", None)  # nor how its steps are split into dispatches
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def run_dir_for(out: Path, name: str, config: RunConfig) -> Path:
+    """Where :func:`train` keeps ``config``'s run: ``out/runs/name``, or in the shared folder by config."""
+    shared = _SHARED_RUNS.get()
+    if shared is not None:
+        return shared / f"{config.data.dataset}-n{config.data.n_train}-{config_digest(config)}"
+    return Path(out) / "runs" / name
+
+
+def train(out: Path, name: str, config: RunConfig, progress: bool = True) -> Path:
+    """Train all seeds of ``config`` in one vmapped run at :func:`run_dir_for`, resuming if interrupted."""
+    run_dir = run_dir_for(out, name, config)
+    if (run_dir / "config.json").exists():
+        saved = load_config(run_dir)
+        if config_digest(saved) == config_digest(config):
+            config = saved  # a shared run saved or split into dispatches differently: the same models
+    if not (run_dir / "train.json").exists() or _latest_done(run_dir) < config.train.steps:
+        train_run(run_dir, config, resume=True, progress=progress)
+    return run_dir
+
+
+def train_and_sample(out: Path, name: str, config: RunConfig, p: dict, timer: "Timer",
+                     progress: bool = True) -> tuple[Path, dict[str, np.ndarray]]:
+    """The usual first half of an experiment: train ``config`` (resuming), then sample the profile's
+    ``num_samples`` per seed with Hal; lap ``timer`` after each. Returns (run_dir, samples)."""
+    run_dir = train(out, name, config, progress)
+    timer.lap("train")
+    result = sample(run_dir, p["num_samples"], chunk_size=p["chunk_size"], progress=progress)
+    timer.lap("sample")
+    return run_dir, result
+
+
+def _latest_done(run_dir: Path) -> int:
+    try:
+        return int(json.loads((run_dir / "train.json").read_text())["steps"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _cache_name(tag: str, **settings) -> str:
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"samples-{tag}-{digest}.npz"
+
+
+def sample(run_dir: Path, n: int, sampler: Optional[SamplerConfig] = None, seed: int = 0,
+           chunk_size: Optional[int] = None, progress: bool = True) -> dict[str, np.ndarray]:
+    """All seeds' samples {"x": [S, n, d], "hal": [S, n]}, cached in the run directory."""
+    sampler = SamplerConfig() if sampler is None else sampler
+    path = run_dir / _cache_name("hal", n=n, seed=seed, sampler=dataclasses.asdict(sampler))
+    if path.exists():
+        return load_npz(path)
+    result = sample_run(run_dir, n, seed=seed, sampler=sampler, chunk_size=chunk_size, progress=progress)
+    save_npz(path, **result)
+    return result
+
+
+def sample_windows(run_dir: Path, n: int, windows: Sequence[tuple[int, int]], trajectory_steps: int = 0,
+                   seed: int = 0, chunk_size: Optional[int] = None, progress: bool = True) -> dict[str, np.ndarray]:
+    """Samples with Hal over several windows at once, and optionally their last x0_hat trajectories.
+
+    One sampling pass carries Hal over every window ``(end, length)`` (t = end .. end + length - 1; the
+    sampler's ``hal_windows``) and records x0_hat over the last ``trajectory_steps`` reverse steps if asked.
+    The samples are those of :func:`sample` with the same seed (the Hal windows do not move them).
+
+    Returns:
+      {"x": [S, n, d], "hal": [S, n, W] (one column per window), "windows": [W, 2],
+      "trajectory": [S, n, trajectory_steps, d] x0_hat at t = trajectory_steps - 1 .. 0 (if asked),
+      "trajectory_t": [trajectory_steps]}.
+    """
+    windows = tuple((int(e), int(k)) for e, k in windows)
+    path = run_dir / _cache_name("windows", n=n, seed=seed, windows=windows, traj=trajectory_steps)
+    if path.exists():
+        return load_npz(path)
+    config, pieces, state = load_run(run_dir)
+    T = config.diffusion.timesteps
+    last = max([e + k for e, k in windows] + [trajectory_steps])
+    if last > T:
+        raise RunError(f"windows reach t = {last - 1}, beyond the {T} steps of the schedule")
+    sampler = SamplerConfig(objective=config.diffusion.objective, hal_window=min(10, T), hal_windows=windows,
+                            trajectory_stride=1 if trajectory_steps else 0, trajectory_last=trajectory_steps or None)
+    drawn = collect.draw(pieces.denoise_fn, state.params, pieces.schedule, sample_keys(config, seed), n,
+                         pieces.shape, sampler, chunk_size, show_progress=progress,
+                         desc=f"sample ({len(windows)} Hal windows)")
+    result = {"x": drawn["x"], "hal": drawn["hal_windows"], "windows": np.asarray(windows, np.int32)}
+    if trajectory_steps:
+        result["trajectory"] = drawn["trajectory"]
+        result["trajectory_t"] = np.arange(trajectory_steps - 1, -1, -1, dtype=np.int32)
+    save_npz(path, **result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics over seeds.
+
+def ci(values) -> dict:
+    """Mean and 95% CI over seeds of per-seed values [S] (NaN seeds dropped), JSON-able; the per-seed values too."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    finite = v[np.isfinite(v)]
+    if finite.size == 0:
+        return {"mean": None, "low": None, "high": None, "n": 0, "per_seed": [None] * v.size}
+    c = stats.mean_ci(finite)
+    return {"mean": finite_or_none(c["mean"]), "low": finite_or_none(c["low"]), "high": finite_or_none(c["high"]),
+            "n": int(c["n"]), "per_seed": [finite_or_none(a) for a in v]}
+
+
+def fmt(c: dict, pct: bool = False, digits: int = 3) -> str:
+    """``mean [low, high]`` of a :func:`ci` dict (percent with ``pct``)."""
+    if c["mean"] is None:
+        return "n/a"
+    full = {"mean": c["mean"], "low": c["low"] if c["low"] is not None else math.nan,
+            "high": c["high"] if c["high"] is not None else math.nan, "n": c["n"]}
+    return stats.format_ci(full, scale=100.0 if pct else 1.0, digits=digits, unit="%" if pct else "")
+
+
+def rate_rows(mixture, x: np.ndarray, ks: Sequence[float] = KS) -> list[dict]:
+    """Per k: the hallucination rate over seeds (x [S, N, d]) with CI, beside the true mass beyond k."""
+    tables = [rate_table(mixture, jnp.asarray(xs), ks) for xs in x]
+    return [{"k": float(k), "rate": ci([t[i]["rate"] for t in tables]), "true_mass": tables[0][i]["true_mass"]}
+            for i, k in enumerate(ks)]
+
+
+def rate_markdown(rows: list[dict]) -> str:
+    lines = ["| k (std) | model: hallucination rate, mean [95% CI] over seeds | true mixture's mass beyond k |",
+             "|---|---|---|"]
+    lines += [f"| {r['k']:g} | {fmt(r['rate'], pct=True)} | {r['true_mass']:.2g} |" for r in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output.
+
+class Timer:
+    """Wall-clock seconds of named stages, for the metrics."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._t, 1)
+        self._t = now
+
+
+def finish(out: Path, metrics: dict, report: str) -> dict:
+    """Write ``metrics.json`` and ``report.md`` atomically (metrics last: it marks the experiment done)."""
+    out = Path(out)
+    write_text(out / "report.md", report)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def sizes_markdown(p: dict) -> str:
+    skip = {"profile"}
+    return ", ".join(f"{k} = {v:,}" if isinstance(v, int) else f"{k} = {v}" for k, v in p.items() if k not in skip)
+
+
+def holds_word(ok: Optional[bool]) -> str:
+    return "n/a (not enough samples to decide)" if ok is None else ("**yes**" if ok else "**no**")
+
+
+def new_figure(width: float = 6.4, height: float = 4.4):
+    return plots.new_figure(width, height)
+
+
+def save_figure(figure, path) -> str:
+    return plots.save(figure, path)
+
+
+def plot_ci_lines(path, xs: Sequence[float], series: Mapping[str, list[dict]], xlabel: str, ylabel: str,
+                  title: str, logx: bool = False, logy: bool = False, reference: Optional[Mapping[str, float]] = None,
+                  scale: float = 1.0) -> str:
+    """Lines of per-seed means with 95% CI bands, one per series ({name: [ci dict per x]})."""
+    return plots.plot_ci_bands(path, xs, series, xlabel, ylabel, title, scale=scale, logx=logx, logy=logy,
+                               reference=reference)
+
+
+def check_out(out: Path) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+
+def label_rules(mixture, k: float = K) -> dict:
+    """The two hallucination labels the experiments report, each ``x [N, d] -> bool [N]``: ``"k5"``, farther
+    than k true stds from every mode; ``"blur"``, farther than k times the mode's own spread in the samples
+    where that is wider (:func:`mijax.data.mixtures.blur_adjusted_labels`)."""
+    return {"k5": lambda x: np.asarray(labels(mixture, x, k)),
+            "blur": lambda x: np.asarray(blur_adjusted_labels(mixture, x, k)[0])}
+
+
+def mass_beyond_k(mixture, k: float = K) -> float:
+    return mass_beyond(float(k), mixture.dim)

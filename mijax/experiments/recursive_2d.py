@@ -1,0 +1,14 @@
+"""``mijax experiment recursive-2d``: recursive training with and without Hal filtering, 2D (see recursive.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from mijax.experiments.recursive import run_dim
+
+SUMMARY = "recursive training on own samples, 2D: none vs random vs variance (Hal) filtering"
+
+
+def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
+        overrides: Optional[dict] = None) -> dict:
+    return run_dim(2, out, profile=profile, seeds=seeds, progress=progress, overrides=overrides)
