@@ -51,6 +51,7 @@ def _positive_int(name):
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     from mijax import data
+    from mijax.diffusion import OBJECTIVES
     from mijax.schedules import SCHEDULES
 
     p.add_argument("--dataset", required=True, help=f"one of {', '.join(data.names())}")
@@ -69,7 +70,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", default="linear", help=f"beta schedule: {', '.join(SCHEDULES)}")
     p.add_argument("--beta-start", type=float, default=1e-3)
     p.add_argument("--beta-end", type=float, default=0.2)
-    p.add_argument("--objective", default="eps", choices=["eps", "x0", "mean"], help="what the network predicts")
+    p.add_argument("--objective", default="eps", choices=OBJECTIVES, help="what the network predicts")
     p.add_argument("--untied", action="store_true", help="three separate residual blocks (published: one, tied)")
     p.add_argument("--seeds", type=_positive_int("seeds"), default=1, help="models trained at once (vmapped)")
     p.add_argument("--seed", type=int, default=0, help="first seed; model s uses seed + s")
@@ -111,11 +112,14 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, type=Path, help="a run directory made by mijax train")
     p.add_argument("--n", type=_positive_int("n"), required=True, help="samples per seed")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kernel", default="xla", choices=["xla", "pallas"],
+    from mijax.models import KERNELS
+    from mijax.sampling import SAMPLERS, VARIANCES
+
+    p.add_argument("--kernel", default="xla", choices=KERNELS,
                    help="how the network runs: xla (default) or pallas (one fused kernel per block of rows on "
                         "a GPU; elsewhere the XLA path)")
-    p.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"])
-    p.add_argument("--variance", default="fixed_large", choices=["fixed_large", "fixed_small"],
+    p.add_argument("--sampler", default="ddpm", choices=SAMPLERS)
+    p.add_argument("--variance", default="fixed_large", choices=VARIANCES,
                    help="DDPM step variance (published: fixed_large, beta_t)")
     p.add_argument("--ddim-steps", type=_positive_int("ddim steps"), default=None)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale")

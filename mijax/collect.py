@@ -16,7 +16,7 @@ import numpy as np
 
 from mijax import distributed, progress
 from mijax.diffusion import Denoiser
-from mijax.io import NpyStream, pack_npz
+from mijax.io import NpyStream, pack_npz, temporary_prefix
 from mijax.sampling import SamplerConfig, sample_chunks
 from mijax.schedules import Schedule
 
@@ -53,7 +53,7 @@ def draw(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, n: i
     num_models = int(jax.tree.leaves(keys)[0].shape[0]) if keys.ndim else 1
     arrays: dict = {}  # name -> [S, n, ...] array or NpyStream (process 0)
     shapes: dict = {}  # name -> [S, n, ...] shape (every process)
-    scratch = Path(tempfile.mkdtemp(dir=Path(out).parent, prefix=f".{Path(out).name}.", suffix=".parts")) \
+    scratch = Path(tempfile.mkdtemp(dir=Path(out).parent, prefix=temporary_prefix(out), suffix=".parts")) \
         if out is not None and writer else None
     bar = progress.bar(show_progress, total=n, desc=f"{desc} {num_models} model(s)", unit="sample")
     try:

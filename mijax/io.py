@@ -2,7 +2,7 @@
 
 Every file mijax writes goes through here. A file is written to a temporary name beside its target and
 renamed over it, so a reader (or a later run after a kill) sees the old file or the new one, never half
-of one. Temporary names start with ``.`` and end with ``.tmp`` (``.tmp.npz``, ``.parts``).
+of one. Temporary names are ``.NAME.mijax-PID-...`` (see :func:`temporary_prefix`).
 
 JSON is strict (RFC 8259): it has no NaN or infinity, so :func:`write_json` writes every non-finite
 float as ``null``; readers take ``null`` for "undefined" (an empty class, a one-seed interval, an
@@ -35,13 +35,19 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
+def temporary_prefix(path: os.PathLike) -> str:
+    """The name prefix of this process's temporaries beside ``path``: ``.NAME.mijax-PID-`` (so that a later run
+    can tell those of a killed process, see :func:`mijax.outputs.clean_stale`)."""
+    return f".{Path(path).name}.mijax-{os.getpid()}-"
+
+
 @contextlib.contextmanager
 def atomic_target(path: os.PathLike, suffix: str = ".tmp"):
     """Yield a temporary path beside ``path`` to write; on success it replaces ``path`` (a rename), on error
     it is removed. The file gets the umask's mode (``mkstemp`` alone would make it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=suffix)
     os.close(fd)
     try:
         yield tmp

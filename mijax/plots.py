@@ -36,11 +36,15 @@ def save(figure: Figure, path) -> str:
     return io.save_figure(figure, path, DPI)
 
 
-def _positives(x: np.ndarray, positives) -> np.ndarray:
+def _points(x, mixture: GaussianMixture, positives, dim: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validated float64 samples [N, dim] of a dim-D mixture and their bool labels [N]."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != dim or mixture.dim != dim:
+        raise ValueError(f"{name} needs [N, {dim}] samples of a {dim}D mixture, got {x.shape}, d={mixture.dim}")
     positives = np.asarray(positives, dtype=bool)
     if positives.shape != (x.shape[0],):
         raise ValueError(f"positives must be [{x.shape[0]}], got {positives.shape}")
-    return positives
+    return x, positives
 
 
 def _percent(positives: np.ndarray) -> str:
@@ -63,10 +67,7 @@ def plot_histogram_1d(path, x, mixture: GaussianMixture, positives, bins: int = 
     Returns:
       the path written.
     """
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != 1 or mixture.dim != 1:
-        raise ValueError(f"plot_histogram_1d needs [N, 1] samples of a 1D mixture, got {x.shape}, d={mixture.dim}")
-    positives = _positives(x, positives)
+    x, positives = _points(x, mixture, positives, 1, "plot_histogram_1d")
     values = x[:, 0]
     means = np.asarray(mixture.means, dtype=np.float64)[:, 0]
     stds = np.asarray(mixture.stds, dtype=np.float64)
@@ -194,10 +195,7 @@ def plot_scatter_2d(path, x, mixture: GaussianMixture, positives, max_points: in
     Returns:
       the path written.
     """
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != 2 or mixture.dim != 2:
-        raise ValueError(f"plot_scatter_2d needs [N, 2] samples of a 2D mixture, got {x.shape}, d={mixture.dim}")
-    positives = _positives(x, positives)
+    x, positives = _points(x, mixture, positives, 2, "plot_scatter_2d")
     shown = np.arange(x.shape[0])
     if x.shape[0] > max_points:
         shown = np.sort(np.random.default_rng(seed).choice(x.shape[0], max_points, replace=False))

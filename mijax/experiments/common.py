@@ -293,10 +293,14 @@ def plot_ci_lines(path, xs: Sequence[float], series: Mapping[str, list[dict]], x
                                reference=reference)
 
 
-def check_out(out: Path) -> Path:
+def start(profiles: Mapping[str, dict], profile: str, seeds: Optional[int], overrides: Optional[dict],
+          out: Path) -> tuple[dict, Path, "Timer"]:
+    """The opening of every experiment: its sizes (:func:`resolve_profile`), its output folder (created) and a
+    timer."""
+    p = resolve_profile(profiles, profile, seeds, overrides)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return out
+    return p, out, Timer()
 
 
 

@@ -66,9 +66,7 @@ def _num(v):
 
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
         overrides: Optional[dict] = None) -> dict:
-    p = common.resolve_profile(PROFILES, profile, seeds, overrides)
-    out = common.check_out(out)
-    timer = common.Timer()
+    p, out, timer = common.start(PROFILES, profile, seeds, overrides, out)
     windows = windows_for(p["timesteps"])
     metrics = {"experiment": "detection", "profile": p, "windows": windows, "settings": {}}
     sections = []

@@ -33,9 +33,7 @@ def gap_densities(x: np.ndarray, modes=MODES, std: float = 0.05, k: float = comm
 
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
         overrides: Optional[dict] = None) -> dict:
-    p = common.resolve_profile(PROFILES, profile, seeds, overrides)
-    out = common.check_out(out)
-    timer = common.Timer()
+    p, out, timer = common.start(PROFILES, profile, seeds, overrides, out)
     config = common.run_config(p, modes=MODES)
     run_dir, result = common.train_and_sample(out, "1d", config, p, timer, progress)
     mixture = build(config).dataset.mixture

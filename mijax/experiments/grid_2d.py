@@ -62,9 +62,7 @@ MIDDLE = (0.2, 0.8)
 
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
         overrides: Optional[dict] = None) -> dict:
-    p = common.resolve_profile(PROFILES, profile, seeds, overrides)
-    out = common.check_out(out)
-    timer = common.Timer()
+    p, out, timer = common.start(PROFILES, profile, seeds, overrides, out)
     metrics = {"experiment": "grid-2d", "profile": p, "datasets": {}}
     sections = []
     for dataset in DATASETS:

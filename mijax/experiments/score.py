@@ -39,9 +39,7 @@ def gap_slope(grid: np.ndarray, eps: np.ndarray, modes=MODES, margin: float = 0.
 
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
         overrides: Optional[dict] = None) -> dict:
-    p = common.resolve_profile(PROFILES, profile, seeds, overrides)
-    out = common.check_out(out)
-    timer = common.Timer()
+    p, out, timer = common.start(PROFILES, profile, seeds, overrides, out)
     config = common.run_config(p, modes=MODES)
     run_dir, trained = common.train_and_sample(out, "1d", config, p, timer, progress)
     _, pieces, state = load_run(run_dir)

@@ -30,9 +30,7 @@ def movement(trajectory: np.ndarray, last: int = LAST) -> np.ndarray:
 
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
         overrides: Optional[dict] = None) -> dict:
-    p = common.resolve_profile(PROFILES, profile, seeds, overrides)
-    out = common.check_out(out)
-    timer = common.Timer()
+    p, out, timer = common.start(PROFILES, profile, seeds, overrides, out)
     steps_shown = min(100, p["timesteps"])
     metrics = {"experiment": "trajectories", "profile": p, "steps_shown": steps_shown, "settings": {}}
     sections = []

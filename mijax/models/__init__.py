@@ -12,34 +12,11 @@ import math
 from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from mijax.io import MijaxError
+from mijax.models.fused import KERNELS, FusedDenoiser, make_denoiser
+from mijax.models.denoiser import Flattened, ModuleDenoiser
 from mijax.models.mlp import PRECISIONS, ResidualBlock, ToyDenoiser, timestep_embedding
-
-
-@dataclasses.dataclass(frozen=True)
-class ModuleDenoiser:
-    """``module.apply`` as a denoiser that compares and hashes by the module's settings.
-
-    A bound ``module.apply`` compares by object identity, so a jitted sampler or trainer taking it as
-    a static argument would recompile for every new but identical module; this one does not.
-    """
-
-    module: nn.Module
-
-    def __call__(self, params, x, t):
-        return self.module.apply(params, x, t)
-
-
-class Flattened(nn.Module):
-    """A vector denoiser on data of any shape: ``x [N, *shape]`` is flattened to ``[N, prod(shape)]`` for
-    ``inner`` and its output reshaped back."""
-
-    inner: nn.Module
-
-    def __call__(self, x: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
-        return self.inner(x.reshape(x.shape[0], -1), t).reshape(x.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +80,6 @@ def _mlp(shape: tuple[int, ...], precision: str, width: int, num_layers: int, ti
 register("mlp", _mlp, "the paper's toy denoiser: width 128, one residual block applied 3 times (tied)",
          width=128, num_layers=3, tied=True)
 
-from mijax.models.fused import KERNELS, FusedDenoiser, make_denoiser  # noqa: E402 - needs ModuleDenoiser
 
 __all__ = ["KERNELS", "PRECISIONS", "Flattened", "FusedDenoiser", "ModuleDenoiser", "ToyDenoiser", "ResidualBlock",
            "build", "make_denoiser", "names", "register", "resolve", "timestep_embedding"]

@@ -25,6 +25,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from mijax.models.denoiser import ModuleDenoiser
 from mijax.models.mlp import LAYER_NORM_EPS, LEAKY_SLOPE, PRECISIONS, ToyDenoiser, _round_to_tf32
 
 KERNELS = ("xla", "pallas")
@@ -88,8 +89,6 @@ class FusedDenoiser:
 
 def make_denoiser(module: ToyDenoiser, kernel: str = "xla", **options):
     """The denoiser that runs ``module`` with ``kernel``: ``xla`` (``module.apply``) or ``pallas``."""
-    from mijax.models import ModuleDenoiser  # noqa: PLC0415 - the package imports this module
-
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; choose from {', '.join(KERNELS)}")
     return ModuleDenoiser(module) if kernel == "xla" else FusedDenoiser(module, **options)
