@@ -50,6 +50,7 @@ QUICK = dict(n=256, timesteps=20, dim=1, window=5, train_batch=256, train_steps=
 MEMORY_T_FACTOR = 10
 # 'does not grow with T': the compiled temporaries at T are within this factor of those at T / 10.
 MEMORY_GROWTH_TOLERANCE = 1.1
+MEASUREMENTS = ("sampling", "sweep", "memory", "training", "seeds")  # what --skip may name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -520,6 +521,9 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--chunk-size must be > 0, got {values['chunk_size']}")
     skip = values.get("skip") or ""
     values["skip"] = set(skip.split(",")) - {""} if isinstance(skip, str) else set(skip)
+    unknown = sorted(values["skip"] - set(MEASUREMENTS))
+    if unknown:
+        raise ValueError(f"--skip names unknown measurements ({', '.join(unknown)}); choose from {', '.join(MEASUREMENTS)}")
     for name in ("n", "timesteps", "dim", "train_batch", "train_steps", "seed_n", "repeats"):
         if values[name] <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {values[name]}")
@@ -565,6 +569,10 @@ def run(args: argparse.Namespace) -> dict:
     Each torch measurement runs right after its mijax counterpart, so both see the same machine.
     """
     a = resolve(args)
+    if a.json_out:  # a report: replaced when rerun, but checked before minutes of measuring
+        from mijax.outputs import check_writable
+
+        check_writable(Path(a.json_out))
     results: dict[str, Any] = {"machine": machine_info(),
                                "config": {k: (sorted(v) if isinstance(v, set) else
                                               str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}}
@@ -632,7 +640,9 @@ def run(args: argparse.Namespace) -> dict:
     print(format_table(results))
     print(json.dumps(results, sort_keys=True))
     if a.json_out:
-        Path(a.json_out).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        from mijax.io import write_text
+
+        write_text(a.json_out, json.dumps(results, indent=2, sort_keys=True) + "\n")
     return results
 
 
@@ -733,9 +743,10 @@ def format_table(results: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    """``python -m mijax.bench [options]``."""
-    parser = add_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+def main(argv: Optional[Sequence[str]] = None, parser_class=argparse.ArgumentParser) -> dict:
+    """``mijax bench [options]`` (or ``python -m mijax.bench``); ``parser_class`` decides how bad options are
+    reported (the ``mijax`` command: one line)."""
+    parser = add_arguments(parser_class(prog="mijax bench", description=__doc__.split("\n\n")[0]))
     return run(parser.parse_args(argv))
 
 

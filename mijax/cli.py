@@ -1,7 +1,8 @@
 """The ``mijax`` command: argument parsing and dispatch only; the work lives in the library.
 
 Bad input ends with one line on stderr (``mijax: error: ...``) and exit status 2, before anything is
-written. Set ``MIJAX_DEBUG=1`` to see the traceback instead.
+written or replaced. Ctrl-C ends with ``mijax: interrupted`` and status 130, SIGTERM with ``mijax:
+terminated`` and 143, their temporaries removed. Set ``MIJAX_DEBUG=1`` to see the traceback instead.
 """
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import argparse
 import contextlib
 import math
 import os
+import signal
 import sys
+import warnings
 from pathlib import Path
 
 EXIT_USAGE = 2
+SEED_LIMIT = 2**32  # seeds are uint32 keys (mijax.keys): larger ones would wrap
 
 
 class UsageError(Exception):
@@ -20,14 +24,18 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # one line, not argparse's usage dump
         raise UsageError(message)
 
 
 def _floats(text: str) -> tuple[float, ...]:
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    if not parts:
-        raise argparse.ArgumentTypeError("expected comma-separated numbers, got nothing")
+    parts = text.replace(" ", "").split(",")
+    if not text.strip() or any(p == "" for p in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers without empty items, got {text!r}")
     try:
         values = tuple(float(p) for p in parts)
     except ValueError:
@@ -35,6 +43,33 @@ def _floats(text: str) -> tuple[float, ...]:
     if not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"means must be finite, got {text!r}")
     return values
+
+
+def _finite(name, low=None, high=None, low_open=False):
+    """A parser of a finite float in [low, high] (low excluded with ``low_open``)."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} must be finite, got {text}")
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(f"{name} must be {'>' if low_open else '>='} {low:g}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{name} must be <= {high:g}, got {text}")
+        return value
+    return parse
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be an integer, got {text!r}") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"seed must be in 0..{SEED_LIMIT - 1} (seeds are 32-bit), got {value}")
+    return value
 
 
 def _positive_int(name):
@@ -49,38 +84,43 @@ def _positive_int(name):
     return parse
 
 
-def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> None:
     from mijax import data
     from mijax.diffusion import OBJECTIVES
     from mijax.schedules import SCHEDULES
 
     p.add_argument("--dataset", required=True, help=f"one of {', '.join(data.names())}")
     p.add_argument("--modes", type=_floats, default=None, help="gaussian1d means, e.g. 1,2,3 (default 1,2,3)")
-    p.add_argument("--std", type=float, default=None, help="std of every mode (default: the data set's, 0.05; "
-                   "0.02 for gaussian8)")
+    p.add_argument("--std", type=_finite("std", 0, low_open=True), default=None,
+                   help="std of every mode (None: the data set's, 0.05; 0.02 for gaussian8)")
     p.add_argument("--n-train", type=_positive_int("n-train"), default=None,
                    help="training-set size (default: 20,000 in 1D, 100,000 in 2D, as published)")
     p.add_argument("--steps", type=_positive_int("steps"), default=None,
                    help="optimiser steps (default: 10,000 epochs = 10,000 N / batch)")
-    p.add_argument("--batch-size", type=_positive_int("batch size"), default=10_000)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--batch-size", type=_positive_int("batch size"), default=10_000, help="training batch")
+    p.add_argument("--lr", type=_finite("learning rate", 0, low_open=True), default=1e-3, help="Adam learning rate")
     p.add_argument("--shuffle", action="store_true", help="permute the training set every epoch "
                    "(the published code visits fixed batches in order)")
-    p.add_argument("--timesteps", type=int, default=1000, help="diffusion steps T")
+    p.add_argument("--timesteps", type=int, default=1000, help="diffusion steps T (at least 2: Hal needs two)")
     p.add_argument("--schedule", default="linear", help=f"beta schedule: {', '.join(SCHEDULES)}")
-    p.add_argument("--beta-start", type=float, default=1e-3)
-    p.add_argument("--beta-end", type=float, default=0.2)
+    p.add_argument("--beta-start", type=_finite("beta start", 0, low_open=True), default=1e-3,
+                   help="first beta of the schedule")
+    p.add_argument("--beta-end", type=_finite("beta end", 0, 1, low_open=True), default=0.2,
+                   help="last beta of the schedule")
     p.add_argument("--objective", default="eps", choices=OBJECTIVES, help="what the network predicts")
     p.add_argument("--untied", action="store_true", help="three separate residual blocks (published: one, tied)")
     p.add_argument("--seeds", type=_positive_int("seeds"), default=1, help="models trained at once (vmapped)")
-    p.add_argument("--seed", type=int, default=0, help="first seed; model s uses seed + s")
-    p.add_argument("--checkpoint-every", type=_positive_int("checkpoint-every"), default=5_000)
+    p.add_argument("--seed", type=_seed, default=0, help="first seed; model s uses seed + s (32-bit)")
+    p.add_argument("--checkpoint-every", type=_positive_int("checkpoint-every"), default=5_000,
+                   help="optimiser steps between checkpoints")
     p.add_argument("--steps-per-call", type=_positive_int("steps per call"), default=200,
                    help="optimiser steps per jitted dispatch")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", required=True, type=Path, help="run directory")
+    if resume:
+        p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out made by mijax (once the new one is complete)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
     _add_scale_arguments(p)
 
 
@@ -89,11 +129,11 @@ def _add_scale_arguments(p: argparse.ArgumentParser) -> None:
     from mijax.models import PRECISIONS
 
     p.add_argument("--precision", default=None, choices=PRECISIONS,
-                   help="the network's matmuls (sampler arithmetic stays float32; default float32, for "
+                   help="the network's matmuls (sampler arithmetic stays float32; None: float32, for "
                         "sample: the run's)")
     g = p.add_argument_group("many processes (jax.distributed; all processes run the same command)")
     g.add_argument("--coordinator-address", default=None, help="host:port of process 0")
-    g.add_argument("--num-processes", type=_positive_int("num processes"), default=None)
+    g.add_argument("--num-processes", type=_positive_int("num processes"), default=None, help="processes in the job")
     g.add_argument("--process-id", type=int, default=None, help="this process's rank, 0 .. num-processes - 1")
     g.add_argument("--distributed-auto", action="store_true",
                    help="detect the settings from the platform (Cloud TPU, SLURM, Open MPI)")
@@ -111,35 +151,38 @@ def _init_distributed(a) -> None:
 def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, type=Path, help="a run directory made by mijax train")
     p.add_argument("--n", type=_positive_int("n"), required=True, help="samples per seed")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="sampling seed (32-bit)")
     from mijax.models import KERNELS
     from mijax.sampling import SAMPLERS, VARIANCES
 
     p.add_argument("--kernel", default="xla", choices=KERNELS,
                    help="how the network runs: xla (default) or pallas (one fused kernel per block of rows on "
                         "a GPU; elsewhere the XLA path)")
-    p.add_argument("--sampler", default="ddpm", choices=SAMPLERS)
+    p.add_argument("--sampler", default="ddpm", choices=SAMPLERS, help="ancestral DDPM (published) or DDIM")
     p.add_argument("--variance", default="fixed_large", choices=VARIANCES,
                    help="DDPM step variance (published: fixed_large, beta_t)")
-    p.add_argument("--ddim-steps", type=_positive_int("ddim steps"), default=None)
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale")
+    p.add_argument("--ddim-steps", type=_positive_int("ddim steps"), default=None,
+                   help="DDIM only: evenly spaced steps (None: all T)")
+    p.add_argument("--eta", type=_finite("eta", 0), default=None, help="DDIM only: noise scale (None: 0)")
     p.add_argument("--hal-window", type=int, default=10, help="reverse steps in the Hal window (K)")
     p.add_argument("--hal-end", type=int, default=0, help="the window ends this many steps before the last")
-    p.add_argument("--chunk-size", type=int, default=50_000, help="samples per compiled chunk")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", required=True, type=Path, help="output .npz (x [S, N, d], hal [S, N])")
+    p.add_argument("--chunk-size", type=_positive_int("chunk size"), default=50_000, help="samples per compiled chunk")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing samples file made by mijax")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output .npz: x [S, N, *shape] (points [S, N, d], images [S, N, H, W, C]), hal [S, N], "
+                        "and the run, step and config it came from")
     _add_scale_arguments(p)
 
 
 def _add_recursive_arguments(p: argparse.ArgumentParser) -> None:
-    _add_train_arguments(p)
-    p.add_argument("--generations", type=_positive_int("generations"), default=5)
+    _add_train_arguments(p, resume=False)  # a study resumes by rerunning the same command
+    p.add_argument("--generations", type=_positive_int("generations"), default=5, help="generations 0..G-1")
     p.add_argument("--filters", default="none,random,variance",
                    help="comma-separated, of none, random, variance, threshold")
     p.add_argument("--pool-extra", type=int, default=2_500, help="pool = N + this many samples (published: 2,500)")
-    p.add_argument("--pool-ratio", type=float, default=None, help="pool = ceil(N * ratio) instead")
-    p.add_argument("--threshold-keep", type=float, default=None,
+    p.add_argument("--pool-ratio", type=_finite("pool ratio", 1), default=None, help="pool = ceil(N * ratio) instead")
+    p.add_argument("--threshold-keep", type=_finite("threshold keep", 0, 1, low_open=True), default=None,
                    help="fraction of generation 0's pool the threshold filter keeps (default N / pool)")
     p.add_argument("--hal-window", type=int, default=10, help="reverse steps in the Hal window (K)")
     p.add_argument("--chunk-size", type=_positive_int("chunk size"), default=20_000, help="samples per compiled chunk")
@@ -148,12 +191,12 @@ def _add_recursive_arguments(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mijax", description="Hallucinations in diffusion models through mode interpolation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    _add_train_arguments(sub.add_parser("train", help="train the paper's toy DDPM on a Gaussian mixture"))
+    _add_train_arguments(sub.add_parser("train", help="train S models (seeds) of the paper's DDPM on a data set"))
     _add_sample_arguments(sub.add_parser("sample", help="sample a trained run, with Hal for every sample"))
     demo = sub.add_parser("demo", help="train, sample 100,000 points, report the hallucinations (~5 min on 2 CPUs)")
-    demo.add_argument("--out", type=Path, default=Path("mijax-demo"))
-    demo.add_argument("--overwrite", action="store_true")
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--out", type=Path, default=Path("mijax-demo"), help="output directory")
+    demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo (once the new one is complete)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     exp = sub.add_parser("experiment", help="run one of the paper's experiments (or `all`); --list names them")
     exp.add_argument("name", nargs="?", help="experiment name, or `all`")
     exp.add_argument("--list", action="store_true", help="name the experiments, one line each")
@@ -161,13 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp.add_argument("--profile", default="quick", choices=PROFILES,
                      help="quick: minutes on 2 CPU cores; paper: the paper's sizes (for a GPU)")
-    exp.add_argument("--seeds", type=_positive_int("seeds"), default=None, help="seeds (default: the profile's)")
+    exp.add_argument("--seeds", type=_positive_int("seeds"), default=None, help="seeds (None: the profile's)")
     exp.add_argument("--out", type=Path, default=None, help="output directory (all: one folder per experiment)")
-    exp.add_argument("--overwrite", action="store_true", help="replace a finished experiment")
+    exp.add_argument("--overwrite", action="store_true",
+                     help="replace a finished experiment made by mijax (once the new one is complete)")
     exp.add_argument("--runs", type=Path, default=None,
                      help="a folder of trained runs shared by experiments: one that trains the same configuration as "
                           "another reuses its models and samples (all: OUT/runs by default; one experiment: its own)")
-    exp.add_argument("--no-progress", action="store_true")
+    exp.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_recursive_arguments(sub.add_parser("recursive", help="recursive training on generated data, with and "
                                             "without Hal filtering; rerun the same command to resume"))
     sub.add_parser("bench", help="throughput and memory of sampling and training (`mijax bench --help`)")
@@ -202,25 +246,17 @@ def _train(a) -> None:
 
 
 def _sample(a) -> None:
-    from mijax.runs import RunError, load_config, prepare_output
-    from mijax.sampling import SamplerConfig, validate
-
-    if a.chunk_size <= 0:
-        raise UsageError(f"chunk size must be > 0, got {a.chunk_size}")
-    _init_distributed(a)
-    prepare_output(a.out, overwrite=a.overwrite)
-    config = load_config(a.run)
-    sampler = SamplerConfig(sampler=a.sampler, variance=a.variance, objective=config.diffusion.objective,
-                            hal_window=a.hal_window, hal_end=a.hal_end, ddim_steps=a.ddim_steps, eta=a.eta)
-    try:
-        validate(sampler, config.diffusion.timesteps)
-    except ValueError as e:
-        raise RunError(str(e)) from None
     from mijax.runs import sample_run
+    from mijax.sampling import SamplerConfig
 
-    result = sample_run(a.run, a.n, seed=a.seed, sampler=sampler, chunk_size=a.chunk_size,
-                        progress=not a.no_progress, out=a.out, precision=a.precision,
-                        kernel=a.kernel)
+    if a.sampler == "ddpm" and (a.ddim_steps is not None or a.eta is not None):
+        raise UsageError("--ddim-steps and --eta apply to --sampler ddim only")
+    _init_distributed(a)
+    sampler = dict(sampler=a.sampler, variance=a.variance, hal_window=a.hal_window, hal_end=a.hal_end,
+                   ddim_steps=a.ddim_steps, eta=0.0 if a.eta is None else a.eta)
+    result = sample_run(a.run, a.n, seed=a.seed, sampler=SamplerConfig(**sampler), chunk_size=a.chunk_size,
+                        progress=not a.no_progress, out=a.out, precision=a.precision, kernel=a.kernel,
+                        overwrite=a.overwrite)
     import jax
 
     if jax.process_index() == 0:
@@ -254,19 +290,23 @@ def _experiment(a) -> None:
 
 
 def _run_experiments(a, modules) -> None:
+    from mijax import outputs
+
+    if a.name == "all":
+        outputs.check(a.out, "experiments", resume=True)
+        outputs.mark(a.out, "experiments")
     for name, module in modules.items():
         out = a.out / name if a.name == "all" else a.out
-        if (out / "metrics.json").exists() and not a.overwrite:
+        finished = (out / "metrics.json").exists()
+        if finished and not a.overwrite:
             if a.name == "all":
                 print(f"{name}: finished earlier in {out}, skipped (--overwrite reruns it)")
                 continue
             raise UsageError(f"{out} holds a finished experiment; pass --overwrite to rerun it")
-        if out.exists() and a.overwrite and (out / "metrics.json").exists():
-            import shutil
-
-            shutil.rmtree(out)
+        outputs.check(out, "experiment", overwrite=a.overwrite, resume=not finished)
         print(f"== {name} ({a.profile}) -> {out}")
-        module.run(out, profile=a.profile, seeds=a.seeds, progress=not a.no_progress)
+        with outputs.replacing(out, "experiment", replace=finished) as target:
+            module.run(target, profile=a.profile, seeds=a.seeds, progress=not a.no_progress)
 
 
 def _recursive(a) -> None:
@@ -279,37 +319,67 @@ def _recursive(a) -> None:
                              hal_window=a.hal_window, chunk_size=a.chunk_size)
     result = run_recursive(a.out, config, progress=not a.no_progress, overwrite=a.overwrite)
     for name, table in result["summary"].items():
-        rates = ", ".join(format_ci(c, 100.0, 3, "%") for c in table["hallucination_rate"])
-        print(f"{name:9s} % hallucinated per generation: {rates}")
+        key = next(iter(table))  # the data set's first summary measurement (mixtures: the hallucination rate)
+        values = ", ".join(format_ci(c, 100.0, 3, "%") if "rate" in key else format_ci(c) for c in table[key])
+        print(f"{name:9s} {key} per generation: {values}")
     print(f"-> {a.out}/metrics.json")
 
 
 def _bench(argv) -> None:
     from mijax import bench  # imported only here: the benchmark is a tool, not part of the library
 
-    bench.main(argv)
+    bench.main(argv, parser_class=_Parser)
 
 
 COMMANDS = {"train": _train, "sample": _sample, "demo": _demo, "experiment": _experiment, "recursive": _recursive}
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"mijax: warning: {str(message).splitlines()[0]}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
+    """Run ``mijax ARGV`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Called as the program (no ``argv``), an interrupt ends the process at once with ``os._exit`` after its
+    temporaries are removed: the interpreter's teardown with accelerator threads still running was what
+    crashed (status 139) after Ctrl-C.
+    """
+    from mijax import signals
+
+    as_program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
+    show = warnings.showwarning
+    if as_program:  # a library caller (or a test) keeps its own warning handling
+        warnings.showwarning = _one_line_warning
     try:
-        if argv[:1] == ["bench"]:  # the benchmark parses its own options
-            _bench(argv[1:])
-            return 0
-        args = build_parser().parse_args(argv)
-        COMMANDS[args.command](args)
+        with signals.installed():
+            if argv[:1] == ["bench"]:  # the benchmark parses its own options
+                _bench(argv[1:])
+                return 0
+            args = build_parser().parse_args(argv)
+            COMMANDS[args.command](args)
     except (UsageError, ValueError) as e:
         if os.environ.get("MIJAX_DEBUG"):
             raise
         print(f"mijax: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("mijax: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, signals.Interrupted) as e:
+        if getattr(e, "signum", signal.SIGINT) == signal.SIGTERM:
+            return _stop("mijax: terminated", 143, as_program)
+        return _stop("mijax: interrupted", 130, as_program)
+    finally:
+        warnings.showwarning = show
     return 0
+
+
+def _stop(message: str, status: int, as_program: bool) -> int:
+    print(message, file=sys.stderr)
+    if as_program:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from mijax import distributed, progress
+from mijax import distributed, progress, signals
 from mijax.diffusion import Denoiser
 from mijax.io import NpyStream, pack_npz, temporary_prefix
 from mijax.sampling import SamplerConfig, sample_chunks
@@ -75,6 +75,7 @@ def draw(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, n: i
                         for i in range(value.shape[0]):  # model i's rows start..start + size are contiguous
                             arrays[name].write((i, start) + (0,) * (value.ndim - 2), value[i])
             bar.update(size)
+            signals.check()
         if out is None:
             return {**arrays, **extra}
         if writer:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from mijax import data as datasets
 from mijax import models
 from mijax.io import MijaxError
-from mijax.keys import TRAINING_SET, stream
+from mijax.keys import SEED_LIMIT, TRAINING_SET, stream
 from mijax.models import ModuleDenoiser
 from mijax.schedules import SCHEDULES, Schedule, make_schedule
 from mijax.training import TrainConfig
@@ -116,19 +116,47 @@ def config_from_dict(d: Any) -> RunConfig:
         raise RunError(f"config.json does not describe a mijax run (a JSON {type(d).__name__}, not an object)")
     try:
         d = _legacy(d)
-        return RunConfig(data=DataConfig(**d["data"]), model=ModelConfig(**d["model"]),
-                         diffusion=DiffusionConfig(**d["diffusion"]), train=TrainConfig(**d["train"]),
-                         **{k: d[k] for k in ("seed", "seeds", "checkpoint_every")})
+        config = RunConfig(data=DataConfig(**d["data"]), model=ModelConfig(**d["model"]),
+                           diffusion=DiffusionConfig(**d["diffusion"]), train=TrainConfig(**d["train"]),
+                           **{k: d[k] for k in ("seed", "seeds", "checkpoint_every")})
     except (KeyError, TypeError, AttributeError) as e:
         raise RunError(f"config.json does not describe a mijax run ({type(e).__name__}: {e})") from None
+    _check_types(config)
+    return config
+
+
+_TYPES = {  # what each setting must be (JSON gives any type; a wrong one must not reach the code)
+    "seed": int, "seeds": int, "checkpoint_every": int, "data.dataset": str, "data.n_train": int,
+    "model.name": str, "model.precision": str, "diffusion.schedule": str, "diffusion.timesteps": int,
+    "diffusion.beta_start": float, "diffusion.beta_end": float, "diffusion.objective": str,
+    "train.steps": int, "train.batch_size": int, "train.learning_rate": float, "train.b1": float, "train.b2": float,
+    "train.eps": float, "train.objective": str, "train.shuffle": bool, "train.steps_per_call": int,
+}
+
+
+def _check_types(config: RunConfig) -> None:
+    for name, kind in _TYPES.items():
+        value = config
+        for part in name.split("."):
+            value = getattr(value, part)
+        if kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if not ok:
+            wanted = {float: "a finite number", int: "an integer", str: "a string", bool: "true or false"}[kind]
+            raise RunError(f"{name} must be {wanted}, got {value!r}")
 
 
 def validate_config(config: RunConfig) -> None:
     """Raise RunError (one line) for any setting that cannot run."""
     c = config
+    _check_types(c)
+    if not (0 <= c.seed and c.seed + c.seeds - 1 < SEED_LIMIT):
+        raise RunError(f"seeds must lie in 0..{SEED_LIMIT - 1} (32-bit): seed {c.seed} + {c.seeds} seed(s) do not")
     if c.diffusion.schedule not in SCHEDULES:
         raise RunError(f"unknown schedule {c.diffusion.schedule!r}; choose from {', '.join(SCHEDULES)}")
-    checks = [(c.diffusion.timesteps >= 1, f"timesteps must be >= 1, got {c.diffusion.timesteps}"),
+    checks = [(c.diffusion.timesteps >= 2, f"timesteps must be >= 2 (Hal needs two steps), got {c.diffusion.timesteps}"),
               (c.data.n_train > 0, f"n-train must be > 0, got {c.data.n_train}"),
               (c.train.steps > 0, f"steps must be > 0, got {c.train.steps}"),
               (c.train.batch_size > 0, f"batch size must be > 0, got {c.train.batch_size}"),

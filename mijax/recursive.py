@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
@@ -49,7 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mijax import collect, keys as streams
+from mijax import collect, outputs
+from mijax import keys as streams
 from mijax.config import RunConfig, RunError, build, config_from_dict, config_to_dict, training_data, validate_config
 from mijax.filters import FILTERS, calibrate_threshold, filter_indices
 from mijax.io import load_npz, read_json, save_npz, write_json
@@ -294,6 +294,7 @@ def run_recursive(out: Path, config: RecursiveConfig, progress: bool = False, ov
     """
     out = Path(out)
     validate_recursive(config)
+    outputs.check(out, "study", overwrite=overwrite, resume=True)
     saved = out / "config.json"
     if saved.exists() and not overwrite:
         try:
@@ -302,12 +303,10 @@ def run_recursive(out: Path, config: RecursiveConfig, progress: bool = False, ov
             raise RunError(f"{saved} is corrupt ({e})") from None
         if previous != config:
             raise RunError(f"{out} holds a study made with another configuration; pass --overwrite to replace it")
-    elif out.exists() and overwrite:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(saved, recursive_config_to_dict(config))
-    generations = [run_generation(out, config, g, progress, hook) for g in range(config.generations)]
-    result = {"config": recursive_config_to_dict(config), "generations": generations,
-              "summary": summarize(config, generations)}
-    write_json(out / "metrics.json", result)
+    with outputs.replacing(out, "study", replace=overwrite and out.exists()) as directory:
+        write_json(directory / "config.json", recursive_config_to_dict(config))
+        generations = [run_generation(directory, config, g, progress, hook) for g in range(config.generations)]
+        result = {"config": recursive_config_to_dict(config), "generations": generations,
+                  "summary": summarize(config, generations)}
+        write_json(directory / "metrics.json", result)
     return result

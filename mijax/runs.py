@@ -12,9 +12,9 @@ so a run with ``seeds = S`` holds exactly the models of S separate one-seed runs
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Callable, Optional
@@ -22,15 +22,17 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from mijax import checkpoints, collect, distributed, progress
+from mijax import checkpoints, collect, distributed, progress, signals
 from mijax.config import (DataConfig, DiffusionConfig, ModelConfig, Pieces, RunConfig, RunError, build,  # noqa: F401
                           config_from_dict, config_to_dict, training_data, validate_config)
-from mijax.io import read_json, write_json
+from mijax import outputs
+from mijax.io import MijaxError, read_json, write_json
 from mijax.keys import sample_keys as _sample_keys
-from mijax.keys import seed_keys
+from mijax.keys import SEED_LIMIT, seed_keys
 from mijax.models import KERNELS, make_denoiser
 from mijax.models.mlp import PRECISIONS
 from mijax.sampling import SamplerConfig
+from mijax.sampling import validate as validate_sampler
 from mijax.training import TrainConfig, TrainState, init_states, train
 from mijax.version import __version__
 
@@ -46,7 +48,8 @@ def fit(directory: os.PathLike, pieces: Pieces, train_config: TrainConfig, keys:
     Starts from the latest checkpoint in ``directory`` if there is one (training is a pure function of the
     step index, so a resumed run ends as an uninterrupted one), else from the initial parameters. Saves a
     checkpoint every ``checkpoint_every`` steps and at the end, with ``losses.json`` (mean loss per
-    dispatch and model); calls ``on_checkpoint(step)`` after each.
+    dispatch and model); calls ``on_checkpoint(step)`` after each. A loss that is not finite stops training
+    with a MijaxError naming the step and the model; nothing after the last finite checkpoint is saved.
 
     Returns:
       the seed-stacked TrainState at ``stop_at`` (default ``train_config.steps``).
@@ -67,8 +70,17 @@ def fit(directory: os.PathLike, pieces: Pieces, train_config: TrainConfig, keys:
                        desc=f"{desc} {keys.shape[0]} model(s)")
 
     def log(state, chunk_losses):
+        signals.check()
         now = _max_step(state)
-        mean = distributed.to_host(chunk_losses).mean(axis=-1)
+        chunk = np.atleast_2d(distributed.to_host(chunk_losses))  # [S, steps of this dispatch]
+        if not np.all(np.isfinite(chunk)):
+            model, index = np.argwhere(~np.isfinite(chunk))[0]
+            first = now - chunk.shape[1] + int(index) + 1
+            last = checkpoints.latest_step(directory)
+            raise MijaxError(f"training diverged: the loss of model {int(model)} is not finite ({chunk[model, index]}) "
+                             f"at step {first}; the last checkpoint, step {last or 0}, is kept (lower the learning "
+                             "rate or check the data)")
+        mean = chunk.mean(axis=-1)
         losses["step"].append(now)
         losses["loss"].append([float(v) for v in np.atleast_1d(mean)])
         bar.update(now - bar.n)
@@ -89,13 +101,6 @@ def fit(directory: os.PathLike, pieces: Pieces, train_config: TrainConfig, keys:
     return state
 
 
-def prepare_output(out: Path, overwrite: bool = False, resume: bool = False) -> None:
-    """Refuse an existing output unless ``overwrite`` or ``resume``. Writes nothing."""
-    if out.exists() and not resume and not overwrite:
-        raise RunError(f"{out} already exists; pass --overwrite to replace it"
-                       + (" or --resume to continue it" if out.is_dir() else ""))
-
-
 def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwrite: bool = False,
               progress: bool = True, stop_at: Optional[int] = None) -> TrainState:
     """Train ``config.seeds`` models in one vmapped program, checkpointing into ``out``.
@@ -103,8 +108,9 @@ def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwri
     Args:
       out: the run directory (created).
       config: the run's settings.
-      resume: continue from the latest checkpoint of ``out`` (its config must match).
-      overwrite: delete an existing ``out`` first.
+      resume: continue from the latest checkpoint of ``out`` (its config.json must match ``config``).
+      overwrite: replace an existing run (only a mijax run): the new one is trained beside it and takes its
+        place once finished; interrupted, the old run stays as it was.
       progress: show a progress bar with the loss.
       stop_at: stop after this step (to simulate an interruption in tests); default config.train.steps.
     Returns:
@@ -112,35 +118,38 @@ def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwri
     """
     out = Path(out)
     validate_config(config)
-    prepare_output(out, overwrite, resume)
-    if resume and (out / "config.json").exists():
+    outputs.check(out, "run", overwrite=overwrite, resume=resume)
+    resuming = resume and out.exists()
+    if resuming:
+        if not (out / "config.json").exists():
+            raise RunError(f"cannot resume {out}: it has no config.json to check this recipe against")
         if load_config(out) != config:
             raise RunError(f"{out} was made with another configuration; resume with the same options")
-    elif out.exists() and overwrite and not resume:
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
     pieces = build(config)
     keys = seed_keys(config.seed_values)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {**config_to_dict(config), "versions": _versions()})
-    data = training_data(config, pieces.dataset, keys)
-    state = fit(out, pieces, config.train, keys, data, config.checkpoint_every, progress, stop_at=stop_at)
-    if _max_step(state) >= config.train.steps and jax.process_index() == 0:
-        losses = read_json(out / "losses.json") if (out / "losses.json").exists() else {"loss": []}
-        write_json(out / "train.json", {"steps": config.train.steps,
-                                        "final_loss": losses["loss"][-1] if losses["loss"] else None})
+    with outputs.replacing(out, "run", replace=overwrite and not resuming) as directory:
+        write_json(directory / "config.json", {**config_to_dict(config), "versions": _versions()})
+        data = training_data(config, pieces.dataset, keys)
+        state = fit(directory, pieces, config.train, keys, data, config.checkpoint_every, progress, stop_at=stop_at)
+        if _max_step(state) >= config.train.steps and jax.process_index() == 0:
+            losses = read_json(directory / "losses.json") if (directory / "losses.json").exists() else {"loss": []}
+            write_json(directory / "train.json", {"steps": config.train.steps,
+                                                  "final_loss": losses["loss"][-1] if losses["loss"] else None})
     return state
 
 
 def load_config(run_dir: os.PathLike) -> RunConfig:
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir} is not a run directory (it is a file)")
     if not run_dir.is_dir():
         raise RunError(f"run directory {run_dir} does not exist")
     try:
         d = read_json(run_dir / "config.json")
     except FileNotFoundError:
         raise RunError(f"{run_dir} is not a mijax run (no config.json)") from None
-    except json.JSONDecodeError:
-        raise RunError(f"{run_dir / 'config.json'} is corrupt") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunError(f"{run_dir / 'config.json'} is corrupt (not JSON)") from None
     if isinstance(d, dict):
         d.pop("versions", None)
     return config_from_dict(d)
@@ -167,25 +176,43 @@ def sample_keys(config: RunConfig, seed: int) -> jax.Array:
 
 def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[SamplerConfig] = None,
                chunk_size: Optional[int] = None, progress: bool = False, out: Optional[os.PathLike] = None,
-               precision: Optional[str] = None, kernel: str = "xla") -> dict[str, np.ndarray]:
+               precision: Optional[str] = None, kernel: str = "xla", overwrite: bool = False) -> dict[str, np.ndarray]:
     """Sample every seed of a trained run at once, chunk by chunk, over every device (and process).
 
     Args:
       n: samples per seed. seed: the sampling seed (see :func:`sample_keys`).
       sampler: the sampler (default: DDPM with the run's objective and Hal over t = 9..0).
       chunk_size: samples per compiled chunk, over all devices (None: all n at once).
-      out: stream the samples into this ``.npz`` (x, hal, seeds) instead of returning them
-        (:func:`mijax.collect.draw`).
+      out: stream the samples into this ``.npz`` instead of returning them (:func:`mijax.collect.draw`);
+        an existing file is refused unless ``overwrite`` and it is a mijax samples file (replaced once the
+        new one is complete).
       precision: the matmul precision (default: the run's).
       kernel: ``xla`` (the module as XLA ops) or ``pallas`` (one fused kernel per block of rows on a GPU,
         the XLA path elsewhere; see :class:`mijax.models.fused.FusedDenoiser`).
     Returns:
-      {"x": float32 [S, n, *shape], "hal": float32 [S, n], "seeds": int [S]}; with ``out`` only
-      {"shape": (S, n, *shape), "seeds": int [S]} (the arrays are in the file).
+      {"x": float32 [S, n, *shape], "hal": float32 [S, n], "seeds": int [S]} and the provenance: "run" (the
+      run directory), "step" (its checkpoint) and "config" (its config.json); with ``out`` the arrays are in the
+      file and the dict holds "shape" (x's) and the rest. An unfinished run is sampled with a warning.
     """
     if kernel not in KERNELS:
         raise RunError(f"unknown kernel {kernel!r}; choose from {', '.join(KERNELS)}")
+    if not (isinstance(seed, int) and 0 <= seed < SEED_LIMIT):
+        raise RunError(f"the sampling seed must be in 0..{SEED_LIMIT - 1} (32-bit), got {seed}")
+    run_dir = Path(run_dir)
+    config = load_config(run_dir)
+    validate_config(config)
+    sampler = SamplerConfig(objective=config.diffusion.objective) if sampler is None else sampler
+    try:
+        validate_sampler(dataclasses.replace(sampler, objective=config.diffusion.objective), config.diffusion.timesteps)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    if out is not None:
+        outputs.check(out, "samples", overwrite=overwrite, directory=False)
     config, pieces, state = load_run(run_dir, precision=precision)
+    step = _max_step(state)
+    if step < config.train.steps or not (run_dir / "train.json").exists():
+        warnings.warn(f"{run_dir} has not finished training (step {step} of {config.train.steps}); sampling its "
+                      "latest checkpoint", stacklevel=2)
     try:
         denoise_fn = make_denoiser(pieces.model, kernel)
     except (ValueError, TypeError) as e:
@@ -193,12 +220,11 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
     if kernel == "pallas" and not denoise_fn.uses_kernel and jax.process_index() == 0:
         warnings.warn(f"--kernel pallas needs a GPU (the backend is {jax.default_backend()}): sampling with the "
                       "XLA path", stacklevel=2)
-    sampler = SamplerConfig(objective=config.diffusion.objective) if sampler is None else sampler
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    sampler = dataclasses.replace(sampler, objective=config.diffusion.objective)
+    provenance = dict(seeds=np.asarray(config.seed_values), run=np.asarray(str(run_dir.resolve())),
+                      step=np.asarray(step), config=np.asarray(json.dumps(config_to_dict(config))))
     return collect.draw(denoise_fn, state.params, pieces.schedule, sample_keys(config, seed), n, pieces.shape,
-                        sampler, chunk_size, out=out, show_progress=progress, desc="sample",
-                        seeds=np.asarray(config.seed_values))
+                        sampler, chunk_size, out=out, show_progress=progress, desc="sample", **provenance)
 
 
 def _versions() -> dict:

@@ -100,6 +100,11 @@ def test_sample_refuses_existing_output_unless_overwrite(trained, tmp_path, caps
     out.write_bytes(b"keep me")
     msg = _error(capsys, ["sample", "--run", str(trained), "--n", "4", "--out", str(out)])
     assert "already exists" in msg and out.read_bytes() == b"keep me"
+    # --overwrite replaces only mijax's own samples files
+    msg = _error(capsys, ["sample", "--run", str(trained), "--n", "4", "--overwrite", "--out", str(out)])
+    assert "not a mijax output" in msg and out.read_bytes() == b"keep me"
+    out.unlink()
+    assert main(["sample", "--run", str(trained), "--n", "2", "--no-progress", "--out", str(out)]) == 0
     assert main(["sample", "--run", str(trained), "--n", "4", "--no-progress", "--overwrite", "--out", str(out)]) == 0
     assert np.load(out)["x"].shape == (2, 4, 1)
 

@@ -180,9 +180,10 @@ def test_two_processes_train_and_write_what_one_process_does(tmp_path):
     trained = [jax.tree.leaves(runs.load_run(d)[2]) for d in (one, two)]
     assert all(np.array_equal(a, b) for a, b in zip(*trained))
     a, b = np.load(one / "samples.npz"), np.load(two / "samples.npz")
-    assert sorted(a.files) == sorted(b.files) == ["hal", "seeds", "x"]
-    for name in a.files:
+    assert sorted(a.files) == sorted(b.files) == ["config", "hal", "run", "seeds", "step", "x"]
+    for name in set(a.files) - {"run"}:  # each records its own run directory
         np.testing.assert_array_equal(a[name], b[name])
+    assert str(a["run"]) == str(one.resolve()) and str(b["run"]) == str(two.resolve())
     assert a["x"].shape == (2, 200, 1)
     in_memory = runs.sample_run(one, 200, chunk_size=128, sampler=mijax.SamplerConfig(hal_window=3))
     for name in a.files:

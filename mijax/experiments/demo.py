@@ -7,15 +7,14 @@ writes ``report.md``, ``metrics.json`` and PNG figures into the output directory
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from mijax import detection, plots
-from mijax.config import DataConfig, RunConfig, RunError, build
+from mijax import detection, outputs, plots
+from mijax.config import DataConfig, RunConfig, build
 from mijax.data.mixtures import blur_adjusted_labels, labels, rate_table
 from mijax.io import finite_or_none, json_safe, save_npz, write_json, write_text
 from mijax.mixtures import mass_beyond
@@ -43,12 +42,16 @@ def _pct(v: Optional[float]) -> str:
 
 
 def run_demo(out: Path, config: DemoConfig = DemoConfig(), overwrite: bool = False, progress: bool = True) -> dict:
-    """Train, sample, measure and report. Returns the metrics dict also written to ``metrics.json``."""
+    """Train, sample, measure and report into ``out``. Returns the metrics dict also written to ``metrics.json``.
+
+    ``overwrite`` replaces an earlier demo (only a mijax demo) once the new one is complete."""
     out = Path(out)
-    if out.exists():
-        if not overwrite:
-            raise RunError(f"{out} already exists; pass --overwrite to replace it")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    outputs.check(out, "demo", overwrite=overwrite)
+    with outputs.replacing(out, "demo", replace=overwrite and out.exists()) as target:
+        return _run(target, config, progress)
+
+
+def _run(out: Path, config: DemoConfig, progress: bool) -> dict:
     t0 = time.perf_counter()
     train_run(out / "run", config.run, progress=progress)
     t1 = time.perf_counter()

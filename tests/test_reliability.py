@@ -1,0 +1,366 @@
+"""Nothing a user types destroys data, crashes the interpreter or passes a failure off as success.
+
+One table per class of defect (issue 11): each row is an input of that class, run through the command line
+in this process (exit status, one line on stderr, nothing written or destroyed) and, where the process
+itself matters (tracebacks from other threads, signals, segfaults at exit), in a subprocess.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mijax import io, outputs
+from mijax.cli import build_parser, main
+
+TINY = ["--dataset", "gaussian1d", "--modes", "1,2", "--n-train", "64", "--steps", "4", "--batch-size", "32",
+        "--timesteps", "20", "--steps-per-call", "2", "--checkpoint-every", "2", "--no-progress"]
+RECURSIVE = TINY + ["--generations", "2", "--filters", "none,variance", "--pool-extra", "16", "--chunk-size", "64"]
+
+
+def _one_line_error(capsys, code, *fragments):
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured.err
+    assert len(lines) == 1 and lines[0].startswith("mijax: error: "), captured.err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def _snapshot(path: Path) -> dict:
+    """Every file under ``path`` with its bytes (what must survive a refused command)."""
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rel") / "run"
+    assert main(["train", *TINY, "--seeds", "2", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def samples(run):
+    out = run.parent / "samples.npz"
+    assert main(["sample", "--run", str(run), "--n", "16", "--no-progress", "--out", str(out)]) == 0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. --overwrite replaces only mijax's own outputs of the same kind, and only once the new one is complete.
+
+def _user_folder(tmp_path):
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "chapter1.tex").write_text("precious")
+    return folder
+
+
+@pytest.mark.parametrize("command", ["train", "recursive", "demo", "experiment", "sample-dir"])
+def test_overwrite_never_touches_what_mijax_did_not_write(command, tmp_path, capsys, run):
+    folder = _user_folder(tmp_path)
+    before = _snapshot(folder)
+    argv = {"train": ["train", *TINY, "--overwrite", "--out", str(folder)],
+            "recursive": ["recursive", *RECURSIVE, "--overwrite", "--out", str(folder)],
+            "demo": ["demo", "--overwrite", "--no-progress", "--out", str(folder)],
+            "experiment": ["experiment", "distance-1d", "--overwrite", "--no-progress", "--out", str(folder)],
+            "sample-dir": ["sample", "--run", str(run), "--n", "8", "--overwrite", "--out", str(folder)]}[command]
+    _one_line_error(capsys, main(argv))
+    assert _snapshot(folder) == before
+
+
+def test_overwrite_of_the_working_directory_is_refused(tmp_path, capsys, monkeypatch):
+    folder = _user_folder(tmp_path)
+    monkeypatch.chdir(folder)
+    _one_line_error(capsys, main(["train", *TINY, "--overwrite", "--out", "."]), "not a mijax output")
+    assert (folder / "chapter1.tex").read_text() == "precious"
+
+
+@pytest.mark.parametrize("content", [b"not a zip", None])
+def test_sample_overwrite_refuses_files_that_are_not_mijax_samples(content, tmp_path, capsys, run):
+    target = tmp_path / "data.npz"
+    if content is None:
+        np.savez(target, weights=np.arange(3))  # someone else's npz
+    else:
+        target.write_bytes(content)
+    before = target.read_bytes()
+    _one_line_error(capsys, main(["sample", "--run", str(run), "--n", "8", "--overwrite", "--out", str(target)]),
+                    "not a mijax output")
+    assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("bad", [["--seed", "-1"], ["--seed", str(2**32)], ["--lr", "nan"], ["--timesteps", "1"],
+                                 ["--batch-size", "1000"]])
+def test_overwrite_with_a_bad_option_leaves_the_old_run(bad, run, capsys):
+    before = _snapshot(run)
+    _one_line_error(capsys, main(["train", *TINY, "--seeds", "2", "--overwrite", "--out", str(run), *bad]))
+    assert _snapshot(run) == before
+
+
+def test_overwrite_replaces_a_run_and_samples(tmp_path, samples, capsys):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    assert main(["train", *TINY, "--seed", "5", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "config.json").read_text())["seed"] == 5
+    assert outputs.kind_of(out) == "run" and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    copy = tmp_path / "s.npz"
+    copy.write_bytes(samples.read_bytes())
+    assert main(["sample", "--run", str(out), "--n", "8", "--no-progress", "--overwrite", "--out", str(copy)]) == 0
+    assert np.load(copy)["x"].shape == (1, 8, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. and 4. Bad input is one line, before any work; every number is checked for range and finiteness.
+
+TRAIN_INPUTS = {
+    "negative seed": ["--seed", "-1"],
+    "seed of 2^32": ["--seed", str(2**32)],
+    "seed + seeds past 2^32": ["--seed", str(2**32 - 1), "--seeds", "2"],
+    "lr nan": ["--lr", "nan"],
+    "lr inf": ["--lr", "inf"],
+    "std nan": ["--std", "nan"],
+    "std inf": ["--std", "inf"],
+    "beta start inf": ["--beta-start", "inf"],
+    "beta end nan": ["--beta-end", "nan"],
+    "empty mode": ["--modes", "1,,2"],
+    "trailing comma": ["--modes", "1,2,"],
+    "one timestep": ["--timesteps", "1"],
+    "modes of a grid": ["--dataset", "gaussian25", "--modes", "1,2"],
+}
+
+
+@pytest.mark.parametrize("name", list(TRAIN_INPUTS))
+def test_bad_train_input_is_one_line_and_writes_nothing(name, tmp_path, capsys):
+    out = tmp_path / "never"
+    _one_line_error(capsys, main(["train", *TINY, "--out", str(out), *TRAIN_INPUTS[name]]))
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+SAMPLE_INPUTS = {
+    "negative seed": ["--seed", "-1"],
+    "seed of 2^32 + 1 (would wrap to 1)": ["--seed", str(2**32 + 1)],
+    "seed of 2^63": ["--seed", str(2**63)],
+    "eta nan": ["--sampler", "ddim", "--eta", "nan"],
+    "eta inf": ["--sampler", "ddim", "--eta", "inf"],
+    "eta with ddpm": ["--eta", "0.5"],
+    "ddim steps with ddpm": ["--ddim-steps", "10"],
+    "hal window 1": ["--hal-window", "1"],
+    "chunk size 0": ["--chunk-size", "0"],
+}
+
+
+@pytest.mark.parametrize("name", list(SAMPLE_INPUTS))
+def test_bad_sample_input_is_one_line_and_writes_nothing(name, run, tmp_path, capsys):
+    out = tmp_path / "s.npz"
+    _one_line_error(capsys, main(["sample", "--run", str(run), "--n", "8", "--out", str(out), *SAMPLE_INPUTS[name]]))
+    assert list(tmp_path.iterdir()) == []
+
+
+RECURSIVE_INPUTS = {
+    "pool ratio inf": ["--pool-ratio", "inf"],
+    "pool ratio nan": ["--pool-ratio", "nan"],
+    "threshold keep nan": ["--threshold-keep", "nan"],
+    "resume (recursive resumes by rerunning)": ["--resume"],
+    "unknown filter": ["--filters", "none,best"],
+}
+
+
+@pytest.mark.parametrize("name", list(RECURSIVE_INPUTS))
+def test_bad_recursive_input_is_one_line_and_writes_nothing(name, tmp_path, capsys):
+    out = tmp_path / "study"
+    _one_line_error(capsys, main(["recursive", *RECURSIVE, "--out", str(out), *RECURSIVE_INPUTS[name]]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_refuses_unknown_measurements(capsys):
+    _one_line_error(capsys, main(["bench", "--quick", "--skip", "bogus"]), "bogus")
+
+
+OUTPUT_CASES = ["sample into a directory", "parent is a file", "train into a file", "bench report into a directory"]
+
+
+@pytest.mark.parametrize("case", OUTPUT_CASES)
+def test_outputs_that_cannot_be_written_are_refused_before_work(case, run, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "dir").mkdir()
+    argv = {"sample into a directory": ["sample", "--run", str(run), "--n", "8", "--out", str(tmp_path / "dir")],
+            "parent is a file": ["sample", "--run", str(run), "--n", "8", "--out", str(tmp_path / "file.txt" / "s.npz")],
+            "train into a file": ["train", *TINY, "--out", str(tmp_path / "file.txt")],
+            "bench report into a directory": ["bench", "--quick", "--json-out", str(tmp_path / "dir")]}[case]
+    line = _one_line_error(capsys, main(argv))
+    assert "--resume" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file.txt"] and not any((tmp_path / "dir").iterdir())
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "recursive", "demo", "experiment"])
+def test_an_immutable_directory_is_refused_before_work(command, run, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        argv = {"train": ["train", *TINY, "--out", str(locked / "r")],
+                "sample": ["sample", "--run", str(run), "--n", "8", "--out", str(locked / "s.npz")],
+                "recursive": ["recursive", *RECURSIVE, "--out", str(locked / "study")],
+                "demo": ["demo", "--no-progress", "--out", str(locked / "demo")],
+                "experiment": ["experiment", "distance-1d", "--no-progress", "--out", str(locked / "e")]}[command]
+        _one_line_error(capsys, main(argv), "cannot write")
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+    assert list(locked.iterdir()) == []
+
+
+CONFIGS = {"null": None, "a list": [1, 2], "seeds as text": "two", "n_train as text": "many",
+           "a float step count": 4.5, "unknown model option": "width"}
+
+
+@pytest.mark.parametrize("case", list(CONFIGS))
+def test_a_damaged_config_is_one_line(case, run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    if case in ("null", "a list"):
+        config = CONFIGS[case]
+    elif case == "seeds as text":
+        config["seeds"] = "two"
+    elif case == "n_train as text":
+        config["data"]["n_train"] = "many"
+    elif case == "a float step count":
+        config["train"]["steps"] = 4.5
+    else:
+        config["model"]["options"]["depth"] = 3
+    (copy / "config.json").write_text(json.dumps(config))
+    _one_line_error(capsys, main(["sample", "--run", str(copy), "--n", "8", "--out", str(tmp_path / "s.npz")]))
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_a_config_that_does_not_match_its_checkpoint_is_named_so_without_stray_tracebacks(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["model"]["options"]["width"] = 32
+    (copy / "config.json").write_text(json.dumps(config))
+    for _ in range(3):  # the checkpoint library's threads printed tracebacks only sometimes
+        proc = subprocess.run([sys.executable, "-m", "mijax.cli", "sample", "--run", str(copy), "--n", "8",
+                               "--out", str(tmp_path / "s.npz")], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        lines = [line for line in proc.stderr.strip().splitlines() if line]
+        assert len(lines) == 1 and "does not match" in lines[0] and "corrupt" not in lines[0], proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. A diverging training stops with the step it diverged at and keeps its last finite checkpoint.
+
+def test_a_diverging_training_is_an_error_that_names_the_step(tmp_path, capsys):
+    out = tmp_path / "huge"
+    line = _one_line_error(capsys, main(["train", *TINY, "--modes", "1e30,2e30", "--out", str(out)]),
+                           "not finite", "step")
+    assert "checkpoint" in line
+    assert not (out / "train.json").exists()
+    for path in out.rglob("*.json"):
+        json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path} holds {c}"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Resume and provenance.
+
+def test_resume_without_a_config_is_refused(run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "config.json").unlink()
+    before = _snapshot(copy)
+    _one_line_error(capsys, main(["train", *TINY, "--seeds", "2", "--resume", "--out", str(copy)]), "config.json")
+    assert _snapshot(copy) == before
+
+
+def test_samples_record_their_run_and_step_and_warn_when_unfinished(run, samples, tmp_path, capsys):
+    with np.load(samples) as f:
+        assert Path(str(f["run"])) == run.resolve() and int(f["step"]) == 4
+        assert json.loads(str(f["config"]))["seeds"] == 2
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "train.json").unlink()  # as if killed before the end
+    with pytest.warns(UserWarning, match="has not finished training"):
+        assert main(["sample", "--run", str(copy), "--n", "8", "--no-progress", "--out", str(tmp_path / "s.npz")]) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Interrupts: Ctrl-C and SIGTERM end cleanly, with their temporaries removed; a killed run's are cleaned.
+
+def _interrupt(argv, sig, tmp_path, wait_for):
+    proc = subprocess.Popen([sys.executable, "-m", "mijax.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not wait_for() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signals_during_sampling_exit_cleanly_without_temporaries(run, tmp_path, sig, code):
+    out = tmp_path / "s.npz"
+    parts = lambda: list(tmp_path.glob(".s.npz.mijax-*.parts"))  # noqa: E731 - sampling has begun
+    status, err = _interrupt(["sample", "--run", str(run), "--n", "200000", "--chunk-size", "1024",
+                              "--no-progress", "--out", str(out)], sig, tmp_path, parts)
+    assert status == code, err
+    assert err.strip().splitlines() == ["mijax: interrupted" if sig == signal.SIGINT else "mijax: terminated"], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_during_training_keeps_a_resumable_run(tmp_path):
+    out = tmp_path / "r"
+    argv = ["train", *TINY, "--steps", "100000", "--out", str(out)]
+    status, err = _interrupt(argv, signal.SIGINT, tmp_path, lambda: (out / "losses.json").exists())
+    assert status == 130 and err.strip().splitlines() == ["mijax: interrupted"], err
+    assert not [p for p in out.rglob("*") if ".mijax-" in p.name]
+    assert outputs.kind_of(out) == "run"
+
+
+def test_temporaries_of_a_killed_run_are_cleaned_by_the_next(run, tmp_path):
+    stale = tmp_path / ".s.npz.mijax-999999999-abc.parts"  # no such process
+    stale.mkdir()
+    (stale / "x.npy").write_bytes(b"0" * 1000)
+    mine = tmp_path / f".s.npz.mijax-{os.getpid()}-abc.parts"  # a live process's: left alone
+    mine.mkdir()
+    assert main(["sample", "--run", str(run), "--n", "8", "--no-progress", "--out", str(tmp_path / "s.npz")]) == 0
+    assert not stale.exists() and mine.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Help.
+
+def test_every_option_has_help_and_shows_its_default():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if action.dest == "help" or not action.option_strings:
+                continue
+            assert action.help, f"mijax {name} {action.option_strings[0]} has no help"
+        text = sub.format_help()
+        assert "(default:" in text or name == "bench", name
+
+
+def test_run_files_are_strict_json_and_marked(run, samples):
+    for path in run.rglob("*.json"):
+        json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path} holds {c}"))
+    assert io.read_json(run / ".mijax")["kind"] == "run"
+    assert outputs.kind_of(samples) == "samples" and outputs.kind_of(run.parent) is None
