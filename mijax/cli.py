@@ -62,6 +62,22 @@ def _finite(name, low=None, high=None, low_open=False):
     return parse
 
 
+def _option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as JSON (a number, true/false, a list) or else as text."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    if isinstance(parsed, float) and not math.isfinite(parsed):
+        raise argparse.ArgumentTypeError(f"{key} must be finite, got {value}")
+    return key.strip(), tuple(parsed) if isinstance(parsed, list) else parsed
+
+
 def _seed(text):
     try:
         value = int(text)
@@ -93,6 +109,11 @@ def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> Non
     p.add_argument("--modes", type=_floats, default=None, help="gaussian1d means, e.g. 1,2,3 (default 1,2,3)")
     p.add_argument("--std", type=_finite("std", 0, low_open=True), default=None,
                    help="std of every mode (None: the data set's, 0.05; 0.02 for gaussian8)")
+    p.add_argument("--data-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="any option of the data set, repeatable (e.g. --dataset shapes --data-option size=32); "
+                        "`mijax data` lists them")
+    p.add_argument("--model-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="any option of the model, repeatable (mlp: width, num_layers, tied)")
     p.add_argument("--n-train", type=_positive_int("n-train"), default=None,
                    help="training-set size (default: 20,000 in 1D, 100,000 in 2D, as published)")
     p.add_argument("--steps", type=_positive_int("steps"), default=None,
@@ -193,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train_arguments(sub.add_parser("train", help="train S models (seeds) of the paper's DDPM on a data set"))
     _add_sample_arguments(sub.add_parser("sample", help="sample a trained run, with Hal for every sample"))
+    sub.add_parser("data", help="list the registered data sets and models with their options and defaults")
     demo = sub.add_parser("demo", help="train, sample 100,000 points, report the hallucinations (~5 min on 2 CPUs)")
     demo.add_argument("--out", type=Path, default=Path("mijax-demo"), help="output directory")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo (once the new one is complete)")
@@ -225,12 +247,14 @@ def _run_config(a):
     from mijax.training import TrainConfig
 
     _init_distributed(a)
-    options = {name: value for name, value in (("modes", a.modes), ("std", a.std)) if value is not None}
+    options = dict(a.data_option)
+    options.update({name: value for name, value in (("modes", a.modes), ("std", a.std)) if value is not None})
     data = data_config(a.dataset, a.n_train, **options)
     steps = a.steps if a.steps is not None else paper_steps(data.n_train, a.batch_size)
     return RunConfig(
         data=data,
-        model=ModelConfig(precision=a.precision or "float32", options={"tied": not a.untied}),
+        model=ModelConfig(precision=a.precision or "float32",
+                          options={**dict(a.model_option), **({"tied": False} if a.untied else {})}),
         diffusion=DiffusionConfig(a.schedule, a.timesteps, a.beta_start, a.beta_end, a.objective),
         train=TrainConfig(steps=steps, batch_size=a.batch_size, learning_rate=a.lr, objective=a.objective,
                           shuffle=a.shuffle, steps_per_call=a.steps_per_call),
@@ -331,7 +355,20 @@ def _bench(argv) -> None:
     bench.main(argv, parser_class=_Parser)
 
 
-COMMANDS = {"train": _train, "sample": _sample, "demo": _demo, "experiment": _experiment, "recursive": _recursive}
+def _data(a) -> None:
+    from mijax import data, models
+
+    for name in data.names():
+        e = data.entry(name)
+        options = ", ".join(f"{k}={v!r}" for k, v in e.options.items())
+        print(f"data set {name:20s} n_train={e.n_train:,}; {options}\n    {e.summary}")
+    for name in models.names():
+        options = ", ".join(f"{k}={v!r}" for k, v in models.resolve(name).items())
+        print(f"model    {name:20s} {options}")
+
+
+COMMANDS = {"train": _train, "sample": _sample, "demo": _demo, "experiment": _experiment, "recursive": _recursive,
+            "data": _data}
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):

@@ -152,6 +152,8 @@ def validate_config(config: RunConfig) -> None:
     """Raise RunError (one line) for any setting that cannot run."""
     c = config
     _check_types(c)
+    dataset = datasets.make(c.data.dataset, c.data.options)  # the data set's and the model's own checks first
+    models.build(c.model.name, dataset.shape, c.model.precision, c.model.options)
     if not (0 <= c.seed and c.seed + c.seeds - 1 < SEED_LIMIT):
         raise RunError(f"seeds must lie in 0..{SEED_LIMIT - 1} (32-bit): seed {c.seed} + {c.seeds} seed(s) do not")
     if c.diffusion.schedule not in SCHEDULES:
@@ -174,8 +176,6 @@ def validate_config(config: RunConfig) -> None:
         make_schedule(c.diffusion.schedule, c.diffusion.timesteps, c.diffusion.beta_start, c.diffusion.beta_end)
     except ValueError as e:
         raise RunError(str(e)) from None
-    dataset = datasets.make(c.data.dataset, c.data.options)
-    models.build(c.model.name, dataset.shape, c.model.precision, c.model.options)
 
 
 # ---------------------------------------------------------------------------------------------

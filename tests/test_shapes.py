@@ -1,0 +1,161 @@
+"""SIMPLE SHAPES: the seeded generator reproduces the published one, the half-size images keep every shape,
+and the counter labels training images valid and constructed hallucinations as what they are."""
+import jax
+import numpy as np
+import pytest
+
+import mijax
+from mijax.data import shapes as sh
+
+
+@pytest.fixture(scope="module")
+def generated():
+    return sh.generate(0)
+
+
+def test_the_seeded_generator_reproduces_the_published_mix(generated):
+    images, metadata = generated
+    assert images.shape == (5000, 64, 64) and images.dtype == np.uint8
+    assert set(np.unique(images)) == {0, 255}
+    assert not images[:, 63].any() and not images[:, :, 63].any()  # the last row and column stay black
+    sizes = [len(m) for m in metadata]
+    # SPEC section 8: one seeded run of the published script gave 2,126 / 2,170 / 704 images with 1 / 2 / 3 shapes
+    assert [sizes.count(k) for k in (1, 2, 3)] == [2126, 2170, 704]
+    again, _ = sh.generate(0, num_images=50)
+    np.testing.assert_array_equal(again, images[:50])
+    assert not np.array_equal(sh.generate(1, num_images=50)[0], images[:50])
+
+
+def test_each_shape_has_the_published_size_and_place(generated):
+    images, metadata = generated
+    ranges = {"triangle": ((0, 10), (0, 52), 11), "square": ((1, 7), (1, 49), 7), "pentagon": ((5, 16), (5, 58), 5)}
+    pixels = {"triangle": (63, 67), "square": (64, 64), "pentagon": (68, 72)}
+    for image, meta in zip(images[:500], metadata[:500]):
+        for shape, x1, y1, side in meta:
+            (xlo, xhi), (ylo, yhi), size = ranges[shape]
+            assert xlo <= x1 <= xhi and ylo <= y1 <= yhi and side == size
+            k = sh.SHAPES.index(shape)
+            strip = image[:63, 21 * k:21 * k + 21]
+            lo, hi = pixels[shape]
+            assert lo <= int(np.sum(strip == 255)) <= hi
+        present = {m[0] for m in meta}
+        for k, shape in enumerate(sh.SHAPES):
+            assert (shape in present) == bool(image[:63, 21 * k:21 * k + 21].any())
+
+
+@pytest.mark.parametrize("size", [64, 32])
+def test_every_training_image_counts_valid_with_its_shapes(generated, size):
+    images, metadata = generated
+    x = images[:1500] if size == 64 else sh.half_size(images[:1500])
+    counts = sh.count(sh.to_model(x))
+    assert sh.summarize_labels(counts) == {"blank": 0, "valid": 1500, "duplicate": 0, "outside": 0, "malformed": 0}
+    want = np.array([[sum(m[0] == s for m in meta) for s in sh.SHAPES] for meta in metadata[:1500]])
+    np.testing.assert_array_equal(counts.shapes, want)
+
+
+def _square(image, row, col):
+    """An 8 x 8 square (the generator's) with its top-left corner at (row, col) of a 64 x 64 image."""
+    image[row:row + 8, col:col + 8] = 255
+    return image
+
+
+CASES = {
+    # name: (image builder, label at 64, square position)
+    "one square, top": (lambda: _square(np.zeros((64, 64), np.uint8), 5, 25), "valid", "top"),
+    "one square, bottom": (lambda: _square(np.zeros((64, 64), np.uint8), 45, 25), "valid", "bottom"),
+    "two squares, top and bottom": (lambda: _square(_square(np.zeros((64, 64), np.uint8), 5, 25), 45, 25),
+                                    "duplicate", "two"),
+    "two squares merged into one blob": (lambda: _square(_square(np.zeros((64, 64), np.uint8), 20, 25), 27, 26),
+                                         "duplicate", "two"),
+    "a blob across the triangle and square strips": (lambda: _bar(12, 30), "outside", "none"),
+    "a tiny blob": (lambda: _blob(20, 28, 3, 3), "malformed", "none"),
+    "a huge blob": (lambda: _blob(5, 23, 18, 18), "malformed", "none"),
+    "a square plus a speck": (lambda: _speck(_square(np.zeros((64, 64), np.uint8), 30, 25)), "valid", "bottom"),
+    "blank": (lambda: np.zeros((64, 64), np.uint8), "blank", "none"),
+    "blank with a speck": (lambda: _speck(np.zeros((64, 64), np.uint8)), "blank", "none"),
+}
+
+
+def _bar(start, stop):
+    image = np.zeros((64, 64), np.uint8)
+    image[30:34, start:stop] = 255
+    return image
+
+
+def _blob(row, col, h, w):
+    image = np.zeros((64, 64), np.uint8)
+    image[row:row + h, col:col + w] = 255
+    return image
+
+
+def _speck(image):
+    image[50, 50:52] = 255
+    return image
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_counter_labels_constructed_images(name):
+    build, label, position = CASES[name]
+    counts = sh.count(build()[None])
+    assert counts.label_names() == [label]
+    assert sh.POSITIONS[counts.square_position[0]] == position
+
+
+@pytest.mark.parametrize("name", ["one square, top", "two squares, top and bottom", "two squares merged into one blob",
+                                  "a huge blob", "blank"])
+def test_the_half_size_counter_agrees(name):
+    build, label, position = CASES[name]
+    counts = sh.count(sh.half_size(build()[None]))
+    assert counts.label_names() == [label] and sh.POSITIONS[counts.square_position[0]] == position
+
+
+def test_a_half_size_blob_across_strips_is_outside():
+    image = np.zeros((32, 32), np.uint8)
+    image[14:16, 6:16] = 255  # columns 6-15 run from the triangle strip over gap column 10 into the square strip
+    assert sh.count(image[None]).label_names() == ["outside"]
+
+
+def test_noise_is_not_valid():
+    noise = (np.random.default_rng(0).random((20, 64, 64)) < 0.3).astype(np.uint8) * 255
+    assert "valid" not in sh.count(noise).label_names()
+
+
+def test_the_counter_rejects_other_shapes():
+    with pytest.raises(ValueError, match="64 or 32"):
+        sh.count(np.zeros((2, 28, 28)))
+
+
+def test_the_shapes_data_set(tmp_path):
+    config = mijax.DataConfig("shapes", n_train=64, options={"size": 32, "num_images": 200})
+    assert config.options == {"size": 32, "seed": 0, "num_images": 200}
+    dataset = mijax.data.make("shapes", config.options)
+    assert dataset.shape == (32, 32, 1)
+    keys = mijax.seed_keys([0, 1])
+    data = mijax.config.training_data(mijax.RunConfig(data=config), dataset, keys)  # jitted, vmapped over seeds
+    assert data.shape == (2, 64, 32, 32, 1) and float(data.min()) == -1.0 and float(data.max()) == 1.0
+    assert not np.array_equal(np.asarray(data[0]), np.asarray(data[1]))  # each seed its own order
+    assert not dataset.hallucinated(np.asarray(data[0])).any()
+    measured = dataset.measure(np.asarray(data[0]), None)
+    assert measured["valid_share"] == 1.0 and measured["duplicate_share"] == 0.0
+    assert sum(measured["square_position"].values()) == pytest.approx(1.0)
+    with pytest.raises(mijax.MijaxError, match="64 or 32"):
+        mijax.data.make("shapes", {"size": 48})
+    with pytest.raises(ValueError, match="cannot train on"):
+        dataset.training_set(jax.random.key(0), 500)
+
+
+def test_the_command_line_passes_data_and_model_options(capsys):
+    from mijax import cli
+
+    args = cli.build_parser().parse_args(["train", "--dataset", "shapes", "--data-option", "size=32", "--data-option",
+                                          "num_images=300", "--model-option", "width=64", "--untied", "--n-train",
+                                          "300", "--batch-size", "100", "--out", "unused"])
+    config = cli._run_config(args)
+    assert dict(config.data.options) == {"size": 32, "seed": 0, "num_images": 300}
+    assert dict(config.model.options) == {"width": 64, "num_layers": 3, "tied": False}
+    assert config.train.steps == 30_000  # 10,000 epochs of 300 // 100 batches
+    code = cli.main(["train", "--dataset", "shapes", "--data-option", "size=48", "--out", "unused"])
+    assert code == 2 and "64 or 32" in capsys.readouterr().err
+    assert cli.main(["data"]) == 0
+    listed = capsys.readouterr().out
+    assert "shapes" in listed and "size=64" in listed and "model    mlp" in listed
