@@ -4,52 +4,126 @@ The curated public API. Data flows one way: config -> data set -> training -> sa
 hallucination labels (the data set's) and detection -> figures and reports. A data set, a model or an
 experiment is one module plus a registry entry (:mod:`mijax.data`, :mod:`mijax.models`,
 :mod:`mijax.experiments`).
+
+Names are imported on first use (PEP 562): ``import mijax``, and so the ``mijax`` command, which must take
+Ctrl-C from its first moment, does not import JAX until something needs it.
 """
-from mijax import data
-from mijax.collect import draw
-from mijax.config import (DataConfig, DiffusionConfig, ModelConfig, RunConfig, build, config_from_dict,
-                          config_to_dict, data_config, paper_steps)
-from mijax.data.mixtures import (MixtureDataset, blur_adjusted_labels, hallucination_rate, histogram_kl, labels,
-                                 mode_mass, rate_table)
-from mijax.detection import auroc, detection_summary, removal_at_retention, retained_at_removal, roc_curve
-from mijax.diffusion import (
-    OBJECTIVES,
-    denoising_loss,
-    model_predictions,
-    posterior_mean_variance,
-    predict_eps_from_x0,
-    predict_x0_from_eps,
-    q_sample,
-)
-from mijax.filters import (FILTERS, calibrate_threshold, filter_indices, random_filter, threshold_filter,
-                           variance_filter)
-from mijax.io import MijaxError
-from mijax.keys import sample_keys, seed_keys
-from mijax.mixtures import (
-    GaussianMixture,
-    exact_denoiser,
-    exact_eps,
-    gaussian1d,
-    gaussian8,
-    gaussian25,
-    gaussian25_rotated,
-    in_support,
-    log_prob,
-    make_mixture,
-    mass_beyond,
-    nearest_mode,
-    noised,
-    score,
-)
-from mijax.mixtures import sample as sample_mixture
-from mijax.models import KERNELS, Flattened, FusedDenoiser, ModuleDenoiser, ToyDenoiser, make_denoiser, timestep_embedding
-from mijax.recursive import RecursiveConfig, run_generation, run_recursive
-from mijax.runs import fit, load_run, sample_run, train_run
-from mijax.sampling import HAL_REDUCTIONS, SamplerConfig, Samples, reverse_timesteps, sample, sample_chunks
-from mijax.schedules import SCHEDULES, Schedule, beta_values, make_schedule
-from mijax.training import (TrainConfig, TrainState, get_batch, init_state, init_states, make_optimizer, train,
-                            train_step, train_steps)
+import importlib
+
 from mijax.version import __version__
+
+# name -> (module, attribute in it; None: the module itself)
+_EXPORTS = {
+    "DataConfig": ("mijax.config", "DataConfig"),
+    "DiffusionConfig": ("mijax.config", "DiffusionConfig"),
+    "FILTERS": ("mijax.filters", "FILTERS"),
+    "Flattened": ("mijax.models", "Flattened"),
+    "FusedDenoiser": ("mijax.models", "FusedDenoiser"),
+    "GaussianMixture": ("mijax.mixtures", "GaussianMixture"),
+    "HAL_REDUCTIONS": ("mijax.sampling", "HAL_REDUCTIONS"),
+    "KERNELS": ("mijax.models", "KERNELS"),
+    "MijaxError": ("mijax.io", "MijaxError"),
+    "MixtureDataset": ("mijax.data.mixtures", "MixtureDataset"),
+    "ModelConfig": ("mijax.config", "ModelConfig"),
+    "ModuleDenoiser": ("mijax.models", "ModuleDenoiser"),
+    "OBJECTIVES": ("mijax.diffusion", "OBJECTIVES"),
+    "RecursiveConfig": ("mijax.recursive", "RecursiveConfig"),
+    "RunConfig": ("mijax.config", "RunConfig"),
+    "SCHEDULES": ("mijax.schedules", "SCHEDULES"),
+    "SamplerConfig": ("mijax.sampling", "SamplerConfig"),
+    "Samples": ("mijax.sampling", "Samples"),
+    "Schedule": ("mijax.schedules", "Schedule"),
+    "ToyDenoiser": ("mijax.models", "ToyDenoiser"),
+    "TrainConfig": ("mijax.training", "TrainConfig"),
+    "TrainState": ("mijax.training", "TrainState"),
+    "__version__": ("mijax.version", "__version__"),
+    "auroc": ("mijax.detection", "auroc"),
+    "beta_values": ("mijax.schedules", "beta_values"),
+    "blur_adjusted_labels": ("mijax.data.mixtures", "blur_adjusted_labels"),
+    "build": ("mijax.config", "build"),
+    "calibrate_threshold": ("mijax.filters", "calibrate_threshold"),
+    "config_from_dict": ("mijax.config", "config_from_dict"),
+    "config_to_dict": ("mijax.config", "config_to_dict"),
+    "data": ("mijax.data", None),
+    "data_config": ("mijax.config", "data_config"),
+    "denoising_loss": ("mijax.diffusion", "denoising_loss"),
+    "detection_summary": ("mijax.detection", "detection_summary"),
+    "draw": ("mijax.collect", "draw"),
+    "exact_denoiser": ("mijax.mixtures", "exact_denoiser"),
+    "exact_eps": ("mijax.mixtures", "exact_eps"),
+    "filter_indices": ("mijax.filters", "filter_indices"),
+    "fit": ("mijax.runs", "fit"),
+    "gaussian1d": ("mijax.mixtures", "gaussian1d"),
+    "gaussian25": ("mijax.mixtures", "gaussian25"),
+    "gaussian25_rotated": ("mijax.mixtures", "gaussian25_rotated"),
+    "gaussian8": ("mijax.mixtures", "gaussian8"),
+    "get_batch": ("mijax.training", "get_batch"),
+    "hallucination_rate": ("mijax.data.mixtures", "hallucination_rate"),
+    "histogram_kl": ("mijax.data.mixtures", "histogram_kl"),
+    "in_support": ("mijax.mixtures", "in_support"),
+    "init_state": ("mijax.training", "init_state"),
+    "init_states": ("mijax.training", "init_states"),
+    "labels": ("mijax.data.mixtures", "labels"),
+    "load_run": ("mijax.runs", "load_run"),
+    "log_prob": ("mijax.mixtures", "log_prob"),
+    "make_denoiser": ("mijax.models", "make_denoiser"),
+    "make_mixture": ("mijax.mixtures", "make_mixture"),
+    "make_optimizer": ("mijax.training", "make_optimizer"),
+    "make_schedule": ("mijax.schedules", "make_schedule"),
+    "mass_beyond": ("mijax.mixtures", "mass_beyond"),
+    "mode_mass": ("mijax.data.mixtures", "mode_mass"),
+    "model_predictions": ("mijax.diffusion", "model_predictions"),
+    "nearest_mode": ("mijax.mixtures", "nearest_mode"),
+    "noised": ("mijax.mixtures", "noised"),
+    "paper_steps": ("mijax.config", "paper_steps"),
+    "posterior_mean_variance": ("mijax.diffusion", "posterior_mean_variance"),
+    "predict_eps_from_x0": ("mijax.diffusion", "predict_eps_from_x0"),
+    "predict_x0_from_eps": ("mijax.diffusion", "predict_x0_from_eps"),
+    "q_sample": ("mijax.diffusion", "q_sample"),
+    "random_filter": ("mijax.filters", "random_filter"),
+    "rate_table": ("mijax.data.mixtures", "rate_table"),
+    "removal_at_retention": ("mijax.detection", "removal_at_retention"),
+    "retained_at_removal": ("mijax.detection", "retained_at_removal"),
+    "reverse_timesteps": ("mijax.sampling", "reverse_timesteps"),
+    "roc_curve": ("mijax.detection", "roc_curve"),
+    "run_generation": ("mijax.recursive", "run_generation"),
+    "run_recursive": ("mijax.recursive", "run_recursive"),
+    "sample": ("mijax.sampling", "sample"),
+    "sample_chunks": ("mijax.sampling", "sample_chunks"),
+    "sample_keys": ("mijax.keys", "sample_keys"),
+    "sample_mixture": ("mijax.mixtures", "sample"),
+    "sample_run": ("mijax.runs", "sample_run"),
+    "score": ("mijax.mixtures", "score"),
+    "seed_keys": ("mijax.keys", "seed_keys"),
+    "threshold_filter": ("mijax.filters", "threshold_filter"),
+    "timestep_embedding": ("mijax.models", "timestep_embedding"),
+    "train": ("mijax.training", "train"),
+    "train_run": ("mijax.runs", "train_run"),
+    "train_step": ("mijax.training", "train_step"),
+    "train_steps": ("mijax.training", "train_steps"),
+    "variance_filter": ("mijax.filters", "variance_filter"),
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module, attribute = _EXPORTS[name]
+        value = importlib.import_module(module)
+        value = value if attribute is None else getattr(value, attribute)
+    else:
+        try:  # a submodule, e.g. mijax.runs
+            value = importlib.import_module(f"mijax.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"mijax.{name}":
+                raise
+            raise AttributeError(f"module 'mijax' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(__all__) | set(globals()))
+
 
 __all__ = [
     "HAL_REDUCTIONS", "KERNELS", "OBJECTIVES", "SCHEDULES", "Flattened", "FusedDenoiser", "GaussianMixture",
