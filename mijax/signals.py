@@ -5,12 +5,14 @@ swallow it: an exception raised inside a garbage-collection callback (JAX regist
 "Exception ignored" and dropped, and the program carries on as if nothing happened. So the handlers of
 :func:`installed` remember the signal as well as raising :class:`Interrupted`, and the long loops (every
 chunk of samples, every dispatch of training steps) call :func:`check`, which raises it again if it is still
-pending. Unwinding runs every ``finally``, so temporaries are removed on the way out.
+pending (and the "Exception ignored" report of the swallowed one is silenced). Unwinding runs every
+``finally``, so temporaries are removed on the way out.
 """
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from typing import Optional
 
@@ -47,9 +49,17 @@ def installed():
         return
     _pending = None
     previous = {s: signal.signal(s, _handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    hook = sys.unraisablehook
+
+    def quiet(unraisable):  # a swallowed Interrupted is raised again by check(): do not report it
+        if not isinstance(unraisable.exc_value, Interrupted):
+            hook(unraisable)
+
+    sys.unraisablehook = quiet
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        sys.unraisablehook = hook
         _pending = None
