@@ -11,7 +11,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from mijax import distributed
+from mijax import distributed, signals
 from mijax.io import MijaxError
 from mijax.training import TrainState
 
@@ -53,7 +53,7 @@ def save(directory: Path, state: TrainState) -> int:
     import orbax.checkpoint as ocp
 
     step = int(np.max(distributed.to_host(state.step)))
-    with _manager(directory) as manager:
+    with signals.deferred(), _manager(directory) as manager:
         manager.save(step, args=ocp.args.StandardSave(state), force=True)
         manager.wait_until_finished()
     return step
@@ -63,7 +63,7 @@ def latest_step(directory: Path) -> Optional[int]:
     """The step of the latest checkpoint in ``directory`` (None if there is none)."""
     if not (Path(directory) / "checkpoints").is_dir():
         return None
-    with _manager(directory, read_only=True) as manager:
+    with signals.deferred(), _manager(directory, read_only=True) as manager:
         return manager.latest_step()
 
 
@@ -79,7 +79,7 @@ def restore(directory: Path, target: TrainState, step: Optional[int] = None) -> 
     where = directory / "checkpoints" / str(step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     try:
-        with _manager(directory, read_only=True) as manager:
+        with signals.deferred(), _manager(directory, read_only=True) as manager:
             metadata = manager.item_metadata(step)
             # Compared before restoring: a restore into the wrong structure fails in orbax's threads, which
             # print tracebacks of their own.

@@ -17,6 +17,7 @@ import threading
 from typing import Optional
 
 _pending: Optional[int] = None
+_deferring = 0  # > 0 inside deferred(): a signal is only recorded
 
 
 class Interrupted(BaseException):
@@ -30,13 +31,29 @@ class Interrupted(BaseException):
 def _handle(signum, frame):
     global _pending
     _pending = signum
-    raise Interrupted(signum)
+    if not _deferring:
+        raise Interrupted(signum)
 
 
 def check() -> None:
     """Raise :class:`Interrupted` if a signal arrived and its first exception was swallowed."""
     if _pending is not None:
         raise Interrupted(_pending)
+
+
+@contextlib.contextmanager
+def deferred():
+    """A block that a signal does not break into: one that arrives meanwhile is raised when the block ends.
+    For code that waits on threads of its own (the checkpoint library's event loop), which an exception
+    raised in the middle leaves waiting forever."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if not _deferring:
+        check()
 
 
 @contextlib.contextmanager

@@ -364,3 +364,16 @@ def test_run_files_are_strict_json_and_marked(run, samples):
         json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path} holds {c}"))
     assert io.read_json(run / ".mijax")["kind"] == "run"
     assert outputs.kind_of(samples) == "samples" and outputs.kind_of(run.parent) is None
+
+
+@pytest.mark.parametrize("case, fragment", [("a file", "is not a run directory"), ("missing", "does not exist"),
+                                            ("no config", "not a mijax run")])
+def test_a_run_that_is_not_one_is_named_so(case, fragment, tmp_path, capsys):
+    target = tmp_path / "r"
+    if case == "a file":
+        target.write_text("x")
+    elif case == "no config":
+        target.mkdir()
+    line = _one_line_error(capsys, main(["sample", "--run", str(target), "--n", "4", "--out", str(tmp_path / "s.npz")]),
+                           fragment)
+    assert "corrupt" not in line and not (tmp_path / "s.npz").exists()
