@@ -112,8 +112,13 @@ def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> Non
     p.add_argument("--data-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="any option of the data set, repeatable (e.g. --dataset shapes --data-option size=32); "
                         "`mijax data` lists them")
+    from mijax import models
+
+    p.add_argument("--model", default="mlp", choices=models.names(),
+                   help="the denoiser: mlp (the paper's toy network) or unet (the image UNet family)")
     p.add_argument("--model-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                   help="any option of the model, repeatable (mlp: width, num_layers, tied)")
+                   help="any option of the model, repeatable (mlp: width, num_layers, tied; unet: channels, "
+                        "mults, res_blocks, attn_levels, groups; `mijax data` lists them)")
     p.add_argument("--n-train", type=_positive_int("n-train"), default=None,
                    help="training-set size (default: 20,000 in 1D, 100,000 in 2D, as published)")
     p.add_argument("--steps", type=_positive_int("steps"), default=None,
@@ -253,7 +258,7 @@ def _run_config(a):
     steps = a.steps if a.steps is not None else paper_steps(data.n_train, a.batch_size)
     return RunConfig(
         data=data,
-        model=ModelConfig(precision=a.precision or "float32",
+        model=ModelConfig(a.model, precision=a.precision or "float32",
                           options={**dict(a.model_option), **({"tied": False} if a.untied else {})}),
         diffusion=DiffusionConfig(a.schedule, a.timesteps, a.beta_start, a.beta_end, a.objective),
         train=TrainConfig(steps=steps, batch_size=a.batch_size, learning_rate=a.lr, objective=a.objective,

@@ -95,6 +95,13 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def frozen(value: Any) -> Any:
+    """Lists (as JSON gives them back) as tuples, recursively: options compare equal after a round trip."""
+    if isinstance(value, (list, tuple)):
+        return tuple(frozen(v) for v in value)
+    return value
+
+
 def dumps_json(obj: Any) -> str:
     """Strict JSON text of ``obj`` (see :func:`json_safe`), indented, with a final newline."""
     return json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"

@@ -214,5 +214,5 @@ def test_console_script_reports_one_line(tmp_path):
                           env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["mijax: error: unknown data set 'nope'; choose from "
-                                                "gaussian1d, gaussian25, gaussian25_rotated, gaussian8"]
+                                                "gaussian1d, gaussian25, gaussian25_rotated, gaussian8, shapes"]
     assert not (tmp_path / "r").exists()

@@ -151,6 +151,9 @@ def test_the_command_line_passes_data_and_model_options(capsys):
                                           "num_images=300", "--model-option", "width=64", "--untied", "--n-train",
                                           "300", "--batch-size", "100", "--out", "unused"])
     config = cli._run_config(args)
+    unet = cli._run_config(cli.build_parser().parse_args(["train", "--dataset", "shapes", "--model", "unet",
+                                                          "--model-option", "mults=[1,2]", "--out", "unused"]))
+    assert unet.model.name == "unet" and unet.model.options["mults"] == (1, 2)
     assert dict(config.data.options) == {"size": 32, "seed": 0, "num_images": 300}
     assert dict(config.model.options) == {"width": 64, "num_layers": 3, "tied": False}
     assert config.train.steps == 30_000  # 10,000 epochs of 300 // 100 batches

@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol, runtime_checkable
 import jax
 import numpy as np
 
-from mijax.io import MijaxError
+from mijax.io import MijaxError, frozen
 
 
 @runtime_checkable
@@ -109,13 +109,6 @@ def entry(name: str) -> Entry:
     return _REGISTRY[name]
 
 
-def _freeze(value):
-    """Lists (from JSON) as tuples, so options compare and hash the same after a round trip."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    return value
-
-
 def resolve(name: str, options: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """Every option of data set ``name``: the given ones over the defaults; unknown options raise."""
     e = entry(name)
@@ -124,7 +117,7 @@ def resolve(name: str, options: Optional[Mapping[str, Any]] = None) -> dict[str,
     if unknown:
         known = ", ".join(e.options) or "none"
         raise MijaxError(f"data set {name!r} has no option {unknown[0]!r} (its options: {known})")
-    return {key: _freeze(options.get(key, default)) for key, default in e.options.items()}
+    return {key: frozen(options.get(key, default)) for key, default in e.options.items()}
 
 
 def make(name: str, options: Optional[Mapping[str, Any]] = None):

@@ -3,7 +3,8 @@ function over data ``[N, *shape]``.
 
 A model is registered with :func:`register` (a builder ``build(shape, precision, **options) -> module`` and
 its options' defaults); a run's :class:`~mijax.config.ModelConfig` names one. Built in: ``mlp``, the paper's
-toy denoiser (on data of any shape: images are flattened to vectors and back).
+toy denoiser (on data of any shape: images are flattened to vectors and back), and ``unet``, the published
+code's image UNet family (:mod:`mijax.models.unet`).
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 
-from mijax.io import MijaxError
+from mijax.io import MijaxError, frozen
 from mijax.models.fused import KERNELS, FusedDenoiser, make_denoiser
+from mijax.models import unet
 from mijax.models.denoiser import Flattened, ModuleDenoiser
 from mijax.models.mlp import PRECISIONS, ResidualBlock, ToyDenoiser, timestep_embedding
 
@@ -50,7 +52,7 @@ def resolve(name: str, options: Optional[Mapping[str, Any]] = None) -> dict[str,
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise MijaxError(f"model {name!r} has no option {unknown[0]!r} (its options: {', '.join(defaults)})")
-    return {key: options.get(key, default) for key, default in defaults.items()}
+    return {key: frozen(options.get(key, default)) for key, default in defaults.items()}
 
 
 def build(name: str, shape: tuple[int, ...], precision: str = "float32",
@@ -79,6 +81,9 @@ def _mlp(shape: tuple[int, ...], precision: str, width: int, num_layers: int, ti
 
 register("mlp", _mlp, "the paper's toy denoiser: width 128, one residual block applied 3 times (tied)",
          width=128, num_layers=3, tied=True)
+register("unet", unet.build, "the published code's DDPM UNet family (GroupNorm + SiLU res blocks); defaults: the "
+         "small CPU configuration of the throughput baseline", channels=16, mults=(1, 2, 2), res_blocks=1,
+         attn_levels=(), groups=8)
 
 
 __all__ = ["KERNELS", "PRECISIONS", "Flattened", "FusedDenoiser", "ModuleDenoiser", "ToyDenoiser", "ResidualBlock",

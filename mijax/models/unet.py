@@ -1,0 +1,127 @@
+"""The DDPM UNet family of the published code (ddpm-torch style; SPEC section 9), in Flax, on NHWC images.
+
+GroupNorm (eps 1e-6) + SiLU residual blocks with an additive projection of the time embedding (after the
+first convolution, through ``Dense(SiLU(temb))``), a 1 x 1 skip where the channels change and a
+zero-initialised second convolution; strided 3 x 3 convolutions down, nearest x2 + 3 x 3 convolution up; the
+up path has ``res_blocks + 1`` blocks per level, each fed the matching down-path activation; a middle of
+res - attention - res (attention only when some level has it); output GroupNorm, SiLU and a zero-initialised
+3 x 3 convolution. The time embedding is sinusoidal of width C (frequencies ``exp(-ln(10000) i / (C/2))``,
+sin first), then Dense 4C, SiLU, Dense 4C.
+
+For the same options it has the same parameters as ``../shared/baselines/torch_unet.py`` (the throughput
+baseline): C = 16, mults (1, 2, 2), 1 res block, no attention: 263,025 (tested).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+GROUP_NORM_EPS = 1e-6
+
+
+def timestep_embedding(t: jnp.ndarray, width: int) -> jnp.ndarray:
+    """[B] integer timesteps -> [B, width]: ``[sin(t f), cos(t f)]``, f_i = exp(-ln(10000) i / (width / 2))."""
+    half = width // 2
+    freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+    angles = t.astype(jnp.float32)[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1)
+
+
+def _norm(groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, epsilon=GROUP_NORM_EPS)
+
+
+class ResBlock(nn.Module):
+    features: int
+    groups: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, temb: jnp.ndarray) -> jnp.ndarray:
+        h = nn.Conv(self.features, (3, 3), padding=1, name="conv1")(nn.silu(_norm(self.groups)(x)))
+        h = h + nn.Dense(self.features, name="temb")(nn.silu(temb))[:, None, None, :]
+        h = nn.Conv(self.features, (3, 3), padding=1, kernel_init=nn.initializers.zeros, name="conv2")(
+            nn.silu(_norm(self.groups)(h)))
+        skip = x if x.shape[-1] == self.features else nn.Conv(self.features, (1, 1), name="skip")(x)
+        return skip + h
+
+
+class Attention(nn.Module):
+    groups: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        n, height, width, c = x.shape
+        qkv = nn.Conv(3 * c, (1, 1), name="qkv")(_norm(self.groups)(x)).reshape(n, height * width, 3, c)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        weights = jax.nn.softmax(jnp.einsum("bic,bjc->bij", q, k) / math.sqrt(c), axis=-1)
+        out = jnp.einsum("bij,bjc->bic", weights, v).reshape(n, height, width, c)
+        return x + nn.Conv(c, (1, 1), kernel_init=nn.initializers.zeros, name="proj")(out)
+
+
+class UNet(nn.Module):
+    """``__call__(x [N, H, W, C_in], t [N] or []) -> eps_hat [N, H, W, C_in]``; H and W divisible by
+    2^(levels - 1)."""
+
+    channels: int = 16
+    mults: Sequence[int] = (1, 2, 2)
+    res_blocks: int = 1
+    attn_levels: Sequence[int] = ()
+    groups: int = 8
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
+        c0, levels = self.channels, len(self.mults)
+        t = jnp.asarray(t).reshape(-1)  # a shared t embeds once, [1, 4C], and broadcasts over the batch
+        temb = nn.Dense(4 * c0)(timestep_embedding(t, c0))
+        temb = nn.Dense(4 * c0)(nn.silu(temb))
+        h = nn.Conv(c0, (3, 3), padding=1)(x)
+        skips = [h]
+        for level, mult in enumerate(self.mults):
+            for _ in range(self.res_blocks):
+                h = ResBlock(c0 * mult, self.groups)(h, temb)
+                if level in self.attn_levels:
+                    h = Attention(self.groups)(h)
+                skips.append(h)
+            if level != levels - 1:
+                h = nn.Conv(h.shape[-1], (3, 3), strides=2, padding=1)(h)
+                skips.append(h)
+        h = ResBlock(h.shape[-1], self.groups)(h, temb)
+        if self.attn_levels:
+            h = Attention(self.groups)(h)
+        h = ResBlock(h.shape[-1], self.groups)(h, temb)
+        for level, mult in reversed(list(enumerate(self.mults))):
+            for _ in range(self.res_blocks + 1):
+                h = ResBlock(c0 * mult, self.groups)(jnp.concatenate([h, skips.pop()], axis=-1), temb)
+                if level in self.attn_levels:
+                    h = Attention(self.groups)(h)
+            if level != 0:
+                h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest x2
+                h = nn.Conv(h.shape[-1], (3, 3), padding=1)(h)
+        h = nn.silu(_norm(self.groups)(h))
+        return nn.Conv(x.shape[-1], (3, 3), padding=1, kernel_init=nn.initializers.zeros)(h)
+
+
+def build(shape: tuple[int, ...], precision: str, channels: int, mults: Sequence[int], res_blocks: int,
+          attn_levels: Sequence[int], groups: int) -> UNet:
+    """The registry's builder: checks that the options can build a UNet for images of ``shape``."""
+    if len(shape) != 3:
+        raise ValueError(f"the unet denoises images [H, W, C]; this data set's samples are {shape}")
+    if precision != "float32":
+        raise ValueError(f"the unet runs its matmuls in float32 only, got precision {precision!r}")
+    mults, attn_levels = tuple(int(m) for m in mults), tuple(int(a) for a in attn_levels)
+    if not (isinstance(channels, int) and channels > 0 and mults and min(mults) > 0 and res_blocks >= 1):
+        raise ValueError("channels, mults and res_blocks must be positive")
+    if any(channels * m % groups for m in mults) or channels % groups:
+        raise ValueError(f"every level's channels ({channels} x {mults}) must divide into {groups} groups")
+    if channels % 2:
+        raise ValueError(f"channels must be even (the time embedding), got {channels}")
+    factor = 2 ** (len(mults) - 1)
+    if shape[0] % factor or shape[1] % factor:
+        raise ValueError(f"images of {shape[0]} x {shape[1]} do not halve {len(mults) - 1} times")
+    if any(not 0 <= a < len(mults) for a in attn_levels):
+        raise ValueError(f"attention levels must be in 0..{len(mults) - 1}, got {attn_levels}")
+    return UNet(channels, mults, int(res_blocks), attn_levels, int(groups))

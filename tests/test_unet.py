@@ -1,0 +1,78 @@
+"""The Flax UNet: the published family's parameter counts, its zero-initialised output, shapes, and that it
+plugs into the loss, training and the sampler through the model registry."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mijax
+from mijax import models
+
+
+def _count(module, shape):
+    x, t = jax.ShapeDtypeStruct((2,) + shape, jnp.float32), jax.ShapeDtypeStruct((2,), jnp.int32)
+    params = jax.eval_shape(module.init, jax.random.key(0), x, t)
+    return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+
+
+def test_the_baseline_configuration_has_the_baselines_parameter_count():
+    # SPEC section 9: torch_unet.py with C = 16, mults (1, 2, 2), 1 res block, 32 x 32 has 263,025 parameters
+    assert _count(models.build("unet", (32, 32, 1)), (32, 32, 1)) == 263_025
+
+
+def test_attention_adds_what_the_baseline_adds():
+    # the baseline's attention block at c channels: GroupNorm 2c, qkv 1x1 conv 3c^2 + 3c, proj c^2 + c;
+    # at level 1 (c = 32) there is one in the down path, two in the up path and one in the middle
+    per_block = 2 * 32 + 3 * 32 * 32 + 3 * 32 + 32 * 32 + 32
+    with_attention = models.build("unet", (32, 32, 1), options={"attn_levels": (1,)})
+    assert _count(with_attention, (32, 32, 1)) == 263_025 + 4 * per_block
+
+
+TINY = {"channels": 8, "mults": (1, 2), "res_blocks": 1, "groups": 4}
+
+
+def test_output_shape_zero_init_and_shared_t():
+    module = models.build("unet", (8, 8, 1), options=TINY)
+    params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), jnp.zeros((2,), jnp.int32))
+    x = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
+    out = jax.jit(module.apply)(params, x, jnp.asarray(5))
+    assert out.shape == (3, 8, 8, 1) and float(jnp.abs(out).max()) == 0.0  # the output conv starts at zero
+    # with the output layer perturbed: a shared t equals the same t per row
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, a: a + 0.1 if "Conv_3" in jax.tree_util.keystr(path) else a, params)
+    apply = jax.jit(module.apply)
+    shared = apply(params, x, jnp.asarray(5))
+    per_row = apply(params, x, jnp.full((3,), 5))
+    assert float(jnp.abs(shared).max()) > 0
+    np.testing.assert_allclose(np.asarray(shared), np.asarray(per_row), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, options, fragment", [
+    ((2,), {}, "denoises images"),
+    ((30, 30, 1), {}, "do not halve"),
+    ((32, 32, 1), {"channels": 12}, "groups"),
+    ((32, 32, 1), {"attn_levels": (5,)}, "attention levels"),
+])
+def test_options_that_cannot_build_are_one_line(shape, options, fragment):
+    with pytest.raises(mijax.MijaxError, match=fragment):
+        models.build("unet", shape, options=options)
+    with pytest.raises(mijax.MijaxError, match="float32 only"):
+        models.build("unet", (32, 32, 1), precision="bf16")
+
+
+def test_the_unet_trains_and_samples_images_with_hal(tmp_path):
+    config = mijax.RunConfig(data=mijax.DataConfig("shapes", n_train=32, options={"size": 32, "num_images": 32}),
+                             model=mijax.ModelConfig("unet", options={"channels": 8, "mults": (1,), "groups": 4}),
+                             diffusion=mijax.DiffusionConfig(timesteps=10),
+                             train=mijax.TrainConfig(steps=2, batch_size=16, steps_per_call=2), checkpoint_every=2)
+    mijax.train_run(tmp_path / "run", config, progress=False)
+    drawn = mijax.sample_run(tmp_path / "run", 4, sampler=mijax.SamplerConfig(hal_window=5))
+    assert drawn["x"].shape == (1, 4, 32, 32, 1) and drawn["hal"].shape == (1, 4)
+    assert np.all(np.isfinite(drawn["x"])) and np.all(drawn["hal"] >= 0)
+
+
+def test_unet_options_survive_a_json_round_trip():
+    config = mijax.RunConfig(data=mijax.DataConfig("shapes", options={"size": 32}),
+                             model=mijax.ModelConfig("unet", options={"mults": [1, 2], "attn_levels": [1]}))
+    again = mijax.config_from_dict(mijax.io.json_safe(mijax.config_to_dict(config)))
+    assert again == config and again.model.options["mults"] == (1, 2)
