@@ -179,7 +179,7 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=_positive_int("n"), required=True, help="samples per seed")
     p.add_argument("--seed", type=_seed, default=0, help="sampling seed (32-bit)")
     from mijax.models import KERNELS
-    from mijax.sampling import SAMPLERS, VARIANCES
+    from mijax.sampling import HAL_REDUCTIONS, SAMPLERS, VARIANCES
 
     p.add_argument("--kernel", default="xla", choices=KERNELS,
                    help="how the network runs: xla (default) or pallas (one fused kernel per block of rows on "
@@ -192,6 +192,12 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eta", type=_finite("eta", 0), default=None, help="DDIM only: noise scale (None: 0)")
     p.add_argument("--hal-window", type=int, default=10, help="reverse steps in the Hal window (K)")
     p.add_argument("--hal-end", type=int, default=0, help="the window ends this many steps before the last")
+    p.add_argument("--hal-reduction", default="mean", choices=HAL_REDUCTIONS,
+                   help="how Hal reduces the per-coordinate variances: mean (published), max, top_k")
+    p.add_argument("--hal-top-k", type=_positive_int("hal top k"), default=16,
+                   help="k of --hal-reduction top_k (the mean of the k largest per-pixel variances)")
+    p.add_argument("--clip-x0", action="store_true",
+                   help="clip x0_hat to [-1, 1] at every step (image DDPMs; the toy recipe never clips)")
     p.add_argument("--chunk-size", type=_positive_int("chunk size"), default=50_000, help="samples per compiled chunk")
     p.add_argument("--overwrite", action="store_true", help="replace an existing samples file made by mijax")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -282,7 +288,8 @@ def _sample(a) -> None:
         raise UsageError("--ddim-steps and --eta apply to --sampler ddim only")
     _init_distributed(a)
     sampler = dict(sampler=a.sampler, variance=a.variance, hal_window=a.hal_window, hal_end=a.hal_end,
-                   ddim_steps=a.ddim_steps, eta=0.0 if a.eta is None else a.eta)
+                   ddim_steps=a.ddim_steps, eta=0.0 if a.eta is None else a.eta, hal_reduction=a.hal_reduction,
+                   hal_top_k=a.hal_top_k, clip_x0=a.clip_x0)
     result = sample_run(a.run, a.n, seed=a.seed, sampler=SamplerConfig(**sampler), chunk_size=a.chunk_size,
                         progress=not a.no_progress, out=a.out, precision=a.precision, kernel=a.kernel,
                         overwrite=a.overwrite)

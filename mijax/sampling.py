@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from mijax import distributed
-from mijax.diffusion import Denoiser, model_predictions, predict_eps_from_x0
+from mijax.diffusion import Denoiser, model_predictions, posterior_mean_variance, predict_eps_from_x0
 from mijax.schedules import Schedule
 
 SAMPLERS = ("ddpm", "ddim")
@@ -37,10 +37,11 @@ ROW_BLOCK = 64  # chunks are padded to a multiple of this many samples (see samp
 # jax 0.10.2 on 2-core AMD EPYC machines; XLA's thresholds may differ on other CPUs and versions.
 CPU_ROWS_PER_BLOCK = 4032
 VARIANCES = ("fixed_large", "fixed_small")
-# How Hal reduces the per-coordinate variances v [N, D] of a sample to one number.
+# How Hal reduces the per-coordinate variances v [N, D] of a sample to one number (k: SamplerConfig.hal_top_k).
 HAL_REDUCTIONS = {
-    "mean": lambda v: jnp.mean(v, axis=1),  # the published rule
-    "max": lambda v: jnp.max(v, axis=1),  # the most unsettled coordinate (a pixel, for images)
+    "mean": lambda v, k: jnp.mean(v, axis=1),  # the published rule
+    "max": lambda v, k: jnp.max(v, axis=1),  # the most unsettled coordinate (a pixel, for images)
+    "top_k": lambda v, k: jnp.mean(jax.lax.top_k(v, min(k, v.shape[1]))[0], axis=1),  # the k most unsettled
 }
 
 
@@ -63,6 +64,10 @@ class SamplerConfig:
       hal_windows: extra Hal windows ``((end, length), ...)``, each the variance over ``length`` reverse
         steps ending ``end`` steps before the last, carried in the same pass (``Samples.hal_windows``).
       hal_reduction: how the per-coordinate variances become one number, a key of ``HAL_REDUCTIONS``.
+      hal_top_k: k of the ``top_k`` reduction (the mean of the k largest per-coordinate variances).
+      clip_x0: clip x0_hat to [-1, 1] at every step and take the step from the clipped x0_hat (DDPM: the
+        posterior mean at it; DDIM: the noise it implies), as image DDPMs do; Hal is then the variance of
+        the clipped x0_hat. Off by default (the paper's toy recipe never clips).
     """
 
     sampler: str = "ddpm"
@@ -76,6 +81,8 @@ class SamplerConfig:
     trajectory_last: Optional[int] = None
     hal_windows: tuple[tuple[int, int], ...] = ()
     hal_reduction: str = "mean"
+    hal_top_k: int = 16
+    clip_x0: bool = False
 
     def windows(self) -> tuple[tuple[int, int], ...]:
         """Every Hal window as ``(end, length)``: the main one first, then ``hal_windows``."""
@@ -120,6 +127,8 @@ def validate(config: SamplerConfig, num_timesteps: int) -> None:
                              f"{num_steps} steps")
     if config.hal_reduction not in HAL_REDUCTIONS:
         raise ValueError(f"unknown Hal reduction {config.hal_reduction!r}; choose from {', '.join(HAL_REDUCTIONS)}")
+    if config.hal_top_k < 1:
+        raise ValueError(f"hal top k must be >= 1, got {config.hal_top_k}")
     if config.trajectory_stride < 0:
         raise ValueError("trajectory stride must be >= 0")
     if config.eta < 0:
@@ -208,11 +217,14 @@ def _reverse(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, 
         t, tp, window, w, slot = xs
         output = denoise_fn(params, x, t)
         x0, mean = model_predictions(schedule, output, x, t, config.objective)
+        if config.clip_x0:  # the step follows the clipped x0_hat (posterior mean; DDIM's eps below)
+            x0 = jnp.clip(x0, -1.0, 1.0)
+            mean = posterior_mean_variance(schedule, x0, x, t)[0]
         noise = _per_sample_normal(keys, t, shape)
         if config.sampler == "ddpm":
             x_next = mean + jnp.where(t > 0, sigmas[t], 0.0) * noise
         else:
-            eps = output if config.objective == "eps" else predict_eps_from_x0(schedule, x, t, x0)
+            eps = output if config.objective == "eps" and not config.clip_x0 else predict_eps_from_x0(schedule, x, t, x0)
             abar_t = abar[t]
             abar_prev = jnp.where(tp >= 0, abar[jnp.maximum(tp, 0)], 1.0)
             # keep = abar_t / abar_prev = prod of alpha_s over tp < s <= t, summed in log space: late in
@@ -246,7 +258,7 @@ def _reverse(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, 
     xs = (jnp.asarray(ts), jnp.asarray(t_prev), jnp.asarray(in_window), jnp.asarray(inv_count), jnp.asarray(slots))
     (x, _, m2, trajectory), _ = jax.lax.scan(step, (x, zeros, zeros, trajectory), xs)
     reduce = HAL_REDUCTIONS[config.hal_reduction]
-    hals = [reduce((m2[i] / lengths[i]).reshape(chunk_size, -1)) for i in range(len(windows))]
+    hals = [reduce((m2[i] / lengths[i]).reshape(chunk_size, -1), config.hal_top_k) for i in range(len(windows))]
     extra = jnp.stack(hals[1:], axis=1) if len(hals) > 1 else None
     return Samples(x=x, hal=hals[0], hal_windows=extra, trajectory=trajectory)
 

@@ -194,6 +194,34 @@ def test_extra_hal_windows_and_reductions_are_variances_of_recorded_x0_hat(sched
     assert plain.hal_windows is None
 
 
+def test_top_k_hal_and_clipped_x0(schedule):
+    mixture = mijax.gaussian25()
+    key = jax.random.key(4)
+    config = SamplerConfig(hal_window=10, hal_reduction="top_k", hal_top_k=1, trajectory_stride=1, trajectory_last=10)
+    top1 = mijax.sample(mijax.exact_denoiser, (mixture, schedule), schedule, key, 29, (2,), config)
+    traj = np.asarray(top1.trajectory, np.float64)
+    np.testing.assert_allclose(np.asarray(top1.hal), traj.var(axis=1).max(axis=-1), rtol=1e-4, atol=1e-10)
+    top2 = mijax.sample(mijax.exact_denoiser, (mixture, schedule), schedule, key, 29, (2,),
+                        dataclasses.replace(config, hal_top_k=5))  # k past the coordinates: the mean of all
+    np.testing.assert_allclose(np.asarray(top2.hal), traj.var(axis=1).mean(axis=-1), rtol=1e-4, atol=1e-10)
+    # clipping: every x0_hat (and so every sample) lies in [-1, 1]; data that never leaves it is unchanged
+    wide = mijax.make_mixture(np.array([[-3.0, 0.0], [3.0, 0.0]]), 0.3)
+    clipped = mijax.sample(mijax.exact_denoiser, (wide, schedule), schedule, key, 64, (2,),
+                           SamplerConfig(clip_x0=True, trajectory_stride=1))
+    assert float(jnp.abs(clipped.trajectory).max()) <= 1.0 and float(jnp.abs(clipped.x).max()) <= 1.0
+    plain = mijax.sample(mijax.exact_denoiser, (wide, schedule), schedule, key, 64, (2,), SamplerConfig())
+    assert float(jnp.abs(plain.x).max()) > 2.0
+    for sampler in ("ddpm", "ddim"):
+        small = mijax.make_mixture(np.array([[-0.5, 0.0], [0.5, 0.0]]), 0.01)
+        on = mijax.sample(mijax.exact_denoiser, (small, schedule), schedule, key, 16, (2,),
+                          SamplerConfig(sampler=sampler, clip_x0=True, hal_window=3))
+        off = mijax.sample(mijax.exact_denoiser, (small, schedule), schedule, key, 16, (2,),
+                           SamplerConfig(sampler=sampler, hal_window=3))
+        assert float(jnp.abs(on.x).max()) <= 1.0
+        np.testing.assert_allclose(np.asarray(on.x)[np.abs(np.asarray(off.x)).max(axis=1) < 0.9],
+                                   np.asarray(off.x)[np.abs(np.asarray(off.x)).max(axis=1) < 0.9], atol=0.05)
+
+
 def test_strided_trajectory(params, schedule):
     key = jax.random.key(1)
     full = mijax.sample(toy, params, schedule, key, 23, (1,), SamplerConfig(hal_window=6, trajectory_stride=1))
@@ -378,6 +406,7 @@ def test_two_dimensional_samples(schedule):
     (SamplerConfig(hal_windows=((0, 1),)), 4, None),
     (SamplerConfig(hal_windows=((T - 3, 4),)), 4, None),
     (SamplerConfig(hal_reduction="median"), 4, None),
+    (SamplerConfig(hal_reduction="top_k", hal_top_k=0), 4, None),
     (SamplerConfig(), 0, None),
     (SamplerConfig(), -5, None),
     (SamplerConfig(), 4, 0),

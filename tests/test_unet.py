@@ -66,9 +66,13 @@ def test_the_unet_trains_and_samples_images_with_hal(tmp_path):
                              diffusion=mijax.DiffusionConfig(timesteps=10),
                              train=mijax.TrainConfig(steps=2, batch_size=16, steps_per_call=2), checkpoint_every=2)
     mijax.train_run(tmp_path / "run", config, progress=False)
-    drawn = mijax.sample_run(tmp_path / "run", 4, sampler=mijax.SamplerConfig(hal_window=5))
+    from mijax.cli import main
+
+    assert main(["sample", "--run", str(tmp_path / "run"), "--n", "4", "--hal-window", "5", "--clip-x0",
+                 "--hal-reduction", "top_k", "--hal-top-k", "8", "--no-progress", "--out", str(tmp_path / "s.npz")]) == 0
+    drawn = np.load(tmp_path / "s.npz")
     assert drawn["x"].shape == (1, 4, 32, 32, 1) and drawn["hal"].shape == (1, 4)
-    assert np.all(np.isfinite(drawn["x"])) and np.all(drawn["hal"] >= 0)
+    assert np.all(np.abs(drawn["x"]) <= 1.0) and np.all(drawn["hal"] >= 0)
 
 
 def test_unet_options_survive_a_json_round_trip():
