@@ -125,6 +125,10 @@ def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> Non
                    help="optimiser steps (default: 10,000 epochs = 10,000 N / batch)")
     p.add_argument("--batch-size", type=_positive_int("batch size"), default=10_000, help="training batch")
     p.add_argument("--lr", type=_finite("learning rate", 0, low_open=True), default=1e-3, help="Adam learning rate")
+    p.add_argument("--warmup-steps", type=int, default=0,
+                   help="ramp the learning rate linearly from 0 over this many steps (0: off, as published)")
+    p.add_argument("--grad-clip", type=_finite("gradient clipping", 0), default=0.0,
+                   help="clip the gradient to this global norm (0: off, as published; image DDPMs: 1)")
     p.add_argument("--shuffle", action="store_true", help="permute the training set every epoch "
                    "(the published code visits fixed batches in order)")
     p.add_argument("--timesteps", type=int, default=1000, help="diffusion steps T (at least 2: Hal needs two)")
@@ -268,7 +272,8 @@ def _run_config(a):
                           options={**dict(a.model_option), **({"tied": False} if a.untied else {})}),
         diffusion=DiffusionConfig(a.schedule, a.timesteps, a.beta_start, a.beta_end, a.objective),
         train=TrainConfig(steps=steps, batch_size=a.batch_size, learning_rate=a.lr, objective=a.objective,
-                          shuffle=a.shuffle, steps_per_call=a.steps_per_call),
+                          shuffle=a.shuffle, steps_per_call=a.steps_per_call, warmup_steps=a.warmup_steps,
+                          grad_clip=a.grad_clip),
         seed=a.seed, seeds=a.seeds, checkpoint_every=a.checkpoint_every)
 
 

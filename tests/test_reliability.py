@@ -133,6 +133,9 @@ TRAIN_INPUTS = {
     "empty mode": ["--modes", "1,,2"],
     "trailing comma": ["--modes", "1,2,"],
     "one timestep": ["--timesteps", "1"],
+    "negative warm-up": ["--warmup-steps", "-1"],
+    "gradient clipping inf": ["--grad-clip", "inf"],
+    "negative gradient clipping": ["--grad-clip", "-1"],
     "modes of a grid": ["--dataset", "gaussian25", "--modes", "1,2"],
 }
 

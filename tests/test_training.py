@@ -204,3 +204,33 @@ def test_train_steps_does_not_retrace(schedule, data, objective):
     chex.assert_tree_all_finite((losses, losses2))
     # the steps continue the batch/noise stream: the second dispatch's losses are not the first's
     assert not np.allclose(np.asarray(losses), np.asarray(losses2))
+
+
+def test_warm_up_and_gradient_clipping_are_options_and_off_by_default():
+    import optax
+
+    params = {"w": jnp.ones((3,))}
+    plain = TrainConfig()
+    # the published recipe's optimiser, state and all: checkpoints of earlier runs still fit
+    assert jax.tree.structure(mijax.make_optimizer(plain).init(params)) == \
+        jax.tree.structure(optax.adam(1e-3).init(params))
+
+    warm = mijax.make_optimizer(TrainConfig(learning_rate=1e-2, warmup_steps=4))
+    state, g = warm.init(params), {"w": jnp.array([1.0, -2.0, 0.5])}
+    sizes = []
+    for _ in range(6):
+        update, state = warm.update(g, state, params)
+        sizes.append(float(jnp.abs(update["w"]).max()))
+    np.testing.assert_allclose(sizes, [0.0, 2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2], rtol=1e-4)  # Adam's first steps: lr
+
+    def updates(config, grads):
+        opt = mijax.make_optimizer(config)
+        state = opt.init(params)
+        for grad in grads:
+            update, state = opt.update({"w": grad}, state, params)
+        return np.asarray(update["w"])
+
+    small, big = jnp.array([0.1, 0.2, -0.1]), jnp.array([100.0, -50.0, 20.0])
+    clip = TrainConfig(grad_clip=1.0)
+    np.testing.assert_allclose(updates(clip, [small, small]), updates(plain, [small, small]), rtol=1e-6)  # under 1
+    assert not np.allclose(updates(clip, [small, big]), updates(plain, [small, big]), rtol=1e-3)  # clipped
