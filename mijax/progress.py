@@ -5,8 +5,6 @@ process 0 of a multi-process job, so callers never test for None.
 """
 from __future__ import annotations
 
-import contextlib
-
 
 class _Silent:
     """The interface of a tqdm bar that callers use, doing nothing."""
@@ -37,13 +35,3 @@ def bar(enabled: bool, total: int, desc: str, unit: str = "step", initial: int =
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
-
-
-@contextlib.contextmanager
-def progress_bar(enabled: bool, total: int, desc: str, unit: str = "step", initial: int = 0):
-    """:func:`bar` as a context manager that closes it."""
-    b = bar(enabled, total, desc, unit, initial)
-    try:
-        yield b
-    finally:
-        b.close()

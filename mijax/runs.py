@@ -23,8 +23,8 @@ import jax
 import numpy as np
 
 from mijax import checkpoints, collect, distributed, progress, signals
-from mijax.config import (DataConfig, DiffusionConfig, ModelConfig, Pieces, RunConfig, RunError, build,  # noqa: F401
-                          config_from_dict, config_to_dict, training_data, validate_config)
+from mijax.config import (Pieces, RunConfig, RunError, build, config_from_dict, config_to_dict, training_data,
+                          validate_config)
 from mijax import outputs
 from mijax.io import MijaxError, read_json, write_json
 from mijax.keys import sample_keys as _sample_keys

@@ -2,7 +2,7 @@
 resume, per-seed statistics with confidence intervals, figures and report writing.
 
 Every experiment follows one flow: a profile (a dict of sizes, ``quick`` or ``paper``, updated by
-``overrides``) -> a :class:`~mijax.runs.RunConfig` with ``seeds = S`` -> one vmapped training run in
+``overrides``) -> a :class:`~mijax.config.RunConfig` with ``seeds = S`` -> one vmapped training run in
 ``out/runs/<name>`` (resumed from its checkpoints when an interrupted experiment is rerun) -> seed-stacked
 samples (cached in ``out/runs/<name>/samples-*.npz``, so a rerun skips finished sampling too) ->
 per-seed numbers -> mean and 95% CI over seeds -> ``metrics.json``, ``report.md`` and PNGs in ``out``.
