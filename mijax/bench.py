@@ -483,6 +483,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "processes to go quiet (default 0: do not wait)")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a few seconds), for tests")
+    parser.add_argument("--images", action="store_true",
+                        help="the image workloads instead (mijax.bench_images): the UNet's Adam step, sampling with "
+                             "Hal on images and its compiled memory at T and 10 T; with --compare-torch beside "
+                             "torch_unet.py (default sizes: its own, C=16, mults 1,2,2, 32 x 32, batch 64, N=256, "
+                             "T=50)")
+    parser.add_argument("--image-options", default="",
+                        help="image sizes to change, e.g. size=32,channels=16,mults=1:2:2,batch=64,n=256,timesteps=50")
     return parser
 
 
@@ -568,6 +575,8 @@ def run(args: argparse.Namespace) -> dict:
 
     Each torch measurement runs right after its mijax counterpart, so both see the same machine.
     """
+    if getattr(args, "images", False):
+        return run_images(args)
     a = resolve(args)
     if a.json_out:  # a report: replaced when rerun, but checked before minutes of measuring
         from mijax.outputs import check_writable
@@ -643,6 +652,54 @@ def run(args: argparse.Namespace) -> dict:
         from mijax.io import write_text
 
         write_text(a.json_out, json.dumps(results, indent=2, sort_keys=True) + "\n")
+    return results
+
+
+def run_images(args: argparse.Namespace) -> dict:
+    """``mijax bench --images``: :func:`mijax.bench_images.run_images`, printed as a table and one JSON line."""
+    from mijax import bench_images
+
+    options = dict(bench_images.QUICK if getattr(args, "quick", False) else bench_images.DEFAULTS)
+    for item in _items(getattr(args, "image_options", "") or ""):
+        name, _, value = item.partition("=")
+        if name not in options or not value:
+            raise ValueError(f"--image-options: unknown or empty {item!r}; the sizes are {', '.join(options)}")
+        options[name] = value.replace(":", ",") if name == "mults" else int(value)
+    repeats = args.repeats or (1 if getattr(args, "quick", False) else 3)
+    script = None
+    results: dict[str, Any] = {"machine": machine_info()}
+    if getattr(args, "compare_torch", False):
+        script = Path(args.torch_baseline) if args.torch_baseline else default_torch_baseline().with_name("torch_unet.py")
+        ok, detail = (False, f"torch baseline not found at {script}") if not script.is_file() else torch_available()
+        results["torch"] = {"version": detail, "script": str(script)} if ok else {"skipped": detail}
+        script = script if ok else None
+    wait = getattr(args, "quiet_wait", 0.0) or 0.0
+
+    def measure(fn):
+        waited = wait_for_quiet(wait) if wait > 0 else None
+        meter = CpuMeter()
+        out = fn()
+        out.update({k: v for k, v in meter.read().items() if k == "other_cores"})
+        if waited is not None:
+            out["quiet_wait"] = waited
+        return out
+
+    results["images"] = bench_images.run_images(options, repeats, measure, time_best, script,
+                                                getattr(args, "torch_repeats", 1) or 1, bench_torch)
+    results["machine"]["host_peak_bytes"] = host_peak_bytes()
+    results = _jsonable(results)
+    rows = [("machine", f"{results['machine']['cpu_model']}, {results['machine']['cpu_count']} CPUs, "
+                        f"{results['machine']['backend']}, jax {results['machine']['jax']}")]
+    rows += bench_images.format_rows(results["images"])
+    if "skipped" in results.get("torch", {}):
+        rows.append(("torch baseline", f"skipped: {results['torch']['skipped']}"))
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    print(json.dumps(results, sort_keys=True))
+    if getattr(args, "json_out", None):
+        from mijax.io import write_text
+
+        write_text(args.json_out, json.dumps(results, indent=2, sort_keys=True) + "\n")
     return results
 
 

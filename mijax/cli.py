@@ -129,6 +129,9 @@ def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> Non
                    help="ramp the learning rate linearly from 0 over this many steps (0: off, as published)")
     p.add_argument("--grad-clip", type=_finite("gradient clipping", 0), default=0.0,
                    help="clip the gradient to this global norm (0: off, as published; image DDPMs: 1)")
+    p.add_argument("--ema-decay", type=_finite("ema decay", 0), default=0.0,
+                   help="sample with a moving average of the weights of this decay (0: off, as published; image "
+                        "DDPMs: 0.9999). Dropout is a model option: --model unet --model-option dropout=0.1")
     p.add_argument("--shuffle", action="store_true", help="permute the training set every epoch "
                    "(the published code visits fixed batches in order)")
     p.add_argument("--timesteps", type=int, default=1000, help="diffusion steps T (at least 2: Hal needs two)")
@@ -197,7 +200,8 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hal-window", type=int, default=10, help="reverse steps in the Hal window (K)")
     p.add_argument("--hal-end", type=int, default=0, help="the window ends this many steps before the last")
     p.add_argument("--hal-reduction", default="mean", choices=HAL_REDUCTIONS,
-                   help="how Hal reduces the per-coordinate variances: mean (published), max, top_k")
+                   help="how Hal reduces the per-coordinate variances: mean (published), max, top_k, region_max "
+                        "(per region the mean, then the largest: the data set's regions, e.g. the SHAPES strips)")
     p.add_argument("--hal-top-k", type=_positive_int("hal top k"), default=16,
                    help="k of --hal-reduction top_k (the mean of the k largest per-pixel variances)")
     p.add_argument("--clip-x0", action="store_true",
@@ -273,7 +277,7 @@ def _run_config(a):
         diffusion=DiffusionConfig(a.schedule, a.timesteps, a.beta_start, a.beta_end, a.objective),
         train=TrainConfig(steps=steps, batch_size=a.batch_size, learning_rate=a.lr, objective=a.objective,
                           shuffle=a.shuffle, steps_per_call=a.steps_per_call, warmup_steps=a.warmup_steps,
-                          grad_clip=a.grad_clip),
+                          grad_clip=a.grad_clip, ema_decay=a.ema_decay),
         seed=a.seed, seeds=a.seeds, checkpoint_every=a.checkpoint_every)
 
 

@@ -23,7 +23,7 @@ from mijax.schedules import Schedule
 
 def _fields(samples) -> dict:
     fields = {"x": samples.x, "hal": samples.hal, "hal_windows": samples.hal_windows,
-              "trajectory": samples.trajectory}
+              "hal_table": samples.hal_table, "trajectory": samples.trajectory}
     return {name: value for name, value in fields.items() if value is not None}
 
 
@@ -46,7 +46,7 @@ def draw(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, n: i
       extra: small arrays stored beside the samples (in the file, or in the returned dict).
     Returns:
       ``{"x": float32 [S, n, *shape], "hal": float32 [S, n]}`` plus ``"hal_windows"`` [S, n, W] when the
-      sampler has extra windows and ``"trajectory"`` [S, n, R, *shape] when it records one, and ``extra``;
+      sampler has extra windows, ``"hal_table"`` [S, n, W + 1, R] when it has a ``hal_table`` and ``"trajectory"`` [S, n, R, *shape] when it records one, and ``extra``;
       with ``out`` the arrays are in the file and the dict holds their shapes (``"shape"``: x's) and ``extra``.
     """
     writer = jax.process_index() == 0

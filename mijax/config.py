@@ -131,7 +131,7 @@ _TYPES = {  # what each setting must be (JSON gives any type; a wrong one must n
     "diffusion.beta_start": float, "diffusion.beta_end": float, "diffusion.objective": str,
     "train.steps": int, "train.batch_size": int, "train.learning_rate": float, "train.b1": float, "train.b2": float,
     "train.eps": float, "train.objective": str, "train.shuffle": bool, "train.steps_per_call": int,
-    "train.warmup_steps": int, "train.grad_clip": float,
+    "train.warmup_steps": int, "train.grad_clip": float, "train.ema_decay": float,
 }
 
 
@@ -171,6 +171,7 @@ def validate_config(config: RunConfig) -> None:
               (c.seeds > 0, f"seeds must be > 0, got {c.seeds}"),
               (c.train.warmup_steps >= 0, f"warm-up steps must be >= 0, got {c.train.warmup_steps}"),
               (c.train.grad_clip >= 0, f"gradient clipping must be >= 0 (0: off), got {c.train.grad_clip}"),
+              (0 <= c.train.ema_decay < 1, f"ema decay must be in [0, 1) (0: off), got {c.train.ema_decay}"),
               (c.checkpoint_every > 0, f"checkpoint-every must be > 0, got {c.checkpoint_every}")]
     for ok, message in checks:
         if not ok:

@@ -23,6 +23,7 @@ import math
 from typing import Any, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -95,9 +96,13 @@ def default_seed_batch(num_seeds: int) -> int:
     return 1 if jax.default_backend() == "cpu" else max(1, num_seeds)
 
 
-def map_seeds(fn, args: tuple, seed_batch: int):
-    """``fn`` over the leading seed axis of ``args``: ``lax.map`` in batches of ``seed_batch`` seeds."""
+def map_seeds(fn, args: tuple, seed_batch: int, unroll: bool = False):
+    """``fn`` over the leading seed axis of ``args``: ``lax.map`` in batches of ``seed_batch`` seeds; with
+    ``unroll``, one copy of ``fn`` per seed in the program, one after the other, and no loop."""
     num_seeds = jax.tree.leaves(args)[0].shape[0]
+    if unroll:
+        outs = [fn(*jax.tree.map(lambda a: a[i], args)) for i in range(num_seeds)]
+        return jax.tree.map(lambda *a: jnp.stack(a), *outs)
     if seed_batch <= 1:  # even for one seed: its program is then the unbatched one, whatever S and D are
         return jax.lax.map(lambda a: fn(*a), args)
     if seed_batch >= num_seeds:

@@ -53,8 +53,10 @@ from mijax import keys as streams
 from mijax.config import RunConfig, RunError, build, config_from_dict, config_to_dict, training_data, validate_config
 from mijax.filters import FILTERS, calibrate_threshold, filter_indices
 from mijax.io import load_npz, read_json, save_npz, write_json
-from mijax.runs import fit
+from mijax.runs import data_sampler, fit
 from mijax.sampling import SamplerConfig
+from mijax.sampling import validate as validate_sampler
+from mijax.training import eval_params
 from mijax.stats import mean_ci
 
 HAL_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -72,8 +74,12 @@ class RecursiveConfig:
       pool_extra: the pool is N + pool_extra samples (the paper: 2,500) ...
       pool_ratio: ... or, if set, ceil(N * pool_ratio) samples.
       threshold_keep: fraction of generation 0's pool the threshold keeps (None: N / P).
-      hal_window: K, reverse steps in the Hal window (t = K-1..0).
+      hal_window: K, reverse steps in the Hal window (t = hal_end + K - 1 .. hal_end).
       chunk_size: samples per compiled sampling chunk.
+      hal_end: the Hal window ends this many reverse steps before the last (0: the published t = K-1..0).
+      hal_reduction: how Hal reduces the per-coordinate variances (:data:`mijax.sampling.HAL_REDUCTIONS`;
+        ``region_max`` takes the data set's regions, e.g. the SHAPES strips).
+      clip_x0: clip x0_hat to [-1, 1] while sampling the pools (images).
     """
 
     run: RunConfig = RunConfig()
@@ -84,6 +90,14 @@ class RecursiveConfig:
     threshold_keep: Optional[float] = None
     hal_window: int = 10
     chunk_size: int = 20_000
+    hal_end: int = 0
+    hal_reduction: str = "mean"
+    clip_x0: bool = False
+
+    def sampler(self) -> SamplerConfig:
+        """The pools' sampler (the run's objective and the data set's Hal regions: :func:`mijax.runs.data_sampler`)."""
+        return data_sampler(self.run, SamplerConfig(hal_window=self.hal_window, hal_end=self.hal_end,
+                                                    hal_reduction=self.hal_reduction, clip_x0=self.clip_x0))
 
     @property
     def n(self) -> int:
@@ -143,6 +157,10 @@ def validate_recursive(config: RecursiveConfig) -> None:
         raise RunError("chunk size must be > 0")
     if not 2 <= config.hal_window <= config.run.diffusion.timesteps:
         raise RunError(f"Hal window must be in 2..{config.run.diffusion.timesteps}, got {config.hal_window}")
+    try:
+        validate_sampler(config.sampler(), config.run.diffusion.timesteps)
+    except ValueError as e:
+        raise RunError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,8 +249,8 @@ def run_generation(out: Path, config: RecursiveConfig, generation: int, progress
         if not trained:
             write_json(directory / "train.json", {"steps": config.run.train.steps})
             hook("trained", generation, config.run.train.steps)
-        sampler = SamplerConfig(objective=config.run.diffusion.objective, hal_window=config.hal_window)
-        pool = collect.draw(pieces.denoise_fn, state.params, pieces.schedule, streams.stream(keys, streams.SAMPLE),
+        sampler = config.sampler()
+        pool = collect.draw(pieces.denoise_fn, eval_params(state, config.run.train), pieces.schedule, streams.stream(keys, streams.SAMPLE),
                             config.pool_size, pieces.shape, sampler, config.chunk_size)
         save_npz(directory / "pool.npz", x=pool["x"], hal=pool["hal"])
         hook("sampled", generation, 0)

@@ -25,6 +25,7 @@ import numpy as np
 from mijax import checkpoints, collect, distributed, progress, signals
 from mijax.config import (Pieces, RunConfig, RunError, build, config_from_dict, config_to_dict, training_data,
                           validate_config)
+from mijax import data as datasets
 from mijax import outputs
 from mijax.io import MijaxError, read_json, write_json
 from mijax.keys import sample_keys as _sample_keys
@@ -33,7 +34,8 @@ from mijax.models import KERNELS, make_denoiser
 from mijax.models.mlp import PRECISIONS
 from mijax.sampling import SamplerConfig
 from mijax.sampling import validate as validate_sampler
-from mijax.training import TrainConfig, TrainState, init_states, train
+from mijax.sampling import validate_regions
+from mijax.training import TrainConfig, TrainState, eval_params, init_states, train
 from mijax.version import __version__
 
 def _max_step(state: TrainState) -> int:
@@ -169,6 +171,18 @@ def load_run(run_dir: os.PathLike, step: Optional[int] = None,
     return config, pieces, checkpoints.restore(run_dir, target, step)
 
 
+def data_sampler(config: RunConfig, sampler: SamplerConfig) -> SamplerConfig:
+    """``sampler`` for the models of ``config``: their objective, and the data set's Hal regions (its
+    ``hal_regions``, e.g. the SHAPES strips) when a ``region_max`` reduction asks for regions and has none."""
+    sampler = dataclasses.replace(sampler, objective=config.diffusion.objective)
+    if "region_max" in (sampler.hal_reduction,) + tuple(sampler.hal_table) and not sampler.hal_regions:
+        regions = getattr(datasets.make(config.data.dataset, config.data.options), "hal_regions", ())
+        if not regions:
+            raise RunError(f"the region_max Hal reduction needs regions; data set {config.data.dataset!r} has none")
+        sampler = dataclasses.replace(sampler, hal_regions=tuple(tuple(int(b) for b in r) for r in regions))
+    return sampler
+
+
 def sample_keys(config: RunConfig, seed: int) -> jax.Array:
     """Sampling keys [S]: the model of training seed s samples with fold_in(key(seed), s)."""
     return _sample_keys(seed, config.seed_values)
@@ -201,9 +215,10 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
     run_dir = Path(run_dir)
     config = load_config(run_dir)
     validate_config(config)
-    sampler = SamplerConfig(objective=config.diffusion.objective) if sampler is None else sampler
+    sampler = data_sampler(config, SamplerConfig() if sampler is None else sampler)
     try:
-        validate_sampler(dataclasses.replace(sampler, objective=config.diffusion.objective), config.diffusion.timesteps)
+        validate_sampler(sampler, config.diffusion.timesteps)
+        validate_regions(sampler, datasets.make(config.data.dataset, config.data.options).shape)
     except ValueError as e:
         raise RunError(str(e)) from None
     if out is not None:
@@ -220,10 +235,9 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
     if kernel == "pallas" and not denoise_fn.uses_kernel and jax.process_index() == 0:
         warnings.warn(f"--kernel pallas needs a GPU (the backend is {jax.default_backend()}): sampling with the "
                       "XLA path", stacklevel=2)
-    sampler = dataclasses.replace(sampler, objective=config.diffusion.objective)
     provenance = dict(seeds=np.asarray(config.seed_values), run=np.asarray(str(run_dir.resolve())),
                       step=np.asarray(step), config=np.asarray(json.dumps(config_to_dict(config))))
-    return collect.draw(denoise_fn, state.params, pieces.schedule, sample_keys(config, seed), n, pieces.shape,
+    return collect.draw(denoise_fn, eval_params(state, config.train), pieces.schedule, sample_keys(config, seed), n, pieces.shape,
                         sampler, chunk_size, out=out, show_progress=progress, desc="sample", **provenance)
 
 

@@ -37,11 +37,25 @@ ROW_BLOCK = 64  # chunks are padded to a multiple of this many samples (see samp
 # jax 0.10.2 on 2-core AMD EPYC machines; XLA's thresholds may differ on other CPUs and versions.
 CPU_ROWS_PER_BLOCK = 4032
 VARIANCES = ("fixed_large", "fixed_small")
-# How Hal reduces the per-coordinate variances v [N, D] of a sample to one number (k: SamplerConfig.hal_top_k).
+
+
+def _region_max(v: jnp.ndarray, config: "SamplerConfig") -> jnp.ndarray:
+    """The largest of the mean variances inside each of ``config.hal_regions`` (v: [N, H, W, C])."""
+    means = [jnp.mean(v[:, r0:r1, c0:c1].reshape(v.shape[0], -1), axis=1) for r0, r1, c0, c1 in config.hal_regions]
+    return jnp.max(jnp.stack(means, axis=1), axis=1)
+
+
+def _flat(v: jnp.ndarray) -> jnp.ndarray:
+    return v.reshape(v.shape[0], -1)
+
+
+# How Hal reduces the per-coordinate variances v [N, *shape] of a sample to one number [N].
 HAL_REDUCTIONS = {
-    "mean": lambda v, k: jnp.mean(v, axis=1),  # the published rule
-    "max": lambda v, k: jnp.max(v, axis=1),  # the most unsettled coordinate (a pixel, for images)
-    "top_k": lambda v, k: jnp.mean(jax.lax.top_k(v, min(k, v.shape[1]))[0], axis=1),  # the k most unsettled
+    "mean": lambda v, c: jnp.mean(_flat(v), axis=1),  # the published rule
+    "max": lambda v, c: jnp.max(_flat(v), axis=1),  # the most unsettled coordinate (a pixel, for images)
+    # the mean of the hal_top_k most unsettled coordinates
+    "top_k": lambda v, c: jnp.mean(jax.lax.top_k(_flat(v), min(c.hal_top_k, _flat(v).shape[1]))[0], axis=1),
+    "region_max": _region_max,  # per region (e.g. a SHAPES strip) the mean, then the largest region's
 }
 
 
@@ -65,6 +79,11 @@ class SamplerConfig:
         steps ending ``end`` steps before the last, carried in the same pass (``Samples.hal_windows``).
       hal_reduction: how the per-coordinate variances become one number, a key of ``HAL_REDUCTIONS``.
       hal_top_k: k of the ``top_k`` reduction (the mean of the k largest per-coordinate variances).
+      hal_regions: the ``region_max`` reduction's regions of an image [H, W, C], boxes
+        ``(row_start, row_stop, col_start, col_stop)`` (half-open), e.g. the SHAPES strips
+        (:attr:`mijax.data.shapes.ShapesDataset.hal_regions`).
+      hal_table: more reductions (keys of ``HAL_REDUCTIONS``) applied to every window's variances in the same
+        pass: ``Samples.hal_table`` [N, windows, reductions] (windows as :meth:`windows`, the main one first).
       clip_x0: clip x0_hat to [-1, 1] at every step and take the step from the clipped x0_hat (DDPM: the
         posterior mean at it; DDIM: the noise it implies), as image DDPMs do; Hal is then the variance of
         the clipped x0_hat. Off by default (the paper's toy recipe never clips).
@@ -83,6 +102,8 @@ class SamplerConfig:
     hal_reduction: str = "mean"
     hal_top_k: int = 16
     clip_x0: bool = False
+    hal_regions: tuple[tuple[int, int, int, int], ...] = ()
+    hal_table: tuple[str, ...] = ()
 
     def windows(self) -> tuple[tuple[int, int], ...]:
         """Every Hal window as ``(end, length)``: the main one first, then ``hal_windows``."""
@@ -96,6 +117,7 @@ class Samples:
     x: jnp.ndarray  # [N, *shape] final samples (x0_hat of the last step)
     hal: jnp.ndarray  # [N] trajectory variance of x0_hat over the Hal window
     hal_windows: Optional[jnp.ndarray] = None  # [N, W] the same over each of SamplerConfig.hal_windows
+    hal_table: Optional[jnp.ndarray] = None  # [N, W + 1, R] every window by every SamplerConfig.hal_table reduction
     trajectory: Optional[jnp.ndarray] = None  # [N, R, *shape] recorded x0_hat, if asked for
     trajectory_t: Optional[np.ndarray] = struct.field(pytree_node=False, default=None)  # [R] their t
 
@@ -125,14 +147,29 @@ def validate(config: SamplerConfig, num_timesteps: int) -> None:
         if end < 0 or end + length > num_steps:
             raise ValueError(f"Hal window of {length} steps ending {end} steps before the last does not fit in "
                              f"{num_steps} steps")
-    if config.hal_reduction not in HAL_REDUCTIONS:
-        raise ValueError(f"unknown Hal reduction {config.hal_reduction!r}; choose from {', '.join(HAL_REDUCTIONS)}")
+    for reduction in (config.hal_reduction,) + tuple(config.hal_table):
+        if reduction not in HAL_REDUCTIONS:
+            raise ValueError(f"unknown Hal reduction {reduction!r}; choose from {', '.join(HAL_REDUCTIONS)}")
+    if "region_max" in (config.hal_reduction,) + tuple(config.hal_table) and not config.hal_regions:
+        raise ValueError("the region_max Hal reduction needs regions (hal_regions)")
     if config.hal_top_k < 1:
         raise ValueError(f"hal top k must be >= 1, got {config.hal_top_k}")
     if config.trajectory_stride < 0:
         raise ValueError("trajectory stride must be >= 0")
     if config.eta < 0:
         raise ValueError("eta must be >= 0")
+
+
+def validate_regions(config: SamplerConfig, shape: tuple[int, ...]) -> None:
+    """Raise ValueError unless every Hal region is a non-empty box inside images of ``shape`` [H, W, C]."""
+    if not config.hal_regions:
+        return
+    if len(shape) != 3:
+        raise ValueError(f"Hal regions are boxes of images [H, W, C]; these samples are {tuple(shape)}")
+    for box in config.hal_regions:
+        r0, r1, c0, c1 = (int(b) for b in box)
+        if not (0 <= r0 < r1 <= shape[0] and 0 <= c0 < c1 <= shape[1]):
+            raise ValueError(f"Hal region {tuple(box)} is not a non-empty box of a {shape[0]} x {shape[1]} image")
 
 
 def _step_table(config: SamplerConfig, num_timesteps: int):
@@ -257,10 +294,12 @@ def _reverse(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, 
 
     xs = (jnp.asarray(ts), jnp.asarray(t_prev), jnp.asarray(in_window), jnp.asarray(inv_count), jnp.asarray(slots))
     (x, _, m2, trajectory), _ = jax.lax.scan(step, (x, zeros, zeros, trajectory), xs)
-    reduce = HAL_REDUCTIONS[config.hal_reduction]
-    hals = [reduce((m2[i] / lengths[i]).reshape(chunk_size, -1), config.hal_top_k) for i in range(len(windows))]
+    variances = [m2[i] / lengths[i] for i in range(len(windows))]  # [C, *shape] per window
+    hals = [HAL_REDUCTIONS[config.hal_reduction](v, config) for v in variances]
     extra = jnp.stack(hals[1:], axis=1) if len(hals) > 1 else None
-    return Samples(x=x, hal=hals[0], hal_windows=extra, trajectory=trajectory)
+    table = (jnp.stack([jnp.stack([HAL_REDUCTIONS[r](v, config) for r in config.hal_table], axis=1)
+                        for v in variances], axis=1) if config.hal_table else None)
+    return Samples(x=x, hal=hals[0], hal_windows=extra, hal_table=table, trajectory=trajectory)
 
 
 @partial(jax.jit, static_argnames=("denoise_fn", "config", "shape", "chunk_size", "seed_axis", "seed_batch",
@@ -349,6 +388,7 @@ def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
         raise ValueError(f"chunk size must be > 0, got {chunk_size}")
     stop = n if stop is None else min(stop, n)
     validate(config, schedule.num_timesteps)
+    validate_regions(config, shape)
     if isinstance(mesh, str):
         mesh = distributed.rows_mesh()
     if rows_per_block == "auto":

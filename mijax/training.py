@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from mijax import distributed
 from mijax.diffusion import Denoiser, denoising_loss
-from mijax.keys import INIT, SHUFFLE, STEP
+from mijax.keys import DROPOUT, INIT, SHUFFLE, STEP
 from mijax.schedules import Schedule
 
 
@@ -29,9 +29,11 @@ from mijax.schedules import Schedule
 class TrainConfig:
     """Optimisation settings; the defaults are the published recipe (Adam 1e-3, batch 10,000).
 
-    ``warmup_steps`` (a linear ramp of the learning rate from 0 over that many steps) and ``grad_clip`` (the
-    largest global norm of the gradient, 0: no clipping) are the image DDPMs' options (ddpm-torch: 5,000 and
-    1.0); both are off in the paper's toy recipe, and then the optimiser (and its state) is plain Adam.
+    ``warmup_steps`` (a linear ramp of the learning rate from 0 over that many steps), ``grad_clip`` (the
+    largest global norm of the gradient, 0: no clipping) and ``ema_decay`` (an exponential moving average of
+    the weights, which the samplers then use; 0: none) are the image DDPMs' options (ddpm-torch: 5,000, 1.0 and
+    0.9999); all are off in the paper's toy recipe, and then the optimiser (and its state) is plain Adam.
+    Dropout is an option of the model (the UNet's ``dropout``); its masks come from the ``DROPOUT`` stream.
     """
 
     steps: int = 20_000
@@ -45,6 +47,7 @@ class TrainConfig:
     steps_per_call: int = 200
     warmup_steps: int = 0
     grad_clip: float = 0.0
+    ema_decay: float = 0.0
 
 
 @struct.dataclass
@@ -56,13 +59,58 @@ class TrainState:
     opt_state: optax.OptState
 
 
+class EmaState(NamedTuple):
+    """The state of :func:`track_ema`: steps taken and the (biased) moving average of the weights."""
+
+    count: jnp.ndarray  # [] int32
+    ema: Any  # like params
+
+
+def track_ema(decay: float) -> optax.GradientTransformation:
+    """Leaves the updates as they are and keeps an exponential moving average of the weights they lead to,
+    started at zero (read it debiased through :func:`eval_params`)."""
+
+    def init(params):
+        return EmaState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
+
+    def update(updates, state, params=None):
+        new = optax.apply_updates(params, updates)
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema, new)
+        return updates, EmaState(state.count + 1, ema)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """Adam without weight decay, warm-up, clipping or EMA, as published; with ``warmup_steps`` its learning
-    rate ramps linearly from 0, with ``grad_clip`` the gradient is clipped to that global norm first."""
+    rate ramps linearly from 0, with ``grad_clip`` the gradient is clipped to that global norm first, with
+    ``ema_decay`` a moving average of the weights is kept last in the state (:func:`eval_params`)."""
     learning_rate = (optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps) if config.warmup_steps
                      else config.learning_rate)
-    adam = optax.adam(learning_rate, b1=config.b1, b2=config.b2, eps=config.eps)
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip), adam) if config.grad_clip else adam
+    chain = [optax.adam(learning_rate, b1=config.b1, b2=config.b2, eps=config.eps)]
+    if config.grad_clip:
+        chain.insert(0, optax.clip_by_global_norm(config.grad_clip))
+    if config.ema_decay:
+        chain.append(track_ema(config.ema_decay))
+    return optax.chain(*chain) if len(chain) > 1 else chain[0]
+
+
+def eval_params(state: "TrainState", config: TrainConfig):
+    """The weights to sample with: the debiased moving average ``ema / (1 - decay^count)`` when
+    ``config.ema_decay`` is set, else ``state.params`` (a seed-stacked state gives seed-stacked weights)."""
+    if not config.ema_decay:
+        return state.params
+    ema_state = state.opt_state[-1]
+    if not isinstance(ema_state, EmaState):
+        raise ValueError("this training state has no moving average of its weights (trained without ema_decay)")
+    count = ema_state.count
+
+    def debias(e):
+        c = count.reshape(count.shape + (1,) * (e.ndim - count.ndim))
+        scale = 1.0 - jnp.power(jnp.float32(config.ema_decay), c.astype(jnp.float32))
+        return jnp.where(c > 0, e / jnp.where(c > 0, scale, 1.0), e)
+
+    return jax.tree.map(debias, ema_state.ema)
 
 
 def init_state(init_fn: Callable, config: TrainConfig, key: jax.Array) -> TrainState:
@@ -104,6 +152,9 @@ def train_step(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, st
     """One Adam step on the denoising loss. Returns (new state, loss [])."""
     batch = get_batch(data, state.step, key, config)
     step_key = jax.random.fold_in(jax.random.fold_in(key, STEP), state.step)
+    training = getattr(denoise_fn, "training", None)  # a model with dropout draws its masks from DROPOUT
+    if training is not None:
+        denoise_fn = training(jax.random.fold_in(jax.random.fold_in(key, DROPOUT), state.step))
     loss, grads = jax.value_and_grad(
         lambda p: denoising_loss(denoise_fn, p, schedule, step_key, batch, config.objective))(state.params)
     updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
@@ -111,11 +162,20 @@ def train_step(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, st
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), loss
 
 
-@partial(jax.jit, static_argnames=("denoise_fn", "config", "num_steps", "seed_axis", "seed_batch", "mesh"),
+def loops_on_host(denoise_fn: Denoiser) -> bool:
+    """Whether :func:`train` runs this denoiser's steps as a host loop of loop-free programs: on CPU, for
+    models whose gradients XLA:CPU runs far slower inside a loop (``module.SLOW_GRADIENTS_IN_LOOPS``: the UNet's
+    convolutions, ~15x slower inside a ``lax.scan`` on 2-core AMD EPYC, jax 0.10.2; jax-ml/jax#12868)."""
+    module = getattr(denoise_fn, "module", None)
+    return jax.default_backend() == "cpu" and bool(getattr(module, "SLOW_GRADIENTS_IN_LOOPS", False))
+
+
+@partial(jax.jit, static_argnames=("denoise_fn", "config", "num_steps", "seed_axis", "seed_batch", "mesh",
+                                   "unroll"),
          donate_argnames=("state",))
 def train_steps(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: TrainState, key: jax.Array,
                 data: jnp.ndarray, num_steps: int, seed_axis: bool = False, seed_batch: Optional[int] = None,
-                mesh: Optional[Mesh] = None) -> tuple[TrainState, jnp.ndarray]:
+                mesh: Optional[Mesh] = None, unroll: bool = False) -> tuple[TrainState, jnp.ndarray]:
     """``num_steps`` optimiser steps in one dispatch (a ``lax.scan``).
 
     Args:
@@ -125,6 +185,8 @@ def train_steps(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, s
       seed_batch: seeds computed together inside a device (None: 1 on CPU, where the seeds then run one
         after the other in the same program, all on accelerators, where they are vmapped).
       mesh: with ``seed_axis``, a mesh (axis ``"seeds"``) whose devices each train S / D of the models.
+      unroll: no loop in the program: the steps, and the seeds of a device, one copy each, in sequence
+        (for small ``num_steps``; see :func:`loops_on_host`).
     Returns:
       (state after the steps, losses [num_steps] or [S, num_steps]).
     """
@@ -133,6 +195,12 @@ def train_steps(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, s
         def body(state, _):
             return train_step(denoise_fn, schedule, config, state, key, data)
 
+        if unroll:  # a Python loop: even a one-step scan is a while loop, and XLA keeps its slow layouts
+            losses = []
+            for _ in range(num_steps):
+                state, loss = body(state, None)
+                losses.append(loss)
+            return state, jnp.stack(losses)
         return jax.lax.scan(body, state, None, length=num_steps)
 
     if not seed_axis:
@@ -141,7 +209,7 @@ def train_steps(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, s
     def local(state, key, data):
         num_seeds = jax.tree.leaves(key)[0].shape[0]
         batch = distributed.default_seed_batch(num_seeds) if seed_batch is None else seed_batch
-        return distributed.map_seeds(run, (state, key, data), batch)
+        return distributed.map_seeds(run, (state, key, data), batch, unroll=unroll)
 
     if mesh is None:
         return local(state, key, data)
@@ -154,7 +222,8 @@ def train(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: 
           data: jnp.ndarray, seed_axis: bool = False, stop_at: Optional[int] = None,
           callback: Optional[Callable[[TrainState, jnp.ndarray], None]] = None, seed_batch: Optional[int] = None,
           mesh: Optional[Mesh] | str = "auto") -> TrainState:
-    """Train from ``state`` up to step ``stop_at`` (default ``config.steps``) in scanned dispatches.
+    """Train from ``state`` up to step ``stop_at`` (default ``config.steps``) in scanned dispatches (on CPU, a
+    host loop of single steps for models that :func:`loops_on_host` names).
 
     ``callback(state, losses)`` runs after each dispatch (progress, logs, checkpoints). The result does
     not depend on how the steps are split into dispatches, nor on the devices the seeds are spread over.
@@ -167,10 +236,19 @@ def train(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: 
     if seed_axis:
         state, key, data = distributed.shard_leading((state, key, data), mesh)
     step = int(jnp.max(distributed.to_host(state.step)))
+    on_host = loops_on_host(denoise_fn)
     while step < stop_at:
         n = min(config.steps_per_call, stop_at - step)
-        state, losses = train_steps(denoise_fn, schedule, config, state, key, data, n, seed_axis, seed_batch,
-                                    mesh if seed_axis else None)
+        if on_host:  # the same steps, each a loop-free program (see loops_on_host)
+            parts = []
+            for _ in range(n):
+                state, part = train_steps(denoise_fn, schedule, config, state, key, data, 1, seed_axis, seed_batch,
+                                          mesh if seed_axis else None, True)
+                parts.append(part)
+            losses = jnp.concatenate(parts, axis=-1)
+        else:
+            state, losses = train_steps(denoise_fn, schedule, config, state, key, data, n, seed_axis, seed_batch,
+                                        mesh if seed_axis else None)
         step += n
         if callback is not None:
             callback(state, losses)

@@ -438,3 +438,44 @@ def test_scan_memory_does_not_grow_with_T(params):
     # Storing one float per sample per step would add 256 * 450 * 4 = 460,800 bytes. Allow a few
     # scalars per step for the step table (t, t_prev, window, weight, slot).
     assert temps[500] - temps[50] <= 8 * 4 * 450, temps
+
+
+def _shrink(params, x, t):
+    """An image 'denoiser' whose x0_hat moves every step: eps_hat = params * x (a jit static argument)."""
+    return params * x
+
+
+def test_region_max_and_the_hal_table_on_images():
+    schedule = mijax.make_schedule("linear", 20)
+    regions = ((0, 4, 0, 2), (0, 4, 2, 4), (1, 3, 1, 3))
+    config = SamplerConfig(hal_window=5, hal_windows=((3, 4),), hal_regions=regions,
+                           hal_table=("mean", "max", "top_k", "region_max"), hal_top_k=3,
+                           trajectory_stride=1, trajectory_last=8)
+    out = mijax.sample(_shrink, jnp.float32(0.3), schedule, jax.random.key(0), 6, (4, 4, 1), config)
+    chex.assert_shape(out.hal_table, (6, 2, 4))
+    traj = np.asarray(out.trajectory, np.float64)  # [6, 8, 4, 4, 1], t = 7 .. 0
+    for w, (end, length) in enumerate(config.windows()):
+        v = traj[:, 8 - end - length:8 - end].var(axis=1)  # [6, 4, 4, 1]
+        flat = v.reshape(6, -1)
+        expected = [flat.mean(1), flat.max(1), np.sort(flat, axis=1)[:, -3:].mean(1),
+                    np.max([v[:, r0:r1, c0:c1].reshape(6, -1).mean(1) for r0, r1, c0, c1 in regions], axis=0)]
+        np.testing.assert_allclose(np.asarray(out.hal_table[:, w]), np.stack(expected, 1), rtol=1e-4, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(out.hal), np.asarray(out.hal_table[:, 0, 0]))  # main: mean, window 0
+    by_region = mijax.sample(_shrink, jnp.float32(0.3), schedule, jax.random.key(0), 6, (4, 4, 1),
+                             dataclasses.replace(config, hal_reduction="region_max", hal_table=()))
+    np.testing.assert_array_equal(np.asarray(by_region.hal), np.asarray(out.hal_table[:, 0, 3]))
+    assert by_region.hal_table is None
+    np.testing.assert_array_equal(np.asarray(by_region.x), np.asarray(out.x))  # reductions never move samples
+
+
+@pytest.mark.parametrize("config, shape, fragment", [
+    (SamplerConfig(hal_reduction="region_max"), (4, 4, 1), "needs regions"),
+    (SamplerConfig(hal_table=("median",)), (4, 4, 1), "unknown Hal reduction"),
+    (SamplerConfig(hal_regions=((0, 5, 0, 2),)), (4, 4, 1), "not a non-empty box"),
+    (SamplerConfig(hal_regions=((0, 2, 1, 1),)), (4, 4, 1), "not a non-empty box"),
+    (SamplerConfig(hal_regions=((0, 2, 0, 1),)), (2,), "boxes of images"),
+])
+def test_bad_hal_regions_raise(config, shape, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        mijax.sample(_shrink, jnp.float32(0.3), mijax.make_schedule("linear", 20), jax.random.key(0), 2, shape,
+                     config)

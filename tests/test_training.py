@@ -1,4 +1,6 @@
 """Training: batches, the Adam step, scanned dispatches, resumption, seeds as a vmap axis, no retrace."""
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -234,3 +236,48 @@ def test_warm_up_and_gradient_clipping_are_options_and_off_by_default():
     clip = TrainConfig(grad_clip=1.0)
     np.testing.assert_allclose(updates(clip, [small, small]), updates(plain, [small, small]), rtol=1e-6)  # under 1
     assert not np.allclose(updates(clip, [small, big]), updates(plain, [small, big]), rtol=1e-3)  # clipped
+
+
+def test_ema_of_the_weights_is_an_option_that_sampling_uses(schedule, data):
+    from mijax.training import EmaState, eval_params
+
+    config = TrainConfig(steps=6, batch_size=100, steps_per_call=3, ema_decay=0.5)
+    plain = dataclasses.replace(config, ema_decay=0.0)
+    state = _init_state(init_fn, config, jax.random.key(1))
+    assert isinstance(state.opt_state[-1], EmaState)
+    # the weights follow Adam exactly as without the average; the average is the debiased EMA of them
+    history, s = [], _copy(state)
+    for _ in range(3):
+        s, _ = _train_step(toy, schedule, config, s, jax.random.key(1), data)
+        history.append(s.params)
+    p, _ = _train_step(toy, schedule, plain, _train_step(toy, schedule, plain, _train_step(
+        toy, schedule, plain, _init_state(init_fn, plain, jax.random.key(1)), jax.random.key(1), data)[0],
+        jax.random.key(1), data)[0], jax.random.key(1), data)
+    chex.assert_trees_all_close(s.params, p.params, rtol=1e-6)
+    weights = np.array([0.25, 0.5, 1.0]) * 0.5  # (1 - d) d^(2 - i), debiased by 1 - d^3
+    expected = jax.tree.map(lambda *ps: sum(w * a for w, a in zip(weights, ps)) / (1 - 0.5**3), *history)
+    chex.assert_trees_all_close(eval_params(s, config), expected, rtol=1e-5, atol=1e-7)
+    assert eval_params(s, plain) is s.params
+    # seed-stacked states give seed-stacked averages
+    stacked = jax.tree.map(lambda a: jnp.stack([a, a]), s)
+    chex.assert_trees_all_close(jax.tree.map(lambda a: a[1], eval_params(stacked, config)), expected, rtol=1e-5,
+                                atol=1e-7)
+    with pytest.raises(ValueError, match="no moving average"):
+        eval_params(_init_state(init_fn, plain, jax.random.key(1)), config)
+
+
+def test_unrolled_steps_equal_the_scan_and_the_unet_steps_from_the_host(schedule, data):
+    from mijax.models.denoiser import ModuleDenoiser
+    from mijax.training import loops_on_host
+
+    config = TrainConfig(steps=4, batch_size=100, steps_per_call=4)
+    keys = jax.vmap(jax.random.key)(jnp.arange(2))
+    states = jax.vmap(lambda k: init_state(init_fn, config, k))(keys)
+    stacked = jnp.stack([data, data[::-1]])
+    scanned, l1 = train_steps(toy, schedule, config, _copy(states), keys, stacked, 4, True, 1)
+    unrolled, l2 = train_steps(toy, schedule, config, _copy(states), keys, stacked, 4, True, 1, None, True)
+    chex.assert_trees_all_close(scanned.params, unrolled.params, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(l1), np.asarray(l2), rtol=1e-5)
+    assert not loops_on_host(toy)
+    unet = ModuleDenoiser(mijax.models.build("unet", (8, 8, 1), options={"channels": 8, "mults": (1,), "groups": 4}))
+    assert loops_on_host(unet) == (jax.default_backend() == "cpu")

@@ -234,6 +234,12 @@ class ShapesDataset:
     def shape(self) -> tuple[int, ...]:
         return (self.size, self.size, 1)
 
+    @property
+    def hal_regions(self) -> tuple[tuple[int, int, int, int], ...]:
+        """The three strips as boxes ``(row_start, row_stop, col_start, col_stop)``: the regions of the
+        ``region_max`` Hal reduction (the per-strip maximum, :data:`mijax.sampling.HAL_REDUCTIONS`)."""
+        return tuple((0, self.size, lo, hi + 1) for lo, hi in GEOMETRY[self.size].strips)
+
     def images(self) -> np.ndarray:
         """The generated training images, uint8 [M, size, size]."""
         return training_images(self.seed, self.size, self.num_images)

@@ -21,6 +21,8 @@ EXPERIMENTS: dict[str, str] = {
     "detection": "mijax.experiments.detection",
     "recursive-1d": "mijax.experiments.recursive_1d",
     "recursive-2d": "mijax.experiments.recursive_2d",
+    "shapes": "mijax.experiments.shapes",
+    "recursive-shapes": "mijax.experiments.recursive_shapes",
 }
 PROFILES = ("quick", "paper")
 

@@ -34,7 +34,7 @@ from mijax.io import finite_or_none, load_npz, save_npz, write_json, write_text
 from mijax.mixtures import mass_beyond
 from mijax.runs import load_config, load_run, sample_keys, sample_run, train_run
 from mijax.sampling import SamplerConfig
-from mijax.training import TrainConfig
+from mijax.training import TrainConfig, eval_params
 
 # The quick profiles' training recipes, the same in every experiment so that `mijax experiment all` trains
 # each model once (see shared_runs). The paper's recipe with smaller batches and fewer steps: on 2 CPU cores
@@ -196,7 +196,7 @@ def sample_windows(run_dir: Path, n: int, windows: Sequence[tuple[int, int]], tr
         raise RunError(f"windows reach t = {last - 1}, beyond the {T} steps of the schedule")
     sampler = SamplerConfig(objective=config.diffusion.objective, hal_window=min(10, T), hal_windows=windows,
                             trajectory_stride=1 if trajectory_steps else 0, trajectory_last=trajectory_steps or None)
-    drawn = collect.draw(pieces.denoise_fn, state.params, pieces.schedule, sample_keys(config, seed), n,
+    drawn = collect.draw(pieces.denoise_fn, eval_params(state, config.train), pieces.schedule, sample_keys(config, seed), n,
                          pieces.shape, sampler, chunk_size, show_progress=progress,
                          desc=f"sample ({len(windows)} Hal windows)")
     result = {"x": drawn["x"], "hal": drawn["hal_windows"], "windows": np.asarray(windows, np.int32)}

@@ -20,6 +20,13 @@ class ModuleDenoiser:
     def __call__(self, params, x, t):
         return self.module.apply(params, x, t)
 
+    def training(self, key):
+        """The denoiser of a training step: with dropout masks from ``key`` when the module has dropout
+        (a ``dropout`` rate > 0 and a ``train`` argument), else this one."""
+        if not getattr(self.module, "dropout", 0.0):
+            return self
+        return lambda params, x, t: self.module.apply(params, x, t, train=True, rngs={"dropout": key})
+
 
 class Flattened(nn.Module):
     """A vector denoiser on data of any shape: ``x [N, *shape]`` is flattened to ``[N, prod(shape)]`` for

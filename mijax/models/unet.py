@@ -38,13 +38,16 @@ def _norm(groups: int) -> nn.GroupNorm:
 class ResBlock(nn.Module):
     features: int
     groups: int
+    dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, temb: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, temb: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         h = nn.Conv(self.features, (3, 3), padding=1, name="conv1")(nn.silu(_norm(self.groups)(x)))
         h = h + nn.Dense(self.features, name="temb")(nn.silu(temb))[:, None, None, :]
-        h = nn.Conv(self.features, (3, 3), padding=1, kernel_init=nn.initializers.zeros, name="conv2")(
-            nn.silu(_norm(self.groups)(h)))
+        h = nn.silu(_norm(self.groups)(h))
+        if self.dropout:  # as ddpm-torch: before the second convolution, in training only
+            h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = nn.Conv(self.features, (3, 3), padding=1, kernel_init=nn.initializers.zeros, name="conv2")(h)
         skip = x if x.shape[-1] == self.features else nn.Conv(self.features, (1, 1), name="skip")(x)
         return skip + h
 
@@ -63,17 +66,23 @@ class Attention(nn.Module):
 
 
 class UNet(nn.Module):
-    """``__call__(x [N, H, W, C_in], t [N] or []) -> eps_hat [N, H, W, C_in]``; H and W divisible by
-    2^(levels - 1)."""
+    """``__call__(x [N, H, W, C_in], t [N] or [], train=False) -> eps_hat [N, H, W, C_in]``; H and W divisible
+    by 2^(levels - 1). ``dropout`` acts in every res block when ``train`` (rng ``"dropout"``). The middle
+    features (after the middle blocks, [N, H / 2^(levels-1), W / 2^(levels-1), C x mults[-1]]) are sown as
+    ``intermediates/bottleneck`` (``apply(..., mutable=["intermediates"])``)."""
 
     channels: int = 16
     mults: Sequence[int] = (1, 2, 2)
     res_blocks: int = 1
     attn_levels: Sequence[int] = ()
     groups: int = 8
+    dropout: float = 0.0
+    # XLA:CPU runs this network's convolution gradients ~15x slower inside a loop (jax-ml/jax#12868): on CPU
+    # mijax.training.train steps it from the host (mijax.training.loops_on_host).
+    SLOW_GRADIENTS_IN_LOOPS = True
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, t: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         c0, levels = self.channels, len(self.mults)
         t = jnp.asarray(t).reshape(-1)  # a shared t embeds once, [1, 4C], and broadcasts over the batch
         temb = nn.Dense(4 * c0)(timestep_embedding(t, c0))
@@ -82,20 +91,21 @@ class UNet(nn.Module):
         skips = [h]
         for level, mult in enumerate(self.mults):
             for _ in range(self.res_blocks):
-                h = ResBlock(c0 * mult, self.groups)(h, temb)
+                h = ResBlock(c0 * mult, self.groups, self.dropout)(h, temb, train)
                 if level in self.attn_levels:
                     h = Attention(self.groups)(h)
                 skips.append(h)
             if level != levels - 1:
                 h = nn.Conv(h.shape[-1], (3, 3), strides=2, padding=1)(h)
                 skips.append(h)
-        h = ResBlock(h.shape[-1], self.groups)(h, temb)
+        h = ResBlock(h.shape[-1], self.groups, self.dropout)(h, temb, train)
         if self.attn_levels:
             h = Attention(self.groups)(h)
-        h = ResBlock(h.shape[-1], self.groups)(h, temb)
+        h = ResBlock(h.shape[-1], self.groups, self.dropout)(h, temb, train)
+        self.sow("intermediates", "bottleneck", h)
         for level, mult in reversed(list(enumerate(self.mults))):
             for _ in range(self.res_blocks + 1):
-                h = ResBlock(c0 * mult, self.groups)(jnp.concatenate([h, skips.pop()], axis=-1), temb)
+                h = ResBlock(c0 * mult, self.groups, self.dropout)(jnp.concatenate([h, skips.pop()], axis=-1), temb, train)
                 if level in self.attn_levels:
                     h = Attention(self.groups)(h)
             if level != 0:
@@ -106,7 +116,7 @@ class UNet(nn.Module):
 
 
 def build(shape: tuple[int, ...], precision: str, channels: int, mults: Sequence[int], res_blocks: int,
-          attn_levels: Sequence[int], groups: int) -> UNet:
+          attn_levels: Sequence[int], groups: int, dropout: float = 0.0) -> UNet:
     """The registry's builder: checks that the options can build a UNet for images of ``shape``."""
     if len(shape) != 3:
         raise ValueError(f"the unet denoises images [H, W, C]; this data set's samples are {shape}")
@@ -124,4 +134,6 @@ def build(shape: tuple[int, ...], precision: str, channels: int, mults: Sequence
         raise ValueError(f"images of {shape[0]} x {shape[1]} do not halve {len(mults) - 1} times")
     if any(not 0 <= a < len(mults) for a in attn_levels):
         raise ValueError(f"attention levels must be in 0..{len(mults) - 1}, got {attn_levels}")
-    return UNet(channels, mults, int(res_blocks), attn_levels, int(groups))
+    if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    return UNet(channels, mults, int(res_blocks), attn_levels, int(groups), float(dropout))

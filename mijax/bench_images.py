@@ -1,0 +1,149 @@
+"""Throughput and memory of the image workloads (``mijax bench --images``): the UNet's Adam step, sampling with
+Hal on images, and the sampler's compiled memory at two T, beside the eager PyTorch baseline
+``shared/baselines/torch_unet.py`` (``--compare-torch``) with the same UNet options, batch, N and T.
+
+Every mijax figure excludes compilation (one warm-up call, then the best of ``repeats`` timed calls). The
+baseline's ``trajectory`` mode keeps every step's x0_hat on the host and reduces the last K afterwards (the
+published filtering script's Hal); mijax carries Hal in the scan.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from mijax.models import build as build_model
+from mijax.models.denoiser import ModuleDenoiser
+from mijax.sampling import SamplerConfig, chunk_rows, default_rows_per_block, sample, sample_chunk
+from mijax.schedules import make_schedule
+from mijax.training import TrainConfig, init_states, train_steps
+
+# torch_unet.py's defaults: the small CPU configuration (263,025 parameters), batch 64, N = 256, T = 50, K = 10
+DEFAULTS = dict(size=32, channels=16, mults="1,2,2", res_blocks=1, batch=64, steps=10, n=256, timesteps=50,
+                window=10)
+QUICK = dict(size=8, channels=8, mults="1,2", res_blocks=1, batch=4, steps=2, n=8, timesteps=4, window=2)
+
+
+def _options(o: dict) -> dict:
+    return {"channels": int(o["channels"]), "mults": tuple(int(m) for m in str(o["mults"]).split(",")),
+            "res_blocks": int(o["res_blocks"]), "groups": min(8, int(o["channels"]))}
+
+
+def parameter_count(o: dict) -> int:
+    module = build_model("unet", (o["size"], o["size"], 1), options=_options(o))
+    x = jax.ShapeDtypeStruct((1, o["size"], o["size"], 1), jnp.float32)
+    shapes = jax.eval_shape(module.init, jax.random.key(0), x, jax.ShapeDtypeStruct((1,), jnp.int32))
+    return sum(int(a.size) for a in jax.tree.leaves(shapes))
+
+
+def bench_unet_training(o: dict, repeats: int, time_best) -> dict:
+    """ms per Adam step (lr 2e-4 as the baseline) of :func:`mijax.training.train_steps` on one UNet, batch B."""
+    module = build_model("unet", (o["size"], o["size"], 1), options=_options(o))
+    shape = (o["size"], o["size"], 1)
+    config = TrainConfig(steps=o["steps"], batch_size=o["batch"], learning_rate=2e-4, steps_per_call=o["steps"])
+    state = jax.tree.map(lambda a: a[0], init_states(module, config, shape, jax.random.key(0)[None]))
+    data = jax.random.uniform(jax.random.key(1), (o["batch"],) + shape, jnp.float32, -1.0, 1.0)
+    denoise_fn, schedule = ModuleDenoiser(module), make_schedule("linear", 1000, 1e-4, 0.02)
+    holder = {"state": state}
+
+    def call():
+        holder["state"], holder["losses"] = train_steps(denoise_fn, schedule, config, holder["state"],
+                                                        jax.random.key(2), data, o["steps"])
+        return holder["losses"]
+
+    timing = time_best(call, repeats)
+    return {**timing, "ms_per_step": 1e3 * timing["seconds"] / o["steps"],
+            "losses_finite": bool(jnp.all(jnp.isfinite(holder["losses"])))}
+
+
+def _sampling_pieces(o: dict, timesteps: int):
+    module = build_model("unet", (o["size"], o["size"], 1), options=_options(o))
+    params = module.init(jax.random.key(0), jnp.zeros((1, o["size"], o["size"], 1)), jnp.zeros((1,), jnp.int32))
+    # random output weights: the zero-initialised last convolution would make every step trivial
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, a: jax.random.normal(jax.random.key(3), a.shape) * 0.02 if a.ndim == 4 and not a.any() else a,
+        params)
+    return ModuleDenoiser(module), params, make_schedule("linear", timesteps, 1e-4, 0.02)
+
+
+def bench_unet_sampling(o: dict, repeats: int, time_best) -> dict:
+    """Seconds to draw N images with Hal (window K, x0_hat clipped) in one chunk."""
+    denoise_fn, params, schedule = _sampling_pieces(o, o["timesteps"])
+    config = SamplerConfig(hal_window=o["window"], clip_x0=True)
+    shape = (o["size"], o["size"], 1)
+    holder = {}
+
+    def call():
+        holder["out"] = sample(denoise_fn, params, schedule, jax.random.key(4), o["n"], shape, config)
+        return holder["out"].hal
+
+    timing = time_best(call, repeats)
+    return {**timing, "image_steps_per_s": o["n"] * o["timesteps"] / timing["seconds"],
+            "hal_finite": bool(jnp.all(jnp.isfinite(holder["out"].hal)))}
+
+
+def unet_compiled_memory(o: dict, timesteps: int) -> Optional[dict]:
+    """XLA's memory analysis of the compiled image sampler (N images, T steps, Hal); None if unavailable."""
+    denoise_fn, params, schedule = _sampling_pieces(o, timesteps)
+    config = SamplerConfig(hal_window=o["window"], clip_x0=True)
+    rows_per_block = default_rows_per_block()
+    rows = chunk_rows(o["n"], None, 1, rows_per_block)[1]
+    compiled = sample_chunk.lower(denoise_fn, params, schedule, jax.random.key(4), jnp.uint32(0), config,
+                                  (o["size"], o["size"], 1), rows, rows_per_block=rows_per_block).compile()
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    return {"timesteps": timesteps, "rows": rows, "temp_size_in_bytes": int(analysis.temp_size_in_bytes),
+            "argument_size_in_bytes": int(analysis.argument_size_in_bytes),
+            "output_size_in_bytes": int(analysis.output_size_in_bytes)}
+
+
+def run_images(o: dict, repeats: int, measure, time_best, script: Optional[Path], torch_repeats: int,
+               bench_torch) -> dict:
+    """All image measurements, each torch one right after its mijax counterpart (the same machine state)."""
+    torch_options = dict(size=o["size"], channels=o["channels"], mults=o["mults"], res_blocks=o["res_blocks"],
+                         groups=min(8, int(o["channels"])))
+    out = {"options": dict(o), "parameters": parameter_count(o)}
+    out["training"] = measure(lambda: bench_unet_training(o, repeats, time_best))
+    if script is not None:
+        out["torch_train"] = measure(lambda: bench_torch(script, "train", dict(torch_options, batch=o["batch"],
+                                                                                steps=o["steps"]), torch_repeats))
+        out["training_speedup"] = out["torch_train"]["seconds"] / o["steps"] * 1e3 / out["training"]["ms_per_step"]
+    out["sampling"] = measure(lambda: bench_unet_sampling(o, repeats, time_best))
+    if script is not None:
+        common = dict(torch_options, n=o["n"], timesteps=o["timesteps"], window=o["window"])
+        out["torch_trajectory"] = measure(lambda: bench_torch(script, "trajectory", common, torch_repeats))
+        out["torch_sample"] = measure(lambda: bench_torch(script, "sample", common, torch_repeats))
+        out["sampling_speedup_vs_trajectory"] = out["torch_trajectory"]["seconds"] / out["sampling"]["seconds"]
+        out["sampling_speedup_vs_sample"] = out["torch_sample"]["seconds"] / out["sampling"]["seconds"]
+    short, long = unet_compiled_memory(o, o["timesteps"]), unet_compiled_memory(o, 10 * o["timesteps"])
+    out["memory"] = ({"skipped": f"{jax.default_backend()} gives no compiled memory analysis"} if short is None
+                     or long is None else {"short": short, "long": long,
+                                           "temp_ratio": long["temp_size_in_bytes"] / max(short["temp_size_in_bytes"], 1)})
+    return out
+
+
+def format_rows(r: dict) -> list[tuple[str, str]]:
+    o = r["options"]
+    name = f"UNet C={o['channels']} mults={o['mults']} {o['size']}x{o['size']} ({r['parameters']:,} params)"
+    rows = [(f"{name} Adam step batch={o['batch']}", f"{r['training']['ms_per_step']:.1f} ms/step")]
+    if "torch_train" in r:
+        rows.append(("  torch_unet.py train", f"{1e3 * r['torch_train']['seconds'] / o['steps']:.1f} ms/step; mijax "
+                                              f"speed-up {r['training_speedup']:.2f}x"))
+    rows.append((f"  sampling+Hal N={o['n']} T={o['timesteps']} K={o['window']}",
+                 f"{r['sampling']['seconds']:.2f} s ({r['sampling']['image_steps_per_s']:.0f} image-steps/s)"))
+    if "torch_trajectory" in r:
+        rows.append(("  torch_unet.py trajectory", f"{r['torch_trajectory']['seconds']:.2f} s; mijax speed-up "
+                                                   f"{r['sampling_speedup_vs_trajectory']:.2f}x"))
+        rows.append(("  torch_unet.py sample (no Hal)", f"{r['torch_sample']['seconds']:.2f} s; mijax (with Hal) "
+                                                        f"speed-up {r['sampling_speedup_vs_sample']:.2f}x"))
+    m = r["memory"]
+    if "skipped" in m:
+        rows.append(("  compiled sampler memory", m["skipped"]))
+    else:
+        rows.append((f"  compiled temp memory T={m['short']['timesteps']} vs T={m['long']['timesteps']}",
+                     f"{m['short']['temp_size_in_bytes'] / 2**20:.2f} vs {m['long']['temp_size_in_bytes'] / 2**20:.2f}"
+                     f" MiB (ratio {m['temp_ratio']:.3f})"))
+    return rows

@@ -1,0 +1,147 @@
+"""``mijax experiment recursive-shapes``: recursive training on SIMPLE SHAPES with and without Hal filtering
+(the paper's SHAPES panel of claim 6).
+
+Generation 0 trains S UNets on real SHAPES images; every later generation trains new UNets on N images
+kept from the previous generation's pools of P samples by each filter (``none``, ``random``, ``variance``:
+the N with the lowest Hal). The share of duplicates (two copies of a shape, :func:`mijax.data.shapes.count`)
+per generation is the paper's y axis; valid, malformed and blank shares are reported beside it. The study
+is :func:`mijax.recursive.run_recursive` (resumable in ``out/study``); this module holds the profiles, the
+figures and the report.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from mijax import plots
+from mijax.data import shapes
+from mijax.experiments import shapes as shapes_experiment
+from mijax.experiments.recursive import FILTER_COLOURS, variance_below_random, with_overrides
+from mijax.io import json_safe, write_json, write_text
+from mijax.recursive import RecursiveConfig, gen_dir, run_recursive
+from mijax.stats import format_ci
+
+SUMMARY = "recursive training on SHAPES: duplicate share per generation, none vs random vs variance (Hal) filtering"
+# quick: the shapes quick recipe on N = 1,000 images per generation (about 45 minutes on a 2-core AMD EPYC;
+# README); paper: the shapes paper recipe on the 5,000 images, for a GPU.
+PROFILES = {
+    "quick": {"seeds": 2, "generations": 3, "filters": ("random", "variance"), "n_train": 1_000, "pool_ratio": 1.5,
+              "steps": 800, "timesteps": 100, "beta_start": 1e-3, "beta_end": 0.2, "hal_window": 10, "hal_end": 0,
+              "hal_reduction": "region_max", "chunk_size": 512},
+    "paper": {"seeds": 3, "generations": 5, "filters": ("none", "random", "variance"), "n_train": 5_000,
+              "pool_ratio": 1.5, "steps": 50_000, "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
+              "hal_window": 10, "hal_end": 0, "hal_reduction": "region_max", "chunk_size": 1_000},
+}
+
+
+def make_config(profile: str = "quick", seeds: Optional[int] = None) -> RecursiveConfig:
+    """The study of a profile: the ``shapes`` experiment's recipe (same UNet, optimiser and schedule family)
+    with this profile's N, steps, T and Hal."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    p = dict(PROFILES[profile])
+    base = dict(shapes_experiment.PROFILES[profile])
+    base.update({k: p[k] for k in ("steps", "timesteps", "beta_start", "beta_end")})
+    base["seeds"] = p["seeds"] if seeds is None else int(seeds)
+    run = shapes_experiment.run_config(base)
+    run = dataclasses.replace(run, data=dataclasses.replace(run.data, n_train=p["n_train"]))
+    return RecursiveConfig(run=run, generations=p["generations"], filters=tuple(p["filters"]),
+                           pool_ratio=p["pool_ratio"], hal_window=p["hal_window"], hal_end=p["hal_end"],
+                           hal_reduction=p["hal_reduction"], clip_x0=True, chunk_size=p["chunk_size"])
+
+
+def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
+        overrides: Optional[dict] = None) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = dict(overrides or {})
+    model = overrides.pop("model_options", None)  # e.g. a tiny UNet for tests
+    config = with_overrides(make_config(profile, seeds), overrides)
+    if model:
+        run_config = config.run
+        options = {**run_config.model.options, **model}
+        config = dataclasses.replace(config, run=dataclasses.replace(
+            run_config, model=dataclasses.replace(run_config.model, options=options)))
+    t0 = time.perf_counter()
+    result = run_recursive(out / "study", config, progress=progress)
+    seconds = round(time.perf_counter() - t0, 1)
+    figures = _figures(out, config, result)
+    verdict = variance_below_random(config, result, "duplicate_share")
+    metrics = json_safe({"profile": profile, "seconds_this_call": seconds, "verdict": verdict, "figures": figures,
+                         **result})
+    write_text(out / "report.md", _report(config, metrics, profile))
+    write_json(out / "metrics.json", metrics)  # last: it marks the experiment finished
+    return metrics
+
+
+def _figures(out: Path, config: RecursiveConfig, result: dict) -> dict:
+    figures = {}
+    colours = {f"{f} filter": FILTER_COLOURS.get(f) for f in config.filters}
+    for key, title in (("duplicate_share", "Duplicates (two copies of a shape) per generation"),
+                       ("valid_share", "Valid images per generation")):
+        series = {f"{f} filter": result["summary"][f][key] for f in config.filters}
+        figures[key] = plots.plot_ci_bands(out / f"{key}.png", list(range(config.generations)), series, "generation",
+                                           f"% of the pool ({key.replace('_share', '')})",
+                                           f"{title} (mean, 95% CI over {config.num_seeds} seeds)", scale=100.0,
+                                           colours=colours, integer_x=True)
+    figures["samples"] = _sample_grid(out / "samples.png", config)
+    return figures
+
+
+def _sample_grid(path: Path, config: RecursiveConfig, per_cell: int = 4) -> str:
+    """Rows: filters; columns: generations; each cell a few of seed 0's pool images."""
+    rows, cols = len(config.filters), config.generations
+    figure = plots.new_figure(1.0 * per_cell * cols / 2 + 0.5, 1.1 * rows + 0.3)
+    axes = np.asarray(figure.subplots(rows, cols, squeeze=False))
+    for g in range(cols):
+        with np.load(gen_dir(path.parent / "study", g) / "pool.npz") as f:
+            pools = f["x"]
+        for r in range(rows):
+            m = 0 if g == 0 else r * config.num_seeds
+            images = pools[m, :per_cell, ..., 0]
+            strip = np.concatenate([np.pad(im, ((0, 0), (0, 1)), constant_values=-1) for im in images], axis=1)
+            ax = axes[r, g]
+            ax.imshow(strip, cmap="gray", vmin=-1, vmax=1)
+            ax.set_axis_off()
+            dup = float(np.mean(shapes.count(pools[m]).labels == shapes.LABELS.index("duplicate")))
+            ax.set_title(f"{config.filters[r]}, gen {g}: {100 * dup:.1f}% dup.", fontsize=7)
+    return plots.save(figure, path)
+
+
+def _report(config: RecursiveConfig, m: dict, profile: str) -> str:
+    r = config.run
+    lines = []
+    for key in ("duplicate_share", "valid_share", "malformed_share", "blank_share", "kept_hallucination_rate"):
+        lines.append(f"\n### {key.replace('_', ' ')}\n\n| filter | "
+                     + " | ".join(f"gen {g}" for g in range(config.generations)) + " |\n|---|"
+                     + "---|" * config.generations)
+        for name in config.filters:
+            lines.append(f"| {name} | " + " | ".join(format_ci(c, 100.0, 2, "%") for c in m["summary"][name][key]) + " |")
+    v = m["verdict"]
+    verdict = ("not measured (needs the variance and random filters and >= 2 generations)" if v["means"] is None
+               else f"means below at every generation >= 1: **{'yes' if v['means'] else 'no'}**; 95% CIs separate at "
+                    f"every generation >= 1: **{'yes' if v['cis_separate'] else 'no'}**")
+    return f"""# Recursive training on SIMPLE SHAPES with and without Hal filtering ({profile} profile)
+
+**Claim (paper, claim 6, SHAPES panel):** retraining on a model's own samples multiplies hallucinations;
+filtering each generation's samples by Hal keeps the share of duplicates lower than filtering at random.
+
+**Setup:** SHAPES {r.data.options['size']} x {r.data.options['size']}; N = {config.n:,} images per generation
+(generation 0: real), pools of {config.pool_size:,} samples, {config.generations} generations, {config.num_seeds}
+seeds, filters {', '.join(config.filters)}; a new UNet per generation ({dict(r.model.options)}), {r.train.steps:,} Adam
+steps of batch {r.train.batch_size} (EMA {r.train.ema_decay:g}); T = {r.diffusion.timesteps}; Hal: {config.hal_reduction}
+over t = {config.hal_end}..{config.hal_end + config.hal_window - 1}, x0_hat clipped. Shares are of each model's whole
+pool (before filtering); mean [95% CI] over seeds. This call took {m['seconds_this_call']:.0f} s.
+
+**Variance vs random filtering (duplicate share):** {verdict}.
+
+![duplicates](duplicate_share.png) ![valid](valid_share.png)
+![samples](samples.png)
+{''.join(chr(10) + line for line in lines)}
+
+Per-generation data: `study/gen_XXX/metrics.json`; samples: `study/gen_XXX/pool.npz`.
+"""

@@ -1,0 +1,405 @@
+"""``mijax experiment shapes``: SIMPLE SHAPES (SPEC sections 8 and 9; claims 7 and 5 on images).
+
+A UNet is trained (S seeds, one vmapped run) on the SHAPES images, in which each shape occurs at most once;
+its samples are counted (:func:`mijax.data.shapes.count`) and their Hal (the sampler's running variance of
+x0_hat) is swept over windows and reductions in one sampling pass (``SamplerConfig.hal_table``).
+
+Reported: the share of samples per counter label, mean and 95% CI over seeds, beside the training set's
+(no duplicates by construction); a gallery of duplicates beside real images (the paper's Fig. 1, top); per
+window and reduction the AUROC of Hal separating duplicates from valid images and the two operating points
+(duplicates removed at 96% of valid kept; valid kept at 95% of duplicates removed); Hal histograms and ROC
+curves; the UNet's bottleneck features of generated images with one square (top or bottom) or two, in PCA
+and t-SNE (the appendix figure), with the share of two-square images that lie between the one-square groups.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mijax import detection, plots
+from mijax.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig
+from mijax.data import shapes
+from mijax.io import json_safe
+from mijax.experiments import common
+from mijax.runs import load_run
+from mijax.sampling import SamplerConfig
+from mijax.training import TrainConfig, eval_params
+
+SUMMARY = "SIMPLE SHAPES: a UNet makes two copies of a shape it never saw twice (claim 7); Hal on images (claim 5)"
+REDUCTIONS = ("mean", "max", "top_k", "region_max")
+PUBLISHED = (0, 10)  # the published Hal window: the last 10 reverse steps, t = 9..0, reduced by the mean
+# quick: half-size images and a small UNet on 2 CPU cores (about 25 minutes on a 2-core AMD EPYC; README).
+# The schedule is the paper's 1e-4 -> 0.02 over 1,000 steps compressed to 200 (betas x 5), so that sampling
+# costs a fifth; windows are (end, length) in reverse steps.
+PROFILES = {
+    "quick": {"seeds": 3, "size": 32, "channels": 8, "mults": (1, 2, 2), "res_blocks": 1, "groups": 4,
+              "attn_levels": (), "dropout": 0.0, "timesteps": 200, "beta_start": 5e-4, "beta_end": 0.1,
+              "steps": 1_400, "batch_size": 64, "learning_rate": 1e-3, "warmup_steps": 100, "grad_clip": 1.0,
+              "ema_decay": 0.995, "num_samples": 512, "chunk_size": 512, "top_k": 16,
+              "windows": ((0, 10), (0, 4), (4, 8), (10, 10), (20, 10), (40, 20), (0, 40)),
+              "feature_t": 0, "steps_per_call": 100, "checkpoint_every": 500},
+    "paper": {"seeds": 3, "size": 64, "channels": 64, "mults": (1, 2, 2, 2), "res_blocks": 2, "groups": 32,
+              "attn_levels": (2,), "dropout": 0.1, "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
+              "steps": 50_000, "batch_size": 128, "learning_rate": 2e-4, "warmup_steps": 5_000, "grad_clip": 1.0,
+              "ema_decay": 0.9999, "num_samples": 10_000, "chunk_size": 1_000, "top_k": 64,
+              "windows": ((0, 10), (0, 20), (20, 15), (50, 25), (100, 50), (200, 100), (0, 200)),
+              "feature_t": 0, "steps_per_call": 500, "checkpoint_every": 5_000},
+}
+
+
+def run_config(p: dict) -> RunConfig:
+    """The training run of a profile: the SHAPES data set and a UNet with the image DDPM's options."""
+    model = {k: p[k] for k in ("channels", "mults", "res_blocks", "attn_levels", "groups", "dropout")}
+    return RunConfig(
+        data=DataConfig("shapes", n_train=5_000, options={"size": p["size"]}),
+        model=ModelConfig("unet", options=model),
+        diffusion=DiffusionConfig("linear", p["timesteps"], p["beta_start"], p["beta_end"]),
+        train=TrainConfig(steps=p["steps"], batch_size=p["batch_size"], learning_rate=p["learning_rate"],
+                          shuffle=True, steps_per_call=min(p["steps_per_call"], p["steps"]),
+                          warmup_steps=p["warmup_steps"], grad_clip=p["grad_clip"], ema_decay=p["ema_decay"]),
+        seed=0, seeds=p["seeds"], checkpoint_every=min(p["checkpoint_every"], p["steps"]))
+
+
+def sampler_config(p: dict) -> SamplerConfig:
+    """One pass: x0_hat clipped, Hal over every window of the sweep by every reduction."""
+    windows = tuple(tuple(w) for w in p["windows"])
+    return SamplerConfig(hal_window=windows[0][1], hal_end=windows[0][0], hal_windows=windows[1:], clip_x0=True,
+                         hal_table=REDUCTIONS, hal_top_k=p["top_k"])
+
+
+def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
+        overrides: Optional[dict] = None) -> dict:
+    p, out, timer = common.start(PROFILES, profile, seeds, overrides, out)
+    windows = [tuple(int(v) for v in w) for w in p["windows"]]
+    if tuple(windows[0]) != PUBLISHED and PUBLISHED[1] <= p["timesteps"]:
+        windows = [PUBLISHED] + [w for w in windows if w != PUBLISHED]
+        p["windows"] = tuple(windows)
+    config = run_config(p)
+    run_dir = common.train(out, "shapes", config, progress)
+    timer.lap("train")
+    drawn = common.sample(run_dir, p["num_samples"], sampler_config(p), chunk_size=p["chunk_size"], progress=progress)
+    timer.lap("sample")
+    x, table = drawn["x"], drawn["hal_table"]  # [S, N, H, W, 1], [S, N, W, R]
+    S = x.shape[0]
+    counts = [shapes.count(xs) for xs in x]
+    dataset = shapes.ShapesDataset("shapes", p["size"], 0, 5_000)
+    training_counts = shapes.count(dataset.images())
+
+    labels = {name: common.ci([np.mean(c.labels == i) for c in counts]) for i, name in enumerate(shapes.LABELS)}
+    training_labels = {name: float(np.mean(training_counts.labels == i)) for i, name in enumerate(shapes.LABELS)}
+    positions = {name: common.ci([np.mean(c.square_position == i) for c in counts])
+                 for i, name in enumerate(shapes.POSITIONS)}
+    duplicates_per_strip = {name: common.ci([np.mean((c.shapes[:, k] >= 2) & (c.labels == shapes.LABELS.index(
+        "duplicate"))) for c in counts]) for k, name in enumerate(shapes.SHAPES)}
+
+    sweep = _detection_sweep(counts, table, windows)
+    timer.lap("count and detect")
+    features = _bottleneck(run_dir, x[0], counts[0], p)
+    timer.lap("features")
+
+    figures = {
+        "labels": _label_figure(out / "labels.png", labels, training_labels, S),
+        "gallery": _gallery(out / "gallery.png", x, counts, dataset.images()),
+        "auroc": _auroc_figure(out / "auroc.png", sweep, windows),
+    }
+    best = _best(sweep)
+    figures.update(_hal_figures(out, counts, table, windows, sweep, best))
+    if features is not None:
+        figures["bottleneck"] = _feature_figure(out / "bottleneck.png", features)
+    timer.lap("figures")
+
+    duplicate = labels["duplicate"]
+    published = sweep[_key(PUBLISHED, "mean")]
+    claims = {
+        "duplicates_generated": bool(duplicate["low"] is not None and duplicate["low"] > 0.0)
+        if duplicate["n"] > 1 else bool(duplicate["mean"] and duplicate["mean"] > 0),
+        "hal_published_rule_detects": _detects(published),
+        "hal_best_detects": _detects(sweep[best]) if best else None,
+        "two_squares_between": None if features is None else features["between"]["share"] is not None
+        and features["between"]["share"] >= 0.5,
+    }
+    metrics = {
+        "profile": profile, "sizes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()},
+        "config": dataclasses.asdict(config), "run": str(run_dir), "seconds": timer.seconds,
+        "labels": labels, "training_labels": training_labels, "square_position": positions,
+        "duplicates_per_strip": duplicates_per_strip, "detection": sweep, "best": best,
+        "bottleneck": None if features is None else {k: v for k, v in features.items() if k not in ("points",)},
+        "claims": claims, "figures": figures,
+    }
+    metrics = json_safe(metrics)  # what metrics.json holds (a rerun's return equals the file)
+    return common.finish(out, metrics, _report(p, metrics, S))
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection.
+
+def _key(window, reduction: str) -> str:
+    return f"end{window[0]}_len{window[1]}_{reduction}"
+
+
+def _classes(c: shapes.Counts) -> tuple[np.ndarray, np.ndarray]:
+    """(rows that are valid or duplicate, duplicate among them)."""
+    valid, dup = c.labels == shapes.LABELS.index("valid"), c.labels == shapes.LABELS.index("duplicate")
+    return valid | dup, dup[valid | dup]
+
+
+def _detection_sweep(counts, table: np.ndarray, windows) -> dict:
+    """Per (window, reduction): the detection summary of the seeds' samples pooled (valid vs duplicate), the
+    AUROC per seed with a CI over the seeds that have both classes, and the random filter's expectation."""
+    out = {}
+    for w, window in enumerate(windows):
+        for r, reduction in enumerate(REDUCTIONS):
+            scores, positives, per_seed = [], [], []
+            for s, c in enumerate(counts):
+                rows, dup = _classes(c)
+                hal = table[s, rows, w, r]
+                scores.append(hal)
+                positives.append(dup)
+                per_seed.append(detection.auroc(hal, dup) if 0 < dup.sum() < dup.size else np.nan)
+            pooled = detection.detection_summary(np.concatenate(scores), np.concatenate(positives))
+            out[_key(window, reduction)] = {"window": list(window), "reduction": reduction, **pooled,
+                                            "auroc_per_seed": common.ci(per_seed)}
+    return out
+
+
+def _best(sweep: dict) -> Optional[str]:
+    scored = [(v["auroc"], k) for k, v in sweep.items() if v["auroc"] is not None]
+    return max(scored)[1] if scored else None
+
+
+def _detects(d: dict) -> Optional[bool]:
+    """Hal detects duplicates if its pooled AUROC is at least 0.75 (None without both classes)."""
+    return None if d["auroc"] is None else bool(d["auroc"] >= 0.75)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bottleneck features (the appendix figure).
+
+def _bottleneck(run_dir: Path, x: np.ndarray, c: shapes.Counts, p: dict) -> Optional[dict]:
+    """The UNet's middle features of seed 0's samples with one square top or bottom, or two squares, at
+    t = ``feature_t``: PCA and t-SNE, and the share of two-square images between the one-square groups."""
+    groups = {"one square, top": "top", "two squares": "two", "one square, bottom": "bottom"}
+    index = {name: np.flatnonzero(c.square_position == shapes.POSITIONS.index(pos)) for name, pos in groups.items()}
+    if sum(len(i) for i in index.values()) < 10 or not len(index["one square, top"]) or \
+            not len(index["one square, bottom"]):
+        return None
+    config, pieces, state = load_run(run_dir)
+    params = jax.tree.map(lambda a: a[0], eval_params(state, config.train))
+    rows = np.concatenate(list(index.values()))
+    apply = jax.jit(lambda prm, xs: pieces.model.apply(prm, xs, jnp.full((xs.shape[0],), p["feature_t"]),
+                                                       mutable=["intermediates"])[1])
+    feats = np.concatenate([np.asarray(apply(params, jnp.asarray(x[rows[i:i + 256]]))["intermediates"]["bottleneck"][0])
+                            .reshape(len(rows[i:i + 256]), -1) for i in range(0, len(rows), 256)])
+    group = np.concatenate([np.full(len(i), k) for k, i in enumerate(index.values())])
+    centred = feats - feats.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    pca = centred @ vt[:2].T
+    from sklearn.manifold import TSNE
+
+    reduced = centred @ vt[:min(50, vt.shape[0])].T
+    tsne = TSNE(2, perplexity=min(30.0, max(5.0, (len(rows) - 1) / 4)), init="pca", random_state=0).fit_transform(reduced)
+    # "between": project every two-square image on the line from the top group's mean to the bottom group's
+    # (in the full feature space); between means a projection in (0, 1)
+    top, bottom = feats[group == 0].mean(0), feats[group == 2].mean(0)
+    axis = bottom - top
+    proj = (feats[group == 1] - top) @ axis / max(float(axis @ axis), 1e-12)
+    between = {"share": float(np.mean((proj > 0) & (proj < 1))) if proj.size else None,
+               "median_position": float(np.median(proj)) if proj.size else None, "n": int(proj.size)}
+    return {"groups": {name: int(len(i)) for name, i in index.items()}, "between": between,
+            "feature_shape": list(np.asarray(feats).shape[1:]), "t": int(p["feature_t"]),
+            "points": {"pca": pca, "tsne": tsne, "group": group, "names": list(groups)}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures.
+
+GROUP_COLOURS = ("tab:blue", "tab:red", "tab:green")
+
+
+def _label_figure(path: Path, labels: dict, training: dict, seeds: int) -> str:
+    figure = plots.new_figure(6.4, 3.6)
+    ax = figure.subplots()
+    names = list(shapes.LABELS)
+    pos = np.arange(len(names))
+    means = np.array([100 * (labels[n]["mean"] or 0.0) for n in names])
+    low = np.array([100 * (labels[n]["low"] if labels[n]["low"] is not None else labels[n]["mean"] or 0) for n in names])
+    high = np.array([100 * (labels[n]["high"] if labels[n]["high"] is not None else labels[n]["mean"] or 0)
+                     for n in names])
+    ax.bar(pos - 0.2, [100 * training[n] for n in names], 0.4, color="tab:gray", label="training set")
+    ax.bar(pos + 0.2, means, 0.4, color=plots.HALLUCINATED_COLOUR, alpha=0.8,
+           yerr=np.stack([means - low, high - means]).clip(0), capsize=3, label=f"generated (95% CI, {seeds} seeds)")
+    ax.set_xticks(pos, names)
+    ax.set_ylabel("% of images")
+    ax.set_title("What the counter finds in training and generated images")
+    ax.legend(fontsize=8)
+    return plots.save(figure, path)
+
+
+def _gallery(path: Path, x: np.ndarray, counts, real: np.ndarray, columns: int = 8) -> str:
+    """Top rows: real training images; bottom rows: generated duplicates (two copies of a shape)."""
+    dup = [(s, i) for s, c in enumerate(counts) for i in np.flatnonzero(c.labels == shapes.LABELS.index("duplicate"))]
+    dup = dup[:2 * columns]
+    rows = 1 + max(1, -(-len(dup) // columns))
+    figure = plots.new_figure(1.1 * columns, 1.2 * rows + 0.4)
+    axes = np.asarray(figure.subplots(rows, columns, squeeze=False))
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for j in range(columns):
+        axes[0, j].imshow(real[j], cmap="gray", vmin=0, vmax=255)
+    axes[0, 0].set_title("training images (each shape at most once)", fontsize=8, loc="left")
+    for k, (s, i) in enumerate(dup):
+        ax = axes[1 + k // columns, k % columns]
+        ax.imshow(np.asarray(x[s, i, ..., 0]), cmap="gray", vmin=-1, vmax=1)
+    if dup:
+        axes[1, 0].set_title("generated: two copies of a shape (hallucinations)", fontsize=8, loc="left")
+    else:
+        axes[1, 0].set_title("no generated image with two copies of a shape", fontsize=8, loc="left")
+    return plots.save(figure, path)
+
+
+def _auroc_figure(path: Path, sweep: dict, windows) -> str:
+    grid = np.array([[sweep[_key(w, r)]["auroc"] if sweep[_key(w, r)]["auroc"] is not None else np.nan
+                      for r in REDUCTIONS] for w in windows])
+    figure = plots.new_figure(5.6, 0.45 * len(windows) + 1.6)
+    ax = figure.subplots()
+    image = ax.imshow(grid, vmin=0.5, vmax=1.0, cmap="viridis", aspect="auto")
+    for (i, j), v in np.ndenumerate(grid):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v < 0.8 else "black")
+    ax.set_xticks(range(len(REDUCTIONS)), REDUCTIONS)
+    ax.set_yticks(range(len(windows)), [f"t = {e}..{e + k - 1}" for e, k in windows])
+    ax.set_title("AUROC of Hal, duplicates vs valid (seeds pooled)")
+    figure.colorbar(image, ax=ax)
+    return plots.save(figure, path)
+
+
+def _hal_figures(out: Path, counts, table: np.ndarray, windows, sweep: dict, best: Optional[str]) -> dict:
+    """Per reduction, the Hal histogram of valid vs duplicates at its best window, and one ROC figure."""
+    figures, curves = {}, {}
+    for r, reduction in enumerate(REDUCTIONS):
+        keys = [_key(w, reduction) for w in windows]
+        aurocs = [sweep[k]["auroc"] if sweep[k]["auroc"] is not None else -1 for k in keys]
+        w = int(np.argmax(aurocs))
+        scores = np.concatenate([table[s, _classes(c)[0], w, r] for s, c in enumerate(counts)])
+        positives = np.concatenate([_classes(c)[1] for c in counts])
+        window = windows[w]
+        d = sweep[keys[w]]
+        threshold = d["removal_at_retention"]["threshold"]
+        figures[f"hal_{reduction}"] = plots.plot_hal_histograms(
+            out / f"hal_{reduction}.png", scores, positives, threshold=threshold, threshold_label="96% of valid kept",
+            title=f"Hal ({reduction}, t = {window[0]}..{sum(window) - 1}): valid vs duplicate")
+        if 0 < positives.sum() < positives.size:
+            fpr, tpr, _ = detection.roc_curve(scores, positives)
+            curves[f"{reduction}, t = {window[0]}..{sum(window) - 1}"] = (fpr, tpr, d["auroc"])
+    if curves:
+        figures["roc"] = plots.plot_roc(out / "roc.png", curves, "Hal on SHAPES: duplicates vs valid images")
+    return figures
+
+
+def _feature_figure(path: Path, features: dict) -> str:
+    pts = features["points"]
+    figure = plots.new_figure(10.0, 4.4)
+    for k, (name, title) in enumerate((("pca", "PCA"), ("tsne", "t-SNE"))):
+        ax = figure.add_subplot(1, 2, k + 1)
+        for g, label in enumerate(pts["names"]):
+            m = pts["group"] == g
+            ax.scatter(pts[name][m, 0], pts[name][m, 1], s=9, color=GROUP_COLOURS[g], alpha=0.8,
+                       label=f"{label} ({int(m.sum())})")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"UNet bottleneck features of generated images: {title}", fontsize=9)
+        ax.legend(fontsize=7)
+    return plots.save(figure, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+
+def _pct(c: dict) -> str:
+    return common.fmt(c, pct=True, digits=2)
+
+
+def _report(p: dict, m: dict, seeds: int) -> str:
+    rows = "\n".join(f"| {name} | {100 * m['training_labels'][name]:.2f}% | {_pct(m['labels'][name])} |"
+                     for name in shapes.LABELS)
+    positions = ", ".join(f"{k}: {_pct(v)}" for k, v in m["square_position"].items())
+    strips = ", ".join(f"{k}: {_pct(v)}" for k, v in m["duplicates_per_strip"].items())
+
+    def fmt(v, digits=3):
+        return "n/a" if v is None else f"{v:.{digits}f}"
+
+    def row(key):
+        d = m["detection"][key]
+        w = d["window"]
+        return (f"| t = {w[0]}..{w[0] + w[1] - 1} | {d['reduction']} | {fmt(d['auroc'])} | {common.fmt(d['auroc_per_seed'])}"
+                f" | {fmt(d['removal_at_retention']['removed'], 2)} | {fmt(d['retained_at_removal']['retained'], 2)} |")
+
+    table = "\n".join(row(k) for k in m["detection"])
+    published = m["detection"][_key(PUBLISHED, "mean")]
+    best = m["detection"][m["best"]] if m["best"] else None
+    claims = m["claims"]
+    b = m["bottleneck"]
+    if b is None:
+        feature_text = ("not drawn: seed 0 has too few samples with one square at the top and one at the bottom "
+                        "(needs both, and 10 images in all)")
+    else:
+        feature_text = (f"seed 0's generated images, {', '.join(f'{k}: {v}' for k, v in b['groups'].items())}; "
+                        f"features at t = {b['t']} of shape {b['feature_shape']}. Projected on the line from the "
+                        f"mean top-square feature (0) to the mean bottom-square one (1), "
+                        f"{fmt(b['between']['share'] and 100 * b['between']['share'], 1)}% of the two-square images "
+                        f"lie between (median position {fmt(b['between']['median_position'], 2)}). Holds (at least "
+                        f"half between): {common.holds_word(claims['two_squares_between'])}")
+    return f"""# SIMPLE SHAPES: hallucinations by mode interpolation on images ({p['profile']} profile)
+
+**Setup.** SHAPES at {p['size']} x {p['size']} (5,000 generated images, seed 0; each shape at most once);
+a UNet with {p['channels']} channels, mults {tuple(p['mults'])}, {p['res_blocks']} res block(s), attention at
+{tuple(p['attn_levels']) or 'no level'}, dropout {p['dropout']}; T = {p['timesteps']} (linear {p['beta_start']:g} ->
+{p['beta_end']:g}); {p['steps']:,} Adam steps of batch {p['batch_size']} (lr {p['learning_rate']:g}, warm-up
+{p['warmup_steps']:,}, gradient clip {p['grad_clip']:g}, EMA {p['ema_decay']:g}); {seeds} seeds; {p['num_samples']:,}
+samples per seed, DDPM with x0_hat clipped to [-1, 1]. Mean [95% CI] over seeds. Wall time: {sum(m['seconds'].values()):.0f} s
+({', '.join(f'{k} {v:.0f} s' for k, v in m['seconds'].items())}).
+
+## Claim 7: two copies of a shape that never occur together in training
+
+| label | training set | generated |
+|---|---|---|
+{rows}
+
+Duplicates per strip: {strips}. Square strip: {positions}.
+
+**Holds** (duplicates generated, 95% CI above 0, against 0% in training): {common.holds_word(claims['duplicates_generated'])}
+
+![labels](labels.png)
+![gallery](gallery.png)
+
+## Claim 5 on images: Hal separates duplicates from valid images
+
+Positives: duplicates; negatives: valid images (blank, outside and malformed samples left out); seeds pooled
+for the AUROC and operating points, and the AUROC per seed with its CI. "removed @ 96% kept": share of
+duplicates removed by the threshold that keeps 96% of valid images; "kept @ 95% removed": share of valid
+images kept by the threshold that removes 95% of duplicates.
+
+| window | reduction | AUROC (pooled) | AUROC per seed | removed @ 96% kept | kept @ 95% removed |
+|---|---|---|---|---|---|
+{table}
+
+The published rule (mean over pixels, last 10 steps) reaches AUROC {fmt(published['auroc'])}; the best cell is
+{'n/a' if best is None else f"{best['reduction']} over t = {best['window'][0]}..{sum(best['window']) - 1} with AUROC {fmt(best['auroc'])}"}.
+Holds (AUROC >= 0.75): published rule {common.holds_word(claims['hal_published_rule_detects'])}, best cell
+{common.holds_word(claims['hal_best_detects'])}.
+
+![auroc](auroc.png)
+![roc](roc.png)
+![hal mean](hal_mean.png) ![hal max](hal_max.png) ![hal top_k](hal_top_k.png) ![hal region_max](hal_region_max.png)
+
+## The bottleneck features (appendix figure)
+
+{feature_text}
+
+![bottleneck](bottleneck.png)
+"""

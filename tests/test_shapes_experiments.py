@@ -1,0 +1,74 @@
+"""``mijax experiment shapes`` and ``recursive-shapes`` end to end on tiny sizes (a UNet of one level, a few
+steps): every file is written, the numbers are well formed, the training set counts all valid, and the
+report says what was measured."""
+import json
+
+import numpy as np
+import pytest
+
+from mijax import experiments
+from mijax.data import shapes as shapes_data
+
+TINY_MODEL = {"channels": 8, "mults": (1,), "groups": 4}
+
+
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes")
+    overrides = {"seeds": 2, "steps": 2, "batch_size": 16, "timesteps": 12, "num_samples": 24, "chunk_size": 24,
+                 "windows": ((0, 3), (2, 4)), "steps_per_call": 2, "checkpoint_every": 2, "ema_decay": 0.9,
+                 "dropout": 0.1, **TINY_MODEL}
+    metrics = experiments.load("shapes").run(out, "quick", progress=False, overrides=overrides)
+    return out, metrics
+
+
+def test_the_shapes_experiment_writes_its_report(shapes_run):
+    out, metrics = shapes_run
+    assert json.loads((out / "metrics.json").read_text()) == metrics  # strict JSON, read back
+    for name in ("labels", "gallery", "auroc", "hal_mean", "hal_region_max"):
+        assert (out / f"{name}.png").stat().st_size > 1000
+    assert metrics["training_labels"]["valid"] == 1.0 and metrics["training_labels"]["duplicate"] == 0.0
+    shares = [metrics["labels"][name]["mean"] for name in shapes_data.LABELS]
+    assert abs(sum(shares) - 1.0) < 1e-9 and all(len(metrics["labels"][n]["per_seed"]) == 2 for n in shapes_data.LABELS)
+    # the published window (0, 10) does not fit T = 12's sweep as given: it is put first
+    windows = [tuple(w) for w in metrics["sizes"]["windows"]]
+    assert windows[0] == (0, 10) and (2, 4) in windows
+    assert len(metrics["detection"]) == len(windows) * 4
+    report = (out / "report.md").read_text()
+    assert "Claim 7" in report and "region_max" in report and "EMA 0.9" in report
+    # a rerun reads the trained run and the cached samples back: the same numbers
+    again = experiments.load("shapes").run(out, "quick", progress=False, overrides={
+        "seeds": 2, "steps": 2, "batch_size": 16, "timesteps": 12, "num_samples": 24, "chunk_size": 24,
+        "windows": ((0, 3), (2, 4)), "steps_per_call": 2, "checkpoint_every": 2, "ema_decay": 0.9, "dropout": 0.1,
+        **TINY_MODEL})
+    assert again["labels"] == metrics["labels"] and again["detection"] == metrics["detection"]
+
+
+def test_the_detection_sweep_scores_duplicates_against_valid_images():
+    from mijax.experiments.shapes import REDUCTIONS, _detection_sweep
+
+    counts = shapes_data.Counts(labels=np.array([1, 1, 2, 2, 0, 4]), shapes=np.zeros((6, 3), int),
+                                square_position=np.zeros(6, int))
+    table = np.zeros((1, 6, 1, len(REDUCTIONS)))
+    table[0, :, 0, 0] = [0.1, 0.2, 0.9, 0.8, 5.0, 5.0]  # blank and malformed rows are left out
+    table[0, :, 0, 1] = [0.9, 0.8, 0.1, 0.2, 0.0, 0.0]
+    sweep = _detection_sweep([counts], table, [(0, 10)])
+    assert sweep["end0_len10_mean"]["auroc"] == 1.0 and sweep["end0_len10_max"]["auroc"] == 0.0
+    assert sweep["end0_len10_mean"]["num_hallucinated"] == 2 and sweep["end0_len10_mean"]["n"] == 4
+    assert sweep["end0_len10_mean"]["removal_at_retention"]["removed"] == 1.0
+
+
+def test_the_recursive_shapes_study_runs_and_reports(tmp_path):
+    overrides = {"n_train": 16, "steps": 2, "batch_size": 8, "timesteps": 12, "generations": 2, "chunk_size": 24,
+                 "model_options": TINY_MODEL}
+    metrics = experiments.load("recursive-shapes").run(tmp_path, "quick", seeds=1, progress=False, overrides=overrides)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    summary = metrics["summary"]
+    assert set(summary) == {"random", "variance"}
+    assert len(summary["variance"]["duplicate_share"]) == 2
+    assert metrics["verdict"]["means"] in (True, False)
+    for name in ("duplicate_share", "valid_share", "samples"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+    pool = np.load(tmp_path / "study" / "gen_001" / "pool.npz")
+    assert pool["x"].shape == (2, 24, 32, 32, 1) and np.abs(pool["x"]).max() <= 1.0  # x0_hat clipped
+    assert "region_max" in (tmp_path / "report.md").read_text()
