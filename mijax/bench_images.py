@@ -18,7 +18,7 @@ from mijax.models import build as build_model
 from mijax.models.denoiser import ModuleDenoiser
 from mijax.sampling import SamplerConfig, chunk_rows, default_rows_per_block, sample, sample_chunk
 from mijax.schedules import make_schedule
-from mijax.training import TrainConfig, init_states, train_steps
+from mijax.training import TrainConfig, init_states, loops_on_host, train
 
 # torch_unet.py's defaults: the small CPU configuration (263,025 parameters), batch 64, N = 256, T = 50, K = 10
 DEFAULTS = dict(size=32, channels=16, mults="1,2,2", res_blocks=1, batch=64, steps=10, n=256, timesteps=50,
@@ -39,23 +39,25 @@ def parameter_count(o: dict) -> int:
 
 
 def bench_unet_training(o: dict, repeats: int, time_best) -> dict:
-    """ms per Adam step (lr 2e-4 as the baseline) of :func:`mijax.training.train_steps` on one UNet, batch B."""
+    """ms per Adam step (lr 2e-4 as the baseline) of :func:`mijax.training.train` on one UNet, batch B."""
     module = build_model("unet", (o["size"], o["size"], 1), options=_options(o))
     shape = (o["size"], o["size"], 1)
     config = TrainConfig(steps=o["steps"], batch_size=o["batch"], learning_rate=2e-4, steps_per_call=o["steps"])
     state = jax.tree.map(lambda a: a[0], init_states(module, config, shape, jax.random.key(0)[None]))
     data = jax.random.uniform(jax.random.key(1), (o["batch"],) + shape, jnp.float32, -1.0, 1.0)
     denoise_fn, schedule = ModuleDenoiser(module), make_schedule("linear", 1000, 1e-4, 0.02)
-    holder = {"state": state}
+    holder = {"state": state, "losses": []}
 
     def call():
-        holder["state"], holder["losses"] = train_steps(denoise_fn, schedule, config, holder["state"],
-                                                        jax.random.key(2), data, o["steps"])
-        return holder["losses"]
+        # mijax.training.train, as runs train: on CPU a host loop of loop-free steps (loops_on_host)
+        start = int(holder["state"].step)
+        holder["state"] = train(denoise_fn, schedule, config, holder["state"], jax.random.key(2), data,
+                                stop_at=start + o["steps"], callback=lambda s, losses: holder["losses"].append(losses))
+        return holder["state"].params
 
     timing = time_best(call, repeats)
-    return {**timing, "ms_per_step": 1e3 * timing["seconds"] / o["steps"],
-            "losses_finite": bool(jnp.all(jnp.isfinite(holder["losses"])))}
+    return {**timing, "ms_per_step": 1e3 * timing["seconds"] / o["steps"], "host_loop": loops_on_host(denoise_fn),
+            "losses_finite": bool(all(jnp.all(jnp.isfinite(l)) for l in holder["losses"]))}
 
 
 def _sampling_pieces(o: dict, timesteps: int):

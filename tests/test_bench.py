@@ -162,3 +162,19 @@ def test_bench_torch_keeps_the_fastest_and_the_median(tmp_path):
     r = bench.bench_torch(script, "trajectory", {"n": 8}, repeats=3)
     assert r["times"] == [3.0, 1.0, 2.0] and r["seconds"] == 1.0 and r["median_seconds"] == 2.0
     assert r["mode"] == "trajectory" and "--n=8" in r["command"]
+
+
+def test_quick_image_benchmark(tmp_path, capsys):
+    out = tmp_path / "images.json"
+    results = bench.main(["--images", "--quick", "--json-out", str(out), "--compare-torch",
+                          "--torch-baseline", "/nonexistent/torch_unet.py"])
+    images = results["images"]
+    assert images["parameters"] > 0 and images["training"]["ms_per_step"] > 0 and images["training"]["losses_finite"]
+    assert images["sampling"]["hal_finite"] and images["sampling"]["image_steps_per_s"] > 0
+    memory = images["memory"]
+    assert "skipped" in memory or memory["long"]["timesteps"] == 10 * memory["short"]["timesteps"]
+    assert "not found" in results["torch"]["skipped"] and "torch_train" not in images
+    assert json.loads(out.read_text()) == results
+    assert "Adam step" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="image-options"):
+        bench.main(["--images", "--quick", "--image-options", "depth=3"])

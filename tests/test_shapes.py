@@ -152,13 +152,17 @@ def test_the_command_line_passes_data_and_model_options(capsys):
                                           "300", "--batch-size", "100", "--out", "unused"])
     config = cli._run_config(args)
     unet = cli._run_config(cli.build_parser().parse_args(["train", "--dataset", "shapes", "--model", "unet",
-                                                          "--model-option", "mults=[1,2]", "--out", "unused"]))
-    assert unet.model.name == "unet" and unet.model.options["mults"] == (1, 2)
+                                                          "--model-option", "mults=[1,2]", "--model-option",
+                                                          "dropout=0.1", "--ema-decay", "0.999", "--out", "unused"]))
+    assert unet.model.name == "unet" and unet.model.options["mults"] == (1, 2) and unet.model.options["dropout"] == 0.1
+    assert unet.train.ema_decay == 0.999 and config.train.ema_decay == 0.0
     assert dict(config.data.options) == {"size": 32, "seed": 0, "num_images": 300}
     assert dict(config.model.options) == {"width": 64, "num_layers": 3, "tied": False}
     assert config.train.steps == 30_000  # 10,000 epochs of 300 // 100 batches
     code = cli.main(["train", "--dataset", "shapes", "--data-option", "size=48", "--out", "unused"])
     assert code == 2 and "64 or 32" in capsys.readouterr().err
+    code = cli.main(["train", "--dataset", "shapes", "--model", "unet", "--ema-decay", "1", "--out", "unused"])
+    assert code == 2 and "ema decay must be in [0, 1)" in capsys.readouterr().err
     assert cli.main(["data"]) == 0
     listed = capsys.readouterr().out
     assert "shapes" in listed and "size=64" in listed and "model    mlp" in listed

@@ -69,7 +69,7 @@ def test_the_unet_trains_and_samples_images_with_hal(tmp_path):
     from mijax.cli import main
 
     assert main(["sample", "--run", str(tmp_path / "run"), "--n", "4", "--hal-window", "5", "--clip-x0",
-                 "--hal-reduction", "top_k", "--hal-top-k", "8", "--no-progress", "--out", str(tmp_path / "s.npz")]) == 0
+                 "--hal-reduction", "region_max", "--no-progress", "--out", str(tmp_path / "s.npz")]) == 0
     drawn = np.load(tmp_path / "s.npz")
     assert drawn["x"].shape == (1, 4, 32, 32, 1) and drawn["hal"].shape == (1, 4)
     assert np.all(np.abs(drawn["x"]) <= 1.0) and np.all(drawn["hal"] >= 0)
