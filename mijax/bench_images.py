@@ -23,7 +23,7 @@ from mijax.training import TrainConfig, init_states, loops_on_host, train
 # torch_unet.py's defaults: the small CPU configuration (263,025 parameters), batch 64, N = 256, T = 50, K = 10
 DEFAULTS = dict(size=32, channels=16, mults="1,2,2", res_blocks=1, batch=64, steps=10, n=256, timesteps=50,
                 window=10)
-QUICK = dict(size=8, channels=8, mults="1,2", res_blocks=1, batch=4, steps=2, n=8, timesteps=4, window=2)
+QUICK = dict(size=8, channels=8, mults="1", res_blocks=1, batch=4, steps=2, n=8, timesteps=4, window=2)
 
 
 def _options(o: dict) -> dict:

@@ -161,7 +161,8 @@ def test_the_command_line_passes_data_and_model_options(capsys):
     assert config.train.steps == 30_000  # 10,000 epochs of 300 // 100 batches
     code = cli.main(["train", "--dataset", "shapes", "--data-option", "size=48", "--out", "unused"])
     assert code == 2 and "64 or 32" in capsys.readouterr().err
-    code = cli.main(["train", "--dataset", "shapes", "--model", "unet", "--ema-decay", "1", "--out", "unused"])
+    code = cli.main(["train", "--dataset", "shapes", "--model", "unet", "--batch-size", "64", "--ema-decay", "1",
+                     "--out", "unused"])
     assert code == 2 and "ema decay must be in [0, 1)" in capsys.readouterr().err
     assert cli.main(["data"]) == 0
     listed = capsys.readouterr().out

@@ -85,8 +85,9 @@ def test_unet_options_survive_a_json_round_trip():
 def test_dropout_acts_in_training_only_and_the_bottleneck_is_sown():
     from mijax.models.denoiser import ModuleDenoiser
 
-    module = models.build("unet", (8, 8, 1), options={**TINY, "dropout": 0.5})
-    assert _count(module, (8, 8, 1)) == _count(models.build("unet", (8, 8, 1), options=TINY), (8, 8, 1))
+    one_level = {**TINY, "mults": (2,)}
+    module = models.build("unet", (8, 8, 1), options={**one_level, "dropout": 0.5})
+    assert _count(module, (8, 8, 1)) == _count(models.build("unet", (8, 8, 1), options=one_level), (8, 8, 1))
     params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), jnp.zeros((2,), jnp.int32))
     params = jax.tree.map(lambda a: a + 0.05, params)  # leave the zero-initialised layers
     x, t = jax.random.normal(jax.random.key(1), (3, 8, 8, 1)), jnp.full((3,), 4)
@@ -97,10 +98,10 @@ def test_dropout_acts_in_training_only_and_the_bottleneck_is_sown():
     b = denoiser.training(jax.random.key(3))(params, x, t)
     assert not np.allclose(np.asarray(a), np.asarray(sample_out)) and not np.allclose(np.asarray(a), np.asarray(b))
     np.testing.assert_array_equal(np.asarray(a), np.asarray(denoiser.training(jax.random.key(2))(params, x, t)))
-    without = ModuleDenoiser(models.build("unet", (8, 8, 1), options=TINY))
+    without = ModuleDenoiser(models.build("unet", (8, 8, 1), options=one_level))
     assert without.training(jax.random.key(2)) is without
     _, state = module.apply(params, x, t, mutable=["intermediates"])
     (bottleneck,) = state["intermediates"]["bottleneck"]
-    assert bottleneck.shape == (3, 4, 4, 16)  # 8 x 8 halved once, channels 8 x mults[-1]
+    assert bottleneck.shape == (3, 8, 8, 16)  # one level: 8 x 8 not halved, channels 8 x mults[-1]
     with pytest.raises(mijax.MijaxError, match="dropout"):
         models.build("unet", (8, 8, 1), options={"dropout": 1.0})
