@@ -50,7 +50,7 @@ def make_config(dim: int, profile: str = "quick", seeds: Optional[int] = None) -
                            chunk_size=5_000 if profile == "quick" else 25_000)
 
 
-OVERRIDES = ("n_train", "steps", "batch_size", "timesteps", "generations", "pool_extra", "chunk_size")
+OVERRIDES = ("n_train", "steps", "batch_size", "timesteps", "generations", "pool_extra", "chunk_size", "filters")
 
 
 def with_overrides(config: RecursiveConfig, overrides: Optional[dict]) -> RecursiveConfig:
@@ -67,6 +67,8 @@ def with_overrides(config: RecursiveConfig, overrides: Optional[dict]) -> Recurs
     diffusion = dataclasses.replace(run.diffusion, timesteps=overrides.pop("timesteps", run.diffusion.timesteps))
     run = dataclasses.replace(run, data=data, train=train, diffusion=diffusion,
                               checkpoint_every=min(run.checkpoint_every, train.steps))
+    if "filters" in overrides:
+        overrides["filters"] = tuple(overrides["filters"])
     return dataclasses.replace(config, run=run, **overrides)
 
 
