@@ -570,6 +570,15 @@ def _device_counts(text) -> list[int]:
     return list(dict.fromkeys(counts))
 
 
+def _measured(fn: Callable[[], dict], quiet_wait: float) -> dict:
+    """``fn()``'s figures, after waiting up to ``quiet_wait`` seconds for the machine to go quiet (0: no wait)."""
+    wait = wait_for_quiet(quiet_wait) if quiet_wait > 0 else None
+    out = fn()
+    if wait is not None:
+        out["quiet_wait"] = wait
+    return out
+
+
 def run(args: argparse.Namespace) -> dict:
     """Run the measurements that ``args`` asks for; print a table and one JSON line; return the results.
 
@@ -587,11 +596,7 @@ def run(args: argparse.Namespace) -> dict:
                                               str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}}
 
     def measure(fn: Callable[[], dict]) -> dict:
-        wait = wait_for_quiet(a.quiet_wait) if a.quiet_wait > 0 else None
-        out = fn()
-        if wait is not None:
-            out["quiet_wait"] = wait
-        return out
+        return _measured(fn, a.quiet_wait)
 
     torch_skip, script = None, None
     if a.compare_torch:
@@ -675,14 +680,8 @@ def run_images(args: argparse.Namespace) -> dict:
         script = script if ok else None
     wait = getattr(args, "quiet_wait", 0.0) or 0.0
 
-    def measure(fn):
-        waited = wait_for_quiet(wait) if wait > 0 else None
-        meter = CpuMeter()
-        out = fn()
-        out.update({k: v for k, v in meter.read().items() if k == "other_cores"})
-        if waited is not None:
-            out["quiet_wait"] = waited
-        return out
+    def measure(fn: Callable[[], dict]) -> dict:
+        return _measured(fn, wait)
 
     results["images"] = bench_images.run_images(options, repeats, measure, time_best, script,
                                                 getattr(args, "torch_repeats", 1) or 1, bench_torch)
