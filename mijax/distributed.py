@@ -19,7 +19,9 @@ gloo); meshes then span ``jax.devices()`` of every process, inputs are replicate
 """
 from __future__ import annotations
 
+import itertools
 import math
+import os
 from typing import Any, Optional, Sequence
 
 import jax
@@ -29,6 +31,13 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 ROWS, SEEDS = "rows", "seeds"
+
+# How long a process waits for the others at a barrier. Gloo gives up on a collective after 30 s, so a
+# process that falls behind (process 0 packing a large samples file; a loaded machine compiling) would
+# fail the others' next gather: every gather and every barrier first meets at the coordination service,
+# whose wait is this long (``MIJAX_BARRIER_TIMEOUT`` seconds).
+BARRIER_TIMEOUT_S = 3600.0
+_barrier_count = itertools.count()  # barrier ids must be fresh; every process calls them in the same order
 
 
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
@@ -143,7 +152,11 @@ def shard_leading(tree: Any, m: Optional[Mesh]) -> Any:
 
 
 def to_host(tree: Any) -> Any:
-    """Host numpy copies of ``tree``'s leaves; arrays spread over several processes are gathered first."""
+    """Host numpy copies of ``tree``'s leaves; arrays spread over several processes are gathered first
+    (after a :func:`barrier`, so that no process reaches gloo's short collective timeout waiting)."""
+    if any(isinstance(a, jax.Array) and not a.is_fully_addressable for a in jax.tree.leaves(tree)):
+        barrier("mijax.to_host")
+
     def get(a):
         if isinstance(a, jax.Array) and not a.is_fully_addressable:
             from jax.experimental import multihost_utils
@@ -155,8 +168,17 @@ def to_host(tree: Any) -> Any:
 
 
 def barrier(name: str) -> None:
-    """Wait until every process reaches this point (nothing to do in one process)."""
-    if jax.process_count() > 1:
+    """Wait until every process reaches this point (nothing to do in one process), for up to
+    ``MIJAX_BARRIER_TIMEOUT`` seconds (default :data:`BARRIER_TIMEOUT_S`)."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed  # the coordination client (as orbax uses it)
+
+    client = getattr(jax_distributed.global_state, "client", None)
+    if client is None or not hasattr(client, "wait_at_barrier"):  # not started by jax.distributed: collectives
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+        return
+    timeout = float(os.environ.get("MIJAX_BARRIER_TIMEOUT", BARRIER_TIMEOUT_S))
+    client.wait_at_barrier(f"{name}.{next(_barrier_count)}", timeout_in_ms=int(timeout * 1000))

@@ -29,13 +29,16 @@ from mijax.diffusion import Denoiser, model_predictions, posterior_mean_variance
 from mijax.schedules import Schedule
 
 SAMPLERS = ("ddpm", "ddim")
-ROW_BLOCK = 64  # chunks are padded to a multiple of this many samples (see sample_chunks)
+ROW_BLOCK = 128  # chunks are padded to a multiple of this many samples (see sample_chunks)
+# (64 was enough on AMD EPYC Genoa; on EPYC Milan the paper's MLP rounds its rows differently at 64 rows
+# or fewer than at 96 to 2,048, so 64-row blocks made 4 devices disagree with 1)
 # On CPU a device's rows run through the T steps in blocks of at most this many. Two reasons: the blocks'
 # activations stay in cache (~1.3x faster on a 2-core AMD EPYC at N = 10,000, BENCHMARKS.md); and XLA:CPU's
 # matmuls take another code path (other rounding) from 4,096 rows up, so blocks below that give every sample
 # the same bits whatever the chunk size and device count (tests/test_sampling.py). Both were measured with
-# jax 0.10.2 on 2-core AMD EPYC machines; XLA's thresholds may differ on other CPUs and versions.
-CPU_ROWS_PER_BLOCK = 4032
+# jax 0.10.2 on 2-core AMD EPYC machines (Genoa and Milan); XLA's thresholds may differ on other CPUs and
+# versions.
+CPU_ROWS_PER_BLOCK = 3968  # 31 x ROW_BLOCK
 VARIANCES = ("fixed_large", "fixed_small")
 
 
@@ -352,7 +355,7 @@ def chunk_rows(n: int, chunk_size: Optional[int], devices: int = 1,
     bit-identical whatever the chunking and the device count. (This holds for the paper's width-128
     network; much narrower layers, e.g. width 16 with under 256 rows per device, fall below XLA:CPU's
     size threshold for its matmul library and their rows then depend on the row count; and from 4,096 rows
-    up XLA:CPU's matmuls round differently again, which the CPU default of blocks of at most 4,032 rows
+    up XLA:CPU's matmuls round differently again, which the CPU default of blocks of at most 3,968 rows
     avoids.) With ``rows_per_block`` each device's rows are ``blocks x rows`` of :func:`row_blocks`.
     """
     chunk = n if chunk_size is None else min(chunk_size, n)
@@ -378,7 +381,7 @@ def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
       start, stop: draw only samples ``start .. stop - 1`` of the n (default all).
       seed_batch: see :func:`sample_chunk`.
       rows_per_block: a device runs its rows of a chunk in blocks of at most this many, one after the other
-        (``"auto"``: :func:`default_rows_per_block`, 4,032 on CPU; None: all at once). On CPU blocks under
+        (``"auto"``: :func:`default_rows_per_block`, 3,968 on CPU; None: all at once). On CPU blocks under
         4,096 rows keep every sample independent of the chunking (see ``CPU_ROWS_PER_BLOCK``).
     """
     shape = tuple(int(s) for s in shape)

@@ -87,7 +87,7 @@ def test_same_numbers_on_1_2_and_8_devices():
 
 def test_chunk_rows_are_whole_blocks_on_every_device():
     assert chunk_rows(1000, None, 1) == (1000, 1024)
-    assert chunk_rows(1000, 300, 2) == (300, 384)
+    assert chunk_rows(1000, 300, 2) == (300, 512)
     for devices in (1, 2, 8):
         chunk, compiled = chunk_rows(12_345, 1000, devices)
         assert chunk == 1000 and compiled % (devices * ROW_BLOCK) == 0 and compiled - chunk < devices * ROW_BLOCK

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import mijax
-from mijax.sampling import SamplerConfig, chunk_rows, reverse_timesteps, row_blocks, sample_chunk, validate
+from mijax.sampling import (CPU_ROWS_PER_BLOCK, ROW_BLOCK, SamplerConfig, chunk_rows, reverse_timesteps, row_blocks,
+                            sample_chunk, validate)
 
 T = 50
 MODEL = mijax.ToyDenoiser(1)
@@ -260,15 +261,16 @@ def test_chunk_size_invariance(params, schedule):
 
 
 def test_row_blocks():
-    assert row_blocks(10_000, 4032) == (3, 3392)  # the fewest blocks of <= 4,032 rows, equal, whole ROW_BLOCKs
-    assert row_blocks(12_288, 3072) == (4, 3072) and row_blocks(12_289, 3072) == (5, 2496)
-    assert row_blocks(100, 4032) == (1, 128) and row_blocks(5000, None) == (1, 5056)
-    assert row_blocks(1000, 100) == (16, 64)  # a block is at least ROW_BLOCK rows
-    assert chunk_rows(10_000, None, 1, 4032) == (10_000, 3 * 3392)
+    assert ROW_BLOCK == 128 and CPU_ROWS_PER_BLOCK == 3968
+    assert row_blocks(10_000, 3968) == (3, 3456)  # the fewest blocks of <= 3,968 rows, equal, whole ROW_BLOCKs
+    assert row_blocks(12_288, 3072) == (4, 3072) and row_blocks(12_289, 3072) == (5, 2560)
+    assert row_blocks(100, 3968) == (1, 128) and row_blocks(5000, None) == (1, 5120)
+    assert row_blocks(1000, 100) == (8, 128)  # a block is at least ROW_BLOCK rows
+    assert chunk_rows(10_000, None, 1, 3968) == (10_000, 3 * 3456)
     assert chunk_rows(10_000, 5000, 2, 1000) == (5000, 2 * 3 * 896)  # 2,500 rows per device: 3 blocks of 896
     for n in range(1, 30_000, 97):
-        count, size = row_blocks(n, 4032)
-        assert size % 64 == 0 and size <= 4032 and count * size >= n and count * size - n < count * 64
+        count, size = row_blocks(n, 3968)
+        assert size % 128 == 0 and size <= 3968 and count * size >= n and count * size - n < count * 128
     with pytest.raises(ValueError, match="rows per block"):
         row_blocks(100, 0)
 
