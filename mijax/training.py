@@ -120,13 +120,41 @@ def init_state(init_fn: Callable, config: TrainConfig, key: jax.Array) -> TrainS
                       opt_state=make_optimizer(config).init(params))
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2))
+# XLA:CPU's optimising backend spends most of a model's initialisation compile on the truncated-normal draws
+# (the UNet of the quick SHAPES profile: 45 s at the default level, 7.5 s at level 0; the draws then differ from
+# the default's in the last bit of ~3% of the weights). Initialisation runs once per model, so on CPU it is
+# compiled unoptimised.
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def compile_init(fn: Callable, *args):
+    """``jax.jit(fn)`` compiled for ``args``, unoptimised on CPU (see ``INIT_COMPILER_OPTIONS``): for
+    one-off programs such as parameter initialisation."""
+    lowered = jax.jit(fn).lower(*args)
+    cpu = jax.default_backend() == "cpu"
+    return lowered.compile(compiler_options=INIT_COMPILER_OPTIONS) if cpu else lowered.compile()
+
+
+_INIT_PROGRAMS: dict = {}
+
+
 def init_states(module, config: TrainConfig, shape: tuple[int, ...], keys: jax.Array) -> TrainState:
     """Initial states of one Flax denoiser ``module`` per key, stacked (leaves [S, ...]): the parameters from
-    ``module.init`` on a dummy batch of one sample of ``shape`` (compiled once per module, config and shape)."""
-    dummy_x = jnp.zeros((1,) + tuple(shape), jnp.float32)
-    dummy_t = jnp.zeros((1,), jnp.int32)
-    return jax.vmap(lambda k: init_state(lambda kk: module.init(kk, dummy_x, dummy_t), config, k))(keys)
+    ``module.init`` on a dummy batch of one sample of ``shape`` (compiled once per module, config, shape and
+    key layout, by :func:`compile_init`)."""
+    shape = tuple(shape)
+
+    def fn(keys):
+        dummy_x = jnp.zeros((1,) + shape, jnp.float32)
+        dummy_t = jnp.zeros((1,), jnp.int32)
+        return jax.vmap(lambda k: init_state(lambda kk: module.init(kk, dummy_x, dummy_t), config, k))(keys)
+
+    cache_key = (module, config, shape, keys.shape, str(keys.dtype), getattr(keys, "sharding", None))
+    if cache_key not in _INIT_PROGRAMS:
+        if len(_INIT_PROGRAMS) >= 32:
+            _INIT_PROGRAMS.clear()
+        _INIT_PROGRAMS[cache_key] = compile_init(fn, keys)
+    return _INIT_PROGRAMS[cache_key](keys)
 
 
 def get_batch(data: jnp.ndarray, step: jnp.ndarray, key: jax.Array, config: TrainConfig) -> jnp.ndarray:

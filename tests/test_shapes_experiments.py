@@ -42,14 +42,15 @@ def test_the_shapes_experiment_writes_its_report(shapes_run):
 
 
 def test_the_detection_sweep_scores_duplicates_against_valid_images():
-    from mijax.experiments.shapes import REDUCTIONS, _detection_sweep
+    from mijax.experiments import hal_sweep
+    from mijax.experiments.shapes import REDUCTIONS, _classes
 
     counts = shapes_data.Counts(labels=np.array([1, 1, 2, 2, 0, 4]), shapes=np.zeros((6, 3), int),
                                 square_position=np.zeros(6, int))
     table = np.zeros((1, 6, 1, len(REDUCTIONS)))
     table[0, :, 0, 0] = [0.1, 0.2, 0.9, 0.8, 5.0, 5.0]  # blank and malformed rows are left out
     table[0, :, 0, 1] = [0.9, 0.8, 0.1, 0.2, 0.0, 0.0]
-    sweep = _detection_sweep([counts], table, [(0, 10)])
+    sweep = hal_sweep.sweep(table, [_classes(counts)], [(0, 10)], REDUCTIONS)
     assert sweep["end0_len10_mean"]["auroc"] == 1.0 and sweep["end0_len10_max"]["auroc"] == 0.0
     assert sweep["end0_len10_mean"]["num_hallucinated"] == 2 and sweep["end0_len10_mean"]["n"] == 4
     assert sweep["end0_len10_mean"]["removal_at_retention"]["removed"] == 1.0

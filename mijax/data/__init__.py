@@ -78,7 +78,7 @@ class Entry:
 
 _REGISTRY: dict[str, Entry] = {}
 # Modules that register the built-in data sets, imported when the registry is first read.
-_BUILTIN = ("mijax.data.mixtures", "mijax.data.shapes")
+_BUILTIN = ("mijax.data.mixtures", "mijax.data.shapes", "mijax.data.digits")
 
 
 def register(name: str, factory: Callable[..., Any], n_train: int, summary: str = "",

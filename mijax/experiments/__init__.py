@@ -23,6 +23,8 @@ EXPERIMENTS: dict[str, str] = {
     "recursive-2d": "mijax.experiments.recursive_2d",
     "shapes": "mijax.experiments.shapes",
     "recursive-shapes": "mijax.experiments.recursive_shapes",
+    "digits": "mijax.experiments.digits",
+    "recursive-digits": "mijax.experiments.recursive_digits",
 }
 PROFILES = ("quick", "paper")
 

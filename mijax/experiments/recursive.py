@@ -106,6 +106,82 @@ def variance_below_random(config: RecursiveConfig, result: dict, key: str = "hal
             "per_generation": rows}
 
 
+def with_model_options(config: RecursiveConfig, overrides: Optional[dict]) -> tuple[RecursiveConfig, dict]:
+    """``overrides`` without ``model_options`` (e.g. a tiny UNet for tests), whose options go into the
+    model of ``config``'s run."""
+    overrides = dict(overrides or {})
+    model = overrides.pop("model_options", None)
+    if model:
+        run = config.run
+        config = dataclasses.replace(config, run=dataclasses.replace(
+            run, model=dataclasses.replace(run.model, options={**run.model.options, **model})))
+    return config, overrides
+
+
+def run_study(out: Path, config: RecursiveConfig, profile: str, progress: bool, figures_fn, report_fn,
+              key: str) -> dict:
+    """Run (or resume) an image study in ``out/study``; then ``figures_fn(out, config, result)`` and the
+    verdict on ``key`` (variance below random filtering), ``report.md`` by ``report_fn(config, metrics,
+    profile)`` and ``metrics.json`` (last: it marks the experiment finished)."""
+    from mijax.io import json_safe
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    result = run_recursive(out / "study", config, progress=progress)
+    seconds = round(time.perf_counter() - t0, 1)
+    figures = figures_fn(out, config, result)
+    verdict = variance_below_random(config, result, key)
+    metrics = json_safe({"profile": profile, "seconds_this_call": seconds, "verdict": verdict, "figures": figures,
+                         **result})
+    write_text(out / "report.md", report_fn(config, metrics, profile))
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def verdict_text(v: dict) -> str:
+    """One line on a :func:`variance_below_random` verdict."""
+    if v["means"] is None:
+        return "not measured (needs the variance and random filters and >= 2 generations)"
+    return (f"means below at every generation >= 1: **{'yes' if v['means'] else 'no'}**; 95% CIs separate at "
+            f"every generation >= 1: **{'yes' if v['cis_separate'] else 'no'}**")
+
+
+def summary_tables(config: RecursiveConfig, summary: dict, keys, scale: dict) -> str:
+    """Markdown tables (filter x generation, mean [95% CI]) of each of ``keys`` (``scale[key]``: 100 for
+    shares, shown in %; 1 for distances)."""
+    lines = []
+    for key in keys:
+        pct = scale.get(key, 100.0) == 100.0
+        lines.append(f"\n### {key.replace('_', ' ')}\n\n| filter | "
+                     + " | ".join(f"gen {g}" for g in range(config.generations)) + " |\n|---|"
+                     + "---|" * config.generations)
+        for name in config.filters:
+            lines.append(f"| {name} | " + " | ".join(format_ci(c, scale.get(key, 100.0), 2, "%" if pct else "")
+                                                    for c in summary[name][key]) + " |")
+    return "".join("\n" + line for line in lines)
+
+
+def pool_grid(path: Path, config: RecursiveConfig, caption, per_cell: int = 4) -> str:
+    """Rows: filters; columns: generations; each cell a few of seed 0's pool images [.., H, W, 1], titled
+    ``caption(pool images [P, H, W, 1]) -> str``."""
+    rows, cols = len(config.filters), config.generations
+    figure = plots.new_figure(1.0 * per_cell * cols / 2 + 0.5, 1.1 * rows + 0.3)
+    axes = np.asarray(figure.subplots(rows, cols, squeeze=False))
+    for g in range(cols):
+        with np.load(gen_dir(path.parent / "study", g) / "pool.npz") as f:
+            pools = f["x"]
+        for r in range(rows):
+            m = 0 if g == 0 else r * config.num_seeds
+            images = pools[m, :per_cell, ..., 0]
+            strip = np.concatenate([np.pad(im, ((0, 0), (0, 1)), constant_values=-1) for im in images], axis=1)
+            ax = axes[r, g]
+            ax.imshow(strip, cmap="gray", vmin=-1, vmax=1)
+            ax.set_axis_off()
+            ax.set_title(f"{config.filters[r]}, gen {g}: {caption(pools[m])}", fontsize=7)
+    return plots.save(figure, path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Figures.
 

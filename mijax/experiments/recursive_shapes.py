@@ -11,7 +11,6 @@ figures and the report.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -20,10 +19,9 @@ import numpy as np
 from mijax import plots
 from mijax.data import shapes
 from mijax.experiments import shapes as shapes_experiment
-from mijax.experiments.recursive import FILTER_COLOURS, variance_below_random, with_overrides
-from mijax.io import json_safe, write_json, write_text
-from mijax.recursive import RecursiveConfig, gen_dir, run_recursive
-from mijax.stats import format_ci
+from mijax.experiments.recursive import (FILTER_COLOURS, pool_grid, run_study, summary_tables, verdict_text,
+                                         with_model_options, with_overrides)
+from mijax.recursive import RecursiveConfig
 
 SUMMARY = "recursive training on SHAPES: duplicate share per generation, none vs random vs variance (Hal) filtering"
 # quick: the shapes quick recipe (its UNet and optimiser) with 600 steps on N = 400 images per generation, pools of
@@ -57,26 +55,9 @@ def make_config(profile: str = "quick", seeds: Optional[int] = None) -> Recursiv
 
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
         overrides: Optional[dict] = None) -> dict:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    overrides = dict(overrides or {})
-    model = overrides.pop("model_options", None)  # e.g. a tiny UNet for tests
-    config = with_overrides(make_config(profile, seeds), overrides)
-    if model:
-        run_config = config.run
-        options = {**run_config.model.options, **model}
-        config = dataclasses.replace(config, run=dataclasses.replace(
-            run_config, model=dataclasses.replace(run_config.model, options=options)))
-    t0 = time.perf_counter()
-    result = run_recursive(out / "study", config, progress=progress)
-    seconds = round(time.perf_counter() - t0, 1)
-    figures = _figures(out, config, result)
-    verdict = variance_below_random(config, result, "duplicate_share")
-    metrics = json_safe({"profile": profile, "seconds_this_call": seconds, "verdict": verdict, "figures": figures,
-                         **result})
-    write_text(out / "report.md", _report(config, metrics, profile))
-    write_json(out / "metrics.json", metrics)  # last: it marks the experiment finished
-    return metrics
+    config, overrides = with_model_options(make_config(profile, seeds), overrides)
+    config = with_overrides(config, overrides)
+    return run_study(out, config, profile, progress, _figures, _report, "duplicate_share")
 
 
 def _figures(out: Path, config: RecursiveConfig, result: dict) -> dict:
@@ -89,44 +70,19 @@ def _figures(out: Path, config: RecursiveConfig, result: dict) -> dict:
                                            f"% of the pool ({key.replace('_share', '')})",
                                            f"{title} (mean, 95% CI over {config.num_seeds} seeds)", scale=100.0,
                                            colours=colours, integer_x=True)
-    figures["samples"] = _sample_grid(out / "samples.png", config)
+    figures["samples"] = pool_grid(out / "samples.png", config, _duplicates)
     return figures
 
 
-def _sample_grid(path: Path, config: RecursiveConfig, per_cell: int = 4) -> str:
-    """Rows: filters; columns: generations; each cell a few of seed 0's pool images."""
-    rows, cols = len(config.filters), config.generations
-    figure = plots.new_figure(1.0 * per_cell * cols / 2 + 0.5, 1.1 * rows + 0.3)
-    axes = np.asarray(figure.subplots(rows, cols, squeeze=False))
-    for g in range(cols):
-        with np.load(gen_dir(path.parent / "study", g) / "pool.npz") as f:
-            pools = f["x"]
-        for r in range(rows):
-            m = 0 if g == 0 else r * config.num_seeds
-            images = pools[m, :per_cell, ..., 0]
-            strip = np.concatenate([np.pad(im, ((0, 0), (0, 1)), constant_values=-1) for im in images], axis=1)
-            ax = axes[r, g]
-            ax.imshow(strip, cmap="gray", vmin=-1, vmax=1)
-            ax.set_axis_off()
-            dup = float(np.mean(shapes.count(pools[m]).labels == shapes.LABELS.index("duplicate")))
-            ax.set_title(f"{config.filters[r]}, gen {g}: {100 * dup:.1f}% dup.", fontsize=7)
-    return plots.save(figure, path)
+def _duplicates(pool: np.ndarray) -> str:
+    return f"{100 * float(np.mean(shapes.count(pool).labels == shapes.LABELS.index('duplicate'))):.1f}% dup."
 
 
 def _report(config: RecursiveConfig, m: dict, profile: str) -> str:
     r = config.run
-    lines = []
-    for key in ("duplicate_share", "valid_share", "outside_share", "malformed_share", "blank_share",
-                "kept_hallucination_rate"):
-        lines.append(f"\n### {key.replace('_', ' ')}\n\n| filter | "
-                     + " | ".join(f"gen {g}" for g in range(config.generations)) + " |\n|---|"
-                     + "---|" * config.generations)
-        for name in config.filters:
-            lines.append(f"| {name} | " + " | ".join(format_ci(c, 100.0, 2, "%") for c in m["summary"][name][key]) + " |")
-    v = m["verdict"]
-    verdict = ("not measured (needs the variance and random filters and >= 2 generations)" if v["means"] is None
-               else f"means below at every generation >= 1: **{'yes' if v['means'] else 'no'}**; 95% CIs separate at "
-                    f"every generation >= 1: **{'yes' if v['cis_separate'] else 'no'}**")
+    tables = summary_tables(config, m["summary"], ("duplicate_share", "valid_share", "outside_share",
+                                                   "malformed_share", "blank_share", "kept_hallucination_rate"), {})
+    verdict = verdict_text(m["verdict"])
     return f"""# Recursive training on SIMPLE SHAPES with and without Hal filtering ({profile} profile)
 
 **Claim (paper, claim 6, SHAPES panel):** retraining on a model's own samples multiplies hallucinations;
@@ -143,7 +99,7 @@ pool (before filtering); mean [95% CI] over seeds. This call took {m['seconds_th
 
 ![duplicates](duplicate_share.png) ![valid](valid_share.png)
 ![samples](samples.png)
-{''.join(chr(10) + line for line in lines)}
+{tables}
 
 Per-generation data: `study/gen_XXX/metrics.json`; samples: `study/gen_XXX/pool.npz`.
 """

@@ -21,18 +21,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mijax import detection, plots
+from mijax import plots
 from mijax.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig
 from mijax.data import shapes
 from mijax.io import json_safe
-from mijax.experiments import common
+from mijax.experiments import common, hal_sweep
 from mijax.runs import load_run
 from mijax.sampling import SamplerConfig
 from mijax.training import TrainConfig, eval_params
 
 SUMMARY = "SIMPLE SHAPES: a UNet makes two copies of a shape it never saw twice (claim 7); Hal on images (claim 5)"
 REDUCTIONS = ("mean", "max", "top_k", "region_max")
-PUBLISHED = (0, 10)  # the published Hal window: the last 10 reverse steps, t = 9..0, reduced by the mean
+PUBLISHED = hal_sweep.PUBLISHED
 # quick: half-size images and a small UNet on 2 CPU cores (about 25 minutes on a 2-core AMD EPYC; README).
 # The schedule is the paper's 1e-4 -> 0.02 over 1,000 steps compressed to 200 (betas x 5), so that sampling
 # costs a fifth; windows are (end, length) in reverse steps.
@@ -75,10 +75,8 @@ def sampler_config(p: dict) -> SamplerConfig:
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
         overrides: Optional[dict] = None) -> dict:
     p, out, timer = common.start(PROFILES, profile, seeds, overrides, out)
-    windows = [tuple(int(v) for v in w) for w in p["windows"]]
-    if tuple(windows[0]) != PUBLISHED and PUBLISHED[1] <= p["timesteps"]:
-        windows = [PUBLISHED] + [w for w in windows if w != PUBLISHED]
-        p["windows"] = tuple(windows)
+    windows = hal_sweep.with_published(p["windows"], p["timesteps"])
+    p["windows"] = tuple(windows)
     config = run_config(p)
     run_dir = common.train(out, "shapes", config, progress)
     timer.lap("train")
@@ -97,7 +95,7 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     duplicates_per_strip = {name: common.ci([np.mean((c.shapes[:, k] >= 2) & (c.labels == shapes.LABELS.index(
         "duplicate"))) for c in counts]) for k, name in enumerate(shapes.SHAPES)}
 
-    sweep = _detection_sweep(counts, table, windows)
+    sweep = hal_sweep.sweep(table, [_classes(c) for c in counts], windows, REDUCTIONS)
     timer.lap("count and detect")
     features = _bottleneck(run_dir, x[0], counts[0], p)
     timer.lap("features")
@@ -105,21 +103,23 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     figures = {
         "labels": _label_figure(out / "labels.png", labels, training_labels, S),
         "gallery": _gallery(out / "gallery.png", x, counts, dataset.images()),
-        "auroc": _auroc_figure(out / "auroc.png", sweep, windows),
+        "auroc": hal_sweep.auroc_figure(out / "auroc.png", sweep, windows, REDUCTIONS,
+                                        "AUROC of Hal, duplicates vs valid (seeds pooled)"),
     }
-    best = _best(sweep)
-    figures.update(_hal_figures(out, counts, table, windows, sweep, best))
+    best = hal_sweep.best(sweep)
+    figures.update(hal_sweep.hal_figures(out, [_classes(c) for c in counts], table, windows, sweep, REDUCTIONS,
+                                         ("valid", "duplicate"), "Hal on SHAPES: duplicates vs valid images", "valid"))
     if features is not None:
         figures["bottleneck"] = _feature_figure(out / "bottleneck.png", features)
     timer.lap("figures")
 
     duplicate = labels["duplicate"]
-    published = sweep[_key(PUBLISHED, "mean")]
+    published = sweep[hal_sweep.key(PUBLISHED, "mean")]
     claims = {
         "duplicates_generated": bool(duplicate["low"] is not None and duplicate["low"] > 0.0)
         if duplicate["n"] > 1 else bool(duplicate["mean"] and duplicate["mean"] > 0),
-        "hal_published_rule_detects": _detects(published),
-        "hal_best_detects": _detects(sweep[best]) if best else None,
+        "hal_published_rule_detects": hal_sweep.detects(published),
+        "hal_best_detects": hal_sweep.detects(sweep[best]) if best else None,
         "two_squares_between": None if features is None else features["between"]["share"] is not None
         and features["between"]["share"] >= 0.5,
     }
@@ -138,43 +138,10 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
 # ---------------------------------------------------------------------------------------------
 # Detection.
 
-def _key(window, reduction: str) -> str:
-    return f"end{window[0]}_len{window[1]}_{reduction}"
-
-
 def _classes(c: shapes.Counts) -> tuple[np.ndarray, np.ndarray]:
     """(rows that are valid or duplicate, duplicate among them)."""
     valid, dup = c.labels == shapes.LABELS.index("valid"), c.labels == shapes.LABELS.index("duplicate")
     return valid | dup, dup[valid | dup]
-
-
-def _detection_sweep(counts, table: np.ndarray, windows) -> dict:
-    """Per (window, reduction): the detection summary of the seeds' samples pooled (valid vs duplicate), the
-    AUROC per seed with a CI over the seeds that have both classes, and the random filter's expectation."""
-    out = {}
-    for w, window in enumerate(windows):
-        for r, reduction in enumerate(REDUCTIONS):
-            scores, positives, per_seed = [], [], []
-            for s, c in enumerate(counts):
-                rows, dup = _classes(c)
-                hal = table[s, rows, w, r]
-                scores.append(hal)
-                positives.append(dup)
-                per_seed.append(detection.auroc(hal, dup) if 0 < dup.sum() < dup.size else np.nan)
-            pooled = detection.detection_summary(np.concatenate(scores), np.concatenate(positives))
-            out[_key(window, reduction)] = {"window": list(window), "reduction": reduction, **pooled,
-                                            "auroc_per_seed": common.ci(per_seed)}
-    return out
-
-
-def _best(sweep: dict) -> Optional[str]:
-    scored = [(v["auroc"], k) for k, v in sweep.items() if v["auroc"] is not None]
-    return max(scored)[1] if scored else None
-
-
-def _detects(d: dict) -> Optional[bool]:
-    """Hal detects duplicates if its pooled AUROC is at least 0.75 (None without both classes)."""
-    return None if d["auroc"] is None else bool(d["auroc"] >= 0.75)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,45 +229,6 @@ def _gallery(path: Path, x: np.ndarray, counts, real: np.ndarray, columns: int =
     return plots.save(figure, path)
 
 
-def _auroc_figure(path: Path, sweep: dict, windows) -> str:
-    grid = np.array([[sweep[_key(w, r)]["auroc"] if sweep[_key(w, r)]["auroc"] is not None else np.nan
-                      for r in REDUCTIONS] for w in windows])
-    figure = plots.new_figure(5.6, 0.45 * len(windows) + 1.6)
-    ax = figure.subplots()
-    image = ax.imshow(grid, vmin=0.5, vmax=1.0, cmap="viridis", aspect="auto")
-    for (i, j), v in np.ndenumerate(grid):
-        if np.isfinite(v):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v < 0.8 else "black")
-    ax.set_xticks(range(len(REDUCTIONS)), REDUCTIONS)
-    ax.set_yticks(range(len(windows)), [f"t = {e}..{e + k - 1}" for e, k in windows])
-    ax.set_title("AUROC of Hal, duplicates vs valid (seeds pooled)")
-    figure.colorbar(image, ax=ax)
-    return plots.save(figure, path)
-
-
-def _hal_figures(out: Path, counts, table: np.ndarray, windows, sweep: dict, best: Optional[str]) -> dict:
-    """Per reduction, the Hal histogram of valid vs duplicates at its best window, and one ROC figure."""
-    figures, curves = {}, {}
-    for r, reduction in enumerate(REDUCTIONS):
-        keys = [_key(w, reduction) for w in windows]
-        aurocs = [sweep[k]["auroc"] if sweep[k]["auroc"] is not None else -1 for k in keys]
-        w = int(np.argmax(aurocs))
-        scores = np.concatenate([table[s, _classes(c)[0], w, r] for s, c in enumerate(counts)])
-        positives = np.concatenate([_classes(c)[1] for c in counts])
-        window = windows[w]
-        d = sweep[keys[w]]
-        threshold = d["removal_at_retention"]["threshold"]
-        figures[f"hal_{reduction}"] = plots.plot_hal_histograms(
-            out / f"hal_{reduction}.png", scores, positives, threshold=threshold, threshold_label="96% of valid kept",
-            title=f"Hal ({reduction}, t = {window[0]}..{sum(window) - 1}): valid vs duplicate")
-        if 0 < positives.sum() < positives.size:
-            fpr, tpr, _ = detection.roc_curve(scores, positives)
-            curves[f"{reduction}, t = {window[0]}..{sum(window) - 1}"] = (fpr, tpr, d["auroc"])
-    if curves:
-        figures["roc"] = plots.plot_roc(out / "roc.png", curves, "Hal on SHAPES: duplicates vs valid images")
-    return figures
-
-
 def _feature_figure(path: Path, features: dict) -> str:
     pts = features["points"]
     figure = plots.new_figure(10.0, 4.4)
@@ -333,14 +261,8 @@ def _report(p: dict, m: dict, seeds: int) -> str:
     def fmt(v, digits=3):
         return "n/a" if v is None else f"{v:.{digits}f}"
 
-    def row(key):
-        d = m["detection"][key]
-        w = d["window"]
-        return (f"| t = {w[0]}..{w[0] + w[1] - 1} | {d['reduction']} | {fmt(d['auroc'])} | {common.fmt(d['auroc_per_seed'])}"
-                f" | {fmt(d['removal_at_retention']['removed'], 2)} | {fmt(d['retained_at_removal']['retained'], 2)} |")
-
-    table = "\n".join(row(k) for k in m["detection"])
-    published = m["detection"][_key(PUBLISHED, "mean")]
+    table = hal_sweep.table_markdown(m["detection"])
+    published = m["detection"][hal_sweep.key(PUBLISHED, "mean")]
     best = m["detection"][m["best"]] if m["best"] else None
     claims = m["claims"]
     b = m["bottleneck"]
@@ -384,8 +306,6 @@ for the AUROC and operating points, and the AUROC per seed with its CI. "removed
 duplicates removed by the threshold that keeps 96% of valid images; "kept @ 95% removed": share of valid
 images kept by the threshold that removes 95% of duplicates.
 
-| window | reduction | AUROC (pooled) | AUROC per seed | removed @ 96% kept | kept @ 95% removed |
-|---|---|---|---|---|---|
 {table}
 
 The published rule (mean over pixels, last 10 steps) reaches AUROC {fmt(published['auroc'])}; the best cell is

