@@ -109,6 +109,9 @@ def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> Non
     p.add_argument("--modes", type=_floats, default=None, help="gaussian1d means, e.g. 1,2,3 (default 1,2,3)")
     p.add_argument("--std", type=_finite("std", 0, low_open=True), default=None,
                    help="std of every mode (None: the data set's, 0.05; 0.02 for gaussian8)")
+    p.add_argument("--mnist-dir", type=str, default=None, metavar="DIR",
+                   help="--dataset mnist: your MNIST files (the four IDX files, gzipped or not, or an .npz); no "
+                        "download ever happens (offline digits: --dataset digits8 or mnist5k)")
     p.add_argument("--data-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="any option of the data set, repeatable (e.g. --dataset shapes --data-option size=32); "
                         "`mijax data` lists them")
@@ -268,6 +271,10 @@ def _run_config(a):
     _init_distributed(a)
     options = dict(a.data_option)
     options.update({name: value for name, value in (("modes", a.modes), ("std", a.std)) if value is not None})
+    if a.mnist_dir is not None:
+        if a.dataset != "mnist":
+            raise UsageError("--mnist-dir applies to --dataset mnist only")
+        options["path"] = a.mnist_dir
     data = data_config(a.dataset, a.n_train, **options)
     steps = a.steps if a.steps is not None else paper_steps(data.n_train, a.batch_size)
     return RunConfig(

@@ -121,7 +121,8 @@ def _log_bins(values: np.ndarray, bins: int) -> np.ndarray:
 
 
 def plot_hal_histograms(path, hal, positives, bins: int = 60, threshold: Optional[float] = None,
-                        title: Optional[str] = None, threshold_label: str = "threshold") -> str:
+                        title: Optional[str] = None, threshold_label: str = "threshold",
+                        names: tuple[str, str] = ("in support", "hallucinated")) -> str:
     """Hal of in-support vs hallucinated samples on a log x axis, each class normalised to 1.
 
     Args:
@@ -129,6 +130,7 @@ def plot_hal_histograms(path, hal, positives, bins: int = 60, threshold: Optiona
       bins: log-spaced bins over the positive Hal values (Hal <= 0 is clipped into the first bin).
       threshold: an operating point's threshold, drawn as a vertical line (samples at or above it
         are removed). threshold_label: its legend entry.
+      names: the legend names of the negatives and the positives.
     Returns:
       the path written.
     """
@@ -141,8 +143,8 @@ def plot_hal_histograms(path, hal, positives, bins: int = 60, threshold: Optiona
 
     figure = new_figure()
     ax = figure.subplots()
-    for mask, name, colour in ((~positives, "in support", IN_SUPPORT_COLOUR),
-                               (positives, "hallucinated", HALLUCINATED_COLOUR)):
+    for mask, name, colour in ((~positives, names[0], IN_SUPPORT_COLOUR),
+                               (positives, names[1], HALLUCINATED_COLOUR)):
         if mask.any():
             counts = np.histogram(clipped[mask], edges)[0] / mask.sum()
             ax.stairs(counts, edges, fill=True, alpha=0.45, color=colour, label=f"{name} ({int(mask.sum())})")

@@ -136,7 +136,7 @@ def test_seeded_runs_equal_their_vmapped_run(trained, tmp_path):
 
 
 BAD_TRAIN = {
-    "unknown data set": (["--dataset", "mnist"], "unknown data set"),
+    "unknown data set": (["--dataset", "fashion"], "unknown data set"),
     "empty means": (["--modes", ","], "modes"),
     "nan means": (["--modes", "1,nan,3"], "finite"),
     "infinite means": (["--modes", "1,inf"], "finite"),
@@ -148,6 +148,9 @@ BAD_TRAIN = {
     "batch zero": (["--batch-size", "0"], "batch"),
     "seeds zero": (["--seeds", "0"], "seeds"),
     "unknown schedule": (["--schedule", "sigmoid"], "schedule"),
+    "mnist-dir elsewhere": (["--mnist-dir", "/nowhere"], "--mnist-dir applies to --dataset mnist only"),
+    "mnist without files": (["--dataset", "mnist"], "--mnist-dir"),
+    "mnist missing files": (["--dataset", "mnist", "--mnist-dir", "/nowhere/mnist"], "no MNIST files at /nowhere/mnist"),
 }
 
 
@@ -214,5 +217,6 @@ def test_console_script_reports_one_line(tmp_path):
                           env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["mijax: error: unknown data set 'nope'; choose from "
-                                                "gaussian1d, gaussian25, gaussian25_rotated, gaussian8, shapes"]
+                                                "gaussian1d, gaussian25, gaussian25_rotated, gaussian8, shapes, digits8, "
+                                                "mnist5k, mnist"]
     assert not (tmp_path / "r").exists()

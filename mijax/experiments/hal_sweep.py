@@ -94,7 +94,7 @@ def hal_figures(out: Path, classes, table: np.ndarray, windows, results: dict, r
         d = results[keys[w]]
         figures[f"hal_{reduction}"] = plots.plot_hal_histograms(
             out / f"hal_{reduction}.png", scores, positives, threshold=d["removal_at_retention"]["threshold"],
-            threshold_label=f"96% of {kept} kept",
+            threshold_label=f"96% of {kept} kept", names=names,
             title=f"Hal ({reduction}, {window_text(windows[w])}): {names[0]} vs {names[1]}")
         if 0 < positives.sum() < positives.size:
             fpr, tpr, _ = detection.roc_curve(scores, positives)

@@ -22,12 +22,12 @@ from mijax.experiments.recursive import (FILTER_COLOURS, pool_grid, run_study, s
 from mijax.recursive import RecursiveConfig
 
 SUMMARY = "recursive training on digits: Fréchet distance per generation, none vs random vs variance (Hal) filtering"
-# quick: the digits quick recipe (its UNet and optimiser on the 8 x 8 digits) with 1,500 steps on N = 700 images
+# quick: the digits quick recipe (its UNet and optimiser on the 8 x 8 digits) with 1,200 steps on N = 700 images
 # per generation, pools of 1,050 and T = 100 (the image schedule compressed tenfold, as recursive-shapes);
 # paper: the digits paper recipe on mnist5k, for a GPU.
 PROFILES = {
-    "quick": {"seeds": 3, "generations": 4, "filters": ("random", "variance"), "n_train": 700, "pool_ratio": 1.5,
-              "steps": 1_500, "timesteps": 100, "beta_start": 1e-3, "beta_end": 0.2, "hal_window": 10, "hal_end": 0,
+    "quick": {"seeds": 3, "generations": 3, "filters": ("random", "variance"), "n_train": 700, "pool_ratio": 1.5,
+              "steps": 1_200, "timesteps": 100, "beta_start": 1e-3, "beta_end": 0.2, "hal_window": 10, "hal_end": 0,
               "hal_reduction": "mean", "chunk_size": 1_050},
     "paper": {"seeds": 3, "generations": 5, "filters": ("none", "random", "variance"), "n_train": 4_000,
               "pool_ratio": 1.5, "steps": 30_000, "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
