@@ -220,3 +220,14 @@ def test_console_script_reports_one_line(tmp_path):
                                                 "gaussian1d, gaussian25, gaussian25_rotated, gaussian8, shapes, digits8, "
                                                 "mnist5k, mnist"]
     assert not (tmp_path / "r").exists()
+
+
+def test_malformed_mnist_files_are_one_line_before_any_output(tmp_path, capsys):
+    from mijax.data import digits
+
+    for key, stem in digits.MNIST_FILES.items():
+        digits.write_idx(tmp_path / stem, np.zeros((2, 28, 28) if "images" in key else (2,), np.uint8))
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03\x00")  # a truncated header
+    out = tmp_path / "run"
+    msg = _error(capsys, ["train", *TINY, "--dataset", "mnist", "--mnist-dir", str(tmp_path), "--out", str(out)])
+    assert "truncated IDX header" in msg and not out.exists()

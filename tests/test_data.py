@@ -89,8 +89,8 @@ def test_registry_resolves_defaults_and_refuses_unknown_options():
     assert data.resolve("gaussian1d", {"modes": [1, 4]})["modes"] == (1, 4)  # JSON lists come back as tuples
     with pytest.raises(mijax.MijaxError, match="has no option 'modes'"):
         mijax.DataConfig("gaussian25", options={"modes": (1.0,)})
-    with pytest.raises(mijax.MijaxError, match="unknown data set 'mnist'"):
-        mijax.DataConfig("mnist")
+    with pytest.raises(mijax.MijaxError, match="unknown data set 'fashion'"):
+        mijax.DataConfig("fashion")
     with pytest.raises(mijax.MijaxError, match="std must be finite"):
         data.make("gaussian8", {"std": -1.0})
     assert mijax.data_config("gaussian25").n_train == 100_000 and mijax.data_config("gaussian1d").n_train == 20_000

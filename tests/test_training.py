@@ -281,3 +281,26 @@ def test_unrolled_steps_equal_the_scan_and_the_unet_steps_from_the_host(schedule
     assert not loops_on_host(toy)
     unet = ModuleDenoiser(mijax.models.build("unet", (8, 8, 1), options={"channels": 8, "mults": (1,), "groups": 4}))
     assert loops_on_host(unet) == (jax.default_backend() == "cpu")
+
+
+def test_host_loop_steps_each_seed_with_one_program(schedule):
+    """On CPU the UNet's seeds step one after the other through the one-seed program: the same models and
+    losses as training each seed alone."""
+    from mijax.models.denoiser import ModuleDenoiser
+    from mijax.training import init_states, loops_on_host
+
+    module = mijax.models.build("unet", (8, 8, 1), options={"channels": 8, "mults": (1,), "groups": 4})
+    unet = ModuleDenoiser(module)
+    if not loops_on_host(unet):
+        pytest.skip("the host loop is for CPU")
+    config = TrainConfig(steps=2, batch_size=8, steps_per_call=2)
+    keys = jax.vmap(jax.random.key)(jnp.arange(2))
+    images = jax.random.normal(jax.random.key(5), (2, 16, 8, 8, 1))
+    seen = []
+    both = train(unet, schedule, config, init_states(module, config, (8, 8, 1), keys), keys, images, seed_axis=True,
+                 callback=lambda state, losses: seen.append(np.asarray(losses)))
+    assert seen[0].shape == (2, 2) and np.all(np.isfinite(seen[0]))
+    for s in range(2):
+        alone = train(unet, schedule, config, jax.tree.map(lambda a: a[s], init_states(module, config, (8, 8, 1), keys)),
+                      keys[s], images[s])
+        chex.assert_trees_all_equal(jax.tree.map(lambda a: a[s], both.params), alone.params)

@@ -322,6 +322,7 @@ def _make(source: str, size: int, holdout: float = 0.2, split_seed: int = 0, con
         path = str(Path(os.path.expanduser(str(path))).resolve())
         if not Path(path).exists():
             raise ValueError(f"no MNIST files at {path}")
+        load(source, int(size), float(holdout), int(split_seed), path)  # a malformed file fails here, in one line
     return DigitsDataset(source, source, int(size), float(holdout), int(split_seed), float(confidence),
                          int(classifier_steps), path if source == "mnist" else None)
 

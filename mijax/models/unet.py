@@ -80,6 +80,8 @@ class UNet(nn.Module):
     # XLA:CPU runs this network's convolution gradients ~15x slower inside a loop (jax-ml/jax#12868): on CPU
     # mijax.training.train steps it from the host (mijax.training.loops_on_host).
     SLOW_GRADIENTS_IN_LOOPS = True
+    # Its initialisation takes XLA:CPU's optimising backend ~45 s to compile (mijax.training.init_states).
+    UNOPTIMISED_INIT = True
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, t: jnp.ndarray, train: bool = False) -> jnp.ndarray:
