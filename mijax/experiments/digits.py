@@ -18,12 +18,11 @@ from typing import Optional
 import numpy as np
 
 from mijax import data, plots
-from mijax.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig
+from mijax.config import DataConfig, RunConfig
 from mijax.data import digits as digits_data
 from mijax.experiments import common, hal_sweep
 from mijax.io import json_safe
 from mijax.sampling import SamplerConfig
-from mijax.training import TrainConfig
 
 SUMMARY = "handwritten digits: Fréchet distance of a UNet's samples, and Hal against digits a classifier cannot name"
 REDUCTIONS = ("mean", "max", "top_k")
@@ -54,27 +53,17 @@ def data_options(p: dict) -> dict:
 def run_config(p: dict) -> RunConfig:
     """The training run of a profile: the digits data set's training split (its first ``n_train`` in a
     seeded order; None: all) and a UNet."""
-    model = {k: p[k] for k in ("channels", "mults", "res_blocks", "attn_levels", "groups", "dropout")}
     options = data_options(p)
     available = len(data.make(p["dataset"], options).digits().train_images)
     n_train = available if p.get("n_train") is None else int(p["n_train"])
     if not 0 < n_train <= available:
         raise ValueError(f"n_train must be in 1..{available:,} (the training digits of {p['dataset']}), got {n_train}")
-    return RunConfig(
-        data=DataConfig(p["dataset"], n_train=n_train, options=options),
-        model=ModelConfig("unet", options=model),
-        diffusion=DiffusionConfig("linear", p["timesteps"], p["beta_start"], p["beta_end"]),
-        train=TrainConfig(steps=p["steps"], batch_size=min(p["batch_size"], n_train), learning_rate=p["learning_rate"],
-                          shuffle=True, steps_per_call=min(p["steps_per_call"], p["steps"]),
-                          warmup_steps=p["warmup_steps"], grad_clip=p["grad_clip"], ema_decay=p["ema_decay"]),
-        seed=0, seeds=p["seeds"], checkpoint_every=min(p["checkpoint_every"], p["steps"]))
+    return hal_sweep.unet_run_config(DataConfig(p["dataset"], n_train=n_train, options=options), p)
 
 
 def sampler_config(p: dict) -> SamplerConfig:
     """One pass: x0_hat clipped, Hal over every window of the sweep by every reduction."""
-    windows = tuple(tuple(w) for w in p["windows"])
-    return SamplerConfig(hal_window=windows[0][1], hal_end=windows[0][0], hal_windows=windows[1:], clip_x0=True,
-                         hal_table=REDUCTIONS, hal_top_k=p["top_k"])
+    return hal_sweep.table_sampler(p, REDUCTIONS)
 
 
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,

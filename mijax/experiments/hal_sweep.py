@@ -18,6 +18,32 @@ from mijax.experiments import common
 PUBLISHED = (0, 10)  # the published Hal window: the last 10 reverse steps, t = 9..0, reduced by the mean
 
 
+def unet_run_config(data, p: dict):
+    """The training run of an image experiment's profile ``p``: data set ``data`` (a DataConfig) and a UNet
+    with the image DDPM's options (EMA, warm-up, clipping, dropout), shuffled batches, seeds 0..S-1."""
+    from mijax.config import DiffusionConfig, ModelConfig, RunConfig
+    from mijax.training import TrainConfig
+
+    model = {k: p[k] for k in ("channels", "mults", "res_blocks", "attn_levels", "groups", "dropout")}
+    return RunConfig(
+        data=data, model=ModelConfig("unet", options=model),
+        diffusion=DiffusionConfig("linear", p["timesteps"], p["beta_start"], p["beta_end"]),
+        train=TrainConfig(steps=p["steps"], batch_size=min(p["batch_size"], data.n_train),
+                          learning_rate=p["learning_rate"], shuffle=True,
+                          steps_per_call=min(p["steps_per_call"], p["steps"]), warmup_steps=p["warmup_steps"],
+                          grad_clip=p["grad_clip"], ema_decay=p["ema_decay"]),
+        seed=0, seeds=p["seeds"], checkpoint_every=min(p["checkpoint_every"], p["steps"]))
+
+
+def table_sampler(p: dict, reductions: Sequence[str]):
+    """One sampling pass: x0_hat clipped, Hal over every window of ``p["windows"]`` by every reduction."""
+    from mijax.sampling import SamplerConfig
+
+    windows = tuple(tuple(w) for w in p["windows"])
+    return SamplerConfig(hal_window=windows[0][1], hal_end=windows[0][0], hal_windows=windows[1:], clip_x0=True,
+                         hal_table=tuple(reductions), hal_top_k=p["top_k"])
+
+
 def key(window, reduction: str) -> str:
     return f"end{window[0]}_len{window[1]}_{reduction}"
 
@@ -118,5 +144,5 @@ def table_markdown(results: dict) -> str:
             "|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
-__all__ = ["PUBLISHED", "auroc_figure", "best", "detects", "hal_figures", "key", "sweep", "table_markdown",
+__all__ = ["PUBLISHED", "auroc_figure", "table_sampler", "unet_run_config", "best", "detects", "hal_figures", "key", "sweep", "table_markdown",
            "window_text", "with_published"]

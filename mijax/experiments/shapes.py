@@ -22,13 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from mijax import plots
-from mijax.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig
+from mijax.config import DataConfig, RunConfig
 from mijax.data import shapes
 from mijax.io import json_safe
 from mijax.experiments import common, hal_sweep
 from mijax.runs import load_run
 from mijax.sampling import SamplerConfig
-from mijax.training import TrainConfig, eval_params
+from mijax.training import eval_params
 
 SUMMARY = "SIMPLE SHAPES: a UNet makes two copies of a shape it never saw twice (claim 7); Hal on images (claim 5)"
 REDUCTIONS = ("mean", "max", "top_k", "region_max")
@@ -54,22 +54,12 @@ PROFILES = {
 
 def run_config(p: dict) -> RunConfig:
     """The training run of a profile: the SHAPES data set and a UNet with the image DDPM's options."""
-    model = {k: p[k] for k in ("channels", "mults", "res_blocks", "attn_levels", "groups", "dropout")}
-    return RunConfig(
-        data=DataConfig("shapes", n_train=5_000, options={"size": p["size"]}),
-        model=ModelConfig("unet", options=model),
-        diffusion=DiffusionConfig("linear", p["timesteps"], p["beta_start"], p["beta_end"]),
-        train=TrainConfig(steps=p["steps"], batch_size=p["batch_size"], learning_rate=p["learning_rate"],
-                          shuffle=True, steps_per_call=min(p["steps_per_call"], p["steps"]),
-                          warmup_steps=p["warmup_steps"], grad_clip=p["grad_clip"], ema_decay=p["ema_decay"]),
-        seed=0, seeds=p["seeds"], checkpoint_every=min(p["checkpoint_every"], p["steps"]))
+    return hal_sweep.unet_run_config(DataConfig("shapes", n_train=5_000, options={"size": p["size"]}), p)
 
 
 def sampler_config(p: dict) -> SamplerConfig:
     """One pass: x0_hat clipped, Hal over every window of the sweep by every reduction."""
-    windows = tuple(tuple(w) for w in p["windows"])
-    return SamplerConfig(hal_window=windows[0][1], hal_end=windows[0][0], hal_windows=windows[1:], clip_x0=True,
-                         hal_table=REDUCTIONS, hal_top_k=p["top_k"])
+    return hal_sweep.table_sampler(p, REDUCTIONS)
 
 
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
