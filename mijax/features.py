@@ -161,12 +161,17 @@ class Classifier:
         """Penultimate features [N, F]."""
         return self._outputs(x)[1]
 
-    def probabilities(self, x) -> np.ndarray:
-        """Class probabilities [N, classes] (softmax of the logits, float64)."""
-        logits = self._outputs(x)[0].astype(np.float64)
+    def judge(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities [N, classes] (softmax of the logits, float64) and features [N, F], one pass."""
+        logits, feats = self._outputs(x)
+        logits = logits.astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
-        return p / p.sum(axis=1, keepdims=True)
+        return p / p.sum(axis=1, keepdims=True), feats
+
+    def probabilities(self, x) -> np.ndarray:
+        """Class probabilities [N, classes] (softmax of the logits, float64)."""
+        return self.judge(x)[0]
 
     def predict(self, x) -> np.ndarray:
         """The top class [N]."""

@@ -292,11 +292,13 @@ class DigitsDataset:
         """Fréchet distance of samples x [N, size, size, 1] to ``reference`` in the classifier's features,
         the class histogram, the unconfident share, the classes present (a class is present when it is the
         top class of at least 1% of the samples)."""
+        from mijax.features import frechet_between
+
         clf = self.classifier()
-        probs = clf.probabilities(x)
+        probs, feats = clf.judge(x)  # one pass over the samples for both
         top, conf = probs.argmax(axis=1), probs.max(axis=1)
         histogram = np.bincount(top, minlength=NUM_CLASSES) / max(len(top), 1)
-        return {"frechet": clf.frechet(x, reference),
+        return {"frechet": frechet_between(feats, clf.features(reference)),
                 "unconfident_share": float(np.mean(conf < self.confidence)) if len(conf) else float("nan"),
                 "classes_present": int(np.sum(histogram >= 0.01)),
                 "class_histogram": [float(h) for h in histogram]}
