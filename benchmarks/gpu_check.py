@@ -36,15 +36,20 @@ from mijax.schedules import make_schedule
 
 FULL = dict(n=1_000_000, big_n=10_000_000, timesteps=1000, tune_timesteps=50, check_n=100_000, check_sample_n=10_000,
             train_batch=10_000, train_steps=50, seeds=16, seed_n=100_000, repeats=2,
-            blocks=((32, 4), (64, 4), (64, 8), (128, 4), (128, 8)))
+            blocks=((32, 4), (64, 4), (64, 8), (128, 4), (128, 8)),
+            checks=((1, "float32"), (2, "float32"), (1, "tf32"), (1, "bf16")), precisions=("float32", "tf32", "bf16"))
+# --quick checks that every step of the script runs (the test suite's kernel tests cover every configuration).
 QUICK = dict(n=512, big_n=2048, timesteps=20, tune_timesteps=5, check_n=300, check_sample_n=128,
-             train_batch=256, train_steps=2, seeds=2, seed_n=256, repeats=1, blocks=((32, 4), (64, 4)))
+             train_batch=256, train_steps=2, seeds=2, seed_n=256, repeats=1, blocks=((32, 4), (64, 4)),
+             checks=((1, "float32"), (2, "bf16")), precisions=("float32", "bf16"))
 
 
-def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optional[bool]) -> list[dict]:
-    """Max |kernel - XLA| of eps_hat (random x, shared and per-row t) and of a sampling run's x and Hal."""
+def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optional[bool],
+                 checks: Sequence[tuple[int, str]] = FULL["checks"]) -> list[dict]:
+    """Max |kernel - XLA| of eps_hat (random x, shared and per-row t) and of a sampling run's x and Hal, for
+    each (d, precision) of ``checks``."""
     rows = []
-    for d, precision in ((1, "float32"), (2, "float32"), (1, "tf32"), (1, "bf16")):
+    for d, precision in checks:
         model = ToyDenoiser(features=d, precision=precision)
         params = model.init(jax.random.key(0), jnp.zeros((1, d)), jnp.zeros((1,), jnp.int32))
         fused = FusedDenoiser(model, interpret=interpret)
@@ -87,7 +92,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "gpu_check.json"
     start = time.perf_counter()
-    results: dict = {"machine": bench.machine_info(), "sizes": {k: v for k, v in s.items() if k != "blocks"},
+    results: dict = {"machine": bench.machine_info(),
+                     "sizes": {k: v for k, v in s.items() if k not in ("blocks", "checks", "precisions")},
                      "budget_seconds": a.budget, "errors": {}, "skipped": []}
 
     def step(name: str, fn: Callable[[], object]) -> None:
@@ -106,7 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         results["elapsed_seconds"] = round(time.perf_counter() - start, 1)
         write_json(path, results)
 
-    step("kernel_check", lambda: kernel_check(s["check_n"], s["check_sample_n"], s["timesteps"], interpret))
+    step("kernel_check", lambda: kernel_check(s["check_n"], s["check_sample_n"], s["timesteps"], interpret, s["checks"]))
 
     def tune():
         rows = []
@@ -132,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                      chunk_size=chunk, kernel_options=options if k == "pallas" else None)
                 for k in kernels for p in precisions]
 
-    step("sampling_1e6_d1", lambda: sampling(s["n"], 1, ("float32", "tf32", "bf16"), ("xla", "pallas"), None))
+    step("sampling_1e6_d1", lambda: sampling(s["n"], 1, s["precisions"], ("xla", "pallas"), None))
 
     def fastest(kernel: str) -> str:
         rows = [r for r in results.get("sampling_1e6_d1", []) if r["kernel"] == kernel]

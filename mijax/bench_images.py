@@ -18,7 +18,7 @@ from mijax.models import build as build_model
 from mijax.models.denoiser import ModuleDenoiser
 from mijax.sampling import SamplerConfig, chunk_rows, default_rows_per_block, sample, sample_chunk
 from mijax.schedules import make_schedule
-from mijax.training import TrainConfig, init_states, loops_on_host, train
+from mijax.training import TrainConfig, compile_init, init_states, loops_on_host, train
 
 # torch_unet.py's defaults: the small CPU configuration (263,025 parameters), batch 64, N = 256, T = 50, K = 10
 DEFAULTS = dict(size=32, channels=16, mults="1,2,2", res_blocks=1, batch=64, steps=10, n=256, timesteps=50,
@@ -60,9 +60,16 @@ def bench_unet_training(o: dict, repeats: int, time_best) -> dict:
             "losses_finite": bool(all(jnp.all(jnp.isfinite(l)) for l in holder["losses"]))}
 
 
+_PARAMS: dict = {}
+
+
 def _sampling_pieces(o: dict, timesteps: int):
     module = build_model("unet", (o["size"], o["size"], 1), options=_options(o))
-    params = module.init(jax.random.key(0), jnp.zeros((1, o["size"], o["size"], 1)), jnp.zeros((1,), jnp.int32))
+    if module not in _PARAMS:  # one compiled initialisation per UNet (op by op, init compiles ~130 programs)
+        args = (jax.random.key(0), jnp.zeros((1, o["size"], o["size"], 1)), jnp.zeros((1,), jnp.int32))
+        _PARAMS.clear()
+        _PARAMS[module] = compile_init(module.init, *args)(*args)
+    params = _PARAMS[module]
     # random output weights: the zero-initialised last convolution would make every step trivial
     params = jax.tree_util.tree_map_with_path(
         lambda path, a: jax.random.normal(jax.random.key(3), a.shape) * 0.02 if a.ndim == 4 and not a.any() else a,

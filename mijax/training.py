@@ -103,14 +103,18 @@ def eval_params(state: "TrainState", config: TrainConfig):
     ema_state = state.opt_state[-1]
     if not isinstance(ema_state, EmaState):
         raise ValueError("this training state has no moving average of its weights (trained without ema_decay)")
-    count = ema_state.count
+    return _debias(ema_state.ema, ema_state.count, jnp.float32(config.ema_decay))
 
+
+@jax.jit
+def _debias(ema, count, decay):
+    # one program for the whole tree (leaf by leaf, eager ops compile a program per leaf shape)
     def debias(e):
         c = count.reshape(count.shape + (1,) * (e.ndim - count.ndim))
-        scale = 1.0 - jnp.power(jnp.float32(config.ema_decay), c.astype(jnp.float32))
+        scale = 1.0 - jnp.power(decay, c.astype(jnp.float32))
         return jnp.where(c > 0, e / jnp.where(c > 0, scale, 1.0), e)
 
-    return jax.tree.map(debias, ema_state.ema)
+    return jax.tree.map(debias, ema)
 
 
 def init_state(init_fn: Callable, config: TrainConfig, key: jax.Array) -> TrainState:

@@ -162,7 +162,9 @@ def test_gpu_check_script_runs_at_tiny_sizes(tmp_path):
         if row["precision"] != "bf16":
             assert row["max_abs_diff_shared_t"] < 1e-4 and row["max_abs_diff_per_row_t"] < 1e-4
     assert {r["kernel_used"] for r in results["sampling_1e6_d1"]} == {"xla", "pallas"}
-    assert len(results["sampling_1e6_d1"]) == 6 and len(results["sampling_1e7_d1"]) == 2
+    assert [(r["dim"], r["precision"]) for r in results["kernel_check"]] == list(gpu_check.QUICK["checks"])
+    assert len(results["sampling_1e6_d1"]) == 2 * len(gpu_check.QUICK["precisions"])
+    assert len(results["sampling_1e7_d1"]) == 2
     assert results["seeds"]["training_many"]["num_seeds"] == 2
     assert "kernel vs XLA" in gpu_check.summary(results)
     # A spent budget starts nothing more but still writes what it has.

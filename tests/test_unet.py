@@ -7,6 +7,7 @@ import pytest
 
 import mijax
 from mijax import models
+from mijax.training import compile_init
 
 
 def _count(module, shape):
@@ -31,9 +32,15 @@ def test_attention_adds_what_the_baseline_adds():
 TINY = {"channels": 8, "mults": (1, 2), "res_blocks": 1, "groups": 4}
 
 
+def _init(module):
+    # unoptimised, as mijax initialises the UNet: jax.jit(module.init) takes XLA:CPU ~18 s even for this tiny one
+    args = (jax.random.key(0), jnp.zeros((2, 8, 8, 1)), jnp.zeros((2,), jnp.int32))
+    return compile_init(module.init, *args)(*args)
+
+
 def test_output_shape_zero_init_and_shared_t():
     module = models.build("unet", (8, 8, 1), options=TINY)
-    params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), jnp.zeros((2,), jnp.int32))
+    params = _init(module)
     x = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
     out = jax.jit(module.apply)(params, x, jnp.asarray(5))
     assert out.shape == (3, 8, 8, 1) and float(jnp.abs(out).max()) == 0.0  # the output conv starts at zero
@@ -88,7 +95,7 @@ def test_dropout_acts_in_training_only_and_the_bottleneck_is_sown():
     one_level = {**TINY, "mults": (2,)}
     module = models.build("unet", (8, 8, 1), options={**one_level, "dropout": 0.5})
     assert _count(module, (8, 8, 1)) == _count(models.build("unet", (8, 8, 1), options=one_level), (8, 8, 1))
-    params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), jnp.zeros((2,), jnp.int32))
+    params = _init(module)
     params = jax.tree.map(lambda a: a + 0.05, params)  # leave the zero-initialised layers
     x, t = jax.random.normal(jax.random.key(1), (3, 8, 8, 1)), jnp.full((3,), 4)
     denoiser = ModuleDenoiser(module)
