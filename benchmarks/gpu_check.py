@@ -41,7 +41,7 @@ FULL = dict(n=1_000_000, big_n=10_000_000, timesteps=1000, tune_timesteps=50, ch
 # --quick checks that every step of the script runs (the test suite's kernel tests cover every configuration).
 QUICK = dict(n=512, big_n=2048, timesteps=20, tune_timesteps=5, check_n=300, check_sample_n=128,
              train_batch=256, train_steps=2, seeds=2, seed_n=256, repeats=1, blocks=((32, 4), (64, 4)),
-             checks=((1, "float32"), (2, "bf16")), precisions=("float32", "bf16"))
+             checks=((1, "bf16"), (2, "float32")), precisions=("float32", "bf16"))
 
 
 def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optional[bool],

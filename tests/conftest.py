@@ -11,3 +11,12 @@ os.environ["MIJAX_CACHE"] = tempfile.mkdtemp(prefix="mijax-test-cache-")
 atexit.register(shutil.rmtree, os.environ["MIJAX_CACHE"], ignore_errors=True)
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Many tests compile the same small programs (the paper's MLP at a few sizes, the tiny UNets): XLA's
+# compilation cache shares them between tests and between pytest's worker processes, in one folder per run
+# made by the first process (pytest's own, before it starts its workers, which inherit the variable).
+if "MIJAX_TEST_XLA_CACHE" not in os.environ:
+    os.environ["MIJAX_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="mijax-test-xla-")
+    atexit.register(shutil.rmtree, os.environ["MIJAX_TEST_XLA_CACHE"], ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", os.environ["MIJAX_TEST_XLA_CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)

@@ -22,8 +22,9 @@ def _model(d, tied=True, precision="float32", width=128, key=0):
     return model, params
 
 
-@pytest.mark.parametrize("d,tied,precision", [(1, True, "float32"), (2, True, "float32"), (3, False, "float32"),
-                                              (1, True, "tf32"), (2, False, "bf16"), (1, True, "bf16")])
+# d = 1, 2, 3; tied and untied; each precision (the gpu_check script's --quick run adds d = 1 in bf16)
+@pytest.mark.parametrize("d,tied,precision", [(1, True, "float32"), (3, False, "float32"), (1, True, "tf32"),
+                                              (2, False, "bf16")])
 def test_kernel_equals_the_module(d, tied, precision):
     model, params = _model(d, tied, precision)
     fused = FusedDenoiser(model, block_rows=32, interpret=True)
