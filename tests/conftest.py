@@ -19,4 +19,4 @@ if "MIJAX_TEST_XLA_CACHE" not in os.environ:
     os.environ["MIJAX_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="mijax-test-xla-")
     atexit.register(shutil.rmtree, os.environ["MIJAX_TEST_XLA_CACHE"], ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", os.environ["MIJAX_TEST_XLA_CACHE"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

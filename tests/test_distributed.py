@@ -4,6 +4,7 @@ Fake CPU devices need a fresh JAX, so those checks run in one subprocess (one im
 that compares meshes of 1, 2 and 8 of its 8 devices.
 """
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -32,8 +33,8 @@ DEVICE_SCRIPT = textwrap.dedent("""
     init_fn = lambda k: model.init(k, jnp.zeros((1, 2)), jnp.zeros((1,), jnp.int32))
     schedule = mijax.make_schedule(num_timesteps=5)
     config = mijax.SamplerConfig(hal_window=3)
-    params = init_fn(jax.random.key(0))
-    stacked = jax.vmap(init_fn)(jax.random.split(jax.random.key(1), 3))
+    params = jax.jit(init_fn)(jax.random.key(0))  # compiled: op by op, every op compiles for 8 devices
+    stacked = jax.jit(jax.vmap(init_fn))(jax.random.split(jax.random.key(1), 3))
     seed_keys = jax.random.split(jax.random.key(2), 3)
 
     def run(devices):
@@ -55,8 +56,10 @@ DEVICE_SCRIPT = textwrap.dedent("""
     keys = jax.random.split(jax.random.key(4), 4)
     data = jax.random.normal(jax.random.key(5), (4, 32, 2))
 
+    initial = jax.jit(jax.vmap(lambda k: mijax.init_state(init_fn, train_config, k)))
+
     def train(devices):
-        states = jax.vmap(lambda k: mijax.init_state(init_fn, train_config, k))(keys)
+        states = initial(keys)
         mesh = distributed.seeds_mesh(4, jax.devices()[:devices])
         final = mijax.train(model.apply, schedule, train_config, states, keys, data, seed_axis=True, mesh=mesh)
         return final, [np.asarray(a) for a in jax.tree.leaves(final)]
@@ -146,6 +149,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _run_two_processes(script: str, *args: str, timeout: float = 180.0):
+    """Run ``script`` in 2 processes of one jax.distributed job on localhost; None if both exit 0, else an error
+    text with both processes' stderr (a process that fails leaves the other waiting: both are then killed).
+    Their output goes to files, not pipes: a pipe nobody reads while waiting on the other process fills up
+    and blocks its writer, and the pair then waits on each other for ever."""
+    import tempfile
+    import time
+
+    address = f"127.0.0.1:{_free_port()}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    logs = [tempfile.TemporaryFile("w+") for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", script, *args,
+                               f"--coordinator-address {address} --num-processes 2 --process-id {i}"],
+                              stdout=logs[i], stderr=subprocess.STDOUT, text=True, env=env)
+             for i in range(2)]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        if any(p.poll() not in (None, 0) for p in procs):
+            break
+        time.sleep(0.2)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    texts = []
+    for log in logs:
+        log.seek(0)
+        texts.append(log.read())
+        log.close()
+    if all(p.returncode == 0 for p in procs):
+        return None
+    return "2 processes failed:\n" + "\n".join(f"process {i} (exit {p.returncode}) output:\n{text[-3000:]}"
+                                               for i, (p, text) in enumerate(zip(procs, texts)))
+
+
 TWO_PROCESS_SCRIPT = """
 import sys
 from mijax.cli import main
@@ -166,16 +204,15 @@ def test_two_processes_train_and_write_what_one_process_does(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(train.format(one).split()) == 0
     assert main(sample.format(one, one / "samples.npz").split()) == 0  # streamed to disk chunk by chunk
-    address = f"127.0.0.1:{_free_port()}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_SCRIPT, train.format(two),
-                               sample.format(two, two / "samples.npz"),
-                               f"--coordinator-address {address} --num-processes 2 --process-id {i}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for i in range(2)]
-    results = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, results):
-        assert p.returncode == 0, err[-3000:]
+    errors = []
+    for attempt in range(2):  # once more on a fresh port if the pair fails (seen once under load, cause unknown)
+        shutil.rmtree(two, ignore_errors=True)
+        error = _run_two_processes(TWO_PROCESS_SCRIPT, train.format(two), sample.format(two, two / "samples.npz"))
+        if error is None:
+            break
+        errors.append(error)
+    else:
+        pytest.fail("\n\n".join(errors))
 
     trained = [jax.tree.leaves(runs.load_run(d)[2]) for d in (one, two)]
     assert all(np.array_equal(a, b) for a, b in zip(*trained))
