@@ -8,6 +8,8 @@ published filtering script's Hal); mijax carries Hal in the scan.
 """
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
 from typing import Optional
 
@@ -60,16 +62,16 @@ def bench_unet_training(o: dict, repeats: int, time_best) -> dict:
             "losses_finite": bool(all(jnp.all(jnp.isfinite(l)) for l in holder["losses"]))}
 
 
-_PARAMS: dict = {}
+@functools.lru_cache(maxsize=1)
+def _initial_params(module, size: int):
+    # compiled once per UNet (op by op, its initialisation compiles ~130 small programs)
+    args = (jax.random.key(0), jnp.zeros((1, size, size, 1)), jnp.zeros((1,), jnp.int32))
+    return compile_init(module.init, *args)(*args)
 
 
 def _sampling_pieces(o: dict, timesteps: int):
     module = build_model("unet", (o["size"], o["size"], 1), options=_options(o))
-    if module not in _PARAMS:  # one compiled initialisation per UNet (op by op, init compiles ~130 programs)
-        args = (jax.random.key(0), jnp.zeros((1, o["size"], o["size"], 1)), jnp.zeros((1,), jnp.int32))
-        _PARAMS.clear()
-        _PARAMS[module] = compile_init(module.init, *args)(*args)
-    params = _PARAMS[module]
+    params = _initial_params(module, o["size"])
     # random output weights: the zero-initialised last convolution would make every step trivial
     params = jax.tree_util.tree_map_with_path(
         lambda path, a: jax.random.normal(jax.random.key(3), a.shape) * 0.02 if a.ndim == 4 and not a.any() else a,

@@ -271,31 +271,27 @@ def train(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: 
         state, key, data = distributed.shard_leading((state, key, data), mesh)
     step = int(jnp.max(distributed.to_host(state.step)))
     on_host = loops_on_host(denoise_fn)
+
+    def host_steps(state, key, data, seed_axis, mesh):
+        # the same n steps, each a loop-free program (see loops_on_host); losses [..., n]
+        parts = []
+        for _ in range(n):
+            state, part = train_steps(denoise_fn, schedule, config, state, key, data, 1, seed_axis, seed_batch,
+                                      mesh, True)
+            parts.append(part)
+        return state, jnp.concatenate(parts, axis=-1)
+
     while step < stop_at:
         n = min(config.steps_per_call, stop_at - step)
         if on_host and seed_axis and distributed.mesh_size(mesh) <= 1 and jax.process_count() == 1:
-            # the same steps, each a loop-free program of one seed (see loops_on_host), the seeds one after
-            # the other: one compiled program whatever the number of seeds (unrolling S seeds into one
-            # program made XLA:CPU compile for minutes at S = 6)
-            states, losses = [], []
-            for s in range(jax.tree.leaves(key)[0].shape[0]):
-                one = jax.tree.map(lambda a: a[s], state)
-                parts = []
-                for _ in range(n):
-                    one, part = train_steps(denoise_fn, schedule, config, one, key[s], data[s], 1, False, None,
-                                            None, True)
-                    parts.append(part)
-                states.append(one)
-                losses.append(jnp.concatenate(parts))
-            state = jax.tree.map(lambda *a: jnp.stack(a), *states)
-            losses = jnp.stack(losses)
-        elif on_host:  # the same steps, each a loop-free program (see loops_on_host)
-            parts = []
-            for _ in range(n):
-                state, part = train_steps(denoise_fn, schedule, config, state, key, data, 1, seed_axis, seed_batch,
-                                          mesh if seed_axis else None, True)
-                parts.append(part)
-            losses = jnp.concatenate(parts, axis=-1)
+            # the seeds one after the other through one one-seed program, whatever their number (unrolling
+            # S seeds into one program made XLA:CPU compile for minutes at S = 6)
+            runs = [host_steps(jax.tree.map(lambda a: a[s], state), key[s], data[s], False, None)
+                    for s in range(key.shape[0])]
+            state = jax.tree.map(lambda *a: jnp.stack(a), *(one for one, _ in runs))
+            losses = jnp.stack([part for _, part in runs])
+        elif on_host:
+            state, losses = host_steps(state, key, data, seed_axis, mesh if seed_axis else None)
         else:
             state, losses = train_steps(denoise_fn, schedule, config, state, key, data, n, seed_axis, seed_batch,
                                         mesh if seed_axis else None)

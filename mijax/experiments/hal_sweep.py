@@ -144,5 +144,5 @@ def table_markdown(results: dict) -> str:
             "|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
-__all__ = ["PUBLISHED", "auroc_figure", "table_sampler", "unet_run_config", "best", "detects", "hal_figures", "key", "sweep", "table_markdown",
-           "window_text", "with_published"]
+__all__ = ["PUBLISHED", "auroc_figure", "best", "detects", "hal_figures", "key", "sweep", "table_markdown",
+           "table_sampler", "unet_run_config", "window_text", "with_published"]
