@@ -14,7 +14,9 @@ from mijax.version import __version__
 
 # name -> (module, attribute in it; None: the module itself)
 _EXPORTS = {
+    "DETECTORS": ("mijax.detectors", "DETECTORS"),
     "DataConfig": ("mijax.config", "DataConfig"),
+    "DetectorSpec": ("mijax.detectors", "DetectorSpec"),
     "DiffusionConfig": ("mijax.config", "DiffusionConfig"),
     "FILTERS": ("mijax.filters", "FILTERS"),
     "Flattened": ("mijax.models", "Flattened"),
@@ -75,6 +77,7 @@ _EXPORTS = {
     "model_predictions": ("mijax.diffusion", "model_predictions"),
     "nearest_mode": ("mijax.mixtures", "nearest_mode"),
     "noised": ("mijax.mixtures", "noised"),
+    "parse_detectors": ("mijax.detectors", "parse"),
     "paper_steps": ("mijax.config", "paper_steps"),
     "posterior_mean_variance": ("mijax.diffusion", "posterior_mean_variance"),
     "predict_eps_from_x0": ("mijax.diffusion", "predict_eps_from_x0"),
@@ -142,6 +145,7 @@ __all__ = [
     "auroc", "blur_adjusted_labels", "detection_summary", "hallucination_rate", "histogram_kl", "labels",
     "mode_mass", "rate_table", "removal_at_retention", "retained_at_removal", "roc_curve", "FILTERS",
     "calibrate_threshold", "filter_indices", "random_filter", "threshold_filter", "variance_filter",
+    "DETECTORS", "DetectorSpec", "parse_detectors",
     # recursive training on generated data
     "RecursiveConfig", "run_generation", "run_recursive",
 ]

@@ -50,7 +50,7 @@ QUICK = dict(n=256, timesteps=20, dim=1, window=5, train_batch=256, train_steps=
 MEMORY_T_FACTOR = 10
 # 'does not grow with T': the compiled temporaries at T are within this factor of those at T / 10.
 MEMORY_GROWTH_TOLERANCE = 1.1
-MEASUREMENTS = ("sampling", "sweep", "memory", "training", "seeds")  # what --skip may name
+MEASUREMENTS = ("sampling", "sweep", "memory", "training", "seeds", "detectors")  # what --skip may name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,6 +190,38 @@ def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int =
     if peak is not None:
         result["device_peak_bytes_in_use"] = peak
     return result
+
+
+def bench_detectors(n: int, timesteps: int, dim: int, window: int, repeats: int = 3, seed: int = 0,
+                    names: Optional[Sequence[str]] = None) -> dict:
+    """What the detectors cost: sampling with Hal alone against sampling with every detector of
+    :mod:`mijax.detectors` (or ``names``) in the same pass, each over the same ``window``; the oracle's exact
+    denoiser is the paper's 1D mixture (d = 1) or 5 x 5 grid (d = 2), else the 1D one's modes on the diagonal.
+
+    Returns:
+      ``{"hal_only": seconds, "all": seconds, "ratio": all / hal_only, "detectors": [labels], ...}``.
+    """
+    from mijax import detectors, mixtures
+
+    model, init_fn = _denoiser(dim)
+    model = make_denoiser(model)
+    key = jax.random.PRNGKey(seed)
+    params = init_fn(key)
+    schedule = make_schedule(num_timesteps=timesteps)
+    names = list(detectors.DETECTORS) if names is None else list(names)
+    specs = detectors.parse([f"{name}@0:{window}" if detectors.DETECTORS[name].kind != "final" else name
+                             for name in names])
+    truth = {1: mixtures.gaussian1d, 2: mixtures.gaussian25}.get(dim)
+    truth = truth() if truth else mixtures.make_mixture(jnp.outer(jnp.arange(1.0, 4.0), jnp.ones(dim)), 0.05)
+    oracle = (mixtures.exact_denoiser, (truth, schedule))
+    sample_key = jax.random.fold_in(key, 1)
+    plain = SamplerConfig(hal_window=window)
+    full = SamplerConfig(hal_window=window, detectors=specs)
+    hal = time_best(lambda: sample(model, params, schedule, sample_key, n, (dim,), plain), repeats)
+    every = time_best(lambda: sample(model, params, schedule, sample_key, n, (dim,), full, oracle=oracle), repeats)
+    return {"n": n, "timesteps": timesteps, "dim": dim, "window": window, "detectors": [s.label for s in specs],
+            "hal_only": hal, "all": every, "ratio": every["seconds"] / hal["seconds"],
+            "ratio_median": every["median_seconds"] / hal["median_seconds"]}
 
 
 def _rows_mesh(devices: int):
@@ -644,6 +676,9 @@ def run(args: argparse.Namespace) -> dict:
                                                 one_seed_seconds=one_seed["seconds"], seed_batch=a.seed_batch))
             for s in a.seeds]
 
+    if "detectors" not in a.skip:
+        results["detectors"] = [measure(lambda: bench_detectors(a.n, a.timesteps, dim, a.window, a.repeats))
+                                for dim in a.sweep_dims]
     results["machine"]["host_peak_bytes"] = host_peak_bytes()
     peak = device_peak_bytes()
     if peak is not None:
@@ -777,6 +812,10 @@ def format_table(results: dict) -> str:
         rows.append((f"sampling {r['num_seeds']} seeds, {r['seed_batch']} vmapped at a time, N={r['n']}",
                      f"{r['seconds']:.3f} s vs {r['num_seeds']} x {r['one_seed_seconds']:.3f} s; "
                      f"ratio {r['ratio']:.3f}{_busy(r)}"))
+    for r in results.get("detectors", []):
+        rows.append((f"all {len(r['detectors'])} detectors N={r['n']} T={r['timesteps']} d={r['dim']} K={r['window']}",
+                     f"{r['all']['seconds']:.3f} s vs Hal alone {r['hal_only']['seconds']:.3f} s: "
+                     f"{r['ratio']:.2f}x ({r['ratio_median']:.2f}x median){_busy(r['all'])}"))
     if "torch" in results:
         t = results["torch"]
         if "skipped" in t:

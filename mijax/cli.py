@@ -209,6 +209,14 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help="k of --hal-reduction top_k (the mean of the k largest per-pixel variances)")
     p.add_argument("--clip-x0", action="store_true",
                    help="clip x0_hat to [-1, 1] at every step (image DDPMs; the toy recipe never clips)")
+    from mijax.detectors import DETECTORS
+
+    p.add_argument("--detectors", default=None,
+                   help="more hallucination scores in the same pass, comma-separated, each NAME (window t = 9..0) "
+                        "or NAME@END:LENGTH (lid@T0): " + ", ".join(DETECTORS) + "; the .npz gains score_<name> "
+                        "[S, N] per detector (higher = more suspicious)")
+    p.add_argument("--jac-probes", type=_positive_int("jac probes"), default=4,
+                   help="Hutchinson probes of the Jacobian detectors on images (points get the exact Jacobian)")
     p.add_argument("--chunk-size", type=_positive_int("chunk size"), default=50_000, help="samples per compiled chunk")
     p.add_argument("--overwrite", action="store_true", help="replace an existing samples file made by mijax")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -305,7 +313,14 @@ def _sample(a) -> None:
     _init_distributed(a)
     sampler = dict(sampler=a.sampler, variance=a.variance, hal_window=a.hal_window, hal_end=a.hal_end,
                    ddim_steps=a.ddim_steps, eta=0.0 if a.eta is None else a.eta, hal_reduction=a.hal_reduction,
-                   hal_top_k=a.hal_top_k, clip_x0=a.clip_x0)
+                   hal_top_k=a.hal_top_k, clip_x0=a.clip_x0, jac_probes=a.jac_probes)
+    if a.detectors is not None:
+        from mijax.detectors import parse
+
+        try:
+            sampler["detectors"] = parse(a.detectors)
+        except ValueError as e:
+            raise UsageError(f"--detectors: {e}") from None
     result = sample_run(a.run, a.n, seed=a.seed, sampler=SamplerConfig(**sampler), chunk_size=a.chunk_size,
                         progress=not a.no_progress, out=a.out, precision=a.precision, kernel=a.kernel,
                         overwrite=a.overwrite)

@@ -23,14 +23,16 @@ from mijax.schedules import Schedule
 
 def _fields(samples) -> dict:
     fields = {"x": samples.x, "hal": samples.hal, "hal_windows": samples.hal_windows,
-              "hal_table": samples.hal_table, "trajectory": samples.trajectory}
+              "hal_table": samples.hal_table, "trajectory": samples.trajectory,
+              "trajectory_xt": samples.trajectory_xt,
+              **{f"score_{key}": value for key, value in (samples.scores or {}).items()}}
     return {name: value for name, value in fields.items() if value is not None}
 
 
 def draw(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, n: int, shape: tuple[int, ...],
          sampler: SamplerConfig = SamplerConfig(), chunk_size: Optional[int] = None,
          out: Optional[os.PathLike] = None, show_progress: bool = False, desc: str = "sample",
-         **extra: np.ndarray) -> dict[str, np.ndarray]:
+         oracle=None, **extra: np.ndarray) -> dict[str, np.ndarray]:
     """Draw ``n`` samples with Hal from each of S models at once.
 
     Args:
@@ -43,10 +45,13 @@ def draw(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, n: i
       out: stream into this ``.npz`` instead of returning the arrays: each chunk is written into ``.npy``
         files beside it (``pwrite``, no memory maps), packed (uncompressed, zip64, copied piece by piece)
         and removed, so host memory holds one chunk. In a multi-process job only process 0 writes.
+      oracle: the data's exact denoiser ``(fn, params)`` for the ``oracle`` detector.
       extra: small arrays stored beside the samples (in the file, or in the returned dict).
     Returns:
       ``{"x": float32 [S, n, *shape], "hal": float32 [S, n]}`` plus ``"hal_windows"`` [S, n, W] when the
-      sampler has extra windows, ``"hal_table"`` [S, n, W + 1, R] when it has a ``hal_table`` and ``"trajectory"`` [S, n, R, *shape] when it records one, and ``extra``;
+      sampler has extra windows, ``"hal_table"`` [S, n, W + 1, R] when it has a ``hal_table``,
+      ``"trajectory"`` (and ``"trajectory_xt"``) [S, n, R, *shape] when it records one, ``"score_<key>"``
+      [S, n] per detector (:attr:`mijax.detectors.DetectorSpec.key`), and ``extra``;
       with ``out`` the arrays are in the file and the dict holds their shapes (``"shape"``: x's) and ``extra``.
     """
     writer = jax.process_index() == 0
@@ -58,7 +63,7 @@ def draw(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, n: i
     bar = progress.bar(show_progress, total=n, desc=f"{desc} {num_models} model(s)", unit="sample")
     try:
         for start, chunk in sample_chunks(denoise_fn, params, schedule, keys, n, shape, sampler, chunk_size,
-                                          seed_axis=True):
+                                          seed_axis=True, oracle=oracle):
             host = distributed.to_host(_fields(chunk))  # every process takes part in the gather
             size = host["hal"].shape[1]
             for name, value in host.items():

@@ -204,7 +204,8 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
       kernel: ``xla`` (the module as XLA ops) or ``pallas`` (one fused kernel per block of rows on a GPU,
         the XLA path elsewhere; see :class:`mijax.models.fused.FusedDenoiser`).
     Returns:
-      {"x": float32 [S, n, *shape], "hal": float32 [S, n], "seeds": int [S]} and the provenance: "run" (the
+      {"x": float32 [S, n, *shape], "hal": float32 [S, n], "seeds": int [S]}, a ``"score_<key>"`` [S, n] per
+      detector of ``sampler.detectors``, and the provenance: "run" (the
       run directory), "step" (its checkpoint) and "config" (its config.json); with ``out`` the arrays are in the
       file and the dict holds "shape" (x's) and the rest. An unfinished run is sampled with a warning.
     """
@@ -216,9 +217,10 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
     config = load_config(run_dir)
     validate_config(config)
     sampler = data_sampler(config, SamplerConfig() if sampler is None else sampler)
+    dataset = datasets.make(config.data.dataset, config.data.options)
     try:
-        validate_sampler(sampler, config.diffusion.timesteps)
-        validate_regions(sampler, datasets.make(config.data.dataset, config.data.options).shape)
+        validate_sampler(sampler, config.diffusion.timesteps, has_oracle=hasattr(dataset, "oracle"))
+        validate_regions(sampler, dataset.shape)
     except ValueError as e:
         raise RunError(str(e)) from None
     if out is not None:
@@ -237,8 +239,17 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
                       "XLA path", stacklevel=2)
     provenance = dict(seeds=np.asarray(config.seed_values), run=np.asarray(str(run_dir.resolve())),
                       step=np.asarray(step), config=np.asarray(json.dumps(config_to_dict(config))))
+    oracle = data_oracle(dataset, pieces.schedule) if any(s.detector.needs_oracle for s in sampler.detectors) else None
     return collect.draw(denoise_fn, eval_params(state, config.train), pieces.schedule, sample_keys(config, seed), n, pieces.shape,
-                        sampler, chunk_size, out=out, show_progress=progress, desc="sample", **provenance)
+                        sampler, chunk_size, out=out, show_progress=progress, desc="sample", oracle=oracle,
+                        **provenance)
+
+
+def data_oracle(dataset, schedule):
+    """The data set's exact denoiser ``(fn, params)`` on ``schedule`` (its optional ``oracle(schedule)``: the
+    Gaussian mixtures have one), or None."""
+    make = getattr(dataset, "oracle", None)
+    return None if make is None else make(schedule)
 
 
 def _versions() -> dict:

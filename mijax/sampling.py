@@ -24,6 +24,7 @@ from flax import struct
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from mijax import detectors as detectors_lib
 from mijax import distributed
 from mijax.diffusion import Denoiser, model_predictions, posterior_mean_variance, predict_eps_from_x0
 from mijax.schedules import Schedule
@@ -78,6 +79,7 @@ class SamplerConfig:
       eta: DDIM's noise scale (0: deterministic).
       trajectory_stride: record x0_hat every this many reverse steps (0: record nothing).
       trajectory_last: record only within the last this many reverse steps (None: all).
+      trajectory_xt: record x_t (each recorded step's input) beside x0_hat (``Samples.trajectory_xt``).
       hal_windows: extra Hal windows ``((end, length), ...)``, each the variance over ``length`` reverse
         steps ending ``end`` steps before the last, carried in the same pass (``Samples.hal_windows``).
       hal_reduction: how the per-coordinate variances become one number, a key of ``HAL_REDUCTIONS``.
@@ -87,6 +89,10 @@ class SamplerConfig:
         (:attr:`mijax.data.shapes.ShapesDataset.hal_regions`).
       hal_table: more reductions (keys of ``HAL_REDUCTIONS``) applied to every window's variances in the same
         pass: ``Samples.hal_table`` [N, windows, reductions] (windows as :meth:`windows`, the main one first).
+      detectors: more hallucination scores computed in the same pass (:mod:`mijax.detectors`, e.g.
+        ``detectors.parse("hal,jac_trace,lid")``): ``Samples.scores`` {spec key: [N]}, higher = more suspicious.
+      jac_probes: Rademacher probes of the Hutchinson estimate of a Jacobian detector on samples of more than
+        ``detectors.JAC_EXACT_MAX`` coordinates (images); smaller samples get the exact Jacobian.
       clip_x0: clip x0_hat to [-1, 1] at every step and take the step from the clipped x0_hat (DDPM: the
         posterior mean at it; DDIM: the noise it implies), as image DDPMs do; Hal is then the variance of
         the clipped x0_hat. Off by default (the paper's toy recipe never clips).
@@ -101,12 +107,15 @@ class SamplerConfig:
     eta: float = 0.0
     trajectory_stride: int = 0
     trajectory_last: Optional[int] = None
+    trajectory_xt: bool = False
     hal_windows: tuple[tuple[int, int], ...] = ()
     hal_reduction: str = "mean"
     hal_top_k: int = 16
     clip_x0: bool = False
     hal_regions: tuple[tuple[int, int, int, int], ...] = ()
     hal_table: tuple[str, ...] = ()
+    detectors: tuple[detectors_lib.DetectorSpec, ...] = ()
+    jac_probes: int = 4
 
     def windows(self) -> tuple[tuple[int, int], ...]:
         """Every Hal window as ``(end, length)``: the main one first, then ``hal_windows``."""
@@ -122,6 +131,8 @@ class Samples:
     hal_windows: Optional[jnp.ndarray] = None  # [N, W] the same over each of SamplerConfig.hal_windows
     hal_table: Optional[jnp.ndarray] = None  # [N, W + 1, R] every window by every SamplerConfig.hal_table reduction
     trajectory: Optional[jnp.ndarray] = None  # [N, R, *shape] recorded x0_hat, if asked for
+    trajectory_xt: Optional[jnp.ndarray] = None  # [N, R, *shape] recorded x_t (the step's input), if asked for
+    scores: Optional[dict] = None  # {DetectorSpec.key: [N]} one score per SamplerConfig.detectors
     trajectory_t: Optional[np.ndarray] = struct.field(pytree_node=False, default=None)  # [R] their t
 
 
@@ -133,8 +144,9 @@ def reverse_timesteps(config: SamplerConfig, num_timesteps: int) -> np.ndarray:
     return steps[::-1].copy()
 
 
-def validate(config: SamplerConfig, num_timesteps: int) -> None:
-    """Raise ValueError with a one-line reason if ``config`` cannot run on a T-step schedule."""
+def validate(config: SamplerConfig, num_timesteps: int, has_oracle: bool = True) -> None:
+    """Raise ValueError with a one-line reason if ``config`` cannot run on a T-step schedule (``has_oracle``:
+    the sampler is given the data's exact denoiser, which the ``oracle`` detector needs)."""
     if config.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {config.sampler!r}; choose from {', '.join(SAMPLERS)}")
     if config.variance not in VARIANCES:
@@ -159,6 +171,9 @@ def validate(config: SamplerConfig, num_timesteps: int) -> None:
         raise ValueError(f"hal top k must be >= 1, got {config.hal_top_k}")
     if config.trajectory_stride < 0:
         raise ValueError("trajectory stride must be >= 0")
+    if config.jac_probes < 1:
+        raise ValueError(f"jac probes must be >= 1, got {config.jac_probes}")
+    detectors_lib.validate(config.detectors, num_steps, num_timesteps, has_oracle)
     if config.eta < 0:
         raise ValueError("eta must be >= 0")
 
@@ -181,9 +196,7 @@ def _step_table(config: SamplerConfig, num_timesteps: int):
     ts = reverse_timesteps(config, num_timesteps)
     n = len(ts)
     from_end = n - 1 - np.arange(n)  # 0 at the last step
-    in_window = np.stack([(from_end >= end) & (from_end < end + length) for end, length in config.windows()], axis=1)
-    count = np.cumsum(in_window, axis=0)
-    inv_count = np.where(in_window, 1.0 / np.maximum(count, 1), 0.0).astype(np.float32)
+    in_window, inv_count = window_table(config.windows(), n)
     slots = np.full(n, -1, dtype=np.int32)
     if config.trajectory_stride > 0:
         last = n if config.trajectory_last is None else min(config.trajectory_last, n)
@@ -191,6 +204,22 @@ def _step_table(config: SamplerConfig, num_timesteps: int):
         slots[record] = np.arange(int(record.sum()), dtype=np.int32)
     t_prev = np.concatenate([ts[1:], [-1]]).astype(np.int32)
     return ts, t_prev, in_window, inv_count, slots
+
+
+def window_table(windows: Sequence[tuple[int, int]], num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per reverse step and window ``(end, length)``: whether the step is in it (bool [steps, W]) and its
+    Welford weight 1 / (steps of the window so far) (float32 [steps, W], 0 outside)."""
+    from_end = num_steps - 1 - np.arange(num_steps)  # 0 at the last step
+    in_window = np.stack([(from_end >= end) & (from_end < end + length) for end, length in windows], axis=1)
+    count = np.cumsum(in_window, axis=0)
+    return in_window, np.where(in_window, 1.0 / np.maximum(count, 1), 0.0).astype(np.float32)
+
+
+def _welford(mean, m2, value, inside, weight):
+    """One Welford step of a running mean and sum of squared deviations where ``inside`` (else unchanged)."""
+    delta = jnp.where(inside, value - mean, 0.0)
+    mean = mean + weight * delta
+    return mean, m2 + jnp.where(inside, delta * (value - mean), 0.0)
 
 
 def _per_sample_normal(keys: jax.Array, step: jnp.ndarray, shape: tuple) -> jnp.ndarray:
@@ -218,11 +247,11 @@ def row_blocks(rows: int, rows_per_block: Optional[int]) -> tuple[int, int]:
 
 
 def _sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, start: jnp.ndarray,
-                  config: SamplerConfig, shape: tuple, chunk_size: int, blocks: int = 1) -> Samples:
+                  config: SamplerConfig, shape: tuple, chunk_size: int, blocks: int = 1, oracle=None) -> Samples:
     """Samples ``start .. start + chunk_size - 1`` of the stream defined by ``key``, run through the reverse
     steps in ``blocks`` equal blocks of rows one after the other (a ``lax.map``; the same numbers)."""
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(chunk_size, dtype=jnp.uint32))
-    run = partial(_reverse, denoise_fn, params, schedule, config=config, shape=shape)
+    run = partial(_reverse, denoise_fn, params, schedule, config=config, shape=shape, oracle=oracle)
     if blocks == 1:
         return run(keys)
     if chunk_size % blocks:
@@ -231,9 +260,81 @@ def _sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
     return jax.tree.map(lambda a: a.reshape((chunk_size,) + a.shape[2:]), out)
 
 
+def _eps_fn(denoise_fn: Denoiser, params, schedule: Schedule, t, objective: str):
+    """x_t [C, *shape] -> the predicted noise at step t (the network's output for the eps objective)."""
+    def eps(x):
+        output = denoise_fn(params, x, t)
+        if objective == "eps":
+            return output
+        return predict_eps_from_x0(schedule, x, t, model_predictions(schedule, output, x, t, objective)[0])
+    return eps
+
+
+class _Detectors:
+    """The detectors' running state through the scan: per windowed detector its window table and carry."""
+
+    def __init__(self, config: SamplerConfig, num_steps: int):
+        self.specs = [s for s in config.detectors if s.detector.kind != "final"]
+        self.final = [s for s in config.detectors if s.detector.kind == "final"]
+        windows = [(s.end, s.length) for s in self.specs]
+        in_window, inv_count = window_table(windows, num_steps) if windows else (
+            np.zeros((num_steps, 0), bool), np.zeros((num_steps, 0), np.float32))
+        self.xs = (jnp.asarray(in_window), jnp.asarray(inv_count))
+        self.expensive = [j for j, s in enumerate(self.specs) if s.detector.expensive]
+
+    def init(self, x: jnp.ndarray):
+        zeros, scalar = jnp.zeros_like(x), jnp.zeros(x.shape[:1], jnp.float32)
+        kinds = {"variance": (zeros, zeros), "mean": scalar, "path": (scalar, zeros)}
+        return [kinds[s.detector.kind] for s in self.specs]
+
+    def update(self, state, view_of, xs):
+        """One step: ``view_of()`` makes a fresh :class:`~mijax.detectors.StepView` of the step."""
+        if not self.specs:
+            return state
+        inside_all, weights = xs
+        view = view_of()
+        values = {j: s.detector.quantity(view) for j, s in enumerate(self.specs) if not s.detector.expensive}
+        if self.expensive:  # the Jacobian and the oracle only on the steps inside some window that reads them
+            def compute():
+                fresh = view_of()
+                return [self.specs[j].detector.quantity(fresh) for j in self.expensive]
+            zeros = [jnp.zeros(view.x_t.shape[:1], jnp.float32) for _ in self.expensive]
+            active = jnp.any(inside_all[jnp.asarray(self.expensive)])
+            values.update(zip(self.expensive, jax.lax.cond(active, compute, lambda: zeros)))
+        new = []
+        for j, s in enumerate(self.specs):
+            inside, value, kind = inside_all[j], values[j], s.detector.kind
+            if kind == "variance":
+                new.append(_welford(*state[j], value, inside, weights[j]))
+            elif kind == "mean":
+                new.append(state[j] + jnp.where(inside, value, 0.0))
+            else:  # path: from the window's second step on, add the distance to the previous value
+                total, previous = state[j]
+                step = jnp.sqrt(jnp.sum(jnp.square((value - previous).reshape(value.shape[0], -1)), axis=1))
+                total = total + jnp.where(inside & (weights[j] < 1.0), step, 0.0)
+                new.append((total, jnp.where(inside, value, previous)))
+        return new
+
+    def finish(self, state, config: SamplerConfig, final_view_of) -> dict:
+        scores = {}
+        for s, carry in zip(self.specs, state):
+            kind = s.detector.kind
+            if kind == "variance":
+                value = HAL_REDUCTIONS[config.hal_reduction](carry[1] / s.length, config)
+            elif kind == "mean":
+                value = carry / s.length
+            else:
+                value = carry[0]
+            scores[s.key] = s.detector.sign * value
+        for s in self.final:
+            scores[s.key] = s.detector.sign * s.detector.quantity(final_view_of(s.end))
+        return scores
+
+
 def _reverse(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, config: SamplerConfig,
-             shape: tuple) -> Samples:
-    """The reverse process with Hal for the samples of ``keys`` [C] (one per sample)."""
+             shape: tuple, oracle=None) -> Samples:
+    """The reverse process with Hal for the samples of ``keys`` [C] (one per sample); ``oracle``: the data's
+    exact denoiser ``(fn, params)`` for the ``oracle`` detector."""
     chunk_size = keys.shape[0]
     T = schedule.num_timesteps
     ts, t_prev, in_window, inv_count, slots = _step_table(config, T)
@@ -244,6 +345,8 @@ def _reverse(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, 
     zeros = jnp.zeros((len(windows),) + x.shape, jnp.float32)  # [W + 1, C, *shape]: one Welford state per window
     per_window = (len(windows),) + (1,) * x.ndim  # a [W + 1] step constant, broadcast over the state
     trajectory = jnp.zeros((chunk_size, num_records) + shape, jnp.float32) if num_records else None
+    trajectory_xt = trajectory if num_records and config.trajectory_xt else None
+    detectors = _Detectors(config, len(ts))
     if config.variance == "fixed_large":
         sigmas = jnp.sqrt(schedule.betas)
     else:
@@ -251,12 +354,24 @@ def _reverse(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, 
     abar = schedule.alphas_cumprod
     log_alphas = jnp.log1p(-schedule.betas)  # [T], for DDIM's abar_t / abar_{t'} (see below)
     step_index = jnp.arange(T)
+    oracle_at = (lambda x_t, t: oracle[0](oracle[1], x_t, t)) if oracle is not None else None
+
+    def view_at(x, t, **known):
+        return detectors_lib.StepView(_eps_fn(denoise_fn, params, schedule, t, config.objective), x, t, keys=keys,
+                                      probes=config.jac_probes, oracle_fn=oracle_at, **known)
+
+    def record(tr, value, slot):
+        return jax.lax.cond(slot >= 0,
+                            lambda tr: jax.lax.dynamic_update_index_in_dim(tr, value, jnp.maximum(slot, 0), axis=1),
+                            lambda tr: tr, tr)
 
     def step(carry, xs):
-        x, mean_x0, m2_x0, trajectory = carry
-        t, tp, window, w, slot = xs
+        x, mean_x0, m2_x0, trajectory, trajectory_xt, det_state = carry
+        (t, tp, window, w, slot), det_xs = xs
         output = denoise_fn(params, x, t)
         x0, mean = model_predictions(schedule, output, x, t, config.objective)
+        if detectors.specs:
+            eps_hat = output if config.objective == "eps" else predict_eps_from_x0(schedule, x, t, x0)
         if config.clip_x0:  # the step follows the clipped x0_hat (posterior mean; DDIM's eps below)
             x0 = jnp.clip(x0, -1.0, 1.0)
             mean = posterior_mean_variance(schedule, x0, x, t)[0]
@@ -284,33 +399,42 @@ def _reverse(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, 
         # and c1 = 1, c2 = 0 there, so this equals the mean up to rounding.
         x_next = jnp.where(tp >= 0, x_next, x0)
         # Welford update of the running mean and squared deviations of x0_hat inside each Hal window.
-        window, w = window.reshape(per_window), w.reshape(per_window)
-        delta = jnp.where(window, x0[None] - mean_x0, 0.0)
-        mean_x0 = mean_x0 + w * delta
-        m2_x0 = m2_x0 + jnp.where(window, delta * (x0[None] - mean_x0), 0.0)
+        mean_x0, m2_x0 = _welford(mean_x0, m2_x0, x0[None], window.reshape(per_window), w.reshape(per_window))
+        # Detectors see x0_hat as Hal does (clipped when the sampler clips) and the network's own eps_hat.
+        det_state = detectors.update(det_state, lambda: view_at(x, t, x0=x0, eps=eps_hat), det_xs) \
+            if detectors.specs else det_state
         if trajectory is not None:
-            trajectory = jax.lax.cond(
-                slot >= 0,
-                lambda tr: jax.lax.dynamic_update_index_in_dim(tr, x0, jnp.maximum(slot, 0), axis=1),
-                lambda tr: tr, trajectory)
-        return (x_next, mean_x0, m2_x0, trajectory), None
+            trajectory = record(trajectory, x0, slot)
+        if trajectory_xt is not None:
+            trajectory_xt = record(trajectory_xt, x, slot)
+        return (x_next, mean_x0, m2_x0, trajectory, trajectory_xt, det_state), None
 
-    xs = (jnp.asarray(ts), jnp.asarray(t_prev), jnp.asarray(in_window), jnp.asarray(inv_count), jnp.asarray(slots))
-    (x, _, m2, trajectory), _ = jax.lax.scan(step, (x, zeros, zeros, trajectory), xs)
+    xs = ((jnp.asarray(ts), jnp.asarray(t_prev), jnp.asarray(in_window), jnp.asarray(inv_count), jnp.asarray(slots)),
+          detectors.xs)
+    init = (x, zeros, zeros, trajectory, trajectory_xt, detectors.init(x))
+    (x, _, m2, trajectory, trajectory_xt, det_state), _ = jax.lax.scan(step, init, xs)
     variances = [m2[i] / lengths[i] for i in range(len(windows))]  # [C, *shape] per window
     hals = [HAL_REDUCTIONS[config.hal_reduction](v, config) for v in variances]
     extra = jnp.stack(hals[1:], axis=1) if len(hals) > 1 else None
     table = (jnp.stack([jnp.stack([HAL_REDUCTIONS[r](v, config) for r in config.hal_table], axis=1)
                         for v in variances], axis=1) if config.hal_table else None)
-    return Samples(x=x, hal=hals[0], hal_windows=extra, hal_table=table, trajectory=trajectory)
+
+    def final_view(t0):  # FLIPD's point: psi x at t0, psi = sqrt(abar_t0)
+        t0 = jnp.asarray(t0, jnp.int32)
+        return view_at(jnp.sqrt(abar[t0]) * x, t0, abar=abar[t0])
+
+    scores = detectors.finish(det_state, config, final_view) if config.detectors else None
+    return Samples(x=x, hal=hals[0], hal_windows=extra, hal_table=table, trajectory=trajectory,
+                   trajectory_xt=trajectory_xt, scores=scores)
 
 
 @partial(jax.jit, static_argnames=("denoise_fn", "config", "shape", "chunk_size", "seed_axis", "seed_batch",
-                                   "mesh", "rows_per_block"))
+                                   "mesh", "rows_per_block", "oracle_fn"))
 def sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, start: jnp.ndarray,
                  config: SamplerConfig, shape: tuple, chunk_size: int, seed_axis: bool = False,
                  seed_batch: Optional[int] = None, mesh: Optional[Mesh] = None,
-                 rows_per_block: Optional[int] = None) -> Samples:
+                 rows_per_block: Optional[int] = None, oracle_fn: Optional[Denoiser] = None,
+                 oracle_params=None) -> Samples:
     """One jitted chunk of samples ``start .. start + chunk_size - 1``.
 
     Each device runs its rows in the blocks :func:`row_blocks` makes of them for ``rows_per_block``, one
@@ -321,6 +445,8 @@ def sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arra
     With a ``mesh`` (axis ``"rows"``, D devices) each device draws ``chunk_size / D`` consecutive samples
     and the outputs are split over the devices along the sample axis; ``chunk_size / D`` should be a
     multiple of ``ROW_BLOCK`` for results that do not depend on D.
+    ``oracle_fn(oracle_params, x_t, t)``: the data's exact denoiser, for the ``oracle`` detector (shared by
+    every seed).
     """
     devices = distributed.mesh_size(mesh)
     if chunk_size % devices:
@@ -328,22 +454,25 @@ def sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arra
     rows = chunk_size // devices
     # On rows padded by chunk_rows this gives back the block count it padded for.
     blocks = row_blocks(rows, rows_per_block)[0]
-    fn = partial(_sample_chunk, denoise_fn, config=config, shape=shape, chunk_size=rows, blocks=blocks)
+    def fn(params, schedule, key, start, oracle_params):
+        oracle = None if oracle_fn is None else (oracle_fn, oracle_params)
+        return _sample_chunk(denoise_fn, params, schedule, key, start, config=config, shape=shape, chunk_size=rows,
+                             blocks=blocks, oracle=oracle)
 
-    def local(params, schedule, key, start):
+    def local(params, schedule, key, start, oracle_params):
         if mesh is not None:  # this device's block of the chunk
             start = start + jax.lax.axis_index(distributed.ROWS).astype(start.dtype) * rows
         if not seed_axis:
-            return fn(params, schedule, key, start)
+            return fn(params, schedule, key, start, oracle_params)
         num_seeds = jax.tree.leaves(key)[0].shape[0]
         batch = distributed.default_seed_batch(num_seeds) if seed_batch is None else seed_batch
-        return distributed.map_seeds(lambda p, k: fn(p, schedule, k, start), (params, key), batch)
+        return distributed.map_seeds(lambda p, k: fn(p, schedule, k, start, oracle_params), (params, key), batch)
 
     if mesh is None:
-        return local(params, schedule, key, start)
+        return local(params, schedule, key, start, oracle_params)
     split = P(None, distributed.ROWS) if seed_axis else P(distributed.ROWS)
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P()), out_specs=split,
-                         check_vma=False)(params, schedule, key, start)
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P(), P()), out_specs=split,
+                         check_vma=False)(params, schedule, key, start, oracle_params)
 
 
 def chunk_rows(n: int, chunk_size: Optional[int], devices: int = 1,
@@ -367,7 +496,8 @@ def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
                   shape: Sequence[int], config: SamplerConfig = SamplerConfig(),
                   chunk_size: Optional[int] = None, seed_axis: bool = False, seed_batch: Optional[int] = None,
                   mesh: Optional[Mesh] | str = "auto", start: int = 0, stop: Optional[int] = None,
-                  rows_per_block: Optional[int] | str = "auto") -> Iterator[tuple[int, Samples]]:
+                  rows_per_block: Optional[int] | str = "auto",
+                  oracle: Optional[tuple[Denoiser, object]] = None) -> Iterator[tuple[int, Samples]]:
     """Yield ``(start, Samples)`` chunk by chunk (device arrays of ``min(chunk, n - start)`` samples).
 
     Every chunk has the same compiled shape (the last is padded and trimmed), so one compilation
@@ -383,6 +513,8 @@ def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
       rows_per_block: a device runs its rows of a chunk in blocks of at most this many, one after the other
         (``"auto"``: :func:`default_rows_per_block`, 3,968 on CPU; None: all at once). On CPU blocks under
         4,096 rows keep every sample independent of the chunking (see ``CPU_ROWS_PER_BLOCK``).
+      oracle: ``(exact_fn, its params)``, the data's exact denoiser (e.g. ``(mixtures.exact_denoiser,
+        (mixture, schedule))``), which the ``oracle`` detector compares the model with.
     """
     shape = tuple(int(s) for s in shape)
     if n <= 0:
@@ -390,7 +522,7 @@ def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
     if chunk_size is not None and chunk_size <= 0:
         raise ValueError(f"chunk size must be > 0, got {chunk_size}")
     stop = n if stop is None else min(stop, n)
-    validate(config, schedule.num_timesteps)
+    validate(config, schedule.num_timesteps, has_oracle=oracle is not None)
     validate_regions(config, shape)
     if isinstance(mesh, str):
         mesh = distributed.rows_mesh()
@@ -398,10 +530,11 @@ def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
         rows_per_block = default_rows_per_block()
     devices = distributed.mesh_size(mesh)
     chunk, compiled = chunk_rows(stop - start, chunk_size, devices, rows_per_block)
-    params, schedule, key = distributed.replicate((params, schedule, key), mesh)
+    oracle_fn, oracle_params = (None, None) if oracle is None else oracle
+    params, schedule, key, oracle_params = distributed.replicate((params, schedule, key, oracle_params), mesh)
     for first in range(start, stop, chunk):
         out = sample_chunk(denoise_fn, params, schedule, key, np.uint32(first), config, shape, compiled,
-                           seed_axis, seed_batch, mesh, rows_per_block)
+                           seed_axis, seed_batch, mesh, rows_per_block, oracle_fn, oracle_params)
         keep = min(chunk, stop - first)
         if keep < compiled:
             out = jax.tree.map(lambda a: _trim(a, keep, seed_axis), out)
@@ -415,7 +548,7 @@ def _trim(a: jnp.ndarray, keep: int, seed_axis: bool) -> jnp.ndarray:
 def sample(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, n: int, shape: Sequence[int],
            config: SamplerConfig = SamplerConfig(), chunk_size: Optional[int] = None,
            seed_axis: bool = False, seed_batch: Optional[int] = None, mesh: Optional[Mesh] | str = "auto",
-           rows_per_block: Optional[int] | str = "auto") -> Samples:
+           rows_per_block: Optional[int] | str = "auto", oracle: Optional[tuple[Denoiser, object]] = None) -> Samples:
     """Draw n samples with their Hal score.
 
     Args:
@@ -431,11 +564,14 @@ def sample(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, n: 
       seed_batch: seeds computed together inside a device (None: 1 on CPU, all on accelerators).
       mesh: the devices that share the samples (``"auto"``: all of them; see :func:`sample_chunks`).
       rows_per_block: rows run through the steps together on a device (see :func:`sample_chunks`).
+      oracle: the data's exact denoiser for the ``oracle`` detector (see :func:`sample_chunks`).
     Returns:
-      :class:`Samples` with x [N, *shape] and hal [N] (or [S, N, *shape] and [S, N]).
+      :class:`Samples` with x [N, *shape] and hal [N] (or [S, N, *shape] and [S, N]), and ``scores``
+      {key: [N]} when ``config.detectors`` asks for them.
     """
     parts = [out for _, out in sample_chunks(denoise_fn, params, schedule, key, n, shape, config, chunk_size,
-                                             seed_axis, seed_batch, mesh, rows_per_block=rows_per_block)]
+                                             seed_axis, seed_batch, mesh, rows_per_block=rows_per_block,
+                                             oracle=oracle)]
     axis = 1 if seed_axis else 0
     merged = jax.tree.map(lambda *a: jnp.concatenate(a, axis=axis), *parts) if len(parts) > 1 else parts[0]
     if merged.trajectory is not None:

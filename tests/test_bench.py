@@ -79,13 +79,23 @@ def test_torch_missing_is_skipped_with_reason(quick_results):
 
 
 def test_quick_prints_table_and_json(capsys):
-    results = bench.run(_parse(["--quick", "--skip", "memory,training,seeds,sweep"]))
+    results = bench.run(_parse(["--quick", "--skip", "memory,training,seeds,sweep,detectors"]))
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1]) == results
     assert any("sampling+Hal" in line for line in lines[:-1])
     assert any("host peak memory" in line for line in lines[:-1])
     assert set(results) == {"machine", "config", "sampling"}
     assert _positive(results["machine"]["host_peak_bytes"])
+
+
+def test_quick_detector_cost(quick_results):
+    """Every registered detector in one pass, timed against Hal alone at the sweep's dimensions."""
+    from mijax.detectors import DETECTORS
+
+    (r,) = quick_results[0]["detectors"]
+    assert r["dim"] == 2 and sorted(d.split("@")[0] for d in r["detectors"]) == sorted(DETECTORS)
+    assert _positive(r["hal_only"]["seconds"]) and _positive(r["all"]["seconds"])
+    assert r["ratio"] == pytest.approx(r["all"]["seconds"] / r["hal_only"]["seconds"])
 
 
 def test_quick_sweep_covers_every_combination(quick_results):

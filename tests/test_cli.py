@@ -62,6 +62,16 @@ def test_sample_writes_seed_stacked_npz(trained, tmp_path, capsys):
         np.testing.assert_array_equal(f["seeds"], in_memory["seeds"])
 
 
+def test_sample_with_detectors_writes_one_score_per_detector(trained, tmp_path):
+    out = tmp_path / "d.npz"
+    assert main(["sample", "--run", str(trained), "--n", "20", "--no-progress", "--detectors",
+                 "hal,jac_trace@0:3,oracle,lid@5", "--out", str(out)]) == 0
+    with np.load(out) as f:
+        for key in ("score_hal", "score_jac_trace_e0_k3", "score_oracle", "score_lid_e5"):
+            assert f[key].shape == (2, 20) and np.all(np.isfinite(f[key])), key
+        np.testing.assert_array_equal(f["score_hal"], f["hal"])
+
+
 def test_sample_kernel_option(trained, tmp_path):
     """--kernel pallas samples with the fused kernel on a GPU; elsewhere it says so and uses the XLA path."""
     out, ref = tmp_path / "k.npz", tmp_path / "ref.npz"
@@ -176,6 +186,9 @@ BAD_SAMPLE = {
     "hal window above T": (["--n", "4", "--hal-window", "31"], "Hal window"),
     "chunk size zero": (["--n", "4", "--chunk-size", "0"], "chunk size"),
     "chunk size negative": (["--n", "4", "--chunk-size", "-2"], "chunk size"),
+    "unknown detector": (["--n", "4", "--detectors", "hal,foo"], "unknown detector 'foo'"),
+    "detector window beyond T": (["--n", "4", "--detectors", "hal@25:10"], "must lie in the sampler's 30 steps"),
+    "jac probes zero": (["--n", "4", "--jac-probes", "0"], "jac probes must be > 0"),
 }
 
 

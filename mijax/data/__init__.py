@@ -15,6 +15,9 @@ defines it plus one :func:`register` line:
 ``summary_keys``                            the scalar entries of ``measure`` that studies summarise over seeds
 =========================================  ================================================================
 
+Optional: ``oracle(schedule) -> (fn, params)``, the data's exact denoiser eps*(x_t, t), which the
+``oracle`` detector (:mod:`mijax.detectors`) compares a model with (the Gaussian mixtures have one).
+
 The registry maps a name to a factory ``factory(**options) -> Dataset`` and the options' defaults;
 :func:`make` validates the options (unknown ones and bad values end in one line) and :func:`resolve`
 fills in the defaults, which is what a run's ``config.json`` records.

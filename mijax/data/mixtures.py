@@ -197,6 +197,11 @@ class MixtureDataset:
         return {f"k{self.k:g}": self.hallucinated(x),
                 "blur": np.asarray(blur_adjusted_labels(self.mixture, x, self.k)[0])}
 
+    def oracle(self, schedule):
+        """The exact denoiser eps*(x_t, t) of this mixture on ``schedule``: ``(fn, params)`` for the sampler's
+        ``oracle`` detector (:func:`mijax.mixtures.exact_denoiser`)."""
+        return mixtures.exact_denoiser, (self.mixture, schedule)
+
     def measure(self, x: np.ndarray, reference: np.ndarray) -> dict:
         """Measurements of samples x [P, d] against the true mixture and a true sample [P, d]; JSON-able:
         rates beyond k (own and blur-adjusted) and at every radius of ``KS``, mass per mode, modes lost,
