@@ -192,36 +192,59 @@ def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int =
     return result
 
 
-def bench_detectors(n: int, timesteps: int, dim: int, window: int, repeats: int = 3, seed: int = 0,
-                    names: Optional[Sequence[str]] = None) -> dict:
-    """What the detectors cost: sampling with Hal alone against sampling with every detector of
-    :mod:`mijax.detectors` (or ``names``) in the same pass, each over the same ``window``; the oracle's exact
-    denoiser is the paper's 1D mixture (d = 1) or 5 x 5 grid (d = 2), else the 1D one's modes on the diagonal.
+def detector_costs(n: int, timesteps: int, dim: int, window: int, groups: dict[str, Sequence[str]],
+                   repeats: int = 3, seed: int = 0, params=None) -> dict:
+    """Sampling time with Hal alone, and with each group of detectors of :mod:`mijax.detectors` in the same
+    pass (``groups``: ``{label: [detector names]}``, each over the same ``window``; ``lid`` at its default
+    t0), on the paper's network for d = ``dim`` (random weights unless ``params``). The oracle's exact
+    denoiser is the paper's 1D mixture (d = 1) or 5 x 5 grid (d = 2), else 1D modes on the diagonal.
 
     Returns:
-      ``{"hal_only": seconds, "all": seconds, "ratio": all / hal_only, "detectors": [labels], ...}``.
+      ``{"hal_only": timing, "groups": {label: {"detectors": [labels], "timing", "ratio", "ratio_median"}}}``,
+      timings as :func:`time_best`, ratios against Hal alone.
     """
     from mijax import detectors, mixtures
 
     model, init_fn = _denoiser(dim)
     model = make_denoiser(model)
     key = jax.random.PRNGKey(seed)
-    params = init_fn(key)
+    params = init_fn(key) if params is None else params
     schedule = make_schedule(num_timesteps=timesteps)
-    names = list(detectors.DETECTORS) if names is None else list(names)
-    specs = detectors.parse([f"{name}@0:{window}" if detectors.DETECTORS[name].kind != "final" else name
-                             for name in names])
     truth = {1: mixtures.gaussian1d, 2: mixtures.gaussian25}.get(dim)
     truth = truth() if truth else mixtures.make_mixture(jnp.outer(jnp.arange(1.0, 4.0), jnp.ones(dim)), 0.05)
     oracle = (mixtures.exact_denoiser, (truth, schedule))
     sample_key = jax.random.fold_in(key, 1)
-    plain = SamplerConfig(hal_window=window)
-    full = SamplerConfig(hal_window=window, detectors=specs)
-    hal = time_best(lambda: sample(model, params, schedule, sample_key, n, (dim,), plain), repeats)
-    every = time_best(lambda: sample(model, params, schedule, sample_key, n, (dim,), full, oracle=oracle), repeats)
-    return {"n": n, "timesteps": timesteps, "dim": dim, "window": window, "detectors": [s.label for s in specs],
-            "hal_only": hal, "all": every, "ratio": every["seconds"] / hal["seconds"],
-            "ratio_median": every["median_seconds"] / hal["median_seconds"]}
+
+    def timed(config):
+        return time_best(lambda: sample(model, params, schedule, sample_key, n, (dim,), config, oracle=oracle),
+                         repeats)
+
+    hal = timed(SamplerConfig(hal_window=window))
+    out = {"n": n, "timesteps": timesteps, "dim": dim, "window": window, "hal_only": hal, "groups": {}}
+    for label, names in groups.items():
+        specs = detectors.parse([name if detectors.DETECTORS[name].kind == "final" else f"{name}@0:{window}"
+                                 for name in names])
+        timing = timed(SamplerConfig(hal_window=window, detectors=specs))
+        out["groups"][label] = {"detectors": [s.label for s in specs], "timing": timing,
+                                "ratio": timing["seconds"] / hal["seconds"],
+                                "ratio_median": timing["median_seconds"] / hal["median_seconds"]}
+    return out
+
+
+def bench_detectors(n: int, timesteps: int, dim: int, window: int, repeats: int = 3, seed: int = 0) -> dict:
+    """What the detectors cost: sampling with Hal alone against sampling with every detector of
+    :mod:`mijax.detectors` in the same pass (:func:`detector_costs`).
+
+    Returns:
+      ``{"hal_only": timing, "all": timing, "ratio": all / hal_only, "ratio_median", "detectors": [labels]}``.
+    """
+    from mijax.detectors import DETECTORS
+
+    costs = detector_costs(n, timesteps, dim, window, {"all": list(DETECTORS)}, repeats, seed)
+    every = costs["groups"]["all"]
+    return {"n": n, "timesteps": timesteps, "dim": dim, "window": window, "detectors": every["detectors"],
+            "hal_only": costs["hal_only"], "all": every["timing"], "ratio": every["ratio"],
+            "ratio_median": every["ratio_median"]}
 
 
 def _rows_mesh(devices: int):

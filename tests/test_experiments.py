@@ -123,6 +123,27 @@ def test_detection_end_to_end(tmp_path):
     assert "blur_adjusted" in m["settings"]["1d"]
 
 
+def test_detectors_end_to_end(tmp_path, shared):
+    from mijax import detectors as detectors_lib
+    from mijax.experiments import detectors
+
+    out = tmp_path / "detectors"
+    with common.shared_runs(shared):
+        m = detectors.run(out, progress=False, overrides=_toy(detectors, n_train=400, n_train_2d=400, steps_2d=20,
+                                                                batch_size_2d=200, cost_samples=0,
+                                                                early_ends=(0, 25)))
+    _check_outputs(out, m, [f"{kind}_{tag}.png" for kind in ("roc", "early") for tag in detectors.SETTINGS])
+    assert set(m["settings"]) == {"1d", "2d", "2d_rotated"}
+    for block in m["settings"].values():
+        assert set(block["detectors"]) == set(detectors_lib.DETECTORS)
+        assert [r["end"] for r in block["early"]["hal"]] == [0, 25]
+    assert sorted(r["detector"] for r in m["ranking"]) == sorted(detectors_lib.DETECTORS)
+    assert m["cost"] is None  # not measured at toy size (mijax bench and the quick profile measure it)
+    # Hal's AUROC at the default window equals the one `detection` computes from the sampler's own Hal.
+    hal = m["settings"]["1d"]["detectors"]["hal"]["auroc"]
+    assert hal["n"] >= 1 and 0.0 <= hal["mean"] <= 1.0
+
+
 def test_score_end_to_end(tmp_path, shared):
     from mijax.experiments import score
 

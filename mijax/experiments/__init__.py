@@ -19,6 +19,7 @@ EXPERIMENTS: dict[str, str] = {
     "score": "mijax.experiments.score",
     "trajectories": "mijax.experiments.trajectories",
     "detection": "mijax.experiments.detection",
+    "detectors": "mijax.experiments.detectors",
     "recursive-1d": "mijax.experiments.recursive_1d",
     "recursive-2d": "mijax.experiments.recursive_2d",
     "shapes": "mijax.experiments.shapes",
