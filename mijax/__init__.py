@@ -14,6 +14,7 @@ from mijax.version import __version__
 
 # name -> (module, attribute in it; None: the module itself)
 _EXPORTS = {
+    "AbortConfig": ("mijax.abort", "AbortConfig"),
     "DETECTORS": ("mijax.detectors", "DETECTORS"),
     "DataConfig": ("mijax.config", "DataConfig"),
     "DetectorSpec": ("mijax.detectors", "DetectorSpec"),
@@ -96,6 +97,7 @@ _EXPORTS = {
     "sample_keys": ("mijax.keys", "sample_keys"),
     "sample_mixture": ("mijax.mixtures", "sample"),
     "sample_run": ("mijax.runs", "sample_run"),
+    "sample_with_abort": ("mijax.abort", "sample_with_abort"),
     "score": ("mijax.mixtures", "score"),
     "seed_keys": ("mijax.keys", "seed_keys"),
     "threshold_filter": ("mijax.filters", "threshold_filter"),
@@ -145,7 +147,7 @@ __all__ = [
     "auroc", "blur_adjusted_labels", "detection_summary", "hallucination_rate", "histogram_kl", "labels",
     "mode_mass", "rate_table", "removal_at_retention", "retained_at_removal", "roc_curve", "FILTERS",
     "calibrate_threshold", "filter_indices", "random_filter", "threshold_filter", "variance_filter",
-    "DETECTORS", "DetectorSpec", "parse_detectors",
+    "DETECTORS", "DetectorSpec", "parse_detectors", "AbortConfig", "sample_with_abort",
     # recursive training on generated data
     "RecursiveConfig", "run_generation", "run_recursive",
 ]

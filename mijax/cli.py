@@ -217,6 +217,12 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
                         "[S, N] per detector (higher = more suspicious)")
     p.add_argument("--jac-probes", type=_positive_int("jac probes"), default=4,
                    help="Hutchinson probes of the Jacobian detectors on images (points get the exact Jacobian)")
+    p.add_argument("--abort", default=None, metavar="DETECTOR@END:LENGTH",
+                   help="abort and resample: at the end of this detector's window (END steps before the last) redraw "
+                        "the samples scoring >= --abort-threshold from fresh noise; the .npz gains redraws and steps "
+                        "[S, N] (one device, in memory)")
+    p.add_argument("--abort-threshold", type=float, default=None, help="the --abort detector's threshold")
+    p.add_argument("--max-redraws", type=int, default=3, help="--abort: redraws per sample at most (the last is kept)")
     p.add_argument("--chunk-size", type=_positive_int("chunk size"), default=50_000, help="samples per compiled chunk")
     p.add_argument("--overwrite", action="store_true", help="replace an existing samples file made by mijax")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -314,16 +320,32 @@ def _sample(a) -> None:
     sampler = dict(sampler=a.sampler, variance=a.variance, hal_window=a.hal_window, hal_end=a.hal_end,
                    ddim_steps=a.ddim_steps, eta=0.0 if a.eta is None else a.eta, hal_reduction=a.hal_reduction,
                    hal_top_k=a.hal_top_k, clip_x0=a.clip_x0, jac_probes=a.jac_probes)
-    if a.detectors is not None:
-        from mijax.detectors import parse
+    from mijax.detectors import parse
 
+    if a.detectors is not None:
         try:
             sampler["detectors"] = parse(a.detectors)
         except ValueError as e:
             raise UsageError(f"--detectors: {e}") from None
+    abort = None
+    if (a.abort is None) != (a.abort_threshold is None):
+        raise UsageError("--abort and --abort-threshold go together")
+    if a.abort is not None:
+        from mijax.abort import AbortConfig
+
+        try:
+            specs = parse(a.abort)
+        except ValueError as e:
+            raise UsageError(f"--abort: {e}") from None
+        if len(specs) != 1:
+            raise UsageError("--abort takes one detector")
+        spec = specs[0]
+        if a.max_redraws < 0:
+            raise UsageError(f"--max-redraws must be >= 0, got {a.max_redraws}")
+        abort = AbortConfig(spec, a.abort_threshold, a.max_redraws)
     result = sample_run(a.run, a.n, seed=a.seed, sampler=SamplerConfig(**sampler), chunk_size=a.chunk_size,
                         progress=not a.no_progress, out=a.out, precision=a.precision, kernel=a.kernel,
-                        overwrite=a.overwrite)
+                        overwrite=a.overwrite, abort=abort)
     import jax
 
     if jax.process_index() == 0:

@@ -21,12 +21,13 @@ from mijax.sampling import SamplerConfig, sample_chunks
 from mijax.schedules import Schedule
 
 
-def _fields(samples) -> dict:
-    fields = {"x": samples.x, "hal": samples.hal, "hal_windows": samples.hal_windows,
+def fields(samples) -> dict:
+    """The arrays of a :class:`~mijax.sampling.Samples` by their names in files (``x``, ``hal``, ``score_<key>``, ...)."""
+    named = {"x": samples.x, "hal": samples.hal, "hal_windows": samples.hal_windows,
               "hal_table": samples.hal_table, "trajectory": samples.trajectory,
               "trajectory_xt": samples.trajectory_xt,
               **{f"score_{key}": value for key, value in (samples.scores or {}).items()}}
-    return {name: value for name, value in fields.items() if value is not None}
+    return {name: value for name, value in named.items() if value is not None}
 
 
 def draw(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, n: int, shape: tuple[int, ...],
@@ -64,7 +65,7 @@ def draw(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, n: i
     try:
         for start, chunk in sample_chunks(denoise_fn, params, schedule, keys, n, shape, sampler, chunk_size,
                                           seed_axis=True, oracle=oracle):
-            host = distributed.to_host(_fields(chunk))  # every process takes part in the gather
+            host = distributed.to_host(fields(chunk))  # every process takes part in the gather
             size = host["hal"].shape[1]
             for name, value in host.items():
                 shapes.setdefault(name, (value.shape[0], n) + value.shape[2:])

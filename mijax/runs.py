@@ -190,7 +190,8 @@ def sample_keys(config: RunConfig, seed: int) -> jax.Array:
 
 def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[SamplerConfig] = None,
                chunk_size: Optional[int] = None, progress: bool = False, out: Optional[os.PathLike] = None,
-               precision: Optional[str] = None, kernel: str = "xla", overwrite: bool = False) -> dict[str, np.ndarray]:
+               precision: Optional[str] = None, kernel: str = "xla", overwrite: bool = False,
+               abort=None) -> dict[str, np.ndarray]:
     """Sample every seed of a trained run at once, chunk by chunk, over every device (and process).
 
     Args:
@@ -203,6 +204,9 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
       precision: the matmul precision (default: the run's).
       kernel: ``xla`` (the module as XLA ops) or ``pallas`` (one fused kernel per block of rows on a GPU,
         the XLA path elsewhere; see :class:`mijax.models.fused.FusedDenoiser`).
+      abort: an :class:`mijax.abort.AbortConfig`: redraw the samples its detector flags at t_e
+        (:func:`mijax.abort.sample_with_abort`; one seed after the other on one device, in memory; the result
+        gains "redraws" and "steps" [S, n]).
     Returns:
       {"x": float32 [S, n, *shape], "hal": float32 [S, n], "seeds": int [S]}, a ``"score_<key>"`` [S, n] per
       detector of ``sampler.detectors``, and the provenance: "run" (the
@@ -221,6 +225,10 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
     try:
         validate_sampler(sampler, config.diffusion.timesteps, has_oracle=hasattr(dataset, "oracle"))
         validate_regions(sampler, dataset.shape)
+        if abort is not None:
+            from mijax.abort import validate_abort
+
+            validate_abort(abort, sampler, config.diffusion.timesteps, has_oracle=hasattr(dataset, "oracle"))
     except ValueError as e:
         raise RunError(str(e)) from None
     if out is not None:
@@ -239,10 +247,42 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
                       "XLA path", stacklevel=2)
     provenance = dict(seeds=np.asarray(config.seed_values), run=np.asarray(str(run_dir.resolve())),
                       step=np.asarray(step), config=np.asarray(json.dumps(config_to_dict(config))))
-    oracle = data_oracle(dataset, pieces.schedule) if any(s.detector.needs_oracle for s in sampler.detectors) else None
+    needs = tuple(sampler.detectors) + ((abort.detector,) if abort is not None else ())
+    oracle = data_oracle(dataset, pieces.schedule) if any(s.detector.needs_oracle for s in needs) else None
+    if abort is not None:
+        return _sample_with_abort(denoise_fn, eval_params(state, config.train), pieces, sample_keys(config, seed), n,
+                                  sampler, abort, oracle, out, progress, provenance)
     return collect.draw(denoise_fn, eval_params(state, config.train), pieces.schedule, sample_keys(config, seed), n, pieces.shape,
                         sampler, chunk_size, out=out, show_progress=progress, desc="sample", oracle=oracle,
                         **provenance)
+
+
+def _sample_with_abort(denoise_fn, params, pieces: Pieces, keys, n: int, sampler: SamplerConfig, abort, oracle,
+                       out, show_progress: bool, provenance: dict) -> dict:
+    """:func:`sample_run` with abort and resample: each seed's model in turn."""
+    from mijax.abort import sample_with_abort
+
+    if jax.process_count() > 1:
+        raise RunError("abort and resample runs in one process (this job has several)")
+    parts = []
+    bar = progress.bar(show_progress, total=int(keys.shape[0]), desc="sample with abort", unit="model")
+    try:
+        for s in range(keys.shape[0]):
+            got, info = sample_with_abort(denoise_fn, jax.tree.map(lambda a: a[s], params), pieces.schedule,
+                                          keys[s], n, pieces.shape, abort, sampler, oracle=oracle)
+            parts.append({**{k: np.asarray(v) for k, v in collect.fields(got).items()},
+                          "redraws": info["redraws"], "steps": info["steps"]})
+            bar.update(1)
+            signals.check()
+    finally:
+        bar.close()
+    result = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
+    if out is None:
+        return {**result, **provenance}
+    from mijax.io import save_npz
+
+    save_npz(out, **result, **provenance)
+    return {"shape": result["x"].shape, **{f"{k}_shape": v.shape for k, v in result.items() if k != "x"}, **provenance}
 
 
 def data_oracle(dataset, schedule):

@@ -326,106 +326,140 @@ class _Detectors:
             else:
                 value = carry[0]
             scores[s.key] = s.detector.sign * value
-        for s in self.final:
+        for s in self.final if final_view_of is not None else ():
             scores[s.key] = s.detector.sign * s.detector.quantity(final_view_of(s.end))
         return scores
+
+
+class _Reverse:
+    """The reverse process with Hal and the detectors, as pieces: :meth:`init` (the starting noise of the samples
+    of ``keys``), :meth:`run` (a range of the reverse steps, a ``lax.scan``) and :meth:`finish` (Hal and the
+    scores). The carry holds each sample's key, so a range can run for a set of fresh samples (abort and
+    resample). ``oracle``: the data's exact denoiser ``(fn, params)`` for the ``oracle`` detector."""
+
+    def __init__(self, denoise_fn: Denoiser, params, schedule: Schedule, config: SamplerConfig, shape: tuple,
+                 oracle=None):
+        self.denoise_fn, self.params, self.schedule, self.config, self.shape = denoise_fn, params, schedule, config, shape
+        T = schedule.num_timesteps
+        ts, t_prev, in_window, inv_count, slots = _step_table(config, T)
+        self.num_steps, self.num_records = len(ts), int((slots >= 0).sum())
+        self.detectors = _Detectors(config, len(ts))
+        self.xs = ((jnp.asarray(ts), jnp.asarray(t_prev), jnp.asarray(in_window), jnp.asarray(inv_count),
+                    jnp.asarray(slots)), self.detectors.xs)
+        self.windows = config.windows()
+        self.oracle_at = (lambda x_t, t: oracle[0](oracle[1], x_t, t)) if oracle is not None else None
+
+    def view_at(self, keys, x, t, **known):
+        return detectors_lib.StepView(_eps_fn(self.denoise_fn, self.params, self.schedule, t, self.config.objective),
+                                      x, t, keys=keys, probes=self.config.jac_probes, oracle_fn=self.oracle_at, **known)
+
+    def init(self, keys: jax.Array):
+        """The carry before the first reverse step for the samples of ``keys`` [C]."""
+        shape, config = self.shape, self.config
+        x = _per_sample_normal(keys, self.schedule.num_timesteps, shape)
+        zeros = jnp.zeros((len(self.windows),) + x.shape, jnp.float32)  # [W + 1, C, *shape]: a Welford state per window
+        trajectory = jnp.zeros((keys.shape[0], self.num_records) + shape, jnp.float32) if self.num_records else None
+        trajectory_xt = trajectory if self.num_records and config.trajectory_xt else None
+        return (keys, x, zeros, zeros, trajectory, trajectory_xt, self.detectors.init(x))
+
+    def run(self, carry, start: int = 0, stop: Optional[int] = None):
+        """Reverse steps ``start .. stop - 1`` (indices into :func:`reverse_timesteps`) from ``carry``."""
+        config, schedule, shape, params, denoise_fn = self.config, self.schedule, self.shape, self.params, self.denoise_fn
+        detectors = self.detectors
+        per_window = (len(self.windows),) + (1,) * (1 + len(shape))  # a [W + 1] step constant, broadcast over the state
+        if config.variance == "fixed_large":
+            sigmas = jnp.sqrt(schedule.betas)
+        else:
+            sigmas = jnp.exp(0.5 * schedule.posterior_log_variance_clipped)
+        abar = schedule.alphas_cumprod
+        log_alphas = jnp.log1p(-schedule.betas)  # [T], for DDIM's abar_t / abar_{t'} (see below)
+        step_index = jnp.arange(schedule.num_timesteps)
+
+        def record(tr, value, slot):
+            return jax.lax.cond(slot >= 0,
+                                lambda tr: jax.lax.dynamic_update_index_in_dim(tr, value, jnp.maximum(slot, 0), axis=1),
+                                lambda tr: tr, tr)
+
+        def step(carry, xs):
+            keys, x, mean_x0, m2_x0, trajectory, trajectory_xt, det_state = carry
+            (t, tp, window, w, slot), det_xs = xs
+            output = denoise_fn(params, x, t)
+            x0, mean = model_predictions(schedule, output, x, t, config.objective)
+            if detectors.specs:
+                eps_hat = output if config.objective == "eps" else predict_eps_from_x0(schedule, x, t, x0)
+            if config.clip_x0:  # the step follows the clipped x0_hat (posterior mean; DDIM's eps below)
+                x0 = jnp.clip(x0, -1.0, 1.0)
+                mean = posterior_mean_variance(schedule, x0, x, t)[0]
+            noise = _per_sample_normal(keys, t, shape)
+            if config.sampler == "ddpm":
+                x_next = mean + jnp.where(t > 0, sigmas[t], 0.0) * noise
+            else:
+                eps = output if config.objective == "eps" and not config.clip_x0 else predict_eps_from_x0(schedule, x, t, x0)
+                abar_t = abar[t]
+                abar_prev = jnp.where(tp >= 0, abar[jnp.maximum(tp, 0)], 1.0)
+                # keep = abar_t / abar_prev = prod of alpha_s over tp < s <= t, summed in log space: late in
+                # long schedules (the paper's: t >~ 900) abar underflows float32 and the ratio of two zeros,
+                # like x0_hat = sqrt(1 / abar_t) x_t - ..., is not representable.
+                keep = jnp.exp(jnp.sum(jnp.where((step_index > tp) & (step_index <= t), log_alphas, 0.0)))
+                sigma = config.eta * jnp.sqrt((1 - abar_prev) / (1 - abar_t) * (1 - keep))
+                sigma = jnp.where(tp >= 0, sigma, 0.0)
+                direction = jnp.sqrt(jnp.maximum(1 - abar_prev - sigma**2, 0.0))
+                if config.objective == "eps":
+                    # sqrt(abar_prev) x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(keep), finite where x0_hat is not
+                    scaled_x0 = (x - schedule.sqrt_one_minus_alphas_cumprod[t] * eps) * jax.lax.rsqrt(keep)
+                else:
+                    scaled_x0 = jnp.sqrt(abar_prev) * x0
+                x_next = scaled_x0 + direction * eps + sigma * noise
+            # The last step returns x0_hat itself (x_{-1} := x0_hat): the t = 0 ancestral step has no noise
+            # and c1 = 1, c2 = 0 there, so this equals the mean up to rounding.
+            x_next = jnp.where(tp >= 0, x_next, x0)
+            # Welford update of the running mean and squared deviations of x0_hat inside each Hal window.
+            mean_x0, m2_x0 = _welford(mean_x0, m2_x0, x0[None], window.reshape(per_window), w.reshape(per_window))
+            # Detectors see x0_hat as Hal does (clipped when the sampler clips) and the network's own eps_hat.
+            if detectors.specs:
+                det_state = detectors.update(det_state, lambda: self.view_at(keys, x, t, x0=x0, eps=eps_hat), det_xs)
+            if trajectory is not None:
+                trajectory = record(trajectory, x0, slot)
+            if trajectory_xt is not None:
+                trajectory_xt = record(trajectory_xt, x, slot)
+            return (keys, x_next, mean_x0, m2_x0, trajectory, trajectory_xt, det_state), None
+
+        xs = jax.tree.map(lambda a: a[start:stop], self.xs)
+        return jax.lax.scan(step, carry, xs)[0]
+
+    def scores(self, carry, finals: bool = True) -> dict:
+        """The detectors' scores {key: [C]} from ``carry`` (complete for the windows the steps run so far cover;
+        ``finals``: also the ``final`` detectors, at the carry's x)."""
+        keys, x = carry[0], carry[1]
+        abar = self.schedule.alphas_cumprod
+
+        def final_view(t0):  # FLIPD's point: psi x at t0, psi = sqrt(abar_t0)
+            t0 = jnp.asarray(t0, jnp.int32)
+            return self.view_at(keys, jnp.sqrt(abar[t0]) * x, t0, abar=abar[t0])
+
+        return self.detectors.finish(carry[-1], self.config, final_view if finals else None)
+
+    def finish(self, carry) -> Samples:
+        """Hal over every window, the detectors' scores and the recordings, after the last step."""
+        config = self.config
+        _, x, _, m2, trajectory, trajectory_xt, _ = carry
+        lengths = [length for _, length in self.windows]
+        variances = [m2[i] / lengths[i] for i in range(len(self.windows))]  # [C, *shape] per window
+        hals = [HAL_REDUCTIONS[config.hal_reduction](v, config) for v in variances]
+        extra = jnp.stack(hals[1:], axis=1) if len(hals) > 1 else None
+        table = (jnp.stack([jnp.stack([HAL_REDUCTIONS[r](v, config) for r in config.hal_table], axis=1)
+                            for v in variances], axis=1) if config.hal_table else None)
+        scores = self.scores(carry) if config.detectors else None
+        return Samples(x=x, hal=hals[0], hal_windows=extra, hal_table=table, trajectory=trajectory,
+                       trajectory_xt=trajectory_xt, scores=scores)
 
 
 def _reverse(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, config: SamplerConfig,
              shape: tuple, oracle=None) -> Samples:
     """The reverse process with Hal for the samples of ``keys`` [C] (one per sample); ``oracle``: the data's
     exact denoiser ``(fn, params)`` for the ``oracle`` detector."""
-    chunk_size = keys.shape[0]
-    T = schedule.num_timesteps
-    ts, t_prev, in_window, inv_count, slots = _step_table(config, T)
-    num_records = int((slots >= 0).sum())
-    x = _per_sample_normal(keys, T, shape)
-    windows = config.windows()
-    lengths = jnp.asarray([length for _, length in windows], jnp.float32)
-    zeros = jnp.zeros((len(windows),) + x.shape, jnp.float32)  # [W + 1, C, *shape]: one Welford state per window
-    per_window = (len(windows),) + (1,) * x.ndim  # a [W + 1] step constant, broadcast over the state
-    trajectory = jnp.zeros((chunk_size, num_records) + shape, jnp.float32) if num_records else None
-    trajectory_xt = trajectory if num_records and config.trajectory_xt else None
-    detectors = _Detectors(config, len(ts))
-    if config.variance == "fixed_large":
-        sigmas = jnp.sqrt(schedule.betas)
-    else:
-        sigmas = jnp.exp(0.5 * schedule.posterior_log_variance_clipped)
-    abar = schedule.alphas_cumprod
-    log_alphas = jnp.log1p(-schedule.betas)  # [T], for DDIM's abar_t / abar_{t'} (see below)
-    step_index = jnp.arange(T)
-    oracle_at = (lambda x_t, t: oracle[0](oracle[1], x_t, t)) if oracle is not None else None
-
-    def view_at(x, t, **known):
-        return detectors_lib.StepView(_eps_fn(denoise_fn, params, schedule, t, config.objective), x, t, keys=keys,
-                                      probes=config.jac_probes, oracle_fn=oracle_at, **known)
-
-    def record(tr, value, slot):
-        return jax.lax.cond(slot >= 0,
-                            lambda tr: jax.lax.dynamic_update_index_in_dim(tr, value, jnp.maximum(slot, 0), axis=1),
-                            lambda tr: tr, tr)
-
-    def step(carry, xs):
-        x, mean_x0, m2_x0, trajectory, trajectory_xt, det_state = carry
-        (t, tp, window, w, slot), det_xs = xs
-        output = denoise_fn(params, x, t)
-        x0, mean = model_predictions(schedule, output, x, t, config.objective)
-        if detectors.specs:
-            eps_hat = output if config.objective == "eps" else predict_eps_from_x0(schedule, x, t, x0)
-        if config.clip_x0:  # the step follows the clipped x0_hat (posterior mean; DDIM's eps below)
-            x0 = jnp.clip(x0, -1.0, 1.0)
-            mean = posterior_mean_variance(schedule, x0, x, t)[0]
-        noise = _per_sample_normal(keys, t, shape)
-        if config.sampler == "ddpm":
-            x_next = mean + jnp.where(t > 0, sigmas[t], 0.0) * noise
-        else:
-            eps = output if config.objective == "eps" and not config.clip_x0 else predict_eps_from_x0(schedule, x, t, x0)
-            abar_t = abar[t]
-            abar_prev = jnp.where(tp >= 0, abar[jnp.maximum(tp, 0)], 1.0)
-            # keep = abar_t / abar_prev = prod of alpha_s over tp < s <= t, summed in log space: late in
-            # long schedules (the paper's: t >~ 900) abar underflows float32 and the ratio of two zeros,
-            # like x0_hat = sqrt(1 / abar_t) x_t - ..., is not representable.
-            keep = jnp.exp(jnp.sum(jnp.where((step_index > tp) & (step_index <= t), log_alphas, 0.0)))
-            sigma = config.eta * jnp.sqrt((1 - abar_prev) / (1 - abar_t) * (1 - keep))
-            sigma = jnp.where(tp >= 0, sigma, 0.0)
-            direction = jnp.sqrt(jnp.maximum(1 - abar_prev - sigma**2, 0.0))
-            if config.objective == "eps":
-                # sqrt(abar_prev) x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(keep), finite where x0_hat is not
-                scaled_x0 = (x - schedule.sqrt_one_minus_alphas_cumprod[t] * eps) * jax.lax.rsqrt(keep)
-            else:
-                scaled_x0 = jnp.sqrt(abar_prev) * x0
-            x_next = scaled_x0 + direction * eps + sigma * noise
-        # The last step returns x0_hat itself (x_{-1} := x0_hat): the t = 0 ancestral step has no noise
-        # and c1 = 1, c2 = 0 there, so this equals the mean up to rounding.
-        x_next = jnp.where(tp >= 0, x_next, x0)
-        # Welford update of the running mean and squared deviations of x0_hat inside each Hal window.
-        mean_x0, m2_x0 = _welford(mean_x0, m2_x0, x0[None], window.reshape(per_window), w.reshape(per_window))
-        # Detectors see x0_hat as Hal does (clipped when the sampler clips) and the network's own eps_hat.
-        det_state = detectors.update(det_state, lambda: view_at(x, t, x0=x0, eps=eps_hat), det_xs) \
-            if detectors.specs else det_state
-        if trajectory is not None:
-            trajectory = record(trajectory, x0, slot)
-        if trajectory_xt is not None:
-            trajectory_xt = record(trajectory_xt, x, slot)
-        return (x_next, mean_x0, m2_x0, trajectory, trajectory_xt, det_state), None
-
-    xs = ((jnp.asarray(ts), jnp.asarray(t_prev), jnp.asarray(in_window), jnp.asarray(inv_count), jnp.asarray(slots)),
-          detectors.xs)
-    init = (x, zeros, zeros, trajectory, trajectory_xt, detectors.init(x))
-    (x, _, m2, trajectory, trajectory_xt, det_state), _ = jax.lax.scan(step, init, xs)
-    variances = [m2[i] / lengths[i] for i in range(len(windows))]  # [C, *shape] per window
-    hals = [HAL_REDUCTIONS[config.hal_reduction](v, config) for v in variances]
-    extra = jnp.stack(hals[1:], axis=1) if len(hals) > 1 else None
-    table = (jnp.stack([jnp.stack([HAL_REDUCTIONS[r](v, config) for r in config.hal_table], axis=1)
-                        for v in variances], axis=1) if config.hal_table else None)
-
-    def final_view(t0):  # FLIPD's point: psi x at t0, psi = sqrt(abar_t0)
-        t0 = jnp.asarray(t0, jnp.int32)
-        return view_at(jnp.sqrt(abar[t0]) * x, t0, abar=abar[t0])
-
-    scores = detectors.finish(det_state, config, final_view) if config.detectors else None
-    return Samples(x=x, hal=hals[0], hal_windows=extra, hal_table=table, trajectory=trajectory,
-                   trajectory_xt=trajectory_xt, scores=scores)
+    reverse = _Reverse(denoise_fn, params, schedule, config, shape, oracle)
+    return reverse.finish(reverse.run(reverse.init(keys)))
 
 
 @partial(jax.jit, static_argnames=("denoise_fn", "config", "shape", "chunk_size", "seed_axis", "seed_batch",

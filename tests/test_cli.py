@@ -72,6 +72,18 @@ def test_sample_with_detectors_writes_one_score_per_detector(trained, tmp_path):
         np.testing.assert_array_equal(f["score_hal"], f["hal"])
 
 
+def test_sample_with_abort_and_resample(trained, tmp_path):
+    """Threshold 0 flags every sample at t_e = 5 (Hal >= 0): each is redrawn once, then kept."""
+    out = tmp_path / "a.npz"
+    assert main(["sample", "--run", str(trained), "--n", "20", "--no-progress", "--abort", "hal@5:10",
+                 "--abort-threshold", "0", "--max-redraws", "1", "--out", str(out)]) == 0
+    with np.load(out) as f:
+        assert f["x"].shape == (2, 20, 1) and f["score_hal_e5_k10"].shape == (2, 20)
+        np.testing.assert_array_equal(f["redraws"], 1)
+        np.testing.assert_array_equal(f["steps"], 30 + 25)  # T, plus the aborted draw's 25 steps to t_e
+        assert "config" in f.files and "seeds" in f.files
+
+
 def test_sample_kernel_option(trained, tmp_path):
     """--kernel pallas samples with the fused kernel on a GPU; elsewhere it says so and uses the XLA path."""
     out, ref = tmp_path / "k.npz", tmp_path / "ref.npz"
@@ -189,6 +201,9 @@ BAD_SAMPLE = {
     "unknown detector": (["--n", "4", "--detectors", "hal,foo"], "unknown detector 'foo'"),
     "detector window beyond T": (["--n", "4", "--detectors", "hal@25:10"], "must lie in the sampler's 30 steps"),
     "jac probes zero": (["--n", "4", "--jac-probes", "0"], "jac probes must be > 0"),
+    "abort without threshold": (["--n", "4", "--abort", "hal@5:10"], "--abort and --abort-threshold go together"),
+    "abort at the final sample": (["--n", "4", "--abort", "lid", "--abort-threshold", "1"], "windowed detector"),
+    "abort with two detectors": (["--n", "4", "--abort", "hal,xt_var", "--abort-threshold", "1"], "one detector"),
 }
 
 

@@ -1,6 +1,8 @@
 """Hallucination detectors (mijax.detectors): each score against a direct computation on a recorded trajectory,
 the exact Jacobian against the closed form of a mixture's exact denoiser, Hutchinson's estimate against the
 same probes by hand, and the specs' parsing and validation."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,3 +138,48 @@ def test_parse_labels_and_bad_specs():
                                      ("lid@40", True, "t0"), ("oracle", False, "exact denoiser")]:
         with pytest.raises(ValueError, match=match):
             detectors.validate(detectors.parse(specs), T, T, has_oracle)
+
+
+def test_abort_and_resample_keeps_the_count_is_deterministic_and_equals_plain_sampling_at_infinity():
+    from mijax.abort import REDRAW_STREAM, AbortConfig, sample_with_abort
+    from mijax.sampling import _reverse
+
+    schedule = make_schedule(num_timesteps=T)
+    model = mixtures.make_mixture([[0.0], [1.0]], 0.2)
+    args = (mixtures.exact_denoiser, (model, schedule), schedule, jax.random.key(2), 200, (1,))
+    spec = detectors.parse("hal@5:10")[0]
+    config = SamplerConfig(detectors=detectors.parse("hal,jac_trace"))
+    plain = sample(*args, config=dataclasses.replace(config, detectors=config.detectors + (spec,)))
+    never, info = sample_with_abort(*args, AbortConfig(spec, np.inf), config)
+    for field in ("x", "hal"):
+        np.testing.assert_array_equal(getattr(never, field), getattr(plain, field))
+    for k in plain.scores:
+        np.testing.assert_array_equal(never.scores[k], plain.scores[k])
+    assert not info["redraws"].any() and (info["steps"] == T).all()
+    # A threshold at the median of the early score: about half are redrawn (at most twice).
+    threshold = float(np.median(plain.scores[spec.key]))
+    out, info = sample_with_abort(*args, AbortConfig(spec, threshold, max_redraws=2), config)
+    again, info2 = sample_with_abort(*args, AbortConfig(spec, threshold, max_redraws=2), config)
+    np.testing.assert_array_equal(again.x, out.x)
+    np.testing.assert_array_equal(info2["redraws"], info["redraws"])
+    assert out.x.shape == (200, 1) and out.hal.shape == (200,)
+    kept = info["redraws"] == 0
+    assert 50 < (~kept).sum() < 150 and info["redraws"].max() <= 2
+    np.testing.assert_array_equal(out.x[kept], plain.x[kept])  # never redrawn: the plain sampler's own samples
+    split = T - spec.end
+    np.testing.assert_array_equal(info["steps"], info["redraws"] * split + T)
+    final = np.asarray(out.scores[spec.key])
+    np.testing.assert_array_equal(info["still_flagged"], final >= threshold)
+    assert not info["still_flagged"][(info["redraws"] > 0) & (info["redraws"] < 2)].any()
+    # A redrawn sample is the sample of its redraw's key, run the plain way.
+    i = int(np.nonzero(info["redraws"] == 1)[0][0])
+    key_i = jax.random.fold_in(jax.random.fold_in(jax.random.key(2), i), REDRAW_STREAM + 1)
+    direct = _reverse(mixtures.exact_denoiser, (model, schedule), schedule, key_i[None], plain_config(config, spec),
+                      (1,))
+    np.testing.assert_allclose(out.x[i], direct.x[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="windowed detector"):
+        sample_with_abort(*args, AbortConfig(detectors.parse("lid")[0], 1.0), config)
+
+
+def plain_config(config, spec):
+    return dataclasses.replace(config, detectors=config.detectors + (spec,))

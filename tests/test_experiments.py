@@ -131,14 +131,23 @@ def test_detectors_end_to_end(tmp_path, shared):
     with common.shared_runs(shared):
         m = detectors.run(out, progress=False, overrides=_toy(detectors, n_train=400, n_train_2d=400, steps_2d=20,
                                                                 batch_size_2d=200, cost_samples=0,
-                                                                early_ends=(0, 25)))
-    _check_outputs(out, m, [f"{kind}_{tag}.png" for kind in ("roc", "early") for tag in detectors.SETTINGS])
+                                                                early_ends=(0, 25), abort_samples=128,
+                                                                abort_ends=(5,), abort_retentions=(0.9,),
+                                                                abort_settings=("1d",)))
+    _check_outputs(out, m, [f"{kind}_{tag}.png" for kind in ("roc", "early") for tag in detectors.SETTINGS]
+                   + ["abort_1d.png"])
     assert set(m["settings"]) == {"1d", "2d", "2d_rotated"}
     for block in m["settings"].values():
         assert set(block["detectors"]) == set(detectors_lib.DETECTORS)
-        assert [r["end"] for r in block["early"]["hal"]] == [0, 25]
+        assert [r["end"] for r in block["early"]["hal"]] == [0, 5, 25]  # the early sweep and the abort's t_e
     assert sorted(r["detector"] for r in m["ranking"]) == sorted(detectors_lib.DETECTORS)
     assert m["cost"] is None  # not measured at toy size (mijax bench and the quick profile measure it)
+    abort = m["settings"]["1d"]["abort"]
+    assert "abort" not in m["settings"]["2d"] and abort["ends"] == [5] and abort["samples_per_seed"] == 128
+    (row,) = abort["abort"]["5"]
+    # Every accepted sample ran all T = 40 steps, plus 35 for each aborted draw (at most 3 per sample).
+    assert 40 <= row["steps_per_sample"]["mean"] <= 40 + 3 * 35
+    assert abort["post_hoc"][0]["steps_per_sample"]["mean"] >= 40
     # Hal's AUROC at the default window equals the one `detection` computes from the sampler's own Hal.
     hal = m["settings"]["1d"]["detectors"]["hal"]["auroc"]
     assert hal["n"] >= 1 and 0.0 <= hal["mean"] <= 1.0

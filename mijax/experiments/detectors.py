@@ -7,28 +7,38 @@ from typing import Optional
 
 import numpy as np
 
-from mijax import bench, detection, plots
+import jax
+
+from mijax import bench, detection, plots, progress as progress_bars
 from mijax import detectors as detectors_lib
+from mijax.abort import AbortConfig, sample_with_abort
 from mijax.config import build
 from mijax.experiments import common
+from mijax.runs import data_oracle, load_run, sample_keys
 from mijax.sampling import SamplerConfig
+from mijax.training import eval_params
 
 SUMMARY = "Beyond the paper: 8 hallucination detectors compared on the same samples (1D, 2D, rotated 2D), cost, how early"
 NAMES = tuple(detectors_lib.DETECTORS)  # every registered detector, default windows (t = 9..0; lid at t0 = 10)
 EARLY = ("hal", "xt_var", "path_length", "eps_norm", "jac_trace", "jac_frob")  # the windowed ones, swept in t_e
 EARLY_ENDS = (0, 10, 25, 50, 100, 200, 400)  # windows of EARLY_LENGTH steps ending t_e steps before the last
 EARLY_LENGTH = 10
+ABORT_SETTINGS = ("1d", "2d")  # abort and resample (the rotated grid's model costs the same as the grid's)
 PROFILES = {
     "quick": {"seeds": 4, **common.QUICK_1D, **common.QUICK_2D, "timesteps": 1000, "num_samples": 10_000,
               "chunk_size": 2_500, "cost_samples": 2_000, "cost_repeats": 1, "cost_each": True, "early_ends": EARLY_ENDS,
-              **common.QUICK_SAVING},
+              "abort_samples": 2_500, "abort_ends": (25, 100), "abort_retentions": (0.90, 0.96, 0.99), "max_redraws": 3,
+              "abort_settings": ABORT_SETTINGS, **common.QUICK_SAVING},
     "paper": {"seeds": 4, "n_train": 20_000, "n_train_2d": 100_000, "steps": 20_000, "steps_2d": 100_000,
               "batch_size": 10_000, "batch_size_2d": 10_000, "timesteps": 1000, "num_samples": 1_000_000,
-              "chunk_size": 50_000, "cost_samples": 10_000, "cost_repeats": 3, "cost_each": True, "early_ends": EARLY_ENDS, "steps_per_call": 1_000,
+              "chunk_size": 50_000, "cost_samples": 10_000, "cost_repeats": 3, "cost_each": True, "early_ends": EARLY_ENDS,
+              "abort_samples": 100_000, "abort_ends": (25, 100), "abort_retentions": (0.90, 0.96, 0.99), "max_redraws": 3,
+              "abort_settings": ABORT_SETTINGS, "steps_per_call": 1_000,
               "checkpoint_every": 5_000},
 }
 # tag -> (data set, 1D modes); the models are the other Gaussian experiments' (detection, grid-2d)
 SETTINGS = {"1d": ("gaussian1d", (1.0, 2.0, 3.0)), "2d": ("gaussian25", None), "2d_rotated": ("gaussian25_rotated", None)}
+ABORT_DETECTOR = "hal"
 
 
 def specs_for(timesteps: int, ends=EARLY_ENDS) -> tuple[detectors_lib.DetectorSpec, ...]:
@@ -100,10 +110,89 @@ def hal_verdicts(per_setting: dict) -> dict:
     return out
 
 
+def abort_study(run_dir: Path, p: dict, data, plain: dict, positives: np.ndarray, progress: bool = True) -> dict:
+    """Abort and resample against post-hoc filtering, each calibrated to keep the same share of in-support samples.
+
+    For each retention r of ``abort_retentions`` and each t_e of ``abort_ends``, per seed: the post-hoc filter
+    removes the plain samples whose Hal (t = 9..0) is at or above the threshold keeping r of the in-support ones
+    (:func:`mijax.detection.removal_at_retention`); abort and resample redraws, at t_e, the samples whose Hal over
+    the window ending there is at or above the threshold keeping r of the in-support ones (both thresholds from
+    the plain samples ``plain``, labels ``positives`` [S, N]), then draws ``abort_samples`` samples with it.
+    Compute is reverse steps per accepted sample: post-hoc T / (share kept); abort, the mean of its steps.
+    """
+    config, pieces, state = load_run(run_dir)
+    params, keys = eval_params(state, config.train), sample_keys(config, 0)
+    T = p["timesteps"]
+    n = min(p["abort_samples"], positives.shape[1])
+    oracle = data_oracle(data, pieces.schedule)
+    plain_rate = positives.mean(axis=1)
+    abort_ends = [int(e) for e in p["abort_ends"] if e + EARLY_LENGTH <= T]
+    out = {"plain_hallucination_rate": common.ci(plain_rate), "retentions": list(p["abort_retentions"]),
+           "ends": abort_ends, "samples_per_seed": n, "post_hoc": [], "abort": {}}
+    for r in p["abort_retentions"]:
+        rate, steps, kept = [], [], []
+        for s in range(positives.shape[0]):
+            hal, pos = np.asarray(plain[f"score_{_key(ABORT_DETECTOR)}"][s], np.float64), positives[s]
+            threshold = detection.removal_at_retention(hal, pos, r)["threshold"] if 0 < pos.sum() < pos.size else np.inf
+            keep = hal < threshold
+            rate.append(pos[keep].mean() if keep.any() else np.nan)
+            steps.append(T / keep.mean() if keep.any() else np.nan)
+            kept.append((keep & ~pos).sum() / max(1, (~pos).sum()))
+        out["post_hoc"].append({"retention": r, "hallucination_rate": common.ci(rate), "steps_per_sample": common.ci(steps),
+                                "in_support_kept": common.ci(kept)})
+    bar = progress_bars.bar(progress, total=len(p["abort_ends"]) * len(p["abort_retentions"]) * positives.shape[0], desc="abort and resample",
+        unit="run")
+    for end in abort_ends:
+        spec = detectors_lib.DetectorSpec(ABORT_DETECTOR, int(end), EARLY_LENGTH)
+        rows = []
+        for r in p["abort_retentions"]:
+            rate, steps, redrawn, flagged = [], [], [], []
+            for s in range(positives.shape[0]):
+                early, pos = np.asarray(plain[f"score_{spec.key}"][s], np.float64), positives[s]
+                threshold = detection.removal_at_retention(early, pos, r)["threshold"] if 0 < pos.sum() < pos.size else np.inf
+                model = jax.tree.map(lambda a: a[s], params)
+                got, info = sample_with_abort(pieces.denoise_fn, model, pieces.schedule, keys[s], n, pieces.shape,
+                                              AbortConfig(spec, float(threshold), p["max_redraws"]),
+                                              SamplerConfig(objective=config.diffusion.objective), oracle=oracle)
+                rate.append(float(np.mean(np.asarray(data.hallucinated(np.asarray(got.x))))))
+                steps.append(float(info["steps"].mean()))
+                redrawn.append(float((info["redraws"] > 0).mean()))
+                flagged.append(float(info["still_flagged"].mean()))
+                bar.update(1)
+            rows.append({"retention": r, "hallucination_rate": common.ci(rate), "steps_per_sample": common.ci(steps),
+                         "redrawn_share": common.ci(redrawn), "still_flagged_share": common.ci(flagged)})
+        out["abort"][str(int(end))] = rows
+    bar.close()
+    return out
+
+
+def _plot_abort(path: Path, study: dict, dataset: str, T: int) -> None:
+    figure = common.new_figure(6.4, 4.6)
+    ax = figure.subplots()
+    plain = study["plain_hallucination_rate"]["mean"]
+    ax.scatter([1.0], [100 * plain], color="black", marker="x", label="no filter")
+
+    def line(rows, label, **style):
+        xs = [r["steps_per_sample"]["mean"] / T for r in rows]
+        ys = [100 * r["hallucination_rate"]["mean"] for r in rows]
+        ax.plot(xs, ys, marker="o", label=label, **style)
+        for x, y, r in zip(xs, ys, rows):
+            ax.annotate(f"{100 * r['retention']:g}%", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+
+    line(study["post_hoc"], "post-hoc filter (Hal, t = 9..0)", color="tab:blue")
+    for i, (end, rows) in enumerate(study["abort"].items()):
+        line(rows, f"abort at t_e = {end} and resample (Hal, {EARLY_LENGTH} steps)", color=f"C{i + 1}", ls="--")
+    ax.set_xlabel("reverse steps per accepted sample / T")
+    ax.set_ylabel("hallucination rate of the accepted samples (%)")
+    ax.set_title(f"{dataset}: what it costs to keep hallucinations out (labels: in-support kept)", fontsize=9)
+    ax.legend(fontsize=7)
+    common.save_figure(figure, path)
+
+
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
         overrides: Optional[dict] = None) -> dict:
     p, out, timer = common.start(PROFILES, profile, seeds, overrides, out)
-    ends = sorted({0, *(int(e) for e in p["early_ends"] if e + EARLY_LENGTH <= p["timesteps"])})
+    ends = sorted({0, *(int(e) for e in tuple(p["early_ends"]) + tuple(p["abort_ends"]) if e + EARLY_LENGTH <= p["timesteps"])})
     specs = specs_for(p["timesteps"], ends)
     metrics = {"experiment": "detectors", "profile": p, "detectors": [s.label for s in specs],
                "references": {n: d.reference for n, d in detectors_lib.DETECTORS.items()}, "settings": {}}
@@ -135,6 +224,10 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
                 fpr, tpr, _ = detection.roc_curve(score, positives[0])
                 curves[name] = (fpr, tpr, detection.auroc(score, positives[0]))
         plots.plot_roc(out / f"roc_{tag}.png", curves, title=f"{dataset}, seed 0: every detector (k = 5)")
+        if tag in p["abort_settings"] and p["abort_samples"]:
+            block["abort"] = abort_study(run_dir, p, data, result, positives, progress)
+            timer.lap("abort")
+            _plot_abort(out / f"abort_{tag}.png", block["abort"], dataset, p["timesteps"])
         common.plot_ci_lines(out / f"early_{tag}.png", ends, {n: [r["auroc"] for r in block["early"][n]] for n in EARLY},
                              xlabel=f"the {EARLY_LENGTH}-step window ends t_e steps before the last",
                              ylabel="AUROC (k = 5)", title=f"{dataset}: how early the detectors know")
@@ -172,6 +265,7 @@ def _section(tag: str, metrics: dict, ends: list[int]) -> str:
         f"{_ratio(cost, name)} |"
         for name in NAMES for v in [s["detectors"][_key(name)]])
     early = "\n".join(f"| {name} | " + " | ".join(common.fmt(r["auroc"]) for r in s["early"][name]) + " |" for name in EARLY)
+    abort = _abort_section(tag, s["abort"], metrics["profile"]) if "abort" in s else ""
     return f"""## {tag}: {s['dataset']}
 
 Hallucination rate (beyond 5 std of every mode): {common.fmt(s['hallucination_rate'], pct=True)}
@@ -188,6 +282,35 @@ How early (AUROC of a {EARLY_LENGTH}-step window ending t_e steps before the las
 {early}
 
 ![ROC](roc_{tag}.png) ![early](early_{tag}.png)
+{abort}"""
+
+
+def _abort_section(tag: str, study: dict, p: dict) -> str:
+    T = p["timesteps"]
+    head = "| in-support kept | post-hoc: hallucination rate | post-hoc: steps / T | " + " | ".join(
+        f"abort t_e = {e}: hallucination rate | steps / T | redrawn" for e in study["ends"]) + " |"
+    rows = []
+    for i, r in enumerate(study["retentions"]):
+        post = study["post_hoc"][i]
+        cells = [f"{100 * r:g}%", common.fmt(post["hallucination_rate"], pct=True),
+                 f"{post['steps_per_sample']['mean'] / T:.3f}" if post["steps_per_sample"]["mean"] else "n/a"]
+        for e in study["ends"]:
+            a = study["abort"][str(e)][i]
+            cells += [common.fmt(a["hallucination_rate"], pct=True), f"{a['steps_per_sample']['mean'] / T:.3f}",
+                      common.fmt(a["redrawn_share"], pct=True)]
+        rows.append("| " + " | ".join(cells) + " |")
+    return f"""
+Abort and resample against post-hoc filtering ({study['samples_per_seed']:,} samples per seed and setting; no
+filter: hallucination rate {common.fmt(study['plain_hallucination_rate'], pct=True)}). Each threshold keeps the
+given share of in-support samples of the plain draws; abort redraws at most {p['max_redraws']} times and always
+returns as many samples as asked for; post-hoc filtering keeps fewer and needs T / (share kept) steps per kept
+sample.
+
+{head}
+|{'---|' * (3 + 3 * len(study['ends']))}
+{chr(10).join(rows)}
+
+![abort](abort_{tag}.png)
 """
 
 
