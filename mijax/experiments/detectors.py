@@ -212,9 +212,14 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
         positives = np.stack([np.asarray(data.hallucinated(x)) for x in result["x"]])  # [S, N], k = 5
         scores = {s.key: result[f"score_{s.key}"] for s in specs}
         table = evaluate(scores, positives)
+        # Blur-adjusted labels (a widened mode is not interpolation; see detection): AUROC of the main windows.
+        blurred = np.stack([np.asarray(data.labels(x)["blur"]) for x in result["x"]])
+        blur_table = evaluate({_key(n): scores[_key(n)] for n in NAMES}, blurred)
         block = {"dataset": dataset, "hallucination_rate": common.ci(positives.mean(axis=1)),
+                 "hallucination_rate_blur_adjusted": common.ci(blurred.mean(axis=1)),
                  "num_hallucinated": [int(v) for v in positives.sum(axis=1)],
-                 "detectors": {s.key: table[s.key] for s in specs if s.key in [_key(n) for n in NAMES]},
+                 "detectors": {_key(n): {**table[_key(n)], "auroc_blur_adjusted": blur_table[_key(n)]["auroc"]}
+                               for n in NAMES},
                  "early": {n: [{"end": e, "auroc": table[_key(n, e)]["auroc"]} for e in ends] for n in EARLY}}
         metrics["settings"][tag] = block
         curves = {}
@@ -260,7 +265,8 @@ def _section(tag: str, metrics: dict, ends: list[int]) -> str:
     s = metrics["settings"][tag]
     cost = (metrics["cost"] or {}).get("d1" if tag == "1d" else "d2", {})
     rows = "\n".join(
-        f"| {name} | {common.fmt(v['auroc'])} | {common.fmt(v['removed_at_96_retention'], pct=True)} | "
+        f"| {name} | {common.fmt(v['auroc'])} | {common.fmt(v['auroc_blur_adjusted'])} | "
+        f"{common.fmt(v['removed_at_96_retention'], pct=True)} | "
         f"{common.fmt(v['retained_at_95_removal'], pct=True)} | "
         f"{_ratio(cost, name)} |"
         for name in NAMES for v in [s["detectors"][_key(name)]])
@@ -269,10 +275,12 @@ def _section(tag: str, metrics: dict, ends: list[int]) -> str:
     return f"""## {tag}: {s['dataset']}
 
 Hallucination rate (beyond 5 std of every mode): {common.fmt(s['hallucination_rate'], pct=True)}
-({', '.join(str(v) for v in s['num_hallucinated'])} hallucinated samples per seed).
+({', '.join(str(v) for v in s['num_hallucinated'])} hallucinated samples per seed); blur-adjusted (beyond 5
+times a widened mode's own spread): {common.fmt(s['hallucination_rate_blur_adjusted'], pct=True)}. The operating
+points use the 5-std labels.
 
-| detector | AUROC | hallucinations removed, 96% of in-support kept | in-support kept, 95% of hallucinations removed | sampling cost vs Hal alone |
-|---|---|---|---|---|
+| detector | AUROC | AUROC, blur-adjusted labels | hallucinations removed, 96% of in-support kept | in-support kept, 95% of hallucinations removed | sampling cost vs Hal alone |
+|---|---|---|---|---|---|
 {rows}
 
 How early (AUROC of a {EARLY_LENGTH}-step window ending t_e steps before the last):
