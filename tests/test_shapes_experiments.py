@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mijax import experiments
+from mijax.experiments import common
 from mijax.data import shapes as shapes_data
 
 TINY_MODEL = {"channels": 8, "mults": (1,), "groups": 4}
@@ -18,7 +19,8 @@ OVERRIDES = {"seeds": 1, "steps": 2, "batch_size": 16, "timesteps": 12, "num_sam
 @pytest.fixture(scope="module")
 def shapes_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes")
-    metrics = experiments.load("shapes").run(out, "quick", progress=False, overrides=OVERRIDES)
+    with common.shared_runs(out / "shared"):  # as `mijax experiment all`: the detectors experiment reuses the run
+        metrics = experiments.load("shapes").run(out, "quick", progress=False, overrides=OVERRIDES)
     return out, metrics
 
 
@@ -37,8 +39,25 @@ def test_the_shapes_experiment_writes_its_report(shapes_run):
     report = (out / "report.md").read_text()
     assert "Claim 7" in report and "region_max" in report and "EMA 0.9" in report
     # a rerun reads the trained run and the cached samples back: the same numbers
-    again = experiments.load("shapes").run(out, "quick", progress=False, overrides=OVERRIDES)
+    with common.shared_runs(out / "shared"):
+        again = experiments.load("shapes").run(out, "quick", progress=False, overrides=OVERRIDES)
     assert again["labels"] == metrics["labels"] and again["detection"] == metrics["detection"]
+
+
+def test_the_detectors_experiment_scores_shapes_through_the_data_set_interface(shapes_run, tmp_path):
+    """Images in the detectors comparison: the shapes experiment's own run (shared), its counter's label."""
+    out, _ = shapes_run
+    with common.shared_runs(out / "shared"):
+        m = experiments.load("detectors").run(
+            tmp_path / "detectors", "quick", progress=False,
+            overrides={"seeds": 1, "settings": (), "image_settings": ("shapes",), "image_profiles": {"shapes": OVERRIDES},
+                       "image_detectors": ("hal", "eps_norm", "oracle"), "cost_samples": 0, "abort_samples": 0})
+    (block,) = m["settings"].values()
+    assert block["dataset"] == "shapes" and block["timesteps"] == 12 and block["num_samples"] == 24
+    assert set(block["detectors"]) == {"hal", "eps_norm"}  # no oracle: SHAPES has no exact denoiser
+    assert [r["end"] for r in block["early"]["hal"]] == [0]  # T = 12 fits only the window ending at 0
+    assert len(list((out / "shared").iterdir())) == 1  # the shapes run, not trained again
+    assert (tmp_path / "detectors" / "roc_shapes.png").stat().st_size > 1000
 
 
 def test_the_detection_sweep_scores_duplicates_against_valid_images():

@@ -2,6 +2,7 @@
 over seeds (1D, the 5 x 5 grid, the rotated grid), what each costs, and how early each one knows."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -13,6 +14,7 @@ from mijax import bench, detection, plots, progress as progress_bars
 from mijax import detectors as detectors_lib
 from mijax.abort import AbortConfig, sample_with_abort
 from mijax.config import build
+from mijax import experiments
 from mijax.experiments import common
 from mijax.runs import data_oracle, load_run, sample_keys
 from mijax.sampling import SamplerConfig
@@ -23,29 +25,35 @@ NAMES = tuple(detectors_lib.DETECTORS)  # every registered detector, default win
 EARLY = ("hal", "xt_var", "path_length", "eps_norm", "jac_trace", "jac_frob")  # the windowed ones, swept in t_e
 EARLY_ENDS = (0, 10, 25, 50, 100, 200, 400)  # windows of EARLY_LENGTH steps ending t_e steps before the last
 EARLY_LENGTH = 10
+# Image data sets, each with the model and profile of its own experiment (shared runs: `mijax experiment all`
+# trains them once); a Jacobian detector is Hutchinson's estimate there. image_profiles: {name: overrides}.
+IMAGE_SETTINGS = ("shapes", "digits")
+# tag -> (data set, 1D modes); the models are the other Gaussian experiments' (detection, grid-2d)
+SETTINGS = {"1d": ("gaussian1d", (1.0, 2.0, 3.0)), "2d": ("gaussian25", None), "2d_rotated": ("gaussian25_rotated", None)}
 ABORT_SETTINGS = ("1d", "2d")  # abort and resample (the rotated grid's model costs the same as the grid's)
 PROFILES = {
     "quick": {"seeds": 4, **common.QUICK_1D, **common.QUICK_2D, "timesteps": 1000, "num_samples": 10_000,
               "chunk_size": 2_500, "cost_samples": 2_000, "cost_repeats": 1, "cost_each": True, "early_ends": EARLY_ENDS,
               "abort_samples": 2_500, "abort_ends": (25, 100), "abort_retentions": (0.90, 0.96, 0.99), "max_redraws": 3,
-              "abort_settings": ABORT_SETTINGS, **common.QUICK_SAVING},
+              "settings": tuple(SETTINGS), "abort_settings": ABORT_SETTINGS, "image_settings": IMAGE_SETTINGS, "image_profiles": {},
+              "image_detectors": NAMES, **common.QUICK_SAVING},
     "paper": {"seeds": 4, "n_train": 20_000, "n_train_2d": 100_000, "steps": 20_000, "steps_2d": 100_000,
               "batch_size": 10_000, "batch_size_2d": 10_000, "timesteps": 1000, "num_samples": 1_000_000,
               "chunk_size": 50_000, "cost_samples": 10_000, "cost_repeats": 3, "cost_each": True, "early_ends": EARLY_ENDS,
               "abort_samples": 100_000, "abort_ends": (25, 100), "abort_retentions": (0.90, 0.96, 0.99), "max_redraws": 3,
-              "abort_settings": ABORT_SETTINGS, "steps_per_call": 1_000,
+              "settings": tuple(SETTINGS), "abort_settings": ABORT_SETTINGS, "image_settings": IMAGE_SETTINGS, "image_profiles": {},
+              "image_detectors": NAMES, "steps_per_call": 1_000,
               "checkpoint_every": 5_000},
 }
-# tag -> (data set, 1D modes); the models are the other Gaussian experiments' (detection, grid-2d)
-SETTINGS = {"1d": ("gaussian1d", (1.0, 2.0, 3.0)), "2d": ("gaussian25", None), "2d_rotated": ("gaussian25_rotated", None)}
 ABORT_DETECTOR = "hal"
 
 
-def specs_for(timesteps: int, ends=EARLY_ENDS) -> tuple[detectors_lib.DetectorSpec, ...]:
-    """Every detector at its default window, then the early windows of ``EARLY`` ending at ``ends`` that fit in
-    T steps."""
-    main = [n if detectors_lib.DETECTORS[n].kind == "final" else f"{n}@0:{EARLY_LENGTH}" for n in NAMES]
-    early = [f"{n}@{e}:{EARLY_LENGTH}" for e in ends if 0 < e and e + EARLY_LENGTH <= timesteps for n in EARLY]
+def specs_for(timesteps: int, ends=EARLY_ENDS, names=NAMES) -> tuple[detectors_lib.DetectorSpec, ...]:
+    """Every detector of ``names`` at its default window, then the early windows of ``EARLY`` ending at ``ends``
+    that fit in T steps."""
+    main = [n if detectors_lib.DETECTORS[n].kind == "final" else f"{n}@0:{EARLY_LENGTH}" for n in names]
+    early = [f"{n}@{e}:{EARLY_LENGTH}" for e in ends if 0 < e and e + EARLY_LENGTH <= timesteps for n in EARLY
+             if n in names]
     return detectors_lib.parse(main + early)
 
 
@@ -79,14 +87,15 @@ def evaluate(scores: dict[str, np.ndarray], positives: np.ndarray) -> dict:
 
 
 def ranking(per_setting: dict) -> list[dict]:
-    """Detectors by their AUROC averaged over the data sets (mean of the per-data-set means), best first."""
+    """Detectors by their AUROC averaged over the data sets they ran on (mean of the per-data-set means), best
+    first."""
     rows = []
     for name in NAMES:
-        means = [s["detectors"][_key(name)]["auroc"]["mean"] for s in per_setting.values()]
-        means = [m for m in means if m is not None]
-        rows.append({"detector": name, "mean_auroc": float(np.mean(means)) if means else None,
-                     "per_dataset": {tag: s["detectors"][_key(name)]["auroc"]["mean"] for tag, s in per_setting.items()}})
-    return sorted(rows, key=lambda r: -1.0 if r["mean_auroc"] is None else -r["mean_auroc"])
+        per = {tag: s["detectors"][_key(name)]["auroc"]["mean"] if _key(name) in s["detectors"] else None
+               for tag, s in per_setting.items()}
+        means = [m for m in per.values() if m is not None]
+        rows.append({"detector": name, "mean_auroc": float(np.mean(means)) if means else None, "per_dataset": per})
+    return sorted(rows, key=lambda r: (r["mean_auroc"] is None, -(r["mean_auroc"] or 0.0)))  # unscored last
 
 
 def hal_verdicts(per_setting: dict) -> dict:
@@ -96,7 +105,8 @@ def hal_verdicts(per_setting: dict) -> dict:
     for tag, s in per_setting.items():
         hal = s["detectors"][_key("hal")]["auroc"]
         beats, loses = [], []
-        for name in [n for n in NAMES if n != "hal"]:
+        present = [n for n in NAMES if _key(n) in s["detectors"]]
+        for name in [n for n in present if n != "hal"]:
             other = s["detectors"][_key(name)]["auroc"]
             if None in (hal["low"], hal["high"], other["low"], other["high"]):
                 continue
@@ -104,7 +114,7 @@ def hal_verdicts(per_setting: dict) -> dict:
                 beats.append(name)
             elif other["high"] < hal["low"]:
                 loses.append(name)
-        best = max(NAMES, key=lambda n: -np.inf if s["detectors"][_key(n)]["auroc"]["mean"] is None
+        best = max(present, key=lambda n: -np.inf if s["detectors"][_key(n)]["auroc"]["mean"] is None
                    else s["detectors"][_key(n)]["auroc"]["mean"])
         out[tag] = {"better_than_hal": beats, "worse_than_hal": loses, "best": best, "hal_is_best": best == "hal"}
     return out
@@ -189,54 +199,73 @@ def _plot_abort(path: Path, study: dict, dataset: str, T: int) -> None:
     common.save_figure(figure, path)
 
 
+def _setting(out: Path, tag: str, config, sampler: SamplerConfig, num_samples: int, chunk_size: int, p: dict,
+             timer, progress: bool, names=NAMES) -> dict:
+    """One data set: train (or reuse) its models, sample with every detector of ``names`` it supports, score, plot."""
+    T = config.diffusion.timesteps
+    data = build(config).dataset
+    names = [n for n in NAMES if n in names and (not detectors_lib.DETECTORS[n].needs_oracle or hasattr(data, "oracle"))]
+    abort = tag in p["abort_settings"] and p["abort_samples"]
+    ends = sorted({0, *(int(e) for e in tuple(p["early_ends"]) + (tuple(p["abort_ends"]) if abort else ())
+                        if e + EARLY_LENGTH <= T)})
+    specs = specs_for(T, ends, names)
+    run_dir = common.train(out, tag, config, progress)
+    timer.lap("train")
+    result = common.sample(run_dir, num_samples, dataclasses.replace(sampler, detectors=specs), chunk_size=chunk_size,
+                           progress=progress)
+    timer.lap("sample")
+    positives = np.stack([np.asarray(data.hallucinated(x)) for x in result["x"]])  # [S, N], the data set's own label
+    scores = {s.key: result[f"score_{s.key}"] for s in specs}
+    table = evaluate(scores, positives)
+    block = {"dataset": config.data.dataset, "timesteps": T, "num_samples": num_samples,
+             "detectors_run": [s.label for s in specs], "hallucination_rate": common.ci(positives.mean(axis=1)),
+             "num_hallucinated": [int(v) for v in positives.sum(axis=1)],
+             "detectors": {_key(n): table[_key(n)] for n in names},
+             "early": {n: [{"end": e, "auroc": table[_key(n, e)]["auroc"]} for e in ends] for n in EARLY if n in names}}
+    if "blur" in data.labels(result["x"][0][:1]):  # mixtures: a widened mode is not interpolation (see detection)
+        blurred = np.stack([np.asarray(data.labels(x)["blur"]) for x in result["x"]])
+        blur_table = evaluate({_key(n): scores[_key(n)] for n in names}, blurred)
+        block["hallucination_rate_blur_adjusted"] = common.ci(blurred.mean(axis=1))
+        for n in names:
+            block["detectors"][_key(n)]["auroc_blur_adjusted"] = blur_table[_key(n)]["auroc"]
+    curves = {}
+    for name in names:
+        score = np.asarray(scores[_key(name)][0], np.float64)
+        if 0 < positives[0].sum() < positives[0].size and not np.isnan(score).any():
+            fpr, tpr, _ = detection.roc_curve(score, positives[0])
+            curves[name] = (fpr, tpr, detection.auroc(score, positives[0]))
+    plots.plot_roc(out / f"roc_{tag}.png", curves, title=f"{config.data.dataset}, seed 0: every detector")
+    if abort:
+        block["abort"] = abort_study(run_dir, p, data, result, positives, progress)
+        timer.lap("abort")
+        _plot_abort(out / f"abort_{tag}.png", block["abort"], config.data.dataset, T)
+    common.plot_ci_lines(out / f"early_{tag}.png", ends, {n: [r["auroc"] for r in rows] for n, rows in block["early"].items()},
+                         xlabel=f"the {EARLY_LENGTH}-step window ends t_e steps before the last",
+                         ylabel="AUROC", title=f"{config.data.dataset}: how early the detectors know")
+    timer.lap("figures")
+    return block
+
+
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
         overrides: Optional[dict] = None) -> dict:
     p, out, timer = common.start(PROFILES, profile, seeds, overrides, out)
-    ends = sorted({0, *(int(e) for e in tuple(p["early_ends"]) + tuple(p["abort_ends"]) if e + EARLY_LENGTH <= p["timesteps"])})
-    specs = specs_for(p["timesteps"], ends)
-    metrics = {"experiment": "detectors", "profile": p, "detectors": [s.label for s in specs],
-               "references": {n: d.reference for n, d in detectors_lib.DETECTORS.items()}, "settings": {}}
-    sections = []
-    for tag, (dataset, modes) in SETTINGS.items():
+    metrics = {"experiment": "detectors", "profile": p, "settings": {},
+               "references": {n: d.reference for n, d in detectors_lib.DETECTORS.items()}}
+    for tag in p["settings"]:
+        dataset, modes = SETTINGS[tag]
         one_d = tag == "1d"
         config = common.run_config(p, dataset=dataset, modes=modes or (),
                                    n_train=p["n_train"] if one_d else p["n_train_2d"],
                                    steps=p["steps"] if one_d else p["steps_2d"],
                                    batch_size=p["batch_size"] if one_d else p["batch_size_2d"])
-        run_dir = common.train(out, tag, config, progress)
-        timer.lap("train")
-        result = common.sample(run_dir, p["num_samples"], SamplerConfig(detectors=specs), chunk_size=p["chunk_size"],
-                               progress=progress)
-        timer.lap("sample")
-        data = build(config).dataset
-        positives = np.stack([np.asarray(data.hallucinated(x)) for x in result["x"]])  # [S, N], k = 5
-        scores = {s.key: result[f"score_{s.key}"] for s in specs}
-        table = evaluate(scores, positives)
-        # Blur-adjusted labels (a widened mode is not interpolation; see detection): AUROC of the main windows.
-        blurred = np.stack([np.asarray(data.labels(x)["blur"]) for x in result["x"]])
-        blur_table = evaluate({_key(n): scores[_key(n)] for n in NAMES}, blurred)
-        block = {"dataset": dataset, "hallucination_rate": common.ci(positives.mean(axis=1)),
-                 "hallucination_rate_blur_adjusted": common.ci(blurred.mean(axis=1)),
-                 "num_hallucinated": [int(v) for v in positives.sum(axis=1)],
-                 "detectors": {_key(n): {**table[_key(n)], "auroc_blur_adjusted": blur_table[_key(n)]["auroc"]}
-                               for n in NAMES},
-                 "early": {n: [{"end": e, "auroc": table[_key(n, e)]["auroc"]} for e in ends] for n in EARLY}}
-        metrics["settings"][tag] = block
-        curves = {}
-        for name in NAMES:
-            score = np.asarray(scores[_key(name)][0], np.float64)
-            if 0 < positives[0].sum() < positives[0].size and not np.isnan(score).any():
-                fpr, tpr, _ = detection.roc_curve(score, positives[0])
-                curves[name] = (fpr, tpr, detection.auroc(score, positives[0]))
-        plots.plot_roc(out / f"roc_{tag}.png", curves, title=f"{dataset}, seed 0: every detector (k = 5)")
-        if tag in p["abort_settings"] and p["abort_samples"]:
-            block["abort"] = abort_study(run_dir, p, data, result, positives, progress)
-            timer.lap("abort")
-            _plot_abort(out / f"abort_{tag}.png", block["abort"], dataset, p["timesteps"])
-        common.plot_ci_lines(out / f"early_{tag}.png", ends, {n: [r["auroc"] for r in block["early"][n]] for n in EARLY},
-                             xlabel=f"the {EARLY_LENGTH}-step window ends t_e steps before the last",
-                             ylabel="AUROC (k = 5)", title=f"{dataset}: how early the detectors know")
-        timer.lap("figures")
+        metrics["settings"][tag] = _setting(out, tag, config, SamplerConfig(), p["num_samples"], p["chunk_size"], p,
+                                            timer, progress)
+    for tag in p["image_settings"]:  # through the same data-set interface, with the image experiment's own model
+        module = experiments.load(tag)
+        ip = {**module.PROFILES[p["profile"]], **dict(p["image_profiles"]).get(tag, {}), "profile": p["profile"]}
+        metrics["settings"][tag] = _setting(out, tag, module.run_config(ip), SamplerConfig(clip_x0=True),
+                                            ip["num_samples"], ip["chunk_size"], p, timer, progress,
+                                            names=p["image_detectors"])
     # What each detector costs: sampling time against Hal alone, on the paper's network (weights do not matter).
     groups = {name: [name] for name in NAMES} if p["cost_each"] else {}  # cost_each False: only all together
     groups["all"] = list(NAMES)
@@ -250,8 +279,7 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     metrics["ranking"] = ranking(metrics["settings"])
     metrics["hal"] = hal_verdicts(metrics["settings"])
     metrics["machine"] = bench.machine_info()
-    for tag in SETTINGS:
-        sections.append(_section(tag, metrics, ends))
+    sections = [_section(tag, metrics) for tag in metrics["settings"]]
     metrics["seconds"] = timer.seconds
     report = _report(p, metrics, sections)
     return common.finish(out, metrics, report)
@@ -261,26 +289,37 @@ def _ratio(cost: dict, name: str) -> str:
     return f"{cost[name]['ratio']:.2f}x" if name in cost else "n/a"
 
 
-def _section(tag: str, metrics: dict, ends: list[int]) -> str:
+LABELS = {"gaussian1d": "beyond 5 std of every mode", "gaussian25": "beyond 5 std of every mode",
+          "gaussian25_rotated": "beyond 5 std of every mode", "shapes": "two copies of a shape in a strip (the counter)",
+          "digits8": "the classifier's top probability under its confidence", "mnist5k":
+          "the classifier's top probability under its confidence"}
+
+
+def _section(tag: str, metrics: dict) -> str:
     s = metrics["settings"][tag]
-    cost = (metrics["cost"] or {}).get("d1" if tag == "1d" else "d2", {})
+    cost = (metrics["cost"] or {}).get("d1" if tag == "1d" else "d2", {}) if tag in SETTINGS else {}
+    blur = "auroc_blur_adjusted" in next(iter(s["detectors"].values()))
     rows = "\n".join(
-        f"| {name} | {common.fmt(v['auroc'])} | {common.fmt(v['auroc_blur_adjusted'])} | "
-        f"{common.fmt(v['removed_at_96_retention'], pct=True)} | "
-        f"{common.fmt(v['retained_at_95_removal'], pct=True)} | "
+        f"| {name} | {common.fmt(v['auroc'])} | " + (f"{common.fmt(v['auroc_blur_adjusted'])} | " if blur else "")
+        + f"{common.fmt(v['removed_at_96_retention'], pct=True)} | {common.fmt(v['retained_at_95_removal'], pct=True)} | "
         f"{_ratio(cost, name)} |"
-        for name in NAMES for v in [s["detectors"][_key(name)]])
-    early = "\n".join(f"| {name} | " + " | ".join(common.fmt(r["auroc"]) for r in s["early"][name]) + " |" for name in EARLY)
+        for name in NAMES if _key(name) in s["detectors"] for v in [s["detectors"][_key(name)]])
+    ends = [r["end"] for r in next(iter(s["early"].values()))]
+    early = "\n".join(f"| {name} | " + " | ".join(common.fmt(r["auroc"]) for r in rows) + " |"
+                      for name, rows in s["early"].items())
     abort = _abort_section(tag, s["abort"], metrics["profile"]) if "abort" in s else ""
+    label = LABELS.get(s["dataset"], "the data set's own label")
+    blurred = (f"; blur-adjusted (beyond 5 times a widened mode's own spread): "
+               f"{common.fmt(s['hallucination_rate_blur_adjusted'], pct=True)}. The operating points use the 5-std "
+               "labels" if blur else "")
     return f"""## {tag}: {s['dataset']}
 
-Hallucination rate (beyond 5 std of every mode): {common.fmt(s['hallucination_rate'], pct=True)}
-({', '.join(str(v) for v in s['num_hallucinated'])} hallucinated samples per seed); blur-adjusted (beyond 5
-times a widened mode's own spread): {common.fmt(s['hallucination_rate_blur_adjusted'], pct=True)}. The operating
-points use the 5-std labels.
+Hallucinated: {label}. Rate {common.fmt(s['hallucination_rate'], pct=True)}
+({', '.join(str(v) for v in s['num_hallucinated'])} of {s['num_samples']:,} samples per seed){blurred}.
+T = {s['timesteps']}.
 
-| detector | AUROC | AUROC, blur-adjusted labels | hallucinations removed, 96% of in-support kept | in-support kept, 95% of hallucinations removed | sampling cost vs Hal alone |
-|---|---|---|---|---|---|
+| detector | AUROC | {'AUROC, blur-adjusted labels | ' if blur else ''}hallucinations removed, 96% of in-support kept | in-support kept, 95% of hallucinations removed | sampling cost vs Hal alone |
+|---|---|{'---|' if blur else ''}---|---|---|
 {rows}
 
 How early (AUROC of a {EARLY_LENGTH}-step window ending t_e steps before the last):
@@ -323,8 +362,9 @@ sample.
 
 
 def _report(p: dict, metrics: dict, sections: list[str]) -> str:
+    tags = list(metrics["settings"])
     rank = "\n".join(f"| {i + 1} | {r['detector']} | {r['mean_auroc']:.3f} | "
-                     + " | ".join("n/a" if r["per_dataset"][t] is None else f"{r['per_dataset'][t]:.3f}" for t in SETTINGS)
+                     + " | ".join("n/a" if r["per_dataset"][t] is None else f"{r['per_dataset'][t]:.3f}" for t in tags)
                      + " |" for i, r in enumerate(metrics["ranking"]) if r["mean_auroc"] is not None)
     verdicts = []
     for tag, v in metrics["hal"].items():
@@ -343,31 +383,37 @@ detectors together {c1['all']['ratio']:.2f}x in 1D, {c2['all']['ratio']:.2f}x in
 their windows' steps."""
     else:
         cost, cost_section = "the cost was not measured (cost_samples = 0)", "Not measured (cost_samples = 0)."
-    order = [r["detector"] for r in metrics["ranking"]]
-    best = metrics["ranking"][0]
-    headline = (f"**Headline:** the best detector over the three data sets is `{best['detector']}` (mean AUROC "
-                f"{best['mean_auroc']:.3f}); Hal ranks {order.index('hal') + 1} of {len(order)}; {cost}.")
+    order = [r["detector"] for r in metrics["ranking"] if r["mean_auroc"] is not None]
+    if order:
+        best = metrics["ranking"][0]
+        hal = f"Hal ranks {order.index('hal') + 1} of {len(order)}" if "hal" in order else "Hal could not be scored"
+        headline = (f"**Headline:** the best detector over the {len(tags)} data set(s) is `{best['detector']}` (mean "
+                    f"AUROC {best['mean_auroc']:.3f}); {hal}; {cost}.")
+    else:
+        headline = f"**Headline:** no detector could be scored (a class without samples); {cost}."
     described = "\n".join(f"- `{name}`: {d.summary}" + (f" ({d.reference})" if d.reference else "")
                           for name, d in detectors_lib.DETECTORS.items())
     return f"""# detectors: hallucination detectors compared on the same samples
 
 The paper has one detector (Hal: the variance of x0_hat over t = 9..0). Here every detector of
-`mijax.detectors` scores the same samples in one sampling pass; labels: farther than 5 std from every
-mode. Mean [95% CI] over {p['seeds']} seeds (models trained as the `detection` and `grid-2d` experiments
-train them: the quick profiles share them), {p['num_samples']:,} samples per seed. Profile
-`{p['profile']}`: {common.sizes_markdown(p)}.
+`mijax.detectors` scores the same samples in one sampling pass, on each data set's own hallucination label
+(mixtures: farther than 5 std from every mode). Mean [95% CI] over seeds. The models are those the other
+experiments train (mixtures: `detection` and `grid-2d`; images: `shapes` and `digits`, with their own
+profiles and clipped x0_hat), so `mijax experiment all` trains each once. Profile `{p['profile']}`:
+{common.sizes_markdown({k: v for k, v in p.items() if k != 'image_profiles'})}.
 
 {headline}
 
 {described}
 
 Higher is more suspicious for every score (`jac_trace` is minus the trace). Windows: t = 9..0 unless
-said; `lid` at t0 = 10.
+said; `lid` at t0 = 10. On images the Jacobian detectors and `lid` use Hutchinson's estimate
+({SamplerConfig().jac_probes} Rademacher probes); `oracle` needs the exact denoiser, which only the mixtures have.
 
 ## Ranking (AUROC, mean over seeds, then over the data sets)
 
-| rank | detector | mean | {' | '.join(SETTINGS)} |
-|---|---|---|{'---|' * len(SETTINGS)}
+| rank | detector | mean | {' | '.join(tags)} |
+|---|---|---|{'---|' * len(tags)}
 {rank}
 
 ## Where Hal wins and where it loses
