@@ -28,33 +28,34 @@ EARLY_LENGTH = 10
 # Image data sets, each with the model and profile of its own experiment (shared runs: `mijax experiment all`
 # trains them once); a Jacobian detector is Hutchinson's estimate there. image_profiles: {name: overrides}.
 IMAGE_SETTINGS = ("shapes", "digits")
+IMAGE_EARLY = ("hal", "xt_var", "path_length", "eps_norm")  # quick: no early Jacobian windows on images (4 jvps a step)
 # tag -> (data set, 1D modes); the models are the other Gaussian experiments' (detection, grid-2d)
 SETTINGS = {"1d": ("gaussian1d", (1.0, 2.0, 3.0)), "2d": ("gaussian25", None), "2d_rotated": ("gaussian25_rotated", None)}
 ABORT_SETTINGS = ("1d", "2d")  # abort and resample (the rotated grid's model costs the same as the grid's)
 PROFILES = {
     "quick": {"seeds": 4, **common.QUICK_1D, **common.QUICK_2D, "timesteps": 1000, "num_samples": 10_000,
-              "chunk_size": 2_500, "cost_samples": 2_000, "cost_repeats": 1, "cost_each": True, "early_ends": EARLY_ENDS,
+              "chunk_size": 2_500, "cost_samples": 1_000, "cost_repeats": 1, "cost_each": True, "early_ends": EARLY_ENDS,
               "abort_samples": 2_500, "abort_ends": (25, 100), "abort_retentions": (0.90, 0.96, 0.99), "max_redraws": 3,
               "settings": tuple(SETTINGS), "abort_settings": ABORT_SETTINGS, "image_settings": IMAGE_SETTINGS, "image_profiles": {},
-              "image_detectors": NAMES, **common.QUICK_SAVING},
+              "image_detectors": NAMES, "image_early": IMAGE_EARLY, **common.QUICK_SAVING},
     "paper": {"seeds": 4, "n_train": 20_000, "n_train_2d": 100_000, "steps": 20_000, "steps_2d": 100_000,
               "batch_size": 10_000, "batch_size_2d": 10_000, "timesteps": 1000, "num_samples": 1_000_000,
               "chunk_size": 50_000, "cost_samples": 10_000, "cost_repeats": 3, "cost_each": True, "early_ends": EARLY_ENDS,
               "abort_samples": 100_000, "abort_ends": (25, 100), "abort_retentions": (0.90, 0.96, 0.99), "max_redraws": 3,
               "settings": tuple(SETTINGS), "abort_settings": ABORT_SETTINGS, "image_settings": IMAGE_SETTINGS, "image_profiles": {},
-              "image_detectors": NAMES, "steps_per_call": 1_000,
+              "image_detectors": NAMES, "image_early": EARLY, "steps_per_call": 1_000,
               "checkpoint_every": 5_000},
 }
 ABORT_DETECTOR = "hal"
 
 
-def specs_for(timesteps: int, ends=EARLY_ENDS, names=NAMES) -> tuple[detectors_lib.DetectorSpec, ...]:
-    """Every detector of ``names`` at its default window, then the early windows of ``EARLY`` ending at ``ends``
-    that fit in T steps."""
+def specs_for(timesteps: int, ends=EARLY_ENDS, names=NAMES, early=EARLY) -> tuple[detectors_lib.DetectorSpec, ...]:
+    """Every detector of ``names`` at its default window, then the early windows of those also in ``early``,
+    ending at ``ends``, that fit in T steps."""
     main = [n if detectors_lib.DETECTORS[n].kind == "final" else f"{n}@0:{EARLY_LENGTH}" for n in names]
-    early = [f"{n}@{e}:{EARLY_LENGTH}" for e in ends if 0 < e and e + EARLY_LENGTH <= timesteps for n in EARLY
-             if n in names]
-    return detectors_lib.parse(main + early)
+    swept = [f"{n}@{e}:{EARLY_LENGTH}" for e in ends if 0 < e and e + EARLY_LENGTH <= timesteps for n in EARLY
+             if n in names and n in early]
+    return detectors_lib.parse(main + swept)
 
 
 def _key(name: str, end: int = 0) -> str:
@@ -200,7 +201,7 @@ def _plot_abort(path: Path, study: dict, dataset: str, T: int) -> None:
 
 
 def _setting(out: Path, tag: str, config, sampler: SamplerConfig, num_samples: int, chunk_size: int, p: dict,
-             timer, progress: bool, names=NAMES) -> dict:
+             timer, progress: bool, names=NAMES, early=EARLY) -> dict:
     """One data set: train (or reuse) its models, sample with every detector of ``names`` it supports, score, plot."""
     T = config.diffusion.timesteps
     data = build(config).dataset
@@ -208,7 +209,7 @@ def _setting(out: Path, tag: str, config, sampler: SamplerConfig, num_samples: i
     abort = tag in p["abort_settings"] and p["abort_samples"]
     ends = sorted({0, *(int(e) for e in tuple(p["early_ends"]) + (tuple(p["abort_ends"]) if abort else ())
                         if e + EARLY_LENGTH <= T)})
-    specs = specs_for(T, ends, names)
+    specs = specs_for(T, ends, names, early)
     run_dir = common.train(out, tag, config, progress)
     timer.lap("train")
     result = common.sample(run_dir, num_samples, dataclasses.replace(sampler, detectors=specs), chunk_size=chunk_size,
@@ -221,7 +222,8 @@ def _setting(out: Path, tag: str, config, sampler: SamplerConfig, num_samples: i
              "detectors_run": [s.label for s in specs], "hallucination_rate": common.ci(positives.mean(axis=1)),
              "num_hallucinated": [int(v) for v in positives.sum(axis=1)],
              "detectors": {_key(n): table[_key(n)] for n in names},
-             "early": {n: [{"end": e, "auroc": table[_key(n, e)]["auroc"]} for e in ends] for n in EARLY if n in names}}
+             "early": {n: [{"end": e, "auroc": table[_key(n, e)]["auroc"]} for e in ends] for n in EARLY
+                       if n in names and n in early}}
     if "blur" in data.labels(result["x"][0][:1]):  # mixtures: a widened mode is not interpolation (see detection)
         blurred = np.stack([np.asarray(data.labels(x)["blur"]) for x in result["x"]])
         blur_table = evaluate({_key(n): scores[_key(n)] for n in names}, blurred)
@@ -265,7 +267,7 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
         ip = {**module.PROFILES[p["profile"]], **dict(p["image_profiles"]).get(tag, {}), "profile": p["profile"]}
         metrics["settings"][tag] = _setting(out, tag, module.run_config(ip), SamplerConfig(clip_x0=True),
                                             ip["num_samples"], ip["chunk_size"], p, timer, progress,
-                                            names=p["image_detectors"])
+                                            names=p["image_detectors"], early=p["image_early"])
     # What each detector costs: sampling time against Hal alone, on the paper's network (weights do not matter).
     groups = {name: [name] for name in NAMES} if p["cost_each"] else {}  # cost_each False: only all together
     groups["all"] = list(NAMES)
