@@ -19,13 +19,13 @@ EXPERIMENTS: dict[str, str] = {
     "score": "mijax.experiments.score",
     "trajectories": "mijax.experiments.trajectories",
     "detection": "mijax.experiments.detection",
-    "detectors": "mijax.experiments.detectors",
     "recursive-1d": "mijax.experiments.recursive_1d",
     "recursive-2d": "mijax.experiments.recursive_2d",
     "shapes": "mijax.experiments.shapes",
     "recursive-shapes": "mijax.experiments.recursive_shapes",
     "digits": "mijax.experiments.digits",
     "recursive-digits": "mijax.experiments.recursive_digits",
+    "detectors": "mijax.experiments.detectors",  # last: it reuses the runs of the others
 }
 PROFILES = ("quick", "paper")
 
