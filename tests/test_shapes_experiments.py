@@ -51,7 +51,8 @@ def test_the_detectors_experiment_scores_shapes_through_the_data_set_interface(s
         m = experiments.load("detectors").run(
             tmp_path / "detectors", "quick", progress=False,
             overrides={"seeds": 1, "settings": (), "image_settings": ("shapes",), "image_profiles": {"shapes": OVERRIDES},
-                       "image_detectors": ("hal", "eps_norm", "oracle"), "cost_samples": 0, "abort_samples": 0})
+                       "image_detectors": ("hal", "eps_norm", "oracle"), "image_samples": None, "cost_samples": 0,
+                       "abort_samples": 0})
     (block,) = m["settings"].values()
     assert block["dataset"] == "shapes" and block["timesteps"] == 12 and block["num_samples"] == 24
     assert set(block["detectors"]) == {"hal", "eps_norm"}  # no oracle: SHAPES has no exact denoiser
