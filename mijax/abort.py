@@ -24,8 +24,8 @@ import numpy as np
 
 from mijax import detectors as detectors_lib
 from mijax.diffusion import Denoiser
-from mijax.sampling import (ROW_BLOCK, SamplerConfig, Samples, _Reverse, chunk_rows, default_rows_per_block, reverse_timesteps,
-                            row_blocks, validate, validate_regions)
+from mijax.sampling import (ROW_BLOCK, SamplerConfig, Samples, _Reverse, chunk_rows, default_rows_per_block,
+                            map_row_blocks, reverse_timesteps, row_blocks, validate, validate_regions)
 from mijax.schedules import Schedule
 
 REDRAW_STREAM = 0x7E5A0000  # draw a >= 1 of sample i: fold_in(key_i, REDRAW_STREAM + a)
@@ -52,15 +52,6 @@ def _rows_back(carry):
     return (keys, x, jnp.moveaxis(mean, 0, 1), jnp.moveaxis(m2, 0, 1), *rest)
 
 
-def _blocked(fn, tree, blocks: int):
-    """``fn`` over ``blocks`` equal blocks of rows of every leaf of ``tree`` (a ``lax.map``), rows put back."""
-    if blocks == 1:
-        return fn(tree)
-    split = jax.tree.map(lambda a: a.reshape((blocks, a.shape[0] // blocks) + a.shape[1:]), tree)
-    out = jax.lax.map(fn, split)
-    return jax.tree.map(lambda a: a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:]), out)
-
-
 @partial(jax.jit, static_argnames=("denoise_fn", "config", "shape", "split", "blocks", "key_name", "oracle_fn"))
 def _to_t_e(denoise_fn, params, schedule, keys, config, shape, split, blocks, key_name, oracle_fn=None,
             oracle_params=None):
@@ -73,7 +64,7 @@ def _to_t_e(denoise_fn, params, schedule, keys, config, shape, split, blocks, ke
         carry = reverse.run(reverse.init(k), 0, split)
         return _rows_first(carry), reverse.scores(carry, finals=False)[key_name]
 
-    return _blocked(one, keys, blocks)
+    return map_row_blocks(one, keys, blocks)
 
 
 @partial(jax.jit, static_argnames=("denoise_fn", "config", "shape", "split", "blocks", "oracle_fn"))
@@ -81,7 +72,7 @@ def _from_t_e(denoise_fn, params, schedule, carry, config, shape, split, blocks,
     """The carry (sample axis first) through the remaining reverse steps, then Hal and the scores: :class:`Samples`."""
     oracle = None if oracle_fn is None else (oracle_fn, oracle_params)
     reverse = _Reverse(denoise_fn, params, schedule, config, shape, oracle)
-    return _blocked(lambda c: reverse.finish(reverse.run(_rows_back(c), split)), carry, blocks)
+    return map_row_blocks(lambda c: reverse.finish(reverse.run(_rows_back(c), split)), carry, blocks)
 
 
 def with_abort_detector(config: SamplerConfig, abort: AbortConfig) -> SamplerConfig:

@@ -252,12 +252,20 @@ def _sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
     steps in ``blocks`` equal blocks of rows one after the other (a ``lax.map``; the same numbers)."""
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(chunk_size, dtype=jnp.uint32))
     run = partial(_reverse, denoise_fn, params, schedule, config=config, shape=shape, oracle=oracle)
+    return map_row_blocks(run, keys, blocks)
+
+
+def map_row_blocks(fn, tree, blocks: int):
+    """``fn`` over ``blocks`` equal blocks of rows (the leading axis of every leaf of ``tree``), one after the
+    other (a ``lax.map``; the same numbers as one call per block), rows put back in order."""
     if blocks == 1:
-        return run(keys)
-    if chunk_size % blocks:
-        raise ValueError(f"{chunk_size} rows do not split into {blocks} equal blocks")
-    out = jax.lax.map(run, keys.reshape((blocks, chunk_size // blocks) + keys.shape[1:]))  # raw keys: [C, 2]
-    return jax.tree.map(lambda a: a.reshape((chunk_size,) + a.shape[2:]), out)
+        return fn(tree)
+    rows = jax.tree.leaves(tree)[0].shape[0]
+    if rows % blocks:
+        raise ValueError(f"{rows} rows do not split into {blocks} equal blocks")
+    split = jax.tree.map(lambda a: a.reshape((blocks, rows // blocks) + a.shape[1:]), tree)
+    out = jax.lax.map(fn, split)
+    return jax.tree.map(lambda a: a.reshape((rows,) + a.shape[2:]), out)
 
 
 def _eps_fn(denoise_fn: Denoiser, params, schedule: Schedule, t, objective: str):

@@ -3,6 +3,7 @@ over seeds (1D, the 5 x 5 grid, the rotated grid), what each costs, and how earl
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Optional
 
@@ -295,10 +296,13 @@ def _ratio(cost: dict, name: str) -> str:
     return f"{cost[name]['ratio']:.2f}x" if name in cost else "n/a"
 
 
-LABELS = {"gaussian1d": "beyond 5 std of every mode", "gaussian25": "beyond 5 std of every mode",
-          "gaussian25_rotated": "beyond 5 std of every mode", "shapes": "two copies of a shape in a strip (the counter)",
-          "digits8": "the classifier's top probability under its confidence", "mnist5k":
-          "the classifier's top probability under its confidence"}
+def _label_text(dataset: str) -> str:
+    """What the data set calls a hallucination: the first clause of its ``hallucinated`` docstring."""
+    from mijax import data as datasets
+
+    doc = inspect.getdoc(datasets.make(dataset).hallucinated) or "the data set's own label"
+    text = doc.split(":")[0].split("\n")[0].rstrip(".")
+    return text[:1].lower() + text[1:]
 
 
 def _section(tag: str, metrics: dict) -> str:
@@ -314,7 +318,7 @@ def _section(tag: str, metrics: dict) -> str:
     early = "\n".join(f"| {name} | " + " | ".join(common.fmt(r["auroc"]) for r in rows) + " |"
                       for name, rows in s["early"].items())
     abort = _abort_section(tag, s["abort"], metrics["profile"]) if "abort" in s else ""
-    label = LABELS.get(s["dataset"], "the data set's own label")
+    label = _label_text(s["dataset"])
     blurred = (f"; blur-adjusted (beyond 5 times a widened mode's own spread): "
                f"{common.fmt(s['hallucination_rate_blur_adjusted'], pct=True)}. The operating points use the 5-std "
                "labels" if blur else "")
