@@ -116,6 +116,7 @@ def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> Non
                    help="any option of the data set, repeatable (e.g. --dataset shapes --data-option size=32); "
                         "`mijax data` lists them")
     from mijax import models
+    from mijax.training import LR_DECAYS
 
     p.add_argument("--model", default="mlp", choices=models.names(),
                    help="the denoiser: mlp (the paper's toy network) or unet (the image UNet family)")
@@ -130,6 +131,11 @@ def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> Non
     p.add_argument("--lr", type=_finite("learning rate", 0, low_open=True), default=1e-3, help="Adam learning rate")
     p.add_argument("--warmup-steps", type=int, default=0,
                    help="ramp the learning rate linearly from 0 over this many steps (0: off, as published)")
+    p.add_argument("--lr-decay", default="none", choices=LR_DECAYS,
+                   help="lower the learning rate after the warm-up, down to --lr-final times its peak at the last "
+                        "step (none: constant, as published)")
+    p.add_argument("--lr-final", type=_finite("lr-final", 0), default=0.0,
+                   help="with --lr-decay: the learning rate at the last step, as a fraction of --lr")
     p.add_argument("--grad-clip", type=_finite("gradient clipping", 0), default=0.0,
                    help="clip the gradient to this global norm (0: off, as published; image DDPMs: 1)")
     p.add_argument("--ema-decay", type=_finite("ema decay", 0), default=0.0,
@@ -298,7 +304,8 @@ def _run_config(a):
         diffusion=DiffusionConfig(a.schedule, a.timesteps, a.beta_start, a.beta_end, a.objective),
         train=TrainConfig(steps=steps, batch_size=a.batch_size, learning_rate=a.lr, objective=a.objective,
                           shuffle=a.shuffle, steps_per_call=a.steps_per_call, warmup_steps=a.warmup_steps,
-                          grad_clip=a.grad_clip, ema_decay=a.ema_decay),
+                          grad_clip=a.grad_clip, ema_decay=a.ema_decay,
+                          lr_decay=a.lr_decay, lr_final=a.lr_final),
         seed=a.seed, seeds=a.seeds, checkpoint_every=a.checkpoint_every)
 
 

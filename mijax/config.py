@@ -20,7 +20,7 @@ from mijax.io import MijaxError
 from mijax.keys import SEED_LIMIT, TRAINING_SET, stream
 from mijax.models import ModuleDenoiser
 from mijax.schedules import SCHEDULES, Schedule, make_schedule
-from mijax.training import TrainConfig
+from mijax.training import LR_DECAYS, TrainConfig
 
 RunError = MijaxError  # the name the run-directory functions raise under
 EPOCHS = 10_000  # the published recipe trains 10,000 epochs of fixed batches
@@ -132,6 +132,7 @@ _TYPES = {  # what each setting must be (JSON gives any type; a wrong one must n
     "train.steps": int, "train.batch_size": int, "train.learning_rate": float, "train.b1": float, "train.b2": float,
     "train.eps": float, "train.objective": str, "train.shuffle": bool, "train.steps_per_call": int,
     "train.warmup_steps": int, "train.grad_clip": float, "train.ema_decay": float,
+    "train.lr_decay": str, "train.lr_final": float,
 }
 
 
@@ -172,6 +173,9 @@ def validate_config(config: RunConfig) -> None:
               (c.train.warmup_steps >= 0, f"warm-up steps must be >= 0, got {c.train.warmup_steps}"),
               (c.train.grad_clip >= 0, f"gradient clipping must be >= 0 (0: off), got {c.train.grad_clip}"),
               (0 <= c.train.ema_decay < 1, f"ema decay must be in [0, 1) (0: off), got {c.train.ema_decay}"),
+              (c.train.lr_decay in LR_DECAYS,
+               f"unknown learning-rate decay {c.train.lr_decay!r}; choose from {', '.join(LR_DECAYS)}"),
+              (0 <= c.train.lr_final <= 1, f"lr-final must be in [0, 1] (a fraction of the peak), got {c.train.lr_final}"),
               (c.checkpoint_every > 0, f"checkpoint-every must be > 0, got {c.checkpoint_every}")]
     for ok, message in checks:
         if not ok:

@@ -32,7 +32,9 @@ class TrainConfig:
     ``warmup_steps`` (a linear ramp of the learning rate from 0 over that many steps), ``grad_clip`` (the
     largest global norm of the gradient, 0: no clipping) and ``ema_decay`` (an exponential moving average of
     the weights, which the samplers then use; 0: none) are the image DDPMs' options (ddpm-torch: 5,000, 1.0 and
-    0.9999); all are off in the paper's toy recipe, and then the optimiser (and its state) is plain Adam.
+    0.9999). ``lr_decay`` ("none", "cosine" or "linear") lowers the learning rate after the warm-up to
+    ``lr_final`` times its peak at step ``steps`` (and keeps it there if training goes on). All are off in the
+    paper's toy recipe, and then the optimiser (and its state) is plain Adam.
     Dropout is an option of the model (the UNet's ``dropout``); its masks come from the ``DROPOUT`` stream.
     """
 
@@ -48,6 +50,11 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_clip: float = 0.0
     ema_decay: float = 0.0
+    lr_decay: str = "none"
+    lr_final: float = 0.0
+
+
+LR_DECAYS = ("none", "cosine", "linear")
 
 
 @struct.dataclass
@@ -85,14 +92,29 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """Adam without weight decay, warm-up, clipping or EMA, as published; with ``warmup_steps`` its learning
     rate ramps linearly from 0, with ``grad_clip`` the gradient is clipped to that global norm first, with
     ``ema_decay`` a moving average of the weights is kept last in the state (:func:`eval_params`)."""
-    learning_rate = (optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps) if config.warmup_steps
-                     else config.learning_rate)
-    chain = [optax.adam(learning_rate, b1=config.b1, b2=config.b2, eps=config.eps)]
+    chain = [optax.adam(learning_rate(config), b1=config.b1, b2=config.b2, eps=config.eps)]
     if config.grad_clip:
         chain.insert(0, optax.clip_by_global_norm(config.grad_clip))
     if config.ema_decay:
         chain.append(track_ema(config.ema_decay))
     return optax.chain(*chain) if len(chain) > 1 else chain[0]
+
+
+def learning_rate(config: TrainConfig):
+    """The learning rate: the constant ``config.learning_rate`` (the published recipe), or an optax schedule of
+    the optimiser's step: a linear warm-up from 0 over ``warmup_steps``, then ``lr_decay`` down to
+    ``lr_final * learning_rate`` at step ``steps``."""
+    if config.lr_decay not in LR_DECAYS:
+        raise ValueError(f"unknown learning-rate decay {config.lr_decay!r}; choose from {', '.join(LR_DECAYS)}")
+    peak, warmup = config.learning_rate, config.warmup_steps
+    if config.lr_decay == "none":
+        return optax.linear_schedule(0.0, peak, warmup) if warmup else peak
+    span = max(config.steps - warmup, 1)
+    if config.lr_decay == "cosine":
+        decay = optax.cosine_decay_schedule(peak, span, alpha=config.lr_final)
+    else:
+        decay = optax.linear_schedule(peak, peak * config.lr_final, span)
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup]) if warmup else decay
 
 
 def eval_params(state: "TrainState", config: TrainConfig):

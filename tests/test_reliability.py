@@ -136,6 +136,7 @@ TRAIN_INPUTS = {
     "negative warm-up": ["--warmup-steps", "-1"],
     "gradient clipping inf": ["--grad-clip", "inf"],
     "negative gradient clipping": ["--grad-clip", "-1"],
+    "lr-final above 1": ["--lr-decay", "cosine", "--lr-final", "2"],
     "modes of a grid": ["--dataset", "gaussian25", "--modes", "1,2"],
 }
 

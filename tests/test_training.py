@@ -238,6 +238,29 @@ def test_warm_up_and_gradient_clipping_are_options_and_off_by_default():
     assert not np.allclose(updates(clip, [small, big]), updates(plain, [small, big]), rtol=1e-3)  # clipped
 
 
+def test_learning_rate_decay_is_an_option_off_by_default():
+    from mijax.training import learning_rate
+
+    assert learning_rate(TrainConfig()) == 1e-3  # the published constant
+    steps = np.array([0, 2, 4, 7, 10, 12, 20])
+    cos = learning_rate(TrainConfig(steps=12, learning_rate=1e-2, warmup_steps=4, lr_decay="cosine", lr_final=0.1))
+    u = np.clip((steps - 4) / 8, 0, 1)
+    want = np.where(steps < 4, 1e-2 * steps / 4, 1e-2 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * u))))
+    np.testing.assert_allclose([float(cos(s)) for s in steps], want, rtol=1e-5)
+    lin = learning_rate(TrainConfig(steps=10, learning_rate=1e-2, lr_decay="linear"))
+    np.testing.assert_allclose([float(lin(s)) for s in steps], 1e-2 * np.clip(1 - steps / 10, 0, 1), rtol=1e-5, atol=1e-9)
+    # the optimiser follows it: Adam's first steps move each weight by the learning rate
+    opt = mijax.make_optimizer(TrainConfig(steps=10, learning_rate=1e-2, lr_decay="linear"))
+    params, g = {"w": jnp.ones((2,))}, {"w": jnp.array([1.0, -3.0])}
+    state, sizes = opt.init(params), []
+    for _ in range(3):
+        update, state = opt.update(g, state, params)
+        sizes.append(float(jnp.abs(update["w"]).max()))
+    np.testing.assert_allclose(sizes, [1e-2, 9e-3, 8e-3], rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown learning-rate decay"):
+        learning_rate(TrainConfig(lr_decay="step"))
+
+
 def test_ema_of_the_weights_is_an_option_that_sampling_uses(schedule, data):
     from mijax.training import EmaState, eval_params
 
