@@ -95,6 +95,15 @@ def test_distances_are_small_for_true_samples_and_grow_when_modes_are_lost():
     assert shifted == pytest.approx(0.3, rel=1e-6)
     mass = mode_mass(mixture, lost, 5.0)
     assert mass.shape == (25,) and np.all(mass[20:] == 0) and mass.sum() == pytest.approx(1.0, abs=1e-3)
+    # centring: true samples sit within a fraction of a std of their means; a shifted mode is as far off as moved
+    from mijax.data.mixtures import mode_offsets
+
+    off = mode_offsets(mixture, lost, 5.0)
+    assert np.all(off[:20] < 0.2) and np.all(np.isnan(off[20:]))
+    moved = lost.copy()
+    idx = np.asarray(mijax.nearest_mode(mixture, jnp.asarray(lost))[0])
+    moved[idx == 3, 0] += 2.0 * float(mixture.stds[3])
+    assert mode_offsets(mixture, moved, 5.0)[3] == pytest.approx(2.0, abs=0.15)
 
 
 def test_model_keys_bookkeeping():

@@ -110,6 +110,21 @@ def mode_mass(mixture: GaussianMixture, x: np.ndarray, k: float) -> np.ndarray:
     return np.bincount(idx[inside], minlength=mixture.num_modes) / max(x.shape[0], 1)
 
 
+def mode_offsets(mixture: GaussianMixture, x: np.ndarray, k: float = 5.0) -> np.ndarray:
+    """How far each mode's samples are centred from the truth: per mode, the distance from its true mean to
+    the mean of the samples x [P, d] that lie within k stds of it (nearest mode), in units of its std;
+    float64 [K], NaN for a mode without samples. A well-trained model gives about std / sqrt(count)."""
+    idx, dist = (np.asarray(a) for a in _nearest_mode(mixture, jnp.asarray(x)))
+    x = np.asarray(x, np.float64)
+    means, stds = np.asarray(mixture.means, np.float64), np.asarray(mixture.stds, np.float64)
+    out = np.full(means.shape[0], np.nan)
+    for m in range(means.shape[0]):
+        inside = (idx == m) & (dist <= k)
+        if inside.any():
+            out[m] = np.linalg.norm(x[inside].mean(axis=0) - means[m]) / stds[m]
+    return out
+
+
 def _hist_edges(mixture: GaussianMixture, bins: int) -> list[np.ndarray]:
     means = np.asarray(mixture.means, np.float64)
     std = float(np.max(np.asarray(mixture.stds)))

@@ -20,7 +20,7 @@ LENGTHS = (5, 10, 20, 50)
 DEFAULT_WINDOW = (0, 10)  # t = 9..0, the published code's
 PROFILES = {
     "quick": {"seeds": 4, **common.QUICK_1D, **common.QUICK_2D, "timesteps": 1000, "num_samples": 10_000,
-              "chunk_size": 2_500, **common.QUICK_SAVING},
+              "chunk_size": 2_500, **common.QUICK_OPTIMISER, **common.QUICK_SAVING},
     "paper": {"seeds": 4, "n_train": 20_000, "n_train_2d": 100_000, "steps": 20_000, "steps_2d": 100_000,
               "batch_size": 10_000, "batch_size_2d": 10_000, "timesteps": 1000, "num_samples": 1_000_000, "chunk_size": 50_000,
               "steps_per_call": 1_000, "checkpoint_every": 5_000},

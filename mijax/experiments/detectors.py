@@ -42,7 +42,7 @@ PROFILES = {
               "chunk_size": 2_500, "cost_samples": 1_000, "cost_repeats": 1, "cost_each": True, "early_ends": EARLY_ENDS,
               "abort_samples": 1_000, "abort_ends": (10, 25), "abort_retentions": (0.90, 0.96, 0.99), "max_redraws": 3,
               "settings": tuple(SETTINGS), "abort_settings": ABORT_SETTINGS, "image_settings": IMAGE_SETTINGS, "image_profiles": {},
-              "image_detectors": NAMES, "image_early": IMAGE_EARLY, "image_samples": 256, **common.QUICK_SAVING},
+              "image_detectors": NAMES, "image_early": IMAGE_EARLY, "image_samples": 256, **common.QUICK_OPTIMISER, **common.QUICK_SAVING},
     "paper": {"seeds": 4, "n_train": 20_000, "n_train_2d": 100_000, "steps": 20_000, "steps_2d": 100_000,
               "batch_size": 10_000, "batch_size_2d": 10_000, "timesteps": 1000, "num_samples": 1_000_000,
               "chunk_size": 50_000, "cost_samples": 10_000, "cost_repeats": 3, "cost_each": True, "early_ends": EARLY_ENDS,

@@ -16,7 +16,7 @@ SUMMARY = "1D modes (1,2,4,5): samples per unit length in the far gap 2-4 vs the
 MODES = (1.0, 2.0, 4.0, 5.0)
 PROFILES = {
     "quick": {"seeds": 4, **common.QUICK_1D, "timesteps": 1000, "num_samples": 10_000, "chunk_size": 5_000,
-              **common.QUICK_SAVING},
+              **common.QUICK_OPTIMISER, **common.QUICK_SAVING},
     "paper": {"seeds": 4, "n_train": 20_000, "steps": 20_000, "batch_size": 10_000, "timesteps": 1000,
               "num_samples": 1_000_000, "chunk_size": 100_000, "steps_per_call": 1_000, "checkpoint_every": 5_000},
 }

@@ -17,7 +17,7 @@ PROFILES = {
     # quick: fixed steps for every size (2 CPU cores); paper: 10,000 epochs of batch 10,000 as published
     "quick": {"seeds": 4, "sizes": (2_000, 5_000, 10_000, 20_000), "steps": common.QUICK_1D["steps"], "epochs": 0,
               "batch_size": common.QUICK_1D["batch_size"], "timesteps": 1000, "num_samples": 5_000,
-              "chunk_size": 5_000, **common.QUICK_SAVING},
+              "chunk_size": 5_000, **common.QUICK_OPTIMISER, **common.QUICK_SAVING},
     "paper": {"seeds": 4, "sizes": (2_000, 10_000, 20_000, 50_000, 100_000), "steps": 0, "epochs": 10_000,
               "batch_size": 10_000, "timesteps": 1000, "num_samples": 1_000_000, "chunk_size": 100_000,
               "steps_per_call": 1_000, "checkpoint_every": 5_000},

@@ -20,7 +20,7 @@ MODES = (1.0, 2.0, 3.0)
 TIMES = (0, 5, 10, 25, 50)
 PROFILES = {
     "quick": {"seeds": 4, **common.QUICK_1D, "timesteps": 1000, "num_samples": 5_000, "chunk_size": 5_000,
-              "grid_points": 2_001, **common.QUICK_SAVING},
+              "grid_points": 2_001, **common.QUICK_OPTIMISER, **common.QUICK_SAVING},
     "paper": {"seeds": 4, "n_train": 20_000, "steps": 20_000, "batch_size": 10_000, "timesteps": 1000,
               "num_samples": 1_000_000, "chunk_size": 100_000, "grid_points": 10_001, "steps_per_call": 1_000,
               "checkpoint_every": 5_000},

@@ -14,7 +14,7 @@ from mijax.config import build
 SUMMARY = "x0_hat over the last 100 reverse steps: hallucinated samples keep moving, in-support ones settle (1D, 2D)"
 PROFILES = {
     "quick": {"seeds": 4, **common.QUICK_1D, **common.QUICK_2D, "timesteps": 1000, "num_samples": 5_000,
-              "chunk_size": 2_500, "shown": 5, **common.QUICK_SAVING},
+              "chunk_size": 2_500, "shown": 5, **common.QUICK_OPTIMISER, **common.QUICK_SAVING},
     "paper": {"seeds": 4, "n_train": 20_000, "n_train_2d": 100_000, "steps": 20_000, "steps_2d": 100_000,
               "batch_size": 10_000, "batch_size_2d": 10_000, "timesteps": 1000, "num_samples": 100_000, "chunk_size": 20_000, "shown": 5,
               "steps_per_call": 1_000, "checkpoint_every": 5_000},
