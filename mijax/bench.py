@@ -42,15 +42,15 @@ from mijax.training import TrainConfig, init_state, train_steps
 # The sweep's axes ("sweep_n" / "sweep_timesteps" None: just --n / --timesteps; "all": every local device).
 DEFAULTS = dict(n=10_000, timesteps=1000, dim=1, window=10, train_batch=10_000, train_steps=20, seeds="8",
                 seed_n=2000, repeats=3, sweep_n=None, sweep_timesteps=None, sweep_dims="1,2", devices="1,all",
-                precisions="float32,bf16", kernels="xla", chunk_size=None)
+                precisions="float32,bf16", kernels="xla", chunk_size=None, peak_rows=3456, peak_square=2048)
 QUICK = dict(n=256, timesteps=20, dim=1, window=5, train_batch=256, train_steps=2, seeds="2", seed_n=256,
              repeats=1, sweep_n=None, sweep_timesteps=None, sweep_dims="1,2", devices="1,all",
-             precisions="float32,bf16", kernels="xla", chunk_size=None)
+             precisions="float32,bf16", kernels="xla", chunk_size=None, peak_rows=256, peak_square=256)
 # Memory is compared at T and at T / MEMORY_T_FACTOR.
 MEMORY_T_FACTOR = 10
 # 'does not grow with T': the compiled temporaries at T are within this factor of those at T / 10.
 MEMORY_GROWTH_TOLERANCE = 1.1
-MEASUREMENTS = ("sampling", "sweep", "memory", "training", "seeds", "detectors")  # what --skip may name
+MEASUREMENTS = ("sampling", "sweep", "memory", "training", "seeds", "detectors", "peak")  # what --skip may name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -385,6 +385,55 @@ def bench_training(batch: int, steps: int, dim: int, num_seeds: Optional[int] = 
             "examples_per_s": batch * num_models * steps / timing["seconds"], "losses_finite": finite}
 
 
+def network_flops(dim: int, rows: int = 4096) -> dict:
+    """The floating-point operations per row of one call of the paper's network on ``rows`` rows of d = ``dim``
+    sharing one t (as in the sampler: the time path once per call): ``{"per_row": XLA's count of all of them,
+    "matmul_per_row": those of the matrix products (from the program's dot_generals)}``, and the same with
+    one t per row (as in training: ``per_row_own_t``, ``matmul_per_row_own_t``)."""
+    model, init_fn = _denoiser(dim)
+    params = init_fn(jax.random.PRNGKey(0))
+    x = jnp.zeros((rows, dim), jnp.float32)
+    out = {}
+    for tag, t in (("", jnp.zeros((), jnp.int32)), ("_own_t", jnp.zeros((rows,), jnp.int32))):
+        cost = jax.jit(model.apply).lower(params, x, t).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        out["per_row" + tag] = float((cost or {}).get("flops", math.nan)) / rows
+        out["matmul_per_row" + tag] = _dot_flops(jax.make_jaxpr(model.apply)(params, x, t).jaxpr) / rows
+    return out
+
+
+def _dot_flops(jaxpr) -> float:
+    """2 x (output elements) x (contracted size) summed over the dot_generals of a jaxpr and its sub-jaxprs."""
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[i] for i in contract)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    total += _dot_flops(inner)
+    return total
+
+
+def bench_matmul_peak(rows: int = 3456, width: int = 128, square: int = 2048, repeats: int = 3) -> dict:
+    """GFLOP/s of float32 matmuls on this backend: ``rows x width @ width x width`` chained 200 times in one
+    program (the shape of the network's row blocks on CPU) and one ``square``-sized product (near the
+    machine's peak). The ceiling against which the sampler's and training's GFLOP/s are read."""
+    key = jax.random.PRNGKey(0)
+    a = jax.random.normal(key, (rows, width), jnp.float32)
+    w = jax.random.normal(jax.random.fold_in(key, 1), (width, width), jnp.float32) / math.sqrt(width)
+    chain = jax.jit(lambda a, w: jax.lax.fori_loop(0, 200, lambda i, h: h @ w, a))
+    narrow = time_best(lambda: chain(a, w), repeats)
+    b = jax.random.normal(key, (square, square), jnp.float32)
+    big = time_best(lambda: jnp.dot(b, b), repeats)
+    return {"rows": rows, "width": width, "square": square,
+            "network_shape_gflops": 200 * 2 * rows * width * width / narrow["seconds"] / 1e9,
+            "square_gflops": 2 * square**3 / big["seconds"] / 1e9, "network_shape": narrow, "square_timing": big}
+
+
 def bench_seed_sampling(n: int, timesteps: int, dim: int, window: int, num_seeds: int, repeats: int = 3,
                         seed: int = 0, one_seed_seconds: Optional[float] = None,
                         seed_batch: Optional[int] = None) -> dict:
@@ -532,7 +581,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--torch-repeats", type=int, default=1,
                         help="runs of each torch measurement, fastest kept (default 1)")
     parser.add_argument("--skip", default="",
-                        help="comma-separated measurements to skip: sampling, sweep, memory, training, seeds")
+                        help="comma-separated measurements to skip: " + ", ".join(MEASUREMENTS))
     parser.add_argument("--quiet-wait", type=float, default=0.0,
                         help="on a shared machine, wait up to this many seconds before each measurement for other "
                              "processes to go quiet (default 0: do not wait)")
@@ -699,6 +748,9 @@ def run(args: argparse.Namespace) -> dict:
                                                 one_seed_seconds=one_seed["seconds"], seed_batch=a.seed_batch))
             for s in a.seeds]
 
+    if "peak" not in a.skip:  # what the network's matmuls could reach here, and what sampling and training do
+        results["peak"] = {**measure(lambda: bench_matmul_peak(a.peak_rows, 128, a.peak_square, a.repeats)),
+                           "flops": {d: network_flops(d) for d in sorted({a.dim, 2})}}
     if "detectors" not in a.skip:
         results["detectors"] = [measure(lambda: bench_detectors(a.n, a.timesteps, dim, a.window, a.repeats))
                                 for dim in a.sweep_dims]
@@ -831,6 +883,20 @@ def format_table(results: dict) -> str:
             rows.append((f"training {r['num_seeds']} seeds, {r['seed_batch']} vmapped at a time",
                          f"{r['ms_per_step']:.2f} ms/step; ratio to {r['num_seeds']} x one seed {r['ratio']:.3f}"
                          f"{_busy(r)}"))
+    if "peak" in results:
+        pk, flops = results["peak"], results["peak"]["flops"]
+        rows.append((f"float32 matmul peak ({pk['rows']} x {pk['width']} @ {pk['width']} x {pk['width']}; "
+                     f"{pk['square']}^3)", f"{pk['network_shape_gflops']:.0f} GFLOP/s; {pk['square_gflops']:.0f} "
+                                          f"GFLOP/s{_busy(pk['network_shape'])}"))
+        reached = []
+        for name, r in (("sampling", results.get("sampling")), ("training", results.get("training", {}).get("one_seed"))):
+            f = (flops.get(str(r["dim"])) or flops.get(r["dim"])) if r else None
+            if f:  # training: forward + backward, about 3x the forward's operations per example, each its own t
+                rate, tag = ((r["point_steps_per_s"], "") if name == "sampling" else (3 * r["examples_per_s"], "_own_t"))
+                reached.append(f"{name} {rate * f['per_row' + tag] / 1e9:.0f} GFLOP/s "
+                               f"({rate * f['matmul_per_row' + tag] / 1e9:.0f} in matmuls)")
+        if reached:
+            rows.append((f"network: {flops[min(flops)]['per_row'] / 1e3:.0f} kFLOP per row (XLA count)", "; ".join(reached)))
     for r in results.get("seed_sampling", []):
         rows.append((f"sampling {r['num_seeds']} seeds, {r['seed_batch']} vmapped at a time, N={r['n']}",
                      f"{r['seconds']:.3f} s vs {r['num_seeds']} x {r['one_seed_seconds']:.3f} s; "

@@ -48,6 +48,19 @@ def test_quick_sampling_figures(quick_results):
     assert s["median_seconds"] >= s["seconds"]
 
 
+def test_quick_peak_and_flop_counts(quick_results, capsys):
+    peak = quick_results[0]["peak"]
+    assert _positive(peak["network_shape_gflops"]) and _positive(peak["square_gflops"])
+    # the paper's network: 3 passes of the tied block's two 128 x 128 products, and the input and output
+    for d in ("1", "2"):
+        f = peak["flops"][d]
+        assert f["matmul_per_row"] == pytest.approx(2 * (6 * 128 * 128 + 2 * int(d) * 128), rel=1e-3)
+        assert f["matmul_per_row_own_t"] > f["matmul_per_row"] + 2 * 2 * 128 * 128 * 0.99  # + time path per row
+        assert f["per_row"] >= f["matmul_per_row"]
+    print(bench.format_table(quick_results[0]))
+    assert "GFLOP/s" in capsys.readouterr().out
+
+
 def test_quick_memory_figures(quick_results):
     mem = quick_results[0]["memory"]
     if "skipped" in mem:
