@@ -94,6 +94,17 @@ def run_config(p: dict, dataset: str = "gaussian1d", modes: Optional[Sequence[fl
         seed=p.get("seed", 0), seeds=p["seeds"], checkpoint_every=min(p.get("checkpoint_every", 1000), steps))
 
 
+def optimiser_text(p: dict) -> str:
+    """The optimiser of a profile in words, e.g. ``Adam 5e-3 after a 500-step warm-up, cosine decay to 0``."""
+    train = TrainConfig(**{k: p[k] for k in OPTIMISER_KEYS if k in p})
+    words = f"Adam {train.learning_rate:g}"
+    if train.warmup_steps:
+        words += f" after a {train.warmup_steps:,}-step warm-up"
+    if train.lr_decay != "none":
+        words += f", {train.lr_decay} decay to {train.lr_final:g}"
+    return words if words != "Adam 0.001" else "Adam 1e-3, constant (as published)"
+
+
 def epochs_to_steps(epochs: int, n_train: int, batch_size: int) -> int:
     """The published recipe counts epochs of fixed batches: steps = epochs * N / batch."""
     return paper_steps(n_train, batch_size, epochs)

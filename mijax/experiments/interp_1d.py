@@ -75,7 +75,7 @@ between the modes, where the true density is essentially zero (Figure 2); more t
 fewer such samples.
 
 **Measured:** for each training-set size N, {p['seeds']} seeds trained in one vmapped run (the paper's model,
-T = {p['timesteps']}, Adam 1e-3), {p['num_samples']:,} DDPM samples per seed; a sample is hallucinated when it is
+T = {p['timesteps']}, {common.optimiser_text(p)}), {p['num_samples']:,} DDPM samples per seed; a sample is hallucinated when it is
 farther than k std from its nearest mode. Every rate is the mean over seeds with its 95% CI.
 Profile `{p['profile']}`: {common.sizes_markdown(p)}.
 
