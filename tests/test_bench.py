@@ -92,7 +92,7 @@ def test_torch_missing_is_skipped_with_reason(quick_results):
 
 
 def test_quick_prints_table_and_json(capsys):
-    results = bench.run(_parse(["--quick", "--skip", "memory,training,seeds,sweep,detectors"]))
+    results = bench.run(_parse(["--quick", "--skip", "memory,training,seeds,sweep,detectors,peak"]))
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1]) == results
     assert any("sampling+Hal" in line for line in lines[:-1])
@@ -141,7 +141,7 @@ def test_sweep_axes_parse_and_reject_bad_values():
 
 def test_kernels_axis(capsys):
     """--kernels xla,pallas measures both; without a GPU the pallas rows say they ran the XLA path."""
-    results = bench.run(_parse(["--quick", "--skip", "sampling,memory,training,seeds", "--sweep-dims", "1",
+    results = bench.run(_parse(["--quick", "--skip", "sampling,memory,training,seeds,peak", "--sweep-dims", "1",
                                 "--devices", "1", "--precisions", "float32", "--kernels", "xla,pallas",
                                 "--chunk-size", "128"]))
     rows = results["sweep"]
