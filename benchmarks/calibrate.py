@@ -21,11 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from mijax import detection
-from mijax.config import DataConfig, DiffusionConfig, RunConfig, build, validate_config
+from mijax.config import build, validate_config
 from mijax.data.mixtures import blur_adjusted_labels, labels, mode_offsets
 from mijax.io import finite_or_none
 from mijax.runs import sample_run, train_run
-from mijax.training import LR_DECAYS, TrainConfig
+from mijax.experiments import common
+from mijax.training import LR_DECAYS
 
 K = 5.0
 
@@ -35,18 +36,21 @@ def _auroc(scores, positives):
     return float(detection.auroc(scores, positives)) if 0 < positives.sum() < positives.size else None
 
 
+def _over_modes(values: np.ndarray, reduce) -> float | None:
+    known = values[np.isfinite(values)]  # a mode without samples has no spread or offset
+    return finite_or_none(reduce(known)) if known.size else None
+
+
 def measure(mixture, x: np.ndarray, hal: np.ndarray) -> dict:
     """Sharpness of one model's samples x [N, d] with their Hal [N]."""
     pos = np.asarray(labels(mixture, jnp.asarray(x), K))
     blur, spreads = blur_adjusted_labels(mixture, jnp.asarray(x), K)
     spread = np.asarray(spreads) / np.asarray(mixture.stds)
     offsets = mode_offsets(mixture, x, K)
-    known = lambda v: v[np.isfinite(v)]  # noqa: E731 (a mode without samples has no spread or offset)
-    quantile = lambda v, f: finite_or_none(f(known(v))) if known(v).size else None  # noqa: E731
     return {"rate5": float(pos.mean()), "auroc": _auroc(hal, pos), "blur_rate": float(np.mean(blur)),
-            "auroc_blur": _auroc(hal, blur), "spread_median": quantile(spread, np.median),
-            "spread_max": quantile(spread, np.max), "offset_median": quantile(offsets, np.median),
-            "offset_max": quantile(offsets, np.max)}
+            "auroc_blur": _auroc(hal, blur), "spread_median": _over_modes(spread, np.median),
+            "spread_max": _over_modes(spread, np.max), "offset_median": _over_modes(offsets, np.median),
+            "offset_max": _over_modes(offsets, np.max)}
 
 
 def main(argv=None) -> dict:
@@ -64,12 +68,10 @@ def main(argv=None) -> dict:
     p.add_argument("--n", type=int, default=5_000, help="samples per seed")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
-    options = {"modes": (1.0, 2.0, 3.0)} if a.dataset == "gaussian1d" else {}
-    train = TrainConfig(steps=a.steps, batch_size=a.batch_size, learning_rate=a.lr, warmup_steps=a.warmup_steps,
-                        lr_decay=a.lr_decay, ema_decay=a.ema_decay, steps_per_call=min(1_000, a.steps))
-    config = RunConfig(data=DataConfig(dataset=a.dataset, n_train=a.n_train, options=options),
-                       diffusion=DiffusionConfig(timesteps=1000), train=train, seed=0, seeds=a.seeds,
-                       checkpoint_every=a.steps)
+    profile = {"seeds": a.seeds, "timesteps": 1000, "n_train": a.n_train, "steps": a.steps, "batch_size": a.batch_size,
+               "steps_per_call": 1_000, "checkpoint_every": a.steps, "learning_rate": a.lr,
+               "warmup_steps": a.warmup_steps, "lr_decay": a.lr_decay, "ema_decay": a.ema_decay}
+    config = common.run_config(profile, dataset=a.dataset)  # the experiments' own recipe, with these settings
     validate_config(config)
     run_dir = a.out / "runs" / a.tag
     start = time.perf_counter()

@@ -750,7 +750,7 @@ def run(args: argparse.Namespace) -> dict:
 
     if "peak" not in a.skip:  # what the network's matmuls could reach here, and what sampling and training do
         results["peak"] = {**measure(lambda: bench_matmul_peak(a.peak_rows, 128, a.peak_square, a.repeats)),
-                           "flops": {d: network_flops(d) for d in sorted({a.dim, 2})}}
+                           "flops": {str(d): network_flops(d) for d in sorted({a.dim, 2})}}
     if "detectors" not in a.skip:
         results["detectors"] = [measure(lambda: bench_detectors(a.n, a.timesteps, dim, a.window, a.repeats))
                                 for dim in a.sweep_dims]
@@ -890,7 +890,7 @@ def format_table(results: dict) -> str:
                                           f"GFLOP/s{_busy(pk['network_shape'])}"))
         reached = []
         for name, r in (("sampling", results.get("sampling")), ("training", results.get("training", {}).get("one_seed"))):
-            f = (flops.get(str(r["dim"])) or flops.get(r["dim"])) if r else None
+            f = flops.get(str(r["dim"])) if r else None
             if f:  # training: forward + backward, about 3x the forward's operations per example, each its own t
                 rate, tag = ((r["point_steps_per_s"], "") if name == "sampling" else (3 * r["examples_per_s"], "_own_t"))
                 reached.append(f"{name} {rate * f['per_row' + tag] / 1e9:.0f} GFLOP/s "

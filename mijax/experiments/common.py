@@ -39,7 +39,7 @@ from mijax.training import TrainConfig, eval_params
 # The quick profiles' training recipes, the same in every experiment so that `mijax experiment all` trains
 # each model once (see shared_runs). The paper's recipe with smaller batches and fewer steps, and
 # QUICK_OPTIMISER: the paper's constant Adam 1e-3 leaves the quick models under-trained (32,000 steps of 500
-# put 44-19% of the 5x5 grid's samples beyond 5 std, in modes 2-3x too wide); a higher peak with a warm-up and
+# put 19-21% of the 5x5 grid's samples beyond 5 std, in modes 2-3x too wide); a higher peak with a warm-up and
 # a cosine decay to 0 reaches sharp modes in the same steps (README, Results: calibration).
 QUICK_1D = {"n_train": 20_000, "steps": 6_000, "batch_size": 2_000}
 QUICK_2D = {"n_train_2d": 20_000, "steps_2d": 32_000, "batch_size_2d": 500}
@@ -85,24 +85,29 @@ def run_config(p: dict, dataset: str = "gaussian1d", modes: Optional[Sequence[fl
     steps = p["steps"] if steps is None else steps
     batch = min(p["batch_size"] if batch_size is None else batch_size, n_train)
     options = {"modes": tuple(float(m) for m in modes)} if dataset == "gaussian1d" else {}
-    optimiser = {k: p[k] for k in OPTIMISER_KEYS if k in p}
     return RunConfig(
         data=DataConfig(dataset=dataset, n_train=n_train, options=options),
         diffusion=DiffusionConfig(timesteps=p["timesteps"]),
         train=TrainConfig(steps=steps, batch_size=batch, steps_per_call=min(p.get("steps_per_call", 250), steps),
-                          **optimiser),
+                          **_optimiser(p)),
         seed=p.get("seed", 0), seeds=p["seeds"], checkpoint_every=min(p.get("checkpoint_every", 1000), steps))
 
 
+def _optimiser(p: dict) -> dict:
+    return {k: p[k] for k in OPTIMISER_KEYS if k in p}
+
+
 def optimiser_text(p: dict) -> str:
-    """The optimiser of a profile in words, e.g. ``Adam 5e-3 after a 500-step warm-up, cosine decay to 0``."""
-    train = TrainConfig(**{k: p[k] for k in OPTIMISER_KEYS if k in p})
+    """The optimiser of a profile in words, e.g. ``Adam 0.005 after a 500-step warm-up, cosine decay to 0``."""
+    train, published = TrainConfig(**_optimiser(p)), TrainConfig()
+    if all(getattr(train, k) == getattr(published, k) for k in OPTIMISER_KEYS):
+        return "Adam 1e-3, constant (as published)"
     words = f"Adam {train.learning_rate:g}"
     if train.warmup_steps:
         words += f" after a {train.warmup_steps:,}-step warm-up"
     if train.lr_decay != "none":
         words += f", {train.lr_decay} decay to {train.lr_final:g}"
-    return words if words != "Adam 0.001" else "Adam 1e-3, constant (as published)"
+    return words
 
 
 def epochs_to_steps(epochs: int, n_train: int, batch_size: int) -> int:
