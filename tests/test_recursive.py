@@ -241,10 +241,13 @@ def test_experiment_configs_fit_their_profiles():
 
     assert {"recursive-1d", "recursive-2d"} <= set(experiments.names())
     quick = make_config(2, "quick")
-    assert quick.num_seeds == 4 and quick.filters == ("none", "random", "variance") and quick.generations == 5
-    assert quick.n == 2_500 and quick.pool_size == 5_000 and quick.run.train.steps == 6_000
+    assert quick.num_seeds == 4 and quick.filters == ("random", "variance") and quick.generations == 3
+    assert quick.n == 2_500 and quick.pool_size == 5_000 and quick.run.train.steps == 16_000
+    assert quick.run.train.lr_decay == "cosine" and quick.run.train.warmup_steps == 500  # the quick optimiser
     paper = make_config(2, "paper")
     assert paper.n == 100_000 and paper.run.train.steps == 100_000 and paper.pool_size == 102_500
+    assert paper.generations == 5 and paper.filters == ("none", "random", "variance")
+    assert paper.run.train.learning_rate == 1e-3 and paper.run.train.lr_decay == "none"  # as published
     recursive.validate_recursive(quick)
     recursive.validate_recursive(make_config(1, "paper"))
 
@@ -252,7 +255,7 @@ def test_experiment_configs_fit_their_profiles():
 def test_variance_below_random_verdict_from_hand_made_cis():
     from mijax.experiments.recursive import variance_below_random, make_config
 
-    config = make_config(2, "quick")  # 5 generations; the verdict looks at 1..4
+    config = make_config(2, "paper")  # 5 generations; the verdict looks at 1..4
 
     def ci(mean, half):
         return {"mean": mean, "low": mean - half, "high": mean + half, "n": 4}

@@ -15,6 +15,7 @@ import numpy as np
 
 from mijax import plots
 from mijax.config import DataConfig, RunConfig, RunError, build
+from mijax.experiments.common import QUICK_OPTIMISER, optimiser_text
 from mijax.io import write_json, write_text
 from mijax.mixtures import mass_beyond
 from mijax.recursive import RecursiveConfig, gen_dir, run_recursive
@@ -28,26 +29,32 @@ FILTER_COLOURS = {"none": "tab:gray", "random": "tab:orange", "variance": "tab:b
 def make_config(dim: int, profile: str = "quick", seeds: Optional[int] = None) -> RecursiveConfig:
     """The study of a profile.
 
-    quick (at most ~20 minutes on 2 CPU cores with 4 seeds: 4 + 4 x 3 x 4 = 52 models): N = 2,500 per
-    generation (pool 5,000: the filters keep half), 6,000 Adam steps of batch 500 per model. In 1D that
-    trains the modes well; the 2D grid's modes stay wider than the truth at this budget (the paper trains
-    100,000 steps of 10,000), so the 2D study also reports blur-adjusted rates. paper: the paper's sizes
-    (2D: N = 100,000, 100,000 steps of batch 10,000 per generation; 1D: N = 20,000, 20,000 steps)."""
+    quick (~20 minutes on 2 CPU cores with 4 seeds: 4 + 4 x 2 x 2 = 20 models): N = 2,500 per generation
+    (pool 5,000: the filters keep half), 16,000 Adam steps of batch 500 per model with the quick profiles'
+    optimiser (``common.QUICK_OPTIMISER``), 3 generations, filters random and variance (the verdict's pair).
+    Fewer, sharper models: at 6,000 steps the generation-0 models put 86% (2D) and 21% (1D) of their
+    samples beyond 5 std (one seed; docs/results/calibration), so the five generations of blurred models that
+    the same time bought said little about filtering. paper: the paper's sizes (2D: N = 100,000, 100,000
+    steps of batch 10,000 per generation; 1D: N = 20,000, 20,000 steps), its constant Adam 1e-3, 5
+    generations, filters none, random and variance."""
     if dim == 2:
         data = dict(dataset="gaussian25")
-        sizes = {"quick": (2_500, 500, 6_000), "paper": (100_000, 10_000, 100_000)}
+        sizes = {"quick": (2_500, 500, 16_000), "paper": (100_000, 10_000, 100_000)}
     else:
         data = dict(dataset="gaussian1d", options={"modes": (1.0, 2.0, 3.0)})
-        sizes = {"quick": (2_500, 500, 6_000), "paper": (20_000, 10_000, 20_000)}
+        sizes = {"quick": (2_500, 500, 16_000), "paper": (20_000, 10_000, 20_000)}
     if profile not in sizes:
         raise ValueError(f"unknown profile {profile!r}; choose quick or paper")
     n, batch, steps = sizes[profile]
-    seeds = seeds if seeds is not None else (4 if profile == "quick" else 5)
+    quick = profile == "quick"
+    seeds = seeds if seeds is not None else (4 if quick else 5)
     run = RunConfig(data=DataConfig(n_train=n, **data),
-                    train=TrainConfig(steps=steps, batch_size=batch, steps_per_call=1_000),
-                    seed=0, seeds=seeds, checkpoint_every=2_000 if profile == "quick" else 5_000)
-    return RecursiveConfig(run=run, generations=5, filters=("none", "random", "variance"), pool_extra=2_500,
-                           chunk_size=5_000 if profile == "quick" else 25_000)
+                    train=TrainConfig(steps=steps, batch_size=batch, steps_per_call=1_000,
+                                      **(QUICK_OPTIMISER if quick else {})),
+                    seed=0, seeds=seeds, checkpoint_every=4_000 if quick else 5_000)
+    return RecursiveConfig(run=run, generations=3 if quick else 5,
+                           filters=("random", "variance") if quick else ("none", "random", "variance"),
+                           pool_extra=2_500, chunk_size=5_000 if quick else 25_000)
 
 
 OVERRIDES = ("n_train", "steps", "batch_size", "timesteps", "generations", "pool_extra", "chunk_size", "filters")
@@ -280,7 +287,7 @@ samples by Hal (keep the N lowest of N + 2,500) slows the collapse far more than
 
 **Setup:** {r.data.dataset}; N = {config.n:,} training points per generation, pool {config.pool_size:,};
 {r.train.steps:,} Adam steps of batch {r.train.batch_size:,} per generation (the paper: 100,000 steps of
-10,000 on N = 100,000); T = {r.diffusion.timesteps}; {config.generations} generations; {config.num_seeds} seeds;
+10,000 on N = 100,000), {optimiser_text(dataclasses.asdict(r.train))}; T = {r.diffusion.timesteps}; {config.generations} generations; {config.num_seeds} seeds;
 filters {', '.join(config.filters)}. Rates are of each model's whole pool (before filtering); k = {k:g}
 std (true mass beyond: {mass_beyond(k, dataset.shape[0]):.2g}). Mean [95% CI] over seeds.
 
