@@ -129,7 +129,7 @@ def sample_with_abort(denoise_fn: Denoiser, params, schedule: Schedule, key: jax
     num_steps = len(reverse_timesteps(config, schedule.num_timesteps))
     split = num_steps - spec.end  # steps 0 .. split - 1 end with the window's last step
     if rows_per_block == "auto":
-        rows_per_block = default_rows_per_block()
+        rows_per_block = default_rows_per_block(denoise_fn)
     oracle_fn, oracle_params = (None, None) if oracle is None else oracle
 
     def to_t_e(keys):

@@ -99,7 +99,7 @@ def unet_compiled_memory(o: dict, timesteps: int) -> Optional[dict]:
     """XLA's memory analysis of the compiled image sampler (N images, T steps, Hal); None if unavailable."""
     denoise_fn, params, schedule = _sampling_pieces(o, timesteps)
     config = SamplerConfig(hal_window=o["window"], clip_x0=True)
-    rows_per_block = default_rows_per_block()
+    rows_per_block = default_rows_per_block(denoise_fn)
     rows = chunk_rows(o["n"], None, 1, rows_per_block)[1]
     compiled = sample_chunk.lower(denoise_fn, params, schedule, jax.random.key(4), jnp.uint32(0), config,
                                   (o["size"], o["size"], 1), rows, rows_per_block=rows_per_block).compile()

@@ -29,6 +29,24 @@ def test_attention_adds_what_the_baseline_adds():
     assert _count(with_attention, (32, 32, 1)) == 263_025 + 4 * per_block
 
 
+@pytest.mark.parametrize("shape, groups", [((2, 8, 8, 16), 8), ((3, 4, 6, 12), 4), ((1, 2, 2, 4), 1)])
+def test_group_norm_is_flax_group_norm(shape, groups):
+    # the UNet's own GroupNorm: flax's parameters (names, shapes) and numbers, values and gradients
+    from flax import linen as nn
+    from mijax.models.unet import GROUP_NORM_EPS, GroupNorm
+
+    ours, theirs = GroupNorm(num_groups=groups), nn.GroupNorm(num_groups=groups, epsilon=GROUP_NORM_EPS)
+    x = 3.0 * jax.random.normal(jax.random.key(0), shape) + 1.5  # an offset mean: mean of squares minus square
+    params = theirs.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
+    params = jax.tree.map(lambda a: a + jax.random.normal(jax.random.key(2), a.shape), params)
+    np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=2e-5, atol=2e-5)
+    weights = jax.random.normal(jax.random.key(3), shape)
+    grads = [jax.grad(lambda p, x: jnp.sum(m.apply(p, x) * weights), argnums=(0, 1))(params, x) for m in (ours, theirs)]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 TINY = {"channels": 8, "mults": (1, 2), "res_blocks": 1, "groups": 4}
 
 
@@ -112,3 +130,21 @@ def test_dropout_acts_in_training_only_and_the_bottleneck_is_sown():
     assert bottleneck.shape == (3, 8, 8, 16)  # one level: 8 x 8 not halved, channels 8 x mults[-1]
     with pytest.raises(mijax.MijaxError, match="dropout"):
         models.build("unet", (8, 8, 1), options={"dropout": 1.0})
+
+
+def test_the_sampler_runs_the_unets_images_in_blocks_of_128_whatever_the_chunking():
+    from mijax.models.denoiser import ModuleDenoiser
+    from mijax.sampling import CPU_ROWS_PER_BLOCK, default_rows_per_block
+
+    module = models.build("unet", (8, 8, 1), options=TINY)
+    denoiser = ModuleDenoiser(module)
+    assert default_rows_per_block(denoiser) == (128 if jax.default_backend() == "cpu" else None)
+    mlp = ModuleDenoiser(models.build("mlp", (1,)))
+    assert default_rows_per_block(mlp) == (CPU_ROWS_PER_BLOCK if jax.default_backend() == "cpu" else None)
+    params = jax.tree.map(lambda a: a + 0.05, _init(module))  # leave the zero-initialised output layer
+    schedule = mijax.make_schedule("linear", 3, 1e-2, 0.2)
+    config = mijax.SamplerConfig(hal_window=2, clip_x0=True)
+    draw = lambda **kw: mijax.sample(denoiser, params, schedule, jax.random.key(4), 256, (8, 8, 1), config, **kw)
+    whole, halves = draw(), draw(chunk_size=128)  # one chunk of two 128-image blocks; two chunks of one block
+    np.testing.assert_array_equal(np.asarray(whole.x), np.asarray(halves.x))
+    np.testing.assert_array_equal(np.asarray(whole.hal), np.asarray(halves.hal))
