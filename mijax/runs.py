@@ -121,6 +121,8 @@ def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwri
     out = Path(out)
     validate_config(config)
     outputs.check(out, "run", overwrite=overwrite, resume=resume)
+    # every process checks before any creates the run (or a slow process finds it "already exists")
+    distributed.barrier("mijax.train_run.checked")
     resuming = resume and out.exists()
     if resuming:
         if not (out / "config.json").exists():
@@ -233,6 +235,7 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
         raise RunError(str(e)) from None
     if out is not None:
         outputs.check(out, "samples", overwrite=overwrite, directory=False)
+        distributed.barrier("mijax.sample_run.checked")  # before any process writes beside it
     config, pieces, state = load_run(run_dir, precision=precision)
     step = _max_step(state)
     if step < config.train.steps or not (run_dir / "train.json").exists():
