@@ -29,7 +29,7 @@ def test_attention_adds_what_the_baseline_adds():
     assert _count(with_attention, (32, 32, 1)) == 263_025 + 4 * per_block
 
 
-@pytest.mark.parametrize("shape, groups", [((2, 8, 8, 16), 8), ((3, 4, 6, 12), 4), ((1, 2, 2, 4), 1)])
+@pytest.mark.parametrize("shape, groups", [((2, 8, 8, 16), 8), ((3, 4, 6, 12), 1)])
 def test_group_norm_is_flax_group_norm(shape, groups):
     # the UNet's own GroupNorm: flax's parameters (names, shapes) and numbers, values and gradients
     from flax import linen as nn
@@ -40,9 +40,10 @@ def test_group_norm_is_flax_group_norm(shape, groups):
     params = theirs.init(jax.random.key(1), x)
     assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
     params = jax.tree.map(lambda a: a + jax.random.normal(jax.random.key(2), a.shape), params)
-    np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(jax.jit(ours.apply)(params, x), jax.jit(theirs.apply)(params, x), rtol=2e-5, atol=2e-5)
     weights = jax.random.normal(jax.random.key(3), shape)
-    grads = [jax.grad(lambda p, x: jnp.sum(m.apply(p, x) * weights), argnums=(0, 1))(params, x) for m in (ours, theirs)]
+    grads = [jax.jit(jax.grad(lambda p, x, m=m: jnp.sum(m.apply(p, x) * weights), argnums=(0, 1)))(params, x)
+             for m in (ours, theirs)]
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
