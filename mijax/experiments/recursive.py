@@ -29,10 +29,11 @@ FILTER_COLOURS = {"none": "tab:gray", "random": "tab:orange", "variance": "tab:b
 def make_config(dim: int, profile: str = "quick", seeds: Optional[int] = None) -> RecursiveConfig:
     """The study of a profile.
 
-    quick (~20 minutes on 2 CPU cores with 4 seeds: 4 + 4 x 2 x 2 = 20 models): N = 2,500 per generation
+    quick (4 seeds: 4 + 4 x 2 x 2 = 20 models, about the model-steps of the earlier 52 x 6,000; 34 minutes on
+    2 cores of an AMD EPYC Milan; the earlier recipe was not timed there): N = 2,500 per generation
     (pool 5,000: the filters keep half), 16,000 Adam steps of batch 500 per model with the quick profiles'
     optimiser (``common.QUICK_OPTIMISER``), 3 generations, filters random and variance (the verdict's pair).
-    Fewer, sharper models: at 6,000 steps the generation-0 models put 86% (2D) and 21% (1D) of their
+    Fewer, sharper models: at 6,000 steps the generation-0 models put 61-94% (2D) and 21% (1D) of their
     samples beyond 5 std (one seed; docs/results/calibration), so the five generations of blurred models that
     the same time bought said little about filtering. paper: the paper's sizes (2D: N = 100,000, 100,000
     steps of batch 10,000 per generation; 1D: N = 20,000, 20,000 steps), its constant Adam 1e-3, 5
