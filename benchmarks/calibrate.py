@@ -84,11 +84,18 @@ def main(argv=None) -> dict:
     result = {"tag": a.tag, "dataset": a.dataset, "n_train": a.n_train, "steps": a.steps, "batch_size": a.batch_size,
               "lr": a.lr, "warmup_steps": a.warmup_steps, "lr_decay": a.lr_decay, "ema_decay": a.ema_decay,
               "seeds": a.seeds, "train_seconds": round(seconds, 1), "per_seed": rows}
+    return record(a.out, result)
+
+
+def record(out: Path, result: dict) -> dict:
+    """``result`` with the mean over seeds of each measurement in ``result["per_seed"]`` (None where no seed
+    has one), appended as one JSON line to ``out/results.jsonl`` and printed without the per-seed rows."""
+    rows = result["per_seed"]
     for key in rows[0]:
         values = [r[key] for r in rows if r[key] is not None]
         result[key] = float(np.mean(values)) if values else None
-    a.out.mkdir(parents=True, exist_ok=True)
-    with open(a.out / "results.jsonl", "a") as f:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.jsonl", "a") as f:
         f.write(json.dumps(result, allow_nan=False) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}))
     return result

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.calibrate import record
 from mijax import detection
 from mijax.data import shapes
 from mijax.experiments import recursive_shapes
@@ -77,14 +78,7 @@ def main(argv=None) -> dict:
               "warmup_steps": t.warmup_steps, "lr_decay": t.lr_decay, "ema_decay": t.ema_decay,
               "n_train": config.n, "pool": config.pool_size, "seeds": a.seeds, "seconds": round(seconds, 1),
               "per_seed": rows}
-    for key in rows[0]:
-        values = [r[key] for r in rows if r[key] is not None]
-        result[key] = float(np.mean(values)) if values else None
-    a.out.mkdir(parents=True, exist_ok=True)
-    with open(a.out / "results.jsonl", "a") as f:
-        f.write(json.dumps(result, allow_nan=False) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}))
-    return result
+    return record(a.out, result)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,14 @@ from mijax.experiments.recursive import (FILTER_COLOURS, pool_grid, run_study, s
 from mijax.recursive import RecursiveConfig
 
 SUMMARY = "recursive training on SHAPES: duplicate share per generation, none vs random vs variance (Hal) filtering"
-# quick: the shapes quick recipe (its UNet and optimiser) with 600 steps on N = 400 images per generation, pools of
-# 600, T = 100 (the image schedule compressed tenfold) and Hal by strip over t = 5..14 (where the shapes quick
+# quick: the shapes quick recipe (its UNet and optimiser) with 1,000 steps on N = 400 images per generation, pools
+# of 600, T = 100 (the image schedule compressed tenfold) and Hal by strip over t = 5..14 (where the shapes quick
 # sweep found Hal sharpest: t = 10..29 of 200); paper: the shapes paper recipe on the 5,000 images, for a GPU.
+# Calibrated with benchmarks/calibrate_shapes.py (docs/results/calibration/shapes.jsonl; 2 seeds): at 600 steps
+# 18% of generation 0's samples were valid (a cosine decay from 2e-3 gave 19%), at 1,000 steps 42%.
 PROFILES = {
     "quick": {"seeds": 2, "generations": 3, "filters": ("random", "variance"), "n_train": 400, "pool_ratio": 1.5,
-              "steps": 600, "timesteps": 100, "beta_start": 1e-3, "beta_end": 0.2, "hal_window": 10, "hal_end": 5,
+              "steps": 1_000, "timesteps": 100, "beta_start": 1e-3, "beta_end": 0.2, "hal_window": 10, "hal_end": 5,
               "hal_reduction": "region_max", "chunk_size": 640},
     "paper": {"seeds": 3, "generations": 5, "filters": ("none", "random", "variance"), "n_train": 5_000,
               "pool_ratio": 1.5, "steps": 50_000, "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
