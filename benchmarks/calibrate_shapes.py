@@ -7,7 +7,8 @@ appends one JSON line to ``--out/results.jsonl``: per seed and in the mean, the 
 counter label (valid, duplicate, outside, malformed, blank) and Hal's AUROC for duplicates against valid
 samples. How the README's SHAPES calibration table was made:
 
-    python -m benchmarks.calibrate_shapes --tag cos3e3 --lr 3e-3 --lr-decay cosine --out results/calibration-shapes
+    python -m benchmarks.calibrate_shapes --tag s1000 --steps 1000 --out results/calibration-shapes
+    python -m benchmarks.calibrate_shapes --tag cos2e3 --lr 2e-3 --lr-decay cosine --out results/calibration-shapes
 """
 from __future__ import annotations
 

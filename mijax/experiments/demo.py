@@ -7,7 +7,7 @@ model of ``interp-1d`` and ``detection``, seed 0), draws 50,000 samples with the
 
 The published recipe (batch 10,000, constant Adam 1e-3) needs about 4,000 steps to show the headline,
 which took 10 min 16 s on a 2-core AMD EPYC Milan (BENCHMARKS.md); this recipe trains a sharper model with
-a third of the arithmetic.
+less than a third of the arithmetic.
 """
 from __future__ import annotations
 
