@@ -19,14 +19,13 @@ from typing import Optional
 import numpy as np
 
 from mijax import detection, outputs, plots
-from mijax.config import DataConfig, RunConfig, build
+from mijax.config import RunConfig, build
 from mijax.data.mixtures import blur_adjusted_labels, labels, rate_table
-from mijax.experiments.common import QUICK_1D, QUICK_OPTIMISER, optimiser_text
+from mijax.experiments import common
 from mijax.io import finite_or_none, json_safe, save_npz, write_json, write_text
 from mijax.mixtures import mass_beyond
 from mijax.runs import sample_run, train_run
 from mijax.sampling import SamplerConfig
-from mijax.training import TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,11 +33,8 @@ class DemoConfig:
     """Sizes of the demo; the defaults fit in 5 minutes on 2 CPU cores (measured on the slowest kind seen,
     BENCHMARKS.md). The model is the quick profiles' 1D model (``common.QUICK_1D``, ``QUICK_OPTIMISER``)."""
 
-    run: RunConfig = RunConfig(data=DataConfig(dataset="gaussian1d", n_train=QUICK_1D["n_train"],
-                                               options={"modes": (1.0, 2.0, 3.0)}),
-                               train=TrainConfig(steps=QUICK_1D["steps"], batch_size=QUICK_1D["batch_size"],
-                                                 steps_per_call=500, **QUICK_OPTIMISER),
-                               checkpoint_every=2_000)
+    run: RunConfig = common.run_config({"seeds": 1, "timesteps": 1000, **common.QUICK_1D, **common.QUICK_OPTIMISER,
+                                        "steps_per_call": 500, "checkpoint_every": 2_000})
     num_samples: int = 50_000
     chunk_size: int = 50_000
     k: float = 5.0
@@ -137,7 +133,7 @@ predicted x0 over the last reverse steps (Hal) tells those samples apart.
 
 **Setup:** {r.data.dataset} with modes {', '.join(f'{v:g}' for v in r.data.options['modes'])}, std 0.05;
 {r.data.n_train:,} training points, batch {r.train.batch_size:,}, {r.train.steps:,} steps of
-{optimiser_text(dataclasses.asdict(r.train))} (the paper: batch 10,000, 20,000 steps of constant Adam 1e-3); T = {r.diffusion.timesteps}, linear betas 1e-3 -> 0.2, the paper's MLP; {config.num_samples:,}
+{common.optimiser_text(dataclasses.asdict(r.train))} (the paper: batch 10,000, 20,000 steps of constant Adam 1e-3); T = {r.diffusion.timesteps}, linear betas 1e-3 -> 0.2, the paper's MLP; {config.num_samples:,}
 DDPM samples with Hal over t = 9..0. Training took {m['seconds']['train']} s, sampling {m['seconds']['sample']} s.
 
 ![samples](histogram.png)
