@@ -8,11 +8,15 @@ The measurements are plain functions (``bench_sampling``, ``bench_sampling_memor
 ``bench_training``, ``bench_seed_sampling``, ``bench_torch``) that :func:`run` composes; ``run`` prints a
 table and one JSON line and returns the same figures as a dict. ``--compare-torch`` also runs the eager
 PyTorch baseline (``shared/baselines/torch_ddpm.py``) in subprocesses, one after the other, and reports
-the speed-ups of mijax over it.
+the speed-ups of mijax over it. ``--processes`` times whole processes instead of compiled calls: mijax
+(:func:`process_job` in a fresh interpreter) and the baseline, each at two sizes, alternated round by round
+(:func:`bench_processes`): the marginal cost between the sizes leaves out start-up and compilation, the
+whole-process time keeps them.
 
     python -m mijax.bench                       # the paper's sizes: N = 10,000, T = 1000, d = 1
     python -m mijax.bench --compare-torch --json-out bench.json
     python -m mijax.bench --quick               # tiny sizes, seconds
+    python -m mijax.bench --compare-torch --processes --skip sweep,seeds,detectors,memory   # issue 16's table
 """
 from __future__ import annotations
 
@@ -512,6 +516,127 @@ def bench_torch(script: str | os.PathLike, mode: str, options: dict, repeats: in
             "median_seconds": statistics.median(r["seconds"] for r in runs), "command": " ".join(command[1:])}
 
 
+def time_process(command: Sequence[str], timeout: Optional[float] = None) -> dict:
+    """Wall seconds of one whole process (start, imports, compilation, the work, exit), with the CPU
+    figures of :class:`CpuMeter` (``other_cores``: other processes' load meanwhile)."""
+    meter = CpuMeter(children=True)
+    proc = subprocess.run(list(command), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {proc.stderr.strip()[-500:]}")
+    figures = meter.read()
+    return {"seconds": figures.pop("wall_seconds"), **figures}
+
+
+def process_job(job: dict) -> None:
+    """The work of one mijax process that ``--processes`` times from outside (``python -c``), what a user's
+    script does from ``import`` to exit: ``kind`` ``sampling`` draws ``n`` samples of the random-init paper
+    MLP with Hal over the last ``window`` of ``timesteps`` steps and brings them to the host; ``training`` runs
+    ``steps`` Adam steps at batch ``batch`` in one dispatch. Compilation is part of the process; the
+    initialisation is compiled, as :func:`mijax.training.init_states` does (op by op it takes seconds)."""
+    if job["kind"] not in ("sampling", "training"):
+        raise ValueError(f"unknown process job {job['kind']!r}")
+    model, init_fn = _denoiser(job["dim"])
+    key = jax.random.PRNGKey(0)
+    schedule = make_schedule(num_timesteps=job["timesteps"])
+    if job["kind"] == "sampling":
+        out = sample(make_denoiser(model, "xla"), jax.jit(init_fn)(key), schedule, jax.random.fold_in(key, 1), job["n"],
+                     (job["dim"],), SamplerConfig(hal_window=job["window"]))
+        jax.device_get((out.x, out.hal))
+    elif job["kind"] == "training":
+        config = TrainConfig(steps=job["steps"], batch_size=job["batch"], steps_per_call=job["steps"])
+        data = jax.random.normal(jax.random.fold_in(key, 1), (job["batch"], job["dim"]), jnp.float32)
+        state = jax.jit(lambda k: init_state(init_fn, config, k))(key)
+        _, losses = train_steps(model.apply, schedule, config, state, key, data, job["steps"])
+        jax.device_get(losses)
+
+
+def mijax_process_command(job: dict, python: str = sys.executable) -> list[str]:
+    """The command line of a fresh Python process that runs :func:`process_job` (``job``)."""
+    return [python, "-c", "import json, sys; from mijax.bench import process_job; process_job(json.loads(sys.argv[1]))",
+            json.dumps(job)]
+
+
+def bench_processes(commands: dict[str, Callable[[int], Sequence[str]]], sizes: Sequence[int],
+                    work: Sequence[float], rounds: int = 2, timeout: Optional[float] = None,
+                    timer: Callable[..., dict] = time_process) -> dict:
+    """Whole-process seconds of several programs at two sizes, alternated (each round runs every size of
+    every program in turn, so they share the machine's drift), and the marginal cost between the sizes.
+
+    Args:
+      commands: program name -> (size -> its command line).
+      sizes: the two sizes (e.g. N, or training steps); work: the work each size does (e.g. N T point-steps).
+      rounds: runs of each (program, size); the fastest is kept, the median too.
+      timer: ``(command, timeout) -> {"seconds", ...}`` (:func:`time_process`).
+    Returns:
+      ``{"sizes", "work", "rounds", "programs": {name: {"runs": {size: [seconds...]}, "best": {size: s},
+      "median": {size: s}, "marginal_seconds_per_work" (fastest large minus fastest small over the work
+      between; None if not positive), "marginal_seconds_per_work_median", "other_cores_max"}}}``.
+    """
+    if len(sizes) != 2 or len(work) != 2 or not work[1] > work[0]:
+        raise ValueError(f"two sizes with growing work are needed, got sizes {sizes} and work {work}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    runs: dict[str, dict[str, list[dict]]] = {name: {str(s): [] for s in sizes} for name in commands}
+    for _ in range(rounds):
+        for size in sizes:
+            for name, command in commands.items():
+                runs[name][str(size)].append(timer(command(size), timeout))
+    out: dict[str, Any] = {"sizes": list(sizes), "work": list(work), "rounds": rounds, "programs": {}}
+    small, large = (str(s) for s in sizes)
+    for name, by_size in runs.items():
+        seconds = {k: [r["seconds"] for r in v] for k, v in by_size.items()}
+        best = {k: min(v) for k, v in seconds.items()}
+        median = {k: statistics.median(v) for k, v in seconds.items()}
+
+        def marginal(t: dict) -> Optional[float]:
+            delta = t[large] - t[small]
+            return delta / (work[1] - work[0]) if delta > 0 else None
+
+        others = [r.get("other_cores") for v in by_size.values() for r in v if r.get("other_cores") is not None]
+        out["programs"][name] = {"runs": seconds, "best": best, "median": median,
+                                 "marginal_seconds_per_work": marginal(best),
+                                 "marginal_seconds_per_work_median": marginal(median),
+                                 "other_cores_max": max(others) if others else None}
+    return out
+
+
+def _speedups(result: dict, mine: str, theirs: str) -> dict:
+    """``theirs`` over ``mine`` in :func:`bench_processes`' ``result``: marginal (fastest and median) and
+    whole process at the larger size."""
+    a, b, large = result["programs"][mine], result["programs"][theirs], str(result["sizes"][1])
+
+    def ratio(x, y):
+        return x / y if x is not None and y is not None and y > 0 else None
+
+    return {"marginal": ratio(b["marginal_seconds_per_work"], a["marginal_seconds_per_work"]),
+            "marginal_median": ratio(b["marginal_seconds_per_work_median"], a["marginal_seconds_per_work_median"]),
+            "whole_process": ratio(b["best"][large], a["best"][large])}
+
+
+def run_processes(a: argparse.Namespace, script: Optional[Path], measure: Callable[[Callable[[], dict]], dict]) -> dict:
+    """``--processes``: sampling at N / 5 and N, training at 5 and 15 dispatches' worth of steps, each a whole
+    process, mijax alternated with the torch baseline (``script``; None: mijax alone)."""
+    python = sys.executable
+    n_small = max(1, a.n // 5)
+    sample_job = {"kind": "sampling", "timesteps": a.timesteps, "dim": a.dim, "window": a.window}
+    sampling = {"mijax": lambda n: mijax_process_command({**sample_job, "n": n}, python)}
+    steps = (5 * a.train_steps, 15 * a.train_steps)
+    train_job = {"kind": "training", "timesteps": a.timesteps, "dim": a.dim, "batch": a.train_batch}
+    training = {"mijax": lambda k: mijax_process_command({**train_job, "steps": k}, python)}
+    if script is not None:
+        sampling["torch"] = lambda n: [python, str(script), "trajectory", f"--n={n}", f"--timesteps={a.timesteps}",
+                                       f"--dim={a.dim}", f"--window={a.window}"]
+        training["torch"] = lambda k: [python, str(script), "train", f"--batch={a.train_batch}", f"--steps={k}",
+                                       f"--dim={a.dim}"]
+    out = {"sampling": measure(lambda: bench_processes(sampling, (n_small, a.n),
+                                                      (n_small * a.timesteps, a.n * a.timesteps), a.process_rounds)),
+           "training": measure(lambda: bench_processes(training, steps, steps, a.process_rounds))}
+    if script is not None:
+        for part in out.values():
+            part["speedup"] = _speedups(part, "mijax", "torch")
+    return out
+
+
 def machine_info() -> dict:
     """Versions, backend, device and CPU of this machine, and its load average (noise in timings)."""
     device = jax.devices()[0]
@@ -523,15 +648,30 @@ def machine_info() -> dict:
     return info
 
 
+# The CPU features that decide the matmul paths on x86 (issue 16: AMD and Intel machines differ in these).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
 def _cpu_model() -> str:
+    """The CPU's name, family and model, and which of ``CPU_FLAGS`` it has, e.g. ``AMD EPYC (family 25
+    model 1; avx2)``: virtual machines often name only the vendor, and the same name covers several
+    generations."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor's block describes them all
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    name = fields.get("model name") or platform.processor() or "unknown"
+    if "cpu family" not in fields:
+        return name
+    flags = set(fields.get("flags", "").split())
+    return (f"{name} (family {fields['cpu family']} model {fields.get('model', '?')}; "
+            f"{', '.join(f for f in CPU_FLAGS if f in flags) or 'none of ' + '/'.join(CPU_FLAGS)})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -580,6 +720,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="path of torch_ddpm.py (default: ../shared/baselines/torch_ddpm.py from the repo root)")
     parser.add_argument("--torch-repeats", type=int, default=1,
                         help="runs of each torch measurement, fastest kept (default 1)")
+    parser.add_argument("--processes", action="store_true",
+                        help="also time whole processes (start, imports, compilation, work) at two sizes, "
+                             "sampling at N / 5 and N and training 5 and 15 times --train-steps, alternated with "
+                             "the torch baseline under --compare-torch: the marginal cost between the sizes and "
+                             "the whole-process time (about 6 minutes at the default sizes with 2 rounds)")
+    parser.add_argument("--process-rounds", type=int, default=None,
+                        help="runs of each whole process with --processes, fastest kept (default 2)")
     parser.add_argument("--skip", default="",
                         help="comma-separated measurements to skip: " + ", ".join(MEASUREMENTS))
     parser.add_argument("--quiet-wait", type=float, default=0.0,
@@ -614,6 +761,11 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     values.setdefault("json_out", None)
     values.setdefault("quiet_wait", 0.0)
     values.setdefault("seed_batch", None)
+    values.setdefault("processes", False)
+    if values.get("process_rounds") is None:
+        values["process_rounds"] = 2
+    if values["process_rounds"] < 1:
+        raise ValueError(f"--process-rounds must be >= 1, got {values['process_rounds']}")
     values["sweep_n"] = _ints(values["sweep_n"], "sweep-n") if values["sweep_n"] else [values["n"]]
     values["sweep_timesteps"] = (_ints(values["sweep_timesteps"], "sweep-timesteps") if values["sweep_timesteps"]
                                  else [values["timesteps"]])
@@ -751,6 +903,8 @@ def run(args: argparse.Namespace) -> dict:
     if "peak" not in a.skip:  # what the network's matmuls could reach here, and what sampling and training do
         results["peak"] = {**measure(lambda: bench_matmul_peak(a.peak_rows, 128, a.peak_square, a.repeats)),
                            "flops": {str(d): network_flops(d) for d in sorted({a.dim, 2})}}
+    if a.processes:
+        results["processes"] = run_processes(a, script if with_torch else None, measure)
     if "detectors" not in a.skip:
         results["detectors"] = [measure(lambda: bench_detectors(a.n, a.timesteps, dim, a.window, a.repeats))
                                 for dim in a.sweep_dims]
@@ -905,6 +1059,8 @@ def format_table(results: dict) -> str:
         rows.append((f"all {len(r['detectors'])} detectors N={r['n']} T={r['timesteps']} d={r['dim']} K={r['window']}",
                      f"{r['all']['seconds']:.3f} s vs Hal alone {r['hal_only']['seconds']:.3f} s: "
                      f"{r['ratio']:.2f}x ({r['ratio_median']:.2f}x median){_busy(r['all'])}"))
+    if "processes" in results:
+        rows.extend(_process_rows(results["processes"]))
     if "torch" in results:
         t = results["torch"]
         if "skipped" in t:
@@ -925,6 +1081,33 @@ def format_table(results: dict) -> str:
         rows.append(("device peak memory (this process)", f"{m['device_peak_bytes_in_use'] / 2**20:.1f} MiB"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _process_rows(processes: dict) -> list[tuple[str, str]]:
+    """Table rows of ``--processes``: seconds at both sizes, the marginal rate and the speed-ups."""
+    rows = []
+    for part, unit in (("sampling", "point-steps"), ("training", "steps")):
+        r = processes[part]
+        small, large = (str(s) for s in r["sizes"])
+        for name, p in r["programs"].items():
+            m = p["marginal_seconds_per_work"]
+            rate = ("marginal: none (the larger size was not slower)" if m is None else
+                    f"marginal {1 / m / 1e6:.3f} M point-steps/s" if unit == "point-steps" else
+                    f"marginal {1e3 * m:.2f} ms/step")
+            noisy = p.get("other_cores_max")
+            rows.append((f"whole process, {part} {small} -> {large}: {name}",
+                         f"{p['best'][small]:.2f} s -> {p['best'][large]:.2f} s; {rate}"
+                         + (f" [NOISY: other processes used {noisy:.1f} cores]" if noisy and noisy > 0.3 else "")))
+        if "speedup" in r:
+            sp = r["speedup"]
+
+            def x(v):
+                return "n/a" if v is None else f"{v:.2f}x"
+
+            rows.append((f"whole process, {part}: mijax speed-up", f"marginal {x(sp['marginal'])} (median "
+                                                                  f"{x(sp['marginal_median'])}); whole process at "
+                                                                  f"{large} {x(sp['whole_process'])}"))
+    return rows
 
 
 def main(argv: Optional[Sequence[str]] = None, parser_class=argparse.ArgumentParser) -> dict:

@@ -5,6 +5,7 @@ No timing is asserted: this machine's speed is not the code's correctness.
 import argparse
 import json
 import math
+import sys
 
 import pytest
 
@@ -218,3 +219,66 @@ def test_calibration_script_appends_one_line_per_configuration(tmp_path):
     assert 0.0 <= first["rate5"] <= 1.0 and len(first["per_seed"]) == 1  # 3 steps: spreads may be unknown (None)
     assert first["spread_median"] is None or first["spread_median"] > 0
     assert (tmp_path / "runs" / "tiny" / "train.json").exists()
+
+
+def test_bench_processes_marginal_cost_and_speedups():
+    """Whole processes alternate round by round; the marginal cost is (large - small) / work between."""
+    seconds = {("a", 1): [2.0, 2.5], ("a", 5): [4.0, 3.5], ("b", 1): [1.0, 1.5], ("b", 5): [9.0, 10.0]}
+    calls = []
+
+    def timer(command, timeout):
+        calls.append(tuple(command))
+        return {"seconds": seconds[tuple(command)][sum(c == tuple(command) for c in calls) - 1], "other_cores": 0.0}
+
+    r = bench.bench_processes({"a": lambda k: ["a", k], "b": lambda k: ["b", k]}, (1, 5), (10, 50), rounds=2,
+                              timer=timer)
+    assert calls == [("a", 1), ("b", 1), ("a", 5), ("b", 5)] * 2  # every size of every program, each round
+    a, b = r["programs"]["a"], r["programs"]["b"]
+    assert a["best"] == {"1": 2.0, "5": 3.5} and b["median"] == {"1": 1.25, "5": 9.5}
+    assert a["marginal_seconds_per_work"] == pytest.approx(1.5 / 40) and b["marginal_seconds_per_work"] == pytest.approx(8 / 40)
+    sp = bench._speedups(r, "a", "b")
+    assert sp["marginal"] == pytest.approx(8 / 1.5) and sp["whole_process"] == pytest.approx(9.0 / 3.5)
+    assert sp["marginal_median"] == pytest.approx((9.5 - 1.25) / (3.75 - 2.25))
+    # a larger size that was not slower has no marginal cost, and no speed-up is made of it
+    flat = bench.bench_processes({"a": lambda k: ["a"]}, (1, 2), (1, 2), rounds=1,
+                                 timer=lambda c, t: {"seconds": 1.0})
+    assert flat["programs"]["a"]["marginal_seconds_per_work"] is None
+    for bad in ({"sizes": (1,), "work": (1,)}, {"sizes": (1, 2), "work": (2, 1)}):
+        with pytest.raises(ValueError):
+            bench.bench_processes({"a": lambda k: ["a"]}, bad["sizes"], bad["work"], timer=timer)
+    rows = dict(bench._process_rows({"sampling": {**r, "speedup": sp}, "training": flat}))
+    assert rows["whole process, sampling: mijax speed-up"].startswith("marginal 5.33x (median 5.50x)")
+    assert rows["whole process, sampling: mijax speed-up"].endswith("whole process at 5 2.57x")
+    assert "none" in rows["whole process, training 1 -> 2: a"]
+
+
+def test_process_jobs_and_their_fresh_process(monkeypatch):
+    """The mijax side of --processes: each job's own code, and its command line in a fresh process (a job
+    that fails at once: importing mijax there is what it costs)."""
+    seen = {}
+
+    def fake_sample(denoise_fn, params, schedule, key, n, shape, config):
+        seen["sample"] = (n, shape, config.hal_window, schedule.num_timesteps)
+        return bench.jnp.zeros((n, *shape)), bench.jnp.zeros((n,))
+
+    def fake_train_steps(apply, schedule, config, state, key, data, num_steps):
+        seen["train"] = (num_steps, config.batch_size, data.shape, schedule.num_timesteps)
+        return state, bench.jnp.zeros((num_steps,))
+
+    # the paper's MLP's initialisation alone takes seconds: a one-leaf stand-in (the real one is tested elsewhere)
+    stub = type("Model", (), {"apply": None})
+    monkeypatch.setattr(bench, "_denoiser", lambda dim: (stub, lambda key: {"w": bench.jnp.zeros((2,))}))
+    monkeypatch.setattr(bench, "make_denoiser", lambda model, kernel: model)
+    monkeypatch.setattr(bench, "sample", lambda *a, **k: type("S", (), dict(zip(("x", "hal"), fake_sample(*a, **k)))))
+    monkeypatch.setattr(bench, "train_steps", fake_train_steps)
+    bench.process_job({"kind": "training", "timesteps": 10, "dim": 2, "batch": 8, "steps": 3})
+    bench.process_job({"kind": "sampling", "timesteps": 4, "dim": 1, "window": 2, "n": 8})
+    assert seen == {"train": (3, 8, (8, 2), 10), "sample": (8, (1,), 2, 4)}
+    with pytest.raises(RuntimeError, match="unknown process job 'nope'"):
+        bench.time_process(bench.mijax_process_command({"kind": "nope", "timesteps": 4, "dim": 1}))
+    r = bench.time_process([sys.executable, "-c", "pass"])
+    assert _positive(r["seconds"]) and set(r) >= {"cpu_seconds", "cpu_per_wall"}
+    with pytest.raises(RuntimeError, match="failed: boom"):
+        bench.time_process([sys.executable, "-c", "raise SystemExit('boom')"])
+    with pytest.raises(ValueError, match="process-rounds"):
+        bench.resolve(_parse(["--quick", "--processes", "--process-rounds", "0"]))
