@@ -652,13 +652,13 @@ def machine_info() -> dict:
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
-def _cpu_model() -> str:
+def _cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The CPU's name, family and model, and which of ``CPU_FLAGS`` it has, e.g. ``AMD EPYC (family 25
     model 1; avx2)``: virtual machines often name only the vendor, and the same name covers several
     generations."""
     fields: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
                 if not line.strip():
                     break  # the first processor's block describes them all

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+import types
 
 import pytest
 
@@ -269,7 +270,8 @@ def test_process_jobs_and_their_fresh_process(monkeypatch):
     stub = type("Model", (), {"apply": None})
     monkeypatch.setattr(bench, "_denoiser", lambda dim: (stub, lambda key: {"w": bench.jnp.zeros((2,))}))
     monkeypatch.setattr(bench, "make_denoiser", lambda model, kernel: model)
-    monkeypatch.setattr(bench, "sample", lambda *a, **k: type("S", (), dict(zip(("x", "hal"), fake_sample(*a, **k)))))
+    monkeypatch.setattr(bench, "sample", lambda *a, **k: types.SimpleNamespace(**dict(zip(("x", "hal"),
+                                                                                        fake_sample(*a, **k)))))
     monkeypatch.setattr(bench, "train_steps", fake_train_steps)
     bench.process_job({"kind": "training", "timesteps": 10, "dim": 2, "batch": 8, "steps": 3})
     bench.process_job({"kind": "sampling", "timesteps": 4, "dim": 1, "window": 2, "n": 8})
@@ -282,3 +284,15 @@ def test_process_jobs_and_their_fresh_process(monkeypatch):
         bench.time_process([sys.executable, "-c", "raise SystemExit('boom')"])
     with pytest.raises(ValueError, match="process-rounds"):
         bench.resolve(_parse(["--quick", "--processes", "--process-rounds", "0"]))
+
+
+def test_cpu_model_names_family_model_and_isa_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\n"
+                    "flags\t\t: fpu avx2 fma\n\nprocessor\t: 1\nmodel name\t: other\n")
+    assert bench._cpu_model(str(info)) == "AMD EPYC (family 25 model 1; avx2)"
+    info.write_text("model name\t: Intel Xeon\ncpu family\t: 6\nmodel\t\t: 143\n"
+                    "flags\t\t: avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert bench._cpu_model(str(info)) == "Intel Xeon (family 6 model 143; avx2, avx512f, avx512_bf16, amx_bf16, amx_tile)"
+    info.write_text("model name\t: Some CPU\n")  # no family (not x86 Linux): the name alone
+    assert bench._cpu_model(str(info)) == "Some CPU"
