@@ -505,25 +505,28 @@ def bench_torch(script: str | os.PathLike, mode: str, options: dict, repeats: in
     command = [python, str(script), mode] + [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
     runs = []
     for _ in range(max(1, repeats)):
-        meter = CpuMeter(children=True)
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed: {proc.stderr.strip()[-500:]}")
+        stdout, figures = _run_metered(command, timeout)
         # The CPU figures cover the whole subprocess (import and warm-up included), not only its timed part.
-        runs.append({**parse_json_line(proc.stdout), **{f"process_{k}": v for k, v in meter.read().items()}})
+        runs.append({**parse_json_line(stdout), **{f"process_{k}": v for k, v in figures.items()}})
     best = min(runs, key=lambda r: r["seconds"])
     return {**best, "times": [r["seconds"] for r in runs],
             "median_seconds": statistics.median(r["seconds"] for r in runs), "command": " ".join(command[1:])}
 
 
-def time_process(command: Sequence[str], timeout: Optional[float] = None) -> dict:
-    """Wall seconds of one whole process (start, imports, compilation, the work, exit), with the CPU
-    figures of :class:`CpuMeter` (``other_cores``: other processes' load meanwhile)."""
+def _run_metered(command: Sequence[str], timeout: Optional[float] = None) -> tuple[str, dict]:
+    """Run ``command`` to its end: its stdout and :class:`CpuMeter`'s figures for it; a failure raises with
+    the end of its stderr."""
     meter = CpuMeter(children=True)
     proc = subprocess.run(list(command), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed: {proc.stderr.strip()[-500:]}")
-    figures = meter.read()
+    return proc.stdout, meter.read()
+
+
+def time_process(command: Sequence[str], timeout: Optional[float] = None) -> dict:
+    """Wall seconds of one whole process (start, imports, compilation, the work, exit), with the CPU
+    figures of :class:`CpuMeter` (``other_cores``: other processes' load meanwhile)."""
+    figures = _run_metered(command, timeout)[1]
     return {"seconds": figures.pop("wall_seconds"), **figures}
 
 
@@ -542,7 +545,7 @@ def process_job(job: dict) -> None:
         out = sample(make_denoiser(model, "xla"), jax.jit(init_fn)(key), schedule, jax.random.fold_in(key, 1), job["n"],
                      (job["dim"],), SamplerConfig(hal_window=job["window"]))
         jax.device_get((out.x, out.hal))
-    elif job["kind"] == "training":
+    else:
         config = TrainConfig(steps=job["steps"], batch_size=job["batch"], steps_per_call=job["steps"])
         data = jax.random.normal(jax.random.fold_in(key, 1), (job["batch"], job["dim"]), jnp.float32)
         state = jax.jit(lambda k: init_state(init_fn, config, k))(key)
@@ -724,8 +727,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="also time whole processes (start, imports, compilation, work) at two sizes, "
                              "sampling at N / 5 and N and training 5 and 15 times --train-steps, alternated with "
                              "the torch baseline under --compare-torch: the marginal cost between the sizes and "
-                             "the whole-process time (about 6 minutes at the default sizes with 2 rounds)")
-    parser.add_argument("--process-rounds", type=int, default=None,
+                             "the whole-process time (about 8 minutes at the default sizes with 2 rounds)")
+    parser.add_argument("--process-rounds", type=int, default=2,
                         help="runs of each whole process with --processes, fastest kept (default 2)")
     parser.add_argument("--skip", default="",
                         help="comma-separated measurements to skip: " + ", ".join(MEASUREMENTS))
@@ -762,8 +765,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     values.setdefault("quiet_wait", 0.0)
     values.setdefault("seed_batch", None)
     values.setdefault("processes", False)
-    if values.get("process_rounds") is None:
-        values["process_rounds"] = 2
+    values.setdefault("process_rounds", 2)
     if values["process_rounds"] < 1:
         raise ValueError(f"--process-rounds must be >= 1, got {values['process_rounds']}")
     values["sweep_n"] = _ints(values["sweep_n"], "sweep-n") if values["sweep_n"] else [values["n"]]
