@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from mijax.models import KERNELS, PRECISIONS, ToyDenoiser, make_denoiser
+from mijax.models.mlp import matmul_dot_general
 from mijax import distributed
 from mijax.sampling import SamplerConfig, chunk_rows, default_rows_per_block, sample, sample_chunk, validate
 from mijax.schedules import make_schedule
@@ -46,10 +47,12 @@ from mijax.training import TrainConfig, init_state, train_steps
 # The sweep's axes ("sweep_n" / "sweep_timesteps" None: just --n / --timesteps; "all": every local device).
 DEFAULTS = dict(n=10_000, timesteps=1000, dim=1, window=10, train_batch=10_000, train_steps=20, seeds="8",
                 seed_n=2000, repeats=3, sweep_n=None, sweep_timesteps=None, sweep_dims="1,2", devices="1,all",
-                precisions="float32,bf16", kernels="xla", chunk_size=None, peak_rows=3456, peak_square=2048)
+                precisions="float32,bf16", kernels="xla", chunk_size=None, peak_rows=3456, peak_square=2048,
+                precision="float32")
 QUICK = dict(n=256, timesteps=20, dim=1, window=5, train_batch=256, train_steps=2, seeds="2", seed_n=256,
              repeats=1, sweep_n=None, sweep_timesteps=None, sweep_dims="1,2", devices="1,all",
-             precisions="float32,bf16", kernels="xla", chunk_size=None, peak_rows=256, peak_square=256)
+             precisions="float32,bf16", kernels="xla", chunk_size=None, peak_rows=256, peak_square=256,
+             precision="float32")
 # Memory is compared at T and at T / MEMORY_T_FACTOR.
 MEMORY_T_FACTOR = 10
 # 'does not grow with T': the compiled temporaries at T are within this factor of those at T / 10.
@@ -422,18 +425,23 @@ def _dot_flops(jaxpr) -> float:
     return total
 
 
-def bench_matmul_peak(rows: int = 3456, width: int = 128, square: int = 2048, repeats: int = 3) -> dict:
-    """GFLOP/s of float32 matmuls on this backend: ``rows x width @ width x width`` chained 200 times in one
-    program (the shape of the network's row blocks on CPU) and one ``square``-sized product (near the
-    machine's peak). The ceiling against which the sampler's and training's GFLOP/s are read."""
+def bench_matmul_peak(rows: int = 3456, width: int = 128, square: int = 2048, repeats: int = 3,
+                      precision: str = "float32") -> dict:
+    """GFLOP/s of matmuls on this backend in ``precision`` (the network's: float32 products, or bf16 inputs
+    with float32 accumulation): ``rows x width @ width x width`` chained 200 times in one program (the shape
+    of the network's row blocks on CPU) and one ``square``-sized product (near the machine's peak). The
+    ceiling against which the sampler's and training's GFLOP/s are read."""
+    dot = matmul_dot_general(precision)
+    dims = (((1,), (0,)), ((), ()))
     key = jax.random.PRNGKey(0)
     a = jax.random.normal(key, (rows, width), jnp.float32)
     w = jax.random.normal(jax.random.fold_in(key, 1), (width, width), jnp.float32) / math.sqrt(width)
-    chain = jax.jit(lambda a, w: jax.lax.fori_loop(0, 200, lambda i, h: h @ w, a))
+    chain = jax.jit(lambda a, w: jax.lax.fori_loop(0, 200, lambda i, h: dot(h, w, dims), a))
     narrow = time_best(lambda: chain(a, w), repeats)
     b = jax.random.normal(key, (square, square), jnp.float32)
-    big = time_best(lambda: jnp.dot(b, b), repeats)
-    return {"rows": rows, "width": width, "square": square,
+    product = jax.jit(lambda b: dot(b, b, dims))
+    big = time_best(lambda: product(b), repeats)
+    return {"rows": rows, "width": width, "square": square, "precision": precision,
             "network_shape_gflops": 200 * 2 * rows * width * width / narrow["seconds"] / 1e9,
             "square_gflops": 2 * square**3 / big["seconds"] / 1e9, "network_shape": narrow, "square_timing": big}
 
@@ -538,7 +546,7 @@ def process_job(job: dict) -> None:
     initialisation is compiled, as :func:`mijax.training.init_states` does (op by op it takes seconds)."""
     if job["kind"] not in ("sampling", "training"):
         raise ValueError(f"unknown process job {job['kind']!r}")
-    model, init_fn = _denoiser(job["dim"])
+    model, init_fn = _denoiser(job["dim"], job.get("precision", "float32"))
     key = jax.random.PRNGKey(0)
     schedule = make_schedule(num_timesteps=job["timesteps"])
     if job["kind"] == "sampling":
@@ -621,10 +629,12 @@ def run_processes(a: argparse.Namespace, script: Optional[Path], measure: Callab
     process, mijax alternated with the torch baseline (``script``; None: mijax alone)."""
     python = sys.executable
     n_small = max(1, a.n // 5)
-    sample_job = {"kind": "sampling", "timesteps": a.timesteps, "dim": a.dim, "window": a.window}
+    sample_job = {"kind": "sampling", "timesteps": a.timesteps, "dim": a.dim, "window": a.window,
+                  "precision": a.precision}
     sampling = {"mijax": lambda n: mijax_process_command({**sample_job, "n": n}, python)}
     steps = (5 * a.train_steps, 15 * a.train_steps)
-    train_job = {"kind": "training", "timesteps": a.timesteps, "dim": a.dim, "batch": a.train_batch}
+    train_job = {"kind": "training", "timesteps": a.timesteps, "dim": a.dim, "batch": a.train_batch,
+                 "precision": a.precision}
     training = {"mijax": lambda k: mijax_process_command({**train_job, "steps": k}, python)}
     if script is not None:
         sampling["torch"] = lambda n: [python, str(script), "trajectory", f"--n={n}", f"--timesteps={a.timesteps}",
@@ -710,6 +720,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                           f"local device (default {d['devices']})")
     parser.add_argument("--precisions", help=f"comma-separated matmul precisions for the sampling sweep, of "
                                              f"{', '.join(PRECISIONS)} (default {d['precisions']})")
+    parser.add_argument("--precision", help=f"matmul precision of the main sampling, training, matmul-peak and "
+                                            f"--processes measurements, of {', '.join(PRECISIONS)} (default "
+                                            f"{d['precision']}, the published; bf16 pays on CPUs with native bf16, "
+                                            f"avx512_bf16 or AMX)")
     parser.add_argument("--kernels", help=f"comma-separated ways of running the network for the sampling sweep, of "
                                           f"{', '.join(KERNELS)} (pallas: the fused kernel, GPU only; default "
                                           f"{d['kernels']})")
@@ -778,6 +792,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if bad or not precisions:
         raise ValueError(f"--precisions must name some of {', '.join(PRECISIONS)}, got {values['precisions']!r}")
     values["precisions"] = list(dict.fromkeys(precisions))
+    if values["precision"] not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {values['precision']!r}")
     kernels = _items(values["kernels"])
     if not kernels or any(k not in KERNELS for k in kernels):
         raise ValueError(f"--kernels must name some of {', '.join(KERNELS)}, got {values['kernels']!r}")
@@ -865,7 +881,8 @@ def run(args: argparse.Namespace) -> dict:
     with_torch = a.compare_torch and not torch_skip
 
     if "sampling" not in a.skip:
-        results["sampling"] = measure(lambda: bench_sampling(a.n, a.timesteps, a.dim, a.window, a.repeats))
+        results["sampling"] = measure(lambda: bench_sampling(a.n, a.timesteps, a.dim, a.window, a.repeats,
+                                                              precision=a.precision))
         if with_torch:
             traj = measure(lambda: bench_torch(script, "trajectory", dict(n=a.n, timesteps=a.timesteps, dim=a.dim,
                                                                            window=a.window), a.torch_repeats))
@@ -879,7 +896,8 @@ def run(args: argparse.Namespace) -> dict:
     if "memory" not in a.skip:
         results["memory"] = bench_sampling_memory(a.n, a.timesteps, a.dim, a.window)  # compiles only: no wait
     if "training" not in a.skip:
-        one = measure(lambda: bench_training(a.train_batch, a.train_steps, a.dim, None, a.timesteps, a.repeats))
+        one = measure(lambda: bench_training(a.train_batch, a.train_steps, a.dim, None, a.timesteps, a.repeats,
+                                             precision=a.precision))
         results["training"] = {"one_seed": one, "seeds": []}
         if with_torch:
             train = measure(lambda: bench_torch(script, "train", dict(batch=a.train_batch, steps=a.train_steps,
@@ -903,7 +921,8 @@ def run(args: argparse.Namespace) -> dict:
             for s in a.seeds]
 
     if "peak" not in a.skip:  # what the network's matmuls could reach here, and what sampling and training do
-        results["peak"] = {**measure(lambda: bench_matmul_peak(a.peak_rows, 128, a.peak_square, a.repeats)),
+        results["peak"] = {**measure(lambda: bench_matmul_peak(a.peak_rows, 128, a.peak_square, a.repeats,
+                                                                  a.precision)),
                            "flops": {str(d): network_flops(d) for d in sorted({a.dim, 2})}}
     if a.processes:
         results["processes"] = run_processes(a, script if with_torch else None, measure)
@@ -992,6 +1011,12 @@ def _busy(r: dict) -> str:
     return note
 
 
+def _precision(r: dict) -> str:
+    """`` bf16`` etc. after a measurement's name when its matmuls were not float32."""
+    p = r.get("precision", "float32")
+    return "" if p == "float32" else f" {p}"
+
+
 def format_table(results: dict) -> str:
     """A human-readable table of ``run``'s results."""
     rows: list[tuple[str, str]] = []
@@ -1000,7 +1025,7 @@ def format_table(results: dict) -> str:
                             f"jax {m['jax']}"))
     if "sampling" in results:
         s = results["sampling"]
-        rows.append((f"sampling+Hal N={s['n']} T={s['timesteps']} d={s['dim']} K={s['window']}",
+        rows.append((f"sampling+Hal N={s['n']} T={s['timesteps']} d={s['dim']} K={s['window']}{_precision(s)}",
                      f"{s['point_steps_per_s'] / 1e6:.3f} M point-steps/s ({s['seconds']:.3f} s; "
                      f"first call {s['first_seconds']:.1f} s){_busy(s)}"))
         if "device_peak_bytes_in_use" in s:
@@ -1033,7 +1058,7 @@ def format_table(results: dict) -> str:
                                                    f"{mem['trajectory_bytes_at_t'] / 2**20:.1f} MiB)"))
     if "training" in results:
         one = results["training"]["one_seed"]
-        rows.append((f"training batch={one['batch']} d={one['dim']}",
+        rows.append((f"training batch={one['batch']} d={one['dim']}{_precision(one)}",
                      f"{one['ms_per_step']:.2f} ms/step ({one['steps']} steps per dispatch){_busy(one)}"))
         for r in results["training"]["seeds"]:
             rows.append((f"training {r['num_seeds']} seeds, {r['seed_batch']} vmapped at a time",
@@ -1041,7 +1066,7 @@ def format_table(results: dict) -> str:
                          f"{_busy(r)}"))
     if "peak" in results:
         pk, flops = results["peak"], results["peak"]["flops"]
-        rows.append((f"float32 matmul peak ({pk['rows']} x {pk['width']} @ {pk['width']} x {pk['width']}; "
+        rows.append((f"{pk.get('precision', 'float32')} matmul peak ({pk['rows']} x {pk['width']} @ {pk['width']} x {pk['width']}; "
                      f"{pk['square']}^3)", f"{pk['network_shape_gflops']:.0f} GFLOP/s; {pk['square_gflops']:.0f} "
                                           f"GFLOP/s{_busy(pk['network_shape'])}"))
         reached = []

@@ -141,6 +141,19 @@ def test_sweep_axes_parse_and_reject_bad_values():
             bench.resolve(_parse(["--quick", *bad]))
 
 
+def test_precision_option_sets_the_matmul_peaks_precision(capsys):
+    """--precision bf16: the main measurements' matmuls (here the peak alone) in bf16, and the table says so."""
+    results = bench.run(_parse(["--quick", "--precision", "bf16", "--skip",
+                                "sampling,sweep,memory,training,seeds,detectors"]))
+    peak = results["peak"]
+    assert peak["precision"] == "bf16" and _positive(peak["network_shape_gflops"]) and _positive(peak["square_gflops"])
+    assert results["config"]["precision"] == "bf16"
+    assert "bf16 matmul peak (256 x 128" in capsys.readouterr().out
+    assert bench.resolve(_parse(["--quick"])).precision == "float32"
+    with pytest.raises(ValueError, match="--precision must be one of"):
+        bench.resolve(_parse(["--quick", "--precision", "fp8"]))
+
+
 def test_kernels_axis(capsys):
     """--kernels xla,pallas measures both; without a GPU the pallas rows say they ran the XLA path."""
     results = bench.run(_parse(["--quick", "--skip", "sampling,memory,training,seeds,peak", "--sweep-dims", "1",
@@ -268,14 +281,18 @@ def test_process_jobs_and_their_fresh_process(monkeypatch):
 
     # the paper's MLP's initialisation alone takes seconds: a one-leaf stand-in (the real one is tested elsewhere)
     stub = type("Model", (), {"apply": None})
-    monkeypatch.setattr(bench, "_denoiser", lambda dim: (stub, lambda key: {"w": bench.jnp.zeros((2,))}))
+    def fake_denoiser(dim, precision="float32"):
+        seen.setdefault("precisions", []).append(precision)
+        return stub, lambda key: {"w": bench.jnp.zeros((2,))}
+
+    monkeypatch.setattr(bench, "_denoiser", fake_denoiser)
     monkeypatch.setattr(bench, "make_denoiser", lambda model, kernel: model)
     monkeypatch.setattr(bench, "sample", lambda *a, **k: types.SimpleNamespace(**dict(zip(("x", "hal"),
                                                                                         fake_sample(*a, **k)))))
     monkeypatch.setattr(bench, "train_steps", fake_train_steps)
     bench.process_job({"kind": "training", "timesteps": 10, "dim": 2, "batch": 8, "steps": 3})
-    bench.process_job({"kind": "sampling", "timesteps": 4, "dim": 1, "window": 2, "n": 8})
-    assert seen == {"train": (3, 8, (8, 2), 10), "sample": (8, (1,), 2, 4)}
+    bench.process_job({"kind": "sampling", "timesteps": 4, "dim": 1, "window": 2, "n": 8, "precision": "bf16"})
+    assert seen == {"train": (3, 8, (8, 2), 10), "sample": (8, (1,), 2, 4), "precisions": ["float32", "bf16"]}
     with pytest.raises(RuntimeError, match="unknown process job 'nope'"):
         bench.time_process(bench.mijax_process_command({"kind": "nope", "timesteps": 4, "dim": 1}))
     r = bench.time_process([sys.executable, "-c", "pass"])
