@@ -543,9 +543,11 @@ def process_job(job: dict) -> None:
     script does from ``import`` to exit: ``kind`` ``sampling`` draws ``n`` samples of the random-init paper
     MLP with Hal over the last ``window`` of ``timesteps`` steps and brings them to the host; ``training`` runs
     ``steps`` Adam steps at batch ``batch`` in one dispatch. Compilation is part of the process; the
-    initialisation is compiled, as :func:`mijax.training.init_states` does (op by op it takes seconds)."""
+    initialisation is compiled, as :func:`mijax.training.init_states` does (op by op it takes seconds). Like
+    the ``mijax`` program, the process first makes each CPU core a device (:func:`mijax.use_cpu_cores`)."""
     if job["kind"] not in ("sampling", "training"):
         raise ValueError(f"unknown process job {job['kind']!r}")
+    distributed.use_cpu_cores()  # before the first device is touched (in-process, e.g. in tests: no effect)
     model, init_fn = _denoiser(job["dim"], job.get("precision", "float32"))
     key = jax.random.PRNGKey(0)
     schedule = make_schedule(num_timesteps=job["timesteps"])

@@ -13,6 +13,12 @@ parameters turns every matmul into a batched ``dot_general`` that XLA:CPU runs ~
 separate matmuls; on GPU and TPU they are vmapped (a small model leaves the chip idle otherwise). The
 choice (``seed_batch``) never changes a number: a seed's program is the same either way on CPU.
 
+One device per CPU core: XLA:CPU runs each operation of one device's program across all the cores, and the
+paper's network is thousands of small operations per step, each handed between threads. Split into one
+device per core (:func:`use_cpu_cores`, which the ``mijax`` program calls first), the sampler's rows and
+the training's seeds go to devices that each keep one core busy: on 2 cores sampling is about 1.5x faster
+and training 4 seeds at batch 500 about 1.85x (BENCHMARKS.md), with the same numbers.
+
 Many hosts: call :func:`initialize` first (``jax.distributed.initialize``; on CPU the collectives are
 gloo); meshes then span ``jax.devices()`` of every process, inputs are replicated with
 :func:`replicate` and results come back to each process with :func:`to_host`.
@@ -38,6 +44,52 @@ ROWS, SEEDS = "rows", "seeds"
 # whose wait is this long (``MIJAX_BARRIER_TIMEOUT`` seconds).
 BARRIER_TIMEOUT_S = 3600.0
 _barrier_count = itertools.count()  # barrier ids must be fresh; every process calls them in the same order
+
+
+CPU_DEVICES_ENV = "MIJAX_CPU_DEVICES"
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def use_cpu_cores(count: Optional[int] = None) -> int:
+    """Start JAX's CPU backend with one device per core; returns the CPU device count it will have, or 0 when
+    nothing was changed.
+
+    ``count``: devices (default ``$MIJAX_CPU_DEVICES`` if set, else :func:`usable_cores`). Sets JAX's
+    ``jax_num_cpu_devices``, so it only works before JAX starts its backends (the first call that touches a
+    device); it changes nothing once they have started, when a CPU device count is already chosen
+    (``jax_num_cpu_devices``, ``JAX_NUM_CPU_DEVICES`` or XLA's ``--xla_force_host_platform_device_count``),
+    or for ``count`` <= 1 (``MIJAX_CPU_DEVICES=1`` keeps one device). Samples and trained models do not
+    depend on the device count (see the module doc), only the speed does; accelerators are not affected.
+    For one process: the ``mijax`` program leaves a multi-process job's devices as they are.
+    """
+    if count is None:
+        env = os.environ.get(CPU_DEVICES_ENV, "").strip()
+        try:
+            count = int(env) if env else usable_cores()
+        except ValueError:
+            raise ValueError(f"{CPU_DEVICES_ENV} must be a whole number of devices, got {env!r}") from None
+    chosen = (jax.config.jax_num_cpu_devices > 0 or "JAX_NUM_CPU_DEVICES" in os.environ
+              or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
+    if count <= 1 or chosen or _backends_started():
+        return 0
+    jax.config.update("jax_num_cpu_devices", count)
+    return count
+
+
+def _backends_started() -> bool:
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # another jax: assume started, so that nothing fails later
+        return True
 
 
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,

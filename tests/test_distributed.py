@@ -226,3 +226,41 @@ def test_two_processes_train_and_write_what_one_process_does(tmp_path):
     for name in a.files:
         np.testing.assert_array_equal(a[name], in_memory[name])
     assert not list(one.glob(".*.parts"))  # the memory-mapped scratch files are gone
+
+
+def test_use_cpu_cores_only_before_the_backends_start(monkeypatch):
+    """Here the backends have started: nothing changes. A fresh process gets one device per requested core,
+    unless a device count was already chosen."""
+    before = jax.device_count()  # starts the backends if nothing had
+    assert distributed.use_cpu_cores(4) == 0 and jax.device_count() == before
+    monkeypatch.setenv(distributed.CPU_DEVICES_ENV, "two")
+    with pytest.raises(ValueError, match="MIJAX_CPU_DEVICES must be a whole number"):
+        distributed.use_cpu_cores()
+    script = ("import os, sys, jax, mijax; n = mijax.use_cpu_cores(int(sys.argv[1]) if len(sys.argv) > 1 else None); "
+              "print(n, jax.device_count())")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    env.update(JAX_PLATFORMS="cpu", MIJAX_CPU_DEVICES="3")
+
+    def run(*args, **extra):
+        out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120,
+                             env={**env, **extra})
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.split()
+
+    assert run() == ["3", "3"]  # the environment's count
+    assert run("1") == ["0", "1"]
+    assert run("2", XLA_FLAGS="--xla_force_host_platform_device_count=5") == ["0", "5"]  # a count already chosen
+
+
+def test_the_program_leaves_a_multi_process_jobs_devices_alone(monkeypatch):
+    import argparse
+
+    from mijax import cli
+
+    calls = []
+    monkeypatch.setattr(distributed, "use_cpu_cores", lambda: calls.append(1) or 2)
+    cli._device_per_core(None)  # mijax bench
+    cli._device_per_core(argparse.Namespace(coordinator_address=None, num_processes=None, distributed_auto=False))
+    cli._device_per_core(argparse.Namespace(coordinator_address="h:1", num_processes=2, distributed_auto=False))
+    cli._device_per_core(argparse.Namespace(coordinator_address=None, num_processes=None, distributed_auto=True))
+    assert calls == [1, 1]
