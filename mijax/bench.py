@@ -35,6 +35,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mijax.models import KERNELS, PRECISIONS, ToyDenoiser, make_denoiser
 from mijax.models.mlp import matmul_dot_general
@@ -428,21 +430,28 @@ def _dot_flops(jaxpr) -> float:
 def bench_matmul_peak(rows: int = 3456, width: int = 128, square: int = 2048, repeats: int = 3,
                       precision: str = "float32") -> dict:
     """GFLOP/s of matmuls on this backend in ``precision`` (the network's: float32 products, or bf16 inputs
-    with float32 accumulation): ``rows x width @ width x width`` chained 200 times in one program (the shape
-    of the network's row blocks on CPU) and one ``square``-sized product (near the machine's peak). The
-    ceiling against which the sampler's and training's GFLOP/s are read."""
+    with float32 accumulation): ``rows x width @ width x width`` chained 200 times in one program on every
+    local device at once, ``rows`` rows each (the shape of the network's row blocks on CPU, and the devices
+    the sampler splits its rows over), and one ``square``-sized product on one device (near one device's
+    peak). The ceiling against which the sampler's and training's GFLOP/s are read."""
     dot = matmul_dot_general(precision)
     dims = (((1,), (0,)), ((), ()))
+    devices = len(jax.local_devices())
     key = jax.random.PRNGKey(0)
-    a = jax.random.normal(key, (rows, width), jnp.float32)
+    a = jax.random.normal(key, (devices * rows, width), jnp.float32)
     w = jax.random.normal(jax.random.fold_in(key, 1), (width, width), jnp.float32) / math.sqrt(width)
-    chain = jax.jit(lambda a, w: jax.lax.fori_loop(0, 200, lambda i, h: dot(h, w, dims), a))
+    chain = lambda a, w: jax.lax.fori_loop(0, 200, lambda i, h: dot(h, w, dims), a)  # noqa: E731
+    mesh = _rows_mesh(devices)
+    if mesh is not None:
+        chain = jax.shard_map(chain, mesh=mesh, in_specs=(P(distributed.ROWS), P()), out_specs=P(distributed.ROWS))
+        a = jax.device_put(a, NamedSharding(mesh, P(distributed.ROWS)))
+    chain = jax.jit(chain)
     narrow = time_best(lambda: chain(a, w), repeats)
     b = jax.random.normal(key, (square, square), jnp.float32)
     product = jax.jit(lambda b: dot(b, b, dims))
     big = time_best(lambda: product(b), repeats)
-    return {"rows": rows, "width": width, "square": square, "precision": precision,
-            "network_shape_gflops": 200 * 2 * rows * width * width / narrow["seconds"] / 1e9,
+    return {"rows": rows, "width": width, "square": square, "precision": precision, "devices": devices,
+            "network_shape_gflops": 200 * 2 * devices * rows * width * width / narrow["seconds"] / 1e9,
             "square_gflops": 2 * square**3 / big["seconds"] / 1e9, "network_shape": narrow, "square_timing": big}
 
 
@@ -1068,8 +1077,9 @@ def format_table(results: dict) -> str:
                          f"{_busy(r)}"))
     if "peak" in results:
         pk, flops = results["peak"], results["peak"]["flops"]
-        rows.append((f"{pk.get('precision', 'float32')} matmul peak ({pk['rows']} x {pk['width']} @ {pk['width']} x {pk['width']}; "
-                     f"{pk['square']}^3)", f"{pk['network_shape_gflops']:.0f} GFLOP/s; {pk['square_gflops']:.0f} "
+        on = f" on each of {pk['devices']} devices" if pk.get("devices", 1) > 1 else ""
+        rows.append((f"{pk.get('precision', 'float32')} matmul peak ({pk['rows']} x {pk['width']} @ {pk['width']} x {pk['width']}"
+                     f"{on}; {pk['square']}^3)", f"{pk['network_shape_gflops']:.0f} GFLOP/s; {pk['square_gflops']:.0f} "
                                           f"GFLOP/s{_busy(pk['network_shape'])}"))
         reached = []
         for name, r in (("sampling", results.get("sampling")), ("training", results.get("training", {}).get("one_seed"))):

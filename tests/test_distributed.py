@@ -77,6 +77,8 @@ DEVICE_SCRIPT = textwrap.dedent("""
     assert all(r["point_steps_per_s"] > 0 for r in rows)
     assert bench.resolve(bench.add_arguments(__import__("argparse").ArgumentParser()).parse_args(
         ["--quick", "--devices", "1,all"])).devices == [1, 8]
+    peak = bench.bench_matmul_peak(rows=128, square=64, repeats=1)  # the chain on all 8 devices at once
+    assert peak["devices"] == 8 and peak["network_shape_gflops"] > 0 and peak["square_gflops"] > 0
     print("OK")
 """)
 
