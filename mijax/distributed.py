@@ -14,7 +14,7 @@ separate matmuls; on GPU and TPU they are vmapped (a small model leaves the chip
 choice (``seed_batch``) never changes a number: a seed's program is the same either way on CPU.
 
 One device per CPU core: XLA:CPU runs each operation of one device's program across all the cores, and the
-paper's network is thousands of small operations per step, each handed between threads. Split into one
+paper's network is many small operations per step, each handed between threads. Split into one
 device per core (:func:`use_cpu_cores`, which the ``mijax`` program calls first), the sampler's rows and
 the training's seeds go to devices that each keep one core busy: on 2 cores sampling is about 1.5x faster
 and training 4 seeds at batch 500 about 1.85x (BENCHMARKS.md), with the same numbers.
