@@ -74,7 +74,11 @@ def use_cpu_cores(count: Optional[int] = None) -> int:
         try:
             count = int(env) if env else usable_cores()
         except ValueError:
-            raise ValueError(f"{CPU_DEVICES_ENV} must be a whole number of devices, got {env!r}") from None
+            count = 0
+        if count < 1:
+            raise ValueError(f"{CPU_DEVICES_ENV} must be a whole number of devices >= 1, got {env!r}")
+    elif count < 1:
+        raise ValueError(f"the CPU device count must be >= 1, got {count}")
     chosen = (jax.config.jax_num_cpu_devices > 0 or "JAX_NUM_CPU_DEVICES" in os.environ
               or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
     if count <= 1 or chosen or _backends_started():

@@ -238,6 +238,11 @@ def test_use_cpu_cores_only_before_the_backends_start(monkeypatch):
     monkeypatch.setenv(distributed.CPU_DEVICES_ENV, "two")
     with pytest.raises(ValueError, match="MIJAX_CPU_DEVICES must be a whole number"):
         distributed.use_cpu_cores()
+    monkeypatch.setenv(distributed.CPU_DEVICES_ENV, "0")
+    with pytest.raises(ValueError, match="MIJAX_CPU_DEVICES must be a whole number of devices >= 1"):
+        distributed.use_cpu_cores()
+    with pytest.raises(ValueError, match=">= 1"):
+        distributed.use_cpu_cores(0)
     script = ("import os, sys, jax, mijax; n = mijax.use_cpu_cores(int(sys.argv[1]) if len(sys.argv) > 1 else None); "
               "print(n, jax.device_count())")
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
