@@ -40,8 +40,10 @@ from mijax.training import TrainConfig, eval_params
 # each model once (see shared_runs). The paper's recipe with smaller batches and fewer steps, and
 # QUICK_OPTIMISER: the paper's constant Adam 1e-3 leaves the quick models under-trained (32,000 steps of 500
 # put 19-21% of the 5x5 grid's samples beyond 5 std, in modes 2-3x too wide); a higher peak with a warm-up and
-# a cosine decay to 0 reaches sharp modes in the same steps (README, Results: calibration).
-QUICK_1D = {"n_train": 20_000, "steps": 6_000, "batch_size": 2_000}
+# a cosine decay to 0 reaches sharp modes in the same steps (README, Results: calibration). The 1D models train
+# 10,000 steps of 500: as sharp as the earlier 6,000 of 2,000 (both 0.105% of samples beyond 5 std, Hal AUROC
+# 0.996 and 0.995, 4 seeds) in 42% of the arithmetic: 111 s against 294 s on 2 cores of an Intel Xeon.
+QUICK_1D = {"n_train": 20_000, "steps": 10_000, "batch_size": 500}
 QUICK_2D = {"n_train_2d": 20_000, "steps_2d": 32_000, "batch_size_2d": 500}
 QUICK_OPTIMISER = {"learning_rate": 5e-3, "warmup_steps": 500, "lr_decay": "cosine"}
 QUICK_SAVING = {"steps_per_call": 1_000, "checkpoint_every": 4_000}

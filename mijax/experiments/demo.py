@@ -1,13 +1,13 @@
 """``mijax demo``: the paper's Figure 2 in a few minutes on a laptop CPU.
 
 Trains the toy DDPM on the 1D mixture of three Gaussians (means 1, 2, 3, std 0.05; 20,000 points) with
-the quick profiles' recipe (6,000 Adam steps of batch 2,000, peak 5e-3 after a warm-up, cosine decay: the
+the quick profiles' recipe (10,000 Adam steps of batch 500, peak 5e-3 after a warm-up, cosine decay: the
 model of ``interp-1d`` and ``detection``, seed 0), draws 50,000 samples with their Hal score, and writes
 ``report.md``, ``metrics.json`` and PNG figures into the output directory.
 
 The published recipe (batch 10,000, constant Adam 1e-3) needs about 4,000 steps to show the headline,
 which took 10 min 16 s on a 2-core AMD EPYC Milan (BENCHMARKS.md); this recipe trains a sharper model with
-less than a third of the arithmetic.
+an eighth of the arithmetic.
 """
 from __future__ import annotations
 
