@@ -64,13 +64,14 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--lr-decay", default="none", choices=LR_DECAYS)
     p.add_argument("--ema-decay", type=float, default=0.0)
+    p.add_argument("--t-power", type=float, default=1.0, help="timesteps drawn as floor(T u^P); 1: uniform")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--n", type=int, default=5_000, help="samples per seed")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     profile = {"seeds": a.seeds, "timesteps": 1000, "n_train": a.n_train, "steps": a.steps, "batch_size": a.batch_size,
                "steps_per_call": 1_000, "checkpoint_every": a.steps, "learning_rate": a.lr,
-               "warmup_steps": a.warmup_steps, "lr_decay": a.lr_decay, "ema_decay": a.ema_decay}
+               "warmup_steps": a.warmup_steps, "lr_decay": a.lr_decay, "ema_decay": a.ema_decay, "t_power": a.t_power}
     config = common.run_config(profile, dataset=a.dataset)  # the experiments' own recipe, with these settings
     validate_config(config)
     run_dir = a.out / "runs" / a.tag
@@ -83,7 +84,7 @@ def main(argv=None) -> dict:
     rows = [measure(mixture, x, h) for x, h in zip(samples["x"], samples["hal"])]
     result = {"tag": a.tag, "dataset": a.dataset, "n_train": a.n_train, "steps": a.steps, "batch_size": a.batch_size,
               "lr": a.lr, "warmup_steps": a.warmup_steps, "lr_decay": a.lr_decay, "ema_decay": a.ema_decay,
-              "seeds": a.seeds, "train_seconds": round(seconds, 1), "per_seed": rows}
+              "t_power": a.t_power, "seeds": a.seeds, "train_seconds": round(seconds, 1), "per_seed": rows}
     return record(a.out, result)
 
 

@@ -50,6 +50,7 @@ _EXPORTS = {
     "data": ("mijax.data", None),
     "data_config": ("mijax.config", "data_config"),
     "denoising_loss": ("mijax.diffusion", "denoising_loss"),
+    "sample_timesteps": ("mijax.diffusion", "sample_timesteps"),
     "detection_summary": ("mijax.detection", "detection_summary"),
     "draw": ("mijax.collect", "draw"),
     "exact_denoiser": ("mijax.mixtures", "exact_denoiser"),
@@ -138,8 +139,8 @@ __all__ = [
     "gaussian25_rotated", "get_batch", "in_support", "init_state", "init_states", "log_prob", "make_denoiser",
     "make_mixture", "make_optimizer", "make_schedule", "mass_beyond", "model_predictions", "nearest_mode", "noised",
     "posterior_mean_variance", "predict_eps_from_x0", "predict_x0_from_eps", "q_sample", "reverse_timesteps",
-    "sample", "sample_chunks", "sample_mixture", "score", "timestep_embedding", "train", "train_step",
-    "train_steps", "use_cpu_cores", "MijaxError", "__version__",
+    "sample", "sample_chunks", "sample_mixture", "sample_timesteps", "score", "timestep_embedding", "train",
+    "train_step", "train_steps", "use_cpu_cores", "MijaxError", "__version__",
     # configs, data sets and runs
     "DataConfig", "DiffusionConfig", "ModelConfig", "RunConfig", "build", "config_from_dict", "config_to_dict",
     "data", "data_config", "paper_steps", "MixtureDataset", "seed_keys", "sample_keys", "fit", "train_run",

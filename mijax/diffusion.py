@@ -104,11 +104,22 @@ def loss_target(schedule: Schedule, x0: jnp.ndarray, x_t: jnp.ndarray, t: jnp.nd
     raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
 
 
+def sample_timesteps(key: jax.Array, n: int, num_timesteps: int, power: float = 1.0) -> jnp.ndarray:
+    """Training timesteps t [n] (int32) in 0..T-1: uniform for ``power`` 1 (the published rule), else
+    ``floor(T u^power)`` with u uniform on [0, 1), which for ``power`` > 1 draws small t more often (density
+    proportional to (t / T)^(1 / power - 1)): in expectation the uniform loss weighted by that density."""
+    if power == 1.0:
+        return jax.random.randint(key, (n,), 0, num_timesteps)
+    u = jax.random.uniform(key, (n,))
+    return jnp.minimum(jnp.floor(num_timesteps * u ** power).astype(jnp.int32), num_timesteps - 1)
+
+
 def denoising_loss(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, x0: jnp.ndarray,
-                   objective: str = "eps") -> jnp.ndarray:
+                   objective: str = "eps", t_power: float = 1.0) -> jnp.ndarray:
     """The simple DDPM loss: mean over the batch of the mean over dims of (target - output)^2.
 
-    t is uniform on 0..T-1 and the noise standard normal, both drawn from ``key``.
+    t is uniform on 0..T-1 (or drawn by :func:`sample_timesteps` with ``t_power``) and the noise standard
+    normal, both drawn from ``key``.
 
     Args:
       denoise_fn: ``(params, x_t [N, *shape], t [N]) -> output [N, *shape]``.
@@ -117,12 +128,13 @@ def denoising_loss(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Ar
       key: a PRNG key.
       x0: a batch of clean data, [N, *shape].
       objective: ``eps`` (the paper's), ``x0`` or ``mean``.
+      t_power: 1 (uniform t, the paper's) or the power of :func:`sample_timesteps`.
     Returns:
       The scalar loss.
     """
     t_key, noise_key = jax.random.split(key)
     n = x0.shape[0]
-    t = jax.random.randint(t_key, (n,), 0, schedule.num_timesteps)
+    t = sample_timesteps(t_key, n, schedule.num_timesteps, t_power)
     noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
     x_t = q_sample(schedule, x0, t, noise)
     target = loss_target(schedule, x0, x_t, t, noise, objective)

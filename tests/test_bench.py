@@ -223,14 +223,15 @@ def test_calibration_script_appends_one_line_per_configuration(tmp_path):
     from benchmarks import calibrate
 
     argv = ["--tag", "tiny", "--dataset", "gaussian1d", "--n-train", "200", "--steps", "3", "--batch-size", "100",
-            "--lr", "5e-3", "--warmup-steps", "1", "--lr-decay", "cosine", "--n", "64", "--out", str(tmp_path)]
+            "--lr", "5e-3", "--warmup-steps", "1", "--lr-decay", "cosine", "--t-power", "1.5", "--n", "64",
+            "--out", str(tmp_path)]
     first = calibrate.main(argv)
     calibrate.main(argv)  # the trained run is reused: the same samples, the same figures
     lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(lines) == 2
     same = [{k: v for k, v in line.items() if k != "train_seconds"} for line in lines]
     assert same[0] == same[1]
-    assert 0.0 <= first["rate5"] <= 1.0 and len(first["per_seed"]) == 1  # 3 steps: spreads may be unknown (None)
+    assert first["t_power"] == 1.5 and 0.0 <= first["rate5"] <= 1.0 and len(first["per_seed"]) == 1  # 3 steps: spreads may be unknown (None)
     assert first["spread_median"] is None or first["spread_median"] > 0
     assert (tmp_path / "runs" / "tiny" / "train.json").exists()
 

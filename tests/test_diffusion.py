@@ -185,11 +185,15 @@ def test_predict_eps_from_x0_finite_where_abar_underflows(name):
     np.testing.assert_allclose(np.asarray(eps), np.asarray(x_t), rtol=1e-6)
 
 
-def _hand_loss(denoise_fn, params, schedule, key, x0, objective):
+def _hand_loss(denoise_fn, params, schedule, key, x0, objective, t_power=1.0):
     """The DDPM loss written out: the same t and noise draws as denoising_loss."""
     t_key, noise_key = jax.random.split(key)
     n = x0.shape[0]
-    t = jax.random.randint(t_key, (n,), 0, schedule.num_timesteps)
+    if t_power == 1.0:
+        t = jax.random.randint(t_key, (n,), 0, schedule.num_timesteps)
+    else:  # floor(T u^p), u uniform on [0, 1)
+        u = np.asarray(jax.random.uniform(t_key, (n,)), np.float64)
+        t = jnp.asarray(np.floor(schedule.num_timesteps * u ** t_power).astype(np.int32))
     noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
     abar = np.asarray(schedule.alphas_cumprod, np.float64)[np.asarray(t)].reshape((n,) + (1,) * (x0.ndim - 1))
     x0_64 = np.asarray(x0, np.float64)
@@ -215,6 +219,28 @@ def test_denoising_loss_matches_hand_computation(schedule, objective):
     chex.assert_shape(loss, ())
     np.testing.assert_allclose(float(loss), _hand_loss(linear_denoiser, params, schedule, key, x0, objective),
                                rtol=1e-5)
+
+
+def test_denoising_loss_with_t_power(schedule):
+    x0 = jax.random.normal(jax.random.key(24), (256, 2))
+    params, key = (jnp.float32(0.6), jnp.float32(0.9)), jax.random.key(25)
+    loss = jax.jit(mijax.denoising_loss, static_argnames=("denoise_fn", "objective", "t_power"))(
+        linear_denoiser, params, schedule, key, x0, t_power=1.5)
+    np.testing.assert_allclose(float(loss), _hand_loss(linear_denoiser, params, schedule, key, x0, "eps", 1.5),
+                               rtol=1e-5)
+    assert abs(float(loss) - float(denoising_loss(linear_denoiser, params, schedule, key, x0))) > 1e-4
+
+
+def test_sample_timesteps_uniform_is_the_published_draw_and_powers_favour_small_t():
+    key, n, big_t = jax.random.key(26), 200_000, 1000
+    uniform = mijax.sample_timesteps(key, n, big_t)
+    np.testing.assert_array_equal(np.asarray(uniform), np.asarray(jax.random.randint(key, (n,), 0, big_t)))
+    t = np.asarray(mijax.sample_timesteps(key, n, big_t, 2.0))
+    assert t.dtype == np.int32 and t.shape == (n,) and t.min() == 0 and t.max() == big_t - 1
+    # P(t < T/4) = P(u^2 < 1/4) = 1/2 (uniform: 1/4); E[t] = E[floor(T u^2)] = T/3 - 1/2, to 5 standard errors
+    assert abs(np.mean(t < big_t // 4) - 0.5) < 5 * np.sqrt(0.25 / n)
+    assert abs(t.mean() - (big_t / 3 - 0.5)) < 5 * big_t * np.sqrt(4 / 45 / n)
+    assert np.mean(np.asarray(mijax.sample_timesteps(key, n, big_t, 1.5)) < 10) > 3 * np.mean(np.asarray(uniform) < 10)
 
 
 def test_denoising_loss_image_shaped(schedule):

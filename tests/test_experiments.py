@@ -9,6 +9,7 @@ from mijax import experiments, io
 from mijax.experiments import common
 
 # Toy sizes: T = 40, a few dozen steps, 2 seeds (detection: T = 120, room for windows up to t = 100 + 20).
+DIGEST = "2d197bc706"  # config_digest of the TOY run below (n_train 400) before TrainConfig had t_power
 TOY = {"seeds": 2, "timesteps": 40, "steps": 20, "batch_size": 200, "num_samples": 128, "chunk_size": 128,
        "steps_per_call": 10, "checkpoint_every": 10}
 
@@ -246,8 +247,25 @@ def test_config_digest_ignores_only_how_a_run_is_saved():
     base = common.run_config(p)
     same = common.run_config({**p, "checkpoint_every": 7, "steps_per_call": 5})
     assert common.config_digest(base) == common.config_digest(same)
-    for other in ({**p, "steps": 21}, {**p, "seeds": 3}, {**p, "batch_size": 100}, {**p, "n_train": 401}):
+    for other in ({**p, "steps": 21}, {**p, "seeds": 3}, {**p, "batch_size": 100}, {**p, "n_train": 401},
+                  {**p, "t_power": 1.5}):
         assert common.config_digest(common.run_config(other)) != common.config_digest(base)
+    # t_power came later: at its default (uniform t) a run keeps the name it had before (digest of mijax 0.2)
+    assert common.config_digest(common.run_config({**p, "t_power": 1.0})) == common.config_digest(base) == DIGEST
+
+
+def test_quick_2d_models_draw_small_t_more_often_and_are_shared():
+    from mijax.experiments import detection, grid_2d
+
+    p = common.resolve_profile(detection.PROFILES, "quick")
+    one = common.setting_config(p, "1d", "gaussian1d", (1.0, 2.0, 3.0))
+    two = common.setting_config(p, "2d", "gaussian25", None)
+    assert one.train.t_power == 1.0 and two.train.t_power == common.QUICK_T_POWER == 1.5
+    assert (two.data.n_train, two.train.steps, two.train.batch_size) == (20_000, 32_000, 500)
+    grid = common.run_config(common.resolve_profile(grid_2d.PROFILES, "quick"), dataset="gaussian25")
+    assert common.config_digest(grid) == common.config_digest(two)  # detection reuses grid-2d's models
+    paper = common.resolve_profile(detection.PROFILES, "paper")
+    assert common.setting_config(paper, "2d", "gaussian25", None).train.t_power == 1.0  # uniform, as published
 
 
 def test_movement_of_a_trajectory():

@@ -244,10 +244,12 @@ def test_experiment_configs_fit_their_profiles():
     assert quick.num_seeds == 4 and quick.filters == ("random", "variance") and quick.generations == 3
     assert quick.n == 2_500 and quick.pool_size == 5_000 and quick.run.train.steps == 16_000
     assert quick.run.train.lr_decay == "cosine" and quick.run.train.warmup_steps == 500  # the quick optimiser
+    assert quick.run.train.t_power == 1.5 and make_config(1, "quick").run.train.t_power == 1.5
     paper = make_config(2, "paper")
     assert paper.n == 100_000 and paper.run.train.steps == 100_000 and paper.pool_size == 102_500
     assert paper.generations == 5 and paper.filters == ("none", "random", "variance")
     assert paper.run.train.learning_rate == 1e-3 and paper.run.train.lr_decay == "none"  # as published
+    assert paper.run.train.t_power == 1.0  # uniform t, as published
     recursive.validate_recursive(quick)
     recursive.validate_recursive(make_config(1, "paper"))
 

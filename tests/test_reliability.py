@@ -137,6 +137,8 @@ TRAIN_INPUTS = {
     "gradient clipping inf": ["--grad-clip", "inf"],
     "negative gradient clipping": ["--grad-clip", "-1"],
     "lr-final above 1": ["--lr-decay", "cosine", "--lr-final", "2"],
+    "t-power zero": ["--t-power", "0"],
+    "t-power nan": ["--t-power", "nan"],
     "modes of a grid": ["--dataset", "gaussian25", "--modes", "1,2"],
 }
 

@@ -71,10 +71,7 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     metrics = {"experiment": "detection", "profile": p, "windows": windows, "settings": {}}
     sections = []
     for tag, (dataset, modes) in SETTINGS.items():
-        n_train = p["n_train"] if tag == "1d" else p["n_train_2d"]
-        steps = p["steps"] if tag == "1d" else p["steps_2d"]
-        config = common.run_config(p, dataset=dataset, modes=modes or (), n_train=n_train, steps=steps,
-                                   batch_size=p["batch_size"] if tag == "1d" else p["batch_size_2d"])
+        config = common.setting_config(p, tag, dataset, modes)
         run_dir = common.train(out, tag, config, progress)
         timer.lap("train")
         result = common.sample_windows(run_dir, p["num_samples"], windows, chunk_size=p["chunk_size"],
@@ -110,7 +107,8 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
                 rem.append(detection.removal_at_retention(hals[s, :, w], pos, 0.96)["removed"])
             sweep.append({"end": end, "length": length, "auroc": common.ci(aur), "removed_at_96_retention": common.ci(rem)})
         summary["window_sweep"] = sweep
-        metrics["settings"][tag] = {"dataset": dataset, "n_train": n_train, "steps": steps, **summary}
+        metrics["settings"][tag] = {"dataset": dataset, "n_train": config.data.n_train, "steps": config.train.steps,
+                                    "t_power": config.train.t_power, **summary}
         sections.append(_figures_and_section(out, tag, dataset, mixture, x[0], hals[0, :, 0], summary, windows, p))
     k5 = {tag: metrics["settings"][tag]["per_k"]["5"] for tag in SETTINGS}
     headline = {tag: (v["removed_at_96_retention"]["mean"] is not None and v["removed_at_96_retention"]["mean"] >= 0.95)

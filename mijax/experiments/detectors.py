@@ -260,11 +260,7 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
                "references": {n: d.reference for n, d in detectors_lib.DETECTORS.items()}}
     for tag in p["settings"]:
         dataset, modes = SETTINGS[tag]
-        one_d = tag == "1d"
-        config = common.run_config(p, dataset=dataset, modes=modes or (),
-                                   n_train=p["n_train"] if one_d else p["n_train_2d"],
-                                   steps=p["steps"] if one_d else p["steps_2d"],
-                                   batch_size=p["batch_size"] if one_d else p["batch_size_2d"])
+        config = common.setting_config(p, tag, dataset, modes)
         metrics["settings"][tag] = _setting(out, tag, config, SamplerConfig(), p["num_samples"], p["chunk_size"], p,
                                             timer, progress)
     for tag in p["image_settings"]:  # through the same data-set interface, with the image experiment's own model

@@ -17,7 +17,8 @@ DATASETS = ("gaussian25", "gaussian25_rotated")
 ORIENTATIONS = ("horizontal", "vertical", "diagonal", "other")
 PROFILES = {
     "quick": {"seeds": 4, "n_train": common.QUICK_2D["n_train_2d"], "steps": common.QUICK_2D["steps_2d"],
-              "batch_size": common.QUICK_2D["batch_size_2d"], "timesteps": 1000, "num_samples": 5_000,
+              "batch_size": common.QUICK_2D["batch_size_2d"],
+              "t_power": common.QUICK_2D["t_power_2d"], "timesteps": 1000, "num_samples": 5_000,
               "chunk_size": 5_000, **common.QUICK_OPTIMISER, **common.QUICK_SAVING},
     "paper": {"seeds": 4, "n_train": 100_000, "steps": 100_000, "batch_size": 10_000, "timesteps": 1000,
               "num_samples": 1_000_000, "chunk_size": 100_000, "steps_per_call": 1_000, "checkpoint_every": 5_000},

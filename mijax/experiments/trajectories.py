@@ -35,10 +35,7 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     metrics = {"experiment": "trajectories", "profile": p, "steps_shown": steps_shown, "settings": {}}
     sections = []
     for tag, (dataset, modes) in SETTINGS.items():
-        config = common.run_config(p, dataset=dataset, modes=modes or (),
-                                   n_train=p["n_train"] if tag == "1d" else p["n_train_2d"],
-                                   steps=p["steps"] if tag == "1d" else p["steps_2d"],
-                                   batch_size=p["batch_size"] if tag == "1d" else p["batch_size_2d"])
+        config = common.setting_config(p, tag, dataset, modes)
         run_dir = common.train(out, tag, config, progress)
         timer.lap("train")
         result = common.sample_windows(run_dir, p["num_samples"], [(0, min(10, p["timesteps"]))],
