@@ -45,6 +45,7 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup-steps", type=int, default=None)
     p.add_argument("--lr-decay", default=None, choices=LR_DECAYS)
     p.add_argument("--ema-decay", type=float, default=None)
+    p.add_argument("--t-power", type=float, default=None, help="timesteps drawn as floor(T u^P) (default: uniform)")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
                    help="a size of the study (e.g. n_train=16, timesteps=12, model_options={...}: tests)")
@@ -57,7 +58,7 @@ def main(argv=None) -> dict:
     config, overrides = with_model_options(recursive_shapes.make_config("quick", seeds=a.seeds), overrides)
     config = with_overrides(config, overrides)
     changes = {"steps": a.steps, "learning_rate": a.lr, "warmup_steps": a.warmup_steps, "lr_decay": a.lr_decay,
-               "ema_decay": a.ema_decay}
+               "ema_decay": a.ema_decay, "t_power": a.t_power}
     train = dataclasses.replace(config.run.train, **{k: v for k, v in changes.items() if v is not None})
     run = dataclasses.replace(config.run, train=train, checkpoint_every=train.steps)
     config = dataclasses.replace(config, run=run, generations=1, filters=("random",))
@@ -77,7 +78,7 @@ def main(argv=None) -> dict:
     t = config.run.train
     result = {"tag": a.tag, "steps": t.steps, "batch_size": t.batch_size, "lr": t.learning_rate,
               "warmup_steps": t.warmup_steps, "lr_decay": t.lr_decay, "ema_decay": t.ema_decay,
-              "n_train": config.n, "pool": config.pool_size, "seeds": a.seeds, "seconds": round(seconds, 1),
+              "t_power": t.t_power, "n_train": config.n, "pool": config.pool_size, "seeds": a.seeds, "seconds": round(seconds, 1),
               "per_seed": rows}
     return record(a.out, result)
 

@@ -96,10 +96,11 @@ def test_the_recursive_shapes_study_runs_and_reports(tmp_path):
     # The calibration script trains and counts generation 0 of the same study with another optimiser.
     from benchmarks import calibrate_shapes
 
-    argv = ["--tag", "tiny", "--seeds", "1", "--lr", "2e-3", "--lr-decay", "cosine", "--out", str(tmp_path / "cal")]
+    argv = ["--tag", "tiny", "--seeds", "1", "--lr", "2e-3", "--lr-decay", "cosine", "--t-power", "1.5",
+            "--out", str(tmp_path / "cal")]
     argv += [f"--override={k}={json.dumps(v)}" for k, v in overrides.items() if k not in ("generations", "filters")]
     line = calibrate_shapes.main(argv)
-    assert (line["lr"], line["lr_decay"], line["steps"], line["pool"]) == (2e-3, "cosine", 2, 24)
+    assert (line["lr"], line["lr_decay"], line["t_power"], line["steps"], line["pool"]) == (2e-3, "cosine", 1.5, 2, 24)
     shares = [line[f"{name}_share"] for name in ("valid", "duplicate", "outside", "malformed", "blank")]
     assert abs(sum(shares) - 1.0) < 1e-9
     assert json.loads((tmp_path / "cal" / "results.jsonl").read_text()) == line
