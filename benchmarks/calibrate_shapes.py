@@ -78,7 +78,8 @@ def main(argv=None) -> dict:
     t = config.run.train
     result = {"tag": a.tag, "steps": t.steps, "batch_size": t.batch_size, "lr": t.learning_rate,
               "warmup_steps": t.warmup_steps, "lr_decay": t.lr_decay, "ema_decay": t.ema_decay,
-              "t_power": t.t_power, "n_train": config.n, "pool": config.pool_size, "seeds": a.seeds, "seconds": round(seconds, 1),
+              "t_power": t.t_power, "n_train": config.n, "pool": config.pool_size, "seeds": a.seeds,
+              "seconds": round(seconds, 1),
               "per_seed": rows}
     return record(a.out, result)
 

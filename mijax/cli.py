@@ -142,8 +142,9 @@ def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> Non
                    help="sample with a moving average of the weights of this decay (0: off, as published; image "
                         "DDPMs: 0.9999). Dropout is a model option: --model unet --model-option dropout=0.1")
     p.add_argument("--t-power", type=_finite("t-power", 0, 10, low_open=True), default=1.0,
-                   help="draw the loss's timesteps as floor(T u^P), u uniform: 1 is uniform t, as published; above 1 "
-                        "small t come more often (sharper modes in fewer steps; the quick recursive studies: 1.5)")
+                   help="draw the loss's timesteps as floor(T u^P), u uniform: 1 is uniform t, as published; "
+                        "above 1 small t come more often (sharper modes in fewer steps; the quick 2D and "
+                        "recursive models: 1.5)")
     p.add_argument("--shuffle", action="store_true", help="permute the training set every epoch "
                    "(the published code visits fixed batches in order)")
     p.add_argument("--timesteps", type=int, default=1000, help="diffusion steps T (at least 2: Hal needs two)")

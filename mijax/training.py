@@ -36,7 +36,7 @@ class TrainConfig:
     ``lr_final`` times its peak at step ``steps`` (and keeps it there if training goes on). All are off in the
     paper's toy recipe, and then the optimiser (and its state) is plain Adam. ``t_power`` draws the loss's
     timesteps as ``floor(T u^t_power)`` (:func:`mijax.diffusion.sample_timesteps`): 1 is uniform, as published;
-    above 1 the small t that shape the modes come more often (the quick recursive studies: 1.5).
+    above 1 the small t that shape the modes come more often (the quick 2D and recursive models: 1.5).
     Dropout is an option of the model (the UNet's ``dropout``); its masks come from the ``DROPOUT`` stream.
     """
 
