@@ -84,10 +84,10 @@ def resolve_profile(profiles: Mapping[str, dict], profile: str, seeds: Optional[
 
 def run_config(p: dict, dataset: str = "gaussian1d", modes: Optional[Sequence[float]] = (1.0, 2.0, 3.0),
                n_train: Optional[int] = None, steps: Optional[int] = None,
-               batch_size: Optional[int] = None, t_power: Optional[float] = None) -> RunConfig:
+               batch_size: Optional[int] = None) -> RunConfig:
     """The RunConfig of a profile: the paper's recipe with the profile's sizes and optimiser settings
-    (``OPTIMISER_KEYS``: the quick profiles' ``QUICK_OPTIMISER``); S seeds vmapped. ``n_train``, ``steps``,
-    ``batch_size`` and ``t_power`` replace the profile's when given."""
+    (``OPTIMISER_KEYS``: the quick profiles' ``QUICK_OPTIMISER``); S seeds vmapped. ``n_train``, ``steps`` and
+    ``batch_size`` replace the profile's when given."""
     n_train = p["n_train"] if n_train is None else n_train
     steps = p["steps"] if steps is None else steps
     batch = min(p["batch_size"] if batch_size is None else batch_size, n_train)
@@ -96,7 +96,7 @@ def run_config(p: dict, dataset: str = "gaussian1d", modes: Optional[Sequence[fl
         data=DataConfig(dataset=dataset, n_train=n_train, options=options),
         diffusion=DiffusionConfig(timesteps=p["timesteps"]),
         train=TrainConfig(steps=steps, batch_size=batch, steps_per_call=min(p.get("steps_per_call", 250), steps),
-                          **{**_optimiser(p), **({} if t_power is None else {"t_power": t_power})}),
+                          **_optimiser(p)),
         seed=p.get("seed", 0), seeds=p["seeds"], checkpoint_every=min(p.get("checkpoint_every", 1000), steps))
 
 
@@ -105,8 +105,9 @@ def setting_config(p: dict, tag: str, dataset: str, modes: Optional[Sequence[flo
     2D one (any other tag: its ``n_train_2d``, ``steps_2d``, ``batch_size_2d`` and, if set, ``t_power_2d``)."""
     if tag == "1d":
         return run_config(p, dataset=dataset, modes=modes or ())
-    return run_config(p, dataset=dataset, modes=modes or (), n_train=p["n_train_2d"], steps=p["steps_2d"],
-                      batch_size=p["batch_size_2d"], t_power=p.get("t_power_2d"))
+    two_d = {**p, "t_power": p["t_power_2d"]} if "t_power_2d" in p else p
+    return run_config(two_d, dataset=dataset, modes=modes or (), n_train=p["n_train_2d"], steps=p["steps_2d"],
+                      batch_size=p["batch_size_2d"])
 
 
 def _optimiser(p: dict) -> dict:
