@@ -40,11 +40,22 @@ def parameter_count(o: dict) -> int:
     return sum(int(a.size) for a in jax.tree.leaves(shapes))
 
 
-def bench_unet_training(o: dict, repeats: int, time_best) -> dict:
-    """ms per Adam step (lr 2e-4 as the baseline) of :func:`mijax.training.train` on one UNet, batch B."""
+def grouped_devices(o: dict) -> int:
+    """The batch groups of the second training measurement: the most local devices, a power of two, that
+    divide the batch (1: none; see ``TrainConfig.batch_groups``)."""
+    groups = 1
+    while groups * 2 <= jax.local_device_count() and o["batch"] % (groups * 2) == 0:
+        groups *= 2
+    return groups
+
+
+def bench_unet_training(o: dict, repeats: int, time_best, batch_groups: int = 1) -> dict:
+    """ms per Adam step (lr 2e-4 as the baseline) of :func:`mijax.training.train` on one UNet, batch B, its
+    gradient in ``batch_groups`` groups (one per device)."""
     module = build_model("unet", (o["size"], o["size"], 1), options=_options(o))
     shape = (o["size"], o["size"], 1)
-    config = TrainConfig(steps=o["steps"], batch_size=o["batch"], learning_rate=2e-4, steps_per_call=o["steps"])
+    config = TrainConfig(steps=o["steps"], batch_size=o["batch"], learning_rate=2e-4, steps_per_call=o["steps"],
+                         batch_groups=batch_groups)
     state = jax.tree.map(lambda a: a[0], init_states(module, config, shape, jax.random.key(0)[None]))
     data = jax.random.uniform(jax.random.key(1), (o["batch"],) + shape, jnp.float32, -1.0, 1.0)
     denoise_fn, schedule = ModuleDenoiser(module), make_schedule("linear", 1000, 1e-4, 0.02)
@@ -59,6 +70,7 @@ def bench_unet_training(o: dict, repeats: int, time_best) -> dict:
 
     timing = time_best(call, repeats)
     return {**timing, "ms_per_step": 1e3 * timing["seconds"] / o["steps"], "host_loop": loops_on_host(denoise_fn),
+            "batch_groups": batch_groups,
             "losses_finite": bool(all(jnp.all(jnp.isfinite(l)) for l in holder["losses"]))}
 
 
@@ -118,10 +130,16 @@ def run_images(o: dict, repeats: int, measure, time_best, script: Optional[Path]
                          groups=min(8, int(o["channels"])))
     out = {"options": dict(o), "parameters": parameter_count(o)}
     out["training"] = measure(lambda: bench_unet_training(o, repeats, time_best))
+    groups = grouped_devices(o)
+    if groups > 1:  # the same step with the batch's gradient in one group per device
+        out["training_grouped"] = measure(lambda: bench_unet_training(o, repeats, time_best, groups))
     if script is not None:
         out["torch_train"] = measure(lambda: bench_torch(script, "train", dict(torch_options, batch=o["batch"],
                                                                                 steps=o["steps"]), torch_repeats))
-        out["training_speedup"] = out["torch_train"]["seconds"] / o["steps"] * 1e3 / out["training"]["ms_per_step"]
+        torch_ms = out["torch_train"]["seconds"] / o["steps"] * 1e3
+        out["training_speedup"] = torch_ms / out["training"]["ms_per_step"]
+        if "training_grouped" in out:
+            out["training_grouped_speedup"] = torch_ms / out["training_grouped"]["ms_per_step"]
     out["sampling"] = measure(lambda: bench_unet_sampling(o, repeats, time_best))
     if script is not None:
         common = dict(torch_options, n=o["n"], timesteps=o["timesteps"], window=o["window"])
@@ -140,9 +158,15 @@ def format_rows(r: dict) -> list[tuple[str, str]]:
     o = r["options"]
     name = f"UNet C={o['channels']} mults={o['mults']} {o['size']}x{o['size']} ({r['parameters']:,} params)"
     rows = [(f"{name} Adam step batch={o['batch']}", f"{r['training']['ms_per_step']:.1f} ms/step")]
+    if "training_grouped" in r:
+        g = r["training_grouped"]
+        rows.append((f"  the same, batch_groups={g['batch_groups']} (a group per device)",
+                     f"{g['ms_per_step']:.1f} ms/step"))
     if "torch_train" in r:
+        grouped = (f" ({r['training_grouped_speedup']:.2f}x with batch groups)"
+                   if "training_grouped_speedup" in r else "")
         rows.append(("  torch_unet.py train", f"{1e3 * r['torch_train']['seconds'] / o['steps']:.1f} ms/step; mijax "
-                                              f"speed-up {r['training_speedup']:.2f}x"))
+                                              f"speed-up {r['training_speedup']:.2f}x{grouped}"))
     rows.append((f"  sampling+Hal N={o['n']} T={o['timesteps']} K={o['window']}",
                  f"{r['sampling']['seconds']:.2f} s ({r['sampling']['image_steps_per_s']:.0f} image-steps/s)"))
     if "torch_trajectory" in r:

@@ -145,6 +145,11 @@ def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> Non
                    help="draw the loss's timesteps as floor(T u^P), u uniform: 1 is uniform t, as published; "
                         "above 1 small t come more often (sharper modes in fewer steps; the quick 2D and "
                         "recursive models: 1.5)")
+    p.add_argument("--batch-groups", type=_positive_int("batch-groups"), default=1,
+                   help="take each step's gradient as the mean of G equal groups of the batch, computed apart, each "
+                        "group on its own device when a model's seeds leave devices free (a power of two dividing "
+                        "the batch; the same numbers on any device count; on CPU, one device per core, the UNet's "
+                        "steps run ~1.5x faster with G = 2). 1: one gradient over the batch, as published")
     p.add_argument("--shuffle", action="store_true", help="permute the training set every epoch "
                    "(the published code visits fixed batches in order)")
     p.add_argument("--timesteps", type=int, default=1000, help="diffusion steps T (at least 2: Hal needs two)")
@@ -319,7 +324,8 @@ def _run_config(a):
         train=TrainConfig(steps=steps, batch_size=a.batch_size, learning_rate=a.lr, objective=a.objective,
                           shuffle=a.shuffle, steps_per_call=a.steps_per_call, warmup_steps=a.warmup_steps,
                           grad_clip=a.grad_clip, ema_decay=a.ema_decay,
-                          lr_decay=a.lr_decay, lr_final=a.lr_final, t_power=a.t_power),
+                          lr_decay=a.lr_decay, lr_final=a.lr_final, t_power=a.t_power,
+                          batch_groups=a.batch_groups),
         seed=a.seed, seeds=a.seeds, checkpoint_every=a.checkpoint_every)
 
 

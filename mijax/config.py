@@ -133,6 +133,7 @@ _TYPES = {  # what each setting must be (JSON gives any type; a wrong one must n
     "train.eps": float, "train.objective": str, "train.shuffle": bool, "train.steps_per_call": int,
     "train.warmup_steps": int, "train.grad_clip": float, "train.ema_decay": float,
     "train.lr_decay": str, "train.lr_final": float, "train.t_power": float,
+    "train.batch_groups": int,
 }
 
 
@@ -177,6 +178,10 @@ def validate_config(config: RunConfig) -> None:
                f"unknown learning-rate decay {c.train.lr_decay!r}; choose from {', '.join(LR_DECAYS)}"),
               (0 <= c.train.lr_final <= 1, f"lr-final must be in [0, 1] (a fraction of the peak), got {c.train.lr_final}"),
               (0 < c.train.t_power <= 10, f"t-power must be in (0, 10] (1: uniform t), got {c.train.t_power}"),
+              (c.train.batch_groups >= 1 and c.train.batch_groups & (c.train.batch_groups - 1) == 0
+               and c.train.batch_size % c.train.batch_groups == 0,
+               f"batch groups must be a power of two that divides the batch size ({c.train.batch_size}), "
+               f"got {c.train.batch_groups}"),
               (c.checkpoint_every > 0, f"checkpoint-every must be > 0, got {c.checkpoint_every}")]
     for ok, message in checks:
         if not ok:

@@ -132,10 +132,23 @@ def denoising_loss(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Ar
     Returns:
       The scalar loss.
     """
+    t, noise = loss_draws(key, x0, schedule.num_timesteps, t_power)
+    return denoising_loss_at(denoise_fn, params, schedule, x0, t, noise, objective)
+
+
+def loss_draws(key: jax.Array, x0: jnp.ndarray, num_timesteps: int,
+               t_power: float = 1.0) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The timesteps t [N] (int32) and noise [N, *shape] that :func:`denoising_loss` draws from ``key``
+    for the batch ``x0`` [N, *shape]."""
     t_key, noise_key = jax.random.split(key)
+    t = sample_timesteps(t_key, x0.shape[0], num_timesteps, t_power)
+    return t, jax.random.normal(noise_key, x0.shape, x0.dtype)
+
+
+def denoising_loss_at(denoise_fn: Denoiser, params, schedule: Schedule, x0: jnp.ndarray, t: jnp.ndarray,
+                      noise: jnp.ndarray, objective: str = "eps") -> jnp.ndarray:
+    """:func:`denoising_loss` at given timesteps t [N] and noise [N, *shape] (see :func:`loss_draws`)."""
     n = x0.shape[0]
-    t = sample_timesteps(t_key, n, schedule.num_timesteps, t_power)
-    noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
     x_t = q_sample(schedule, x0, t, noise)
     target = loss_target(schedule, x0, x_t, t, noise, objective)
     err = (target - denoise_fn(params, x_t, t)) ** 2

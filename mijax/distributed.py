@@ -36,7 +36,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-ROWS, SEEDS = "rows", "seeds"
+ROWS, SEEDS, BATCH = "rows", "seeds", "batch"
 
 # How long a process waits for the others at a barrier. Gloo gives up on a collective after 30 s, so a
 # process that falls behind (process 0 packing a large samples file; a loaded machine compiling) would

@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from mijax import distributed
-from mijax.diffusion import Denoiser, denoising_loss
+from mijax.diffusion import Denoiser, denoising_loss, denoising_loss_at, loss_draws
 from mijax.keys import DROPOUT, INIT, SHUFFLE, STEP
 from mijax.schedules import Schedule
 
@@ -38,6 +38,11 @@ class TrainConfig:
     timesteps as ``floor(T u^t_power)`` (:func:`mijax.diffusion.sample_timesteps`): 1 is uniform, as published;
     above 1 the small t that shape the modes come more often (the quick 2D and recursive models: 1.5).
     Dropout is an option of the model (the UNet's ``dropout``); its masks come from the ``DROPOUT`` stream.
+    ``batch_groups`` G > 1 (a power of two dividing the batch) takes each step's loss and gradient as the mean
+    of G equal consecutive groups of the batch, computed apart and summed pairwise, with the same t and noise
+    as G = 1 (:func:`batch_gradient`): the same mathematics in another summation order, and the groups run on
+    separate devices (one per core on CPU, where XLA:CPU's convolutions gain 1.5x from it) with the same numbers
+    on 1 or G devices. 1: one gradient over the whole batch, as published.
     """
 
     steps: int = 20_000
@@ -55,6 +60,7 @@ class TrainConfig:
     lr_decay: str = "none"
     lr_final: float = 0.0
     t_power: float = 1.0
+    batch_groups: int = 1
 
 
 LR_DECAYS = ("none", "cosine", "linear")
@@ -206,17 +212,80 @@ def get_batch(data: jnp.ndarray, step: jnp.ndarray, key: jax.Array, config: Trai
     return jax.lax.dynamic_slice_in_dim(data, index * config.batch_size, config.batch_size)
 
 
-def train_step(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: TrainState,
-               key: jax.Array, data: jnp.ndarray) -> tuple[TrainState, jnp.ndarray]:
-    """One Adam step on the denoising loss. Returns (new state, loss [])."""
-    batch = get_batch(data, state.step, key, config)
-    step_key = jax.random.fold_in(jax.random.fold_in(key, STEP), state.step)
+def _pairwise_sum(trees: list):
+    """((t0 + t1) + (t2 + t3)) + ...: the halves summed apart, then together (leaf by leaf)."""
+    if len(trees) == 1:
+        return trees[0]
+    half = len(trees) // 2
+    return jax.tree.map(jnp.add, _pairwise_sum(trees[:half]), _pairwise_sum(trees[half:]))
+
+
+def batch_groups_mesh(config: TrainConfig, devices: Optional[list] = None) -> Optional[Mesh]:
+    """The devices over which :func:`batch_gradient` spreads ``config.batch_groups``: the most local devices,
+    a power of two, that divide the groups evenly; None for one device or several processes."""
+    devices = jax.local_devices() if devices is None else list(devices)
+    used = 1
+    while used * 2 <= len(devices) and config.batch_groups % (used * 2) == 0:
+        used *= 2
+    return None if used == 1 or jax.process_count() > 1 else distributed.mesh(distributed.BATCH, devices[:used])
+
+
+def batch_gradient(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, params, key: jax.Array,
+                   step: jnp.ndarray, batch: jnp.ndarray, mesh: Optional[Mesh] = None):
+    """The loss [] and its gradient (a tree like ``params``) at optimiser step ``step`` on ``batch`` [B, *shape].
+
+    With ``config.batch_groups`` G > 1: the batch (with its t and noise, drawn as for G = 1) in G consecutive
+    groups, each group's mean loss and gradient computed apart, summed pairwise and divided by G (exact, G
+    being a power of two). ``mesh`` (axis ``"batch"``, D devices, D dividing G; :func:`batch_groups_mesh`) puts G / D
+    groups on each device and sums the devices' partial sums in the same pairwise order, so the numbers do
+    not depend on D.
+    """
+    step_key = jax.random.fold_in(jax.random.fold_in(key, STEP), step)
     training = getattr(denoise_fn, "training", None)  # a model with dropout draws its masks from DROPOUT
-    if training is not None:
-        denoise_fn = training(jax.random.fold_in(jax.random.fold_in(key, DROPOUT), state.step))
-    loss, grads = jax.value_and_grad(
-        lambda p: denoising_loss(denoise_fn, p, schedule, step_key, batch, config.objective,
-                                 config.t_power))(state.params)
+    dropout_key = jax.random.fold_in(jax.random.fold_in(key, DROPOUT), step)
+    groups = config.batch_groups
+    if groups == 1:
+        fn = denoise_fn if training is None else training(dropout_key)
+        return jax.value_and_grad(lambda p: denoising_loss(fn, p, schedule, step_key, batch, config.objective,
+                                                           config.t_power))(params)
+    t, noise = loss_draws(step_key, batch, schedule.num_timesteps, config.t_power)
+    size = batch.shape[0] // groups
+
+    def local(params, x0, t, noise, first):
+        # the groups x0 [k * size, ...] of this device, first index `first`: their pairwise sum
+        parts = []
+        for i in range(x0.shape[0] // size):
+            fn = denoise_fn if training is None else training(jax.random.fold_in(dropout_key, first + i))
+            rows = slice(i * size, (i + 1) * size)
+            # a barrier per group: XLA may not merge the groups' products (that would change their numbers)
+            p, x, tt, e = jax.lax.optimization_barrier((params, x0[rows], t[rows], noise[rows]))
+            parts.append(jax.lax.optimization_barrier(jax.value_and_grad(
+                lambda p: denoising_loss_at(fn, p, schedule, x, tt, e, config.objective))(p)))
+        return _pairwise_sum(parts)
+
+    if mesh is None:
+        loss, grads = local(params, batch, t, noise, 0)
+    else:
+        devices = distributed.mesh_size(mesh)
+
+        def spread(params, x0, t, noise):
+            part = local(params, x0, t, noise, jax.lax.axis_index(distributed.BATCH) * (groups // devices))
+            every = jax.lax.all_gather(part, distributed.BATCH)  # [D, ...]: summed in a fixed order, not by psum
+            return _pairwise_sum([jax.tree.map(lambda a: a[d], every) for d in range(devices)])
+
+        loss, grads = jax.shard_map(spread, mesh=mesh, in_specs=(P(), P(distributed.BATCH), P(distributed.BATCH), P(distributed.BATCH)),
+                                    out_specs=P(), check_vma=False)(params, batch, t, noise)
+    # materialised: the optimiser's update then compiles the same way whatever D (no fused multiply-adds
+    # that reach into the sums on some device counts and not on others)
+    return jax.lax.optimization_barrier((loss / groups, jax.tree.map(lambda g: g / groups, grads)))
+
+
+def train_step(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: TrainState,
+               key: jax.Array, data: jnp.ndarray, batch_mesh: Optional[Mesh] = None) -> tuple[TrainState, jnp.ndarray]:
+    """One Adam step on the denoising loss (``batch_mesh``: see :func:`batch_gradient`). Returns (new state,
+    loss [])."""
+    batch = get_batch(data, state.step, key, config)
+    loss, grads = batch_gradient(denoise_fn, schedule, config, state.params, key, state.step, batch, batch_mesh)
     updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), loss
@@ -231,11 +300,12 @@ def loops_on_host(denoise_fn: Denoiser) -> bool:
 
 
 @partial(jax.jit, static_argnames=("denoise_fn", "config", "num_steps", "seed_axis", "seed_batch", "mesh",
-                                   "unroll"),
+                                   "unroll", "batch_mesh"),
          donate_argnames=("state",))
 def train_steps(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: TrainState, key: jax.Array,
                 data: jnp.ndarray, num_steps: int, seed_axis: bool = False, seed_batch: Optional[int] = None,
-                mesh: Optional[Mesh] = None, unroll: bool = False) -> tuple[TrainState, jnp.ndarray]:
+                mesh: Optional[Mesh] = None, unroll: bool = False,
+                batch_mesh: Optional[Mesh] = None) -> tuple[TrainState, jnp.ndarray]:
     """``num_steps`` optimiser steps in one dispatch (a ``lax.scan``).
 
     Args:
@@ -247,13 +317,14 @@ def train_steps(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, s
       mesh: with ``seed_axis``, a mesh (axis ``"seeds"``) whose devices each train S / D of the models.
       unroll: no loop in the program: the steps, and the seeds of a device, one copy each, in sequence
         (for small ``num_steps``; see :func:`loops_on_host`).
+      batch_mesh: the devices of each step's batch groups (:func:`batch_gradient`), for one model at a time.
     Returns:
       (state after the steps, losses [num_steps] or [S, num_steps]).
     """
 
     def run(state, key, data):
         def body(state, _):
-            return train_step(denoise_fn, schedule, config, state, key, data)
+            return train_step(denoise_fn, schedule, config, state, key, data, batch_mesh)
 
         if unroll:  # a Python loop: even a one-step scan is a while loop, and XLA keeps its slow layouts
             losses = []
@@ -281,15 +352,21 @@ def train_steps(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, s
 def train(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: TrainState, key: jax.Array,
           data: jnp.ndarray, seed_axis: bool = False, stop_at: Optional[int] = None,
           callback: Optional[Callable[[TrainState, jnp.ndarray], None]] = None, seed_batch: Optional[int] = None,
-          mesh: Optional[Mesh] | str = "auto") -> TrainState:
+          mesh: Optional[Mesh] | str = "auto", batch_devices: Optional[list] = None) -> TrainState:
     """Train from ``state`` up to step ``stop_at`` (default ``config.steps``) in scanned dispatches (on CPU, a
     host loop of single steps for models that :func:`loops_on_host` names).
 
     ``callback(state, losses)`` runs after each dispatch (progress, logs, checkpoints). The result does
     not depend on how the steps are split into dispatches, nor on the devices the seeds are spread over.
     With ``seed_axis``, ``mesh="auto"`` spreads the seeds over as many devices as divide them evenly
-    (:func:`mijax.distributed.seeds_mesh`); None keeps them on the default device.
+    (:func:`mijax.distributed.seeds_mesh`); None keeps them on the default device. With
+    ``config.batch_groups`` > 1, the groups of a model trained alone (or of seeds trained one at a time) go
+    to ``batch_devices`` (default: every local device; :func:`batch_groups_mesh`).
     """
+    if not (config.batch_groups >= 1 and config.batch_groups & (config.batch_groups - 1) == 0
+            and config.batch_size % config.batch_groups == 0):
+        raise ValueError(f"batch_groups must be a power of two dividing the batch size {config.batch_size}, "
+                         f"got {config.batch_groups}")
     stop_at = config.steps if stop_at is None else stop_at
     if isinstance(mesh, str):
         mesh = distributed.seeds_mesh(jax.tree.leaves(key)[0].shape[0]) if seed_axis else None
@@ -297,13 +374,20 @@ def train(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: 
         state, key, data = distributed.shard_leading((state, key, data), mesh)
     step = int(jnp.max(distributed.to_host(state.step)))
     on_host = loops_on_host(denoise_fn)
+    # the batch groups of one model at a time over the devices, when its seeds do not occupy them already
+    one_at_a_time = not seed_axis or (on_host and distributed.mesh_size(mesh) <= 1 and jax.process_count() == 1)
+    groups_mesh = batch_groups_mesh(config, batch_devices) if config.batch_groups > 1 and one_at_a_time else None
+    placement = None
+    if groups_mesh is not None:
+        placement = [getattr(a, "sharding", None) for a in jax.tree.leaves(state)]
+        state, key, data = distributed.replicate((state, key, data), groups_mesh)
 
     def host_steps(state, key, data, seed_axis, mesh):
         # the same n steps, each a loop-free program (see loops_on_host); losses [..., n]
         parts = []
         for _ in range(n):
             state, part = train_steps(denoise_fn, schedule, config, state, key, data, 1, seed_axis, seed_batch,
-                                      mesh, True)
+                                      mesh, True, groups_mesh)
             parts.append(part)
         return state, jnp.concatenate(parts, axis=-1)
 
@@ -320,8 +404,12 @@ def train(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: 
             state, losses = host_steps(state, key, data, seed_axis, mesh if seed_axis else None)
         else:
             state, losses = train_steps(denoise_fn, schedule, config, state, key, data, n, seed_axis, seed_batch,
-                                        mesh if seed_axis else None)
+                                        mesh if seed_axis else None, False, None if seed_axis else groups_mesh)
         step += n
         if callback is not None:
             callback(state, losses)
+    if placement is not None:  # back where the caller had it
+        leaves, tree = jax.tree.flatten(state)
+        state = jax.tree.unflatten(tree, [a if where is None else jax.device_put(a, where)
+                                          for a, where in zip(leaves, placement)])
     return state

@@ -8,6 +8,7 @@ import math
 import sys
 import types
 
+import jax
 import pytest
 
 from mijax import bench
@@ -203,18 +204,25 @@ def test_bench_torch_keeps_the_fastest_and_the_median(tmp_path):
     assert r["mode"] == "trajectory" and "--n=8" in r["command"]
 
 
-def test_quick_image_benchmark(tmp_path, capsys):
+def test_quick_image_benchmark(tmp_path, capsys, monkeypatch):
+    from mijax import bench_images
+
+    assert bench_images.grouped_devices({"batch": 64}) == (2 if jax.local_device_count() >= 2 else 1)
+    monkeypatch.setattr(bench_images, "grouped_devices", lambda o: 2)  # as on 2 devices (here one holds both)
     out = tmp_path / "images.json"
     results = bench.main(["--images", "--quick", "--json-out", str(out), "--compare-torch",
                           "--torch-baseline", "/nonexistent/torch_unet.py"])
     images = results["images"]
     assert images["parameters"] > 0 and images["training"]["ms_per_step"] > 0 and images["training"]["losses_finite"]
+    grouped = images["training_grouped"]
+    assert grouped["batch_groups"] == 2 and images["training"]["batch_groups"] == 1 and grouped["losses_finite"]
     assert images["sampling"]["hal_finite"] and images["sampling"]["image_steps_per_s"] > 0
     memory = images["memory"]
     assert "skipped" in memory or memory["long"]["timesteps"] == 10 * memory["short"]["timesteps"]
     assert "not found" in results["torch"]["skipped"] and "torch_train" not in images
     assert json.loads(out.read_text()) == results
-    assert "Adam step" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Adam step" in printed and "batch_groups=2" in printed
     with pytest.raises(ValueError, match="image-options"):
         bench.main(["--images", "--quick", "--image-options", "depth=3"])
 

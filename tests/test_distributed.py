@@ -70,6 +70,21 @@ DEVICE_SCRIPT = textwrap.dedent("""
         assert len(final.params["params"]["output"]["kernel"].sharding.device_set) == min(devices, 4)
         assert all(np.array_equal(a, b) for a, b in zip(reference, leaves)), devices
 
+    # one model's gradient in 4 batch groups: the same numbers on 1, 2 and 4 devices, and the caller's placement
+    grouped = mijax.TrainConfig(steps=2, batch_size=16, steps_per_call=2, batch_groups=4)
+    alone = jax.tree.map(lambda a: a[0], initial(keys))
+
+    def grouped_run(devices):
+        state = jax.tree.map(jnp.copy, alone)  # train donates its state
+        final = mijax.train(model.apply, schedule, grouped, state, keys[0], data[0],
+                            batch_devices=jax.devices()[:devices])
+        assert final.params["params"]["output"]["kernel"].sharding == alone.params["params"]["output"]["kernel"].sharding
+        return [np.asarray(a) for a in jax.tree.leaves(final)]
+
+    reference = grouped_run(1)
+    for devices in (2, 4):
+        assert all(np.array_equal(a, b) for a, b in zip(reference, grouped_run(devices))), devices
+
     # the benchmark's device-count axis: the samples split over the first 1, 2 and 8 devices
     from mijax import bench
     rows = bench.bench_sampling_sweep([256], [5], [1], [1, 2, 8], ["float32"], window=3, repeats=1)
