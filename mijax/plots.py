@@ -231,7 +231,8 @@ def plot_scatter_2d(path, x, mixture: GaussianMixture, positives, max_points: in
 def plot_ci_bands(path, xs: Sequence[float], series: Mapping[str, Sequence[dict]], xlabel: str, ylabel: str,
                   title: str, scale: float = 1.0, logx: bool = False, logy: bool = False,
                   reference: Optional[Mapping[str, float]] = None, colours: Optional[Mapping[str, str]] = None,
-                  integer_x: bool = False) -> str:
+                  integer_x: bool = False, bounds: Optional[tuple[float, float]] = None,
+                  points: Optional[Mapping[str, Sequence[Sequence[float]]]] = None) -> str:
     """Lines of means over seeds with their 95% CI bands, one per series.
 
     Args:
@@ -240,6 +241,9 @@ def plot_ci_bands(path, xs: Sequence[float], series: Mapping[str, Sequence[dict]
         undefined: no band there), e.g. from :func:`mijax.stats.mean_ci`.
       scale: multiplies every value (100 for percent). reference: horizontal lines ``{label: value}``.
       colours: ``{name: colour}`` for some series. integer_x: a tick at every x (generations).
+      bounds: the range the quantity can take, (0, 1) for a share (before ``scale``): bands are cut to it
+        (a t interval over 2 seeds easily reaches past 0% and 100%).
+      points: ``{name: [values of the seeds at each x]}``: each seed's value as a dot beside its series' mean.
     Returns:
       the path written.
     """
@@ -248,11 +252,17 @@ def plot_ci_bands(path, xs: Sequence[float], series: Mapping[str, Sequence[dict]
 
     figure = new_figure(6.4, 4.4)
     ax = figure.subplots()
-    for name, cis in series.items():
+    for index, (name, cis) in enumerate(series.items()):
         (line,) = ax.plot(xs, values(cis, "mean"), marker="o", lw=1.5, label=name,
                           color=(colours or {}).get(name))
         low, high = values(cis, "low"), values(cis, "high")
+        if bounds is not None:
+            low, high = (np.clip(v, bounds[0] * scale, bounds[1] * scale) for v in (low, high))
         ax.fill_between(xs, np.maximum(low, 1e-12) if logy else low, high, color=line.get_color(), alpha=0.2, lw=0)
+        shift = 0.04 * (index - (len(series) - 1) / 2)  # the series' dots side by side, not on top of each other
+        for x, seeds in zip(xs, (points or {}).get(name, ())):
+            ax.scatter(np.full(len(seeds), x + shift, dtype=np.float64), np.asarray(seeds, dtype=np.float64) * scale,
+                       s=12, color=line.get_color(), alpha=0.8, zorder=3)
     for name, value in (reference or {}).items():
         ax.axhline(value * scale, color="black", ls=":", lw=1, label=name)
     if logx:

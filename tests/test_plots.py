@@ -101,3 +101,21 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch
         plots.plot_roc(path, {"other": ([0.0, 0.5, 1.0], [0.0, 0.9, 1.0], 0.7)})
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["roc.png"]
+
+
+def test_ci_bands_cut_to_the_possible_range_with_each_seed_as_a_dot(tmp_path, monkeypatch):
+    drawn = {}
+    save = plots.save
+    monkeypatch.setattr(plots, "save", lambda figure, path: drawn.setdefault("figure", figure) and save(figure, path))
+    wide = [{"mean": 0.2, "low": -0.5, "high": 0.9}, {"mean": 0.3, "low": -0.1, "high": 1.4}]
+    path = tmp_path / "shares.png"
+    returned = plots.plot_ci_bands(path, [0, 1], {"a": wide, "b": wide}, "generation", "%", "t", scale=100.0,
+                                   integer_x=True, bounds=(0.0, 1.0), points={"a": [[0.1, 0.3], [0.2, 0.4]]})
+    _assert_png(path, returned)
+    ax = drawn["figure"].axes[0]
+    bands = [c for c in ax.collections if type(c).__name__ in ("PolyCollection", "FillBetweenPolyCollection")]
+    ys = np.concatenate([p.vertices[:, 1] for c in bands for p in c.get_paths()])
+    assert len(bands) == 2 and ys.min() == 0.0 and ys.max() == 100.0  # cut to 0% .. 100%
+    dots = [c for c in ax.collections if type(c).__name__ == "PathCollection"]
+    assert sorted(float(y) for c in dots for y in c.get_offsets()[:, 1]) == [10.0, 20.0, 30.0, 40.0]
+    assert _no_pyplot_figures()
