@@ -78,7 +78,8 @@ DEVICE_SCRIPT = textwrap.dedent("""
         state = jax.tree.map(jnp.copy, alone)  # train donates its state
         final = mijax.train(model.apply, schedule, grouped, state, keys[0], data[0],
                             batch_devices=jax.devices()[:devices])
-        assert final.params["params"]["output"]["kernel"].sharding == alone.params["params"]["output"]["kernel"].sharding
+        kernel = lambda state: state.params["params"]["output"]["kernel"]  # noqa: E731
+        assert kernel(final).sharding == kernel(alone).sharding
         return [np.asarray(a) for a in jax.tree.leaves(final)]
 
     reference = grouped_run(1)
