@@ -20,7 +20,7 @@ from mijax.io import MijaxError
 from mijax.keys import SEED_LIMIT, TRAINING_SET, stream
 from mijax.models import ModuleDenoiser
 from mijax.schedules import SCHEDULES, Schedule, make_schedule
-from mijax.training import LR_DECAYS, TrainConfig
+from mijax.training import LR_DECAYS, TrainConfig, valid_batch_groups
 
 RunError = MijaxError  # the name the run-directory functions raise under
 EPOCHS = 10_000  # the published recipe trains 10,000 epochs of fixed batches
@@ -178,8 +178,7 @@ def validate_config(config: RunConfig) -> None:
                f"unknown learning-rate decay {c.train.lr_decay!r}; choose from {', '.join(LR_DECAYS)}"),
               (0 <= c.train.lr_final <= 1, f"lr-final must be in [0, 1] (a fraction of the peak), got {c.train.lr_final}"),
               (0 < c.train.t_power <= 10, f"t-power must be in (0, 10] (1: uniform t), got {c.train.t_power}"),
-              (c.train.batch_groups >= 1 and c.train.batch_groups & (c.train.batch_groups - 1) == 0
-               and c.train.batch_size % c.train.batch_groups == 0,
+              (valid_batch_groups(c.train),
                f"batch groups must be a power of two that divides the batch size ({c.train.batch_size}), "
                f"got {c.train.batch_groups}"),
               (c.checkpoint_every > 0, f"checkpoint-every must be > 0, got {c.checkpoint_every}")]

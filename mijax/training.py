@@ -220,6 +220,12 @@ def _pairwise_sum(trees: list):
     return jax.tree.map(jnp.add, _pairwise_sum(trees[:half]), _pairwise_sum(trees[half:]))
 
 
+def valid_batch_groups(config: TrainConfig) -> bool:
+    """Whether ``config.batch_groups`` is a power of two that divides the batch size."""
+    g = config.batch_groups
+    return g >= 1 and g & (g - 1) == 0 and config.batch_size % g == 0
+
+
 def batch_groups_mesh(config: TrainConfig, devices: Optional[list] = None) -> Optional[Mesh]:
     """The devices over which :func:`batch_gradient` spreads ``config.batch_groups``: the most local devices,
     a power of two, that divide the groups evenly; None for one device or several processes."""
@@ -365,8 +371,7 @@ def train(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: 
     ``config.batch_groups`` > 1, the groups of a model trained alone (or of seeds trained one at a time) go
     to ``batch_devices`` (default: every local device; :func:`batch_groups_mesh`).
     """
-    if not (config.batch_groups >= 1 and config.batch_groups & (config.batch_groups - 1) == 0
-            and config.batch_size % config.batch_groups == 0):
+    if not valid_batch_groups(config):
         raise ValueError(f"batch_groups must be a power of two dividing the batch size {config.batch_size}, "
                          f"got {config.batch_groups}")
     stop_at = config.steps if stop_at is None else stop_at
