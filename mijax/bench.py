@@ -553,10 +553,13 @@ def process_job(job: dict) -> None:
     MLP with Hal over the last ``window`` of ``timesteps`` steps and brings them to the host; ``training`` runs
     ``steps`` Adam steps at batch ``batch`` in one dispatch. Compilation is part of the process; the
     initialisation is compiled, as :func:`mijax.training.init_states` does (op by op it takes seconds). Like
-    the ``mijax`` program, the process first makes each CPU core a device (:func:`mijax.use_cpu_cores`)."""
+    the ``mijax`` program, the process first makes each CPU core a device (:func:`mijax.use_cpu_cores`) and
+    takes XLA's own convolutions (:func:`mijax.use_xla_convolutions`)."""
     if job["kind"] not in ("sampling", "training"):
         raise ValueError(f"unknown process job {job['kind']!r}")
-    distributed.use_cpu_cores()  # before the first device is touched (in-process, e.g. in tests: no effect)
+    # before the first device is touched (in-process, e.g. in tests: no effect)
+    distributed.use_xla_convolutions()
+    distributed.use_cpu_cores()
     model, init_fn = _denoiser(job["dim"], job.get("precision", "float32"))
     key = jax.random.PRNGKey(0)
     schedule = make_schedule(num_timesteps=job["timesteps"])

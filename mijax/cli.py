@@ -148,8 +148,8 @@ def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> Non
     p.add_argument("--batch-groups", type=_positive_int("batch-groups"), default=1,
                    help="take each step's gradient as the mean of G equal groups of the batch, computed apart, each "
                         "group on its own device when a model's seeds leave devices free (a power of two dividing "
-                        "the batch; the same numbers on any device count; on CPU, one device per core, the UNet's "
-                        "steps run ~1.5x faster with G = 2). 1: one gradient over the batch, as published")
+                        "the batch; the same numbers on any device count; for a device per core where one program "
+                        "leaves cores idle). 1: one gradient over the batch, as published")
     p.add_argument("--shuffle", action="store_true", help="permute the training set every epoch "
                    "(the published code visits fixed batches in order)")
     p.add_argument("--timesteps", type=int, default=1000, help="diffusion steps T (at least 2: Hal needs two)")
@@ -192,9 +192,11 @@ def _add_scale_arguments(p: argparse.ArgumentParser) -> None:
 
 def _device_per_core(a) -> None:
     """The program's CPU backend as one device per core (:func:`mijax.distributed.use_cpu_cores`; same numbers,
-    faster), unless the command joins a multi-process job, whose devices stay as they are."""
+    faster), unless the command joins a multi-process job, whose devices stay as they are; in every process
+    XLA's own convolutions (:func:`mijax.distributed.use_xla_convolutions`)."""
     from mijax import distributed
 
+    distributed.use_xla_convolutions()
     if any(getattr(a, name, None) for name in ("coordinator_address", "num_processes", "distributed_auto")):
         return
     distributed.use_cpu_cores()

@@ -87,6 +87,28 @@ def use_cpu_cores(count: Optional[int] = None) -> int:
     return count
 
 
+YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+XLA_CONVOLUTIONS_FLAG = YNN_FUSION_FLAG + "=-individual_convolution"
+
+
+def use_xla_convolutions() -> bool:
+    """Run CPU convolutions with XLA's own (Eigen) kernels, not YNNPACK's; returns whether anything changed.
+
+    XLA:CPU (jax 0.10) hands convolutions to YNNPACK on some CPUs (the Intel Xeons with AMX here), where the
+    UNet's Adam step then takes ~1.5x and its sampling ~1.4x as long as with XLA's own convolutions
+    (BENCHMARKS.md). This appends ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` to
+    ``XLA_FLAGS``: YNNPACK keeps the dots and reductions it takes by default, so programs without
+    convolutions (the paper's MLP) compile as before. Only works before JAX starts its backends (the first
+    call that touches a device), and never overrides a YNN setting of the user's own ``XLA_FLAGS``. Another
+    convolution kernel rounds differently: a UNet's numbers change in the last bits, always the same way in
+    processes set up alike (the ``mijax`` program calls this first).
+    """
+    if YNN_FUSION_FLAG in os.environ.get("XLA_FLAGS", "") or _backends_started():
+        return False
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_CONVOLUTIONS_FLAG}".strip()
+    return True
+
+
 def _backends_started() -> bool:
     try:
         from jax._src import xla_bridge

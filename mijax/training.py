@@ -41,7 +41,8 @@ class TrainConfig:
     ``batch_groups`` G > 1 (a power of two dividing the batch) takes each step's loss and gradient as the mean
     of G equal consecutive groups of the batch, computed apart and summed pairwise, with the same t and noise
     as G = 1 (:func:`batch_gradient`): the same mathematics in another summation order, and the groups run on
-    separate devices (one per core on CPU, where the UNet's step gains ~1.4x from it on 2 cores) with the same
+    separate devices (one per core on CPU: on 2 cores the UNet's step gained ~1.4x from it with YNNPACK's
+    convolutions, nothing with XLA's own, see :func:`mijax.distributed.use_xla_convolutions`) with the same
     numbers on 1 or G devices. 1: one gradient over the whole batch, as published.
     """
 

@@ -275,15 +275,41 @@ def test_use_cpu_cores_only_before_the_backends_start(monkeypatch):
     assert run("2", XLA_FLAGS="--xla_force_host_platform_device_count=5") == ["0", "5"]  # a count already chosen
 
 
+def test_xla_convolutions_only_before_the_backends_start_and_never_over_the_users_flags(monkeypatch):
+    jax.device_count()  # the backends have started here: nothing changes
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert distributed.use_xla_convolutions() is False and "XLA_FLAGS" not in os.environ
+    # a fresh process: the flag goes in, and its convolution gradients compile without YNNPACK's convolutions
+    script = ("import os, jax, jax.numpy as jnp, mijax; changed = mijax.use_xla_convolutions(); "
+              "f = jax.grad(lambda x, w: jnp.sum(jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', "
+              "dimension_numbers=('NHWC', 'HWIO', 'NHWC')) ** 2), argnums=(0, 1)); "
+              "hlo = jax.jit(f).lower(jnp.ones((64, 32, 32, 32)), jnp.ones((3, 3, 32, 32))).compile().as_text(); "
+              "ynn = [l for l in hlo.splitlines() if '__ynn_fusion' in l and 'conv' in l]; "
+              "print(changed, len(ynn), repr(os.environ.get('XLA_FLAGS')))")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+    def run(**extra):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                             env={**env, "JAX_PLATFORMS": "cpu", **extra})
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip().split(maxsplit=2)
+
+    assert run(XLA_FLAGS="--xla_cpu_enable_fast_math=false") == [
+        "True", "0", repr(f"--xla_cpu_enable_fast_math=false {distributed.XLA_CONVOLUTIONS_FLAG}")]
+    own = f"{distributed.YNN_FUSION_FLAG}=LIBRARY_FUSION_TYPE_REDUCE"  # the user's choice stays
+    assert run(XLA_FLAGS=own)[::2] == ["False", repr(own)]
+
+
 def test_the_program_leaves_a_multi_process_jobs_devices_alone(monkeypatch):
     import argparse
 
     from mijax import cli
 
-    calls = []
+    calls, convolutions = [], []
     monkeypatch.setattr(distributed, "use_cpu_cores", lambda: calls.append(1) or 2)
+    monkeypatch.setattr(distributed, "use_xla_convolutions", lambda: convolutions.append(1) or True)
     cli._device_per_core(None)  # mijax bench
     cli._device_per_core(argparse.Namespace(coordinator_address=None, num_processes=None, distributed_auto=False))
     cli._device_per_core(argparse.Namespace(coordinator_address="h:1", num_processes=2, distributed_auto=False))
     cli._device_per_core(argparse.Namespace(coordinator_address=None, num_processes=None, distributed_auto=True))
-    assert calls == [1, 1]
+    assert calls == [1, 1] and convolutions == [1] * 4  # XLA's convolutions in every process
