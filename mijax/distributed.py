@@ -95,8 +95,8 @@ def use_xla_convolutions() -> bool:
     """Run CPU convolutions with XLA's own (Eigen) kernels, not YNNPACK's; returns whether anything changed.
 
     XLA:CPU (jax 0.10) hands convolutions to YNNPACK on some CPUs (the Intel Xeons with AMX here), where the
-    UNet's Adam step then takes ~1.5x and its sampling ~1.4x as long as with XLA's own convolutions
-    (BENCHMARKS.md). This appends ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` to
+    UNet's Adam step then takes ~1.5x as long as with XLA's own convolutions, and its sampling ~1.4x on
+    one device (BENCHMARKS.md). This appends ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` to
     ``XLA_FLAGS``: YNNPACK keeps the dots and reductions it takes by default, so programs without
     convolutions (the paper's MLP) compile as before. Only works before JAX starts its backends (the first
     call that touches a device), and never overrides a YNN setting of the user's own ``XLA_FLAGS``. Another
