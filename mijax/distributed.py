@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 from typing import Any, Optional, Sequence
 
 import jax
@@ -89,6 +90,8 @@ def use_cpu_cores(count: Optional[int] = None) -> int:
 
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 XLA_CONVOLUTIONS_FLAG = YNN_FUSION_FLAG + "=-individual_convolution"
+# the jaxlib from which the flag is known to parse (XLA aborts the process on a flag it does not know)
+YNN_FLAG_JAXLIB = (0, 10, 2)
 
 
 def use_xla_convolutions() -> bool:
@@ -96,17 +99,25 @@ def use_xla_convolutions() -> bool:
 
     XLA:CPU (jax 0.10) hands convolutions to YNNPACK on some CPUs (the Intel Xeons with AMX here), where the
     UNet's Adam step then takes ~1.5x as long as with XLA's own convolutions, and its sampling ~1.4x on
-    one device (BENCHMARKS.md). This appends ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` to
-    ``XLA_FLAGS``: YNNPACK keeps the dots and reductions it takes by default, so programs without
-    convolutions (the paper's MLP) compile as before. Only works before JAX starts its backends (the first
-    call that touches a device), and never overrides a YNN setting of the user's own ``XLA_FLAGS``. Another
-    convolution kernel rounds differently: a UNet's numbers change in the last bits, always the same way in
-    processes set up alike (the ``mijax`` program calls this first).
+    one device (BENCHMARKS.md). This appends ``XLA_CONVOLUTIONS_FLAG``
+    (``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``) to ``XLA_FLAGS``: YNNPACK keeps the
+    dots and reductions it takes by default, so programs without convolutions (the paper's MLP) compile as
+    before. Only works before JAX starts its backends (the first call that touches a device), with jaxlib
+    0.10.2 or later (where the flag was measured), and never overrides a YNN setting of the user's own
+    ``XLA_FLAGS``. Another convolution kernel rounds differently: a UNet's numbers change in the last bits,
+    always the same way in processes set up alike (the ``mijax`` program calls this first).
     """
-    if YNN_FUSION_FLAG in os.environ.get("XLA_FLAGS", "") or _backends_started():
+    if YNN_FUSION_FLAG in os.environ.get("XLA_FLAGS", "") or _backends_started() or not _knows_ynn_flag():
         return False
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_CONVOLUTIONS_FLAG}".strip()
     return True
+
+
+def _knows_ynn_flag() -> bool:
+    import jaxlib
+
+    parts = [int(p) for p in re.findall(r"\d+", getattr(jaxlib, "__version__", ""))[:3]]
+    return len(parts) == 3 and tuple(parts) >= YNN_FLAG_JAXLIB
 
 
 def _backends_started() -> bool:

@@ -300,6 +300,19 @@ def test_xla_convolutions_only_before_the_backends_start_and_never_over_the_user
     assert run(XLA_FLAGS=own)[::2] == ["False", repr(own)]
 
 
+def test_xla_convolutions_leave_a_jaxlib_that_may_not_know_the_flag_alone(monkeypatch):
+    import jaxlib
+
+    monkeypatch.setattr(distributed, "_backends_started", lambda: False)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    for old in ("0.10.1", "0.9.2", "unknown"):
+        monkeypatch.setattr(jaxlib, "__version__", old)
+        assert distributed.use_xla_convolutions() is False and "XLA_FLAGS" not in os.environ
+    monkeypatch.setattr(jaxlib, "__version__", "0.11.0.dev20261201")
+    assert distributed.use_xla_convolutions() is True
+    assert os.environ["XLA_FLAGS"] == distributed.XLA_CONVOLUTIONS_FLAG
+
+
 def test_the_program_leaves_a_multi_process_jobs_devices_alone(monkeypatch):
     import argparse
 
