@@ -771,7 +771,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "torch_unet.py (default sizes: its own, C=16, mults 1,2,2, 32 x 32, batch 64, N=256, "
                              "T=50)")
     parser.add_argument("--image-options", default="",
-                        help="image sizes to change, e.g. size=32,channels=16,mults=1:2:2,batch=64,n=256,timesteps=50")
+                        help="image sizes to change, e.g. size=32,channels=16,mults=1:2:2,batch=64,n=256,timesteps=50; "
+                             "also res_blocks, groups, attn_levels (e.g. 2, or 1:2) and dropout (the paper "
+                             "family: size=64,channels=64,mults=1:2:2:2,res_blocks=2,groups=32,attn_levels=2,"
+                             "dropout=0.1,batch=128)")
     return parser
 
 
@@ -959,16 +962,29 @@ def run(args: argparse.Namespace) -> dict:
     return results
 
 
+def image_options(text: str, quick: bool = False) -> dict:
+    """``--image-options`` (``size=64,mults=1:2:2:2,attn_levels=2,dropout=0.1``) over the image benchmark's
+    defaults (or its quick sizes); an unknown or empty key, or a value that is no number, raises ValueError."""
+    from mijax import bench_images
+
+    options = dict(bench_images.QUICK if quick else bench_images.DEFAULTS)
+    for item in _items(text):
+        name, _, value = item.partition("=")
+        if name not in options or not value:
+            raise ValueError(f"--image-options: unknown or empty {item!r}; the sizes are {', '.join(options)}")
+        try:
+            options[name] = (value.replace(":", ",") if name in ("mults", "attn_levels") else
+                             float(value) if name == "dropout" else int(value))
+        except ValueError:
+            raise ValueError(f"--image-options: {item!r} is not a number") from None
+    return options
+
+
 def run_images(args: argparse.Namespace) -> dict:
     """``mijax bench --images``: :func:`mijax.bench_images.run_images`, printed as a table and one JSON line."""
     from mijax import bench_images
 
-    options = dict(bench_images.QUICK if getattr(args, "quick", False) else bench_images.DEFAULTS)
-    for item in _items(getattr(args, "image_options", "") or ""):
-        name, _, value = item.partition("=")
-        if name not in options or not value:
-            raise ValueError(f"--image-options: unknown or empty {item!r}; the sizes are {', '.join(options)}")
-        options[name] = value.replace(":", ",") if name == "mults" else int(value)
+    options = image_options(getattr(args, "image_options", "") or "", getattr(args, "quick", False))
     repeats = args.repeats or (1 if getattr(args, "quick", False) else 3)
     script = None
     results: dict[str, Any] = {"machine": machine_info()}

@@ -23,14 +23,33 @@ from mijax.schedules import make_schedule
 from mijax.training import TrainConfig, compile_init, init_states, loops_on_host, train
 
 # torch_unet.py's defaults: the small CPU configuration (263,025 parameters), batch 64, N = 256, T = 50, K = 10
+# groups: GroupNorm groups, at most the channels; attn_levels: levels with self-attention ("" none, "2" the paper
+# family's); dropout in the res blocks while training.
 DEFAULTS = dict(size=32, channels=16, mults="1,2,2", res_blocks=1, batch=64, steps=10, n=256, timesteps=50,
-                window=10)
-QUICK = dict(size=8, channels=8, mults="1", res_blocks=1, batch=4, steps=2, n=8, timesteps=4, window=2)
+                window=10, groups=8, attn_levels="", dropout=0.0)
+QUICK = dict(size=8, channels=8, mults="1", res_blocks=1, batch=4, steps=2, n=8, timesteps=4, window=2, groups=8,
+             attn_levels="", dropout=0.0)
+
+
+def _levels(o: dict) -> tuple[int, ...]:
+    return tuple(int(a) for a in str(o.get("attn_levels", "")).split(",") if a)
 
 
 def _options(o: dict) -> dict:
     return {"channels": int(o["channels"]), "mults": tuple(int(m) for m in str(o["mults"]).split(",")),
-            "res_blocks": int(o["res_blocks"]), "groups": min(8, int(o["channels"]))}
+            "res_blocks": int(o["res_blocks"]), "groups": min(int(o.get("groups", 8)), int(o["channels"])),
+            "attn_levels": _levels(o), "dropout": float(o.get("dropout", 0.0))}
+
+
+def baseline_options(o: dict) -> dict:
+    """torch_unet.py's command-line options for the same UNet as ``o`` (attention and dropout only when set)."""
+    out = dict(size=o["size"], channels=o["channels"], mults=o["mults"], res_blocks=o["res_blocks"],
+               groups=_options(o)["groups"])
+    if _levels(o):
+        out["attn_levels"] = ",".join(str(a) for a in _levels(o))
+    if float(o.get("dropout", 0.0)):
+        out["dropout"] = float(o["dropout"])
+    return out
 
 
 def parameter_count(o: dict) -> int:
@@ -126,8 +145,7 @@ def unet_compiled_memory(o: dict, timesteps: int) -> Optional[dict]:
 def run_images(o: dict, repeats: int, measure, time_best, script: Optional[Path], torch_repeats: int,
                bench_torch) -> dict:
     """All image measurements, each torch one right after its mijax counterpart (the same machine state)."""
-    torch_options = dict(size=o["size"], channels=o["channels"], mults=o["mults"], res_blocks=o["res_blocks"],
-                         groups=min(8, int(o["channels"])))
+    torch_options = baseline_options(o)
     out = {"options": dict(o), "parameters": parameter_count(o)}
     out["training"] = measure(lambda: bench_unet_training(o, repeats, time_best))
     groups = grouped_devices(o)
@@ -156,7 +174,10 @@ def run_images(o: dict, repeats: int, measure, time_best, script: Optional[Path]
 
 def format_rows(r: dict) -> list[tuple[str, str]]:
     o = r["options"]
-    name = f"UNet C={o['channels']} mults={o['mults']} {o['size']}x{o['size']} ({r['parameters']:,} params)"
+    extra = (f" attn={o['attn_levels']}" if o.get("attn_levels") else "") + (
+        f" dropout={o['dropout']}" if float(o.get("dropout", 0.0)) else "")
+    name = (f"UNet C={o['channels']} mults={o['mults']} groups={min(int(o.get('groups', 8)), int(o['channels']))}"
+            f"{extra} {o['size']}x{o['size']} ({r['parameters']:,} params)")
     rows = [(f"{name} Adam step batch={o['batch']}", f"{r['training']['ms_per_step']:.1f} ms/step")]
     if "training_grouped" in r:
         g = r["training_grouped"]

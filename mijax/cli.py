@@ -296,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--runs", type=Path, default=None,
                      help="a folder of trained runs shared by experiments: one that trains the same configuration as "
                           "another reuses its models and samples (all: OUT/runs by default; one experiment: its own)")
+    exp.add_argument("--set", type=_option, action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                     help="change one of the profile's sizes (repeatable; one experiment, not `all`), e.g. "
+                          "--set steps=20000 --set seeds=2; report.md lists the sizes used")
     exp.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_recursive_arguments(sub.add_parser("recursive", help="recursive training on generated data, with and "
                                             "without Hal filtering; rerun the same command to resume"))
@@ -402,6 +405,8 @@ def _experiment(a) -> None:
     modules = {name: experiments.load(name) for name in chosen}  # unknown names fail before any work
     from mijax.experiments import common
 
+    a.overrides = _experiment_overrides(a, modules)
+
     runs = a.runs if a.runs is not None else (a.out / "runs" if a.name == "all" else None)
     with (common.shared_runs(runs) if runs is not None else contextlib.nullcontext()):
         _run_experiments(a, modules)
@@ -424,7 +429,36 @@ def _run_experiments(a, modules) -> None:
         outputs.check(out, "experiment", overwrite=a.overwrite, resume=not finished)
         print(f"== {name} ({a.profile}) -> {out}")
         with outputs.replacing(out, "experiment", replace=finished) as target:
-            module.run(target, profile=a.profile, seeds=a.seeds, progress=not a.no_progress)
+            module.run(target, profile=a.profile, seeds=a.seeds, progress=not a.no_progress,
+                       overrides=a.overrides or None)
+
+
+def _experiment_overrides(a, modules) -> dict:
+    """``--set KEY=VALUE`` as a dict, checked against the chosen profile's sizes before any work: known keys,
+    values of the profile's type (an int where it has an int; a number where it has a float)."""
+    overrides = dict(getattr(a, "overrides", None) or [])
+    if not overrides:
+        return {}
+    if a.name == "all":
+        raise UsageError("--set changes one experiment's sizes; name the experiment, not `all`")
+    (name, module), = modules.items()
+    sizes = module.PROFILES[a.profile]
+    for key, value in overrides.items():
+        if key == "seeds":
+            raise UsageError("--set seeds=...: use --seeds")
+        if key not in sizes:
+            raise UsageError(f"--set {key}: {name}'s {a.profile} profile has no such size; it has "
+                             f"{', '.join(k for k in sizes if k != 'seeds')}")
+        want = sizes[key]
+        ok = (isinstance(value, bool) if isinstance(want, bool) else
+              isinstance(value, int) and not isinstance(value, bool) if isinstance(want, int) else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(want, float) else
+              isinstance(value, tuple) if isinstance(want, tuple) else isinstance(value, type(want)))
+        if not ok:
+            raise UsageError(f"--set {key}={value!r}: expected {type(want).__name__} like {want!r}")
+        if isinstance(want, float):
+            overrides[key] = float(value)
+    return overrides
 
 
 def _recursive(a) -> None:

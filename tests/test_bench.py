@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+import tarfile
 import types
 
 import jax
@@ -227,6 +228,22 @@ def test_quick_image_benchmark(tmp_path, capsys, monkeypatch):
         bench.main(["--images", "--quick", "--image-options", "depth=3"])
 
 
+def test_image_benchmark_options_build_the_paper_family_on_both_sides():
+    from mijax import bench_images
+
+    o = bench.image_options("size=64,channels=64,mults=1:2:2:2,res_blocks=2,groups=32,attn_levels=2,dropout=0.1")
+    assert (o["mults"], o["attn_levels"], o["dropout"], o["groups"]) == ("1,2,2,2", "2", 0.1, 32)
+    assert bench_images.baseline_options(o) == dict(size=64, channels=64, mults="1,2,2,2", res_blocks=2, groups=32,
+                                                    attn_levels="2", dropout=0.1)
+    # torch_unet.py printed params=8949761 for these options (the H200 run in BENCHMARKS.md); no torch needed here
+    assert bench_images.parameter_count(o) == 8_949_761
+    small = bench.image_options("", quick=True)
+    assert "attn_levels" not in bench_images.baseline_options(small) and "dropout" not in bench_images.baseline_options(small)
+    for bad in ("dropout=x", "groups=", "heads=2"):
+        with pytest.raises(ValueError, match="image-options"):
+            bench.image_options(bad)
+
+
 def test_calibration_script_appends_one_line_per_configuration(tmp_path):
     from benchmarks import calibrate
 
@@ -322,3 +339,25 @@ def test_cpu_model_names_family_model_and_isa_flags(tmp_path):
     assert bench._cpu_model(str(info)) == "Intel Xeon (family 6 model 143; avx2, avx512f, avx512_bf16, amx_bf16, amx_tile)"
     info.write_text("model name\t: Some CPU\n")  # no family (not x86 Linux): the name alone
     assert bench._cpu_model(str(info)) == "Some CPU"
+
+
+def test_gpu_session_sizes_its_runs_from_earlier_measurements(tmp_path):
+    from benchmarks import gpu_session
+
+    assert gpu_session._grid_steps(tmp_path, 100.0, local=False) == 10_000  # nothing measured: 2 ms a step
+    (tmp_path / "gpu_check.json").write_text(json.dumps({
+        "training": {"mijax": [{"ms_per_step": 0.6}]}, "seeds": {"training_many": {"ms_per_step": 6.0, "num_seeds": 16}}}))
+    # 4 seeds ~ max(0.6, 6.0 x 4 / 16) = 1.5 ms; 2 data sets; 30% overhead; 55% of the time -> 14,102 -> 14,000
+    assert gpu_session._grid_steps(tmp_path, 100.0, local=False) == 14_000
+    assert gpu_session._grid_steps(tmp_path, 1e6, local=False) == 100_000  # never past the paper's steps
+    (tmp_path / "unet.json").write_text(json.dumps({"images": {"training": {"ms_per_step": 40.0}}}))
+    assert gpu_session._shapes_steps(tmp_path, 100.0, local=False) == 1_000
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("report.md", "metrics.json", "a.png", "samples.npz", "checkpoints/x.json"):
+        (run / name).write_text("x")
+    gpu_session._pack(run, tmp_path / "run.tar.gz")
+    with tarfile.open(tmp_path / "run.tar.gz") as tar:
+        assert sorted(tar.getnames()) == ["run/a.png", "run/metrics.json", "run/report.md"]
+    with pytest.raises(SystemExit, match="unknown part"):
+        gpu_session.main(["--out", str(tmp_path / "o"), "--state", str(tmp_path / "s"), "--parts", "nope"])

@@ -259,3 +259,20 @@ def test_malformed_mnist_files_are_one_line_before_any_output(tmp_path, capsys):
     out = tmp_path / "run"
     msg = _error(capsys, ["train", *TINY, "--dataset", "mnist", "--mnist-dir", str(tmp_path), "--out", str(out)])
     assert "truncated IDX header" in msg and not out.exists()
+
+
+def test_experiment_set_changes_a_profile_size_and_refuses_bad_ones(tmp_path, capsys, monkeypatch):
+    from mijax.experiments import distance_1d
+
+    out = tmp_path / "e"
+    for argv, words in ((["--set", "stepz=3"], "no such size"), (["--set", "steps=2.5"], "expected int"),
+                        (["--set", "seeds=2"], "use --seeds"), (["--set", "steps"], "KEY=VALUE")):
+        msg = _error(capsys, ["experiment", "distance-1d", "--no-progress", "--out", str(out), *argv])
+        assert words in msg, msg
+    assert "not `all`" in _error(capsys, ["experiment", "all", "--out", str(out), "--set", "steps=3"])
+    assert not out.exists()  # refused before anything was written
+    seen = {}
+    monkeypatch.setattr(distance_1d, "run", lambda target, **kw: seen.update(kw) or {})
+    assert main(["experiment", "distance-1d", "--no-progress", "--out", str(out), "--set", "steps=7",
+                 "--set", "learning_rate=1"]) == 0
+    assert seen["overrides"] == {"steps": 7, "learning_rate": 1.0} and isinstance(seen["overrides"]["learning_rate"], float)

@@ -165,7 +165,7 @@ def test_gpu_check_script_runs_at_tiny_sizes(tmp_path):
     assert {r["kernel_used"] for r in results["sampling_1e6_d1"]} == {"xla", "pallas"}
     assert [(r["dim"], r["precision"]) for r in results["kernel_check"]] == list(gpu_check.QUICK["checks"])
     assert len(results["sampling_1e6_d1"]) == 2 * len(gpu_check.QUICK["precisions"])
-    assert len(results["sampling_1e7_d1"]) == 2
+    assert [r["kernel"] for r in results["sampling_1e7_d1"] + results["sampling_1e7_d1_xla"]] == ["pallas", "xla"]
     assert results["seeds"]["training_many"]["num_seeds"] == 2
     assert "kernel vs XLA" in gpu_check.summary(results)
     # A spent budget starts nothing more but still writes what it has.
