@@ -21,6 +21,7 @@ short keeps what it measured) and stops starting new ones after ``--budget`` sec
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -38,11 +39,13 @@ from mijax.schedules import make_schedule
 FULL = dict(n=1_000_000, big_n=10_000_000, timesteps=1000, tune_timesteps=50, check_n=100_000, check_sample_n=10_000,
             train_batch=10_000, train_steps=50, seeds=16, seed_n=100_000, repeats=2,
             blocks=((32, 4), (64, 4), (64, 8), (128, 4), (128, 8)),
-            checks=((1, "float32"), (2, "float32"), (1, "tf32"), (1, "bf16")), precisions=("float32", "tf32", "bf16"))
+            checks=((1, "float32"), (2, "float32"), (1, "tf32"), (1, "bf16")), precisions=("float32", "tf32", "bf16"),
+            compiles=(("tf32", 64, 4), ("bf16", 64, 4), ("float32", 64, 4), ("float32", 128, 4)))
 # --quick checks that every step of the script runs (the test suite's kernel tests cover every configuration).
 QUICK = dict(n=512, big_n=2048, timesteps=20, tune_timesteps=5, check_n=300, check_sample_n=128,
              train_batch=256, train_steps=2, seeds=2, seed_n=256, repeats=1, blocks=((32, 4), (64, 4)),
-             checks=((1, "bf16"), (2, "float32")), precisions=("float32", "bf16"))
+             checks=((1, "bf16"), (2, "float32")), precisions=("float32", "bf16"),
+             compiles=(("bf16", 64, 4), ("float32", 64, 4)))
 
 
 def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optional[bool],
@@ -78,6 +81,88 @@ def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optiona
     return rows
 
 
+STEPS = ("kernel_compile", "kernel_check", "kernel_tuning", "sampling_1e6_d1", "sampling_1e7_d1", "profile",
+         "training", "seeds", "sampling_1e6_d2", "sampling_1e7_d1_xla", "torch_trajectory_1e5")
+# The kernel's compilations (sizes' "compiles": precision, block_rows, num_warps) are tried first, each in a
+# child process under COMPILE_LIMIT seconds: a hung compilation then costs that much, not the loan.
+COMPILE_LIMIT = 75.0
+
+
+def compile_one(precision: str, block_rows: int, num_warps: int, interpret: bool = False, n: int = 4096) -> dict:
+    """Compile the fused kernel (d = 1, shared t) for one configuration, run it once, compare it with XLA."""
+    model = ToyDenoiser(features=1, precision=precision)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 1)), jnp.zeros((1,), jnp.int32))
+    fused = FusedDenoiser(model, block_rows=block_rows, num_warps=num_warps, interpret=True if interpret else None)
+    x, t = 2.0 * jax.random.normal(jax.random.key(1), (n, 1)), jnp.int32(500)
+    begin = time.perf_counter()
+    compiled = jax.jit(fused).lower(params, x, t).compile()
+    seconds = time.perf_counter() - begin
+    got, want = compiled(params, x, t), jax.jit(model.apply)(params, x, t)
+    return {"precision": precision, "block_rows": block_rows, "num_warps": num_warps, "compile_seconds": seconds,
+            "kernel_ran": fused.uses_kernel, "max_abs_diff": float(jnp.max(jnp.abs(got - want)))}
+
+
+def compile_in_child(config: tuple, limit: float, interpret: bool) -> dict:
+    """:func:`compile_one` in a child process; ``status`` ok, timeout (killed after ``limit`` s) or error."""
+    import json
+    import subprocess
+    import sys
+
+    precision, rows, warps = config
+    command = [sys.executable, "-m", "benchmarks.gpu_check", "--out", ".", "--compile-one",
+               f"{precision}:{rows}:{warps}"] + (["--interpret"] if interpret else [])
+    begin = time.perf_counter()
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        return {"precision": precision, "block_rows": rows, "num_warps": warps, "status": "timeout",
+                "seconds": round(time.perf_counter() - begin, 1)}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"precision": precision, "block_rows": rows, "num_warps": warps, "status": "error",
+                "error": proc.stderr.strip()[-1500:]}
+    return {**json.loads(lines[-1]), "status": "ok", "seconds": round(time.perf_counter() - begin, 1)}
+
+
+def trace_summary(fn: Callable[[], object], folder: Path, steps: int, top: int = 12) -> dict:
+    """Where ``fn``'s time goes: run it once (warm), then under ``jax.profiler`` with a Perfetto trace, and
+    sum the trace's complete events by process and name.
+
+    Returns ``{"wall_us", "steps", "processes": {name: {"busy_us", "events", "top": [{"name", "count",
+    "total_us", "per_step_us"}]}}}``; ``busy_us`` sums the process's events (on a GPU's device process, its
+    kernels: busy_us / wall_us near 1 means the kernels themselves take the time, well below 1 means gaps
+    between them, launches and host work; on the host nested events count more than once).
+    """
+    import collections
+    import gzip
+    import json
+
+    jax.block_until_ready(fn())
+    folder.mkdir(parents=True, exist_ok=True)
+    begin = time.perf_counter()
+    with jax.profiler.trace(str(folder), create_perfetto_trace=True):
+        jax.block_until_ready(fn())
+    wall = (time.perf_counter() - begin) * 1e6
+    files = sorted(folder.rglob("*perfetto_trace.json.gz"), key=lambda f: f.stat().st_mtime)
+    data = json.load(gzip.open(files[-1]))
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    process = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    count, total = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and not e["name"].startswith("$"):  # "$...": the Python tracer's frames
+            key = (process.get(e["pid"], str(e["pid"])), e["name"][:160])
+            count[key] += 1
+            total[key] += float(e.get("dur", 0.0))
+    out: dict = {"wall_us": wall, "steps": steps, "processes": {}}
+    for name in sorted({k[0] for k in total}):
+        keys = sorted((k for k in total if k[0] == name), key=lambda k: -total[k])
+        out["processes"][name] = {
+            "busy_us": sum(total[k] for k in keys), "events": sum(count[k] for k in keys),
+            "top": [{"name": k[1], "count": count[k], "total_us": total[k], "per_step_us": total[k] / steps}
+                    for k in keys[:top]]}
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json")
@@ -88,20 +173,36 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--interpret", action="store_true",
                         help="run the kernel in Pallas' interpreter (for --quick on a machine without a GPU)")
     parser.add_argument("--no-kernel", action="store_true",
-                        help="XLA only: skip the Pallas kernel's check, tuning and timings (its compilation can hang)")
+                        help="XLA only: skip the Pallas kernel's compilation, check, tuning and timings")
+    parser.add_argument("--only", default="", help=f"these measurements only (comma-separated): {', '.join(STEPS)}")
+    parser.add_argument("--compile-limit", type=float, default=COMPILE_LIMIT,
+                        help="seconds for each of the kernel's trial compilations (a child process each)")
+    parser.add_argument("--compile-one", default=None, help=argparse.SUPPRESS)  # PRECISION:ROWS:WARPS, in a child
     a = parser.parse_args(argv)
+    if a.compile_one:
+        import json
+
+        precision, rows, warps = a.compile_one.split(":")
+        print(json.dumps(compile_one(precision, int(rows), int(warps), a.interpret)), flush=True)
+        return {}
+    only = {n for n in a.only.split(",") if n}
+    if only - set(STEPS):
+        parser.error(f"--only: unknown {', '.join(sorted(only - set(STEPS)))}; the measurements are {', '.join(STEPS)}")
     s = QUICK if a.quick else FULL
     interpret = True if a.interpret else None
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "gpu_check.json"
     start = time.perf_counter()
     results: dict = {"machine": bench.machine_info(),
-                     "sizes": {k: v for k, v in s.items() if k not in ("blocks", "checks", "precisions")},
+                     "sizes": {k: v for k, v in s.items() if k not in ("blocks", "checks", "precisions", "compiles")},
                      "budget_seconds": a.budget, "errors": {}, "skipped": []}
 
-    def step(name: str, fn: Callable[[], object]) -> None:
-        """Run one measurement unless the budget is spent; keep its result or its error; save."""
+    def step(name: str, fn: Callable[[], object], why_not: Optional[str] = None) -> None:
+        """Run one measurement unless left out or the budget is spent; keep its result or its error; save."""
         elapsed = time.perf_counter() - start
+        if (only and name not in only) or why_not:
+            results["skipped"].append(name if not why_not else f"{name} ({why_not})")
+            return
         if elapsed > a.budget:
             results["skipped"].append(name)
             print(f"[{elapsed:6.0f} s] skip {name}: budget spent", flush=True)
@@ -115,36 +216,55 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         results["elapsed_seconds"] = round(time.perf_counter() - start, 1)
         write_json(path, results)
 
-    kernels = ("xla",) if a.no_kernel else ("xla", "pallas")
-    if a.no_kernel:
-        results["skipped"] += ["kernel_check", "kernel_tuning"]
-    else:
-        step("kernel_check", lambda: kernel_check(s["check_n"], s["check_sample_n"], s["timesteps"], interpret, s["checks"]))
+    def compiles():
+        rows, timeouts = [], 0
+        for config in s["compiles"]:
+            if timeouts >= 2:  # two hung compilations: the rest would hang too
+                rows.append({"precision": config[0], "block_rows": config[1], "num_warps": config[2],
+                             "status": "not tried"})
+                continue
+            row = compile_in_child(config, a.compile_limit, bool(a.interpret))
+            timeouts += row["status"] == "timeout"
+            print(f"  kernel {config}: {row['status']} {row.get('compile_seconds', row.get('seconds', ''))}", flush=True)
+            rows.append(row)
+        return rows
+
+    no_kernel = "--no-kernel" if a.no_kernel else None
+    step("kernel_compile", compiles, no_kernel)
+    compiled = [r["precision"] for r in results.get("kernel_compile", []) if r.get("status") == "ok"]
+    if "kernel_compile" in results and not compiled:
+        no_kernel = "no configuration compiled in time"
+    elif "kernel_compile" not in results and not no_kernel:
+        compiled = list(s["precisions"])  # not probed (--only): trust every precision
+    checks = [c for c in s["checks"] if c[1] in compiled]
+    step("kernel_check", lambda: kernel_check(s["check_n"], s["check_sample_n"], s["timesteps"], interpret, checks),
+         no_kernel or (None if checks else "no checked precision compiled"))
+    tune_precision = "tf32" if "tf32" in compiled else (compiled or ["tf32"])[0]
 
     def tune():
         rows = []
         for block_rows, warps in s["blocks"]:
             options = {"block_rows": block_rows, "num_warps": warps, **({"interpret": True} if interpret else {})}
             r = bench.bench_sampling(s["n"], s["tune_timesteps"], 1, 10 if s["tune_timesteps"] >= 10 else 2, 1,
-                                     precision="tf32", kernel="pallas", kernel_options=options)
+                                     precision=tune_precision, kernel="pallas", kernel_options=options)
             rows.append({"block_rows": block_rows, "num_warps": warps, "seconds": r["seconds"],
                          "point_steps_per_s": r["point_steps_per_s"], "kernel_used": r["kernel_used"]})
         return rows
 
-    if not a.no_kernel:
-        step("kernel_tuning", tune)
+    step("kernel_tuning", tune, no_kernel)
     tuned = results.get("kernel_tuning") or [{"block_rows": 128, "num_warps": 4, "seconds": 0.0}]
     best = min(tuned, key=lambda r: r["seconds"])
     options = {"block_rows": best["block_rows"], "num_warps": best["num_warps"],
                **({"interpret": True} if interpret else {})}
     results["kernel_options"] = options
     window = min(10, s["timesteps"])
+    kernels = ("xla",) if no_kernel else ("xla", "pallas")
 
-    def sampling(n: int, d: int, precisions: Sequence[str], kernels: Sequence[str], chunk: Optional[int],
+    def sampling(n: int, d: int, precisions: Sequence[str], kernel_names: Sequence[str], chunk: Optional[int],
                  repeats: int = s["repeats"]):
         return [bench.bench_sampling(n, s["timesteps"], d, window, repeats, precision=p, kernel=k,
                                      chunk_size=chunk, kernel_options=options if k == "pallas" else None)
-                for k in kernels for p in precisions]
+                for k in kernel_names for p in (precisions if k == "xla" else [q for q in precisions if q in compiled])]
 
     step("sampling_1e6_d1", lambda: sampling(s["n"], 1, s["precisions"], kernels, None))
 
@@ -152,9 +272,29 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         rows = [r for r in results.get("sampling_1e6_d1", []) if r["kernel"] == kernel]
         return min(rows, key=lambda r: r["seconds"])["precision"] if rows else "tf32"
 
-    # 10^7 in the kernel here; in XLA (twice the kernel's time or more) last, if the budget allows.
+    # 10^7 in the kernel here (in XLA only at --no-kernel); in XLA (4x the kernel's time or more) near the end.
     step("sampling_1e7_d1", lambda: sampling(s["big_n"], 1, (fastest(kernels[-1]),), kernels[-1:], s["n"], 1))
-    step("sampling_1e6_d2", lambda: sampling(s["n"], 2, (fastest(kernels[-1]),), kernels, None))
+
+    def profile():
+        """Traces: XLA's sampler at N = 10^6 (20 steps; float32 and bf16), the kernel's (if it compiled), and
+        training steps at batch 10,000."""
+        steps = max(2, s["tune_timesteps"] // 2)
+        schedule, key, out = make_schedule(num_timesteps=steps), jax.random.key(3), {}
+        runs = [("sampling_xla_float32", "xla", "float32"), ("sampling_xla_bf16", "xla", "bf16")]
+        runs += [(f"sampling_pallas_{p}", "pallas", p) for p in compiled[:1]] if not no_kernel else []
+        for name, kernel, precision in runs:
+            model = ToyDenoiser(features=1, precision=precision)
+            params = model.init(jax.random.key(0), jnp.zeros((1, 1)), jnp.zeros((1,), jnp.int32))
+            denoise = ModuleDenoiser(model) if kernel == "xla" else FusedDenoiser(
+                model, block_rows=options["block_rows"], num_warps=options["num_warps"], interpret=interpret)
+            out[name] = trace_summary(lambda: sample(denoise, params, schedule, key, s["n"], (1,), SamplerConfig(
+                hal_window=min(10, steps))).x, a.out / "traces" / name, steps)
+        train_fn = bench.training_call(s["train_batch"], s["train_steps"])
+        out["training_float32"] = trace_summary(train_fn, a.out / "traces" / "training", s["train_steps"])
+        shutil.rmtree(a.out / "traces", ignore_errors=True)
+        return out
+
+    step("profile", profile)
 
     def training():
         out = {"mijax": [bench.bench_training(s["train_batch"], s["train_steps"], 1, None, s["timesteps"],
@@ -163,26 +303,31 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             out["torch"] = bench.bench_torch(a.torch_baseline, "train", dict(batch=s["train_batch"],
                                                                              steps=s["train_steps"], dim=1))
             out["speedup_float32"] = out["torch"]["ms_per_step"] / out["mijax"][0]["ms_per_step"]
+            out["speedup_tf32"] = out["torch"]["ms_per_step"] / out["mijax"][1]["ms_per_step"]
         return out
 
     step("training", training)
 
     def seeds():
-        measured = (results.get("training") or {}).get("mijax") or []  # float32 first, if training ran
-        one = measured[0] if measured else bench.bench_training(s["train_batch"], s["train_steps"], 1, None,
-                                                                s["timesteps"], s["repeats"])
-        many = bench.bench_training(s["train_batch"], s["train_steps"], 1, s["seeds"], s["timesteps"], s["repeats"])
+        out = {}
+        for precision in ("float32", "tf32"):
+            one = bench.bench_training(s["train_batch"], s["train_steps"], 1, None, s["timesteps"], s["repeats"],
+                                       precision=precision)
+            many = bench.bench_training(s["train_batch"], s["train_steps"], 1, s["seeds"], s["timesteps"],
+                                        s["repeats"], precision=precision)
+            out[precision] = {"training_one": one, "training_many": many,
+                              "training_ratio_to_one": many["seconds"] / one["seconds"]}
         sampled = bench.bench_seed_sampling(s["seed_n"], s["timesteps"], 1, window, s["seeds"], s["repeats"])
-        return {"training_one": one, "training_many": many,
-                "training_ratio_to_one": many["seconds"] / one["seconds"],
-                "sampling": sampled, "sampling_ratio_to_one": sampled["seconds"] / sampled["one_seed_seconds"]}
+        return {**out["float32"], "tf32": out["tf32"], "sampling": sampled,
+                "sampling_ratio_to_one": sampled["seconds"] / sampled["one_seed_seconds"]}
 
     step("seeds", seeds)
-    if not a.no_kernel:
-        step("sampling_1e7_d1_xla", lambda: sampling(s["big_n"], 1, (fastest("xla"),), ("xla",), s["n"], 1))
-    if a.torch_baseline is not None:
-        step("torch_trajectory_1e5", lambda: bench.bench_torch(a.torch_baseline, "trajectory", dict(
-            n=s["n"] // 10, timesteps=s["timesteps"], dim=1, window=window)))
+    step("sampling_1e6_d2", lambda: sampling(s["n"], 2, (fastest(kernels[-1]),), kernels, None))
+    step("sampling_1e7_d1_xla", lambda: sampling(s["big_n"], 1, (fastest("xla"),), ("xla",), s["n"], 1),
+         "measured above (--no-kernel)" if no_kernel else None)
+    step("torch_trajectory_1e5", lambda: bench.bench_torch(a.torch_baseline, "trajectory", dict(
+        n=s["n"] // 10, timesteps=s["timesteps"], dim=1, window=window)),
+         None if a.torch_baseline is not None else "no --torch-baseline")
     results["machine"]["device_peak_bytes_in_use"] = bench.device_peak_bytes()
     write_json(path, bench._jsonable(results))
     print(summary(results))
@@ -193,6 +338,10 @@ def summary(results: dict) -> str:
     """One line per figure, for the log."""
     lines = [f"machine: {results['machine'].get('device_kind')} ({results['machine'].get('backend')}), "
              f"jax {results['machine'].get('jax')}"]
+    for row in results.get("kernel_compile", []):
+        lines.append(f"kernel compile {row['precision']} block_rows={row['block_rows']} warps={row['num_warps']}: "
+                     f"{row['status']}" + (f" in {row['compile_seconds']:.1f} s, max diff vs XLA {row['max_abs_diff']:.1e}"
+                                          if row["status"] == "ok" else f" ({row.get('seconds', '')} s)"))
     for row in results.get("kernel_check", []):
         lines.append(f"kernel vs XLA d={row['dim']} {row['precision']}: eps max diff "
                      f"{row['max_abs_diff_shared_t']:.2e} / {row['max_abs_diff_per_row_t']:.2e}"
@@ -204,17 +353,23 @@ def summary(results: dict) -> str:
         for r in results.get(name, []):
             lines.append(f"{name} {r['kernel_used']} {r['precision']}: {r['seconds']:.3f} s "
                          f"({r['point_steps_per_s'] / 1e9:.3f} G point-steps/s)")
+    for name, trace in (results.get("profile") or {}).items():
+        for proc, p in trace["processes"].items():
+            if p["top"]:
+                lines.append(f"profile {name} [{proc}]: busy {p['busy_us'] / trace['wall_us']:.2f} of "
+                             f"{trace['wall_us'] / 1e3:.1f} ms wall, {p['events'] / trace['steps']:.0f} events/step; top "
+                             f"{p['top'][0]['name'][:60]} {p['top'][0]['per_step_us']:.0f} us/step")
     t = results.get("training")
     if t:
         for r in t["mijax"]:
             lines.append(f"training batch {r['batch']} {r['precision']}: {r['ms_per_step']:.3f} ms/step")
         if "torch" in t:
             lines.append(f"torch training: {t['torch']['ms_per_step']:.3f} ms/step; speed-up "
-                         f"{t['speedup_float32']:.1f}x")
+                         f"{t['speedup_float32']:.1f}x (float32), {t['speedup_tf32']:.1f}x (tf32)")
     sd = results.get("seeds")
     if sd:
-        lines.append(f"{sd['training_many']['num_seeds']} seeds: training {sd['training_ratio_to_one']:.2f}x one, "
-                     f"sampling {sd['sampling_ratio_to_one']:.2f}x one")
+        lines.append(f"{sd['training_many']['num_seeds']} seeds: training {sd['training_ratio_to_one']:.2f}x one "
+                     f"(tf32 {sd['tf32']['training_ratio_to_one']:.2f}x), sampling {sd['sampling_ratio_to_one']:.2f}x one")
     traj = results.get("torch_trajectory_1e5")
     if traj:
         lines.append(f"torch trajectory N={traj['n']}: {traj['seconds']:.3f} s "
@@ -222,7 +377,7 @@ def summary(results: dict) -> str:
     for name, err in results.get("errors", {}).items():
         lines.append(f"ERROR {name}: {err[:300]}")
     if results.get("skipped"):
-        lines.append(f"skipped (budget): {', '.join(results['skipped'])}")
+        lines.append(f"skipped: {', '.join(results['skipped'])}")
     return "\n".join(lines)
 
 

@@ -111,6 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--detection-seconds", type=float, default=150.0, help="its limit (s)")
     parser.add_argument("--shapes-seconds", type=float, default=150.0)
     parser.add_argument("--no-kernel", action="store_true", help="check: XLA only (gpu_check --no-kernel)")
+    parser.add_argument("--check-only", default="", help="check: these measurements only (gpu_check --only)")
     parser.add_argument("--local", action="store_true", help="tiny sizes and quick profiles (checks the script)")
     a = parser.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +123,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if part == "check":
             _run("check", [py, "-m", "benchmarks.gpu_check", "--out", str(a.state), "--budget", str(a.check_budget),
                            "--torch-baseline", str(a.baselines / "torch_ddpm.py")]
-                 + (["--quick", "--interpret"] if a.local else []) + (["--no-kernel"] if a.no_kernel else []),
+                 + (["--quick", "--interpret"] if a.local else []) + (["--no-kernel"] if a.no_kernel else [])
+                 + (["--only", a.check_only] if a.check_only else []),
                  a.check_budget + 120, a.out, a.state)
             if (a.state / "gpu_check.json").exists():
                 shutil.copy(a.state / "gpu_check.json", a.out / "gpu_check.json")

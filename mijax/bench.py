@@ -353,16 +353,10 @@ def device_peak_bytes() -> Optional[int]:
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
-def bench_training(batch: int, steps: int, dim: int, num_seeds: Optional[int] = None, timesteps: int = 1000,
-                   repeats: int = 3, seed: int = 0, seed_batch: Optional[int] = None,
-                   precision: str = "float32") -> dict:
-    """Milliseconds per Adam step of :func:`mijax.training.train_steps` (``steps`` steps in one dispatch).
-
-    ``num_seeds`` None trains one model; an integer S trains S models in one program along a seed axis
-    (``seed_axis=True``, even for S = 1), ``seed_batch`` of them vmapped together (None: the library's
-    default for this backend), and ms_per_step is then the time of one step of all S models.
-    ``precision``: the network's matmul precision.
-    """
+def training_call(batch: int, steps: int, dim: int = 1, num_seeds: Optional[int] = None, timesteps: int = 1000,
+                  seed: int = 0, seed_batch: Optional[int] = None, precision: str = "float32") -> Callable[[], Any]:
+    """The work that :func:`bench_training` times: a function that runs ``steps`` Adam steps in one dispatch
+    (continuing from the state the last call returned) and returns their losses; ``.last["losses"]``."""
     model, init_fn = _denoiser(dim, precision)
     schedule = make_schedule(num_timesteps=timesteps)
     config = TrainConfig(steps=steps, batch_size=batch, steps_per_call=steps)
@@ -384,8 +378,24 @@ def bench_training(batch: int, steps: int, dim: int, num_seeds: Optional[int] = 
                                                         steps, seed_axis, seed_batch if seed_axis else None)
         return holder["losses"]
 
+    call.last = holder
+    return call
+
+
+def bench_training(batch: int, steps: int, dim: int, num_seeds: Optional[int] = None, timesteps: int = 1000,
+                   repeats: int = 3, seed: int = 0, seed_batch: Optional[int] = None,
+                   precision: str = "float32") -> dict:
+    """Milliseconds per Adam step of :func:`mijax.training.train_steps` (``steps`` steps in one dispatch).
+
+    ``num_seeds`` None trains one model; an integer S trains S models in one program along a seed axis
+    (``seed_axis=True``, even for S = 1), ``seed_batch`` of them vmapped together (None: the library's
+    default for this backend), and ms_per_step is then the time of one step of all S models.
+    ``precision``: the network's matmul precision.
+    """
+    call = training_call(batch, steps, dim, num_seeds, timesteps, seed, seed_batch, precision)
+    seed_axis = num_seeds is not None
     timing = time_best(call, repeats)
-    finite = bool(jnp.all(jnp.isfinite(holder["losses"])))
+    finite = bool(jnp.all(jnp.isfinite(call.last["losses"])))
     num_models = num_seeds if seed_axis else 1
     return {"batch": batch, "steps": steps, "dim": dim, "num_seeds": num_models, "seed_axis": seed_axis,
             "precision": precision,

@@ -156,7 +156,7 @@ def test_gpu_check_script_runs_at_tiny_sizes(tmp_path):
     from benchmarks import gpu_check
 
     results = gpu_check.main(["--out", str(tmp_path), "--quick", "--interpret"])
-    assert results["errors"] == {} and results["skipped"] == []
+    assert results["errors"] == {} and results["skipped"] == ["torch_trajectory_1e5 (no --torch-baseline)"]
     assert json.loads((tmp_path / "gpu_check.json").read_text())["kernel_options"] == results["kernel_options"]
     for row in results["kernel_check"]:
         assert row["kernel_ran"] and row["rows_independent_of_n_kernel"]
@@ -166,8 +166,21 @@ def test_gpu_check_script_runs_at_tiny_sizes(tmp_path):
     assert [(r["dim"], r["precision"]) for r in results["kernel_check"]] == list(gpu_check.QUICK["checks"])
     assert len(results["sampling_1e6_d1"]) == 2 * len(gpu_check.QUICK["precisions"])
     assert [r["kernel"] for r in results["sampling_1e7_d1"] + results["sampling_1e7_d1_xla"]] == ["pallas", "xla"]
-    assert results["seeds"]["training_many"]["num_seeds"] == 2
-    assert "kernel vs XLA" in gpu_check.summary(results)
+    assert results["seeds"]["training_many"]["num_seeds"] == 2 and "training_many" in results["seeds"]["tf32"]
+    assert [r["status"] for r in results["kernel_compile"]] == ["ok"] * len(gpu_check.QUICK["compiles"])
+    assert set(results["profile"]) == {"sampling_xla_float32", "sampling_xla_bf16", "sampling_pallas_bf16",
+                                       "training_float32"}
+    for trace in results["profile"].values():
+        top = [row for p in trace["processes"].values() for row in p["top"]]
+        assert trace["wall_us"] > 0 and top and all(not row["name"].startswith("$") for row in top)
+    assert "kernel vs XLA" in gpu_check.summary(results) and "profile training_float32" in gpu_check.summary(results)
+    # A compilation that hangs costs its limit, not the loan: the kernel's measurements are then left out.
+    hung = gpu_check.main(["--out", str(tmp_path / "c"), "--quick", "--interpret", "--only", "kernel_compile",
+                           "--compile-limit", "0.01"])
+    assert [r["status"] for r in hung["kernel_compile"]] == ["timeout", "timeout"]
+    assert "kernel_check (no configuration compiled in time)" in hung["skipped"] and "training" in hung["skipped"]
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--out", str(tmp_path / "d"), "--only", "nope"])
     # A spent budget starts nothing more but still writes what it has.
     later = gpu_check.main(["--out", str(tmp_path / "b"), "--quick", "--budget", "0"])
     assert "kernel_check" in later["skipped"] and "kernel_check" not in later
