@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "another reuses its models and samples (all: OUT/runs by default; one experiment: its own)")
     exp.add_argument("--set", type=_option, action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                      help="change one of the profile's sizes (repeatable; one experiment, not `all`), e.g. "
-                          "--set steps=20000 --set seeds=2; report.md lists the sizes used")
+                          "--set steps=20000 --set num_samples=100000; the report lists the sizes used")
     exp.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_recursive_arguments(sub.add_parser("recursive", help="recursive training on generated data, with and "
                                             "without Hal filtering; rerun the same command to resume"))
@@ -442,6 +442,8 @@ def _experiment_overrides(a, modules) -> dict:
     if a.name == "all":
         raise UsageError("--set changes one experiment's sizes; name the experiment, not `all`")
     (name, module), = modules.items()
+    if not hasattr(module, "PROFILES") or not getattr(module, "SETS_SIZES", True):
+        raise UsageError(f"{name} has no profile sizes to --set; `mijax recursive` sets every size of such a study")
     sizes = module.PROFILES[a.profile]
     for key, value in overrides.items():
         if key == "seeds":

@@ -270,6 +270,8 @@ def test_experiment_set_changes_a_profile_size_and_refuses_bad_ones(tmp_path, ca
         msg = _error(capsys, ["experiment", "distance-1d", "--no-progress", "--out", str(out), *argv])
         assert words in msg, msg
     assert "not `all`" in _error(capsys, ["experiment", "all", "--out", str(out), "--set", "steps=3"])
+    for name in ("recursive-1d", "recursive-shapes"):
+        assert "mijax recursive" in _error(capsys, ["experiment", name, "--out", str(out), "--set", "steps=3"])
     assert not out.exists()  # refused before anything was written
     seen = {}
     monkeypatch.setattr(distance_1d, "run", lambda target, **kw: seen.update(kw) or {})

@@ -7,6 +7,7 @@ from typing import Optional
 from mijax.experiments.recursive import run_dim
 
 SUMMARY = "recursive training on own samples, 2D: none vs random vs variance (Hal) filtering"
+SETS_SIZES = False  # its sizes are a RecursiveConfig's: `mijax recursive` sets them, not `experiment --set`
 
 
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,

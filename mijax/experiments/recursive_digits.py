@@ -22,6 +22,7 @@ from mijax.experiments.recursive import (FILTER_COLOURS, pool_grid, run_study, s
 from mijax.recursive import RecursiveConfig
 
 SUMMARY = "recursive training on digits: Fréchet distance per generation, none vs random vs variance (Hal) filtering"
+SETS_SIZES = False  # its sizes are a RecursiveConfig's: `mijax recursive` sets them, not `experiment --set`
 # quick: the digits quick recipe (its UNet and optimiser on the 8 x 8 digits) with 1,200 steps on N = 700 images
 # per generation, pools of 1,050 and T = 100 (the image schedule compressed tenfold, as recursive-shapes);
 # paper: the digits paper recipe on mnist5k, for a GPU.

@@ -24,6 +24,7 @@ from mijax.experiments.recursive import (FILTER_COLOURS, pool_grid, run_study, s
 from mijax.recursive import RecursiveConfig
 
 SUMMARY = "recursive training on SHAPES: duplicate share per generation, none vs random vs variance (Hal) filtering"
+SETS_SIZES = False  # its sizes are a RecursiveConfig's: `mijax recursive` sets them, not `experiment --set`
 # quick: the shapes quick recipe (its UNet and optimiser) with 1,000 steps on N = 400 images per generation, pools
 # of 600, T = 100 (the image schedule compressed tenfold) and Hal by strip over t = 5..14 (where the shapes quick
 # sweep found Hal sharpest: t = 10..29 of 200); paper: the shapes paper recipe on the 5,000 images, for a GPU.
