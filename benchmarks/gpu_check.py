@@ -5,15 +5,23 @@ Written for a short loan of one GPU (the H200 targets: 10^6 x 1000 samples with 
 measurements most important first, writes ``gpu_check.json`` into ``--out`` after each one (so a run cut
 short keeps what it measured) and stops starting new ones after ``--budget`` seconds:
 
+0. the kernel's compilation, each configuration (``compiles``: tf32 and bf16 in 64-row blocks, float32 in 32
+   and 64) in a child process killed after ``--compile-limit`` seconds: on the first H200 loan (jax 0.11.2)
+   float32 in 128-row blocks compiled for over 290 s. Each precision then runs in the largest block that
+   compiled in it, and precisions that compiled in none are left out of the kernel's measurements;
 1. the fused Pallas kernel compiled for the GPU against the XLA path: max |difference| of eps_hat on
    random inputs (d = 1, 2; float32, tf32, bf16) and of samples and Hal over a short sampling run, and
    whether a row's result depends on how many rows share the call (both paths);
 2. the kernel's block size and warps, picked on a short run (N = 10^6, T = 50);
 3. sampling with Hal, N = 10^6, T = 1000, d = 1: XLA and the kernel in float32, tf32 and bf16; then
-   N = 10^7 (chunks of 10^6) in the kernel's fastest precision; d = 2 at 10^6;
-4. training at batch 10,000 (ms/step; float32 and tf32) and the published code's, if ``--torch-baseline``;
-5. 16 seeds in one program against one: training and sampling;
-6. N = 10^7 in XLA's fastest precision, and the published code's trajectory at 10^5 (``--torch-baseline``).
+   N = 10^7 (chunks of 10^6) in the kernel's fastest precision;
+4. ``profile``: Perfetto traces (25 sampler steps at 10^6, XLA float32 and bf16 and the kernel; 50 training
+   steps) summed per process and kernel;
+5. training at batch 10,000 (ms/step; float32 and tf32) and the published code's, if ``--torch-baseline``;
+6. 16 seeds in one program against one: training (float32, tf32) and sampling;
+7. d = 2 at 10^6, N = 10^7 in XLA's fastest precision, the published code's trajectory at 10^5.
+
+``--only NAMES`` runs some of them (``STEPS``); ``--no-kernel`` leaves the kernel out.
 
     PYTHONPATH=. python3 -m benchmarks.gpu_check --out $OUT --budget 420 [--torch-baseline PATH]
     python -m benchmarks.gpu_check --out /tmp/g --quick      # tiny sizes: checks the script anywhere
@@ -40,7 +48,7 @@ FULL = dict(n=1_000_000, big_n=10_000_000, timesteps=1000, tune_timesteps=50, ch
             train_batch=10_000, train_steps=50, seeds=16, seed_n=100_000, repeats=2,
             blocks=((32, 4), (64, 4), (64, 8), (128, 4), (128, 8)),
             checks=((1, "float32"), (2, "float32"), (1, "tf32"), (1, "bf16")), precisions=("float32", "tf32", "bf16"),
-            compiles=(("tf32", 64, 4), ("bf16", 64, 4), ("float32", 64, 4), ("float32", 128, 4)))
+            compiles=(("tf32", 64, 4), ("bf16", 64, 4), ("float32", 32, 4), ("float32", 64, 4)))
 # --quick checks that every step of the script runs (the test suite's kernel tests cover every configuration).
 QUICK = dict(n=512, big_n=2048, timesteps=20, tune_timesteps=5, check_n=300, check_sample_n=128,
              train_batch=256, train_steps=2, seeds=2, seed_n=256, repeats=1, blocks=((32, 4), (64, 4)),
@@ -49,17 +57,20 @@ QUICK = dict(n=512, big_n=2048, timesteps=20, tune_timesteps=5, check_n=300, che
 
 
 def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optional[bool],
-                 checks: Sequence[tuple[int, str]] = FULL["checks"]) -> list[dict]:
+                 checks: Sequence[tuple[int, str]] = FULL["checks"],
+                 blocks: Optional[dict] = None) -> list[dict]:
     """Max |kernel - XLA| of eps_hat (random x, shared and per-row t) and of a sampling run's x and Hal, for
-    each (d, precision) of ``checks``."""
+    each (d, precision) of ``checks``; ``blocks``: precision -> (block_rows, num_warps) (default 128, 4)."""
     rows = []
     for d, precision in checks:
         model = ToyDenoiser(features=d, precision=precision)
         params = model.init(jax.random.key(0), jnp.zeros((1, d)), jnp.zeros((1,), jnp.int32))
-        fused = FusedDenoiser(model, interpret=interpret)
+        block_rows, warps = (blocks or {}).get(precision, (128, 4))
+        fused = FusedDenoiser(model, block_rows=block_rows, num_warps=warps, interpret=interpret)
         apply, fused_fn = jax.jit(model.apply), jax.jit(fused)
         x = 2.0 * jax.random.normal(jax.random.key(1), (check_n, d))
-        row = {"dim": d, "precision": precision, "rows": check_n, "kernel_ran": fused.uses_kernel}
+        row = {"dim": d, "precision": precision, "rows": check_n, "kernel_ran": fused.uses_kernel,
+               "block_rows": block_rows, "num_warps": warps}
         for name, t in (("shared_t", jnp.int32(500)),
                         ("per_row_t", jnp.arange(check_n, dtype=jnp.int32) % timesteps)):
             want, got = apply(params, x, t), fused_fn(params, x, t)
@@ -85,7 +96,7 @@ STEPS = ("kernel_compile", "kernel_check", "kernel_tuning", "sampling_1e6_d1", "
          "training", "seeds", "sampling_1e6_d2", "sampling_1e7_d1_xla", "torch_trajectory_1e5")
 # The kernel's compilations (sizes' "compiles": precision, block_rows, num_warps) are tried first, each in a
 # child process under COMPILE_LIMIT seconds: a hung compilation then costs that much, not the loan.
-COMPILE_LIMIT = 75.0
+COMPILE_LIMIT = 60.0
 
 
 def compile_one(precision: str, block_rows: int, num_warps: int, interpret: bool = False, n: int = 4096) -> dict:
@@ -231,19 +242,28 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     no_kernel = "--no-kernel" if a.no_kernel else None
     step("kernel_compile", compiles, no_kernel)
-    compiled = [r["precision"] for r in results.get("kernel_compile", []) if r.get("status") == "ok"]
+    # Each precision runs with the largest block that compiled in it (a compilation's cost grows with the
+    # block: float32's products are Triton's IEEE FMA loops, unrolled over the whole block).
+    blocks: dict = {}
+    for r in results.get("kernel_compile", []):
+        if r.get("status") == "ok" and r["block_rows"] > blocks.get(r["precision"], (0, 0))[0]:
+            blocks[r["precision"]] = (r["block_rows"], r["num_warps"])
+    compiled = list(blocks)
     if "kernel_compile" in results and not compiled:
         no_kernel = "no configuration compiled in time"
     elif "kernel_compile" not in results and not no_kernel:
-        compiled = list(s["precisions"])  # not probed (--only): trust every precision
+        compiled = list(s["precisions"])  # not probed (--only): trust every precision at 128-row blocks
+        blocks = {p: (128, 4) for p in compiled}
     checks = [c for c in s["checks"] if c[1] in compiled]
-    step("kernel_check", lambda: kernel_check(s["check_n"], s["check_sample_n"], s["timesteps"], interpret, checks),
+    step("kernel_check", lambda: kernel_check(s["check_n"], s["check_sample_n"], s["timesteps"], interpret, checks,
+                                              blocks),
          no_kernel or (None if checks else "no checked precision compiled"))
     tune_precision = "tf32" if "tf32" in compiled else (compiled or ["tf32"])[0]
+    tune_blocks = [(b, w) for b, w in s["blocks"] if b <= blocks.get(tune_precision, (128, 4))[0]]
 
     def tune():
         rows = []
-        for block_rows, warps in s["blocks"]:
+        for block_rows, warps in tune_blocks:
             options = {"block_rows": block_rows, "num_warps": warps, **({"interpret": True} if interpret else {})}
             r = bench.bench_sampling(s["n"], s["tune_timesteps"], 1, 10 if s["tune_timesteps"] >= 10 else 2, 1,
                                      precision=tune_precision, kernel="pallas", kernel_options=options)
@@ -252,18 +272,26 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         return rows
 
     step("kernel_tuning", tune, no_kernel)
-    tuned = results.get("kernel_tuning") or [{"block_rows": 128, "num_warps": 4, "seconds": 0.0}]
+    tuned = results.get("kernel_tuning") or [{"block_rows": blocks.get(tune_precision, (128, 4))[0],
+                                              "num_warps": blocks.get(tune_precision, (128, 4))[1], "seconds": 0.0}]
     best = min(tuned, key=lambda r: r["seconds"])
     options = {"block_rows": best["block_rows"], "num_warps": best["num_warps"],
                **({"interpret": True} if interpret else {})}
     results["kernel_options"] = options
+
+    def options_for(precision: str) -> dict:
+        """The tuned block for the tuned precision; for another, the largest block that compiled in it."""
+        if precision == tune_precision:
+            return options
+        rows, warps = blocks.get(precision, (128, 4))
+        return {"block_rows": rows, "num_warps": warps, **({"interpret": True} if interpret else {})}
     window = min(10, s["timesteps"])
     kernels = ("xla",) if no_kernel else ("xla", "pallas")
 
     def sampling(n: int, d: int, precisions: Sequence[str], kernel_names: Sequence[str], chunk: Optional[int],
                  repeats: int = s["repeats"]):
         return [bench.bench_sampling(n, s["timesteps"], d, window, repeats, precision=p, kernel=k,
-                                     chunk_size=chunk, kernel_options=options if k == "pallas" else None)
+                                     chunk_size=chunk, kernel_options=options_for(p) if k == "pallas" else None)
                 for k in kernel_names for p in (precisions if k == "xla" else [q for q in precisions if q in compiled])]
 
     step("sampling_1e6_d1", lambda: sampling(s["n"], 1, s["precisions"], kernels, None))
@@ -281,12 +309,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         steps = max(2, s["tune_timesteps"] // 2)
         schedule, key, out = make_schedule(num_timesteps=steps), jax.random.key(3), {}
         runs = [("sampling_xla_float32", "xla", "float32"), ("sampling_xla_bf16", "xla", "bf16")]
-        runs += [(f"sampling_pallas_{p}", "pallas", p) for p in compiled[:1]] if not no_kernel else []
+        runs += [(f"sampling_pallas_{tune_precision}", "pallas", tune_precision)] if not no_kernel else []
         for name, kernel, precision in runs:
             model = ToyDenoiser(features=1, precision=precision)
             params = model.init(jax.random.key(0), jnp.zeros((1, 1)), jnp.zeros((1,), jnp.int32))
+            o = options_for(precision)
             denoise = ModuleDenoiser(model) if kernel == "xla" else FusedDenoiser(
-                model, block_rows=options["block_rows"], num_warps=options["num_warps"], interpret=interpret)
+                model, block_rows=o["block_rows"], num_warps=o["num_warps"], interpret=interpret)
             out[name] = trace_summary(lambda: sample(denoise, params, schedule, key, s["n"], (1,), SamplerConfig(
                 hal_window=min(10, steps))).x, a.out / "traces" / name, steps)
         train_fn = bench.training_call(s["train_batch"], s["train_steps"])

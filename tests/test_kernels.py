@@ -169,7 +169,10 @@ def test_gpu_check_script_runs_at_tiny_sizes(tmp_path):
     assert results["seeds"]["training_many"]["num_seeds"] == 2 and "training_many" in results["seeds"]["tf32"]
     assert [r["status"] for r in results["kernel_compile"]] == ["ok"] * len(gpu_check.QUICK["compiles"])
     assert set(results["profile"]) == {"sampling_xla_float32", "sampling_xla_bf16", "sampling_pallas_bf16",
-                                       "training_float32"}
+                                       "training_float32"}  # the kernel in the tuned precision (no tf32 here)
+    # each precision runs in the largest block that compiled in it (64 rows here), never the default 128
+    assert {(r["precision"], r["block_rows"]) for r in results["kernel_check"]} == {("bf16", 64), ("float32", 64)}
+    assert all(r["block_rows"] <= 64 for r in results["kernel_tuning"])
     for trace in results["profile"].values():
         top = [row for p in trace["processes"].values() for row in p["top"]]
         assert trace["wall_us"] > 0 and top and all(not row["name"].startswith("$") for row in top)
