@@ -5,9 +5,10 @@ Written for a short loan of one GPU (the H200 targets: 10^6 x 1000 samples with 
 measurements most important first, writes ``gpu_check.json`` into ``--out`` after each one (so a run cut
 short keeps what it measured) and stops starting new ones after ``--budget`` seconds:
 
-0. the kernel's compilation, each configuration (``compiles``: tf32 and bf16 in 64-row blocks, float32 in 32
-   and 64) in a child process killed after ``--compile-limit`` seconds: on the first H200 loan (jax 0.11.2)
-   float32 in 128-row blocks compiled for over 290 s. Each precision then runs in the largest block that
+0. the kernel's compilation, each configuration (``compiles``: tf32 and bf16 in 64-row blocks, float32 in 64
+   and 128) in a child process killed after ``--compile-limit`` seconds: on the first H200 loan (jax 0.11.2)
+   float32 in 128-row blocks, then Triton's IEEE products, compiled for over 290 s (float32 now uses three
+   TF32 products, ``FusedDenoiser.float32_products``). Each precision then runs in the largest block that
    compiled in it, and precisions that compiled in none are left out of the kernel's measurements;
 1. the fused Pallas kernel compiled for the GPU against the XLA path: max |difference| of eps_hat on
    random inputs (d = 1, 2; float32, tf32, bf16) and of samples and Hal over a short sampling run, and
@@ -48,7 +49,7 @@ FULL = dict(n=1_000_000, big_n=10_000_000, timesteps=1000, tune_timesteps=50, ch
             train_batch=10_000, train_steps=50, seeds=16, seed_n=100_000, repeats=2,
             blocks=((32, 4), (64, 4), (64, 8), (128, 4), (128, 8)),
             checks=((1, "float32"), (2, "float32"), (1, "tf32"), (1, "bf16")), precisions=("float32", "tf32", "bf16"),
-            compiles=(("tf32", 64, 4), ("bf16", 64, 4), ("float32", 32, 4), ("float32", 64, 4)))
+            compiles=(("tf32", 64, 4), ("bf16", 64, 4), ("float32", 64, 4), ("float32", 128, 4)))
 # --quick checks that every step of the script runs (the test suite's kernel tests cover every configuration).
 QUICK = dict(n=512, big_n=2048, timesteps=20, tune_timesteps=5, check_n=300, check_sample_n=128,
              train_batch=256, train_steps=2, seeds=2, seed_n=256, repeats=1, blocks=((32, 4), (64, 4)),

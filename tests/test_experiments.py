@@ -110,9 +110,19 @@ def test_window_hal_equals_sampler_hal(tmp_path):
     np.testing.assert_array_equal(windows["trajectory"][:, :, -1], windows["x"])  # t = 0 is the sample
 
 
-def test_detection_end_to_end(tmp_path):
+def test_detection_end_to_end(tmp_path, monkeypatch):
     from mijax.experiments import detection
 
+    real = common.sample_windows
+
+    def diverging(*args, **kwargs):  # as if 3 of seed 0's 2D samples had diverged (inf x, NaN Hal)
+        result = dict(real(*args, **kwargs))
+        if result["x"].shape[-1] == 2:
+            result["x"], result["hal"] = np.array(result["x"]), np.array(result["hal"])
+            result["x"][0, :3], result["hal"][0, :3] = np.inf, np.nan
+        return result
+
+    monkeypatch.setattr(common, "sample_windows", diverging)
     out = tmp_path / "det"
     m = detection.run(out, progress=False, overrides=_toy(detection, n_train=400, n_train_2d=400, steps_2d=20,
                                                                batch_size_2d=200, timesteps=120))
@@ -122,6 +132,9 @@ def test_detection_end_to_end(tmp_path):
     assert len(m["settings"]["1d"]["window_sweep"]) == len(m["windows"]) == 19
     assert set(m["settings"]["2d"]["per_k"]) == {"3", "4", "5", "6"}
     assert "blur_adjusted" in m["settings"]["1d"]
+    # Diverged samples are counted and left out of the numbers, not a crash ("scores must not be NaN").
+    assert m["settings"]["2d"]["non_finite_samples"] == [3, 0] and m["settings"]["1d"]["non_finite_samples"] == [0, 0]
+    assert "Diverged samples" in (out / "report.md").read_text()
 
 
 def test_detectors_end_to_end(tmp_path, shared):

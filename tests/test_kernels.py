@@ -41,6 +41,23 @@ def test_kernel_equals_the_module(d, tied, precision):
         np.testing.assert_allclose(got, want, atol=TOLERANCE[precision] * max(scale, 1.0), rtol=0)
 
 
+def test_float32_products_three_tf32_passes_or_ieee():
+    """float32 in the kernel: three TF32 products by default (Triton's IEEE float32 dot compiles for minutes on
+    a GPU), emulated by the interpreter; both agree with the module's full float32 to float32 tolerance, and
+    the three-pass products are not the plain ones (the emulation is on)."""
+    model, params = _model(2, precision="float32")
+    x = 3.0 * jax.random.normal(jax.random.key(5), (64, 2))
+    want = jax.jit(model.apply)(params, x, jnp.int32(321))
+    got = {p: jax.jit(FusedDenoiser(model, block_rows=32, interpret=True, float32_products=p))(params, x, jnp.int32(321))
+           for p in ("tf32x3", "ieee")}
+    scale = max(float(jnp.max(jnp.abs(want))), 1.0)
+    for p, value in got.items():
+        np.testing.assert_allclose(value, want, atol=TOLERANCE["float32"] * scale, rtol=0, err_msg=p)
+    assert not np.array_equal(got["tf32x3"], got["ieee"])
+    with pytest.raises(ValueError, match="float32_products"):
+        FusedDenoiser(model, float32_products="fp64")
+
+
 def test_a_row_does_not_depend_on_its_block():
     """Rows are independent: the same row gives the same bits at any N and block position."""
     model, params = _model(2)
@@ -105,15 +122,16 @@ def test_bad_input():
         make_denoiser(model, "cuda")
 
 
-@pytest.mark.parametrize("d,tied,precision,per_row", [(1, True, "float32", False), (2, False, "bf16", True),
-                                                      (1, True, "tf32", False)])
-def test_kernel_lowers_to_triton_for_a_gpu(d, tied, precision, per_row):
+@pytest.mark.parametrize("d,tied,precision,per_row,products", [
+    (1, True, "float32", False, "tf32x3"), (1, True, "float32", False, "ieee"), (2, False, "bf16", True, "tf32x3"),
+    (1, True, "tf32", False, "tf32x3")])
+def test_kernel_lowers_to_triton_for_a_gpu(d, tied, precision, per_row, products):
     """The compiled kernel's lowering for CUDA (Pallas -> Triton IR), done on this machine: every operation of
     the kernel has a Triton lowering and the block shapes are accepted. (Triton's own compilation to PTX
     happens on the GPU and is not checked here.)"""
     export = pytest.importorskip("jax.export")
     model, params = _model(d, tied, precision)
-    fused = FusedDenoiser(model, interpret=False)
+    fused = FusedDenoiser(model, interpret=False, float32_products=products)
     t = jax.ShapeDtypeStruct((4096,) if per_row else (), jnp.int32)
     try:
         exported = export.export(

@@ -78,9 +78,13 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
                                        progress=progress)
         timer.lap("sample")
         mixture = build(config).dataset.mixture
-        x, hals = result["x"], result["hal"]  # [S, N, d], [S, N, W]
+        x, hals = np.asarray(result["x"]), np.asarray(result["hal"])  # [S, N, d], [S, N, W]
         S = x.shape[0]
-        per_seed = [_seed_detection(mixture, x[s], hals[s, :, 0], jax.random.key(100 + s)) for s in range(S)]
+        # A model that diverges (too few steps, say) leaves samples that are inf or NaN: counted, and left out
+        # of the detection numbers (a NaN score ranks nowhere), per seed.
+        finite = np.all(np.isfinite(x), axis=-1) & np.all(np.isfinite(hals), axis=-1)  # [S, N]
+        xs, hs = [x[s][finite[s]] for s in range(S)], [hals[s][finite[s]] for s in range(S)]
+        per_seed = [_seed_detection(mixture, xs[s], hs[s][:, 0], jax.random.key(100 + s)) for s in range(S)]
         summary = {"per_k": {}}
         for kk in per_seed[0]["per_k"]:
             rows = [ps["per_k"][kk] for ps in per_seed]
@@ -102,14 +106,19 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
         for w, (end, length) in enumerate(windows):
             aur, rem = [], []
             for s in range(S):
-                pos = np.asarray(labels(mixture, x[s], common.K))
-                aur.append(_num(detection.auroc(hals[s, :, w], pos)) if 0 < pos.sum() < pos.size else np.nan)
-                rem.append(detection.removal_at_retention(hals[s, :, w], pos, 0.96)["removed"])
+                pos = np.asarray(labels(mixture, xs[s], common.K))
+                aur.append(_num(detection.auroc(hs[s][:, w], pos)) if 0 < pos.sum() < pos.size else np.nan)
+                rem.append(detection.removal_at_retention(hs[s][:, w], pos, 0.96)["removed"])
             sweep.append({"end": end, "length": length, "auroc": common.ci(aur), "removed_at_96_retention": common.ci(rem)})
         summary["window_sweep"] = sweep
+        summary["non_finite_samples"] = [int((~finite[s]).sum()) for s in range(S)]
         metrics["settings"][tag] = {"dataset": dataset, "n_train": config.data.n_train, "steps": config.train.steps,
                                     "t_power": config.train.t_power, **summary}
-        sections.append(_figures_and_section(out, tag, dataset, mixture, x[0], hals[0, :, 0], summary, windows, p))
+        section = _figures_and_section(out, tag, dataset, mixture, xs[0], hs[0][:, 0], summary, windows, p)
+        if finite.sum() < finite.size:
+            section += (f"\n\n**Diverged samples** (inf or NaN, left out of every number above), per seed: "
+                        f"{', '.join(str(c) for c in summary['non_finite_samples'])} of {x.shape[1]:,}.")
+        sections.append(section)
     k5 = {tag: metrics["settings"][tag]["per_k"]["5"] for tag in SETTINGS}
     headline = {tag: (v["removed_at_96_retention"]["mean"] is not None and v["removed_at_96_retention"]["mean"] >= 0.95)
                 for tag, v in k5.items()}

@@ -29,6 +29,12 @@ from mijax.models.denoiser import ModuleDenoiser
 from mijax.models.mlp import LAYER_NORM_EPS, LEAKY_SLOPE, PRECISIONS, ToyDenoiser, _round_to_tf32
 
 KERNELS = ("xla", "pallas")
+# How the kernel computes float32 products on a GPU: "tf32x3", three TF32 tensor-core products (a_hi b_hi +
+# a_hi b_lo + a_lo b_hi, about 21 of float32's 24 mantissa bits), or "ieee", Triton's float32 FMA loops on
+# the CUDA cores, unrolled over the whole block: ptxas then takes minutes (Triton 3.9 for sm_90: 32 s for
+# a 32-row block against 7 s for tf32x3 in 64 rows; on the H200 the 128-row IEEE kernel compiled for over
+# 290 s, BENCHMARKS.md). The XLA path's float32 is full float32 (Precision.HIGHEST) either way.
+FLOAT32_PRODUCTS = ("tf32x3", "ieee")
 
 
 def _next_power_of_two(n: int) -> int:
@@ -51,6 +57,9 @@ class FusedDenoiser:
       interpret: None: the compiled kernel on a GPU, ``module.apply`` elsewhere; True: the kernel in
         Pallas' interpreter (any backend); False: the compiled kernel (fails where there is no GPU).
       num_warps: Triton warps per program.
+      float32_products: for ``precision="float32"``: ``"tf32x3"`` (default; three TF32 tensor-core products,
+        close to float32) or ``"ieee"`` (Triton's float32 FMA products; compiles for minutes);
+        ``FLOAT32_PRODUCTS``. The interpreter emulates either.
 
     ``__call__(params, x [N, d], t [N] or []) -> eps_hat [N, d]`` float32, equal to ``module.apply``
     up to the order of floating-point operations.
@@ -60,8 +69,12 @@ class FusedDenoiser:
     block_rows: int = 128
     interpret: Optional[bool] = None
     num_warps: int = 4
+    float32_products: str = "tf32x3"
 
     def __post_init__(self):
+        if self.float32_products not in FLOAT32_PRODUCTS:
+            raise ValueError(f"float32_products must be one of {', '.join(FLOAT32_PRODUCTS)}, "
+                             f"got {self.float32_products!r}")
         if not isinstance(self.module, ToyDenoiser):
             raise TypeError(f"FusedDenoiser fuses a ToyDenoiser, got {type(self.module).__name__}")
         w = self.module.width
@@ -84,7 +97,8 @@ class FusedDenoiser:
         projections = m.apply(params, t, method=ToyDenoiser.time_projections)  # [blocks, 1 or N, width]
         return fused_forward(params["params"], x, projections, num_layers=m.num_layers, tied=m.tied,
                              precision=m.precision, block_rows=self.block_rows,
-                             interpret=bool(self.interpret), num_warps=self.num_warps)
+                             interpret=bool(self.interpret), num_warps=self.num_warps,
+                             float32_products=self.float32_products)
 
 
 def make_denoiser(module: ToyDenoiser, kernel: str = "xla", **options):
@@ -96,7 +110,7 @@ def make_denoiser(module: ToyDenoiser, kernel: str = "xla", **options):
 
 def fused_forward(p: dict, x: jnp.ndarray, projections: jnp.ndarray, *, num_layers: int, tied: bool,
                   precision: str = "float32", block_rows: int = 128, interpret: bool = False,
-                  num_warps: int = 4) -> jnp.ndarray:
+                  num_warps: int = 4, float32_products: str = "tf32x3") -> jnp.ndarray:
     """The denoiser's layers after the time path, as one Pallas kernel over blocks of rows.
 
     Args:
@@ -145,7 +159,7 @@ def fused_forward(p: dict, x: jnp.ndarray, projections: jnp.ndarray, *, num_laye
         full((1, dp)),
     ]
     kernel = functools.partial(_kernel, num_layers=num_layers, tied=tied, features=dp, precision=precision,
-                               emulate_tf32=interpret)
+                               emulate_tf32=interpret, float32_products=float32_products)
     extra = {}
     if not interpret:
         from jax.experimental.pallas import triton as plgpu  # noqa: PLC0415
@@ -180,18 +194,27 @@ def _round(a, precision: str):
     return a
 
 
-def _matmul(a, w, precision: str, emulate_tf32: bool):
-    """[R, K] @ [K, W] with float32 accumulation, in the module's matmul precision."""
+def _matmul(a, w, precision: str, emulate_tf32: bool, float32_products: str = "tf32x3"):
+    """[R, K] @ [K, W] with float32 accumulation, in the module's matmul precision (float32: in
+    ``float32_products``)."""
+    highest = functools.partial(jnp.dot, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+    if precision == "float32" and float32_products == "tf32x3":
+        if not emulate_tf32:  # Triton's three-pass TF32 on the tensor cores
+            return jnp.dot(a, w, precision=jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3,
+                           preferred_element_type=jnp.float32)
+        a_hi, w_hi = _round_to_tf32(a), _round_to_tf32(w)
+        a_lo, w_lo = _round_to_tf32(a - a_hi), _round_to_tf32(w - w_hi)
+        return highest(a_hi, w_lo) + highest(a_lo, w_hi) + highest(a_hi, w_hi)
     if precision == "bf16":
         return jnp.dot(a.astype(jnp.bfloat16), w.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
     if precision == "tf32" and not emulate_tf32:  # Triton's TF32 tensor-core algorithm
         return jnp.dot(a, w, precision=jax.lax.DotAlgorithmPreset.TF32_TF32_F32, preferred_element_type=jnp.float32)
-    a, w = _round(a, precision), _round(w, precision)  # tf32 emulated as the module does; float32 unchanged
-    return jnp.dot(a, w, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+    return highest(_round(a, precision), _round(w, precision))  # tf32 emulated as the module does; float32 as is
 
 
 def _kernel(x_ref, w_in_ref, proj_ref, w1_ref, w2_ref, norms_ref, out_norm_ref, w_out_ref, b_out_ref, o_ref, *,
-            num_layers: int, tied: bool, features: int, precision: str, emulate_tf32: bool):
+            num_layers: int, tied: bool, features: int, precision: str, emulate_tf32: bool,
+            float32_products: str = "tf32x3"):
     from jax.experimental import pallas as pl  # noqa: PLC0415
 
     h = None
@@ -202,8 +225,9 @@ def _kernel(x_ref, w_in_ref, proj_ref, w1_ref, w2_ref, norms_ref, out_norm_ref, 
         b = 0 if tied else layer
         norm = lambda k: norms_ref[b, pl.ds(k, 1), :]  # noqa: E731 - [1, width]: norm1 scale, bias, norm2 scale, bias
         a = _act(_layer_norm(h, norm(0), norm(1)))
-        out = _matmul(a, w1_ref[b], precision, emulate_tf32) + proj_ref[b]
-        h = h + _matmul(_act(_layer_norm(out, norm(2), norm(3))), w2_ref[b], precision, emulate_tf32)
+        out = _matmul(a, w1_ref[b], precision, emulate_tf32, float32_products) + proj_ref[b]
+        h = h + _matmul(_act(_layer_norm(out, norm(2), norm(3))), w2_ref[b], precision, emulate_tf32,
+                        float32_products)
     hn = _round(_layer_norm(h, out_norm_ref[pl.ds(0, 1), :], out_norm_ref[pl.ds(1, 1), :]), precision)
     for j in range(features):  # output projection: one row reduction per output feature
         w = _round(w_out_ref[pl.ds(j, 1), :], precision)
