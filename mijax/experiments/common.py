@@ -336,10 +336,11 @@ def save_figure(figure, path) -> str:
 
 def plot_ci_lines(path, xs: Sequence[float], series: Mapping[str, list[dict]], xlabel: str, ylabel: str,
                   title: str, logx: bool = False, logy: bool = False, reference: Optional[Mapping[str, float]] = None,
-                  scale: float = 1.0) -> str:
-    """Lines of per-seed means with 95% CI bands, one per series ({name: [ci dict per x]})."""
+                  scale: float = 1.0, bounds: Optional[tuple[float, float]] = None) -> str:
+    """Lines of per-seed means with 95% CI bands, one per series ({name: [ci dict per x]}); ``bounds``: the
+    values' range (bands clipped to it, e.g. (0, 1) for AUROCs and shares)."""
     return plots.plot_ci_bands(path, xs, series, xlabel, ylabel, title, scale=scale, logx=logx, logy=logy,
-                               reference=reference)
+                               reference=reference, bounds=bounds)
 
 
 def start(profiles: Mapping[str, dict], profile: str, seeds: Optional[int], overrides: Optional[dict],

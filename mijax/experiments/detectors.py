@@ -246,9 +246,7 @@ def _setting(out: Path, tag: str, config, sampler: SamplerConfig, num_samples: i
         block["abort"] = abort_study(run_dir, p, data, result, positives, progress)
         timer.lap("abort")
         _plot_abort(out / f"abort_{tag}.png", block["abort"], config.data.dataset, T)
-    common.plot_ci_lines(out / f"early_{tag}.png", ends, {n: [r["auroc"] for r in rows] for n, rows in block["early"].items()},
-                         xlabel=f"the {EARLY_LENGTH}-step window ends t_e steps before the last",
-                         ylabel="AUROC", title=f"{config.data.dataset}: how early the detectors know")
+    plot_early(out / f"early_{tag}.png", block["early"], config.data.dataset)
     timer.lap("figures")
     return block
 
@@ -433,3 +431,12 @@ said; `lid` at t0 = 10. On images the Jacobian detectors and `lid` use Hutchinso
 {chr(10).join(sections)}
 Timing (s): {metrics['seconds']}.
 """
+
+
+def plot_early(path: Path, early: dict, dataset: str) -> str:
+    """AUROC of each detector against where its window ends (``early``: ``{detector: [{"end", "auroc": ci}]}``,
+    the metrics' ``early`` block), mean and 95% CI band over seeds, bands cut to [0, 1]."""
+    ends = [r["end"] for r in next(iter(early.values()), [])]
+    return common.plot_ci_lines(path, ends, {n: [r["auroc"] for r in rows] for n, rows in early.items()},
+                                xlabel=f"the {EARLY_LENGTH}-step window ends t_e steps before the last",
+                                ylabel="AUROC", title=f"{dataset}: how early the detectors know", bounds=(0.0, 1.0))
