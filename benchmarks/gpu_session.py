@@ -74,8 +74,8 @@ def _grid_steps(state: Path, seconds: float, local: bool) -> int:
     many = (check.get("seeds") or {}).get("training_many", {})
     if many.get("ms_per_step") and many.get("num_seeds"):
         ms = max(one or 0.0, many["ms_per_step"] * 4 / many["num_seeds"])
-    else:
-        ms = 4 * one if one else 2.0
+    else:  # 4 seeds ~ 4/16 of 16 seeds' step: 1.46 ms on the H200 (BENCHMARKS.md), with the machine gone cold
+        ms = max(one or 0.0, 1.5)
     steps = int(0.55 * seconds / 2 / (1.3 * ms / 1e3))  # 1.3: checkpoints, data, the host loop
     return max(1_000, min(100_000, steps // 1_000 * 1_000))
 
@@ -84,7 +84,7 @@ def _shapes_steps(state: Path, seconds: float, local: bool) -> int:
     if local:
         return 100
     unet = _json(state / "unet.json").get("images", {})
-    ms = (unet.get("training") or {}).get("ms_per_step") or 100.0
+    ms = (unet.get("training") or {}).get("ms_per_step") or 40.6  # the paper-family UNet's step on the H200
     steps = int(0.5 * seconds / (1.2 * ms / 1e3))
     return max(100, min(50_000, steps // 100 * 100))
 

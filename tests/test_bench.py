@@ -344,7 +344,7 @@ def test_cpu_model_names_family_model_and_isa_flags(tmp_path):
 def test_gpu_session_sizes_its_runs_from_earlier_measurements(tmp_path):
     from benchmarks import gpu_session
 
-    assert gpu_session._grid_steps(tmp_path, 100.0, local=False) == 10_000  # nothing measured: 2 ms a step
+    assert gpu_session._grid_steps(tmp_path, 100.0, local=False) == 14_000  # nothing measured: the H200's 1.5 ms
     (tmp_path / "gpu_check.json").write_text(json.dumps({
         "training": {"mijax": [{"ms_per_step": 0.6}]}, "seeds": {"training_many": {"ms_per_step": 6.0, "num_seeds": 16}}}))
     # 4 seeds ~ max(0.6, 6.0 x 4 / 16) = 1.5 ms; 2 data sets; 30% overhead; 55% of the time -> 14,102 -> 14,000
