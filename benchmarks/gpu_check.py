@@ -354,7 +354,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     step("seeds", seeds)
     step("sampling_1e6_d2", lambda: sampling(s["n"], 2, (fastest(kernels[-1]),), kernels, None))
     step("sampling_1e7_d1_xla", lambda: sampling(s["big_n"], 1, (fastest("xla"),), ("xla",), s["n"], 1),
-         "measured above (--no-kernel)" if no_kernel else None)
+         "10^7 in XLA measured above (no kernel)" if no_kernel else None)
     step("torch_trajectory_1e5", lambda: bench.bench_torch(a.torch_baseline, "trajectory", dict(
         n=s["n"] // 10, timesteps=s["timesteps"], dim=1, window=window)),
          None if a.torch_baseline is not None else "no --torch-baseline")

@@ -460,6 +460,8 @@ def _experiment_overrides(a, modules) -> dict:
             raise UsageError(f"--set {key}={value!r}: expected {type(want).__name__} like {want!r}")
         if isinstance(want, float):
             overrides[key] = float(value)
+        elif isinstance(value, tuple):  # JSON's nested lists as the profile's nested tuples, e.g. windows
+            overrides[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
     return overrides
 
 

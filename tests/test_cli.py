@@ -278,3 +278,9 @@ def test_experiment_set_changes_a_profile_size_and_refuses_bad_ones(tmp_path, ca
     assert main(["experiment", "distance-1d", "--no-progress", "--out", str(out), "--set", "steps=7",
                  "--set", "learning_rate=1"]) == 0
     assert seen["overrides"] == {"steps": 7, "learning_rate": 1.0} and isinstance(seen["overrides"]["learning_rate"], float)
+    from mijax.experiments import shapes
+
+    monkeypatch.setattr(shapes, "run", lambda target, **kw: seen.update(kw) or {})
+    assert main(["experiment", "shapes", "--no-progress", "--out", str(tmp_path / "s"), "--set",
+                 "windows=[[0, 10], [5, 20]]"]) == 0
+    assert seen["overrides"] == {"windows": ((0, 10), (5, 20))}
