@@ -49,12 +49,13 @@ FULL = dict(n=1_000_000, big_n=10_000_000, timesteps=1000, tune_timesteps=50, ch
             train_batch=10_000, train_steps=50, seeds=16, seed_n=100_000, repeats=2,
             blocks=((32, 4), (64, 4), (64, 8), (128, 4), (128, 8)),
             checks=((1, "float32"), (2, "float32"), (1, "tf32"), (1, "bf16")), precisions=("float32", "tf32", "bf16"),
-            compiles=(("tf32", 64, 4), ("bf16", 64, 4), ("float32", 64, 4), ("float32", 128, 4)))
+            compiles=(("tf32", 64, 4), ("bf16", 64, 4), ("float32", 64, 4), ("float32", 128, 4)),
+            profile_xla=("float32", "bf16"), seed_precisions=("float32", "tf32"))
 # --quick checks that every step of the script runs (the test suite's kernel tests cover every configuration).
 QUICK = dict(n=512, big_n=2048, timesteps=20, tune_timesteps=5, check_n=300, check_sample_n=128,
              train_batch=256, train_steps=2, seeds=2, seed_n=256, repeats=1, blocks=((32, 4), (64, 4)),
              checks=((1, "bf16"), (2, "float32")), precisions=("float32", "bf16"),
-             compiles=(("bf16", 64, 4), ("float32", 64, 4)))
+             compiles=(("bf16", 64, 4), ("float32", 64, 4)), profile_xla=("float32",), seed_precisions=("float32",))
 
 
 def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optional[bool],
@@ -206,7 +207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     path = a.out / "gpu_check.json"
     start = time.perf_counter()
     results: dict = {"machine": bench.machine_info(),
-                     "sizes": {k: v for k, v in s.items() if k not in ("blocks", "checks", "precisions", "compiles")},
+                     "sizes": {k: v for k, v in s.items() if k not in ("blocks", "checks", "precisions", "compiles",
+                                                                       "profile_xla", "seed_precisions")},
                      "budget_seconds": a.budget, "errors": {}, "skipped": []}
 
     def step(name: str, fn: Callable[[], object], why_not: Optional[str] = None) -> None:
@@ -309,7 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         training steps at batch 10,000."""
         steps = max(2, s["tune_timesteps"] // 2)
         schedule, key, out = make_schedule(num_timesteps=steps), jax.random.key(3), {}
-        runs = [("sampling_xla_float32", "xla", "float32"), ("sampling_xla_bf16", "xla", "bf16")]
+        runs = [(f"sampling_xla_{p}", "xla", p) for p in s["profile_xla"]]
         runs += [(f"sampling_pallas_{tune_precision}", "pallas", tune_precision)] if not no_kernel else []
         for name, kernel, precision in runs:
             model = ToyDenoiser(features=1, precision=precision)
@@ -340,7 +342,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     def seeds():
         out = {}
-        for precision in ("float32", "tf32"):
+        for precision in s["seed_precisions"]:
             one = bench.bench_training(s["train_batch"], s["train_steps"], 1, None, s["timesteps"], s["repeats"],
                                        precision=precision)
             many = bench.bench_training(s["train_batch"], s["train_steps"], 1, s["seeds"], s["timesteps"],
@@ -348,7 +350,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             out[precision] = {"training_one": one, "training_many": many,
                               "training_ratio_to_one": many["seconds"] / one["seconds"]}
         sampled = bench.bench_seed_sampling(s["seed_n"], s["timesteps"], 1, window, s["seeds"], s["repeats"])
-        return {**out["float32"], "tf32": out["tf32"], "sampling": sampled,
+        return {**out["float32"], **{p: out[p] for p in out if p != "float32"}, "sampling": sampled,
                 "sampling_ratio_to_one": sampled["seconds"] / sampled["one_seed_seconds"]}
 
     step("seeds", seeds)
@@ -399,7 +401,8 @@ def summary(results: dict) -> str:
     sd = results.get("seeds")
     if sd:
         lines.append(f"{sd['training_many']['num_seeds']} seeds: training {sd['training_ratio_to_one']:.2f}x one "
-                     f"(tf32 {sd['tf32']['training_ratio_to_one']:.2f}x), sampling {sd['sampling_ratio_to_one']:.2f}x one")
+                     + (f"(tf32 {sd['tf32']['training_ratio_to_one']:.2f}x), " if "tf32" in sd else "")
+                     + f"sampling {sd['sampling_ratio_to_one']:.2f}x one")
     traj = results.get("torch_trajectory_1e5")
     if traj:
         lines.append(f"torch trajectory N={traj['n']}: {traj['seconds']:.3f} s "
