@@ -18,7 +18,8 @@ short keeps what it measured) and stops starting new ones after ``--budget`` sec
    N = 10^7 (chunks of 10^6) in the kernel's fastest precision;
 4. ``profile``: Perfetto traces (25 sampler steps at 10^6, XLA float32 and bf16 and the kernel; 50 training
    steps) summed per process and kernel;
-5. training at batch 10,000 (ms/step; float32 and tf32) and the published code's, if ``--torch-baseline``;
+5. training at batch 10,000 (ms/step; float32 and tf32; float32 with the scan unrolled 5x and 25x) and the
+   published code's, if ``--torch-baseline``;
 6. 16 seeds in one program against one: training (float32, tf32) and sampling;
 7. d = 2 at 10^6, N = 10^7 in XLA's fastest precision, the published code's trajectory at 10^5.
 
@@ -50,12 +51,13 @@ FULL = dict(n=1_000_000, big_n=10_000_000, timesteps=1000, tune_timesteps=50, ch
             blocks=((32, 4), (64, 4), (64, 8), (128, 4), (128, 8)),
             checks=((1, "float32"), (2, "float32"), (1, "tf32"), (1, "bf16")), precisions=("float32", "tf32", "bf16"),
             compiles=(("tf32", 64, 4), ("bf16", 64, 4), ("float32", 64, 4), ("float32", 128, 4)),
-            profile_xla=("float32", "bf16"), seed_precisions=("float32", "tf32"))
+            profile_xla=("float32", "bf16"), seed_precisions=("float32", "tf32"), unrolls=(1, 5, 25))
 # --quick checks that every step of the script runs (the test suite's kernel tests cover every configuration).
 QUICK = dict(n=512, big_n=2048, timesteps=20, tune_timesteps=5, check_n=300, check_sample_n=128,
              train_batch=256, train_steps=2, seeds=2, seed_n=256, repeats=1, blocks=((32, 4), (64, 4)),
              checks=((1, "bf16"), (2, "float32")), precisions=("float32", "bf16"),
-             compiles=(("bf16", 64, 4), ("float32", 64, 4)), profile_xla=("float32",), seed_precisions=("float32",))
+             compiles=(("bf16", 64, 4), ("float32", 64, 4)), profile_xla=("float32",), seed_precisions=("float32",),
+             unrolls=(2,))
 
 
 def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optional[bool],
@@ -137,6 +139,29 @@ def compile_in_child(config: tuple, limit: float, interpret: bool) -> dict:
     return {**json.loads(lines[-1]), "status": "ok", "seconds": round(time.perf_counter() - begin, 1)}
 
 
+def training_scan_unroll(batch: int, steps: int, unroll: int, repeats: int) -> dict:
+    """ms per Adam step of ``steps`` steps in one ``lax.scan`` with ``unroll`` steps per loop iteration (the
+    library's training scan has 1): on a GPU each iteration of XLA's while loop waits for its condition on
+    the host, a gap that unrolling shares among ``unroll`` steps. A measurement only: unrolled steps may
+    round differently, so the library does not unroll (same seed, same numbers, however the work is cut)."""
+    from mijax.training import TrainConfig, init_state, train_step
+
+    model, init_fn = bench._denoiser(1, "float32")
+    schedule, key = make_schedule(num_timesteps=1000), jax.random.PRNGKey(0)
+    config = TrainConfig(steps=steps, batch_size=batch, steps_per_call=steps)
+    data = jax.random.normal(jax.random.fold_in(key, 1), (batch, 1), jnp.float32)
+    run = jax.jit(lambda state: jax.lax.scan(lambda st, _: train_step(model.apply, schedule, config, st, key, data),
+                                             state, None, length=steps, unroll=unroll), donate_argnums=0)
+    holder = {"state": init_state(init_fn, config, key)}
+
+    def call():
+        holder["state"], losses = run(holder["state"])
+        return losses
+
+    timing = bench.time_best(call, repeats)
+    return {"unroll": unroll, "steps": steps, "batch": batch, **timing, "ms_per_step": 1e3 * timing["seconds"] / steps}
+
+
 def trace_summary(fn: Callable[[], object], folder: Path, steps: int, top: int = 12) -> dict:
     """Where ``fn``'s time goes: run it once (warm), then under ``jax.profiler`` with a Perfetto trace, and
     sum the trace's complete events by process and name.
@@ -208,7 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     start = time.perf_counter()
     results: dict = {"machine": bench.machine_info(),
                      "sizes": {k: v for k, v in s.items() if k not in ("blocks", "checks", "precisions", "compiles",
-                                                                       "profile_xla", "seed_precisions")},
+                                                                       "profile_xla", "seed_precisions", "unrolls")},
                      "budget_seconds": a.budget, "errors": {}, "skipped": []}
 
     def step(name: str, fn: Callable[[], object], why_not: Optional[str] = None) -> None:
@@ -336,6 +361,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                                                              steps=s["train_steps"], dim=1))
             out["speedup_float32"] = out["torch"]["ms_per_step"] / out["mijax"][0]["ms_per_step"]
             out["speedup_tf32"] = out["torch"]["ms_per_step"] / out["mijax"][1]["ms_per_step"]
+        out["scan_unroll"] = [training_scan_unroll(s["train_batch"], s["train_steps"], k, s["repeats"])
+                              for k in s["unrolls"]]
         return out
 
     step("training", training)
@@ -395,6 +422,8 @@ def summary(results: dict) -> str:
     if t:
         for r in t["mijax"]:
             lines.append(f"training batch {r['batch']} {r['precision']}: {r['ms_per_step']:.3f} ms/step")
+        for r in t.get("scan_unroll", []):
+            lines.append(f"training float32, scan unrolled {r['unroll']}x: {r['ms_per_step']:.3f} ms/step")
         if "torch" in t:
             lines.append(f"torch training: {t['torch']['ms_per_step']:.3f} ms/step; speed-up "
                          f"{t['speedup_float32']:.1f}x (float32), {t['speedup_tf32']:.1f}x (tf32)")
