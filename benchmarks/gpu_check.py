@@ -16,7 +16,8 @@ short keeps what it measured) and stops starting new ones after ``--budget`` sec
 2. the kernel's block size and warps, picked on a short run (N = 10^6, T = 50);
 3. sampling with Hal, N = 10^6, T = 1000, d = 1: XLA and the kernel in float32, tf32 and bf16; then
    N = 10^7 (chunks of 10^6) in the kernel's fastest precision;
-4. ``profile``: Perfetto traces (25 sampler steps at 10^6, XLA float32 and bf16 and the kernel; 50 training
+4. ``row_blocks``: XLA's sampler at 10^6 (bf16, T = 100) with the rows in blocks through all the steps, blocks
+   small enough for the L2 cache against one; ``profile``: Perfetto traces (25 sampler steps at 10^6, XLA float32 and bf16 and the kernel; 50 training
    steps) summed per process and kernel;
 5. training at batch 10,000 (ms/step; float32 and tf32; float32 with the scan unrolled 5x and 25x) and the
    published code's, if ``--torch-baseline``;
@@ -51,13 +52,14 @@ FULL = dict(n=1_000_000, big_n=10_000_000, timesteps=1000, tune_timesteps=50, ch
             blocks=((32, 4), (64, 4), (64, 8), (128, 4), (128, 8)),
             checks=((1, "float32"), (2, "float32"), (1, "tf32"), (1, "bf16")), precisions=("float32", "tf32", "bf16"),
             compiles=(("tf32", 64, 4), ("bf16", 64, 4), ("float32", 64, 4), ("float32", 128, 4)),
-            profile_xla=("float32", "bf16"), seed_precisions=("float32", "tf32"), unrolls=(1, 5, 25))
+            profile_xla=("float32", "bf16"), seed_precisions=("float32", "tf32"), unrolls=(1, 5, 25),
+            row_blocks=(None, 262_144, 65_536, 16_384))
 # --quick checks that every step of the script runs (the test suite's kernel tests cover every configuration).
 QUICK = dict(n=512, big_n=2048, timesteps=20, tune_timesteps=5, check_n=300, check_sample_n=128,
              train_batch=256, train_steps=2, seeds=2, seed_n=256, repeats=1, blocks=((32, 4), (64, 4)),
              checks=((1, "bf16"), (2, "float32")), precisions=("float32", "bf16"),
              compiles=(("bf16", 64, 4), ("float32", 64, 4)), profile_xla=("float32",), seed_precisions=("float32",),
-             unrolls=(2,))
+             unrolls=(2,), row_blocks=(None, 128))
 
 
 def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optional[bool],
@@ -96,7 +98,8 @@ def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optiona
     return rows
 
 
-STEPS = ("kernel_compile", "kernel_check", "kernel_tuning", "sampling_1e6_d1", "sampling_1e7_d1", "profile",
+STEPS = ("kernel_compile", "kernel_check", "kernel_tuning", "sampling_1e6_d1", "sampling_1e7_d1", "row_blocks",
+         "profile",
          "training", "seeds", "sampling_1e6_d2", "sampling_1e7_d1_xla", "torch_trajectory_1e5")
 # The kernel's compilations (sizes' "compiles": precision, block_rows, num_warps) are tried first, each in a
 # child process under COMPILE_LIMIT seconds: a hung compilation then costs that much, not the loan.
@@ -233,7 +236,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     start = time.perf_counter()
     results: dict = {"machine": bench.machine_info(),
                      "sizes": {k: v for k, v in s.items() if k not in ("blocks", "checks", "precisions", "compiles",
-                                                                       "profile_xla", "seed_precisions", "unrolls")},
+                                                                       "profile_xla", "seed_precisions", "unrolls", "row_blocks")},
                      "budget_seconds": a.budget, "errors": {}, "skipped": []}
 
     def step(name: str, fn: Callable[[], object], why_not: Optional[str] = None) -> None:
@@ -331,6 +334,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     # 10^7 in the kernel here (in XLA only at --no-kernel); in XLA (4x the kernel's time or more) near the end.
     step("sampling_1e7_d1", lambda: sampling(s["big_n"], 1, (fastest(kernels[-1]),), kernels[-1:], s["n"], 1))
 
+    def row_blocks():
+        """XLA's sampler (bf16) at N = 10^6 with each device's rows in blocks through all the steps: blocks
+        whose activations fit the GPU's L2 cache (65,536 rows x 128 x 4 bytes = 32 MB) against one block."""
+        return [bench.bench_sampling(s["n"], s["tune_timesteps"] * 2, 1, window, s["repeats"], precision="bf16",
+                                     rows_per_block=r) for r in s["row_blocks"]]
+
+    step("row_blocks", row_blocks)
+
     def profile():
         """Traces: XLA's sampler at N = 10^6 (20 steps; float32 and bf16), the kernel's (if it compiled), and
         training steps at batch 10,000."""
@@ -412,6 +423,9 @@ def summary(results: dict) -> str:
         for r in results.get(name, []):
             lines.append(f"{name} {r['kernel_used']} {r['precision']}: {r['seconds']:.3f} s "
                          f"({r['point_steps_per_s'] / 1e9:.3f} G point-steps/s)")
+    for r in results.get("row_blocks", []):
+        lines.append(f"row blocks {r['rows_per_block'] or 'none'} ({r['precision']}, N={r['n']}, T={r['timesteps']}): "
+                     f"{r['seconds']:.3f} s ({r['point_steps_per_s'] / 1e9:.3f} G point-steps/s)")
     for name, trace in (results.get("profile") or {}).items():
         for proc, p in trace["processes"].items():
             if p["top"]:

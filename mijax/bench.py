@@ -166,7 +166,8 @@ def _seed_params(init_fn: Callable, num_seeds: int, key: jax.Array):
 
 def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int = 3, seed: int = 0,
                    devices: Optional[int] = None, precision: str = "float32", kernel: str = "xla",
-                   chunk_size: Optional[int] = None, kernel_options: Optional[dict] = None) -> dict:
+                   chunk_size: Optional[int] = None, kernel_options: Optional[dict] = None,
+                   rows_per_block: Optional[int] | str = "auto") -> dict:
     """Throughput of :func:`mijax.sampling.sample` (DDPM carrying Hal over the last ``window`` steps).
 
     ``devices``: the samples are split over the first this many local devices (a ``rows`` mesh); None
@@ -174,6 +175,8 @@ def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int =
     ``kernel``: ``xla`` or ``pallas`` (the fused kernel; where there is no GPU it falls back to the XLA
     path, and ``kernel_used`` says so; ``kernel_options``: :class:`~mijax.models.FusedDenoiser`'s
     ``block_rows`` / ``num_warps``). ``chunk_size``: samples per compiled chunk (None: all at once).
+    ``rows_per_block``: :func:`mijax.sampling.sample`'s (each device's rows through all T steps in blocks
+    of at most this many, one block after the other; "auto": the library's default).
     Returns:
       seconds (best), point_steps_per_s = n T / seconds, first_seconds (compile + first run), times,
       and the device peak bytes in use where the backend tracks them (GPU, TPU).
@@ -189,9 +192,9 @@ def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int =
     validate(config, timesteps)
     sample_key = jax.random.fold_in(key, 1)
     timing = time_best(lambda: sample(denoise_fn, params, schedule, sample_key, n, (dim,), config,
-                                      chunk_size=chunk_size, mesh=mesh), repeats)
+                                      chunk_size=chunk_size, mesh=mesh, rows_per_block=rows_per_block), repeats)
     result = {"n": n, "timesteps": timesteps, "dim": dim, "window": window, "precision": precision,
-              "kernel": kernel, "kernel_used": used, "chunk_size": chunk_size,
+              "kernel": kernel, "kernel_used": used, "chunk_size": chunk_size, "rows_per_block": rows_per_block,
               **({"kernel_options": kernel_options} if kernel == "pallas" and kernel_options else {}),
               "devices": distributed.mesh_size(mesh), **timing,
               "point_steps_per_s": n * timesteps / timing["seconds"]}
