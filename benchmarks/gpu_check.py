@@ -6,7 +6,7 @@ measurements most important first, writes ``gpu_check.json`` into ``--out`` afte
 short keeps what it measured) and stops starting new ones after ``--budget`` seconds:
 
 0. the kernel's compilation, each configuration (``compiles``: tf32 and bf16 in 64-row blocks, float32 in 64
-   and 128) in a child process killed after ``--compile-limit`` seconds: on the first H200 loan (jax 0.11.2)
+   and 128) in its own child process, all at once, killed after ``--compile-limit`` seconds: on the first H200 loan (jax 0.11.2)
    float32 in 128-row blocks, then Triton's IEEE products, compiled for over 290 s (float32 now uses three
    TF32 products, ``FusedDenoiser.float32_products``). Each precision then runs in the largest block that
    compiled in it, and precisions that compiled in none are left out of the kernel's measurements;
@@ -103,7 +103,7 @@ STEPS = ("kernel_compile", "kernel_check", "kernel_tuning", "sampling_1e6_d1", "
          "profile",
          "training", "seeds", "sampling_1e6_d2", "sampling_1e7_d1_xla", "torch_trajectory_1e5")
 # The kernel's compilations (sizes' "compiles": precision, block_rows, num_warps) are tried first, each in a
-# child process under COMPILE_LIMIT seconds: a hung compilation then costs that much, not the loan.
+# child process, all at once, under COMPILE_LIMIT seconds: hung compilations then cost that much, not the loan.
 COMPILE_LIMIT = 60.0
 
 
@@ -121,29 +121,38 @@ def compile_one(precision: str, block_rows: int, num_warps: int, interpret: bool
             "kernel_ran": fused.uses_kernel, "max_abs_diff": float(jnp.max(jnp.abs(got - want)))}
 
 
-def compile_in_child(config: tuple, limit: float, interpret: bool) -> dict:
-    """:func:`compile_one` in a child process; ``status`` ok, timeout (killed after ``limit`` s) or error."""
+def compile_in_children(configs: Sequence[tuple], limit: float, interpret: bool) -> list[dict]:
+    """:func:`compile_one` for each configuration, each in its own child process, all at once; a row per
+    configuration with ``status`` ok, timeout (killed ``limit`` s after the start) or error. At once, so
+    that hung compilations cost ``limit`` seconds of the loan in all, not each."""
     import json
     import subprocess
     import sys
 
-    precision, rows, warps = config
-    command = [sys.executable, "-m", "benchmarks.gpu_check", "--out", ".", "--compile-one",
-               f"{precision}:{rows}:{warps}"] + (["--interpret"] if interpret else [])
-    # This process holds most of the GPU's memory already (JAX preallocates 75% at its first use): the child
-    # allocates what it needs, when it needs it, or its own preallocation would fail.
+    # This process holds most of the GPU's memory already (JAX preallocates 75% at its first use): each
+    # child allocates what it needs, when it needs it, or its own preallocation would fail.
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     begin = time.perf_counter()
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=limit, env=env)
-    except subprocess.TimeoutExpired:
-        return {"precision": precision, "block_rows": rows, "num_warps": warps, "status": "timeout",
-                "seconds": round(time.perf_counter() - begin, 1)}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"precision": precision, "block_rows": rows, "num_warps": warps, "status": "error",
-                "error": proc.stderr.strip()[-1500:]}
-    return {**json.loads(lines[-1]), "status": "ok", "seconds": round(time.perf_counter() - begin, 1)}
+    children = [subprocess.Popen([sys.executable, "-m", "benchmarks.gpu_check", "--out", ".", "--compile-one",
+                                  f"{p}:{r}:{w}"] + (["--interpret"] if interpret else []),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                for p, r, w in configs]
+    rows = []
+    for (precision, block_rows, warps), child in zip(configs, children):
+        row = {"precision": precision, "block_rows": block_rows, "num_warps": warps}
+        try:
+            stdout, stderr = child.communicate(timeout=max(0.0, limit - (time.perf_counter() - begin)))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            rows.append({**row, "status": "timeout", "seconds": round(time.perf_counter() - begin, 1)})
+            continue
+        lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+        if child.returncode != 0 or not lines:
+            rows.append({**row, "status": "error", "error": stderr.strip()[-1500:]})
+        else:
+            rows.append({**json.loads(lines[-1]), "status": "ok", "seconds": round(time.perf_counter() - begin, 1)})
+    return rows
 
 
 def training_scan_unroll(batch: int, steps: int, unroll: int, repeats: int) -> dict:
@@ -221,7 +230,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         help="XLA only: skip the Pallas kernel's compilation, check, tuning and timings")
     parser.add_argument("--only", default="", help=f"these measurements only (comma-separated): {', '.join(STEPS)}")
     parser.add_argument("--compile-limit", type=float, default=COMPILE_LIMIT,
-                        help="seconds for each of the kernel's trial compilations (a child process each)")
+                        help="seconds for the kernel's trial compilations (a child process each, all at once)")
     parser.add_argument("--compile-one", default=None, help=argparse.SUPPRESS)  # PRECISION:ROWS:WARPS, in a child
     a = parser.parse_args(argv)
     if a.compile_one:
@@ -263,16 +272,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         write_json(path, results)
 
     def compiles():
-        rows, timeouts = [], 0
-        for config in s["compiles"]:
-            if timeouts >= 2:  # two hung compilations: the rest would hang too
-                rows.append({"precision": config[0], "block_rows": config[1], "num_warps": config[2],
-                             "status": "not tried"})
-                continue
-            row = compile_in_child(config, a.compile_limit, bool(a.interpret))
-            timeouts += row["status"] == "timeout"
-            print(f"  kernel {config}: {row['status']} {row.get('compile_seconds', row.get('seconds', ''))}", flush=True)
-            rows.append(row)
+        rows = compile_in_children(s["compiles"], a.compile_limit, bool(a.interpret))
+        for row in rows:
+            print(f"  kernel {row['precision']} {row['block_rows']} rows: {row['status']} "
+                  f"{row.get('compile_seconds', row.get('seconds', ''))}", flush=True)
         return rows
 
     no_kernel = "--no-kernel" if a.no_kernel else None
