@@ -14,9 +14,9 @@ Parts, most important first (``--parts``, comma-separated):
 * ``shapes``: ``mijax experiment shapes --profile paper`` with one seed and as many steps as fit in
   ``--shapes-seconds`` (sized from ``unet``'s step time), few samples.
 
-Every part's log and JSON land in ``--out`` (the device tool's ``$OUT``: at most 8 files come back, so the
-experiments' folders come back as one ``.tar.gz`` each) and in ``--state`` (kept between calls while the
-machine stays warm). A part that runs past its limit is killed and the next one starts.
+Every part's log and JSON land in ``--out`` (the device tool's ``$OUT``: at most 8 files come back, so an
+experiment's folder and its log come back as one ``.tar.gz``; all five parts make 7 files) and in
+``--state`` (kept between calls while the machine stays warm). A part that runs past its limit is killed and the next one starts.
 
     PYTHONPATH=. python3 -m benchmarks.gpu_session --out $OUT --parts check,unet
     PYTHONPATH=. python3 -m benchmarks.gpu_session --out $OUT --parts grid,shapes
@@ -40,8 +40,9 @@ PAPER_UNET = ("size=64,channels=64,mults=1:2:2:2,res_blocks=2,groups=32,attn_lev
 LOCAL_UNET = "size=8,channels=8,mults=1,res_blocks=1,groups=4,attn_levels=0,dropout=0.1,batch=4,steps=2,n=4,timesteps=4,window=2"
 
 
-def _run(name: str, command: Sequence[str], limit: float, out: Path, state: Path) -> int:
-    """Run ``command`` with its output in ``out/NAME.log`` (and ``state``); kill it after ``limit`` seconds."""
+def _run(name: str, command: Sequence[str], limit: float, out: Optional[Path], state: Path) -> int:
+    """Run ``command`` with its output in ``state/NAME.log`` (copied to ``out`` unless None); kill it after
+    ``limit`` seconds."""
     start = time.perf_counter()
     print(f"=== {name}: {' '.join(command)} (limit {limit:.0f} s)", flush=True)
     log = state / f"{name}.log"
@@ -50,7 +51,8 @@ def _run(name: str, command: Sequence[str], limit: float, out: Path, state: Path
             rc = subprocess.run(list(command), stdout=f, stderr=subprocess.STDOUT, timeout=limit).returncode
         except subprocess.TimeoutExpired:
             rc = 124
-    shutil.copy(log, out / log.name)
+    if out is not None:
+        shutil.copy(log, out / log.name)
     tail = log.read_text(errors="replace").splitlines()[-30:]
     print("\n".join(tail))
     print(f"=== {name}: rc {rc} after {time.perf_counter() - start:.0f} s", flush=True)
@@ -89,11 +91,14 @@ def _shapes_steps(state: Path, seconds: float, local: bool) -> int:
     return max(100, min(50_000, steps // 100 * 100))
 
 
-def _pack(folder: Path, target: Path) -> None:
-    """``folder``'s report, metrics and figures (no checkpoints or samples) as one .tar.gz."""
-    if not folder.is_dir():
-        return
+def _pack(folder: Path, target: Path, log: Optional[Path] = None) -> None:
+    """``folder``'s report, metrics and figures (no checkpoints or samples), and ``log``, as one .tar.gz (the
+    device tool brings back 8 files at most)."""
     with tarfile.open(target, "w:gz") as tar:
+        if log is not None and log.is_file():
+            tar.add(log, arcname=log.name)
+        if not folder.is_dir():
+            return
         for path in sorted(folder.rglob("*")):
             if path.is_file() and path.suffix in (".md", ".json", ".png") and "checkpoints" not in path.parts:
                 tar.add(path, arcname=str(path.relative_to(folder.parent)))
@@ -146,16 +151,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             _run(part, [py, "-m", "mijax.cli", "experiment", name, "--profile", profile, "--no-progress", "--out",
                         str(run), "--overwrite", "--runs", str(a.state / "runs")]
                  + [x for k, v in sizes.items() for x in ("--set", f"{k}={v}")],
-                 a.grid_seconds + 60 if part == "grid" else a.detection_seconds, a.out, a.state)
-            _pack(run, a.out / f"{name}.tar.gz")
+                 a.grid_seconds + 60 if part == "grid" else a.detection_seconds, None, a.state)
+            _pack(run, a.out / f"{name}.tar.gz", a.state / f"{part}.log")
         elif part == "shapes":
             steps, run = _shapes_steps(a.state, a.shapes_seconds, a.local), a.state / "shapes"
             sizes = {"steps": steps, "warmup_steps": min(steps // 10, 5_000), "steps_per_call": 100,
                      "num_samples": 64 if a.local else 256, "chunk_size": 64 if a.local else 256}
             _run("shapes", [py, "-m", "mijax.cli", "experiment", "shapes", "--profile", profile, "--seeds", "1",
                             "--no-progress", "--out", str(run), "--overwrite"]
-                 + [x for k, v in sizes.items() for x in ("--set", f"{k}={v}")], a.shapes_seconds + 60, a.out, a.state)
-            _pack(run, a.out / "shapes.tar.gz")
+                 + [x for k, v in sizes.items() for x in ("--set", f"{k}={v}")], a.shapes_seconds + 60, None, a.state)
+            _pack(run, a.out / "shapes.tar.gz", a.state / "shapes.log")
         else:
             raise SystemExit(f"unknown part {part!r}; the parts are check, unet, grid, detection, shapes")
 

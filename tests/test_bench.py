@@ -356,8 +356,9 @@ def test_gpu_session_sizes_its_runs_from_earlier_measurements(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     for name in ("report.md", "metrics.json", "a.png", "samples.npz", "checkpoints/x.json"):
         (run / name).write_text("x")
-    gpu_session._pack(run, tmp_path / "run.tar.gz")
+    (tmp_path / "run.log").write_text("log")
+    gpu_session._pack(run, tmp_path / "run.tar.gz", tmp_path / "run.log")
     with tarfile.open(tmp_path / "run.tar.gz") as tar:
-        assert sorted(tar.getnames()) == ["run/a.png", "run/metrics.json", "run/report.md"]
+        assert sorted(tar.getnames()) == ["run.log", "run/a.png", "run/metrics.json", "run/report.md"]
     with pytest.raises(SystemExit, match="unknown part"):
         gpu_session.main(["--out", str(tmp_path / "o"), "--state", str(tmp_path / "s"), "--parts", "nope"])
