@@ -43,7 +43,7 @@ from mijax.models.mlp import matmul_dot_general
 from mijax import distributed
 from mijax.sampling import SamplerConfig, chunk_rows, default_rows_per_block, sample, sample_chunk, validate
 from mijax.schedules import make_schedule
-from mijax.training import TrainConfig, init_state, train_steps
+from mijax.training import TrainConfig, init_state, train_step, train_steps
 
 # Sizes of the paper's workloads, and tiny ones for tests (--quick). An option given explicitly wins.
 # The sweep's axes ("sweep_n" / "sweep_timesteps" None: just --n / --timesteps; "all": every local device).
@@ -357,9 +357,15 @@ def device_peak_bytes() -> Optional[int]:
 
 
 def training_call(batch: int, steps: int, dim: int = 1, num_seeds: Optional[int] = None, timesteps: int = 1000,
-                  seed: int = 0, seed_batch: Optional[int] = None, precision: str = "float32") -> Callable[[], Any]:
+                  seed: int = 0, seed_batch: Optional[int] = None, precision: str = "float32",
+                  scan_unroll: int = 1) -> Callable[[], Any]:
     """The work that :func:`bench_training` times: a function that runs ``steps`` Adam steps in one dispatch
-    (continuing from the state the last call returned) and returns their losses; ``.last["losses"]``."""
+    (continuing from the state the last call returned) and returns their losses; ``.last["losses"]``.
+
+    ``scan_unroll`` > 1 (one model only) runs the steps in a ``lax.scan`` of that many steps per loop
+    iteration instead of :func:`mijax.training.train_steps`' one: a measurement of the loop's cost (on a GPU
+    each iteration waits for its condition on the host); unrolled steps may round differently, so the library
+    keeps one step per iteration."""
     model, init_fn = _denoiser(dim, precision)
     schedule = make_schedule(num_timesteps=timesteps)
     config = TrainConfig(steps=steps, batch_size=batch, steps_per_call=steps)
@@ -374,11 +380,19 @@ def training_call(batch: int, steps: int, dim: int = 1, num_seeds: Optional[int]
         state = init_state(init_fn, config, key)
         data = jax.random.normal(jax.random.fold_in(key, 1), (batch, dim), jnp.float32)
     holder = {"state": state}
+    if scan_unroll > 1:
+        if seed_axis:
+            raise ValueError("scan_unroll is measured on one model (num_seeds None)")
+        unrolled = jax.jit(lambda st: jax.lax.scan(lambda s, _: train_step(model.apply, schedule, config, s, keys, data),
+                                                   st, None, length=steps, unroll=scan_unroll), donate_argnums=0)
 
     def call():
-        # train_steps donates its state: always continue from the state it returned.
-        holder["state"], holder["losses"] = train_steps(model.apply, schedule, config, holder["state"], keys, data,
-                                                        steps, seed_axis, seed_batch if seed_axis else None)
+        # the steps donate their state: always continue from the state they returned.
+        if scan_unroll > 1:
+            holder["state"], holder["losses"] = unrolled(holder["state"])
+        else:
+            holder["state"], holder["losses"] = train_steps(model.apply, schedule, config, holder["state"], keys,
+                                                            data, steps, seed_axis, seed_batch if seed_axis else None)
         return holder["losses"]
 
     call.last = holder
@@ -387,21 +401,21 @@ def training_call(batch: int, steps: int, dim: int = 1, num_seeds: Optional[int]
 
 def bench_training(batch: int, steps: int, dim: int, num_seeds: Optional[int] = None, timesteps: int = 1000,
                    repeats: int = 3, seed: int = 0, seed_batch: Optional[int] = None,
-                   precision: str = "float32") -> dict:
+                   precision: str = "float32", scan_unroll: int = 1) -> dict:
     """Milliseconds per Adam step of :func:`mijax.training.train_steps` (``steps`` steps in one dispatch).
 
     ``num_seeds`` None trains one model; an integer S trains S models in one program along a seed axis
     (``seed_axis=True``, even for S = 1), ``seed_batch`` of them vmapped together (None: the library's
     default for this backend), and ms_per_step is then the time of one step of all S models.
-    ``precision``: the network's matmul precision.
+    ``precision``: the network's matmul precision. ``scan_unroll``: see :func:`training_call`.
     """
-    call = training_call(batch, steps, dim, num_seeds, timesteps, seed, seed_batch, precision)
+    call = training_call(batch, steps, dim, num_seeds, timesteps, seed, seed_batch, precision, scan_unroll)
     seed_axis = num_seeds is not None
     timing = time_best(call, repeats)
     finite = bool(jnp.all(jnp.isfinite(call.last["losses"])))
     num_models = num_seeds if seed_axis else 1
     return {"batch": batch, "steps": steps, "dim": dim, "num_seeds": num_models, "seed_axis": seed_axis,
-            "precision": precision,
+            "precision": precision, "scan_unroll": scan_unroll,
             "seed_batch": _seed_batch(num_models, seed_batch) if seed_axis else None,
             **timing, "ms_per_step": 1e3 * timing["seconds"] / steps,
             "examples_per_s": batch * num_models * steps / timing["seconds"], "losses_finite": finite}

@@ -43,12 +43,13 @@ def _options(o: dict) -> dict:
 
 def baseline_options(o: dict) -> dict:
     """torch_unet.py's command-line options for the same UNet as ``o`` (attention and dropout only when set)."""
+    unet = _options(o)
     out = dict(size=o["size"], channels=o["channels"], mults=o["mults"], res_blocks=o["res_blocks"],
-               groups=_options(o)["groups"])
-    if _levels(o):
-        out["attn_levels"] = ",".join(str(a) for a in _levels(o))
-    if float(o.get("dropout", 0.0)):
-        out["dropout"] = float(o["dropout"])
+               groups=unet["groups"])
+    if unet["attn_levels"]:
+        out["attn_levels"] = ",".join(str(a) for a in unet["attn_levels"])
+    if unet["dropout"]:
+        out["dropout"] = unet["dropout"]
     return out
 
 
@@ -174,9 +175,10 @@ def run_images(o: dict, repeats: int, measure, time_best, script: Optional[Path]
 
 def format_rows(r: dict) -> list[tuple[str, str]]:
     o = r["options"]
-    extra = (f" attn={o['attn_levels']}" if o.get("attn_levels") else "") + (
-        f" dropout={o['dropout']}" if float(o.get("dropout", 0.0)) else "")
-    name = (f"UNet C={o['channels']} mults={o['mults']} groups={min(int(o.get('groups', 8)), int(o['channels']))}"
+    unet = _options(o)
+    extra = (f" attn={o['attn_levels']}" if unet["attn_levels"] else "") + (
+        f" dropout={unet['dropout']}" if unet["dropout"] else "")
+    name = (f"UNet C={o['channels']} mults={o['mults']} groups={unet['groups']}"
             f"{extra} {o['size']}x{o['size']} ({r['parameters']:,} params)")
     rows = [(f"{name} Adam step batch={o['batch']}", f"{r['training']['ms_per_step']:.1f} ms/step")]
     if "training_grouped" in r:

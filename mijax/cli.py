@@ -452,10 +452,9 @@ def _experiment_overrides(a, modules) -> dict:
             raise UsageError(f"--set {key}: {name}'s {a.profile} profile has no such size; it has "
                              f"{', '.join(k for k in sizes if k != 'seeds')}")
         want = sizes[key]
-        ok = (isinstance(value, bool) if isinstance(want, bool) else
-              isinstance(value, int) and not isinstance(value, bool) if isinstance(want, int) else
-              isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(want, float) else
-              isinstance(value, tuple) if isinstance(want, tuple) else isinstance(value, type(want)))
+        # the profile's own type; an int also does for a float (a bool, an int in Python, for neither)
+        kinds = (int, float) if isinstance(want, float) else (type(want),)
+        ok = isinstance(value, kinds) and (isinstance(value, bool) == isinstance(want, bool))
         if not ok:
             raise UsageError(f"--set {key}={value!r}: expected {type(want).__name__} like {want!r}")
         if isinstance(want, float):
