@@ -40,7 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from mijax.models import KERNELS, PRECISIONS, ToyDenoiser, make_denoiser
 from mijax.models.mlp import matmul_dot_general
-from mijax import distributed
+from mijax import allocator, distributed
 from mijax.sampling import SamplerConfig, chunk_rows, default_rows_per_block, sample, sample_chunk, validate
 from mijax.schedules import make_schedule
 from mijax.training import TrainConfig, init_state, train_step, train_steps
@@ -549,7 +549,8 @@ def bench_torch(script: str | os.PathLike, mode: str, options: dict, repeats: in
     command = [python, str(script), mode] + [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
     runs = []
     for _ in range(max(1, repeats)):
-        stdout, figures = _run_metered(command, timeout)
+        # as published: without the huge pages that the mijax program gives itself (mijax.allocator)
+        stdout, figures = _run_metered(command, timeout, allocator.environment_as_started())
         # The CPU figures cover the whole subprocess (import and warm-up included), not only its timed part.
         runs.append({**parse_json_line(stdout), **{f"process_{k}": v for k, v in figures.items()}})
     best = min(runs, key=lambda r: r["seconds"])
@@ -557,20 +558,22 @@ def bench_torch(script: str | os.PathLike, mode: str, options: dict, repeats: in
             "median_seconds": statistics.median(r["seconds"] for r in runs), "command": " ".join(command[1:])}
 
 
-def _run_metered(command: Sequence[str], timeout: Optional[float] = None) -> tuple[str, dict]:
-    """Run ``command`` to its end: its stdout and :class:`CpuMeter`'s figures for it; a failure raises with
-    the end of its stderr."""
+def _run_metered(command: Sequence[str], timeout: Optional[float] = None,
+                 env: Optional[dict] = None) -> tuple[str, dict]:
+    """Run ``command`` (in ``env``, default this process's environment) to its end: its stdout and
+    :class:`CpuMeter`'s figures for it; a failure raises with the end of its stderr."""
     meter = CpuMeter(children=True)
-    proc = subprocess.run(list(command), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(list(command), capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed: {proc.stderr.strip()[-500:]}")
     return proc.stdout, meter.read()
 
 
-def time_process(command: Sequence[str], timeout: Optional[float] = None) -> dict:
-    """Wall seconds of one whole process (start, imports, compilation, the work, exit), with the CPU
-    figures of :class:`CpuMeter` (``other_cores``: other processes' load meanwhile)."""
-    figures = _run_metered(command, timeout)[1]
+def time_process(command: Sequence[str], timeout: Optional[float] = None, env: Optional[dict] = None) -> dict:
+    """Wall seconds of one whole process (start, imports, compilation, the work, exit; in ``env``, default
+    this process's environment), with the CPU figures of :class:`CpuMeter` (``other_cores``: other
+    processes' load meanwhile)."""
+    figures = _run_metered(command, timeout, env)[1]
     return {"seconds": figures.pop("wall_seconds"), **figures}
 
 
@@ -610,7 +613,7 @@ def mijax_process_command(job: dict, python: str = sys.executable) -> list[str]:
 
 def bench_processes(commands: dict[str, Callable[[int], Sequence[str]]], sizes: Sequence[int],
                     work: Sequence[float], rounds: int = 2, timeout: Optional[float] = None,
-                    timer: Callable[..., dict] = time_process) -> dict:
+                    timer: Callable[..., dict] = time_process, envs: Optional[dict[str, dict]] = None) -> dict:
     """Whole-process seconds of several programs at two sizes, alternated (each round runs every size of
     every program in turn, so they share the machine's drift), and the marginal cost between the sizes.
 
@@ -618,7 +621,8 @@ def bench_processes(commands: dict[str, Callable[[int], Sequence[str]]], sizes: 
       commands: program name -> (size -> its command line).
       sizes: the two sizes (e.g. N, or training steps); work: the work each size does (e.g. N T point-steps).
       rounds: runs of each (program, size); the fastest is kept, the median too.
-      timer: ``(command, timeout) -> {"seconds", ...}`` (:func:`time_process`).
+      timer: ``(command, timeout, env) -> {"seconds", ...}`` (:func:`time_process`).
+      envs: program name -> the environment its processes run in (default: this process's).
     Returns:
       ``{"sizes", "work", "rounds", "programs": {name: {"runs": {size: [seconds...]}, "best": {size: s},
       "median": {size: s}, "marginal_seconds_per_work" (fastest large minus fastest small over the work
@@ -632,7 +636,7 @@ def bench_processes(commands: dict[str, Callable[[int], Sequence[str]]], sizes: 
     for _ in range(rounds):
         for size in sizes:
             for name, command in commands.items():
-                runs[name][str(size)].append(timer(command(size), timeout))
+                runs[name][str(size)].append(timer(command(size), timeout, (envs or {}).get(name)))
     out: dict[str, Any] = {"sizes": list(sizes), "work": list(work), "rounds": rounds, "programs": {}}
     small, large = (str(s) for s in sizes)
     for name, by_size in runs.items():
@@ -682,9 +686,11 @@ def run_processes(a: argparse.Namespace, script: Optional[Path], measure: Callab
                                        f"--dim={a.dim}", f"--window={a.window}"]
         training["torch"] = lambda k: [python, str(script), "train", f"--batch={a.train_batch}", f"--steps={k}",
                                        f"--dim={a.dim}"]
+    envs = {"torch": allocator.environment_as_started()}  # the baseline as published (mijax.allocator)
     out = {"sampling": measure(lambda: bench_processes(sampling, (n_small, a.n),
-                                                      (n_small * a.timesteps, a.n * a.timesteps), a.process_rounds)),
-           "training": measure(lambda: bench_processes(training, steps, steps, a.process_rounds))}
+                                                      (n_small * a.timesteps, a.n * a.timesteps), a.process_rounds,
+                                                      envs=envs)),
+           "training": measure(lambda: bench_processes(training, steps, steps, a.process_rounds, envs=envs))}
     if script is not None:
         for part in out.values():
             part["speedup"] = _speedups(part, "mijax", "torch")
@@ -696,7 +702,8 @@ def machine_info() -> dict:
     device = jax.devices()[0]
     info = {"jax": jax.__version__, "backend": jax.default_backend(), "device_kind": device.device_kind,
             "device_count": jax.device_count(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "cpu_model": _cpu_model()}
+            "python": platform.python_version(), "cpu_model": _cpu_model(),
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}  # huge pages or not (mijax.allocator)
     if hasattr(os, "getloadavg"):
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return info

@@ -509,13 +509,18 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv=None) -> int:
     """Run ``mijax ARGV`` (default ``sys.argv[1:]``); returns the exit status.
 
-    Called as the program (no ``argv``), an interrupt ends the process at once with ``os._exit`` after its
-    temporaries are removed: the interpreter's teardown with accelerator threads still running was what
-    crashed (status 139) after Ctrl-C.
+    Called as the program (no ``argv``), it first starts itself again with huge pages for XLA:CPU's buffers
+    where that helps (:func:`mijax.allocator.restart_with_huge_pages`), and an interrupt ends the process at
+    once with ``os._exit`` after its temporaries are removed: the interpreter's teardown with accelerator
+    threads still running was what crashed (status 139) after Ctrl-C.
     """
+    as_program = argv is None
+    if as_program:  # first: it may start the program again (mijax.allocator)
+        from mijax import allocator
+
+        allocator.restart_with_huge_pages()
     from mijax import signals
 
-    as_program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     show = warnings.showwarning
     if as_program:  # a library caller (or a test) keeps its own warning handling

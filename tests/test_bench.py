@@ -264,15 +264,17 @@ def test_calibration_script_appends_one_line_per_configuration(tmp_path):
 def test_bench_processes_marginal_cost_and_speedups():
     """Whole processes alternate round by round; the marginal cost is (large - small) / work between."""
     seconds = {("a", 1): [2.0, 2.5], ("a", 5): [4.0, 3.5], ("b", 1): [1.0, 1.5], ("b", 5): [9.0, 10.0]}
-    calls = []
+    calls, envs = [], []
 
-    def timer(command, timeout):
+    def timer(command, timeout, env):
         calls.append(tuple(command))
+        envs.append(env)
         return {"seconds": seconds[tuple(command)][sum(c == tuple(command) for c in calls) - 1], "other_cores": 0.0}
 
     r = bench.bench_processes({"a": lambda k: ["a", k], "b": lambda k: ["b", k]}, (1, 5), (10, 50), rounds=2,
-                              timer=timer)
+                              timer=timer, envs={"b": {"B": "1"}})
     assert calls == [("a", 1), ("b", 1), ("a", 5), ("b", 5)] * 2  # every size of every program, each round
+    assert envs == [None, {"B": "1"}] * 4  # b's processes in its own environment, a's in this one
     a, b = r["programs"]["a"], r["programs"]["b"]
     assert a["best"] == {"1": 2.0, "5": 3.5} and b["median"] == {"1": 1.25, "5": 9.5}
     assert a["marginal_seconds_per_work"] == pytest.approx(1.5 / 40) and b["marginal_seconds_per_work"] == pytest.approx(8 / 40)
@@ -281,7 +283,7 @@ def test_bench_processes_marginal_cost_and_speedups():
     assert sp["marginal_median"] == pytest.approx((9.5 - 1.25) / (3.75 - 2.25))
     # a larger size that was not slower has no marginal cost, and no speed-up is made of it
     flat = bench.bench_processes({"a": lambda k: ["a"]}, (1, 2), (1, 2), rounds=1,
-                                 timer=lambda c, t: {"seconds": 1.0})
+                                 timer=lambda c, t, e: {"seconds": 1.0})
     assert flat["programs"]["a"]["marginal_seconds_per_work"] is None
     for bad in ({"sizes": (1,), "work": (1,)}, {"sizes": (1, 2), "work": (2, 1)}):
         with pytest.raises(ValueError):
