@@ -9,8 +9,8 @@ step on 2 cores of an Intel Xeon took 243-249 ms instead of 285-287 ms (BENCHMAR
 change (only where the memory comes from does).
 
 glibc reads its tunables when a process starts, so :func:`restart_with_huge_pages` starts the program again
-(``os.execv``, the same process id, arguments and environment, ``GLIBC_TUNABLES`` extended) before anything
-else runs, where it helps: Linux with glibc 2.35 or later and transparent huge pages in ``madvise`` mode
+(``os.execv``, the same process id, arguments and environment, ``GLIBC_TUNABLES`` extended; Ctrl-C and SIGTERM
+held back meanwhile and delivered by :func:`release_signals`) before anything else runs, where it helps: Linux with glibc 2.35 or later and transparent huge pages in ``madvise`` mode
 (with ``always`` every large block has them already; with ``never`` nothing would change). A setting of
 ``glibc.malloc.hugetlb`` of the user's own is kept, and ``MIJAX_HUGE_PAGES=0`` turns the restart off.
 Programs the restarted process starts inherit the setting, except where :func:`environment_as_started` gives
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import sys
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -31,6 +32,8 @@ ENV = "MIJAX_HUGE_PAGES"  # "0": never restart
 BEFORE_ENV = "MIJAX_GLIBC_TUNABLES_BEFORE"  # set by the restart: GLIBC_TUNABLES as it was ("" if unset)
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 MIN_GLIBC = (2, 35)  # the first glibc with the hugetlb tunable
+# held back across the restart (a signal mask survives execv) until the new program's handlers are in place
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def thp_mode(path: Path = THP_MODE) -> Optional[str]:
@@ -73,16 +76,26 @@ def restart_with_huge_pages(argv: Optional[Sequence[str]] = None) -> None:
     args = list(sys.orig_argv[1:] if argv is None else argv)
     before = os.environ.get("GLIBC_TUNABLES")
     os.environ["GLIBC_TUNABLES"], os.environ[BEFORE_ENV] = value, before or ""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
     try:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(sys.executable, [sys.executable, *args])
     except OSError:  # run on as it is
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         del os.environ[BEFORE_ENV]
         if before is None:
             del os.environ["GLIBC_TUNABLES"]
         else:
             os.environ["GLIBC_TUNABLES"] = before
+
+
+def release_signals() -> None:
+    """In a program started again by :func:`restart_with_huge_pages`: let through the Ctrl-C and SIGTERM held
+    back across the restart (one that came meanwhile is delivered now). Call it once the program's own
+    handlers are in place, before any thread starts (threads inherit the mask)."""
+    if BEFORE_ENV in os.environ:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
 
 
 def environment_as_started(environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:

@@ -527,6 +527,8 @@ def main(argv=None) -> int:
         warnings.showwarning = _one_line_warning
     try:
         with signals.installed():
+            if as_program:  # a Ctrl-C held back across the restart arrives now, to the handler
+                allocator.release_signals()
             if argv[:1] == ["bench"]:  # the benchmark parses its own options
                 if as_program:
                     _device_per_core(None)

@@ -85,3 +85,16 @@ def test_a_real_restart_happens_once_and_keeps_the_arguments():
                          check=True).stdout.strip()
     expected = allocator.tunables_with_huge_pages(env, sys.platform, allocator.glibc_version(), allocator.thp_mode())
     assert out == f"{expected or ''} ['a', 'b']"
+
+
+def test_a_ctrl_c_held_back_across_the_restart_reaches_the_programs_handler():
+    """A restarted program starts with SIGINT and SIGTERM blocked (the mask survives execv); the one that
+    came meanwhile is delivered once mijax's handlers are in place: the usual one line and status 130."""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env.update({allocator.BEFORE_ENV: "", allocator.ENV: "0"})  # as restarted; no second restart
+    code = ("import os, signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}); "
+            "os.kill(os.getpid(), signal.SIGINT); sys.argv = ['mijax', 'train', '--help']; "
+            "from mijax.cli import main; sys.exit(main())")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and proc.stderr.strip() == "mijax: interrupted", proc.stderr
+    assert proc.stdout == ""  # interrupted before the help was printed
