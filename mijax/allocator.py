@@ -10,8 +10,9 @@ change (only where the memory comes from does).
 
 glibc reads its tunables when a process starts, so :func:`restart_with_huge_pages` starts the program again
 (``os.execv``, the same process id, arguments and environment, ``GLIBC_TUNABLES`` extended; Ctrl-C and SIGTERM
-held back meanwhile and delivered by :func:`release_signals`) before anything else runs, where it helps: Linux with glibc 2.35 or later and transparent huge pages in ``madvise`` mode
-(with ``always`` every large block has them already; with ``never`` nothing would change). A setting of
+held back meanwhile and delivered by :func:`release_signals`) before anything else runs, where it helps:
+Linux with glibc 2.35 or later and transparent huge pages in ``madvise`` mode (with ``always`` every large
+block has them already; with ``never`` nothing would change). A setting of
 ``glibc.malloc.hugetlb`` of the user's own is kept, and ``MIJAX_HUGE_PAGES=0`` turns the restart off.
 Programs the restarted process starts inherit the setting, except where :func:`environment_as_started` gives
 them the environment as it was (``mijax bench`` runs the PyTorch baselines so, as published). This module
