@@ -3,10 +3,11 @@
 XLA:CPU allocates each execution's temporaries afresh: one block of ~270 MB for a training step of the bench
 UNet (C = 16, batch 64), and tens of MB more inside its convolutions. glibc serves blocks over 32 MB with
 ``mmap`` and returns them with ``munmap``, so every step touched ~67,000 new 4 KiB pages, each a page fault
-that the kernel fills with zeros: ~0.1 s of system CPU time per step. With glibc's ``glibc.malloc.hugetlb=1``
-tunable those blocks are backed by 2 MiB transparent huge pages (512 times fewer faults), and the UNet's Adam
-step on 2 cores of an Intel Xeon took 243-249 ms instead of 285-287 ms (BENCHMARKS.md); the numbers do not
-change (only where the memory comes from does).
+that stalls the thread while the kernel fills the page with zeros. With glibc's ``glibc.malloc.hugetlb=1``
+tunable those blocks are backed by 2 MiB transparent huge pages: ~300 faults a step instead (the system time,
+~0.11 s a step, stays: the kernel zeroes as much), and the UNet's Adam step on 2 cores of an Intel Xeon took
+243-249 ms instead of 285-287 ms (BENCHMARKS.md); the numbers do not change (only where the memory comes from
+does).
 
 glibc reads its tunables when a process starts, so :func:`restart_with_huge_pages` starts the program again
 (``os.execv``, the same process id, arguments and environment, ``GLIBC_TUNABLES`` extended; Ctrl-C and SIGTERM

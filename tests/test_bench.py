@@ -10,6 +10,7 @@ import tarfile
 import types
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 from mijax import bench
@@ -364,3 +365,27 @@ def test_gpu_session_sizes_its_runs_from_earlier_measurements(tmp_path):
         assert sorted(tar.getnames()) == ["run.log", "run/a.png", "run/metrics.json", "run/report.md"]
     with pytest.raises(SystemExit, match="unknown part"):
         gpu_session.main(["--out", str(tmp_path / "o"), "--state", str(tmp_path / "s"), "--parts", "nope"])
+
+
+def test_unet_breakdown_script_at_tiny_sizes(tmp_path):
+    """benchmarks/unet_breakdown.py: the whole step's figures and the operations timed one by one, the
+    convolutions told apart by kind (a tiny UNet; the first 60 equations)."""
+    from benchmarks import unet_breakdown
+
+    out = tmp_path / "b.json"
+    r = unet_breakdown.main(["--out", str(out), "--image-options", "size=8,channels=8,mults=1,batch=4",
+                             "--repeats", "1", "--limit", "60"])
+    assert r["whole"]["loss_and_grad_ms"] > 0 and r["whole"]["minor_faults_per_call"] >= 0
+    ops = r["operations"]
+    assert ops["equations"] == 60 and ops["total_ms"] == pytest.approx(sum(v["ms"] for v in ops["by_primitive"].values()))
+    assert "conv:forward" in ops["by_primitive"]  # the first equations are the forward pass's
+    assert json.loads(out.read_text())["options"]["channels"] == 8
+    # the three convolutions autodiff writes, told apart by their dimension numbers
+    x, w = jnp.ones((2, 6, 6, 3)), jnp.ones((3, 3, 3, 4))
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",  # noqa: E731
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    jaxpr = jax.make_jaxpr(jax.grad(lambda x, w: conv(x, w).sum(), argnums=(0, 1)))(x, w).jaxpr
+    kinds = sorted(unet_breakdown.conv_kind(e.params) for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated")
+    assert kinds == ["forward", "input_gradient", "weight_gradient"]
+    with pytest.raises(SystemExit):
+        unet_breakdown.main(["--out", str(out), "--torch-baseline", str(tmp_path / "nope.py")])
