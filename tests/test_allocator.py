@@ -1,5 +1,6 @@
 """The mijax program's restart with glibc's huge-page tunable (mijax.allocator)."""
 import os
+import signal
 import subprocess
 import sys
 
@@ -44,15 +45,20 @@ def helpful(monkeypatch):
     monkeypatch.setattr(allocator.sys, "platform", "linux")
     monkeypatch.setattr(allocator, "glibc_version", lambda: (2, 36))
     monkeypatch.setattr(allocator, "thp_mode", lambda: "madvise")
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a faked exec returns with the signals still held
 
 
 def test_the_restart_runs_the_same_arguments_with_the_tunable(helpful, monkeypatch):
     calls = []
-    monkeypatch.setattr(allocator.os, "execv", lambda path, args: calls.append((path, args, dict(os.environ))))
+    monkeypatch.setattr(allocator.os, "execv", lambda path, args: calls.append(
+        (path, args, dict(os.environ), signal.pthread_sigmask(signal.SIG_BLOCK, []))))
     allocator.restart_with_huge_pages(["-m", "mijax.cli", "sample", "--n", "8"])
-    (path, args, environ), = calls
+    (path, args, environ, held), = calls
     assert path == sys.executable and args == [sys.executable, "-m", "mijax.cli", "sample", "--n", "8"]
     assert environ["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    assert {signal.SIGINT, signal.SIGTERM} <= held  # Ctrl-C waits across the exec
     # what the restarted program hands on to programs that should run as the user would run them
     assert "GLIBC_TUNABLES" not in allocator.environment_as_started(environ)
     assert allocator.BEFORE_ENV not in allocator.environment_as_started(environ)
@@ -73,8 +79,10 @@ def test_a_failed_restart_leaves_the_environment_as_it_was(helpful, monkeypatch)
         raise OSError("no exec here")
 
     monkeypatch.setattr(allocator.os, "execv", fail)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     allocator.restart_with_huge_pages(["-c", "pass"])
     assert "GLIBC_TUNABLES" not in os.environ and allocator.BEFORE_ENV not in os.environ
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before  # nothing held back any more
 
 
 def test_a_real_restart_happens_once_and_keeps_the_arguments():
