@@ -121,7 +121,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     a = parser.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     a.state.mkdir(parents=True, exist_ok=True)
-    py, env = sys.executable, dict(os.environ, PYTHONUNBUFFERED="1")
+    # progress bars into the logs (every 5 s): a part killed at its limit shows where it was (on the second
+    # H200 loan, detection and shapes ran past theirs with nothing to say how far they had come)
+    py, env = sys.executable, dict(os.environ, PYTHONUNBUFFERED="1", TQDM_MININTERVAL="5")
     os.environ.update(env)
     profile = "quick" if a.local else "paper"
     for part in [p for p in a.parts.split(",") if p]:
@@ -148,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 "detection", {"steps": min(steps, 200 if a.local else 20_000), "steps_2d": steps})
             sizes.update({"chunk_size": chunk, **({"num_samples": 2_000} if a.local else {})})
             run = a.state / name
-            _run(part, [py, "-m", "mijax.cli", "experiment", name, "--profile", profile, "--no-progress", "--out",
+            _run(part, [py, "-m", "mijax.cli", "experiment", name, "--profile", profile, "--out",
                         str(run), "--overwrite", "--runs", str(a.state / "runs")]
                  + [x for k, v in sizes.items() for x in ("--set", f"{k}={v}")],
                  a.grid_seconds + 60 if part == "grid" else a.detection_seconds, None, a.state)
@@ -158,7 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             sizes = {"steps": steps, "warmup_steps": min(steps // 10, 5_000), "steps_per_call": 100,
                      "num_samples": 64 if a.local else 256, "chunk_size": 64 if a.local else 256}
             _run("shapes", [py, "-m", "mijax.cli", "experiment", "shapes", "--profile", profile, "--seeds", "1",
-                            "--no-progress", "--out", str(run), "--overwrite"]
+                            "--out", str(run), "--overwrite"]
                  + [x for k, v in sizes.items() for x in ("--set", f"{k}={v}")], a.shapes_seconds + 60, None, a.state)
             _pack(run, a.out / "shapes.tar.gz", a.state / "shapes.log")
         else:

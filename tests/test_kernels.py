@@ -180,6 +180,9 @@ def test_gpu_check_script_runs_at_tiny_sizes(tmp_path):
         assert row["kernel_ran"] and row["rows_independent_of_n_kernel"]
         if row["precision"] != "bf16":
             assert row["max_abs_diff_shared_t"] < 1e-4 and row["max_abs_diff_per_row_t"] < 1e-4
+        if row["dim"] == 1:  # the sampling comparison counts rows that overflowed, and compares the rest
+            assert row["sample_timesteps"] == gpu_check.QUICK["check_timesteps"]
+            assert row["sample_nonfinite_xla"] == row["sample_nonfinite_kernel"] == 0
     assert {r["kernel_used"] for r in results["sampling_1e6_d1"]} == {"xla", "pallas"}
     assert [(r["dim"], r["precision"]) for r in results["kernel_check"]] == list(gpu_check.QUICK["checks"])
     assert len(results["sampling_1e6_d1"]) == 2 * len(gpu_check.QUICK["precisions"])
@@ -197,6 +200,9 @@ def test_gpu_check_script_runs_at_tiny_sizes(tmp_path):
         top = [row for p in trace["processes"].values() for row in p["top"]]
         assert trace["wall_us"] > 0 and top and all(not row["name"].startswith("$") for row in top)
     assert "kernel vs XLA" in gpu_check.summary(results) and "profile training_float32" in gpu_check.summary(results)
+    # non-finite figures come back from the JSON as null: the summary says n/a instead of failing
+    row = {**results["kernel_check"][0], "sample_max_abs_diff_x": None, "max_abs_diff_shared_t": None}
+    assert "max diff n/a" in gpu_check.summary({**results, "kernel_check": [row]})
     # A compilation that hangs costs its limit, not the loan: the kernel's measurements are then left out.
     hung = gpu_check.main(["--out", str(tmp_path / "c"), "--quick", "--interpret", "--only", "kernel_compile",
                            "--compile-limit", "0.01"])
@@ -207,3 +213,17 @@ def test_gpu_check_script_runs_at_tiny_sizes(tmp_path):
     # A spent budget starts nothing more but still writes what it has.
     later = gpu_check.main(["--out", str(tmp_path / "b"), "--quick", "--budget", "0"])
     assert "kernel_check" in later["skipped"] and "kernel_check" not in later
+
+
+def test_kernel_ir_is_read_at_the_lowering():
+    """benchmarks/triton_compile.py --kernel compiles the kernel's own Triton IR off the device (with pip's
+    Triton, not a dependency): the IR it reads is the fused kernel's, one program of 32 rows."""
+    pytest.importorskip("jax.export")
+    from benchmarks import triton_compile
+
+    try:
+        ir = triton_compile.kernel_ir("bf16", 32, rows=256)
+    except (ImportError, ModuleNotFoundError) as e:  # a jaxlib without the Triton dialect
+        pytest.skip(f"no Triton lowering in this jaxlib: {e}")
+    assert "tt.func public @mijax_fused_denoiser" in ir and ir.count("tt.dot ") == 6  # fc1 and fc2 in each of 3 blocks
+    assert "arith.constant 32 : i32" in ir
