@@ -24,7 +24,8 @@ short keeps what it measured) and stops starting new ones after ``--budget`` sec
    steps) summed per process and kernel;
 5. training at batch 10,000 (ms/step; float32 and tf32; float32 with the scan unrolled 5x and 25x) and the
    published code's, if ``--torch-baseline``;
-6. 16 seeds in one program against one: training (float32, tf32) and sampling;
+6. 16 seeds in one program against one: training (float32, tf32; and a trace of the 16 seeds' float32 steps)
+   and sampling;
 7. d = 2 at 10^6, N = 10^7 in XLA's fastest precision, the published code's trajectory at 10^5.
 
 ``--only NAMES`` runs some of them (``STEPS``); ``--no-kernel`` leaves the kernel out.
@@ -386,8 +387,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             out[precision] = {"training_one": one, "training_many": many,
                               "training_ratio_to_one": many["seconds"] / one["seconds"]}
         sampled = bench.bench_seed_sampling(s["seed_n"], s["timesteps"], 1, window, s["seeds"], s["repeats"])
+        # where the seeds' training time goes (beside profile's one seed): kernels per step, the largest
+        trace = trace_summary(bench.training_call(s["train_batch"], s["train_steps"], num_seeds=s["seeds"]),
+                              a.out / "traces" / "training_many", s["train_steps"])
+        shutil.rmtree(a.out / "traces", ignore_errors=True)
         return {**out["float32"], **{p: out[p] for p in out if p != "float32"}, "sampling": sampled,
-                "sampling_ratio_to_one": sampled["seconds"] / sampled["one_seed_seconds"]}
+                "sampling_ratio_to_one": sampled["seconds"] / sampled["one_seed_seconds"],
+                "profile_training_many": trace}
 
     step("seeds", seeds)
     step("sampling_1e6_d2", lambda: sampling(s["n"], 2, (fastest(kernels[-1]),), kernels, None))
