@@ -61,7 +61,7 @@ FULL = dict(n=1_000_000, big_n=10_000_000, timesteps=1000, tune_timesteps=50, ch
             profile_xla=("float32", "bf16"), seed_precisions=("float32", "tf32"), unrolls=(1, 5, 25),
             row_blocks=(None, 262_144, 65_536, 16_384))
 # --quick checks that every step of the script runs (the test suite's kernel tests cover every configuration).
-QUICK = dict(n=512, big_n=2048, timesteps=20, tune_timesteps=5, check_n=300, check_sample_n=128, check_timesteps=5,
+QUICK = dict(n=512, big_n=2048, timesteps=20, tune_timesteps=5, check_n=300, check_sample_n=128, check_timesteps=10,
              train_batch=256, train_steps=2, seeds=2, seed_n=256, repeats=1, blocks=((32, 4), (64, 4)),
              checks=((1, "bf16"), (2, "float32")), precisions=("float32", "bf16"),
              compiles=(("bf16", 64, 4), ("float32", 64, 4)), profile_xla=("float32",), seed_precisions=("float32",),
