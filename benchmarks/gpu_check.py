@@ -15,7 +15,8 @@ short keeps what it measured) and stops starting new ones after ``--budget`` sec
 1. the fused Pallas kernel compiled for the GPU against the XLA path: max |difference| of eps_hat on
    random inputs (d = 1, 2; float32, tf32, bf16) and of samples and Hal over a short sampling run (T = 50:
    an untrained network's samples overflow over 1000 steps; rows that did are counted, not compared), and
-   whether a row's result depends on how many rows share the call (both paths);
+   whether a row's result depends on how many rows share the call (both paths); ``xla_rows``: whether XLA's
+   sampler gives the same samples in one chunk and in four (float32, tf32, bf16), the rule the CPU keeps;
 2. the kernel's block size and warps, picked on a short run (N = 10^6, T = 50; bf16, its fastest precision);
 3. sampling with Hal, N = 10^6, T = 1000, d = 1: XLA and the kernel in float32, tf32 and bf16; then
    N = 10^7 (chunks of 10^6) in the kernel's fastest precision;
@@ -112,12 +113,32 @@ def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optiona
     return rows
 
 
-STEPS = ("kernel_compile", "kernel_check", "kernel_tuning", "sampling_1e6_d1", "sampling_1e7_d1", "row_blocks",
+STEPS = ("kernel_compile", "kernel_check", "xla_rows", "kernel_tuning", "sampling_1e6_d1", "sampling_1e7_d1", "row_blocks",
          "profile",
          "training", "seeds", "sampling_1e6_d2", "sampling_1e7_d1_xla", "torch_trajectory_1e5")
 # The kernel's compilations (sizes' "compiles": precision, block_rows, num_warps) are tried first, each in a
 # child process, all at once, under COMPILE_LIMIT seconds: hung compilations then cost that much, not the loan.
 COMPILE_LIMIT = 60.0
+
+
+def xla_rows(n: int, chunk: int, timesteps: int, precisions: Sequence[str]) -> list[dict]:
+    """The reproducibility rule on this backend, in XLA's path: per precision, whether ``n`` samples drawn
+    in one chunk equal the same samples drawn in chunks of ``chunk`` (x and Hal, bit for bit; d = 1, the
+    paper's MLP at random initialisation, a short run so that nothing overflows), and how far apart they
+    are where they are not."""
+    rows = []
+    for precision in precisions:
+        model = ToyDenoiser(features=1, precision=precision)
+        params = model.init(jax.random.key(0), jnp.zeros((1, 1)), jnp.zeros((1,), jnp.int32))
+        schedule, key = make_schedule(num_timesteps=timesteps), jax.random.key(4)
+        whole = sample(ModuleDenoiser(model), params, schedule, key, n, (1,), SamplerConfig(), chunk_size=n)
+        parts = sample(ModuleDenoiser(model), params, schedule, key, n, (1,), SamplerConfig(), chunk_size=chunk)
+        rows.append({"precision": precision, "n": n, "chunk_size": chunk, "timesteps": timesteps,
+                     "x_equal": bool(jnp.array_equal(whole.x, parts.x)),
+                     "hal_equal": bool(jnp.array_equal(whole.hal, parts.hal)),
+                     "x_max_abs_diff": float(jnp.max(jnp.abs(whole.x - parts.x))),
+                     "x_share_differs": float(jnp.mean(whole.x != parts.x))})
+    return rows
 
 
 def compile_one(precision: str, block_rows: int, num_warps: int, interpret: bool = False, n: int = 4096) -> dict:
@@ -286,6 +307,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     step("kernel_check", lambda: kernel_check(s["check_n"], s["check_sample_n"], s["check_timesteps"], interpret, checks,
                                               blocks),
          no_kernel or (None if checks else "no checked precision compiled"))
+    step("xla_rows", lambda: xla_rows(s["check_sample_n"], s["check_sample_n"] // 4, s["check_timesteps"],
+                                      s["precisions"]))
     # bf16 first: the kernel's fastest precision on the second H200 loan (2.15 s against tf32's 5.34 s)
     tune_precision = next((p for p in ("bf16", "tf32") if p in compiled), (compiled or ["bf16"])[0])
     tune_blocks = [(b, w) for b, w in s["blocks"] if b <= blocks.get(tune_precision, (128, 4))[0]]
@@ -429,6 +452,10 @@ def summary(results: dict) -> str:
                         if "sample_max_abs_diff_x" in row else "") + ("" if row["kernel_ran"] else " (kernel did not run: no GPU)")
                      + f"; rows independent of N: XLA {row['rows_independent_of_n_xla']}, "
                        f"kernel {row['rows_independent_of_n_kernel']}")
+    for r in results.get("xla_rows", []):
+        lines.append(f"XLA samples in one chunk vs chunks of {r['chunk_size']} ({r['precision']}, N={r['n']}): "
+                     f"{'bit-equal' if r['x_equal'] and r['hal_equal'] else 'differ'} "
+                     f"(max |x diff| {_num(r['x_max_abs_diff'])}, {_num(r['x_share_differs'], '.1%')} of rows)")
     for name in ("sampling_1e6_d1", "sampling_1e7_d1", "sampling_1e7_d1_xla", "sampling_1e6_d2"):
         for r in results.get(name, []):
             lines.append(f"{name} {r['kernel_used']} {r['precision']}: {r['seconds']:.3f} s "

@@ -189,6 +189,9 @@ def test_gpu_check_script_runs_at_tiny_sizes(tmp_path):
     assert [r["kernel"] for r in results["sampling_1e7_d1"] + results["sampling_1e7_d1_xla"]] == ["pallas", "xla"]
     assert results["seeds"]["training_many"]["num_seeds"] == 2 and "tf32" not in results["seeds"]  # FULL adds tf32
     assert results["seeds"]["profile_training_many"]["steps"] == gpu_check.QUICK["train_steps"]
+    # on the CPU the sampler's chunking does not change a sample, in any precision
+    assert [(r["precision"], r["x_equal"], r["hal_equal"]) for r in results["xla_rows"]] == [
+        (p, True, True) for p in gpu_check.QUICK["precisions"]]
     assert [r["scan_unroll"] for r in results["training"]["scan_unroll"]] == [2]
     assert [r["rows_per_block"] for r in results["row_blocks"]] == [None, 128]
     assert [r["status"] for r in results["kernel_compile"]] == ["ok"] * len(gpu_check.QUICK["compiles"])
