@@ -49,6 +49,7 @@ import jax.numpy as jnp
 
 from mijax import bench
 from mijax.models import FusedDenoiser, ModuleDenoiser, ToyDenoiser
+from mijax.models.fused import default_blocks
 from mijax.io import write_json
 from mijax.sampling import SamplerConfig, sample
 from mijax.schedules import make_schedule
@@ -73,12 +74,13 @@ def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optiona
                  checks: Sequence[tuple[int, str]] = FULL["checks"],
                  blocks: Optional[dict] = None) -> list[dict]:
     """Max |kernel - XLA| of eps_hat (random x, shared and per-row t) and of a sampling run's x and Hal, for
-    each (d, precision) of ``checks``; ``blocks``: precision -> (block_rows, num_warps) (default 128, 4)."""
+    each (d, precision) of ``checks``; ``blocks``: precision -> (block_rows, num_warps) (default: the
+    kernel's own, ``default_blocks``)."""
     rows = []
     for d, precision in checks:
         model = ToyDenoiser(features=d, precision=precision)
         params = model.init(jax.random.key(0), jnp.zeros((1, d)), jnp.zeros((1,), jnp.int32))
-        block_rows, warps = (blocks or {}).get(precision, (128, 4))
+        block_rows, warps = (blocks or {}).get(precision, default_blocks(precision))
         fused = FusedDenoiser(model, block_rows=block_rows, num_warps=warps, interpret=interpret)
         apply, fused_fn = jax.jit(model.apply), jax.jit(fused)
         x = 2.0 * jax.random.normal(jax.random.key(1), (check_n, d))
@@ -301,8 +303,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if "kernel_compile" in results and not compiled:
         no_kernel = "no configuration compiled in time"
     elif "kernel_compile" not in results and not no_kernel:
-        compiled = list(s["precisions"])  # not probed (--only): trust every precision at 128-row blocks
-        blocks = {p: (128, 4) for p in compiled}
+        compiled = list(s["precisions"])  # not probed (--only): trust every precision in its default block
+        blocks = {p: default_blocks(p) for p in compiled}
     checks = [c for c in s["checks"] if c[1] in compiled]
     step("kernel_check", lambda: kernel_check(s["check_n"], s["check_sample_n"], s["check_timesteps"], interpret, checks,
                                               blocks),
@@ -311,7 +313,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                       s["precisions"]))
     # bf16 first: the kernel's fastest precision on the second H200 loan (2.15 s against tf32's 5.34 s)
     tune_precision = next((p for p in ("bf16", "tf32") if p in compiled), (compiled or ["bf16"])[0])
-    tune_blocks = [(b, w) for b, w in s["blocks"] if b <= blocks.get(tune_precision, (128, 4))[0]]
+    tune_blocks = [(b, w) for b, w in s["blocks"] if b <= blocks.get(tune_precision, default_blocks(tune_precision))[0]]
 
     def tune():
         rows = []
@@ -324,8 +326,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         return rows
 
     step("kernel_tuning", tune, no_kernel)
-    tuned = results.get("kernel_tuning") or [{"block_rows": blocks.get(tune_precision, (128, 4))[0],
-                                              "num_warps": blocks.get(tune_precision, (128, 4))[1], "seconds": 0.0}]
+    untuned = blocks.get(tune_precision, default_blocks(tune_precision))
+    tuned = results.get("kernel_tuning") or [{"block_rows": untuned[0], "num_warps": untuned[1], "seconds": 0.0}]
     best = min(tuned, key=lambda r: r["seconds"])
     options = {"block_rows": best["block_rows"], "num_warps": best["num_warps"],
                **({"interpret": True} if interpret else {})}
@@ -335,7 +337,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         """The tuned block for the tuned precision; for another, the largest block that compiled in it."""
         if precision == tune_precision:
             return options
-        rows, warps = blocks.get(precision, (128, 4))
+        rows, warps = blocks.get(precision, default_blocks(precision))
         return {"block_rows": rows, "num_warps": warps, **({"interpret": True} if interpret else {})}
     window = min(10, s["timesteps"])
     kernels = ("xla",) if no_kernel else ("xla", "pallas")

@@ -108,6 +108,19 @@ def test_without_a_gpu_it_falls_back_to_the_module():
     assert mijax.FusedDenoiser is FusedDenoiser and "pallas" in mijax.KERNELS
 
 
+def test_blocks_default_by_precision():
+    """Without block_rows / num_warps the kernel takes per-precision blocks that fit an H200: float32's three
+    TF32 products asked there for 256 KiB of shared memory in 64- and 128-row blocks (BENCHMARKS.md, GPU)."""
+    got = {p: (lambda f: (f.block_rows, f.num_warps))(FusedDenoiser(ToyDenoiser(features=1, precision=p)))
+           for p in ("float32", "tf32", "bf16")}
+    assert got == {"float32": (32, 8), "tf32": (64, 8), "bf16": (64, 4)}
+    ieee = FusedDenoiser(ToyDenoiser(features=1), float32_products="ieee")
+    assert (ieee.block_rows, ieee.num_warps) == (32, 4)
+    given = FusedDenoiser(ToyDenoiser(features=1), block_rows=128, num_warps=4)
+    assert (given.block_rows, given.num_warps) == (128, 4)
+    assert FusedDenoiser(ToyDenoiser(features=1)) == FusedDenoiser(ToyDenoiser(features=1), block_rows=32, num_warps=8)
+
+
 def test_bad_input():
     model, params = _model(1)
     with pytest.raises(ValueError, match="power of two"):
@@ -162,7 +175,7 @@ def test_seed_vmapped_kernel_lowers_to_one_triton_call():
         pytest.skip(f"no Triton lowering in this jaxlib: {e}")
     text = exported.mlir_module()
     assert text.count("__gpu$xla.gpu.triton") == 1
-    assert "grid_x = 32 : i32" in text and "grid_y = 3 : i32" in text  # 4096 / 128 row blocks x 3 seeds
+    assert "grid_x = 128 : i32" in text and "grid_y = 3 : i32" in text  # 4096 / 32 row blocks (float32) x 3 seeds
 
 
 def test_gpu_check_script_runs_at_tiny_sizes(tmp_path):

@@ -37,6 +37,23 @@ KERNELS = ("xla", "pallas")
 FLOAT32_PRODUCTS = ("tf32x3", "ieee")
 
 
+# Rows and Triton warps per program when not given, per precision, from the H200 loans and the kernel
+# compiled for sm_90 off the device (``benchmarks/triton_compile.py --kernel``; BENCHMARKS.md, GPU): float32's
+# three TF32 products ask for 256 KiB of shared memory in 64- and 128-row blocks, more than an H200 SM has
+# (227 KiB), and 80 KiB in 32 rows; tf32 ran fastest in 64-row blocks of 8 warps of those tuned (5.34 s for
+# 10^6 x 1000 steps); bf16 ran in 64 rows of 4 warps (2.15 s). Triton's IEEE float32 compiles for minutes
+# beyond 32 rows.
+DEFAULT_BLOCKS = {"float32": (32, 8), "tf32": (64, 8), "bf16": (64, 4)}
+DEFAULT_BLOCKS_IEEE = (32, 4)
+
+
+def default_blocks(precision: str, float32_products: str = "tf32x3") -> tuple[int, int]:
+    """(block_rows, num_warps) that :class:`FusedDenoiser` uses for ``precision`` when not given."""
+    if precision == "float32" and float32_products == "ieee":
+        return DEFAULT_BLOCKS_IEEE
+    return DEFAULT_BLOCKS[precision]
+
+
 def _next_power_of_two(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -53,10 +70,10 @@ class FusedDenoiser:
     Attributes:
       module: the :class:`~mijax.models.ToyDenoiser` whose parameters are passed in (tied or not, any
         d, width a power of two >= 16; its ``precision`` sets the kernel's matmul precision).
-      block_rows: rows per kernel program (a power of two >= 16).
+      block_rows: rows per kernel program (a power of two >= 16; None: ``default_blocks``, by precision).
       interpret: None: the compiled kernel on a GPU, ``module.apply`` elsewhere; True: the kernel in
         Pallas' interpreter (any backend); False: the compiled kernel (fails where there is no GPU).
-      num_warps: Triton warps per program.
+      num_warps: Triton warps per program (None: ``default_blocks``, by precision).
       float32_products: for ``precision="float32"``: ``"tf32x3"`` (default; three TF32 tensor-core products,
         close to float32) or ``"ieee"`` (Triton's float32 FMA products; compiles for minutes);
         ``FLOAT32_PRODUCTS``. The interpreter emulates either.
@@ -67,9 +84,9 @@ class FusedDenoiser:
     """
 
     module: ToyDenoiser
-    block_rows: int = 128
+    block_rows: Optional[int] = None
     interpret: Optional[bool] = None
-    num_warps: int = 4
+    num_warps: Optional[int] = None
     float32_products: str = "tf32x3"
 
     def __post_init__(self):
@@ -81,6 +98,11 @@ class FusedDenoiser:
         w = self.module.width
         if w < 16 or w != _next_power_of_two(w):
             raise ValueError(f"the fused kernel needs a width that is a power of two >= 16, got {w}")
+        rows, warps = default_blocks(self.module.precision, self.float32_products)
+        if self.block_rows is None:
+            object.__setattr__(self, "block_rows", rows)
+        if self.num_warps is None:
+            object.__setattr__(self, "num_warps", warps)
         if self.block_rows < 16 or self.block_rows != _next_power_of_two(self.block_rows):
             raise ValueError(f"block_rows must be a power of two >= 16, got {self.block_rows}")
 
