@@ -70,6 +70,12 @@ QUICK = dict(n=512, big_n=2048, timesteps=20, tune_timesteps=5, check_n=300, che
              unrolls=(2,), row_blocks=(None, 128))
 
 
+def paper_mlp(d: int, precision: str):
+    """(the paper's MLP for d features in ``precision``, its parameters at random initialisation)."""
+    model = ToyDenoiser(features=d, precision=precision)
+    return model, model.init(jax.random.key(0), jnp.zeros((1, d)), jnp.zeros((1,), jnp.int32))
+
+
 def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optional[bool],
                  checks: Sequence[tuple[int, str]] = FULL["checks"],
                  blocks: Optional[dict] = None) -> list[dict]:
@@ -78,8 +84,7 @@ def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optiona
     kernel's own, ``default_blocks``)."""
     rows = []
     for d, precision in checks:
-        model = ToyDenoiser(features=d, precision=precision)
-        params = model.init(jax.random.key(0), jnp.zeros((1, d)), jnp.zeros((1,), jnp.int32))
+        model, params = paper_mlp(d, precision)
         block_rows, warps = (blocks or {}).get(precision, default_blocks(precision))
         fused = FusedDenoiser(model, block_rows=block_rows, num_warps=warps, interpret=interpret)
         apply, fused_fn = jax.jit(model.apply), jax.jit(fused)
@@ -102,11 +107,11 @@ def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optiona
             schedule, config, key = make_schedule(num_timesteps=timesteps), SamplerConfig(), jax.random.key(2)
             a = sample(ModuleDenoiser(model), params, schedule, key, sample_n, (d,), config)
             b = sample(fused, params, schedule, key, sample_n, (d,), config)
-            finite = jnp.isfinite(a.x[:, 0]) & jnp.isfinite(b.x[:, 0]) & jnp.isfinite(a.hal) & jnp.isfinite(b.hal)
+            ok_xla, ok_kernel = (jnp.isfinite(r.x[:, 0]) & jnp.isfinite(r.hal) for r in (a, b))
+            finite = ok_xla & ok_kernel
             diff = jnp.where(finite[:, None], jnp.abs(a.x - b.x), 0.0)
             row["sample_timesteps"] = timesteps
-            row["sample_nonfinite_xla"] = int(jnp.sum(~(jnp.isfinite(a.x[:, 0]) & jnp.isfinite(a.hal))))
-            row["sample_nonfinite_kernel"] = int(jnp.sum(~(jnp.isfinite(b.x[:, 0]) & jnp.isfinite(b.hal))))
+            row["sample_nonfinite_xla"], row["sample_nonfinite_kernel"] = int(jnp.sum(~ok_xla)), int(jnp.sum(~ok_kernel))
             row["sample_max_abs_diff_x"] = float(jnp.max(diff))
             row["sample_share_x_differs_1e-3"] = float(jnp.mean(diff > 1e-3))
             row["sample_max_rel_diff_hal"] = float(jnp.max(jnp.where(
@@ -130,8 +135,7 @@ def xla_rows(n: int, chunk: int, timesteps: int, precisions: Sequence[str]) -> l
     are where they are not."""
     rows = []
     for precision in precisions:
-        model = ToyDenoiser(features=1, precision=precision)
-        params = model.init(jax.random.key(0), jnp.zeros((1, 1)), jnp.zeros((1,), jnp.int32))
+        model, params = paper_mlp(1, precision)
         schedule, key = make_schedule(num_timesteps=timesteps), jax.random.key(4)
         whole = sample(ModuleDenoiser(model), params, schedule, key, n, (1,), SamplerConfig(), chunk_size=n)
         parts = sample(ModuleDenoiser(model), params, schedule, key, n, (1,), SamplerConfig(), chunk_size=chunk)
@@ -145,8 +149,7 @@ def xla_rows(n: int, chunk: int, timesteps: int, precisions: Sequence[str]) -> l
 
 def compile_one(precision: str, block_rows: int, num_warps: int, interpret: bool = False, n: int = 4096) -> dict:
     """Compile the fused kernel (d = 1, shared t) for one configuration, run it once, compare it with XLA."""
-    model = ToyDenoiser(features=1, precision=precision)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 1)), jnp.zeros((1,), jnp.int32))
+    model, params = paper_mlp(1, precision)
     fused = FusedDenoiser(model, block_rows=block_rows, num_warps=num_warps, interpret=True if interpret else None)
     x, t = 2.0 * jax.random.normal(jax.random.key(1), (n, 1)), jnp.int32(500)
     begin = time.perf_counter()
@@ -373,8 +376,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         runs = [(f"sampling_xla_{p}", "xla", p) for p in s["profile_xla"]]
         runs += [(f"sampling_pallas_{tune_precision}", "pallas", tune_precision)] if not no_kernel else []
         for name, kernel, precision in runs:
-            model = ToyDenoiser(features=1, precision=precision)
-            params = model.init(jax.random.key(0), jnp.zeros((1, 1)), jnp.zeros((1,), jnp.int32))
+            model, params = paper_mlp(1, precision)
             o = options_for(precision)
             denoise = ModuleDenoiser(model) if kernel == "xla" else FusedDenoiser(
                 model, block_rows=o["block_rows"], num_warps=o["num_warps"], interpret=interpret)
