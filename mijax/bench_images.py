@@ -38,7 +38,7 @@ def _levels(o: dict) -> tuple[int, ...]:
 def _options(o: dict) -> dict:
     return {"channels": int(o["channels"]), "mults": tuple(int(m) for m in str(o["mults"]).split(",")),
             "res_blocks": int(o["res_blocks"]), "groups": min(int(o.get("groups", 8)), int(o["channels"])),
-            "attn_levels": _levels(o), "dropout": float(o.get("dropout", 0.0))}
+            "attn_levels": _levels(o), "dropout": float(o.get("dropout", 0.0)), "conv": o.get("conv", "xla")}
 
 
 def baseline_options(o: dict) -> dict:
@@ -159,18 +159,35 @@ def run_images(o: dict, repeats: int, measure, time_best, script: Optional[Path]
         out["training_speedup"] = torch_ms / out["training"]["ms_per_step"]
         if "training_grouped" in out:
             out["training_grouped_speedup"] = torch_ms / out["training_grouped"]["ms_per_step"]
+    onednn_too = _onednn_here()
+    if onednn_too:  # the same UNet with oneDNN's convolutions (conv="onednn"; mijax.models.onednn)
+        out["training_onednn"] = measure(lambda: bench_unet_training(dict(o, conv="onednn"), repeats, time_best))
+        if script is not None:
+            out["training_onednn_speedup"] = torch_ms / out["training_onednn"]["ms_per_step"]
     out["sampling"] = measure(lambda: bench_unet_sampling(o, repeats, time_best))
+    if onednn_too:
+        out["sampling_onednn"] = measure(lambda: bench_unet_sampling(dict(o, conv="onednn"), repeats, time_best))
     if script is not None:
         common = dict(torch_options, n=o["n"], timesteps=o["timesteps"], window=o["window"])
         out["torch_trajectory"] = measure(lambda: bench_torch(script, "trajectory", common, torch_repeats))
         out["torch_sample"] = measure(lambda: bench_torch(script, "sample", common, torch_repeats))
         out["sampling_speedup_vs_trajectory"] = out["torch_trajectory"]["seconds"] / out["sampling"]["seconds"]
         out["sampling_speedup_vs_sample"] = out["torch_sample"]["seconds"] / out["sampling"]["seconds"]
+        if onednn_too:
+            out["sampling_onednn_speedup_vs_trajectory"] = (out["torch_trajectory"]["seconds"]
+                                                            / out["sampling_onednn"]["seconds"])
     short, long = unet_compiled_memory(o, o["timesteps"]), unet_compiled_memory(o, 10 * o["timesteps"])
     out["memory"] = ({"skipped": f"{jax.default_backend()} gives no compiled memory analysis"} if short is None
                      or long is None else {"short": short, "long": long,
                                            "temp_ratio": long["temp_size_in_bytes"] / max(short["temp_size_in_bytes"], 1)})
     return out
+
+
+def _onednn_here() -> bool:
+    """Whether the bench also measures conv="onednn": on a CPU backend with oneDNN installed."""
+    from mijax.models import onednn
+
+    return jax.default_backend() == "cpu" and onednn.available()
 
 
 def format_rows(r: dict) -> list[tuple[str, str]]:
@@ -190,8 +207,18 @@ def format_rows(r: dict) -> list[tuple[str, str]]:
                    if "training_grouped_speedup" in r else "")
         rows.append(("  torch_unet.py train", f"{1e3 * r['torch_train']['seconds'] / o['steps']:.1f} ms/step; mijax "
                                               f"speed-up {r['training_speedup']:.2f}x{grouped}"))
+    if "training_onednn" in r:
+        speedup = (f"; speed-up vs torch {r['training_onednn_speedup']:.2f}x"
+                   if "training_onednn_speedup" in r else "")
+        rows.append(("  the same, conv=onednn (oneDNN's convolutions)",
+                     f"{r['training_onednn']['ms_per_step']:.1f} ms/step{speedup}"))
     rows.append((f"  sampling+Hal N={o['n']} T={o['timesteps']} K={o['window']}",
                  f"{r['sampling']['seconds']:.2f} s ({r['sampling']['image_steps_per_s']:.0f} image-steps/s)"))
+    if "sampling_onednn" in r:
+        speedup = (f"; speed-up vs torch trajectory {r['sampling_onednn_speedup_vs_trajectory']:.2f}x"
+                   if "sampling_onednn_speedup_vs_trajectory" in r else "")
+        rows.append(("  the same, conv=onednn", f"{r['sampling_onednn']['seconds']:.2f} s "
+                     f"({r['sampling_onednn']['image_steps_per_s']:.0f} image-steps/s){speedup}"))
     if "torch_trajectory" in r:
         rows.append(("  torch_unet.py trajectory", f"{r['torch_trajectory']['seconds']:.2f} s; mijax speed-up "
                                                    f"{r['sampling_speedup_vs_trajectory']:.2f}x"))

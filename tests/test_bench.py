@@ -225,6 +225,11 @@ def test_quick_image_benchmark(tmp_path, capsys, monkeypatch):
     assert json.loads(out.read_text()) == results
     printed = capsys.readouterr().out
     assert "Adam step" in printed and "batch_groups=2" in printed
+    from mijax.models import onednn  # with oneDNN here, the same UNet on its convolutions too
+
+    assert ("training_onednn" in images) == onednn.available() == ("conv=onednn" in printed)
+    if onednn.available():
+        assert images["training_onednn"]["losses_finite"] and images["sampling_onednn"]["hal_finite"]
     with pytest.raises(ValueError, match="image-options"):
         bench.main(["--images", "--quick", "--image-options", "depth=3"])
 

@@ -83,7 +83,7 @@ register("mlp", _mlp, "the paper's toy denoiser: width 128, one residual block a
          width=128, num_layers=3, tied=True)
 register("unet", unet.build, "the published code's DDPM UNet family (GroupNorm + SiLU res blocks); defaults: the "
          "small CPU configuration of the throughput baseline", channels=16, mults=(1, 2, 2), res_blocks=1,
-         attn_levels=(), groups=8, dropout=0.0)
+         attn_levels=(), groups=8, dropout=0.0, conv="xla")
 
 
 __all__ = ["KERNELS", "PRECISIONS", "Flattened", "FusedDenoiser", "ModuleDenoiser", "ToyDenoiser", "ResidualBlock",

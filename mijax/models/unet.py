@@ -62,34 +62,48 @@ def _norm(groups: int) -> GroupNorm:
     return GroupNorm(num_groups=groups)
 
 
+CONVS = ("xla", "onednn")
+
+
+def _conv(conv: str, features: int, kernel_size: tuple[int, int], **kwargs) -> nn.Conv:
+    """``nn.Conv`` (same parameters either way) run by XLA (``"xla"``) or by oneDNN on the CPU
+    (``"onednn"``: :mod:`mijax.models.onednn`)."""
+    if conv == "onednn":
+        from mijax.models import onednn
+        kwargs["conv_general_dilated"] = onednn.conv_general_dilated
+    return nn.Conv(features, kernel_size, **kwargs)
+
+
 class ResBlock(nn.Module):
     features: int
     groups: int
     dropout: float = 0.0
+    conv: str = "xla"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, temb: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        h = nn.Conv(self.features, (3, 3), padding=1, name="conv1")(nn.silu(_norm(self.groups)(x)))
+        h = _conv(self.conv, self.features, (3, 3), padding=1, name="conv1")(nn.silu(_norm(self.groups)(x)))
         h = h + nn.Dense(self.features, name="temb")(nn.silu(temb))[:, None, None, :]
         h = nn.silu(_norm(self.groups)(h))
         if self.dropout:  # as ddpm-torch: before the second convolution, in training only
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = nn.Conv(self.features, (3, 3), padding=1, kernel_init=nn.initializers.zeros, name="conv2")(h)
-        skip = x if x.shape[-1] == self.features else nn.Conv(self.features, (1, 1), name="skip")(x)
+        h = _conv(self.conv, self.features, (3, 3), padding=1, kernel_init=nn.initializers.zeros, name="conv2")(h)
+        skip = x if x.shape[-1] == self.features else _conv(self.conv, self.features, (1, 1), name="skip")(x)
         return skip + h
 
 
 class Attention(nn.Module):
     groups: int
+    conv: str = "xla"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         n, height, width, c = x.shape
-        qkv = nn.Conv(3 * c, (1, 1), name="qkv")(_norm(self.groups)(x)).reshape(n, height * width, 3, c)
+        qkv = _conv(self.conv, 3 * c, (1, 1), name="qkv")(_norm(self.groups)(x)).reshape(n, height * width, 3, c)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         weights = jax.nn.softmax(jnp.einsum("bic,bjc->bij", q, k) / math.sqrt(c), axis=-1)
         out = jnp.einsum("bij,bjc->bic", weights, v).reshape(n, height, width, c)
-        return x + nn.Conv(c, (1, 1), kernel_init=nn.initializers.zeros, name="proj")(out)
+        return x + _conv(self.conv, c, (1, 1), kernel_init=nn.initializers.zeros, name="proj")(out)
 
 
 class UNet(nn.Module):
@@ -104,6 +118,7 @@ class UNet(nn.Module):
     attn_levels: Sequence[int] = ()
     groups: int = 8
     dropout: float = 0.0
+    conv: str = "xla"
     # XLA:CPU runs this network's convolution gradients ~15x slower inside a loop (jax-ml/jax#12868): on CPU
     # mijax.training.train steps it from the host (mijax.training.loops_on_host).
     SLOW_GRADIENTS_IN_LOOPS = True
@@ -119,41 +134,44 @@ class UNet(nn.Module):
         t = jnp.asarray(t).reshape(-1)  # a shared t embeds once, [1, 4C], and broadcasts over the batch
         temb = nn.Dense(4 * c0)(timestep_embedding(t, c0))
         temb = nn.Dense(4 * c0)(nn.silu(temb))
-        h = nn.Conv(c0, (3, 3), padding=1)(x)
+        conv = self.conv
+        h = _conv(conv, c0, (3, 3), padding=1)(x)
         skips = [h]
         for level, mult in enumerate(self.mults):
             for _ in range(self.res_blocks):
-                h = ResBlock(c0 * mult, self.groups, self.dropout)(h, temb, train)
+                h = ResBlock(c0 * mult, self.groups, self.dropout, conv)(h, temb, train)
                 if level in self.attn_levels:
-                    h = Attention(self.groups)(h)
+                    h = Attention(self.groups, conv)(h)
                 skips.append(h)
             if level != levels - 1:
-                h = nn.Conv(h.shape[-1], (3, 3), strides=2, padding=1)(h)
+                h = _conv(conv, h.shape[-1], (3, 3), strides=2, padding=1)(h)
                 skips.append(h)
-        h = ResBlock(h.shape[-1], self.groups, self.dropout)(h, temb, train)
+        h = ResBlock(h.shape[-1], self.groups, self.dropout, conv)(h, temb, train)
         if self.attn_levels:
-            h = Attention(self.groups)(h)
-        h = ResBlock(h.shape[-1], self.groups, self.dropout)(h, temb, train)
+            h = Attention(self.groups, conv)(h)
+        h = ResBlock(h.shape[-1], self.groups, self.dropout, conv)(h, temb, train)
         self.sow("intermediates", "bottleneck", h)
         for level, mult in reversed(list(enumerate(self.mults))):
             for _ in range(self.res_blocks + 1):
-                h = ResBlock(c0 * mult, self.groups, self.dropout)(jnp.concatenate([h, skips.pop()], axis=-1), temb, train)
+                h = ResBlock(c0 * mult, self.groups, self.dropout, conv)(jnp.concatenate([h, skips.pop()], axis=-1), temb, train)
                 if level in self.attn_levels:
-                    h = Attention(self.groups)(h)
+                    h = Attention(self.groups, conv)(h)
             if level != 0:
                 h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest x2
-                h = nn.Conv(h.shape[-1], (3, 3), padding=1)(h)
+                h = _conv(conv, h.shape[-1], (3, 3), padding=1)(h)
         h = nn.silu(_norm(self.groups)(h))
-        return nn.Conv(x.shape[-1], (3, 3), padding=1, kernel_init=nn.initializers.zeros)(h)
+        return _conv(conv, x.shape[-1], (3, 3), padding=1, kernel_init=nn.initializers.zeros)(h)
 
 
 def build(shape: tuple[int, ...], precision: str, channels: int, mults: Sequence[int], res_blocks: int,
-          attn_levels: Sequence[int], groups: int, dropout: float = 0.0) -> UNet:
+          attn_levels: Sequence[int], groups: int, dropout: float = 0.0, conv: str = "xla") -> UNet:
     """The registry's builder: checks that the options can build a UNet for images of ``shape``."""
     if len(shape) != 3:
         raise ValueError(f"the unet denoises images [H, W, C]; this data set's samples are {shape}")
     if precision != "float32":
         raise ValueError(f"the unet runs its matmuls in float32 only, got precision {precision!r}")
+    mults = (mults,) if isinstance(mults, int) else mults  # --model-option mults=1: one level
+    attn_levels = (attn_levels,) if isinstance(attn_levels, int) else attn_levels
     mults, attn_levels = tuple(int(m) for m in mults), tuple(int(a) for a in attn_levels)
     if not (isinstance(channels, int) and channels > 0 and mults and min(mults) > 0 and res_blocks >= 1):
         raise ValueError("channels, mults and res_blocks must be positive")
@@ -168,4 +186,9 @@ def build(shape: tuple[int, ...], precision: str, channels: int, mults: Sequence
         raise ValueError(f"attention levels must be in 0..{len(mults) - 1}, got {attn_levels}")
     if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    return UNet(channels, mults, int(res_blocks), attn_levels, int(groups), float(dropout))
+    if conv not in CONVS:
+        raise ValueError(f"conv must be one of {', '.join(CONVS)}, got {conv!r}")
+    if conv == "onednn":
+        from mijax.models import onednn
+        onednn.check_backend()
+    return UNet(channels, mults, int(res_blocks), attn_levels, int(groups), float(dropout), conv)
