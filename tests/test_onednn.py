@@ -9,6 +9,7 @@ from jax import lax
 import mijax
 from mijax import models
 from mijax.models import onednn
+from mijax.training import compile_init
 
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="oneDNN is not installed: " + onednn.INSTALL_HINT)
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -44,6 +45,27 @@ def test_forward_and_both_gradients_match_xla(x_shape, k_shape, strides, padding
 
 
 @needs_onednn
+@pytest.mark.parametrize("strides, padding", [((1, 1), ((1, 1), (1, 1))), ((2, 2), "SAME")])
+def test_the_bias_inside_the_convolution_and_its_gradient(strides, padding):
+    x, k = jax.random.normal(jax.random.key(0), (2, 6, 6, 3)), jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+    side = 6 // strides[0]
+    b, w = jax.random.normal(jax.random.key(2), (4,)), jax.random.normal(jax.random.key(3), (2, side, side, 4))
+
+    def ours(x, k, b):
+        return jnp.sum(jnp.sin(onednn.conv_with_bias(x, k, b, strides, padding)) * w)
+
+    def xla(x, k, b):
+        y = lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC) + b[None, None, None, :]
+        return jnp.sum(jnp.sin(y) * w)
+
+    got, want = (jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(x, k, b) for f in (ours, xla))
+    for a, e in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="bias"):
+        onednn.conv_with_bias(x, k, b[:3])
+
+
+@needs_onednn
 def test_vmap_loops_and_repeats_are_bit_equal():
     x = jax.random.normal(jax.random.key(0), (3, 2, 6, 6, 4))
     k = jax.random.normal(jax.random.key(1), (3, 3, 3, 4, 5))
@@ -63,10 +85,12 @@ def test_vmap_loops_and_repeats_are_bit_equal():
 def test_the_unet_on_onednn_has_the_same_parameters_and_numbers():
     tiny = {"channels": 8, "mults": (1,), "res_blocks": 1, "groups": 4}  # one level: XLA compiles it quickly
     ours, xla = (models.build("unet", (8, 8, 1), options=dict(tiny, conv=c)) for c in ("onednn", "xla"))
-    args = (jnp.zeros((2, 8, 8, 1)), jnp.zeros((2,), jnp.int32))
-    params = jax.eval_shape(xla.init, jax.random.key(0), *args)
-    assert jax.tree.map(jnp.shape, jax.eval_shape(ours.init, jax.random.key(0), *args)) == \
-        jax.tree.map(jnp.shape, params)
+    args = (jax.random.key(0), jnp.zeros((2, 8, 8, 1)), jnp.zeros((2,), jnp.int32))
+    params = compile_init(xla.init, *args)(*args)
+    same = compile_init(ours.init, *args)(*args)  # the same names, shapes and initial values
+    assert jax.tree.structure(same) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # random values everywhere (the zero-initialised convolutions would hide the gradients' paths)
     leaves, tree = jax.tree.flatten(params)
     params = tree.unflatten([0.2 * jax.random.normal(jax.random.key(i), a.shape) for i, a in enumerate(leaves)])

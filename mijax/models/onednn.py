@@ -25,8 +25,9 @@ import functools
 import os
 import sys
 import threading
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,8 +41,8 @@ INSTALL_HINT = "pip install 'mijax[onednn]' (the onednn-cpu-gomp wheel)"
 _F32, _CPU, _STREAM_IN_ORDER, _FORMAT_ANY = 3, 1, 1, 1
 _FORWARD_TRAINING, _CONVOLUTION_DIRECT = 64, 1
 _QUERY_IMPL_INFO, _QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD = 8, 131, 132
-_ARG_SRC, _ARG_DST, _ARG_WEIGHTS = 1, 17, 33
-_ARG_DIFF_SRC, _ARG_DIFF_DST, _ARG_DIFF_WEIGHTS = 129, 145, 161
+_ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_BIAS = 1, 17, 33, 41
+_ARG_DIFF_SRC, _ARG_DIFF_DST, _ARG_DIFF_WEIGHTS, _ARG_DIFF_BIAS = 129, 145, 161, 169
 _MAX_NDIMS = 12
 
 _P = ctypes.c_void_p
@@ -174,23 +175,25 @@ def check_backend() -> None:
 
 
 class _Plan:
-    """The primitives of one convolution shape: forward, input gradient and weight gradient, with the
-    reorders between HWIO kernels and oneDNN's chosen weight layouts, and memory objects rebound per call."""
+    """The primitives of one convolution shape: forward, input gradient and weight gradient (with the bias and
+    its gradient when the key says so), the reorders between HWIO kernels and oneDNN's chosen weight layouts,
+    and memory objects rebound per call."""
 
     def __init__(self, key: tuple):
-        (n, h, w, ci), (kh, kw, co), (ho, wo), strides, pads = key
+        (n, h, w, ci), (kh, kw, co), (ho, wo), strides, pads, bias = key
         d = self.d = _dnnl()
         src = d.md((n, ci, h, w), (h * w * ci, 1, w * ci, ci))  # NHWC, in oneDNN's logical NCHW order
         dst = d.md((n, co, ho, wo), (ho * wo * co, 1, wo * co, co))
         hwio = d.md((co, ci, kh, kw), (1, co, kw * ci * co, ci * co))  # HWIO, in its logical OIHW order
         geometry = (_dims(*strides), _dims(0, 0), _dims(pads[0][0], pads[1][0]), _dims(pads[0][1], pads[1][1]))
         any_w = d.md((co, ci, kh, kw))
+        vector = d.md((co,), (1,)) if bias else None
         fwd = d.new("dnnl_convolution_forward_primitive_desc_create", d.engine, _FORWARD_TRAINING,
-                    _CONVOLUTION_DIRECT, src, any_w, None, dst, *geometry, None)
+                    _CONVOLUTION_DIRECT, src, any_w, vector, dst, *geometry, None)
         bwd_d = d.new("dnnl_convolution_backward_data_primitive_desc_create", d.engine, _CONVOLUTION_DIRECT,
                       src, any_w, dst, *geometry, fwd, None)
         bwd_w = d.new("dnnl_convolution_backward_weights_primitive_desc_create", d.engine, _CONVOLUTION_DIRECT,
-                      src, any_w, None, dst, *geometry, fwd, None)
+                      src, any_w, vector, dst, *geometry, fwd, None)
         self.impls = (d.impl(fwd), d.impl(bwd_d), d.impl(bwd_w))
         w_fwd, w_bwd_d = d.query_md(fwd, _QUERY_WEIGHTS_MD), d.query_md(bwd_d, _QUERY_WEIGHTS_MD)
         w_bwd_w = d.query_md(bwd_w, _QUERY_DIFF_WEIGHTS_MD)
@@ -204,27 +207,35 @@ class _Plan:
         self.w_fwd, self.w_bwd_d, self.w_bwd_w = (d.bind(d.memory(md), b) for md, b in
                                                   zip((w_fwd, w_bwd_d, w_bwd_w), self.buffers))
         self.src, self.dst, self.hwio = d.memory(src), d.memory(dst), d.memory(hwio)
-        self.src2, self.dst2 = d.memory(src), d.memory(dst)
+        self.src2 = d.memory(src)
+        self.vector = d.memory(vector) if bias else None
+        self.bias = bias
         self.shapes = (n, h, w, ci), (n, ho, wo, co), (kh, kw, ci, co)
 
-    def forward(self, x: int, kernel: int, y: int) -> None:
-        """y = conv(x, kernel), on the buffers at these addresses (NHWC, HWIO, NHWC)."""
+    def forward(self, x: int, kernel: int, *rest: int) -> None:
+        """y = conv(x, kernel) [+ bias], on the buffers at these addresses (NHWC, HWIO, [C_out,] NHWC):
+        ``rest`` is (y,) or (bias, y)."""
         d = self.d
         with d.lock:
             d.run(self.to_fwd, [(_ARG_SRC, d.bind(self.hwio, kernel)), (_ARG_DST, self.w_fwd)])
-            d.run(self.fwd, [(_ARG_SRC, d.bind(self.src, x)), (_ARG_WEIGHTS, self.w_fwd),
-                             (_ARG_DST, d.bind(self.dst, y))])
+            args = [(_ARG_SRC, d.bind(self.src, x)), (_ARG_WEIGHTS, self.w_fwd), (_ARG_DST, d.bind(self.dst, rest[-1]))]
+            if self.bias:
+                args.append((_ARG_BIAS, d.bind(self.vector, rest[0])))
+            d.run(self.fwd, args)
 
-    def backward(self, x: int, kernel: int, g: int, dx: int, dw: int) -> None:
-        """dx, dw = the input and kernel gradients of conv(x, kernel) for the output gradient g."""
+    def backward(self, x: int, kernel: int, g: int, dx: int, dw: int, *db: int) -> None:
+        """dx, dw [, db] = the input, kernel [and bias] gradients of conv(x, kernel) [+ bias] for the output
+        gradient g."""
         d = self.d
         with d.lock:
             d.run(self.to_bwd_d, [(_ARG_SRC, d.bind(self.hwio, kernel)), (_ARG_DST, self.w_bwd_d)])
             d.bind(self.dst, g)
             d.run(self.bwd_d, [(_ARG_DIFF_DST, self.dst), (_ARG_WEIGHTS, self.w_bwd_d),
                                (_ARG_DIFF_SRC, d.bind(self.src2, dx))])
-            d.run(self.bwd_w, [(_ARG_SRC, d.bind(self.src, x)), (_ARG_DIFF_DST, self.dst),
-                               (_ARG_DIFF_WEIGHTS, self.w_bwd_w)])
+            args = [(_ARG_SRC, d.bind(self.src, x)), (_ARG_DIFF_DST, self.dst), (_ARG_DIFF_WEIGHTS, self.w_bwd_w)]
+            if self.bias:
+                args.append((_ARG_DIFF_BIAS, d.bind(self.vector, db[0])))
+            d.run(self.bwd_w, args)
             d.run(self.from_bwd_w, [(_ARG_SRC, self.w_bwd_w), (_ARG_DST, d.bind(self.hwio, dw))])
 
 
@@ -322,8 +333,8 @@ def _target(kind: str, key: tuple) -> str:
         handler = _handler(plan.forward if kind == "forward" else plan.backward)
         # named by the shape, not by the order of registration: a program compiled in another process (JAX's
         # compilation cache) calls the target of its own shape
-        (n, h, w, ci), (kh, kw, co), (ho, wo), strides, pads = key
-        name = (f"mijax_onednn_{kind}_n{n}_h{h}_w{w}_i{ci}_k{kh}x{kw}_o{co}_s{strides[0]}x{strides[1]}"
+        (n, h, w, ci), (kh, kw, co), (ho, wo), strides, pads, bias = key
+        name = (f"mijax_onednn_{kind}{'_bias' if bias else ''}_n{n}_h{h}_w{w}_i{ci}_k{kh}x{kw}_o{co}_s{strides[0]}x{strides[1]}"
                 f"_p{pads[0][0]}-{pads[0][1]}-{pads[1][0]}-{pads[1][1]}")
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
         _HANDLERS.append(handler)
@@ -331,19 +342,22 @@ def _target(kind: str, key: tuple) -> str:
     return _TARGETS[(kind, key)]
 
 
-def _key(x_shape, w_shape, strides, pads) -> tuple:
+def _key(x_shape, w_shape, strides, pads, bias: bool = False) -> tuple:
     n, h, w, _ = x_shape
     kh, kw, ci, co = w_shape
     ho = (h + pads[0][0] + pads[0][1] - kh) // strides[0] + 1
     wo = (w + pads[1][0] + pads[1][1] - kw) // strides[1] + 1
-    return (n, h, w, ci), (kh, kw, co), (ho, wo), tuple(strides), tuple(tuple(p) for p in pads)
+    return (n, h, w, ci), (kh, kw, co), (ho, wo), tuple(strides), tuple(tuple(p) for p in pads), bool(bias)
+
+
+def _out_shape(key: tuple) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((key[0][0], *key[2], key[1][2]), jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: tuple, pads: tuple) -> jnp.ndarray:
     key = _key(x.shape, kernel.shape, strides, pads)
-    out = jax.ShapeDtypeStruct((key[0][0], *key[2], key[1][2]), jnp.float32)
-    return jax.ffi.ffi_call(_target("forward", key), out, vmap_method="sequential")(x, kernel)
+    return jax.ffi.ffi_call(_target("forward", key), _out_shape(key), vmap_method="sequential")(x, kernel)
 
 
 def _conv_fwd(x, kernel, strides, pads):
@@ -359,23 +373,33 @@ def _conv_bwd(strides, pads, saved, g):
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv_bias(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray, strides: tuple, pads: tuple) -> jnp.ndarray:
+    key = _key(x.shape, kernel.shape, strides, pads, bias=True)
+    return jax.ffi.ffi_call(_target("forward", key), _out_shape(key), vmap_method="sequential")(x, kernel, bias)
+
+
+def _conv_bias_fwd(x, kernel, bias, strides, pads):
+    return _conv_bias(x, kernel, bias, strides, pads), (x, kernel)
+
+
+def _conv_bias_bwd(strides, pads, saved, g):
+    x, kernel = saved
+    key = _key(x.shape, kernel.shape, strides, pads, bias=True)
+    shapes = (jax.ShapeDtypeStruct(x.shape, jnp.float32), jax.ShapeDtypeStruct(kernel.shape, jnp.float32),
+              jax.ShapeDtypeStruct((kernel.shape[3],), jnp.float32))
+    return jax.ffi.ffi_call(_target("backward", key), shapes, vmap_method="sequential")(x, kernel, g)
+
+
+_conv_bias.defvjp(_conv_bias_fwd, _conv_bias_bwd)
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def conv_general_dilated(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Sequence[int], padding: Any,
-                         lhs_dilation: Optional[Sequence[int]] = None, rhs_dilation: Optional[Sequence[int]] = None,
-                         dimension_numbers: Any = None, feature_group_count: int = 1, batch_group_count: int = 1,
-                         precision: Any = None, preferred_element_type: Any = None) -> jnp.ndarray:
-    """:func:`jax.lax.conv_general_dilated` through oneDNN, for ``lhs [N, H, W, C_in]`` (float32) and
-    ``rhs [KH, KW, C_in, C_out]`` -> ``[N, H_out, W_out, C_out]``; other layouts, dilations and groups raise."""
+def _geometry(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Sequence[int], padding: Any) -> tuple:
     if lhs.ndim != 4 or rhs.ndim != 4:
         raise ValueError(f"oneDNN convolutions take NHWC images and HWIO kernels, got {lhs.shape} and {rhs.shape}")
-    if dimension_numbers is not None and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != \
-            lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC):
-        raise ValueError(f"oneDNN convolutions take NHWC / HWIO / NHWC, got {dimension_numbers}")
-    if any(v not in (None, 1) and tuple(v) != (1,) * len(v) for v in (lhs_dilation, rhs_dilation)) or \
-            feature_group_count != 1 or batch_group_count != 1:
-        raise ValueError("oneDNN convolutions here take no dilation and no groups")
     if lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32:
         raise ValueError(f"oneDNN convolutions here run in float32, got {lhs.dtype} and {rhs.dtype}")
     if lhs.shape[3] != rhs.shape[2]:
@@ -385,9 +409,60 @@ def conv_general_dilated(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Seq
         pads = tuple(lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding))
     else:
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if any(lo < 0 or hi < 0 for lo, hi in pads):
-        raise ValueError(f"negative padding {pads}")
-    return _conv(lhs, rhs, strides, tuple(tuple(p) for p in pads))
+    if len(strides) != 2 or len(pads) != 2 or any(lo < 0 or hi < 0 for lo, hi in pads) or min(strides) < 1:
+        raise ValueError(f"strides {strides} and padding {pads} must be two positive and two non-negative pairs")
+    return strides, tuple(tuple(p) for p in pads)
+
+
+def conv_general_dilated(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Sequence[int], padding: Any,
+                         lhs_dilation: Optional[Sequence[int]] = None, rhs_dilation: Optional[Sequence[int]] = None,
+                         dimension_numbers: Any = None, feature_group_count: int = 1, batch_group_count: int = 1,
+                         precision: Any = None, preferred_element_type: Any = None) -> jnp.ndarray:
+    """:func:`jax.lax.conv_general_dilated` through oneDNN, for ``lhs [N, H, W, C_in]`` (float32) and
+    ``rhs [KH, KW, C_in, C_out]`` -> ``[N, H_out, W_out, C_out]``; other layouts, dilations and groups raise."""
+    if lhs.ndim == 4 and rhs.ndim == 4 and dimension_numbers is not None and \
+            lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != \
+            lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC):
+        raise ValueError(f"oneDNN convolutions take NHWC / HWIO / NHWC, got {dimension_numbers}")
+    if any(v not in (None, 1) and tuple(v) != (1,) * len(v) for v in (lhs_dilation, rhs_dilation)) or \
+            feature_group_count != 1 or batch_group_count != 1:
+        raise ValueError("oneDNN convolutions here take no dilation and no groups")
+    return _conv(lhs, rhs, *_geometry(lhs, rhs, window_strides, padding))
+
+
+def conv_with_bias(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray, strides: Sequence[int] = (1, 1),
+                   padding: Any = "SAME") -> jnp.ndarray:
+    """``conv(x [N, H, W, C_in], kernel [KH, KW, C_in, C_out]) + bias [C_out]`` -> ``[N, H_out, W_out, C_out]``
+    in one oneDNN call each way (the bias's gradient comes with the kernel's)."""
+    if bias.shape != (kernel.shape[-1],) or bias.dtype != jnp.float32:
+        raise ValueError(f"the bias must be float32 [{kernel.shape[-1]}], got {bias.dtype} {bias.shape}")
+    return _conv_bias(x, kernel, bias, *_geometry(x, kernel, strides, padding))
+
+
+class Conv(nn.Module):
+    """``flax.linen.Conv`` on oneDNN: the same parameters (``kernel [KH, KW, C_in, C_out]``, ``bias``), the same
+    initialisers and the same automatic name (``Conv_<i>``), for NHWC inputs ``[N, H, W, C_in]``; the bias is
+    added inside the convolution."""
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: Any = 1
+    padding: Any = "SAME"
+    kernel_init: Callable = nn.linear.default_kernel_init
+    bias_init: Callable = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        kernel_size = tuple(self.kernel_size)
+        kernel = self.param("kernel", self.kernel_init, kernel_size + (x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
+        padding = self.padding
+        if isinstance(padding, int):
+            padding = ((padding, padding),) * 2
+        elif not isinstance(padding, str):
+            padding = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+        return conv_with_bias(x, kernel, bias, strides, padding)
 
 
 def implementations(x_shape: Sequence[int], kernel_shape: Sequence[int], strides: Sequence[int] = (1, 1),
@@ -397,7 +472,8 @@ def implementations(x_shape: Sequence[int], kernel_shape: Sequence[int], strides
     strides = tuple(int(s) for s in strides)
     pads = lax.padtype_to_pads(x_shape[1:3], kernel_shape[:2], strides, padding) if isinstance(padding, str) \
         else padding
-    return _plan(_key(tuple(x_shape), tuple(kernel_shape), strides, tuple(tuple(p) for p in pads))).impls
+    return _plan(_key(tuple(x_shape), tuple(kernel_shape), strides, tuple(tuple(p) for p in pads), True)).impls
 
 
-__all__ = ["INSTALL_HINT", "available", "check_backend", "conv_general_dilated", "implementations"]
+__all__ = ["INSTALL_HINT", "Conv", "available", "check_backend", "conv_general_dilated", "conv_with_bias",
+           "implementations"]

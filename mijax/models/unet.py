@@ -65,12 +65,12 @@ def _norm(groups: int) -> GroupNorm:
 CONVS = ("xla", "onednn")
 
 
-def _conv(conv: str, features: int, kernel_size: tuple[int, int], **kwargs) -> nn.Conv:
-    """``nn.Conv`` (same parameters either way) run by XLA (``"xla"``) or by oneDNN on the CPU
-    (``"onednn"``: :mod:`mijax.models.onednn`)."""
+def _conv(conv: str, features: int, kernel_size: tuple[int, int], **kwargs) -> nn.Module:
+    """``nn.Conv`` run by XLA (``"xla"``), or its twin on oneDNN on the CPU (``"onednn"``:
+    :class:`mijax.models.onednn.Conv`, the same parameters, names and initial values)."""
     if conv == "onednn":
         from mijax.models import onednn
-        kwargs["conv_general_dilated"] = onednn.conv_general_dilated
+        return onednn.Conv(features, kernel_size, **kwargs)
     return nn.Conv(features, kernel_size, **kwargs)
 
 
