@@ -129,3 +129,14 @@ def test_a_bad_conv_option_and_a_missing_library_are_one_line(monkeypatch):
             models.build("unet", (8, 8, 1), options={"conv": "onednn"})
     finally:
         onednn._dnnl.cache_clear()
+
+
+@needs_onednn
+def test_the_sampler_gives_a_onednn_unet_one_cpu_device_per_process():
+    from mijax.models import ModuleDenoiser
+    from mijax.sampling import auto_devices
+
+    tiny = {"channels": 8, "mults": (1,), "groups": 4}
+    assert auto_devices(ModuleDenoiser(models.build("unet", (8, 8, 1), options=tiny))) is None  # all devices
+    on_onednn = ModuleDenoiser(models.build("unet", (8, 8, 1), options=dict(tiny, conv="onednn")))
+    assert auto_devices(on_onednn) == [jax.local_devices()[0]]

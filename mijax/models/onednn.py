@@ -1,22 +1,24 @@
 """2-D convolutions through oneDNN on the CPU: the UNet's ``conv="onednn"`` option.
 
-XLA:CPU runs the UNet's convolutions through Eigen, whose weight gradients are several times slower than
-oneDNN's (BENCHMARKS.md, "the UNet on CPU"); torch's eager CPU path calls oneDNN. This module calls the
-same library, from the ``onednn-cpu-gomp`` wheel (``pip install 'mijax[onednn]'``; its ``libdnnl.so.3`` lands
-in ``<prefix>/lib``), through its C API with :mod:`ctypes`: no compiler, no build step.
+XLA:CPU runs the UNet's convolutions through Eigen, whose weight gradients alone take longer than torch's
+whole convolution backward (BENCHMARKS.md); torch's eager CPU path calls oneDNN. This module calls the same
+library, from the ``onednn-cpu-gomp`` wheel (``pip install 'mijax[onednn]'``; its ``libdnnl.so.3`` lands in
+``<prefix>/lib``), through its C API with :mod:`ctypes`: no compiler, no build step.
 
-:func:`conv_general_dilated` has the signature of :func:`jax.lax.conv_general_dilated` for what the UNet
-uses (NHWC images, HWIO kernels, strides, explicit or ``"SAME"``/``"VALID"`` padding; no dilation, no
-groups, float32) and is what ``flax.linen.Conv(conv_general_dilated=...)`` calls. The forward pass and both
-gradients run as :func:`jax.pure_callback` calls into oneDNN primitives built once per shape (its blocked
-weight layouts are reordered to and from HWIO inside the call), under a :func:`jax.custom_vjp`. So:
+Each convolution shape gets a plan (oneDNN's forward, input-gradient and weight-gradient primitives, with
+the reorders between HWIO kernels and the blocked weight layouts oneDNN picks), registered as two CPU
+custom-call targets of XLA's FFI whose handlers are ctypes callbacks: XLA hands them its own operand and
+result buffers, so nothing is copied (a ``jax.pure_callback`` copies every operand and result, ~0.3 ms per
+8 MB, which cost as much as the convolutions saved). A :func:`jax.custom_vjp` joins them, so:
 
-- reverse-mode differentiation (``grad``, ``vjp``) and ``vmap`` (a loop over the mapped axis) work; forward
-  mode (``jvp``) does not (a custom VJP has none);
-- it runs on the host: CPU only (:func:`check_backend`);
-- each call uses oneDNN's OpenMP threads (all cores unless ``OMP_NUM_THREADS`` says otherwise) and calls
-  are serialised; the results are oneDNN's float32 sums, equal to XLA's to float32 rounding (tested), not
-  bit-equal.
+- :func:`conv_general_dilated` (the signature of :func:`jax.lax.conv_general_dilated`, for NHWC images, HWIO
+  kernels, strides and padding; no dilation, no groups, float32) and :func:`conv_with_bias` /
+  :class:`Conv` (``flax.linen.Conv``'s twin with the bias inside the call) take reverse-mode
+  differentiation and ``vmap`` (a loop over the mapped axis); forward mode (``jvp``) raises;
+- they run on the host: CPU only (:func:`check_backend`);
+- each call runs on oneDNN's OpenMP threads (every core unless ``OMP_NUM_THREADS`` says otherwise) and calls
+  are serialised (the sampler gives such a model one CPU device per process: ``mijax.sampling.auto_devices``);
+  the numbers are oneDNN's float32 sums, XLA's to float32 rounding (tested), not bit-equal to them.
 """
 from __future__ import annotations
 

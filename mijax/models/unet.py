@@ -128,6 +128,11 @@ class UNet(nn.Module):
     # (mijax.sampling.default_rows_per_block): blocks of 128 keep more of the activations in cache than 256.
     CPU_ROWS_PER_BLOCK = 128
 
+    @property
+    def CPU_CALLS_USE_ALL_CORES(self) -> bool:
+        # oneDNN's convolutions run each call on every core (mijax.sampling.auto_devices)
+        return self.conv == "onednn"
+
     @nn.compact
     def __call__(self, x: jnp.ndarray, t: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         c0, levels = self.channels, len(self.mults)
