@@ -164,6 +164,16 @@ def mesh(axis: str, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
     return Mesh(np.asarray(devices), (axis,))
 
 
+def auto_devices(denoise_fn: Any = None) -> Optional[list]:
+    """The devices ``mesh="auto"`` spreads a model's samples or seeds over: all (None), or on CPU one per
+    process for a model whose module declares ``CPU_CALLS_USE_ALL_CORES`` (the UNet on oneDNN's convolutions:
+    each call runs on every core, so two CPU devices calling at once would only wait for each other)."""
+    module = getattr(denoise_fn, "module", None)
+    if jax.default_backend() == "cpu" and getattr(module, "CPU_CALLS_USE_ALL_CORES", False):
+        return [jax.local_devices(process_index=p)[0] for p in range(jax.process_count())]
+    return None
+
+
 def rows_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Optional[Mesh]:
     """The sampling mesh over ``devices`` (default all); None when that is a single device."""
     devices = jax.devices() if devices is None else list(devices)

@@ -227,16 +227,6 @@ def _per_sample_normal(keys: jax.Array, step: jnp.ndarray, shape: tuple) -> jnp.
     return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, step), shape, jnp.float32))(keys)
 
 
-def auto_devices(denoise_fn: Optional[Denoiser] = None) -> Optional[list]:
-    """The devices a ``mesh="auto"`` sampler shares its rows over: all (None), or on CPU one per process for a
-    model whose module declares ``CPU_CALLS_USE_ALL_CORES`` (the UNet on oneDNN's convolutions, each of
-    which runs on every core: two CPU devices calling it at once would only wait for each other)."""
-    module = getattr(denoise_fn, "module", None)
-    if jax.default_backend() == "cpu" and getattr(module, "CPU_CALLS_USE_ALL_CORES", False):
-        return [jax.local_devices(process_index=p)[0] for p in range(jax.process_count())]
-    return None
-
-
 def default_rows_per_block(denoise_fn: Optional[Denoiser] = None) -> Optional[int]:
     """The most rows of a device that run through the reverse steps together: on CPU the denoiser's module's
     ``CPU_ROWS_PER_BLOCK`` if it declares one (the UNet: 128 images, whose activations are ~100x a point's),
@@ -581,7 +571,7 @@ def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
     validate(config, schedule.num_timesteps, has_oracle=oracle is not None)
     validate_regions(config, shape)
     if isinstance(mesh, str):
-        mesh = distributed.rows_mesh(auto_devices(denoise_fn))
+        mesh = distributed.rows_mesh(distributed.auto_devices(denoise_fn))
     if rows_per_block == "auto":
         rows_per_block = default_rows_per_block(denoise_fn)
     devices = distributed.mesh_size(mesh)

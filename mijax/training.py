@@ -368,7 +368,7 @@ def train(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: 
     ``callback(state, losses)`` runs after each dispatch (progress, logs, checkpoints). The result does
     not depend on how the steps are split into dispatches, nor on the devices the seeds are spread over.
     With ``seed_axis``, ``mesh="auto"`` spreads the seeds over as many devices as divide them evenly
-    (:func:`mijax.distributed.seeds_mesh`); None keeps them on the default device. With
+    (:func:`mijax.distributed.seeds_mesh` of :func:`mijax.distributed.auto_devices`); None keeps them on the default device. With
     ``config.batch_groups`` > 1, the groups of a model trained alone (or of seeds trained one at a time) go
     to ``batch_devices`` (default: every local device; :func:`batch_groups_mesh`).
     """
@@ -377,7 +377,8 @@ def train(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: 
                          f"got {config.batch_groups}")
     stop_at = config.steps if stop_at is None else stop_at
     if isinstance(mesh, str):
-        mesh = distributed.seeds_mesh(jax.tree.leaves(key)[0].shape[0]) if seed_axis else None
+        mesh = (distributed.seeds_mesh(jax.tree.leaves(key)[0].shape[0], distributed.auto_devices(denoise_fn))
+                if seed_axis else None)
     if seed_axis:
         state, key, data = distributed.shard_leading((state, key, data), mesh)
     step = int(jnp.max(distributed.to_host(state.step)))

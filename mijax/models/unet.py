@@ -130,7 +130,7 @@ class UNet(nn.Module):
 
     @property
     def CPU_CALLS_USE_ALL_CORES(self) -> bool:
-        # oneDNN's convolutions run each call on every core (mijax.sampling.auto_devices)
+        # oneDNN's convolutions run each call on every core (mijax.distributed.auto_devices)
         return self.conv == "onednn"
 
     @nn.compact
