@@ -122,7 +122,8 @@ def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> Non
                    help="the denoiser: mlp (the paper's toy network) or unet (the image UNet family)")
     p.add_argument("--model-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="any option of the model, repeatable (mlp: width, num_layers, tied; unet: channels, "
-                        "mults, res_blocks, attn_levels, groups; `mijax data` lists them)")
+                        "mults, res_blocks, attn_levels, groups, dropout, conv=xla|onednn (oneDNN's convolutions "
+                        "on CPU: pip install 'mijax[onednn]'); `mijax data` lists them)")
     p.add_argument("--n-train", type=_positive_int("n-train"), default=None,
                    help="training-set size (default: 20,000 in 1D, 100,000 in 2D, as published)")
     p.add_argument("--steps", type=_positive_int("steps"), default=None,

@@ -368,8 +368,8 @@ def train(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: 
     ``callback(state, losses)`` runs after each dispatch (progress, logs, checkpoints). The result does
     not depend on how the steps are split into dispatches, nor on the devices the seeds are spread over.
     With ``seed_axis``, ``mesh="auto"`` spreads the seeds over as many devices as divide them evenly
-    (:func:`mijax.distributed.seeds_mesh` of :func:`mijax.distributed.auto_devices`); None keeps them on the default device. With
-    ``config.batch_groups`` > 1, the groups of a model trained alone (or of seeds trained one at a time) go
+    (:func:`mijax.distributed.seeds_mesh` of :func:`mijax.distributed.auto_devices`); None keeps them on
+    the default device. With ``config.batch_groups`` > 1, the groups of a model trained alone (or of seeds trained one at a time) go
     to ``batch_devices`` (default: every local device; :func:`batch_groups_mesh`).
     """
     if not valid_batch_groups(config):

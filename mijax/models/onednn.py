@@ -67,14 +67,13 @@ class _Dnnl:
     """The loaded library, one CPU engine and one in-order stream."""
 
     def __init__(self):
-        errors = []
         for path in _library_paths():
             try:
                 self.lib = ctypes.CDLL(path)
                 self.path = path
                 break
-            except OSError as e:
-                errors.append(str(e))
+            except OSError:
+                continue
         else:
             raise MijaxError(f"oneDNN (libdnnl.so.3) is not installed: {INSTALL_HINT}")
         lib = self.lib
@@ -337,8 +336,8 @@ def _target(kind: str, key: tuple) -> str:
         # named by the shape, not by the order of registration: a program compiled in another process (JAX's
         # compilation cache) calls the target of its own shape
         (n, h, w, ci), (kh, kw, co), (ho, wo), strides, pads, bias = key
-        name = (f"mijax_onednn_{kind}{'_bias' if bias else ''}_n{n}_h{h}_w{w}_i{ci}_k{kh}x{kw}_o{co}_s{strides[0]}x{strides[1]}"
-                f"_p{pads[0][0]}-{pads[0][1]}-{pads[1][0]}-{pads[1][1]}")
+        name = (f"mijax_onednn_{kind}{'_bias' if bias else ''}_n{n}_h{h}_w{w}_i{ci}_k{kh}x{kw}_o{co}"
+                f"_s{strides[0]}x{strides[1]}_p{pads[0][0]}-{pads[0][1]}-{pads[1][0]}-{pads[1][1]}")
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
         _HANDLERS.append(handler)
         _TARGETS[(kind, key)] = name

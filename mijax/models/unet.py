@@ -110,7 +110,8 @@ class UNet(nn.Module):
     """``__call__(x [N, H, W, C_in], t [N] or [], train=False) -> eps_hat [N, H, W, C_in]``; H and W divisible
     by 2^(levels - 1). ``dropout`` acts in every res block when ``train`` (rng ``"dropout"``). The middle
     features (after the middle blocks, [N, H / 2^(levels-1), W / 2^(levels-1), C x mults[-1]]) are sown as
-    ``intermediates/bottleneck`` (``apply(..., mutable=["intermediates"])``)."""
+    ``intermediates/bottleneck`` (``apply(..., mutable=["intermediates"])``). ``conv``: ``"xla"`` (XLA's
+    convolutions) or ``"onednn"`` (oneDNN's, on the CPU: :mod:`mijax.models.onednn`; the same parameters)."""
 
     channels: int = 16
     mults: Sequence[int] = (1, 2, 2)
@@ -158,7 +159,8 @@ class UNet(nn.Module):
         self.sow("intermediates", "bottleneck", h)
         for level, mult in reversed(list(enumerate(self.mults))):
             for _ in range(self.res_blocks + 1):
-                h = ResBlock(c0 * mult, self.groups, self.dropout, conv)(jnp.concatenate([h, skips.pop()], axis=-1), temb, train)
+                h = ResBlock(c0 * mult, self.groups, self.dropout, conv)(
+                    jnp.concatenate([h, skips.pop()], axis=-1), temb, train)
                 if level in self.attn_levels:
                     h = Attention(self.groups, conv)(h)
             if level != 0:
