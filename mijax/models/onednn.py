@@ -356,10 +356,19 @@ def _out_shape(key: tuple) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct((key[0][0], *key[2], key[1][2]), jnp.float32)
 
 
+def _call(kind: str, key: tuple, results: Any, *operands: jnp.ndarray) -> Any:
+    return jax.ffi.ffi_call(_target(kind, key), results, vmap_method="sequential")(*operands)
+
+
+def _gradient_shapes(x: jnp.ndarray, kernel: jnp.ndarray, bias: bool) -> tuple:
+    shapes = (x.shape, kernel.shape) + (((kernel.shape[3],),) if bias else ())
+    return tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: tuple, pads: tuple) -> jnp.ndarray:
     key = _key(x.shape, kernel.shape, strides, pads)
-    return jax.ffi.ffi_call(_target("forward", key), _out_shape(key), vmap_method="sequential")(x, kernel)
+    return _call("forward", key, _out_shape(key), x, kernel)
 
 
 def _conv_fwd(x, kernel, strides, pads):
@@ -368,9 +377,8 @@ def _conv_fwd(x, kernel, strides, pads):
 
 def _conv_bwd(strides, pads, saved, g):
     x, kernel = saved
-    key = _key(x.shape, kernel.shape, strides, pads)
-    shapes = (jax.ShapeDtypeStruct(x.shape, jnp.float32), jax.ShapeDtypeStruct(kernel.shape, jnp.float32))
-    return jax.ffi.ffi_call(_target("backward", key), shapes, vmap_method="sequential")(x, kernel, g)
+    return _call("backward", _key(x.shape, kernel.shape, strides, pads), _gradient_shapes(x, kernel, False),
+                 x, kernel, g)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
@@ -379,7 +387,7 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _conv_bias(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray, strides: tuple, pads: tuple) -> jnp.ndarray:
     key = _key(x.shape, kernel.shape, strides, pads, bias=True)
-    return jax.ffi.ffi_call(_target("forward", key), _out_shape(key), vmap_method="sequential")(x, kernel, bias)
+    return _call("forward", key, _out_shape(key), x, kernel, bias)
 
 
 def _conv_bias_fwd(x, kernel, bias, strides, pads):
@@ -388,10 +396,8 @@ def _conv_bias_fwd(x, kernel, bias, strides, pads):
 
 def _conv_bias_bwd(strides, pads, saved, g):
     x, kernel = saved
-    key = _key(x.shape, kernel.shape, strides, pads, bias=True)
-    shapes = (jax.ShapeDtypeStruct(x.shape, jnp.float32), jax.ShapeDtypeStruct(kernel.shape, jnp.float32),
-              jax.ShapeDtypeStruct((kernel.shape[3],), jnp.float32))
-    return jax.ffi.ffi_call(_target("backward", key), shapes, vmap_method="sequential")(x, kernel, g)
+    return _call("backward", _key(x.shape, kernel.shape, strides, pads, bias=True), _gradient_shapes(x, kernel, True),
+                 x, kernel, g)
 
 
 _conv_bias.defvjp(_conv_bias_fwd, _conv_bias_bwd)
@@ -459,22 +465,15 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, kernel_size + (x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
         strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
-        padding = self.padding
-        if isinstance(padding, int):
-            padding = ((padding, padding),) * 2
-        elif not isinstance(padding, str):
-            padding = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
-        return conv_with_bias(x, kernel, bias, strides, padding)
+        return conv_with_bias(x, kernel, bias, strides, nn.linear.canonicalize_padding(self.padding, 2))
 
 
 def implementations(x_shape: Sequence[int], kernel_shape: Sequence[int], strides: Sequence[int] = (1, 1),
                     padding: Any = "SAME") -> tuple[str, str, str]:
     """oneDNN's implementation names for one convolution's forward, input and weight gradient (e.g.
     ``brgconv:avx512_core``), for the record; builds its plan."""
-    strides = tuple(int(s) for s in strides)
-    pads = lax.padtype_to_pads(x_shape[1:3], kernel_shape[:2], strides, padding) if isinstance(padding, str) \
-        else padding
-    return _plan(_key(tuple(x_shape), tuple(kernel_shape), strides, tuple(tuple(p) for p in pads), True)).impls
+    x, kernel = (jax.ShapeDtypeStruct(tuple(shape), jnp.float32) for shape in (x_shape, kernel_shape))
+    return _plan(_key(x.shape, kernel.shape, *_geometry(x, kernel, strides, padding), bias=True)).impls
 
 
 __all__ = ["INSTALL_HINT", "Conv", "available", "check_backend", "conv_general_dilated", "conv_with_bias",
