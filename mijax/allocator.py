@@ -1,26 +1,36 @@
-"""Host memory of the ``mijax`` program: glibc's malloc with transparent huge pages for XLA:CPU's buffers.
+"""Host memory of the ``mijax`` program: an allocator that keeps XLA:CPU's per-execution buffers.
 
-XLA:CPU allocates each execution's temporaries afresh: one block of ~270 MB for a training step of the bench
+XLA:CPU allocates each execution's temporaries afresh: one block of ~230-270 MB for a training step of the bench
 UNet (C = 16, batch 64), and tens of MB more inside its convolutions. glibc serves blocks over 32 MB with
-``mmap`` and returns them with ``munmap``, so every step touched ~67,000 new 4 KiB pages, each a page fault
-that stalls the thread while the kernel fills the page with zeros. With glibc's ``glibc.malloc.hugetlb=1``
-tunable those blocks are backed by 2 MiB transparent huge pages: ~300 faults a step instead (the system time,
-~0.11 s a step, stays: the kernel zeroes as much), and the UNet's Adam step on 2 cores of an Intel Xeon took
-243-249 ms instead of 285-287 ms (BENCHMARKS.md); the numbers do not change (only where the memory comes from
-does).
+``mmap`` and returns them with ``munmap`` (and, allocated by a thread other than the main one, every block over
+64 MB, whatever its tunables say), so every step touched ~67,000 new 4 KiB pages, each a page fault that stalls
+the thread while the kernel fills the page with zeros. Two remedies, the first that applies
+(:func:`restart_environment`):
 
-glibc reads its tunables when a process starts, so :func:`restart_with_huge_pages` starts the program again
-(``os.execv``, the same process id, arguments and environment, ``GLIBC_TUNABLES`` extended; Ctrl-C and SIGTERM
-held back meanwhile and delivered by :func:`release_signals`) before anything else runs, where it helps:
-Linux with glibc 2.35 or later and transparent huge pages in ``madvise`` mode (with ``always`` every large
-block has them already; with ``never`` nothing would change). A setting of
-``glibc.malloc.hugetlb`` of the user's own is kept, and ``MIJAX_HUGE_PAGES=0`` turns the restart off.
-Programs the restarted process starts inherit the setting, except where :func:`environment_as_started` gives
-them the environment as it was (``mijax bench`` runs the PyTorch baselines so, as published). This module
-imports nothing heavy: it runs before JAX is imported.
+* **mimalloc** (the ``mimalloc`` extra: the cmeel-mimalloc wheel's ``libmimalloc.so.3``), put in place of
+  malloc with ``LD_PRELOAD``, with ``MIMALLOC_PURGE_DELAY=-1`` (freed memory is kept for the next
+  allocation, never handed back to the kernel) and ``MIMALLOC_ALLOW_LARGE_OS_PAGES=1`` (2 MiB transparent huge
+  pages): the next step reuses the same pages, ~70 faults a step, and the kernel's zeroing (~30 ms of CPU a
+  step on 2 cores of an AMD EPYC) is gone; the bench UNet's Adam step (conv="onednn") took 181-197 ms
+  against 195-216 ms with glibc's huge pages (BENCHMARKS.md). The cost: the process keeps its peak memory
+  (the bench step's process, 1.3-1.4 GB at most against 1.0 GB). A ``LD_PRELOAD`` of the user's own, or
+  ``MIMALLOC_*`` settings of the user's own, are kept.
+* else glibc's ``glibc.malloc.hugetlb=1`` tunable: those blocks come in 2 MiB transparent huge pages, ~300
+  faults a step instead (the kernel still zeroes as much), and the UNet's Adam step on 2 cores of an Intel Xeon
+  took 243-249 ms instead of 285-287 ms. Only on Linux with glibc 2.35 or later and transparent huge pages in
+  ``madvise`` mode; a ``glibc.malloc.hugetlb`` of the user's own is kept.
+
+The numbers do not change, only where the memory comes from. Both are read when a process starts, so
+:func:`restart_with_allocator` starts the program again (``os.execv``, the same process id, arguments and
+environment, the variables above added; Ctrl-C and SIGTERM held back meanwhile and delivered by
+:func:`release_signals`) before anything else runs. ``MIJAX_MALLOC=glibc`` skips mimalloc,
+``MIJAX_HUGE_PAGES=0`` (or ``MIJAX_MALLOC=0``) any restart. Programs the restarted process starts inherit the
+setting, except where :func:`environment_as_started` gives them the environment as it was (``mijax bench`` runs
+the PyTorch baselines so, as published). This module imports nothing heavy: it runs before JAX is imported.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import signal
@@ -31,7 +41,11 @@ from typing import Mapping, Optional, Sequence
 TUNABLE = "glibc.malloc.hugetlb"
 SETTING = TUNABLE + "=1"
 ENV = "MIJAX_HUGE_PAGES"  # "0": never restart
-BEFORE_ENV = "MIJAX_GLIBC_TUNABLES_BEFORE"  # set by the restart: GLIBC_TUNABLES as it was ("" if unset)
+MALLOC_ENV = "MIJAX_MALLOC"  # "glibc": no mimalloc; "0": never restart
+# set by the restart: the variables it changed, as they were before (JSON; null where unset)
+BEFORE_ENV = "MIJAX_ENV_BEFORE"
+MIMALLOC_LIBRARY = ("cmeel.prefix", "lib", "libmimalloc.so.3")  # inside site-packages, from cmeel-mimalloc
+MIMALLOC_SETTINGS = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ALLOW_LARGE_OS_PAGES": "1"}
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 MIN_GLIBC = (2, 35)  # the first glibc with the hugetlb tunable
 # held back across the restart (a signal mask survives execv) until the new program's handlers are in place
@@ -67,17 +81,52 @@ def tunables_with_huge_pages(environ: Mapping[str, str], system: str, glibc: Opt
     return f"{current}:{SETTING}" if current else SETTING
 
 
-def restart_with_huge_pages(argv: Optional[Sequence[str]] = None) -> None:
-    """Start this program again with glibc's huge-page tunable where it helps (module doc); returns only when
-    it does not restart (or the restart failed, which changes nothing). ``argv``: the interpreter's arguments
-    after the executable (default ``sys.orig_argv[1:]``: the same ``-m`` module or script and its options).
-    Call it first, before threads or open resources that an ``execv`` would drop."""
-    value = tunables_with_huge_pages(os.environ, sys.platform, glibc_version(), thp_mode())
-    if value is None:
+def mimalloc_library(paths: Optional[Sequence[str]] = None) -> Optional[str]:
+    """The path of the cmeel-mimalloc wheel's ``libmimalloc.so.3`` on ``paths`` (default ``sys.path``), or None."""
+    for entry in sys.path if paths is None else paths:
+        candidate = os.path.abspath(os.path.join(entry or ".", *MIMALLOC_LIBRARY))
+        # LD_PRELOAD separates its entries with spaces and colons: a path with either cannot be named there
+        if os.path.isfile(candidate) and not any(c in candidate for c in " :"):
+            return candidate
+    return None
+
+
+def _preloads_an_allocator(preload: str) -> bool:
+    return any("malloc" in os.path.basename(p) for p in preload.replace(":", " ").split())
+
+
+def restart_environment(environ: Mapping[str, str], system: str, glibc: Optional[tuple[int, int]],
+                        mode: Optional[str], mimalloc: Optional[str]) -> Optional[dict[str, str]]:
+    """The variables to restart with (module doc), or None to run as it is.
+
+    ``mimalloc``: the library's path where installed (:func:`mimalloc_library`); ``glibc``, ``mode``: the C
+    library's version and the kernel's transparent huge page mode, for the glibc tunable otherwise."""
+    choice = environ.get(MALLOC_ENV, "").strip().lower()
+    if BEFORE_ENV in environ or environ.get(ENV, "").strip() == "0" or choice == "0" or system != "linux":
+        return None
+    preload = environ.get("LD_PRELOAD", "")
+    if mimalloc is not None and choice != "glibc" and not _preloads_an_allocator(preload):
+        out = {"LD_PRELOAD": f"{mimalloc} {preload}".strip()}
+        out.update({k: v for k, v in MIMALLOC_SETTINGS.items() if k not in environ})
+        return out
+    if _preloads_an_allocator(preload):  # glibc's malloc is not the one in use
+        return None
+    value = tunables_with_huge_pages(environ, system, glibc, mode)
+    return None if value is None else {"GLIBC_TUNABLES": value}
+
+
+def restart_with_allocator(argv: Optional[Sequence[str]] = None) -> None:
+    """Start this program again with mimalloc or glibc's huge-page tunable where that helps (module doc);
+    returns only when it does not restart (or the restart failed, which changes nothing). ``argv``: the
+    interpreter's arguments after the executable (default ``sys.orig_argv[1:]``: the same ``-m`` module or
+    script and its options). Call it first, before threads or open resources that an ``execv`` would drop."""
+    changes = restart_environment(os.environ, sys.platform, glibc_version(), thp_mode(), mimalloc_library())
+    if not changes:
         return
     args = list(sys.orig_argv[1:] if argv is None else argv)
-    before = os.environ.get("GLIBC_TUNABLES")
-    os.environ["GLIBC_TUNABLES"], os.environ[BEFORE_ENV] = value, before or ""
+    before = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    os.environ[BEFORE_ENV] = json.dumps(before)
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
     try:
         sys.stdout.flush()
@@ -85,15 +134,12 @@ def restart_with_huge_pages(argv: Optional[Sequence[str]] = None) -> None:
         os.execv(sys.executable, [sys.executable, *args])
     except OSError:  # run on as it is
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        del os.environ[BEFORE_ENV]
-        if before is None:
-            del os.environ["GLIBC_TUNABLES"]
-        else:
-            os.environ["GLIBC_TUNABLES"] = before
+        os.environ.clear()
+        os.environ.update(environment_as_started())
 
 
 def release_signals() -> None:
-    """In a program started again by :func:`restart_with_huge_pages`: let through the Ctrl-C and SIGTERM held
+    """In a program started again by :func:`restart_with_allocator`: let through the Ctrl-C and SIGTERM held
     back across the restart (one that came meanwhile is delivered now). Call it once the program's own
     handlers are in place, before any thread starts (threads inherit the mask)."""
     if BEFORE_ENV in os.environ:
@@ -101,13 +147,26 @@ def release_signals() -> None:
 
 
 def environment_as_started(environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:
-    """A copy of ``environ`` (default ``os.environ``) with ``GLIBC_TUNABLES`` as it was before
-    :func:`restart_with_huge_pages` extended it: for programs that should run as the user would run them."""
+    """A copy of ``environ`` (default ``os.environ``) with the variables that :func:`restart_with_allocator`
+    set as they were before: for programs that should run as the user would run them."""
     env = dict(os.environ if environ is None else environ)
     if BEFORE_ENV in env:
-        before = env.pop(BEFORE_ENV)
-        if before:
-            env["GLIBC_TUNABLES"] = before
-        else:
-            env.pop("GLIBC_TUNABLES", None)
+        try:
+            before = json.loads(env.pop(BEFORE_ENV))
+        except ValueError:
+            before = {}
+        for name, value in (before.items() if isinstance(before, dict) else ()):
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = str(value)
     return env
+
+
+def in_use(environ: Optional[Mapping[str, str]] = None) -> str:
+    """Which allocator this process runs on, as the restart left it: ``mimalloc``, ``glibc hugetlb=1`` or
+    ``glibc`` (for benchmark records)."""
+    env = os.environ if environ is None else environ
+    if "mimalloc" in env.get("LD_PRELOAD", ""):
+        return "mimalloc"
+    return "glibc hugetlb=1" if SETTING in env.get("GLIBC_TUNABLES", "") else "glibc"

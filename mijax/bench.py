@@ -703,7 +703,8 @@ def machine_info() -> dict:
     info = {"jax": jax.__version__, "backend": jax.default_backend(), "device_kind": device.device_kind,
             "device_count": jax.device_count(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "cpu_model": _cpu_model(),
-            "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}  # huge pages or not (mijax.allocator)
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # huge pages or not (mijax.allocator)
+            "allocator": allocator.in_use()}
     if hasattr(os, "getloadavg"):
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return info

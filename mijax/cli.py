@@ -510,16 +510,16 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv=None) -> int:
     """Run ``mijax ARGV`` (default ``sys.argv[1:]``); returns the exit status.
 
-    Called as the program (no ``argv``), it first starts itself again with huge pages for XLA:CPU's buffers
-    where that helps (:func:`mijax.allocator.restart_with_huge_pages`), and an interrupt ends the process at
-    once with ``os._exit`` after its temporaries are removed: the interpreter's teardown with accelerator
-    threads still running was what crashed (status 139) after Ctrl-C.
+    Called as the program (no ``argv``), it first starts itself again with an allocator that keeps XLA:CPU's
+    buffers (mimalloc, or glibc's huge pages) where that helps (:func:`mijax.allocator.restart_with_allocator`),
+    and an interrupt ends the process at once with ``os._exit`` after its temporaries are removed: the
+    interpreter's teardown with accelerator threads still running was what crashed (status 139) after Ctrl-C.
     """
     as_program = argv is None
     if as_program:  # first: it may start the program again (mijax.allocator)
         from mijax import allocator
 
-        allocator.restart_with_huge_pages()
+        allocator.restart_with_allocator()
     from mijax import signals
 
     argv = sys.argv[1:] if argv is None else list(argv)
