@@ -15,7 +15,9 @@ Three measurements of the bench UNet (``mijax bench --images`` defaults: C = 16,
     python -m benchmarks.unet_breakdown --out /tmp/breakdown.json --torch-baseline ../shared/baselines/torch_unet.py
 
 Run it as the ``mijax`` program runs (``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``
-and, for its huge pages, ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``) to see what the program sees.
+and its allocator, ``mijax.allocator``: ``LD_PRELOAD=.../cmeel.prefix/lib/libmimalloc.so.3 MIMALLOC_PURGE_DELAY=-1
+MIMALLOC_ALLOW_LARGE_OS_PAGES=1`` where the mimalloc extra is installed, else ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``)
+to see what the program sees.
 """
 from __future__ import annotations
 

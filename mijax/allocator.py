@@ -170,3 +170,9 @@ def in_use(environ: Optional[Mapping[str, str]] = None) -> str:
     if "mimalloc" in env.get("LD_PRELOAD", ""):
         return "mimalloc"
     return "glibc hugetlb=1" if SETTING in env.get("GLIBC_TUNABLES", "") else "glibc"
+
+
+def changed_by_restart(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """Whether this process runs on another allocator than the one it was started with (the restart's)."""
+    env = os.environ if environ is None else environ
+    return in_use(env) != in_use(environment_as_started(env))

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -537,12 +537,15 @@ def parse_json_line(text: str) -> dict:
 
 
 def bench_torch(script: str | os.PathLike, mode: str, options: dict, repeats: int = 1,
-                python: str = sys.executable, timeout: Optional[float] = None) -> dict:
+                python: str = sys.executable, timeout: Optional[float] = None,
+                env: Optional[Mapping[str, str]] = None) -> dict:
     """Run the torch baseline ``repeats`` times, one run after the other, and keep the fastest.
 
     Args:
       script: path of torch_ddpm.py. mode: ``trajectory``, ``sample`` or ``train``.
       options: its command-line options, e.g. ``{"n": 10000, "timesteps": 1000}``.
+      env: its environment; default this process's as it was started, before the ``mijax`` program gave
+        itself another allocator (:func:`mijax.allocator.environment_as_started`): the baseline as published.
     Returns:
       the fastest run's JSON, plus ``command``, ``times`` (the seconds of every run) and ``median_seconds``.
     """
@@ -550,7 +553,8 @@ def bench_torch(script: str | os.PathLike, mode: str, options: dict, repeats: in
     runs = []
     for _ in range(max(1, repeats)):
         # as published: without the huge pages that the mijax program gives itself (mijax.allocator)
-        stdout, figures = _run_metered(command, timeout, allocator.environment_as_started())
+        stdout, figures = _run_metered(command, timeout,
+                                       allocator.environment_as_started() if env is None else dict(env))
         # The CPU figures cover the whole subprocess (import and warm-up included), not only its timed part.
         runs.append({**parse_json_line(stdout), **{f"process_{k}": v for k, v in figures.items()}})
     best = min(runs, key=lambda r: r["seconds"])

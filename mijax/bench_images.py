@@ -9,13 +9,14 @@ published filtering script's Hal); mijax carries Hal in the scan.
 from __future__ import annotations
 
 import functools
-
+import os
 from pathlib import Path
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
+from mijax import allocator
 from mijax.models import build as build_model
 from mijax.models.denoiser import ModuleDenoiser
 from mijax.sampling import SamplerConfig, chunk_rows, default_rows_per_block, sample, sample_chunk
@@ -152,18 +153,26 @@ def run_images(o: dict, repeats: int, measure, time_best, script: Optional[Path]
     groups = grouped_devices(o)
     if groups > 1:  # the same step with the batch's gradient in one group per device
         out["training_grouped"] = measure(lambda: bench_unet_training(o, repeats, time_best, groups))
+    train_options = dict(torch_options, batch=o["batch"], steps=o["steps"])
     if script is not None:
-        out["torch_train"] = measure(lambda: bench_torch(script, "train", dict(torch_options, batch=o["batch"],
-                                                                                steps=o["steps"]), torch_repeats))
+        out["torch_train"] = measure(lambda: bench_torch(script, "train", train_options, torch_repeats))
         torch_ms = out["torch_train"]["seconds"] / o["steps"] * 1e3
         out["training_speedup"] = torch_ms / out["training"]["ms_per_step"]
         if "training_grouped" in out:
             out["training_grouped_speedup"] = torch_ms / out["training_grouped"]["ms_per_step"]
+        if allocator.changed_by_restart():  # the baseline given the mijax program's allocator too, for fairness
+            out["torch_train_same_allocator"] = measure(lambda: bench_torch(
+                script, "train", train_options, torch_repeats, env=dict(os.environ)))
+            out["torch_train_same_allocator"]["allocator"] = allocator.in_use()
+            same_ms = out["torch_train_same_allocator"]["seconds"] / o["steps"] * 1e3
+            out["training_speedup_same_allocator"] = same_ms / out["training"]["ms_per_step"]
     onednn_too = _onednn_here()
     if onednn_too:  # the same UNet with oneDNN's convolutions (conv="onednn"; mijax.models.onednn)
         out["training_onednn"] = measure(lambda: bench_unet_training(dict(o, conv="onednn"), repeats, time_best))
         if script is not None:
             out["training_onednn_speedup"] = torch_ms / out["training_onednn"]["ms_per_step"]
+            if "torch_train_same_allocator" in out:
+                out["training_onednn_speedup_same_allocator"] = same_ms / out["training_onednn"]["ms_per_step"]
     out["sampling"] = measure(lambda: bench_unet_sampling(o, repeats, time_best))
     if onednn_too:
         out["sampling_onednn"] = measure(lambda: bench_unet_sampling(dict(o, conv="onednn"), repeats, time_best))
@@ -212,6 +221,13 @@ def format_rows(r: dict) -> list[tuple[str, str]]:
                    if "training_onednn_speedup" in r else "")
         rows.append(("  the same, conv=onednn (oneDNN's convolutions)",
                      f"{r['training_onednn']['ms_per_step']:.1f} ms/step{speedup}"))
+    if "torch_train_same_allocator" in r:
+        same = r["torch_train_same_allocator"]
+        onednn = (f", conv=onednn {r['training_onednn_speedup_same_allocator']:.2f}x"
+                  if "training_onednn_speedup_same_allocator" in r else "")
+        rows.append((f"  torch_unet.py train under mijax's allocator ({same['allocator']})",
+                     f"{1e3 * same['seconds'] / o['steps']:.1f} ms/step; mijax speed-up "
+                     f"{r['training_speedup_same_allocator']:.2f}x{onednn}"))
     rows.append((f"  sampling+Hal N={o['n']} T={o['timesteps']} K={o['window']}",
                  f"{r['sampling']['seconds']:.2f} s ({r['sampling']['image_steps_per_s']:.0f} image-steps/s)"))
     if "sampling_onednn" in r:

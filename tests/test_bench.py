@@ -5,6 +5,7 @@ No timing is asserted: this machine's speed is not the code's correctness.
 import argparse
 import json
 import math
+import os
 import sys
 import tarfile
 import types
@@ -207,24 +208,44 @@ def test_bench_torch_keeps_the_fastest_and_the_median(tmp_path):
 
 
 def test_quick_image_benchmark(tmp_path, capsys, monkeypatch):
-    from mijax import bench_images
+    """The image bench end to end, beside a stand-in for torch_unet.py (torch is not needed): the baseline runs
+    as published, and its training once more under the mijax program's allocator when that is another one."""
+    from mijax import allocator, bench_images
 
     assert bench_images.grouped_devices({"batch": 64}) == (2 if jax.local_device_count() >= 2 else 1)
     monkeypatch.setattr(bench_images, "grouped_devices", lambda o: 2)  # as on 2 devices (here one holds both)
+    calls = tmp_path / "calls.txt"
+    script = tmp_path / "torch_unet.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "same = os.environ.get('MIJAX_TEST_ALLOCATOR') == 'other'\n"
+        f"open({str(calls)!r}, 'a').write(f'{{sys.argv[1]}} {{same}}\\n')\n"
+        "print(json.dumps({'mode': sys.argv[1], 'seconds': 0.5 if same else 1.0}))\n")
+    monkeypatch.setattr(bench, "torch_available", lambda: (True, "stand-in"))
+    # as if the mijax program had restarted itself on another allocator (mijax.allocator)
+    monkeypatch.setenv("MIJAX_TEST_ALLOCATOR", "other")
+    monkeypatch.setenv(allocator.BEFORE_ENV, json.dumps({"MIJAX_TEST_ALLOCATOR": None}))
+    monkeypatch.setattr(allocator, "in_use", lambda environ=None: "other" if (
+        os.environ if environ is None else environ).get("MIJAX_TEST_ALLOCATOR") else "glibc")
     out = tmp_path / "images.json"
     results = bench.main(["--images", "--quick", "--json-out", str(out), "--compare-torch",
-                          "--torch-baseline", "/nonexistent/torch_unet.py"])
+                          "--torch-baseline", str(script)])
     images = results["images"]
+    assert sorted(calls.read_text().split("\n")[:-1]) == ["sample False", "train False", "train True",
+                                                          "trajectory False"]
+    steps = images["options"]["steps"]
+    assert images["torch_train"]["seconds"] == 1.0 and images["torch_train_same_allocator"]["seconds"] == 0.5
+    assert images["training_speedup"] == pytest.approx(1e3 / steps / images["training"]["ms_per_step"])
+    assert images["training_speedup_same_allocator"] == pytest.approx(images["training_speedup"] / 2)
     assert images["parameters"] > 0 and images["training"]["ms_per_step"] > 0 and images["training"]["losses_finite"]
     grouped = images["training_grouped"]
     assert grouped["batch_groups"] == 2 and images["training"]["batch_groups"] == 1 and grouped["losses_finite"]
     assert images["sampling"]["hal_finite"] and images["sampling"]["image_steps_per_s"] > 0
     memory = images["memory"]
     assert "skipped" in memory or memory["long"]["timesteps"] == 10 * memory["short"]["timesteps"]
-    assert "not found" in results["torch"]["skipped"] and "torch_train" not in images
     assert json.loads(out.read_text()) == results
     printed = capsys.readouterr().out
-    assert "Adam step" in printed and "batch_groups=2" in printed
+    assert "Adam step" in printed and "batch_groups=2" in printed and "under mijax's allocator (other)" in printed
     from mijax.models import onednn  # with oneDNN here, the same UNet on its convolutions too
 
     assert ("training_onednn" in images) == onednn.available() == ("conv=onednn" in printed)
