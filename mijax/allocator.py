@@ -134,8 +134,12 @@ def restart_with_allocator(argv: Optional[Sequence[str]] = None) -> None:
         os.execv(sys.executable, [sys.executable, *args])
     except OSError:  # run on as it is
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        os.environ.clear()
-        os.environ.update(environment_as_started())
+        del os.environ[BEFORE_ENV]
+        for name, value in before.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
 
 
 def release_signals() -> None:

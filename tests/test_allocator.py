@@ -136,8 +136,14 @@ def test_a_failed_restart_leaves_the_environment_as_it_was(helpful, monkeypatch)
 
     monkeypatch.setattr(allocator.os, "execv", fail)
     before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    environ = dict(os.environ)
     allocator.restart_with_allocator(["-c", "pass"])
-    assert "GLIBC_TUNABLES" not in os.environ and allocator.BEFORE_ENV not in os.environ
+    assert dict(os.environ) == environ  # every variable as it was, none added, none lost
+    monkeypatch.setattr(allocator, "mimalloc_library", lambda: LIB)
+    monkeypatch.setenv("LD_PRELOAD", "/x/libtrace.so")
+    environ = dict(os.environ)
+    allocator.restart_with_allocator(["-c", "pass"])  # the same with mimalloc's variables
+    assert dict(os.environ) == environ
     assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before  # nothing held back any more
 
 
