@@ -552,7 +552,7 @@ def bench_torch(script: str | os.PathLike, mode: str, options: dict, repeats: in
     command = [python, str(script), mode] + [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
     runs = []
     for _ in range(max(1, repeats)):
-        # as published: without the huge pages that the mijax program gives itself (mijax.allocator)
+        # as published: without the allocator that the mijax program gives itself (mijax.allocator)
         stdout, figures = _run_metered(command, timeout,
                                        allocator.environment_as_started() if env is None else dict(env))
         # The CPU figures cover the whole subprocess (import and warm-up included), not only its timed part.
