@@ -45,6 +45,8 @@ def child(conv: str, steps: int) -> dict:
     data = jax.random.uniform(jax.random.key(1), (o["batch"],) + shape, jnp.float32, -1.0, 1.0)
     denoise_fn, schedule, key = ModuleDenoiser(module), make_schedule("linear", 1000, 1e-4, 0.02), jax.random.key(2)
 
+    # train_steps directly, not bench_images.bench_unet_training: measured that way (train()'s host loop, its
+    # losses and step reads) mimalloc's process showed ~150 faults a step instead of 70, blurring the comparison
     def step(state):
         return train_steps(denoise_fn, schedule, config, state, key, data, 1, False, None, None, True, None)[0]
 
@@ -89,13 +91,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     for name in ("GLIBC_TUNABLES", "LD_PRELOAD", *allocator.MIMALLOC_SETTINGS):
         base.pop(name, None)
     base[allocator.ENV] = "0"  # no restart in the children: each runs exactly the setting given
-    results: dict[str, list] = {name: [] for name in settings()}
+    variants = settings()
+    results: dict[str, list] = {name: [] for name in variants}
     names = list(results)
     for r in range(a.rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:  # the order rotated each round
             command = [sys.executable, "-m", "benchmarks.allocators", "--child", "--conv", a.conv,
                        "--steps", str(a.steps)]
-            proc = subprocess.run(command, env={**base, **settings()[name]}, capture_output=True, text=True,
+            proc = subprocess.run(command, env={**base, **variants[name]}, capture_output=True, text=True,
                                   check=True)
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             results[name].append(row)

@@ -105,12 +105,12 @@ def restart_environment(environ: Mapping[str, str], system: str, glibc: Optional
     if BEFORE_ENV in environ or environ.get(ENV, "").strip() == "0" or choice == "0" or system != "linux":
         return None
     preload = environ.get("LD_PRELOAD", "")
-    if mimalloc is not None and choice != "glibc" and not _preloads_an_allocator(preload):
+    if _preloads_an_allocator(preload):  # the user's own allocator: kept (and glibc's tunable would not apply)
+        return None
+    if mimalloc is not None and choice != "glibc":
         out = {"LD_PRELOAD": f"{mimalloc} {preload}".strip()}
         out.update({k: v for k, v in MIMALLOC_SETTINGS.items() if k not in environ})
         return out
-    if _preloads_an_allocator(preload):  # glibc's malloc is not the one in use
-        return None
     value = tunables_with_huge_pages(environ, system, glibc, mode)
     return None if value is None else {"GLIBC_TUNABLES": value}
 
