@@ -41,7 +41,8 @@ from typing import Mapping, Optional, Sequence
 TUNABLE = "glibc.malloc.hugetlb"
 SETTING = TUNABLE + "=1"
 ENV = "MIJAX_HUGE_PAGES"  # "0": never restart
-MALLOC_ENV = "MIJAX_MALLOC"  # "glibc": no mimalloc; "0": never restart
+MALLOC_ENV = "MIJAX_MALLOC"  # "mimalloc" (the default), "glibc": no mimalloc; "0": never restart
+MALLOC_CHOICES = ("", "mimalloc", "glibc", "0")
 # set by the restart: the variables it changed, as they were before (JSON; null where unset)
 BEFORE_ENV = "MIJAX_ENV_BEFORE"
 MIMALLOC_LIBRARY = ("cmeel.prefix", "lib", "libmimalloc.so.3")  # inside site-packages, from cmeel-mimalloc
@@ -102,6 +103,8 @@ def restart_environment(environ: Mapping[str, str], system: str, glibc: Optional
     ``mimalloc``: the library's path where installed (:func:`mimalloc_library`); ``glibc``, ``mode``: the C
     library's version and the kernel's transparent huge page mode, for the glibc tunable otherwise."""
     choice = environ.get(MALLOC_ENV, "").strip().lower()
+    if choice not in MALLOC_CHOICES:
+        raise ValueError(f"{MALLOC_ENV} must be one of mimalloc, glibc or 0, got {environ[MALLOC_ENV]!r}")
     if BEFORE_ENV in environ or environ.get(ENV, "").strip() == "0" or choice == "0" or system != "linux":
         return None
     preload = environ.get("LD_PRELOAD", "")

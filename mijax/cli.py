@@ -519,7 +519,11 @@ def main(argv=None) -> int:
     if as_program:  # first: it may start the program again (mijax.allocator)
         from mijax import allocator
 
-        allocator.restart_with_allocator()
+        try:
+            allocator.restart_with_allocator()
+        except ValueError as e:  # a bad MIJAX_MALLOC: the one-line error, before anything runs
+            print(f"mijax: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
     from mijax import signals
 
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -51,6 +51,18 @@ def test_the_restart_prefers_mimalloc_where_installed(environ, overrides, expect
     assert allocator.restart_environment(environ, **args) == expected
 
 
+def test_an_unknown_allocator_choice_is_refused_before_anything_runs():
+    with pytest.raises(ValueError, match="MIJAX_MALLOC must be one of mimalloc, glibc or 0, got 'jemalloc'"):
+        allocator.restart_environment({"MIJAX_MALLOC": "jemalloc"}, **HELPS, mimalloc=LIB)
+    env = {k: v for k, v in os.environ.items() if k != allocator.BEFORE_ENV}
+    env[allocator.MALLOC_ENV] = "jemalloc"
+    proc = subprocess.run([sys.executable, "-c", "import sys; from mijax.cli import main; sys.argv = ['mijax', "
+                           "'train', '--help']; sys.exit(main())"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("mijax: error: MIJAX_MALLOC must be"), proc.stderr
+    assert proc.stdout == ""
+
+
 def test_mimalloc_is_found_on_the_path_unless_its_path_cannot_be_preloaded(tmp_path):
     lib = tmp_path / "site" / "cmeel.prefix" / "lib"
     lib.mkdir(parents=True)
