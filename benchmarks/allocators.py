@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 def child(conv: str, steps: int) -> dict:
     from mijax import distributed
 
-    distributed.use_xla_convolutions()  # as the mijax program runs
+    distributed.use_xla_cpu_kernels()  # as the mijax program runs
     import jax
     import jax.numpy as jnp
 

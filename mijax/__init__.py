@@ -111,7 +111,7 @@ _EXPORTS = {
     "train_step": ("mijax.training", "train_step"),
     "train_steps": ("mijax.training", "train_steps"),
     "use_cpu_cores": ("mijax.distributed", "use_cpu_cores"),
-    "use_xla_convolutions": ("mijax.distributed", "use_xla_convolutions"),
+    "use_xla_cpu_kernels": ("mijax.distributed", "use_xla_cpu_kernels"),
     "variance_filter": ("mijax.filters", "variance_filter"),
 }
 
@@ -145,7 +145,7 @@ __all__ = [
     "make_mixture", "make_optimizer", "make_schedule", "mass_beyond", "model_predictions", "nearest_mode", "noised",
     "posterior_mean_variance", "predict_eps_from_x0", "predict_x0_from_eps", "q_sample", "reverse_timesteps",
     "sample", "sample_chunks", "sample_mixture", "sample_timesteps", "score", "timestep_embedding", "train",
-    "train_step", "train_steps", "use_cpu_cores", "use_xla_convolutions", "MijaxError", "__version__",
+    "train_step", "train_steps", "use_cpu_cores", "use_xla_cpu_kernels", "MijaxError", "__version__",
     # configs, data sets and runs
     "DataConfig", "DiffusionConfig", "ModelConfig", "RunConfig", "build", "config_from_dict", "config_to_dict",
     "data", "data_config", "paper_steps", "MixtureDataset", "seed_keys", "sample_keys", "fit", "train_run",

@@ -588,11 +588,11 @@ def process_job(job: dict) -> None:
     ``steps`` Adam steps at batch ``batch`` in one dispatch. Compilation is part of the process; the
     initialisation is compiled, as :func:`mijax.training.init_states` does (op by op it takes seconds). Like
     the ``mijax`` program, the process first makes each CPU core a device (:func:`mijax.use_cpu_cores`) and
-    takes XLA's own convolutions (:func:`mijax.use_xla_convolutions`)."""
+    takes XLA:CPU's own kernels (:func:`mijax.use_xla_cpu_kernels`)."""
     if job["kind"] not in ("sampling", "training"):
         raise ValueError(f"unknown process job {job['kind']!r}")
     # before the first device is touched (in-process, e.g. in tests: no effect)
-    distributed.use_xla_convolutions()
+    distributed.use_xla_cpu_kernels()
     distributed.use_cpu_cores()
     model, init_fn = _denoiser(job["dim"], job.get("precision", "float32"))
     key = jax.random.PRNGKey(0)

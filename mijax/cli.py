@@ -194,10 +194,10 @@ def _add_scale_arguments(p: argparse.ArgumentParser) -> None:
 def _device_per_core(a) -> None:
     """The program's CPU backend as one device per core (:func:`mijax.distributed.use_cpu_cores`; same numbers,
     faster), unless the command joins a multi-process job, whose devices stay as they are; in every process
-    XLA's own convolutions (:func:`mijax.distributed.use_xla_convolutions`)."""
+    XLA:CPU's own kernels, not YNNPACK's (:func:`mijax.distributed.use_xla_cpu_kernels`)."""
     from mijax import distributed
 
-    distributed.use_xla_convolutions()
+    distributed.use_xla_cpu_kernels()
     if any(getattr(a, name, None) for name in ("coordinator_address", "num_processes", "distributed_auto")):
         return
     distributed.use_cpu_cores()

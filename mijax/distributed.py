@@ -89,27 +89,29 @@ def use_cpu_cores(count: Optional[int] = None) -> int:
 
 
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-XLA_CONVOLUTIONS_FLAG = YNN_FUSION_FLAG + "=-individual_convolution"
+XLA_KERNELS_FLAG = YNN_FUSION_FLAG + "="  # no fusion type: every operation on XLA:CPU's own kernels
 # the jaxlib from which the flag is known to parse (XLA aborts the process on a flag it does not know)
 YNN_FLAG_JAXLIB = (0, 10, 2)
 
 
-def use_xla_convolutions() -> bool:
-    """Run CPU convolutions with XLA's own (Eigen) kernels, not YNNPACK's; returns whether anything changed.
+def use_xla_cpu_kernels() -> bool:
+    """Run every CPU operation on XLA:CPU's own kernels, none on YNNPACK's; returns whether anything changed.
 
-    XLA:CPU (jax 0.10) hands convolutions to YNNPACK on some CPUs (the Intel Xeons with AMX here), where the
-    UNet's Adam step then takes ~1.5x as long as with XLA's own convolutions, and its sampling ~1.4x on
-    one device (BENCHMARKS.md). This appends ``XLA_CONVOLUTIONS_FLAG``
-    (``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``) to ``XLA_FLAGS``: YNNPACK keeps the
-    dots and reductions it takes by default, so programs without convolutions (the paper's MLP) compile as
-    before. Only works before JAX starts its backends (the first call that touches a device), with jaxlib
-    0.10.2 or later (where the flag was measured), and never overrides a YNN setting of the user's own
-    ``XLA_FLAGS``. Another convolution kernel rounds differently: a UNet's numbers change in the last bits,
-    always the same way in processes set up alike (the ``mijax`` program calls this first).
+    XLA:CPU (jax 0.10) hands dots, reductions, elementwise fusions and (on some CPUs) convolutions to
+    YNNPACK by default. Two reasons to take them back, both measured with the paper's MLP and the UNet:
+    with several CPU devices running at once (one per core, :func:`use_cpu_cores`), YNNPACK's fusions inside
+    a loop keep memory for every call until the program ends, so a sampler's memory grew with the number of
+    reverse steps (about 14 bytes per sample and step) where it should stay flat; and YNNPACK's
+    convolutions made the UNet's training step ~1.5x slower on some CPUs. This appends ``XLA_KERNELS_FLAG``
+    (``--xla_cpu_experimental_ynn_fusion_type=``, no fusion type) to ``XLA_FLAGS``. Only works before JAX
+    starts its backends (the first call that touches a device), with jaxlib 0.10.2 or later (where the
+    flag was measured), and never overrides a YNN setting of the user's own ``XLA_FLAGS``. Other kernels
+    round differently: numbers change in the last bits, always the same way in processes set up alike (the
+    ``mijax`` program and the test suite call this first).
     """
     if YNN_FUSION_FLAG in os.environ.get("XLA_FLAGS", "") or _backends_started() or not _knows_ynn_flag():
         return False
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_CONVOLUTIONS_FLAG}".strip()
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_KERNELS_FLAG}".strip()
     return True
 
 

@@ -42,7 +42,7 @@ class TrainConfig:
     of G equal consecutive groups of the batch, computed apart and summed pairwise, with the same t and noise
     as G = 1 (:func:`batch_gradient`): the same mathematics in another summation order, and the groups run on
     separate devices (one per core on CPU: on 2 cores the UNet's step gained ~1.4x from it with YNNPACK's
-    convolutions, nothing with XLA's own, see :func:`mijax.distributed.use_xla_convolutions`) with the same
+    convolutions, nothing with XLA's own kernels, see :func:`mijax.distributed.use_xla_cpu_kernels`) with the same
     numbers on 1 or G devices. 1: one gradient over the whole batch, as published.
     """
 

@@ -14,8 +14,8 @@ atexit.register(shutil.rmtree, os.environ["MIJAX_CACHE"], ignore_errors=True)
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-# the convolutions the mijax program compiles (XLA's own, not YNNPACK's), before any device is touched
-distributed.use_xla_convolutions()
+# the kernels the mijax program compiles (XLA:CPU's own, not YNNPACK's), before any device is touched
+distributed.use_xla_cpu_kernels()
 
 # Many tests compile the same small programs (the paper's MLP at a few sizes, the tiny UNets): XLA's
 # compilation cache shares them between tests and between pytest's worker processes, in one folder per run

@@ -275,16 +275,16 @@ def test_use_cpu_cores_only_before_the_backends_start(monkeypatch):
     assert run("2", XLA_FLAGS="--xla_force_host_platform_device_count=5") == ["0", "5"]  # a count already chosen
 
 
-def test_xla_convolutions_only_before_the_backends_start_and_never_over_the_users_flags(monkeypatch):
+def test_xla_cpu_kernels_only_before_the_backends_start_and_never_over_the_users_flags(monkeypatch):
     jax.device_count()  # the backends have started here: nothing changes
     monkeypatch.delenv("XLA_FLAGS", raising=False)
-    assert distributed.use_xla_convolutions() is False and "XLA_FLAGS" not in os.environ
-    # a fresh process: the flag goes in, and its convolution gradients compile without YNNPACK's convolutions
-    script = ("import os, jax, jax.numpy as jnp, mijax; changed = mijax.use_xla_convolutions(); "
-              "f = jax.grad(lambda x, w: jnp.sum(jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', "
-              "dimension_numbers=('NHWC', 'HWIO', 'NHWC')) ** 2), argnums=(0, 1)); "
+    assert distributed.use_xla_cpu_kernels() is False and "XLA_FLAGS" not in os.environ
+    # a fresh process: the flag goes in, and convolution gradients, dots and reductions compile without YNNPACK
+    script = ("import os, jax, jax.numpy as jnp, mijax; changed = mijax.use_xla_cpu_kernels(); "
+              "f = jax.grad(lambda x, w: jnp.sum(jnp.tanh(jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', "
+              "dimension_numbers=('NHWC', 'HWIO', 'NHWC')).mean(axis=3)) @ jnp.ones((32, 128))), argnums=(0, 1)); "
               "hlo = jax.jit(f).lower(jnp.ones((64, 32, 32, 32)), jnp.ones((3, 3, 32, 32))).compile().as_text(); "
-              "ynn = [l for l in hlo.splitlines() if '__ynn_fusion' in l and 'conv' in l]; "
+              "ynn = [l for l in hlo.splitlines() if 'ynn' in l]; "
               "print(changed, len(ynn), repr(os.environ.get('XLA_FLAGS')))")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
 
@@ -295,22 +295,22 @@ def test_xla_convolutions_only_before_the_backends_start_and_never_over_the_user
         return out.stdout.strip().split(maxsplit=2)
 
     assert run(XLA_FLAGS="--xla_cpu_enable_fast_math=false") == [
-        "True", "0", repr(f"--xla_cpu_enable_fast_math=false {distributed.XLA_CONVOLUTIONS_FLAG}")]
+        "True", "0", repr(f"--xla_cpu_enable_fast_math=false {distributed.XLA_KERNELS_FLAG}")]
     own = f"{distributed.YNN_FUSION_FLAG}=LIBRARY_FUSION_TYPE_REDUCE"  # the user's choice stays
     assert run(XLA_FLAGS=own)[::2] == ["False", repr(own)]
 
 
-def test_xla_convolutions_leave_a_jaxlib_that_may_not_know_the_flag_alone(monkeypatch):
+def test_xla_cpu_kernels_leave_a_jaxlib_that_may_not_know_the_flag_alone(monkeypatch):
     import jaxlib
 
     monkeypatch.setattr(distributed, "_backends_started", lambda: False)
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     for old in ("0.10.1", "0.9.2", "unknown"):
         monkeypatch.setattr(jaxlib, "__version__", old)
-        assert distributed.use_xla_convolutions() is False and "XLA_FLAGS" not in os.environ
+        assert distributed.use_xla_cpu_kernels() is False and "XLA_FLAGS" not in os.environ
     monkeypatch.setattr(jaxlib, "__version__", "0.11.0.dev20261201")
-    assert distributed.use_xla_convolutions() is True
-    assert os.environ["XLA_FLAGS"] == distributed.XLA_CONVOLUTIONS_FLAG
+    assert distributed.use_xla_cpu_kernels() is True
+    assert os.environ["XLA_FLAGS"] == distributed.XLA_KERNELS_FLAG
 
 
 def test_the_program_leaves_a_multi_process_jobs_devices_alone(monkeypatch):
@@ -318,11 +318,11 @@ def test_the_program_leaves_a_multi_process_jobs_devices_alone(monkeypatch):
 
     from mijax import cli
 
-    calls, convolutions = [], []
+    calls, kernels = [], []
     monkeypatch.setattr(distributed, "use_cpu_cores", lambda: calls.append(1) or 2)
-    monkeypatch.setattr(distributed, "use_xla_convolutions", lambda: convolutions.append(1) or True)
+    monkeypatch.setattr(distributed, "use_xla_cpu_kernels", lambda: kernels.append(1) or True)
     cli._device_per_core(None)  # mijax bench
     cli._device_per_core(argparse.Namespace(coordinator_address=None, num_processes=None, distributed_auto=False))
     cli._device_per_core(argparse.Namespace(coordinator_address="h:1", num_processes=2, distributed_auto=False))
     cli._device_per_core(argparse.Namespace(coordinator_address=None, num_processes=None, distributed_auto=True))
-    assert calls == [1, 1] and convolutions == [1] * 4  # XLA's convolutions in every process
+    assert calls == [1, 1] and kernels == [1] * 4  # XLA:CPU's own kernels in every process
