@@ -416,22 +416,24 @@ def _experiment(a) -> None:
 def _run_experiments(a, modules) -> None:
     from mijax import outputs
 
-    if a.name == "all":
-        outputs.check(a.out, "experiments", resume=True)
-        outputs.mark(a.out, "experiments")
-    for name, module in modules.items():
-        out = a.out / name if a.name == "all" else a.out
-        finished = (out / "metrics.json").exists()
-        if finished and not a.overwrite:
-            if a.name == "all":
-                print(f"{name}: finished earlier in {out}, skipped (--overwrite reruns it)")
-                continue
-            raise UsageError(f"{out} holds a finished experiment; pass --overwrite to rerun it")
-        outputs.check(out, "experiment", overwrite=a.overwrite, resume=not finished)
-        print(f"== {name} ({a.profile}) -> {out}")
-        with outputs.replacing(out, "experiment", replace=finished) as target:
-            module.run(target, profile=a.profile, seeds=a.seeds, progress=not a.no_progress,
-                       overrides=a.overrides or None)
+    with outputs.lock(a.out if a.name == "all" else None):
+        if a.name == "all":
+            outputs.check(a.out, "experiments", resume=True)
+            outputs.mark(a.out, "experiments")
+        for name, module in modules.items():
+            out = a.out / name if a.name == "all" else a.out
+            with outputs.lock(out):
+                finished = (out / "metrics.json").exists()
+                if finished and not a.overwrite:
+                    if a.name == "all":
+                        print(f"{name}: finished earlier in {out}, skipped (--overwrite reruns it)")
+                        continue
+                    raise UsageError(f"{out} holds a finished experiment; pass --overwrite to rerun it")
+                outputs.check(out, "experiment", overwrite=a.overwrite, resume=not finished)
+                print(f"== {name} ({a.profile}) -> {out}")
+                with outputs.replacing(out, "experiment", replace=finished) as target:
+                    module.run(target, profile=a.profile, seeds=a.seeds, progress=not a.no_progress,
+                               overrides=a.overrides or None)
 
 
 def _experiment_overrides(a, modules) -> dict:

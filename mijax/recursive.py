@@ -312,7 +312,13 @@ def run_recursive(out: Path, config: RecursiveConfig, progress: bool = False, ov
     """
     out = Path(out)
     validate_recursive(config)
-    outputs.check(out, "study", overwrite=overwrite, resume=True)
+    with outputs.lock(out, primary=jax.process_index() == 0):
+        return _run_recursive(out, config, progress, overwrite, hook)
+
+
+def _run_recursive(out: Path, config: RecursiveConfig, progress: bool, overwrite: bool,
+                   hook: Callable[[str, int, int], None]) -> dict:
+    outputs.check(out, "study", overwrite=overwrite, resume=not overwrite)
     saved = out / "config.json"
     if saved.exists() and not overwrite:
         try:

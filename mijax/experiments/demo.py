@@ -51,9 +51,10 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), overwrite: bool = Fal
 
     ``overwrite`` replaces an earlier demo (only a mijax demo) once the new one is complete."""
     out = Path(out)
-    outputs.check(out, "demo", overwrite=overwrite)
-    with outputs.replacing(out, "demo", replace=overwrite and out.exists()) as target:
-        return _run(target, config, progress)
+    with outputs.lock(out):
+        outputs.check(out, "demo", overwrite=overwrite)
+        with outputs.replacing(out, "demo", replace=overwrite and out.exists()) as target:
+            return _run(target, config, progress)
 
 
 def _run(out: Path, config: DemoConfig, progress: bool) -> dict:
