@@ -24,7 +24,7 @@ import numpy as np
 
 from mijax import checkpoints, collect, distributed, progress, signals
 from mijax.config import (Pieces, RunConfig, RunError, build, config_from_dict, config_to_dict, training_data,
-                          validate_config)
+                          validate_config, validate_training_size)
 from mijax import data as datasets
 from mijax import outputs
 from mijax.io import MijaxError, read_json, write_json
@@ -121,6 +121,7 @@ def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwri
     """
     out = Path(out)
     validate_config(config)
+    validate_training_size(config)
     with outputs.lock(out, primary=jax.process_index() == 0):
         return _train_run(out, config, resume, overwrite, progress, stop_at)
 
