@@ -78,6 +78,21 @@ def _option(text: str) -> tuple[str, object]:
     return key.strip(), tuple(parsed) if isinstance(parsed, list) else parsed
 
 
+def _utf8_path(text: str) -> str:
+    """A path given on the command line, as typed; one that is not valid UTF-8 (which the files mijax writes,
+    e.g. ``config.json``, cannot name) is refused before any work."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(text).decode("ascii", "backslashreplace")
+        raise argparse.ArgumentTypeError(f"the path {shown!r} is not valid UTF-8; rename it or choose another") from None
+    return text
+
+
+def _path(text: str) -> Path:
+    return Path(_utf8_path(text))
+
+
 def _seed(text):
     try:
         value = int(text)
@@ -109,7 +124,7 @@ def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> Non
     p.add_argument("--modes", type=_floats, default=None, help="gaussian1d means, e.g. 1,2,3 (default 1,2,3)")
     p.add_argument("--std", type=_finite("std", 0, low_open=True), default=None,
                    help="std of every mode (None: the data set's, 0.05; 0.02 for gaussian8)")
-    p.add_argument("--mnist-dir", type=str, default=None, metavar="DIR",
+    p.add_argument("--mnist-dir", type=_utf8_path, default=None, metavar="DIR",
                    help="--dataset mnist: your MNIST files (the four IDX files, gzipped or not, or an .npz); no "
                         "download ever happens (offline digits: --dataset digits8 or mnist5k)")
     p.add_argument("--data-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
@@ -172,7 +187,7 @@ def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> Non
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out made by mijax (once the new one is complete)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--out", required=True, type=_path, help="output directory")
     _add_scale_arguments(p)
 
 
@@ -213,7 +228,7 @@ def _init_distributed(a) -> None:
 
 
 def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, type=Path, help="a run directory made by mijax train")
+    p.add_argument("--run", required=True, type=_path, help="a run directory made by mijax train")
     p.add_argument("--n", type=_positive_int("n"), required=True, help="samples per seed")
     p.add_argument("--seed", type=_seed, default=0, help="sampling seed (32-bit)")
     from mijax.models import KERNELS
@@ -254,7 +269,7 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", type=_positive_int("chunk size"), default=50_000, help="samples per compiled chunk")
     p.add_argument("--overwrite", action="store_true", help="replace an existing samples file made by mijax")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", required=True, type=Path,
+    p.add_argument("--out", required=True, type=_path,
                    help="output .npz: x [S, N, *shape] (points [S, N, d], images [S, N, H, W, C]), hal [S, N], "
                         "and the run, step and config it came from")
     _add_scale_arguments(p)
@@ -280,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample_arguments(sub.add_parser("sample", help="sample a trained run, with Hal for every sample"))
     sub.add_parser("data", help="list the registered data sets and models with their options and defaults")
     demo = sub.add_parser("demo", help="train, sample 100,000 points, report the hallucinations (~5 min on 2 CPUs)")
-    demo.add_argument("--out", type=Path, default=Path("mijax-demo"), help="output directory")
+    demo.add_argument("--out", type=_path, default=Path("mijax-demo"), help="output directory")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo (once the new one is complete)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     exp = sub.add_parser("experiment", help="run one of the paper's experiments (or `all`); --list names them")
@@ -291,10 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--profile", default="quick", choices=PROFILES,
                      help="quick: minutes on 2 CPU cores; paper: the paper's sizes (for a GPU)")
     exp.add_argument("--seeds", type=_positive_int("seeds"), default=None, help="seeds (None: the profile's)")
-    exp.add_argument("--out", type=Path, default=None, help="output directory (all: one folder per experiment)")
+    exp.add_argument("--out", type=_path, default=None, help="output directory (all: one folder per experiment)")
     exp.add_argument("--overwrite", action="store_true",
                      help="replace a finished experiment made by mijax (once the new one is complete)")
-    exp.add_argument("--runs", type=Path, default=None,
+    exp.add_argument("--runs", type=_path, default=None,
                      help="a folder of trained runs shared by experiments: one that trains the same configuration as "
                           "another reuses its models and samples (all: OUT/runs by default; one experiment: its own)")
     exp.add_argument("--set", type=_option, action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -416,22 +431,24 @@ def _experiment(a) -> None:
 def _run_experiments(a, modules) -> None:
     from mijax import outputs
 
-    if a.name == "all":
-        outputs.check(a.out, "experiments", resume=True)
-        outputs.mark(a.out, "experiments")
-    for name, module in modules.items():
-        out = a.out / name if a.name == "all" else a.out
-        finished = (out / "metrics.json").exists()
-        if finished and not a.overwrite:
-            if a.name == "all":
-                print(f"{name}: finished earlier in {out}, skipped (--overwrite reruns it)")
-                continue
-            raise UsageError(f"{out} holds a finished experiment; pass --overwrite to rerun it")
-        outputs.check(out, "experiment", overwrite=a.overwrite, resume=not finished)
-        print(f"== {name} ({a.profile}) -> {out}")
-        with outputs.replacing(out, "experiment", replace=finished) as target:
-            module.run(target, profile=a.profile, seeds=a.seeds, progress=not a.no_progress,
-                       overrides=a.overrides or None)
+    with outputs.lock(a.out if a.name == "all" else None):
+        if a.name == "all":
+            outputs.check(a.out, "experiments", resume=True)
+            outputs.mark(a.out, "experiments")
+        for name, module in modules.items():
+            out = a.out / name if a.name == "all" else a.out
+            with outputs.lock(out):
+                finished = (out / "metrics.json").exists()
+                if finished and not a.overwrite:
+                    if a.name == "all":
+                        print(f"{name}: finished earlier in {out}, skipped (--overwrite reruns it)")
+                        continue
+                    raise UsageError(f"{out} holds a finished experiment; pass --overwrite to rerun it")
+                outputs.check(out, "experiment", overwrite=a.overwrite, resume=not finished)
+                print(f"== {name} ({a.profile}) -> {out}")
+                with outputs.replacing(out, "experiment", replace=finished) as target:
+                    module.run(target, profile=a.profile, seeds=a.seeds, progress=not a.no_progress,
+                               overrides=a.overrides or None)
 
 
 def _experiment_overrides(a, modules) -> dict:

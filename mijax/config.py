@@ -213,6 +213,21 @@ def make_run_schedule(config: RunConfig) -> Schedule:
     return make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end)
 
 
+def validate_training_size(config: RunConfig) -> None:
+    """Raise RunError (one line) unless the data set holds the ``n_train`` items a run trains on. A data set
+    with a fixed training set (real digits, the generated shapes) says how many it holds with
+    ``training_size()``, which reads or builds it (cached, so training does not pay twice); one that draws
+    its points (the mixtures) has no limit. Called before a run's directory is created."""
+    dataset = datasets.make(config.data.dataset, config.data.options)
+    size = getattr(dataset, "training_size", None)
+    if size is None:
+        return
+    available = int(size())
+    if config.data.n_train > available:
+        raise RunError(f"n-train {config.data.n_train} exceeds the {config.data.dataset} training set, which holds "
+                       f"{available:,}; choose --n-train {available} or fewer")
+
+
 def build(config: RunConfig, precision: str | None = None) -> Pieces:
     """The data set, schedule and model of ``config`` (the matmuls in ``precision``, default the config's)."""
     dataset = datasets.make(config.data.dataset, config.data.options)
@@ -234,4 +249,4 @@ def data_config(dataset: str, n_train: int | None = None, **options: Any) -> Dat
 
 __all__ = ["DataConfig", "DiffusionConfig", "ModelConfig", "Pieces", "RunConfig", "RunError", "build",
            "config_from_dict", "config_to_dict", "data_config", "make_run_schedule", "paper_steps", "training_data",
-           "validate_config"]
+           "validate_config", "validate_training_size"]

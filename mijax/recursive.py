@@ -50,7 +50,8 @@ import numpy as np
 
 from mijax import collect, outputs
 from mijax import keys as streams
-from mijax.config import RunConfig, RunError, build, config_from_dict, config_to_dict, training_data, validate_config
+from mijax.config import (RunConfig, RunError, build, config_from_dict, config_to_dict, training_data, validate_config,
+                          validate_training_size)
 from mijax.filters import FILTERS, calibrate_threshold, filter_indices
 from mijax.io import load_npz, read_json, save_npz, write_json
 from mijax.runs import data_sampler, fit
@@ -140,6 +141,7 @@ def recursive_config_from_dict(d) -> RecursiveConfig:
 def validate_recursive(config: RecursiveConfig) -> None:
     """Raise RunError (one line) for settings that cannot run."""
     validate_config(config.run)
+    validate_training_size(config.run)
     if config.generations < 1:
         raise RunError(f"generations must be >= 1, got {config.generations}")
     if not config.filters or len(set(config.filters)) != len(config.filters):
@@ -312,7 +314,13 @@ def run_recursive(out: Path, config: RecursiveConfig, progress: bool = False, ov
     """
     out = Path(out)
     validate_recursive(config)
-    outputs.check(out, "study", overwrite=overwrite, resume=True)
+    with outputs.lock(out, primary=jax.process_index() == 0):
+        return _run_recursive(out, config, progress, overwrite, hook)
+
+
+def _run_recursive(out: Path, config: RecursiveConfig, progress: bool, overwrite: bool,
+                   hook: Callable[[str, int, int], None]) -> dict:
+    outputs.check(out, "study", overwrite=overwrite, resume=not overwrite)
     saved = out / "config.json"
     if saved.exists() and not overwrite:
         try:

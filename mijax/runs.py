@@ -24,7 +24,7 @@ import numpy as np
 
 from mijax import checkpoints, collect, distributed, progress, signals
 from mijax.config import (Pieces, RunConfig, RunError, build, config_from_dict, config_to_dict, training_data,
-                          validate_config)
+                          validate_config, validate_training_size)
 from mijax import data as datasets
 from mijax import outputs
 from mijax.io import MijaxError, read_json, write_json
@@ -79,9 +79,9 @@ def fit(directory: os.PathLike, pieces: Pieces, train_config: TrainConfig, keys:
             model, index = np.argwhere(~np.isfinite(chunk))[0]
             first = now - chunk.shape[1] + int(index) + 1
             last = checkpoints.latest_step(directory)
+            kept = "no checkpoint was saved" if last is None else f"the last checkpoint, step {last}, is kept"
             raise MijaxError(f"training diverged: the loss of model {int(model)} is not finite ({chunk[model, index]}) "
-                             f"at step {first}; the last checkpoint, step {last or 0}, is kept (lower the learning "
-                             "rate or check the data)")
+                             f"at step {first}; {kept} (lower the learning rate or check the data)")
         mean = chunk.mean(axis=-1)
         losses["step"].append(now)
         losses["loss"].append([float(v) for v in np.atleast_1d(mean)])
@@ -108,7 +108,8 @@ def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwri
     """Train ``config.seeds`` models in one vmapped program, checkpointing into ``out``.
 
     Args:
-      out: the run directory (created).
+      out: the run directory (created; held against other processes while training, see
+        :func:`mijax.outputs.lock`). A fresh one is removed again if training fails before its first checkpoint.
       config: the run's settings.
       resume: continue from the latest checkpoint of ``out`` (its config.json must match ``config``).
       overwrite: replace an existing run (only a mijax run): the new one is trained beside it and takes its
@@ -120,6 +121,13 @@ def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwri
     """
     out = Path(out)
     validate_config(config)
+    validate_training_size(config)
+    with outputs.lock(out, primary=jax.process_index() == 0):
+        return _train_run(out, config, resume, overwrite, progress, stop_at)
+
+
+def _train_run(out: Path, config: RunConfig, resume: bool, overwrite: bool, progress: bool,
+               stop_at: Optional[int]) -> TrainState:
     outputs.check(out, "run", overwrite=overwrite, resume=resume)
     # every process checks before any creates the run (or a slow process finds it "already exists")
     distributed.barrier("mijax.train_run.checked")
@@ -144,6 +152,7 @@ def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwri
 
 def load_config(run_dir: os.PathLike) -> RunConfig:
     run_dir = Path(run_dir)
+    outputs.recover(run_dir)  # a run left mid-replacement by a killed --overwrite
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir} is not a run directory (it is a file)")
     if not run_dir.is_dir():
@@ -233,9 +242,17 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
             validate_abort(abort, sampler, config.diffusion.timesteps, has_oracle=hasattr(dataset, "oracle"))
     except ValueError as e:
         raise RunError(str(e)) from None
-    if out is not None:
-        outputs.check(out, "samples", overwrite=overwrite, directory=False)
-        distributed.barrier("mijax.sample_run.checked")  # before any process writes beside it
+    with outputs.lock(out, primary=jax.process_index() == 0):
+        if out is not None:
+            outputs.check(out, "samples", overwrite=overwrite, directory=False)
+            distributed.barrier("mijax.sample_run.checked")  # before any process writes beside it
+        return _sample_run(run_dir, config, sampler, dataset, n, seed, chunk_size, progress, out, precision,
+                           kernel, abort)
+
+
+def _sample_run(run_dir: Path, config: RunConfig, sampler: SamplerConfig, dataset, n: int, seed: int,
+                chunk_size: Optional[int], progress: bool, out: Optional[os.PathLike], precision: Optional[str],
+                kernel: str, abort) -> dict:
     config, pieces, state = load_run(run_dir, precision=precision)
     step = _max_step(state)
     if step < config.train.steps or not (run_dir / "train.json").exists():

@@ -383,3 +383,246 @@ def test_a_run_that_is_not_one_is_named_so(case, fragment, tmp_path, capsys):
     line = _one_line_error(capsys, main(["sample", "--run", str(target), "--n", "4", "--out", str(tmp_path / "s.npz")]),
                            fragment)
     assert "corrupt" not in line and not (tmp_path / "s.npz").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. --overwrite replaces only an output holding nothing but what its kind writes (mijax.outputs.OWNED).
+
+def _output_of(kind, run, tmp_path):
+    """A finished-looking output of ``kind`` at tmp_path / "uo" (a copy of the run fixture for a run)."""
+    import shutil
+
+    out = tmp_path / "uo"
+    if kind == "run":
+        shutil.copytree(run, out)
+    else:
+        outputs.mark(out, kind)
+        (out / "metrics.json").write_text("{}")
+    return out
+
+
+OVERWRITE_FOREIGN = {
+    "run": lambda out, run: ["train", *TINY, "--seeds", "2", "--overwrite", "--out", str(out)],
+    "study": lambda out, run: ["recursive", *RECURSIVE, "--overwrite", "--out", str(out)],
+    "demo": lambda out, run: ["demo", "--overwrite", "--no-progress", "--out", str(out)],
+    "experiment": lambda out, run: ["experiment", "distance-1d", "--overwrite", "--no-progress", "--out", str(out)],
+}
+
+
+@pytest.mark.parametrize("kind", list(OVERWRITE_FOREIGN))
+def test_overwrite_refuses_an_output_holding_the_users_entries(kind, run, tmp_path, capsys):
+    out = _output_of(kind, run, tmp_path)
+    (out / "notes.txt").write_text("notes")
+    (out / "analysis").mkdir()
+    (out / "analysis" / "plot.py").write_text("print(1)")
+    before = _snapshot(out)
+    _one_line_error(capsys, main(OVERWRITE_FOREIGN[kind](out, run)), "notes.txt", "analysis/")
+    assert _snapshot(out) == before and outputs.kind_of(out) == kind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["uo"]
+
+
+def test_overwrite_of_a_run_holding_only_its_own_entries_still_replaces_it(run, tmp_path):
+    out = _output_of("run", run, tmp_path)
+    (out / "samples-hal-0123456789.npz").write_bytes(b"cached samples")  # the experiments' cache: the run's
+    assert main(["train", *TINY, "--seed", "3", "--overwrite", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["seed"] == 3
+    assert not (out / "samples-hal-0123456789.npz").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. One process per output: the second is refused from the check on (mijax.outputs.lock).
+
+def _hold(out: Path, pid: int = 4242) -> int:
+    """Take the output's lock as another process would (a descriptor of its own), with ``pid`` written."""
+    import fcntl
+
+    fd = os.open(outputs.lock_path(out), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"{pid}\n".encode())
+    return fd
+
+
+IN_USE = {
+    "train": lambda out, run: ["train", *TINY, "--out", str(out)],
+    "train --overwrite": lambda out, run: ["train", *TINY, "--seeds", "2", "--overwrite", "--out", str(run)],
+    "sample --out": lambda out, run: ["sample", "--run", str(run), "--n", "8", "--out", str(out) + ".npz"],
+    "recursive": lambda out, run: ["recursive", *RECURSIVE, "--out", str(out)],
+    "demo": lambda out, run: ["demo", "--no-progress", "--out", str(out)],
+    "experiment": lambda out, run: ["experiment", "distance-1d", "--no-progress", "--out", str(out)],
+}
+
+
+@pytest.mark.parametrize("case", list(IN_USE))
+def test_an_output_in_use_by_another_process_is_refused(case, run, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = IN_USE[case](out, run)
+    target = Path(argv[argv.index("--out") + 1])
+    before = _snapshot(run)
+    fd = _hold(target)
+    try:
+        _one_line_error(capsys, main(argv), "in use by another mijax process (pid 4242)")
+    finally:
+        os.close(fd)
+    assert not out.exists() and not Path(str(out) + ".npz").exists() and _snapshot(run) == before
+
+
+def test_an_output_in_use_by_a_live_process_is_refused_and_free_once_it_ends(tmp_path, capsys):
+    out = tmp_path / "r"
+    script = ("import sys, time; from mijax import outputs\n"
+              "with outputs.lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        _one_line_error(capsys, main(["train", *TINY, "--out", str(out)]), f"(pid {holder.pid})")
+        assert not out.exists()
+    finally:
+        holder.kill()  # the kernel releases its lock; the lock file it leaves does not block
+        holder.wait()
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. Bad input found only once the data set is built ends before anything is made; a command that fails
+# after making a fresh output removes it (unless it saved a checkpoint there).
+
+HALF_MADE = {
+    "digits8 beyond its 1,438 training digits": ["train", "--dataset", "digits8", "--n-train", "5000"],
+    "shapes with 5 images": ["train", "--dataset", "shapes", "--data-option", "num_images=5", "--n-train", "10"],
+    "recursive on digits8 beyond its size": ["recursive", "--dataset", "digits8", "--n-train", "5000",
+                                             "--generations", "1"],
+}
+
+
+@pytest.mark.parametrize("case", list(HALF_MADE))
+def test_a_data_set_too_small_is_refused_before_anything_is_made(case, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = HALF_MADE[case] + ["--steps", "1", "--batch-size", "2", "--timesteps", "20", "--no-progress",
+                              "--out", str(out)]
+    _one_line_error(capsys, main(argv), "exceeds")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_failure_after_the_output_is_made_removes_only_a_fresh_one(existed, run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from mijax import runs
+    from mijax.io import MijaxError
+
+    out = tmp_path / "r"
+    if existed:
+        shutil.copytree(run, out)
+    before = _snapshot(out) if existed else None
+
+    def fail(*args, **kwargs):
+        raise MijaxError("the data set cannot be read")
+
+    monkeypatch.setattr(runs, "training_data", fail)
+    argv = ["train", *TINY, "--seeds", "2", "--out", str(out)] + (["--resume"] if existed else [])
+    _one_line_error(capsys, main(argv), "cannot be read")
+    if existed:
+        assert _snapshot(out) == before
+    else:
+        assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. Windows of bad luck.
+
+def test_a_run_left_between_the_two_renames_of_a_replacement_is_restored(run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "r"
+    shutil.copytree(run, tmp_path / ".r.mijax-999999999-old")  # killed after `r` -> old, before new -> `r`
+    shutil.copytree(run, tmp_path / ".r.mijax-999999999-new")
+    before = _snapshot(run)
+    assert main(["sample", "--run", str(out), "--n", "8", "--no-progress", "--out", str(tmp_path / "s.npz")]) == 0
+    assert _snapshot(out) == before
+    assert main(["train", *TINY, "--seeds", "2", "--resume", "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r", "s.npz"]
+
+
+def test_the_old_output_of_a_completed_replacement_is_removed(run, tmp_path):
+    import shutil
+
+    out = tmp_path / "r"
+    shutil.copytree(run, out)
+    shutil.copytree(run, tmp_path / ".r.mijax-999999999-old")  # killed after both renames
+    assert main(["train", *TINY, "--seeds", "2", "--resume", "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"] and outputs.kind_of(out) == "run"
+
+
+@pytest.mark.parametrize("swap", ["exchange", "two renames"])
+def test_overwrite_swaps_leave_only_the_new_output(swap, tmp_path, monkeypatch):
+    if swap == "two renames":
+        monkeypatch.setattr(outputs, "exchange", lambda a, b: False)
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    assert main(["train", *TINY, "--seed", "7", "--overwrite", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["seed"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+def test_overwrite_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
+    real, link = tmp_path / "real", tmp_path / "link"
+    assert main(["train", *TINY, "--out", str(real)]) == 0
+    link.symlink_to(real)
+    assert main(["train", *TINY, "--seed", "9", "--overwrite", "--out", str(link)]) == 0
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert json.loads((real / "config.json").read_text())["seed"] == 9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
+INSIDE = {
+    "train into a run's checkpoints": lambda run, tmp: ["train", *TINY, "--out", str(run / "checkpoints" / "99")],
+    "train beside a run's files": lambda run, tmp: ["train", *TINY, "--out", str(run / "other")],
+    "recursive": lambda run, tmp: ["recursive", *RECURSIVE, "--out", str(run / "study")],
+    "demo": lambda run, tmp: ["demo", "--no-progress", "--out", str(run / "demo")],
+    "experiment": lambda run, tmp: ["experiment", "distance-1d", "--no-progress", "--out", str(run / "e")],
+}
+
+
+@pytest.mark.parametrize("case", list(INSIDE))
+def test_an_output_inside_another_mijax_output_is_refused(case, run, tmp_path, capsys):
+    before = _snapshot(run)
+    _one_line_error(capsys, main(INSIDE[case](run, tmp_path)), "inside the mijax run")
+    assert _snapshot(run) == before
+    assert main(["sample", "--run", str(run), "--n", "8", "--no-progress", "--out", str(tmp_path / "s.npz")]) == 0
+
+
+NOT_UTF8 = {
+    "train --out": lambda tmp, run: ["train", *TINY, "--out", str(tmp / "r\udcff")],
+    "sample --out": lambda tmp, run: ["sample", "--run", str(run), "--n", "8", "--out", str(tmp / "s\udcff.npz")],
+    "sample --run": lambda tmp, run: ["sample", "--run", str(tmp / "r\udcff"), "--n", "8", "--out", str(tmp / "s.npz")],
+    "recursive --out": lambda tmp, run: ["recursive", *RECURSIVE, "--out", str(tmp / "r\udcff")],
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_UTF8))
+def test_a_path_that_is_not_utf8_is_one_line_before_any_work(case, run, tmp_path, capsys):
+    _one_line_error(capsys, main(NOT_UTF8[case](tmp_path, run)), "not valid UTF-8", "\\xff")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_demo_continues_when_rerun(tmp_path, monkeypatch):
+    from mijax.config import DataConfig, DiffusionConfig, RunConfig
+    from mijax.experiments import demo
+    from mijax.training import TrainConfig
+
+    toy = demo.DemoConfig(run=RunConfig(data=DataConfig(n_train=64), diffusion=DiffusionConfig(timesteps=20),
+                                        train=TrainConfig(steps=4, batch_size=32, steps_per_call=2),
+                                        checkpoint_every=2), num_samples=64, chunk_size=64)
+    out = tmp_path / "demo"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(demo, "sample_run", interrupted)  # Ctrl-C once training is done
+        with pytest.raises(KeyboardInterrupt):
+            demo.run_demo(out, toy, progress=False)
+    assert outputs.kind_of(out) == "demo" and not (out / "metrics.json").exists()
+    metrics = demo.run_demo(out, toy, progress=False)
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]

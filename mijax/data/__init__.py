@@ -16,7 +16,9 @@ defines it plus one :func:`register` line:
 =========================================  ================================================================
 
 Optional: ``oracle(schedule) -> (fn, params)``, the data's exact denoiser eps*(x_t, t), which the
-``oracle`` detector (:mod:`mijax.detectors`) compares a model with (the Gaussian mixtures have one).
+``oracle`` detector (:mod:`mijax.detectors`) compares a model with (the Gaussian mixtures have one); and
+``training_size() -> int``, the items of a fixed training set (the digits, the shapes), which a run's
+``n_train`` is checked against before its directory is made (a data set without it draws any number).
 
 The registry maps a name to a factory ``factory(**options) -> Dataset`` and the options' defaults;
 :func:`make` validates the options (unknown ones and bad values end in one line) and :func:`resolve`

@@ -259,6 +259,10 @@ class DigitsDataset:
         """The real digits, uint8, split."""
         return load(self.source, self.size, self.holdout, self.split_seed, self.path)
 
+    def training_size(self) -> int:
+        """The digits of the training split (the most a model can train on)."""
+        return len(self.digits().train_images)
+
     def training_set(self, key: jax.Array, n: int) -> jnp.ndarray:
         """n training digits, float32 [n, size, size, 1] in [-1, 1], in an order drawn from ``key``."""
         images = self.digits().train_images

@@ -244,6 +244,10 @@ class ShapesDataset:
         """The generated training images, uint8 [M, size, size]."""
         return training_images(self.seed, self.size, self.num_images)
 
+    def training_size(self) -> int:
+        """The generated images (the most a model can train on; under ``num_images`` if the draws ran out)."""
+        return len(self.images())
+
     def training_set(self, key: jax.Array, n: int) -> jnp.ndarray:
         """n of the generated images, float32 [n, size, size, 1] in [-1, 1], in an order drawn from ``key``."""
         images = self.images()

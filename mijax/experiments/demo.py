@@ -49,16 +49,20 @@ def _pct(v: Optional[float]) -> str:
 def run_demo(out: Path, config: DemoConfig = DemoConfig(), overwrite: bool = False, progress: bool = True) -> dict:
     """Train, sample, measure and report into ``out``. Returns the metrics dict also written to ``metrics.json``.
 
-    ``overwrite`` replaces an earlier demo (only a mijax demo) once the new one is complete."""
+    A demo interrupted earlier in ``out`` (no ``metrics.json`` yet) continues: its training resumes from the
+    last checkpoint. A finished one is refused; ``overwrite`` replaces an earlier demo (only a mijax demo)
+    once the new one is complete."""
     out = Path(out)
-    outputs.check(out, "demo", overwrite=overwrite)
-    with outputs.replacing(out, "demo", replace=overwrite and out.exists()) as target:
-        return _run(target, config, progress)
+    with outputs.lock(out):
+        finished = (out / "metrics.json").exists()
+        outputs.check(out, "demo", overwrite=overwrite, resume=not finished and not overwrite)
+        with outputs.replacing(out, "demo", replace=overwrite and out.exists()) as target:
+            return _run(target, config, progress)
 
 
 def _run(out: Path, config: DemoConfig, progress: bool) -> dict:
     t0 = time.perf_counter()
-    train_run(out / "run", config.run, progress=progress)
+    train_run(out / "run", config.run, resume=True, progress=progress)
     t1 = time.perf_counter()
     result = sample_run(out / "run", config.num_samples, seed=config.sample_seed,
                         sampler=SamplerConfig(objective=config.run.diffusion.objective),
