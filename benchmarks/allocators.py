@@ -31,7 +31,7 @@ def child(conv: str, steps: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from mijax import bench_images
+    from benchmarks import bench_images
     from mijax.models import build as build_model
     from mijax.models.denoiser import ModuleDenoiser
     from mijax.schedules import make_schedule

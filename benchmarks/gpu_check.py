@@ -47,7 +47,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from mijax import bench
+from benchmarks import bench
 from mijax.models import FusedDenoiser, ModuleDenoiser, ToyDenoiser
 from mijax.models.fused import default_blocks
 from mijax.io import write_json

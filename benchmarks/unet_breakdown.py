@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
-from mijax import bench, bench_images
+from benchmarks import bench, bench_images
 from mijax.io import write_json
 from mijax.models import build as build_model
 

@@ -499,9 +499,17 @@ def _recursive(a) -> None:
 
 
 def _bench(argv) -> None:
-    from mijax import bench  # imported only here: the benchmark is a tool, not part of the library
+    """``mijax bench``: the benchmark harness of a source checkout (``benchmarks/bench.py`` beside the ``mijax``
+    package; it is not installed with the package, and the library never imports it)."""
+    import importlib
 
-    bench.main(argv, parser_class=_Parser)
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "bench.py").is_file():
+        raise UsageError("mijax bench runs the benchmarks of a source checkout (benchmarks/bench.py), which this "
+                         "installation has not; clone the repository and pip install -e . there")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    importlib.import_module("benchmarks.bench").main(argv, parser_class=_Parser)
 
 
 def _data(a) -> None:

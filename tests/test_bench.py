@@ -9,12 +9,14 @@ import os
 import sys
 import tarfile
 import types
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from mijax import bench
+import mijax
+from benchmarks import bench
 
 
 def _parse(argv):
@@ -210,7 +212,8 @@ def test_bench_torch_keeps_the_fastest_and_the_median(tmp_path):
 def test_quick_image_benchmark(tmp_path, capsys, monkeypatch):
     """The image bench end to end, beside a stand-in for torch_unet.py (torch is not needed): the baseline runs
     as published, and its training once more under the mijax program's allocator when that is another one."""
-    from mijax import allocator, bench_images
+    from mijax import allocator
+    from benchmarks import bench_images
 
     assert bench_images.grouped_devices({"batch": 64}) == (2 if jax.local_device_count() >= 2 else 1)
     monkeypatch.setattr(bench_images, "grouped_devices", lambda o: 2)  # as on 2 devices (here one holds both)
@@ -256,7 +259,7 @@ def test_quick_image_benchmark(tmp_path, capsys, monkeypatch):
 
 
 def test_image_benchmark_options_build_the_paper_family_on_both_sides():
-    from mijax import bench_images
+    from benchmarks import bench_images
 
     o = bench.image_options("size=64,channels=64,mults=1:2:2:2,res_blocks=2,groups=32,attn_levels=2,dropout=0.1")
     assert (o["mults"], o["attn_levels"], o["dropout"], o["groups"]) == ("1,2,2,2", "2", 0.1, 32)
@@ -358,18 +361,6 @@ def test_process_jobs_and_their_fresh_process(monkeypatch):
         bench.resolve(_parse(["--quick", "--processes", "--process-rounds", "0"]))
 
 
-def test_cpu_model_names_family_model_and_isa_flags(tmp_path):
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\n"
-                    "flags\t\t: fpu avx2 fma\n\nprocessor\t: 1\nmodel name\t: other\n")
-    assert bench._cpu_model(str(info)) == "AMD EPYC (family 25 model 1; avx2)"
-    info.write_text("model name\t: Intel Xeon\ncpu family\t: 6\nmodel\t\t: 143\n"
-                    "flags\t\t: avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
-    assert bench._cpu_model(str(info)) == "Intel Xeon (family 6 model 143; avx2, avx512f, avx512_bf16, amx_bf16, amx_tile)"
-    info.write_text("model name\t: Some CPU\n")  # no family (not x86 Linux): the name alone
-    assert bench._cpu_model(str(info)) == "Some CPU"
-
-
 def test_gpu_session_sizes_its_runs_from_earlier_measurements(tmp_path):
     from benchmarks import gpu_session
 
@@ -415,3 +406,27 @@ def test_unet_breakdown_script_at_tiny_sizes(tmp_path):
     assert kinds == ["forward", "input_gradient", "weight_gradient"]
     with pytest.raises(SystemExit):
         unet_breakdown.main(["--out", str(out), "--torch-baseline", str(tmp_path / "nope.py")])
+
+
+def test_the_library_never_imports_the_benchmarks():
+    """The benchmark harness is a tool of the checkout (benchmarks/, not installed): no module of mijax
+    imports it; ``mijax bench`` finds it beside the package, and outside a checkout says so in one line."""
+    import ast
+
+    package = Path(mijax.__file__).parent
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "benchmarks" or n.startswith("benchmarks.") or n.startswith("mijax.bench")
+                           for n in names), f"{path} imports {names}"
+    assert not (package / "bench.py").exists() and (package.parent / "benchmarks" / "bench.py").is_file()
+
+
+def test_mijax_bench_outside_a_checkout_is_one_line(tmp_path, monkeypatch, capsys):
+    from mijax import cli
+
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "mijax" / "cli.py"))
+    assert cli.main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "source checkout" in err[0], err

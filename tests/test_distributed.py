@@ -87,7 +87,7 @@ DEVICE_SCRIPT = textwrap.dedent("""
         assert all(np.array_equal(a, b) for a, b in zip(reference, grouped_run(devices))), devices
 
     # the benchmark's device-count axis: the samples split over the first 1, 2 and 8 devices
-    from mijax import bench
+    from benchmarks import bench
     rows = bench.bench_sampling_sweep([256], [5], [1], [1, 2, 8], ["float32"], window=3, repeats=1)
     assert [r["devices"] for r in rows] == [1, 2, 8]
     assert all(r["point_steps_per_s"] > 0 for r in rows)

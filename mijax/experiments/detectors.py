@@ -11,7 +11,7 @@ import numpy as np
 
 import jax
 
-from mijax import bench, detection, plots, progress as progress_bars
+from mijax import detection, plots, progress as progress_bars, timing
 from mijax import detectors as detectors_lib
 from mijax.abort import AbortConfig, sample_with_abort
 from mijax.config import build
@@ -272,18 +272,63 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     groups["all"] = list(NAMES)
     cost = {}
     for dim in (1, 2) if p["cost_samples"] else ():  # cost_samples 0: not measured
-        c = bench.detector_costs(p["cost_samples"], p["timesteps"], dim, EARLY_LENGTH, groups, p["cost_repeats"])
+        c = detector_costs(p["cost_samples"], p["timesteps"], dim, EARLY_LENGTH, groups, p["cost_repeats"])
         cost[f"d{dim}"] = {"hal_only_seconds": c["hal_only"]["seconds"],
                            **{label: {"ratio": g["ratio"], "seconds": g["timing"]["seconds"]} for label, g in c["groups"].items()}}
     metrics["cost"] = cost or None
     timer.lap("cost")
     metrics["ranking"] = ranking(metrics["settings"])
     metrics["hal"] = hal_verdicts(metrics["settings"])
-    metrics["machine"] = bench.machine_info()
+    metrics["machine"] = timing.machine_info()
     sections = [_section(tag, metrics) for tag in metrics["settings"]]
     metrics["seconds"] = timer.seconds
     report = _report(p, metrics, sections)
     return common.finish(out, metrics, report)
+
+
+def detector_costs(n: int, timesteps: int, dim: int, window: int, groups: dict[str, list[str]],
+                   repeats: int = 3, seed: int = 0, params=None, timer=timing.time_best) -> dict:
+    """Sampling time with Hal alone, and with each group of detectors in the same pass (``groups``:
+    ``{label: [detector names]}``, each over the last ``window`` steps; ``lid`` at its default t0), on the
+    paper's network for d = ``dim`` (random weights unless ``params``: the cost does not depend on them). The
+    oracle's exact denoiser is the paper's 1D mixture (d = 1) or 5 x 5 grid (d = 2), else 1D modes on the
+    diagonal. ``timer(fn, repeats)``: :func:`mijax.timing.time_best` or one like it.
+
+    Returns:
+      ``{"hal_only": timing, "groups": {label: {"detectors": [labels], "timing", "ratio", "ratio_median"}}}``,
+      timings as ``timer`` gives them, ratios against Hal alone.
+    """
+    import jax.numpy as jnp
+
+    from mijax import mixtures
+    from mijax.models import ToyDenoiser, make_denoiser
+    from mijax.sampling import sample
+    from mijax.schedules import make_schedule
+
+    module = ToyDenoiser(features=dim)
+    key = jax.random.PRNGKey(seed)
+    if params is None:
+        params = module.init(key, jnp.zeros((1, dim), jnp.float32), jnp.zeros((1,), jnp.int32))
+    model = make_denoiser(module)
+    schedule = make_schedule(num_timesteps=timesteps)
+    truth = {1: mixtures.gaussian1d, 2: mixtures.gaussian25}.get(dim)
+    truth = truth() if truth else mixtures.make_mixture(jnp.outer(jnp.arange(1.0, 4.0), jnp.ones(dim)), 0.05)
+    oracle = (mixtures.exact_denoiser, (truth, schedule))
+    sample_key = jax.random.fold_in(key, 1)
+
+    def timed(config):
+        return timer(lambda: sample(model, params, schedule, sample_key, n, (dim,), config, oracle=oracle), repeats)
+
+    hal = timed(SamplerConfig(hal_window=window))
+    out = {"n": n, "timesteps": timesteps, "dim": dim, "window": window, "hal_only": hal, "groups": {}}
+    for label, names in groups.items():
+        specs = detectors_lib.parse([name if detectors_lib.DETECTORS[name].kind == "final" else f"{name}@0:{window}"
+                                     for name in names])
+        cost = timed(SamplerConfig(hal_window=window, detectors=specs))
+        out["groups"][label] = {"detectors": [s.label for s in specs], "timing": cost,
+                                "ratio": cost["seconds"] / hal["seconds"],
+                                "ratio_median": cost["median_seconds"] / hal["median_seconds"]}
+    return out
 
 
 def _ratio(cost: dict, name: str) -> str:

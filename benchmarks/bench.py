@@ -13,10 +13,10 @@ the speed-ups of mijax over it. ``--processes`` times whole processes instead of
 (:func:`bench_processes`): the marginal cost between the sizes leaves out start-up and compilation, the
 whole-process time keeps them.
 
-    python -m mijax.bench                       # the paper's sizes: N = 10,000, T = 1000, d = 1
-    python -m mijax.bench --compare-torch --json-out bench.json
-    python -m mijax.bench --quick               # tiny sizes, seconds
-    python -m mijax.bench --compare-torch --processes --skip sweep,seeds,detectors,memory   # issue 16's table
+    python -m benchmarks.bench                       # the paper's sizes: N = 10,000, T = 1000, d = 1
+    python -m benchmarks.bench --compare-torch --json-out bench.json
+    python -m benchmarks.bench --quick               # tiny sizes, seconds
+    python -m benchmarks.bench --compare-torch --processes --skip sweep,seeds,detectors,memory
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -40,10 +39,12 @@ from jax.sharding import PartitionSpec as P
 
 from mijax.models import KERNELS, PRECISIONS, ToyDenoiser, make_denoiser
 from mijax.models.mlp import matmul_dot_general
-from mijax import allocator, distributed
+from mijax import allocator, distributed, timing
 from mijax.sampling import SamplerConfig, chunk_rows, default_rows_per_block, sample, sample_chunk, validate
 from mijax.schedules import make_schedule
 from mijax.training import TrainConfig, init_state, train_step, train_steps
+
+REPOSITORY = Path(__file__).resolve().parents[1]  # the checkout this benchmark belongs to
 
 # Sizes of the paper's workloads, and tiny ones for tests (--quick). An option given explicitly wins.
 # The sweep's axes ("sweep_n" / "sweep_timesteps" None: just --n / --timesteps; "all": every local device).
@@ -124,26 +125,10 @@ def wait_for_quiet(max_seconds: float, threshold: float = 0.15, settle: float = 
 
 
 def time_best(fn: Callable[[], Any], repeats: int) -> dict:
-    """Run ``fn`` once to compile and warm up, then ``repeats`` times; block on every result.
-
-    Returns:
-      ``{"seconds": best, "median_seconds", "times": [all timed runs], "first_seconds": compile + first run,
-      "cpu_per_wall": cores this process used in the best run, "other_cores": cores other processes used}``.
-    """
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - start
-    runs = []
-    for _ in range(max(1, repeats)):
-        meter = CpuMeter()
-        jax.block_until_ready(fn())
-        runs.append(meter.read())
-    best = min(runs, key=lambda r: r["wall_seconds"])
-    out = {"seconds": best["wall_seconds"], "median_seconds": statistics.median(r["wall_seconds"] for r in runs),
-           "times": [round(r["wall_seconds"], 6) for r in runs], "first_seconds": round(first, 6),
-           "cpu_per_wall": best["cpu_per_wall"]}
-    if "other_cores" in best:
-        out["other_cores"] = best["other_cores"]
+    """:func:`mijax.timing.time_best` with :class:`CpuMeter`: also ``"cpu_per_wall"`` (cores this process used in
+    the best run) and ``"other_cores"`` (cores other processes used meanwhile)."""
+    out = timing.time_best(fn, repeats, meter=CpuMeter)
+    out.pop("cpu_seconds", None)
     return out
 
 
@@ -204,45 +189,6 @@ def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int =
     return result
 
 
-def detector_costs(n: int, timesteps: int, dim: int, window: int, groups: dict[str, Sequence[str]],
-                   repeats: int = 3, seed: int = 0, params=None) -> dict:
-    """Sampling time with Hal alone, and with each group of detectors of :mod:`mijax.detectors` in the same
-    pass (``groups``: ``{label: [detector names]}``, each over the same ``window``; ``lid`` at its default
-    t0), on the paper's network for d = ``dim`` (random weights unless ``params``). The oracle's exact
-    denoiser is the paper's 1D mixture (d = 1) or 5 x 5 grid (d = 2), else 1D modes on the diagonal.
-
-    Returns:
-      ``{"hal_only": timing, "groups": {label: {"detectors": [labels], "timing", "ratio", "ratio_median"}}}``,
-      timings as :func:`time_best`, ratios against Hal alone.
-    """
-    from mijax import detectors, mixtures
-
-    model, init_fn = _denoiser(dim)
-    model = make_denoiser(model)
-    key = jax.random.PRNGKey(seed)
-    params = init_fn(key) if params is None else params
-    schedule = make_schedule(num_timesteps=timesteps)
-    truth = {1: mixtures.gaussian1d, 2: mixtures.gaussian25}.get(dim)
-    truth = truth() if truth else mixtures.make_mixture(jnp.outer(jnp.arange(1.0, 4.0), jnp.ones(dim)), 0.05)
-    oracle = (mixtures.exact_denoiser, (truth, schedule))
-    sample_key = jax.random.fold_in(key, 1)
-
-    def timed(config):
-        return time_best(lambda: sample(model, params, schedule, sample_key, n, (dim,), config, oracle=oracle),
-                         repeats)
-
-    hal = timed(SamplerConfig(hal_window=window))
-    out = {"n": n, "timesteps": timesteps, "dim": dim, "window": window, "hal_only": hal, "groups": {}}
-    for label, names in groups.items():
-        specs = detectors.parse([name if detectors.DETECTORS[name].kind == "final" else f"{name}@0:{window}"
-                                 for name in names])
-        timing = timed(SamplerConfig(hal_window=window, detectors=specs))
-        out["groups"][label] = {"detectors": [s.label for s in specs], "timing": timing,
-                                "ratio": timing["seconds"] / hal["seconds"],
-                                "ratio_median": timing["median_seconds"] / hal["median_seconds"]}
-    return out
-
-
 def bench_detectors(n: int, timesteps: int, dim: int, window: int, repeats: int = 3, seed: int = 0) -> dict:
     """What the detectors cost: sampling with Hal alone against sampling with every detector of
     :mod:`mijax.detectors` in the same pass (:func:`detector_costs`).
@@ -251,8 +197,9 @@ def bench_detectors(n: int, timesteps: int, dim: int, window: int, repeats: int 
       ``{"hal_only": timing, "all": timing, "ratio": all / hal_only, "ratio_median", "detectors": [labels]}``.
     """
     from mijax.detectors import DETECTORS
+    from mijax.experiments.detectors import detector_costs
 
-    costs = detector_costs(n, timesteps, dim, window, {"all": list(DETECTORS)}, repeats, seed)
+    costs = detector_costs(n, timesteps, dim, window, {"all": list(DETECTORS)}, repeats, seed, timer=time_best)
     every = costs["groups"]["all"]
     return {"n": n, "timesteps": timesteps, "dim": dim, "window": window, "detectors": every["detectors"],
             "hal_only": costs["hal_only"], "all": every["timing"], "ratio": every["ratio"],
@@ -611,8 +558,8 @@ def process_job(job: dict) -> None:
 
 def mijax_process_command(job: dict, python: str = sys.executable) -> list[str]:
     """The command line of a fresh Python process that runs :func:`process_job` (``job``)."""
-    return [python, "-c", "import json, sys; from mijax.bench import process_job; process_job(json.loads(sys.argv[1]))",
-            json.dumps(job)]
+    return [python, "-c", "import json, sys; sys.path.insert(0, sys.argv[2]); from benchmarks.bench import process_job; "
+            "process_job(json.loads(sys.argv[1]))", json.dumps(job), str(REPOSITORY)]
 
 
 def bench_processes(commands: dict[str, Callable[[int], Sequence[str]]], sizes: Sequence[int],
@@ -702,42 +649,9 @@ def run_processes(a: argparse.Namespace, script: Optional[Path], measure: Callab
 
 
 def machine_info() -> dict:
-    """Versions, backend, device and CPU of this machine, and its load average (noise in timings)."""
-    device = jax.devices()[0]
-    info = {"jax": jax.__version__, "backend": jax.default_backend(), "device_kind": device.device_kind,
-            "device_count": jax.device_count(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "cpu_model": _cpu_model(),
-            "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # huge pages or not (mijax.allocator)
+    """:func:`mijax.timing.machine_info` and the allocator the process runs on (huge pages, mimalloc)."""
+    return {**timing.machine_info(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
             "allocator": allocator.in_use()}
-    if hasattr(os, "getloadavg"):
-        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    return info
-
-
-# The CPU features that decide the matmul paths on x86 (issue 16: AMD and Intel machines differ in these).
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def _cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The CPU's name, family and model, and which of ``CPU_FLAGS`` it has, e.g. ``AMD EPYC (family 25
-    model 1; avx2)``: virtual machines often name only the vendor, and the same name covers several
-    generations."""
-    fields: dict[str, str] = {}
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if not line.strip():
-                    break  # the first processor's block describes them all
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or "unknown"
-    if "cpu family" not in fields:
-        return name
-    flags = set(fields.get("flags", "").split())
-    return (f"{name} (family {fields['cpu family']} model {fields.get('model', '?')}; "
-            f"{', '.join(f for f in CPU_FLAGS if f in flags) or 'none of ' + '/'.join(CPU_FLAGS)})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -746,7 +660,7 @@ def _cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
 
 def default_torch_baseline() -> Path:
     """``../shared/baselines/torch_ddpm.py`` relative to the repository root."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "baselines" / "torch_ddpm.py"
+    return REPOSITORY.parent / "shared" / "baselines" / "torch_ddpm.py"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -805,7 +719,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--json-out", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a few seconds), for tests")
     parser.add_argument("--images", action="store_true",
-                        help="the image workloads instead (mijax.bench_images): the UNet's Adam step, sampling with "
+                        help="the image workloads instead (benchmarks/bench_images.py): the UNet's Adam step, sampling with "
                              "Hal on images and its compiled memory at T and 10 T; with --compare-torch beside "
                              "torch_unet.py (default sizes: its own, C=16, mults 1,2,2, 32 x 32, batch 64, N=256, "
                              "T=50)")
@@ -1004,7 +918,7 @@ def run(args: argparse.Namespace) -> dict:
 def image_options(text: str, quick: bool = False) -> dict:
     """``--image-options`` (``size=64,mults=1:2:2:2,attn_levels=2,dropout=0.1``) over the image benchmark's
     defaults (or its quick sizes); an unknown or empty key, or a value that is no number, raises ValueError."""
-    from mijax import bench_images
+    from benchmarks import bench_images
 
     options = dict(bench_images.QUICK if quick else bench_images.DEFAULTS)
     for item in _items(text):
@@ -1020,8 +934,8 @@ def image_options(text: str, quick: bool = False) -> dict:
 
 
 def run_images(args: argparse.Namespace) -> dict:
-    """``mijax bench --images``: :func:`mijax.bench_images.run_images`, printed as a table and one JSON line."""
-    from mijax import bench_images
+    """``mijax bench --images``: :func:`benchmarks.bench_images.run_images`, printed as a table and one JSON line."""
+    from benchmarks import bench_images
 
     options = image_options(getattr(args, "image_options", "") or "", getattr(args, "quick", False))
     repeats = args.repeats or (1 if getattr(args, "quick", False) else 3)
@@ -1208,7 +1122,7 @@ def _process_rows(processes: dict) -> list[tuple[str, str]]:
 
 
 def main(argv: Optional[Sequence[str]] = None, parser_class=argparse.ArgumentParser) -> dict:
-    """``mijax bench [options]`` (or ``python -m mijax.bench``); ``parser_class`` decides how bad options are
+    """``mijax bench [options]`` (or ``python -m benchmarks.bench``); ``parser_class`` decides how bad options are
     reported (the ``mijax`` command: one line)."""
     parser = add_arguments(parser_class(prog="mijax bench", description=__doc__.split("\n\n")[0]))
     return run(parser.parse_args(argv))
