@@ -134,8 +134,8 @@ def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwri
 
             diff = config_differences(made, config)
             said = lambda i: ", ".join(f"{name}={option_text(d[i])}" for name, *d in diff)  # noqa: E731
-            raise RunError(f"--resume: the run {out} was made with {said(0)}, this command says {said(1)}; resume "
-                           "with the same options" if diff else
+            raise RunError(f"--resume: the run {out} was made with {said(0)}, this command says {said(1)} (another "
+                           "configuration; resume with the same options)" if diff else
                            f"{out} was made with another configuration; resume with the same options")
     pieces = build(config)
     keys = seed_keys(config.seed_values)
