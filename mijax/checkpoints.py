@@ -116,7 +116,7 @@ def _dropping_closed_loops(hook):
 def _check_space(directory: Path, state: TrainState, step: int) -> None:
     """Raise WriteFailed (no space left on device) before saving if the checkpoint's arrays alone exceed the free
     space of the run's file system: a save that fails half-way is noisy and leaves a partial checkpoint."""
-    needed = sum(int(np.asarray(a).nbytes) for a in jax.tree.leaves(state))
+    needed = sum(int(getattr(a, "nbytes", 0)) for a in jax.tree.leaves(state))
     folder = Path(directory)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent

@@ -238,8 +238,8 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hal-reduction", default="mean", choices=HAL_REDUCTIONS,
                    help="how Hal reduces the per-coordinate variances: mean (published), max, top_k, region_max "
                         "(per region the mean, then the largest: the data set's regions, e.g. the SHAPES strips)")
-    p.add_argument("--hal-top-k", type=_positive_int("hal top k"), default=16,
-                   help="k of --hal-reduction top_k (the mean of the k largest per-pixel variances)")
+    p.add_argument("--hal-top-k", type=_positive_int("hal top k"), default=None,
+                   help="k of --hal-reduction top_k, the mean of the k largest per-pixel variances (None: 16)")
     p.add_argument("--clip-x0", action="store_true",
                    help="clip x0_hat to [-1, 1] at every step (image DDPMs; the toy recipe never clips)")
     from mijax.detectors import DETECTORS
@@ -357,12 +357,15 @@ def _sample(a) -> None:
         raise UsageError("--ddim-steps and --eta apply to --sampler ddim only")
     if a.sampler != "ddpm" and a.variance is not None:
         raise UsageError(f"--variance applies to --sampler ddpm only (--sampler {a.sampler} ignores it)")
+    if a.hal_top_k is not None and a.hal_reduction != "top_k":
+        raise UsageError(f"--hal-top-k applies to --hal-reduction top_k only (--hal-reduction {a.hal_reduction} "
+                         "ignores it)")
     if a.out is not None and a.out.suffix != ".npz":
         raise UsageError(f"--out {a.out}: samples are an .npz file; name it with the suffix .npz")
     _init_distributed(a)
     sampler = dict(sampler=a.sampler, variance=a.variance or "fixed_large", hal_window=a.hal_window, hal_end=a.hal_end,
                    ddim_steps=a.ddim_steps, eta=0.0 if a.eta is None else a.eta, hal_reduction=a.hal_reduction,
-                   hal_top_k=a.hal_top_k, clip_x0=a.clip_x0, jac_probes=a.jac_probes)
+                   hal_top_k=16 if a.hal_top_k is None else a.hal_top_k, clip_x0=a.clip_x0, jac_probes=a.jac_probes)
     from mijax.detectors import parse
 
     if a.detectors is not None:
