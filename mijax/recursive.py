@@ -249,6 +249,12 @@ def _pool(out: Path, config: RecursiveConfig, generation: int, progress: bool,
     return {"x": pool["x"], "hal": pool["hal"]}
 
 
+def read_pool(out: Path, config: RecursiveConfig, generation: int) -> dict:
+    """A generation's pools {"x": [M, P, *shape], "hal": [M, P]} of the study in ``out`` (for figures): its
+    ``pool.npz``, made again from the checkpoints (with a one-line warning) if it cannot be read."""
+    return _pool(Path(out), config, generation, False, _no_hook)
+
+
 def _kept(out: Path, config: RecursiveConfig, generation: int, progress: bool,
           hook: Callable[[str, int, int], None]):
     """(pool x, pool hal, thresholds, kept data [F*S, N, *shape], accepted counts [F*S]) of generation

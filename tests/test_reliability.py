@@ -613,6 +613,22 @@ def test_a_damaged_generation_cache_is_recomputed(damaged, tmp_path, capsys):
     assert np.load(out / damaged) is not None and (out / "metrics.json").exists()
 
 
+def test_a_damaged_pool_of_a_finished_generation_is_made_again_for_the_figures(tmp_path):
+    from mijax import cli, recursive
+
+    out = tmp_path / "study"
+    assert main(["recursive", *RECURSIVE, "--out", str(out)]) == 0
+    study = recursive.RecursiveConfig(run=cli._run_config(build_parser().parse_args(["recursive", *RECURSIVE,
+                                                                                      "--out", str(out)])),
+                                      generations=2, filters=("none", "variance"), pool_extra=16, chunk_size=64)
+    pool = out / "gen_001" / "pool.npz"
+    before = np.load(pool)["x"]
+    pool.write_bytes(pool.read_bytes()[:64])
+    with pytest.warns(UserWarning, match="unreadable.*recomputing"):
+        again = recursive.read_pool(out, study, 1)["x"]
+    np.testing.assert_array_equal(again, before)
+
+
 # ---------------------------------------------------------------------------------------------
 # 12. Clear messages: a run that changes while it is read, a checkpoint another process writes, a backend that is
 #     not installed, a refused --resume names the options that differ.
