@@ -1,7 +1,11 @@
 """The ``mijax`` command: argument parsing and dispatch only; the work lives in the library.
 
 Bad input ends with one line on stderr (``mijax: error: ...``) and exit status 2, before anything is
-written or replaced. Ctrl-C ends with ``mijax: interrupted`` and status 130, SIGTERM with ``mijax:
+written or replaced; so does a failure of the work itself that mijax detects (a diverged training, samples
+that are not finite). The environment refusing a write while the work runs (no space left on device, a
+quota, a file too large for its file system, a read-only file system, an I/O error) ends with one line
+naming the file (``mijax: error: no space left on device writing PATH``) and exit status 1: temporaries
+removed, the files that were there before intact. Ctrl-C ends with ``mijax: interrupted`` and status 130, SIGTERM with ``mijax:
 terminated`` and 143, their temporaries removed. Set ``MIJAX_DEBUG=1`` to see the traceback instead.
 """
 from __future__ import annotations
@@ -16,6 +20,7 @@ import warnings
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_ENVIRONMENT = 1  # the operating system refused a write (mijax.io.WriteFailed) or another OSError
 SEED_LIMIT = 2**32  # seeds are uint32 keys (mijax.keys): larger ones would wrap
 
 
@@ -238,8 +243,8 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help="how the network runs: xla (default) or pallas (one fused kernel per block of rows on "
                         "a GPU; elsewhere the XLA path)")
     p.add_argument("--sampler", default="ddpm", choices=SAMPLERS, help="ancestral DDPM (published) or DDIM")
-    p.add_argument("--variance", default="fixed_large", choices=VARIANCES,
-                   help="DDPM step variance (published: fixed_large, beta_t)")
+    p.add_argument("--variance", default=None, choices=VARIANCES,
+                   help="DDPM only: the step variance (None: fixed_large, beta_t, as published)")
     p.add_argument("--ddim-steps", type=_positive_int("ddim steps"), default=None,
                    help="DDIM only: evenly spaced steps (None: all T)")
     p.add_argument("--eta", type=_finite("eta", 0), default=None, help="DDIM only: noise scale (None: 0)")
@@ -248,8 +253,8 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hal-reduction", default="mean", choices=HAL_REDUCTIONS,
                    help="how Hal reduces the per-coordinate variances: mean (published), max, top_k, region_max "
                         "(per region the mean, then the largest: the data set's regions, e.g. the SHAPES strips)")
-    p.add_argument("--hal-top-k", type=_positive_int("hal top k"), default=16,
-                   help="k of --hal-reduction top_k (the mean of the k largest per-pixel variances)")
+    p.add_argument("--hal-top-k", type=_positive_int("hal top k"), default=None,
+                   help="k of --hal-reduction top_k, the mean of the k largest per-pixel variances (None: 16)")
     p.add_argument("--clip-x0", action="store_true",
                    help="clip x0_hat to [-1, 1] at every step (image DDPMs; the toy recipe never clips)")
     from mijax.detectors import DETECTORS
@@ -265,7 +270,8 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
                         "the samples scoring >= --abort-threshold from fresh noise; the .npz gains redraws and steps "
                         "[S, N] (one device, in memory)")
     p.add_argument("--abort-threshold", type=float, default=None, help="the --abort detector's threshold")
-    p.add_argument("--max-redraws", type=int, default=3, help="--abort: redraws per sample at most (the last is kept)")
+    p.add_argument("--max-redraws", type=int, default=None,
+                   help="--abort: redraws per sample at most, the last kept (None: 3)")
     p.add_argument("--chunk-size", type=_positive_int("chunk size"), default=50_000, help="samples per compiled chunk")
     p.add_argument("--overwrite", action="store_true", help="replace an existing samples file made by mijax")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -364,10 +370,17 @@ def _sample(a) -> None:
 
     if a.sampler == "ddpm" and (a.ddim_steps is not None or a.eta is not None):
         raise UsageError("--ddim-steps and --eta apply to --sampler ddim only")
+    if a.sampler != "ddpm" and a.variance is not None:
+        raise UsageError(f"--variance applies to --sampler ddpm only (--sampler {a.sampler} ignores it)")
+    if a.hal_top_k is not None and a.hal_reduction != "top_k":
+        raise UsageError(f"--hal-top-k applies to --hal-reduction top_k only (--hal-reduction {a.hal_reduction} "
+                         "ignores it)")
+    if a.out is not None and a.out.suffix != ".npz":
+        raise UsageError(f"--out {a.out}: samples are an .npz file; name it with the suffix .npz")
     _init_distributed(a)
-    sampler = dict(sampler=a.sampler, variance=a.variance, hal_window=a.hal_window, hal_end=a.hal_end,
+    sampler = dict(sampler=a.sampler, variance=a.variance or "fixed_large", hal_window=a.hal_window, hal_end=a.hal_end,
                    ddim_steps=a.ddim_steps, eta=0.0 if a.eta is None else a.eta, hal_reduction=a.hal_reduction,
-                   hal_top_k=a.hal_top_k, clip_x0=a.clip_x0, jac_probes=a.jac_probes)
+                   hal_top_k=16 if a.hal_top_k is None else a.hal_top_k, clip_x0=a.clip_x0, jac_probes=a.jac_probes)
     from mijax.detectors import parse
 
     if a.detectors is not None:
@@ -378,6 +391,10 @@ def _sample(a) -> None:
     abort = None
     if (a.abort is None) != (a.abort_threshold is None):
         raise UsageError("--abort and --abort-threshold go together")
+    if a.abort is None and a.max_redraws is not None:
+        raise UsageError("--max-redraws applies to --abort only")
+    if a.max_redraws is None:
+        a.max_redraws = 3
     if a.abort is not None:
         from mijax.abort import AbortConfig
 
@@ -514,13 +531,14 @@ def _bench(argv) -> None:
 
 def _data(a) -> None:
     from mijax import data, models
+    from mijax.io import option_text
 
     for name in data.names():
         e = data.entry(name)
-        options = ", ".join(f"{k}={v!r}" for k, v in e.options.items())
+        options = ", ".join(f"{k}={option_text(v)}" for k, v in e.options.items())
         print(f"data set {name:20s} n_train={e.n_train:,}; {options}\n    {e.summary}")
     for name in models.names():
-        options = ", ".join(f"{k}={v!r}" for k, v in models.resolve(name).items())
+        options = ", ".join(f"{k}={option_text(v)}" for k, v in models.resolve(name).items())
         print(f"model    {name:20s} {options}")
 
 
@@ -573,6 +591,17 @@ def main(argv=None) -> int:
             raise
         print(f"mijax: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return EXIT_USAGE
+    except (AssertionError, RuntimeError) as e:
+        line = _backend_failure()
+        if line is None or os.environ.get("MIJAX_DEBUG"):
+            raise
+        print(f"mijax: error: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        if os.environ.get("MIJAX_DEBUG"):
+            raise
+        print(f"mijax: error: {_os_error_line(e)}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except (KeyboardInterrupt, signals.Interrupted) as e:
         if getattr(e, "signum", signal.SIGINT) == signal.SIGTERM:
             return _stop("mijax: terminated", 143, as_program)
@@ -580,6 +609,41 @@ def main(argv=None) -> int:
     finally:
         warnings.showwarning = show
     return 0
+
+
+def _backend_failure():
+    """One line if JAX failed to start the backends that ``JAX_PLATFORMS`` names (None otherwise): the platform
+    asked for and those installed here."""
+    wanted = os.environ.get("JAX_PLATFORMS", "").strip()
+    if not wanted or "jax" not in sys.modules:
+        return None
+    try:
+        from jax._src import xla_bridge
+
+        if getattr(xla_bridge, "_default_backend", True) is not None:
+            return None  # the backends started: the error is another one
+    except ImportError:
+        return None
+    import importlib.util
+
+    installed = ["cpu"] + [name for name, modules in (
+        ("cuda", ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_cuda12_pjrt", "jax_cuda13_pjrt")),
+        ("rocm", ("jax_rocm60_plugin", "jax_rocm7_plugin")), ("tpu", ("libtpu",)))
+        if any(importlib.util.find_spec(m) is not None for m in modules)]
+    return (f"JAX has no {wanted} backend here (installed: {', '.join(installed)}); unset JAX_PLATFORMS or set it "
+            "to an installed one")
+
+
+def _os_error_line(e: OSError) -> str:
+    """One line for an OSError that reached the command: a :class:`mijax.io.WriteFailed` says itself; another names
+    what the system said and the file."""
+    from mijax.io import WRITE_ERRORS, WriteFailed
+
+    if isinstance(e, WriteFailed):
+        return str(e)
+    what = WRITE_ERRORS.get(e.errno) or (e.strerror or type(e).__name__)
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    return f"{what}{where}".splitlines()[0]
 
 
 def _stop(message: str, status: int, as_program: bool) -> int:

@@ -19,7 +19,7 @@ from mijax import models
 from mijax.io import MijaxError
 from mijax.keys import SEED_LIMIT, TRAINING_SET, stream
 from mijax.models import ModuleDenoiser
-from mijax.schedules import SCHEDULES, Schedule, make_schedule
+from mijax.schedules import SCHEDULES, Schedule, check_objective, make_schedule
 from mijax.training import LR_DECAYS, TrainConfig, valid_batch_groups
 
 RunError = MijaxError  # the name the run-directory functions raise under
@@ -93,6 +93,30 @@ def config_to_dict(config: RunConfig) -> dict:
     d["data"]["options"] = dict(config.data.options)
     d["model"]["options"] = dict(config.model.options)
     return d
+
+
+_OPTION_NAMES = {"learning_rate": "lr", "name": "model"}
+
+
+def config_differences(made: RunConfig, asked: RunConfig) -> list[tuple[str, object, object]]:
+    """The settings in which ``asked`` differs from ``made``: (option name as the command line spells it, e.g.
+    ``lr`` or ``n-train``, the value in ``made``, the value in ``asked``), in config order."""
+    def flat(d, prefix=()):
+        out = {}
+        for key, value in d.items():
+            if isinstance(value, dict):
+                out.update(flat(value, prefix + (key,)))
+            else:
+                out[prefix + (key,)] = value
+        return out
+
+    a, b = flat(config_to_dict(made)), flat(config_to_dict(asked))
+    names = {}
+    for path in list(a) + [p for p in b if p not in a]:
+        if a.get(path) != b.get(path):
+            key = path[-1]
+            names.setdefault(_OPTION_NAMES.get(key, key.replace("_", "-")), (a.get(path), b.get(path)))
+    return [(name, old, new) for name, (old, new) in names.items()]
 
 
 def _legacy(d: dict) -> dict:
@@ -187,6 +211,8 @@ def validate_config(config: RunConfig) -> None:
             raise RunError(message)
     try:
         make_schedule(c.diffusion.schedule, c.diffusion.timesteps, c.diffusion.beta_start, c.diffusion.beta_end)
+        check_objective(c.diffusion.schedule, c.diffusion.timesteps, c.diffusion.beta_start, c.diffusion.beta_end,
+                        c.diffusion.objective)
     except ValueError as e:
         raise RunError(str(e)) from None
 

@@ -53,7 +53,7 @@ from mijax import keys as streams
 from mijax.config import (RunConfig, RunError, build, config_from_dict, config_to_dict, training_data, validate_config,
                           validate_training_size)
 from mijax.filters import FILTERS, calibrate_threshold, filter_indices
-from mijax.io import load_npz, read_json, save_npz, write_json
+from mijax.io import load_cache, read_json, save_npz, write_json
 from mijax.runs import data_sampler, fit
 from mijax.sampling import SamplerConfig
 from mijax.sampling import validate as validate_sampler
@@ -220,44 +220,53 @@ def _no_hook(event: str, generation: int, step: int) -> None:
     return None
 
 
-def run_generation(out: Path, config: RecursiveConfig, generation: int, progress: bool = False,
-                   hook: Callable[[str, int, int], None] = _no_hook) -> dict:
-    """Run (or resume, or read back) generation ``generation``; returns its metrics dict.
-
-    ``hook(event, generation, step)`` is called after each checkpoint ("checkpoint"), once training is
-    finished ("trained"), after the pools are saved ("sampled") and the kept data ("filtered"): tests
-    raise from it to simulate a kill.
-    """
-    out = Path(out)
+def _pool(out: Path, config: RecursiveConfig, generation: int, progress: bool,
+          hook: Callable[[str, int, int], None]) -> dict:
+    """Generation ``generation``'s pools {"x": [M, P, *shape], "hal": [M, P]}: ``pool.npz``, or trained (resumed
+    from the checkpoints) and sampled into it. Samples that are not finite stop the study, naming the generation."""
     directory = gen_dir(out, generation)
-    if (directory / "metrics.json").exists():
-        return read_json(directory / "metrics.json")
-    directory.mkdir(parents=True, exist_ok=True)
+    pool = load_cache(directory / "pool.npz", ("x", "hal"))
+    if pool is not None:
+        return pool
     pieces = build(config.run)
-    dataset = pieces.dataset
     keys = model_keys(config, generation)
-    S = config.num_seeds
     if generation == 0:
-        data = training_data(config.run, dataset, streams.seed_keys(config.run.seed_values))
+        data = training_data(config.run, pieces.dataset, streams.seed_keys(config.run.seed_values))
     else:
-        previous = gen_dir(out, generation - 1)
-        if not (previous / "metrics.json").exists():
-            raise RunError(f"generation {generation - 1} is not finished in {out}")
-        data = jnp.asarray(load_npz(previous / "kept.npz")["data"])
-    if not (directory / "pool.npz").exists():
-        trained = (directory / "train.json").exists()
-        state = fit(directory, pieces, config.run.train, keys, data, config.run.checkpoint_every, progress,
-                    desc=f"gen {generation}: train", on_checkpoint=lambda step: hook("checkpoint", generation, step))
-        if not trained:
-            write_json(directory / "train.json", {"steps": config.run.train.steps})
-            hook("trained", generation, config.run.train.steps)
-        sampler = config.sampler()
-        pool = collect.draw(pieces.denoise_fn, eval_params(state, config.run.train), pieces.schedule, streams.stream(keys, streams.SAMPLE),
-                            config.pool_size, pieces.shape, sampler, config.chunk_size)
-        save_npz(directory / "pool.npz", x=pool["x"], hal=pool["hal"])
-        hook("sampled", generation, 0)
-    pool = load_npz(directory / "pool.npz")
+        data = jnp.asarray(_kept(out, config, generation - 1, progress, hook)[3])
+    trained = (directory / "train.json").exists()
+    state = fit(directory, pieces, config.run.train, keys, data, config.run.checkpoint_every, progress,
+                desc=f"gen {generation}: train", on_checkpoint=lambda step: hook("checkpoint", generation, step))
+    if not trained:
+        write_json(directory / "train.json", {"steps": config.run.train.steps})
+        hook("trained", generation, config.run.train.steps)
+    try:
+        pool = collect.draw(pieces.denoise_fn, eval_params(state, config.run.train), pieces.schedule,
+                            streams.stream(keys, streams.SAMPLE), config.pool_size, pieces.shape, config.sampler(),
+                            config.chunk_size)
+    except collect.NotFinite as e:
+        raise RunError(f"generation {generation}: {e}") from None
+    save_npz(directory / "pool.npz", x=pool["x"], hal=pool["hal"])
+    hook("sampled", generation, 0)
+    return {"x": pool["x"], "hal": pool["hal"]}
+
+
+def read_pool(out: Path, config: RecursiveConfig, generation: int) -> dict:
+    """A generation's pools {"x": [M, P, *shape], "hal": [M, P]} of the study in ``out`` (for figures): its
+    ``pool.npz``, made again from the checkpoints (with a one-line warning) if it cannot be read."""
+    return _pool(Path(out), config, generation, False, _no_hook)
+
+
+def _kept(out: Path, config: RecursiveConfig, generation: int, progress: bool,
+          hook: Callable[[str, int, int], None]):
+    """(pool x, pool hal, thresholds, kept data [F*S, N, *shape], accepted counts [F*S]) of generation
+    ``generation``: ``kept.npz``, or filtered from the pool into it."""
+    directory = gen_dir(out, generation)
+    pool = _pool(out, config, generation, progress, hook)
     x, hal = pool["x"], pool["hal"]
+    bad, total = collect.count_not_finite(pool)
+    if bad:  # a pool of an earlier mijax: NaN samples are never measured as "not hallucinated"
+        raise RunError(f"generation {generation}: {collect.NotFinite(bad, total)}")
     if generation == 0:
         keep = config.n if config.threshold_keep is None else int(round(config.threshold_keep * config.pool_size))
         keep = min(max(keep, 1), config.pool_size)
@@ -265,13 +274,35 @@ def run_generation(out: Path, config: RecursiveConfig, generation: int, progress
         write_json(directory / "calibration.json", {"keep": keep, "thresholds": [float(t) for t in thresholds]})
     else:
         thresholds = np.asarray(read_json(gen_dir(out, 0) / "calibration.json")["thresholds"], np.float64)
-    if not (directory / "kept.npz").exists():
-        kept, counts = apply_filters(config, generation, x, hal, keys, thresholds)
+    kept_file = load_cache(directory / "kept.npz", ("data", "accepted"))
+    if kept_file is None:
+        kept, counts = apply_filters(config, generation, x, hal, model_keys(config, generation), thresholds)
         save_npz(directory / "kept.npz", data=kept, accepted=counts)
         hook("filtered", generation, 0)
-    kept_file = load_npz(directory / "kept.npz")
-    kept, counts = kept_file["data"], kept_file["accepted"]
+    else:
+        kept, counts = kept_file["data"], kept_file["accepted"]
+    return x, hal, thresholds, kept, counts
 
+
+def run_generation(out: Path, config: RecursiveConfig, generation: int, progress: bool = False,
+                   hook: Callable[[str, int, int], None] = _no_hook) -> dict:
+    """Run (or resume, or read back) generation ``generation``; returns its metrics dict.
+
+    ``hook(event, generation, step)`` is called after each checkpoint ("checkpoint"), once training is
+    finished ("trained"), after the pools are saved ("sampled") and the kept data ("filtered"): tests
+    raise from it to simulate a kill. ``pool.npz`` and ``kept.npz`` are caches: one that cannot be read
+    (:func:`mijax.io.load_cache`) is made again, the same numbers, from the checkpoints and the pool.
+    """
+    out = Path(out)
+    directory = gen_dir(out, generation)
+    if (directory / "metrics.json").exists():
+        return read_json(directory / "metrics.json")
+    if generation > 0 and not (gen_dir(out, generation - 1) / "metrics.json").exists():
+        raise RunError(f"generation {generation - 1} is not finished in {out}")
+    directory.mkdir(parents=True, exist_ok=True)
+    dataset = build(config.run).dataset
+    S = config.num_seeds
+    x, hal, thresholds, kept, counts = _kept(out, config, generation, progress, hook)
     reference_keys = streams.stream(streams.seed_keys(config.run.seed_values), streams.REFERENCE)
     references = np.asarray(jax.vmap(lambda k: dataset.reference(k, config.pool_size))(reference_keys))
     per_filter = {}

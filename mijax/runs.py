@@ -135,8 +135,16 @@ def _train_run(out: Path, config: RunConfig, resume: bool, overwrite: bool, prog
     if resuming:
         if not (out / "config.json").exists():
             raise RunError(f"cannot resume {out}: it has no config.json to check this recipe against")
-        if load_config(out) != config:
-            raise RunError(f"{out} was made with another configuration; resume with the same options")
+        made = load_config(out)
+        if made != config:
+            from mijax.config import config_differences
+            from mijax.io import option_text
+
+            diff = config_differences(made, config)
+            said = lambda i: ", ".join(f"{name}={option_text(d[i])}" for name, *d in diff)  # noqa: E731
+            raise RunError(f"--resume: the run {out} was made with {said(0)}, this command says {said(1)} (another "
+                           "configuration; resume with the same options)" if diff else
+                           f"{out} was made with another configuration; resume with the same options")
     pieces = build(config)
     keys = seed_keys(config.seed_values)
     with outputs.replacing(out, "run", replace=overwrite and not resuming) as directory:
@@ -245,6 +253,7 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
     with outputs.lock(out, primary=jax.process_index() == 0):
         if out is not None:
             outputs.check(out, "samples", overwrite=overwrite, directory=False)
+            collect.check_space(out, collect.bytes_needed(config.seeds, n, dataset.shape, sampler))
             distributed.barrier("mijax.sample_run.checked")  # before any process writes beside it
         return _sample_run(run_dir, config, sampler, dataset, n, seed, chunk_size, progress, out, precision,
                            kernel, abort)
@@ -297,6 +306,7 @@ def _sample_with_abort(denoise_fn, params, pieces: Pieces, keys, n: int, sampler
     finally:
         bar.close()
     result = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
+    collect.check_finite(result, written=out is not None)
     if out is None:
         return {**result, **provenance}
     from mijax.io import save_npz

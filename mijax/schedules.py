@@ -83,6 +83,29 @@ def beta_values(name: str = "linear", num_timesteps: int = 1000, beta_start: flo
     return betas
 
 
+def check_objective(name: str, num_timesteps: int, beta_start: float, beta_end: float, objective: str) -> None:
+    """Raise ValueError (one line, naming the rule) where a network of ``objective`` cannot sample the schedule.
+
+    A step with beta_t = 1 has alpha_t = 0, hence alpha_bar = 0 from t on: x_t holds nothing of x_0. The
+    ``eps`` objective recovers x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t) and takes the
+    reverse step (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t), both divided by zero there, so
+    it needs every beta below 1. The ``mean`` objective recovers x0_hat = (mean - c2 x_t) / c1 with
+    c1 = beta_t sqrt(alpha_bar_{t-1}) / (1 - alpha_bar_t), zero at a second step of beta = 1. The ``x0``
+    objective predicts x0_hat itself and samples any schedule (jsd ends with beta = 1 by construction).
+    """
+    betas = beta_values(name, num_timesteps, beta_start, beta_end)
+    ones = np.flatnonzero(betas >= 1.0)
+    if objective == "eps" and ones.size:
+        raise ValueError(f"schedule {name!r} reaches beta = 1 at t = {int(ones[0])} of T = {len(betas)}: alpha_bar_t "
+                         "= 0 there, so the eps objective's x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / "
+                         "sqrt(alpha_bar_t) and its reverse step (divided by sqrt(alpha_t)) are undefined; keep "
+                         "every beta below 1 (--beta-end < 1) or train with --objective x0")
+    if objective == "mean" and ones.size > 1:
+        raise ValueError(f"schedule {name!r} has beta = 1 at t = {int(ones[0])} and t = {int(ones[1])}: "
+                         "alpha_bar_{t-1} = 0 at the second, so the mean objective's x0_hat = (mean - c2 x_t) / c1 "
+                         "divides by c1 = 0; keep beta = 1 to one step at most or train with --objective x0")
+
+
 def make_schedule(name: str = "linear", num_timesteps: int = 1000, beta_start: float = 1e-3,
                   beta_end: float = 0.2) -> Schedule:
     """Build a :class:`Schedule`. The defaults are the paper's: linear 1e-3 -> 0.2 over T = 1000.
@@ -103,7 +126,11 @@ def make_schedule(name: str = "linear", num_timesteps: int = 1000, beta_start: f
         # log variance of the posterior, with t = 0 (variance 0) replaced by t = 1 as in Ho et al.
         post_logvar = np.log(np.concatenate([post_var[1:2], post_var[1:]])) if len(betas) > 1 \
             else np.log(betas)
-    f32 = lambda a: jnp.asarray(a, dtype=jnp.float32)  # noqa: E731
+    def f32(a):  # 1 / abar_t past float32's range is infinite by design (const, jsd): no warning
+        with np.errstate(over="ignore"):
+            return jnp.asarray(np.asarray(a, np.float64).astype(np.float32))
+    with np.errstate(divide="ignore"):  # beta = 1 (jsd's last step): infinite 1 / sqrt(alpha_t), see check_objective
+        reverse_x, reverse_eps = 1.0 / np.sqrt(alphas), betas / (np.sqrt(alphas) * np.sqrt(1.0 - abar))
     return Schedule(
         betas=f32(betas),
         alphas_cumprod=f32(abar),
@@ -116,7 +143,7 @@ def make_schedule(name: str = "linear", num_timesteps: int = 1000, beta_start: f
         posterior_log_variance_clipped=f32(post_logvar),
         posterior_mean_coef1=f32(betas * np.sqrt(abar_prev) / (1.0 - abar)),
         posterior_mean_coef2=f32(np.sqrt(alphas) * (1.0 - abar_prev) / (1.0 - abar)),
-        reverse_mean_coef_x=f32(1.0 / np.sqrt(alphas)),
-        reverse_mean_coef_eps=f32(betas / (np.sqrt(alphas) * np.sqrt(1.0 - abar))),
+        reverse_mean_coef_x=f32(reverse_x),
+        reverse_mean_coef_eps=f32(reverse_eps),
         name=name,
     )

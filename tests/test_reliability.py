@@ -160,6 +160,10 @@ SAMPLE_INPUTS = {
     "ddim steps with ddpm": ["--ddim-steps", "10"],
     "hal window 1": ["--hal-window", "1"],
     "chunk size 0": ["--chunk-size", "0"],
+    "variance with ddim": ["--sampler", "ddim", "--variance", "fixed_small"],
+    "max redraws without abort": ["--max-redraws", "5"],
+    "hal top k without the top_k reduction": ["--hal-top-k", "4"],
+    "out without the .npz suffix": ["--out", "xo"],
 }
 
 
@@ -626,3 +630,307 @@ def test_an_interrupted_demo_continues_when_rerun(tmp_path, monkeypatch):
     metrics = demo.run_demo(out, toy, progress=False)
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+
+
+# 12. A failure is never passed off as success: schedules that cannot sample are refused when built, and samples
+#    that are not finite are refused by the one sampling path (mijax.collect.draw), with nothing written.
+
+SCHEDULE_INPUTS = {"beta end 1": ["--beta-end", "1"], "jsd with eps": ["--schedule", "jsd"]}
+
+
+@pytest.mark.parametrize("name", ["beta end 1", "jsd with eps"])
+def test_schedules_that_cannot_sample_are_refused_naming_the_rule(name, tmp_path, capsys):
+    out = tmp_path / "r"
+    _one_line_error(capsys, main(["train", *TINY, "--out", str(out), *SCHEDULE_INPUTS[name]]), "beta = 1",
+                    "alpha_bar")
+    assert not out.exists()
+
+
+def test_jsd_samples_with_the_x0_objective(tmp_path):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--schedule", "jsd", "--objective", "x0", "--out", str(out)]) == 0
+    assert main(["sample", "--run", str(out), "--n", "8", "--no-progress", "--out", str(tmp_path / "s.npz")]) == 0
+    assert np.isfinite(np.load(tmp_path / "s.npz")["x"]).all()
+
+
+def _huge_weights(monkeypatch, module):
+    import jax
+
+    real = module.eval_params
+    monkeypatch.setattr(module, "eval_params", lambda *a: jax.tree.map(lambda p: p * 1e30, real(*a)))
+
+
+NOT_FINITE_CASES = ["const schedule over 1000 steps", "huge finite weights", "huge weights, overwriting"]
+
+
+@pytest.mark.parametrize("case", NOT_FINITE_CASES)
+def test_samples_that_are_not_finite_fail_with_nothing_written(case, run, samples, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "s.npz"
+    source = run
+    if case.startswith("const"):
+        source = tmp_path / "r"
+        assert main(["train", *TINY, "--schedule", "const", "--timesteps", "1000", "--out", str(source)]) == 0
+    else:
+        from mijax import runs
+
+        _huge_weights(monkeypatch, runs)
+    if case.endswith("overwriting"):
+        out.write_bytes(samples.read_bytes())
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    _one_line_error(capsys, main(["sample", "--run", str(source), "--n", "8", "--no-progress", "--overwrite",
+                                  "--out", str(out)]), "samples are not finite (NaN/inf)", "diverged")
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", ["jsd", "huge weights"])
+def test_recursive_never_measures_samples_that_are_not_finite(case, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "study"
+    if case == "jsd":
+        _one_line_error(capsys, main(["recursive", *RECURSIVE, "--schedule", "jsd", "--out", str(out)]), "beta = 1")
+        assert not out.exists()
+        return
+    from mijax import recursive
+
+    _huge_weights(monkeypatch, recursive)
+    _one_line_error(capsys, main(["recursive", *RECURSIVE, "--out", str(out)]), "generation 0", "not finite")
+    assert not list(out.rglob("metrics.json"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 13. Options are typed by their defaults: a bool takes true/false/yes/no/1/0 (any other text is refused), and
+#    `mijax data` prints values as the parser takes them.
+
+@pytest.mark.parametrize("option, key, value", [
+    (["--model-option", "tied=False"], "tied", False), (["--model-option", "tied=no"], "tied", False),
+    (["--model-option", "tied=0"], "tied", False), (["--model-option", "tied=yes"], "tied", True),
+    (["--data-option", "round_robin=False"], "round_robin", False),
+    (["--data-option", "std=1"], "std", 1.0), (["--data-option", "modes=1,2"], "modes", (1.0, 2.0))])
+def test_options_are_read_as_their_defaults_type(option, key, value):
+    from mijax import cli, models
+
+    config = cli._run_config(build_parser().parse_args(["train", *TINY, "--out", "x", *option]))
+    got = {**models.resolve(config.model.name, config.model.options), **config.data.options}[key]
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("option, fragment", [(["--model-option", "tied=maybe"], "tied"),
+                                              (["--data-option", "round_robin=Falsch"], "round_robin"),
+                                              (["--model-option", "width=2.5"], "width"),
+                                              (["--model-option", "width=wide"], "width"),
+                                              (["--data-option", "std=small"], "std")])
+def test_option_values_of_another_type_are_one_line(option, fragment, tmp_path, capsys):
+    out = tmp_path / "r"
+    _one_line_error(capsys, main(["train", *TINY, "--out", str(out), *option]), fragment)
+    assert not out.exists()
+
+
+def test_mijax_data_prints_values_as_the_parser_takes_them(capsys):
+    assert main(["data"]) == 0
+    text = "\n".join(line for line in capsys.readouterr().out.splitlines() if not line.startswith(" "))
+    assert "tied=true" in text and "round_robin=false" in text and "modes=[1.0,2.0,3.0]" in text
+    assert "True" not in text and "False" not in text and "'" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# 14. The operating system refusing a write (full disk, file too large) is one line with exit status 1: the old
+#     file intact, no temporaries left; sampling more than the disk holds is refused before any work.
+
+def _refuse(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["streaming the parts", "packing the npz"])
+def test_a_full_disk_while_sampling_is_one_line_and_keeps_the_old_file(where, run, samples, tmp_path, capsys,
+                                                                       monkeypatch):
+    import zipfile
+
+    out = tmp_path / "s.npz"
+    out.write_bytes(samples.read_bytes())
+    before = _snapshot(tmp_path)
+    if where == "streaming the parts":
+        monkeypatch.setattr(io.os, "pwrite", _refuse)
+    else:
+        monkeypatch.setattr(zipfile.ZipFile, "write", _refuse)
+    status = main(["sample", "--run", str(run), "--n", "8", "--no-progress", "--overwrite", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and err == [f"mijax: error: no space left on device writing {out}"], err
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_full_disk_while_writing_a_figure_keeps_the_old_one(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from mijax import plots
+
+    path = tmp_path / "f.png"
+    path.write_bytes(b"old figure")
+    monkeypatch.setattr(Figure, "savefig", _refuse)
+    with pytest.raises(io.WriteFailed, match=f"no space left on device writing {path}"):
+        plots.save(Figure(), path)
+    assert path.read_bytes() == b"old figure" and [p.name for p in tmp_path.iterdir()] == ["f.png"]
+
+
+def test_sampling_more_than_the_disk_holds_is_refused_before_work(run, tmp_path, capsys):
+    _one_line_error(capsys, main(["sample", "--run", str(run), "--n", str(10**13), "--out", str(tmp_path / "s.npz")]),
+                    "need about", "free")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["no space (in process)", "file too large (orbax's threads, a subprocess)"])
+def test_a_checkpoint_that_cannot_be_written_is_one_line(how, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "r"
+    if how.startswith("no space"):
+        from collections import namedtuple
+
+        from mijax import checkpoints
+
+        usage = namedtuple("usage", "total used free")
+        monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: usage(1, 1, 0))
+        status = main(["train", *TINY, "--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+    else:
+        # files of at most 100 KiB: orbax's writes fail with EFBIG in its threads (config.json still fits)
+        proc = subprocess.run(["bash", "-c", 'ulimit -f 100 && exec "$@"', "bash", sys.executable, "-m", "mijax.cli",
+                               "train", *TINY, "--out", str(out)], capture_output=True, text=True, timeout=300)
+        status, err = proc.returncode, proc.stderr.strip().splitlines()
+    assert status == 1 and len(err) == 1 and err[0].startswith("mijax: error: "), err
+    assert "writing" in err[0] and str(out / "checkpoints") in err[0]
+    assert not [p for p in out.rglob("*") if "tmp" in p.name]
+
+
+# ---------------------------------------------------------------------------------------------
+# 15. A damaged cache (an experiment's samples, a recursive generation's pool.npz or kept.npz) is recomputed with
+#     a one-line warning, never a traceback.
+
+def test_a_damaged_experiment_cache_is_recomputed(run, tmp_path):
+    import shutil
+
+    from mijax.experiments import common
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    first = common.sample(copy, 8, progress=False)
+    (cache,) = copy.glob("samples-hal-*.npz")
+    cache.write_bytes(cache.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="unreadable.*recomputing"):
+        again = common.sample(copy, 8, progress=False)
+    np.testing.assert_array_equal(first["x"], again["x"])
+    assert np.array_equal(np.load(cache)["x"], first["x"])
+
+
+@pytest.mark.parametrize("damaged", ["gen_000/pool.npz", "gen_000/kept.npz", "gen_001/pool.npz"])
+def test_a_damaged_generation_cache_is_recomputed(damaged, tmp_path, capsys):
+    from mijax import recursive
+
+    out = tmp_path / "study"
+
+    def stop(event, generation, step):
+        if (event, generation) == ("trained", 1):
+            raise KeyboardInterrupt
+
+    config = recursive.RecursiveConfig  # the study of RECURSIVE, stopped once generation 1 is trained
+    args = build_parser().parse_args(["recursive", *RECURSIVE, "--out", str(out)])
+    from mijax import cli
+
+    study = config(run=cli._run_config(args), generations=2, filters=("none", "variance"), pool_extra=16,
+                   chunk_size=64)
+    if damaged.startswith("gen_001"):
+        assert main(["recursive", *RECURSIVE, "--out", str(out)]) == 0
+        (out / "gen_001" / "metrics.json").unlink()
+        (out / "metrics.json").unlink()
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            recursive.run_recursive(out, study, hook=stop)
+    reference = {p: (out / p).read_bytes() for p in ("gen_000/pool.npz", "gen_000/kept.npz") if (out / p).exists()}
+    (out / damaged).write_bytes(b"PK\x03\x04 damaged")
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="recomputing"):
+        assert main(["recursive", *RECURSIVE, "--out", str(out)]) == 0
+    for p, data in reference.items():
+        if p != damaged:
+            assert (out / p).read_bytes() == data
+    assert np.load(out / damaged) is not None and (out / "metrics.json").exists()
+
+
+def test_a_damaged_pool_of_a_finished_generation_is_made_again_for_the_figures(tmp_path):
+    from mijax import cli, recursive
+
+    out = tmp_path / "study"
+    assert main(["recursive", *RECURSIVE, "--out", str(out)]) == 0
+    study = recursive.RecursiveConfig(run=cli._run_config(build_parser().parse_args(["recursive", *RECURSIVE,
+                                                                                      "--out", str(out)])),
+                                      generations=2, filters=("none", "variance"), pool_extra=16, chunk_size=64)
+    pool = out / "gen_001" / "pool.npz"
+    before = np.load(pool)["x"]
+    pool.write_bytes(pool.read_bytes()[:64])
+    with pytest.warns(UserWarning, match="unreadable.*recomputing"):
+        again = recursive.read_pool(out, study, 1)["x"]
+    np.testing.assert_array_equal(again, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# 16. Clear messages: a run that changes while it is read, a checkpoint another process writes, a backend that is
+#     not installed, a refused --resume names the options that differ.
+
+@pytest.mark.parametrize("case", ["the latest step vanishes once", "the step keeps vanishing"])
+def test_a_checkpoint_removed_while_reading_is_retried_or_named(case, run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from mijax import checkpoints
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    real = checkpoints.latest_step
+    calls = []
+
+    def latest(directory):
+        calls.append(1)
+        return 3 if (case.endswith("keeps vanishing") or len(calls) == 1) else real(directory)
+
+    monkeypatch.setattr(checkpoints, "latest_step", latest)
+    argv = ["sample", "--run", str(copy), "--n", "8", "--no-progress", "--out", str(tmp_path / "s.npz")]
+    if case.endswith("once"):
+        assert main(argv) == 0
+    else:
+        line = _one_line_error(capsys, main(argv), "changed while reading", "training")
+        assert "corrupt" not in line
+
+
+def test_a_checkpoint_another_process_writes_is_named_so(run, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    from mijax import checkpoints
+    from mijax.runs import load_run
+
+    _, _, state = load_run(run)
+
+    def exists(self, step, *a, **k):
+        raise ValueError(f"Checkpoint for step {step} already exists.")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", exists)
+    with pytest.raises(io.MijaxError, match="being written by another process"):
+        checkpoints.save(run, state)
+
+
+def test_a_backend_that_is_not_installed_is_one_line(run, tmp_path):
+    import jax
+
+    if "cuda" in {d.platform for d in jax.devices()} or jax.default_backend() == "gpu":
+        pytest.skip("this machine has a cuda backend")
+    env = {**os.environ, "JAX_PLATFORMS": "cuda"}
+    proc = subprocess.run([sys.executable, "-m", "mijax.cli", "sample", "--run", str(run), "--n", "4",
+                           "--out", str(tmp_path / "s.npz")], capture_output=True, text=True, env=env, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "JAX has no cuda backend here (installed: cpu" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_resume_names_the_options_that_differ(run, capsys):
+    before = _snapshot(run)
+    _one_line_error(capsys, main(["train", *TINY, "--seeds", "2", "--resume", "--lr", "0.002", "--out", str(run)]),
+                    "the run", "was made with lr=0.001", "this command says lr=0.002")
+    assert _snapshot(run) == before

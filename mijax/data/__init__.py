@@ -48,7 +48,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol, runtime_checkable
 import jax
 import numpy as np
 
-from mijax.io import MijaxError, frozen
+from mijax.io import MijaxError, frozen, typed_option
 
 
 @runtime_checkable
@@ -115,14 +115,16 @@ def entry(name: str) -> Entry:
 
 
 def resolve(name: str, options: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
-    """Every option of data set ``name``: the given ones over the defaults; unknown options raise."""
+    """Every option of data set ``name``: the given ones over the defaults, each of its default's type
+    (:func:`mijax.io.typed_option`); unknown options and values of another type raise."""
     e = entry(name)
     options = dict(options or {})
     unknown = sorted(set(options) - set(e.options))
     if unknown:
         known = ", ".join(e.options) or "none"
         raise MijaxError(f"data set {name!r} has no option {unknown[0]!r} (its options: {known})")
-    return {key: frozen(options.get(key, default)) for key, default in e.options.items()}
+    return {key: typed_option(f"data set {name!r}", key, options[key], default) if key in options else frozen(default)
+            for key, default in e.options.items()}
 
 
 def make(name: str, options: Optional[Mapping[str, Any]] = None):

@@ -30,7 +30,7 @@ import numpy as np
 from mijax import collect, plots, stats
 from mijax.config import DataConfig, DiffusionConfig, RunConfig, RunError, paper_steps
 from mijax.data.mixtures import blur_adjusted_labels, labels, rate_table
-from mijax.io import finite_or_none, load_npz, save_npz, write_json, write_text
+from mijax.io import finite_or_none, load_cache, save_npz, write_json, write_text
 from mijax.mixtures import mass_beyond
 from mijax.runs import load_config, load_run, sample_keys, sample_run, train_run
 from mijax.sampling import SamplerConfig
@@ -211,11 +211,14 @@ def _cache_name(tag: str, **settings) -> str:
 
 def sample(run_dir: Path, n: int, sampler: Optional[SamplerConfig] = None, seed: int = 0,
            chunk_size: Optional[int] = None, progress: bool = True) -> dict[str, np.ndarray]:
-    """All seeds' samples {"x": [S, n, d], "hal": [S, n]}, cached in the run directory."""
+    """All seeds' samples {"x": [S, n, d], "hal": [S, n]}, cached in the run directory (a damaged cache is
+    recomputed, :func:`mijax.io.load_cache`; samples that are not finite are refused, :func:`mijax.collect.draw`)."""
     sampler = SamplerConfig() if sampler is None else sampler
     path = run_dir / _cache_name("hal", n=n, seed=seed, sampler=dataclasses.asdict(sampler))
-    if path.exists():
-        return load_npz(path)
+    cached = load_cache(path, ("x", "hal"))
+    if cached is not None:
+        collect.check_finite(cached)
+        return cached
     result = sample_run(run_dir, n, seed=seed, sampler=sampler, chunk_size=chunk_size, progress=progress)
     save_npz(path, **result)
     return result
@@ -236,8 +239,10 @@ def sample_windows(run_dir: Path, n: int, windows: Sequence[tuple[int, int]], tr
     """
     windows = tuple((int(e), int(k)) for e, k in windows)
     path = run_dir / _cache_name("windows", n=n, seed=seed, windows=windows, traj=trajectory_steps)
-    if path.exists():
-        return load_npz(path)
+    cached = load_cache(path, ("x", "hal", "windows") + (("trajectory",) if trajectory_steps else ()))
+    if cached is not None:
+        collect.check_finite(cached)
+        return cached
     config, pieces, state = load_run(run_dir)
     T = config.diffusion.timesteps
     last = max([e + k for e, k in windows] + [trajectory_steps])

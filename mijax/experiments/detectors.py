@@ -11,7 +11,7 @@ import numpy as np
 
 import jax
 
-from mijax import detection, plots, progress as progress_bars, timing
+from mijax import collect, detection, plots, progress as progress_bars, timing
 from mijax import detectors as detectors_lib
 from mijax.abort import AbortConfig, sample_with_abort
 from mijax.config import build
@@ -170,6 +170,7 @@ def abort_study(run_dir: Path, p: dict, data, plain: dict, positives: np.ndarray
                 got, info = sample_with_abort(pieces.denoise_fn, model, pieces.schedule, keys[s], n, pieces.shape,
                                               AbortConfig(spec, float(threshold), p["max_redraws"]),
                                               SamplerConfig(objective=config.diffusion.objective), oracle=oracle)
+                collect.check_finite({"x": np.asarray(got.x)[None], "hal": np.asarray(got.hal)[None]})
                 rate.append(float(np.mean(np.asarray(data.hallucinated(np.asarray(got.x))))))
                 steps.append(float(info["steps"].mean()))
                 redrawn.append(float((info["redraws"] > 0).mean()))

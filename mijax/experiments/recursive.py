@@ -18,7 +18,7 @@ from mijax.config import DataConfig, RunConfig, RunError, build
 from mijax.experiments.common import QUICK_OPTIMISER, QUICK_T_POWER, optimiser_text
 from mijax.io import write_json, write_text
 from mijax.mixtures import mass_beyond
-from mijax.recursive import RecursiveConfig, gen_dir, run_recursive
+from mijax.recursive import RecursiveConfig, read_pool, run_recursive
 from mijax.stats import format_ci
 from mijax.training import TrainConfig
 
@@ -183,8 +183,7 @@ def pool_grid(path: Path, config: RecursiveConfig, caption, per_cell: int = 4) -
     figure = plots.new_figure(1.0 * per_cell * cols / 2 + 0.5, 1.1 * rows + 0.3)
     axes = np.asarray(figure.subplots(rows, cols, squeeze=False))
     for g in range(cols):
-        with np.load(gen_dir(path.parent / "study", g) / "pool.npz") as f:
-            pools = f["x"]
+        pools = read_pool(path.parent / "study", config, g)["x"]
         for r in range(rows):
             m = 0 if g == 0 else r * config.num_seeds
             images = pools[m, :per_cell, ..., 0]
@@ -221,9 +220,8 @@ def write_figures(out: Path, config: RecursiveConfig, result: dict) -> dict:
 
 
 def _pool(out: Path, config: RecursiveConfig, generation: int, filter_index: int, seed_index: int = 0):
-    with np.load(gen_dir(out / "study", generation) / "pool.npz") as f:
-        m = seed_index if generation == 0 else filter_index * config.num_seeds + seed_index
-        return f["x"][m]
+    m = seed_index if generation == 0 else filter_index * config.num_seeds + seed_index
+    return read_pool(out / "study", config, generation)["x"][m]
 
 
 def _scatter_grid(path: Path, config: RecursiveConfig, dataset):

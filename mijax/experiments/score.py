@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mijax.experiments import common
+from mijax.io import load_cache
 from mijax.data.mixtures import labels
 from mijax import mixtures, plots
 from mijax.runs import load_run, sample_keys
@@ -54,9 +55,9 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
         exact[t] = np.asarray(mixtures.exact_eps(mixture, schedule, xg, tt))[:, 0]
     # The exact denoiser through the same sampler, with the trained models' sampling keys.
     path = run_dir / f"samples-exact-{p['num_samples']}.npz"
-    if path.exists():
-        with np.load(path) as f:
-            exact_x = f["x"]
+    cached = load_cache(path, ("x",))
+    if cached is not None:
+        exact_x = cached["x"]
     else:
         keys = sample_keys(config, 0)
         exact_x = np.stack([np.asarray(sample(mixtures.exact_denoiser, (mixture, schedule), schedule, keys[s],

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 
-from mijax.io import MijaxError, frozen
+from mijax.io import MijaxError, frozen, typed_option
 from mijax.models.fused import KERNELS, FusedDenoiser, make_denoiser
 from mijax.models import unet
 from mijax.models.denoiser import Flattened, ModuleDenoiser
@@ -44,7 +44,8 @@ def names() -> list[str]:
 
 
 def resolve(name: str, options: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
-    """Every option of model ``name``: the given ones over the defaults; unknown options raise."""
+    """Every option of model ``name``: the given ones over the defaults, each of its default's type
+    (:func:`mijax.io.typed_option`); unknown options and values of another type raise."""
     if name not in _REGISTRY:
         raise MijaxError(f"unknown model {name!r}; choose from {', '.join(_REGISTRY)}")
     defaults = _REGISTRY[name].options
@@ -52,7 +53,8 @@ def resolve(name: str, options: Optional[Mapping[str, Any]] = None) -> dict[str,
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise MijaxError(f"model {name!r} has no option {unknown[0]!r} (its options: {', '.join(defaults)})")
-    return {key: frozen(options.get(key, default)) for key, default in defaults.items()}
+    return {key: typed_option(f"model {name!r}", key, options[key], default) if key in options else frozen(default)
+            for key, default in defaults.items()}
 
 
 def build(name: str, shape: tuple[int, ...], precision: str = "float32",
