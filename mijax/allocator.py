@@ -11,13 +11,13 @@ the thread while the kernel fills the page with zeros. Two remedies, the first t
   malloc with ``LD_PRELOAD``, with ``MIMALLOC_PURGE_DELAY=-1`` (freed memory is kept for the next
   allocation, never handed back to the kernel) and ``MIMALLOC_ALLOW_LARGE_OS_PAGES=1`` (2 MiB transparent huge
   pages): the next step reuses the same pages, ~70 faults a step, and the kernel's zeroing (~30 ms of CPU a
-  step on 2 cores of an AMD EPYC) is gone; the bench UNet's Adam step (conv="onednn") took 181-197 ms
-  against 195-216 ms with glibc's huge pages (BENCHMARKS.md). The cost: the process keeps its peak memory
-  (the bench step's process, 1.3-1.4 GB at most against 1.0 GB). A ``LD_PRELOAD`` of the user's own, or
+  step on 2 cores) is gone; the bench UNet's Adam step (conv="onednn") took ~10% less time than with glibc's
+  huge pages. The cost: the process keeps its peak memory (the bench step's process, 1.3-1.4 GB at most
+  against 1.0 GB). A ``LD_PRELOAD`` of the user's own, or
   ``MIMALLOC_*`` settings of the user's own, are kept.
 * else glibc's ``glibc.malloc.hugetlb=1`` tunable: those blocks come in 2 MiB transparent huge pages, ~300
-  faults a step instead (the kernel still zeroes as much), and the UNet's Adam step on 2 cores of an Intel Xeon
-  took 243-249 ms instead of 285-287 ms. Only on Linux with glibc 2.35 or later and transparent huge pages in
+  faults a step instead (the kernel still zeroes as much), and the UNet's Adam step took ~15% less time than
+  with glibc's default. Only on Linux with glibc 2.35 or later and transparent huge pages in
   ``madvise`` mode; a ``glibc.malloc.hugetlb`` of the user's own is kept.
 
 The numbers do not change, only where the memory comes from. Both are read when a process starts, so

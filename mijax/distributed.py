@@ -17,7 +17,7 @@ One device per CPU core: XLA:CPU runs each operation of one device's program acr
 paper's network is many small operations per step, each handed between threads. Split into one
 device per core (:func:`use_cpu_cores`, which the ``mijax`` program calls first), the sampler's rows and
 the training's seeds go to devices that each keep one core busy: on 2 cores sampling is about 1.5x faster
-and training 4 seeds at batch 500 about 1.85x (BENCHMARKS.md), with the same numbers.
+and training 4 seeds at batch 500 about 1.85x, with the same numbers.
 
 Many hosts: call :func:`initialize` first (``jax.distributed.initialize``; on CPU the collectives are
 gloo); meshes then span ``jax.devices()`` of every process, inputs are replicated with

@@ -1,4 +1,4 @@
-"""Filters: which samples of a pool to keep, from their Hal (SPEC sections 6 and 7; jit-able, fixed sizes).
+"""Filters: which samples of a pool to keep, from their Hal (jit-able, fixed sizes).
 
 - ``none``: the first n of the pool (the pool is i.i.d., so this is "sample n, keep all");
 - ``random``: n of the pool at random (the paper's control);

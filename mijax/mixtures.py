@@ -64,7 +64,7 @@ def make_mixture(means, stds, weights=None) -> GaussianMixture:
 
 
 # ---------------------------------------------------------------------------------------------
-# Presets (SPEC section 5). Each returns the mixture in the units the model trains in.
+# The paper's presets. Each returns the mixture in the units the model trains in.
 
 def gaussian1d(modes: Sequence[float] = (1.0, 2.0, 3.0), std: float = 0.05) -> GaussianMixture:
     """1D modes at ``modes`` (not normalised), std 0.05 each; the paper's Figure 2 uses (1, 2, 3)."""

@@ -1,4 +1,4 @@
-"""Recursive training on generated data, with and without Hal filtering (SPEC section 7, claim 6), on any
+"""Recursive training on generated data, with and without Hal filtering (the paper's claim 6), on any
 registered data set.
 
 Generation 0 trains S models (one per seed) on real data. Each later generation trains NEW models from

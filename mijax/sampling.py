@@ -31,14 +31,13 @@ from mijax.schedules import Schedule
 
 SAMPLERS = ("ddpm", "ddim")
 ROW_BLOCK = 128  # chunks are padded to a multiple of this many samples (see sample_chunks)
-# (64 was enough on AMD EPYC Genoa; on EPYC Milan the paper's MLP rounds its rows differently at 64 rows
-# or fewer than at 96 to 2,048, so 64-row blocks made 4 devices disagree with 1)
+# (on some CPUs the paper's MLP rounds its rows differently at 64 rows or fewer than at 96 to 2,048, so
+# 64-row blocks made 4 devices disagree with 1)
 # On CPU a device's rows run through the T steps in blocks of at most this many. Two reasons: the blocks'
-# activations stay in cache (~1.3x faster on a 2-core AMD EPYC at N = 10,000, BENCHMARKS.md); and XLA:CPU's
-# matmuls take another code path (other rounding) from 4,096 rows up, so blocks below that give every sample
-# the same bits whatever the chunk size and device count (tests/test_sampling.py). Both were measured with
-# jax 0.10.2 on 2-core AMD EPYC machines (Genoa and Milan); XLA's thresholds may differ on other CPUs and
-# versions.
+# activations stay in cache (~1.3x faster at N = 10,000); and XLA:CPU's matmuls take another code path
+# (other rounding) from 4,096 rows up, so blocks below that give every sample the same bits whatever the
+# chunk size and device count (tests/test_sampling.py). Both were measured with jax 0.10.2; XLA's
+# thresholds may differ on other CPUs and versions (the performance page names the machines).
 CPU_ROWS_PER_BLOCK = 3968  # 31 x ROW_BLOCK
 VARIANCES = ("fixed_large", "fixed_small")
 

@@ -54,7 +54,7 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
 def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The CPU's name, family and model, and which of ``CPU_FLAGS`` it has, e.g. ``AMD EPYC (family 25
+    """The CPU's name, family and model, and which of ``CPU_FLAGS`` it has, e.g. ``Vendor CPU (family 25
     model 1; avx2)``: virtual machines often name only the vendor, and the same name covers several
     generations. Elsewhere than Linux, what :func:`platform.processor` says."""
     fields: dict[str, str] = {}

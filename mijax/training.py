@@ -303,7 +303,7 @@ def train_step(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, st
 def loops_on_host(denoise_fn: Denoiser) -> bool:
     """Whether :func:`train` runs this denoiser's steps as a host loop of loop-free programs: on CPU, for
     models whose gradients XLA:CPU runs far slower inside a loop (``module.SLOW_GRADIENTS_IN_LOOPS``: the UNet's
-    convolutions, ~15x slower inside a ``lax.scan`` on 2-core AMD EPYC, jax 0.10.2; jax-ml/jax#12868)."""
+    convolutions, ~15x slower inside a ``lax.scan`` with jax 0.10.2; jax-ml/jax#12868)."""
     module = getattr(denoise_fn, "module", None)
     return jax.default_backend() == "cpu" and bool(getattr(module, "SLOW_GRADIENTS_IN_LOOPS", False))
 

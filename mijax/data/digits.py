@@ -1,4 +1,4 @@
-"""Handwritten digits (SPEC section 10), all offline: the data sets of the paper's MNIST panel (claim 6).
+"""Handwritten digits, all offline: the data sets of the paper's MNIST panel (claim 6).
 
 Three sources, each a registered data set of grey images ``[N, size, size, 1]`` in [-1, 1] (0 = black
 background -> -1) with their labels kept beside them:

@@ -1,8 +1,8 @@
-"""Gaussian-mixture data sets (SPEC section 5): the paper's presets, their hallucination labels and the
+"""Gaussian-mixture data sets: the paper's presets, their hallucination labels and the
 measurements of a model's samples against the true mixture.
 
 The mixture itself (sampling, density, exact score) is :mod:`mijax.mixtures`; this module makes it a
-data set. Labels (SPEC section 6): a sample is *hallucinated* when its distance to the nearest mode
+data set. Labels: a sample is *hallucinated* when its distance to the nearest mode
 exceeds k times that mode's std (k = 5 by default); otherwise it is *in support*. A second rule,
 :func:`blur_adjusted_labels`, forgives a model for widening its modes but not for filling the gaps.
 """

@@ -1,4 +1,4 @@
-"""SIMPLE SHAPES (SPEC section 8): the paper's image data set, its generator reproduced with a seed, and a
+"""SIMPLE SHAPES: the paper's image data set, its generator reproduced with a seed, and a
 counter that labels generated images.
 
 **The generator** follows the published one call for call: each image is three strips of 21 x 63 pixels,

@@ -42,7 +42,7 @@ from mijax.training import TrainConfig, eval_params
 # put 19-21% of the 5x5 grid's samples beyond 5 std, in modes 2-3x too wide); a higher peak with a warm-up and
 # a cosine decay to 0 reaches sharp modes in the same steps (README, Results: calibration). The 1D models train
 # 10,000 steps of 500: as sharp as the earlier 6,000 of 2,000 (both 0.105% of samples beyond 5 std, Hal AUROC
-# 0.996 and 0.995, 4 seeds) in 42% of the arithmetic: 111 s against 294 s on 2 cores of an Intel Xeon.
+# 0.996 and 0.995, 4 seeds) in 42% of the arithmetic (111 s against 294 s on 2 CPU cores).
 # The 2D models draw their loss's timesteps as floor(T u^1.5) (small t more often; ``t_power_2d``): at the same
 # steps and time, 0.42% of the grid's samples beyond 5 std against 1.46% with uniform t (rotated grid: 0.92%
 # against 3.06%), Hal AUROC 0.95 against 0.93 (4 seeds).

@@ -6,7 +6,7 @@ model of ``interp-1d`` and ``detection``, seed 0), draws 50,000 samples with the
 ``report.md``, ``metrics.json`` and PNG figures into the output directory.
 
 The published recipe (batch 10,000, constant Adam 1e-3) needs about 4,000 steps to show the headline,
-which took 10 min 16 s on a 2-core AMD EPYC Milan (BENCHMARKS.md); this recipe trains a sharper model with
+which took over 10 minutes on 2 CPU cores; this recipe trains a sharper model with
 an eighth of the arithmetic.
 """
 from __future__ import annotations
@@ -30,8 +30,8 @@ from mijax.sampling import SamplerConfig
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of the demo; the defaults fit in 5 minutes on 2 CPU cores (measured on the slowest kind seen,
-    BENCHMARKS.md). The model is the quick profiles' 1D model (``common.QUICK_1D``, ``QUICK_OPTIMISER``)."""
+    """Sizes of the demo; the defaults fit in 5 minutes on 2 CPU cores (measured on the slowest CPU
+    tried). The model is the quick profiles' 1D model (``common.QUICK_1D``, ``QUICK_OPTIMISER``)."""
 
     run: RunConfig = common.run_config({"seeds": 1, "timesteps": 1000, **common.QUICK_1D, **common.QUICK_OPTIMISER,
                                         "steps_per_call": 500, "checkpoint_every": 2_000})

@@ -30,7 +30,7 @@ EARLY_LENGTH = 10
 # trains them once); a Jacobian detector is Hutchinson's estimate there. image_profiles: {name: overrides}.
 IMAGE_SETTINGS = ("shapes", "digits")
 IMAGE_EARLY = ("hal", "xt_var", "path_length", "eps_norm")  # quick: no early Jacobian windows on images (4 jvps a step)
-# (quick, 2-core AMD EPYC Milan: 512 SHAPES samples of 3 seeds with every detector took 8.9 min, so quick draws 256
+# (quick, 2 CPU cores: 512 SHAPES samples of 3 seeds with every detector took 8.9 min, so quick draws 256
 # per seed (image_samples; None: the image experiment's own number), and abort runs on 1,000 samples, not 2,500;
 # there Hal over a window ending at t_e = 25 or 100 had AUROC 0.66 / 0.49 in 1D (0.89 at t_e = 10), so that
 # aborting there removed nothing: quick aborts at t_e = 10 and 25)

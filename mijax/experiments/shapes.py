@@ -1,4 +1,4 @@
-"""``mijax experiment shapes``: SIMPLE SHAPES (SPEC sections 8 and 9; claims 7 and 5 on images).
+"""``mijax experiment shapes``: SIMPLE SHAPES (the paper's claims 7 and 5 on images).
 
 A UNet is trained (S seeds, one vmapped run) on the SHAPES images, in which each shape occurs at most once;
 its samples are counted (:func:`mijax.data.shapes.count`) and their Hal (the sampler's running variance of
@@ -33,7 +33,7 @@ from mijax.training import eval_params
 SUMMARY = "SIMPLE SHAPES: a UNet makes two copies of a shape it never saw twice (claim 7); Hal on images (claim 5)"
 REDUCTIONS = ("mean", "max", "top_k", "region_max")
 PUBLISHED = hal_sweep.PUBLISHED
-# quick: half-size images and a small UNet on 2 CPU cores (about 25 minutes on a 2-core AMD EPYC; README).
+# quick: half-size images and a small UNet on 2 CPU cores (about 25 minutes on 2 CPU cores).
 # The schedule is the paper's 1e-4 -> 0.02 over 1,000 steps compressed to 200 (betas x 5), so that sampling
 # costs a fifth; windows are (end, length) in reverse steps.
 PROFILES = {

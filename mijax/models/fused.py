@@ -32,14 +32,14 @@ KERNELS = ("xla", "pallas")
 # How the kernel computes float32 products on a GPU: "tf32x3", three TF32 tensor-core products (a_hi b_hi +
 # a_hi b_lo + a_lo b_hi, about 21 of float32's 24 mantissa bits), or "ieee", Triton's float32 FMA loops on
 # the CUDA cores, unrolled over the whole block: ptxas then takes minutes (Triton 3.9 for sm_90: 32 s for
-# a 32-row block against 7 s for tf32x3 in 64 rows; on the H200 the 128-row IEEE kernel compiled for over
-# 290 s, BENCHMARKS.md). The XLA path's float32 is full float32 (Precision.HIGHEST) either way.
+# a 32-row block against 7 s for tf32x3 in 64 rows; on a Hopper GPU the 128-row IEEE kernel compiled for over
+# 290 s). The XLA path's float32 is full float32 (Precision.HIGHEST) either way.
 FLOAT32_PRODUCTS = ("tf32x3", "ieee")
 
 
-# Rows and Triton warps per program when not given, per precision, from the H200 loans and the kernel
-# compiled for sm_90 off the device (``benchmarks/triton_compile.py --kernel``; BENCHMARKS.md, GPU): float32's
-# three TF32 products ask for 256 KiB of shared memory in 64- and 128-row blocks, more than an H200 SM has
+# Rows and Triton warps per program when not given, per precision, measured on a Hopper GPU (sm_90) and
+# with the kernel compiled for it off the device (``benchmarks/triton_compile.py --kernel``): float32's
+# three TF32 products ask for 256 KiB of shared memory in 64- and 128-row blocks, more than a Hopper SM has
 # (227 KiB), and 80 KiB in 32 rows; tf32 ran fastest in 64-row blocks of 8 warps of those tuned (5.34 s for
 # 10^6 x 1000 steps); bf16 ran in 64 rows of 4 warps (2.15 s). Triton's IEEE float32 compiles for minutes
 # beyond 32 rows.

@@ -1,6 +1,6 @@
 """The paper's toy denoiser: a width-128 MLP with one residual block applied three times.
 
-Exactly the published ``Decoder`` (SPEC section 3): sinusoidal embedding of the integer t (64
+Exactly the published ``Decoder``: sinusoidal embedding of the integer t (64
 frequencies, sin first) -> Linear -> LeakyReLU(0.02); h = Linear_nobias(x); three passes of one
 residual block with *tied* weights; output Linear(LayerNorm(h)). LayerNorm eps is 1e-5; Linear
 weights are Xavier-uniform and biases zero, as in the published code.

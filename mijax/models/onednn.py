@@ -1,7 +1,7 @@
 """2-D convolutions through oneDNN on the CPU: the UNet's ``conv="onednn"`` option.
 
 XLA:CPU runs the UNet's convolutions through Eigen, whose weight gradients alone take longer than torch's
-whole convolution backward (BENCHMARKS.md); torch's eager CPU path calls oneDNN. This module calls the same
+whole convolution backward; torch's eager CPU path calls oneDNN. This module calls the same
 library, from the ``onednn-cpu-gomp`` wheel (``pip install 'mijax[onednn]'``; its ``libdnnl.so.3`` lands in
 ``<prefix>/lib``), through its C API with :mod:`ctypes`: no compiler, no build step.
 

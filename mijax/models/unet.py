@@ -1,4 +1,4 @@
-"""The DDPM UNet family of the published code (ddpm-torch style; SPEC section 9), in Flax, on NHWC images.
+"""The DDPM UNet family of the published code (ddpm-torch style), in Flax, on NHWC images.
 
 GroupNorm (eps 1e-6) + SiLU residual blocks with an additive projection of the time embedding (after the
 first convolution, through ``Dense(SiLU(temb))``), a 1 x 1 skip where the channels change and a
@@ -8,8 +8,8 @@ res - attention - res (attention only when some level has it); output GroupNorm,
 3 x 3 convolution. The time embedding is sinusoidal of width C (frequencies ``exp(-ln(10000) i / (C/2))``,
 sin first), then Dense 4C, SiLU, Dense 4C.
 
-For the same options it has the same parameters as ``../shared/baselines/torch_unet.py`` (the throughput
-baseline): C = 16, mults (1, 2, 2), 1 res block, no attention: 263,025 (tested).
+For the same options it has the same parameters as the published code's UNet: C = 16, mults (1, 2, 2), 1 res
+block, no attention: 263,025 (tested).
 """
 from __future__ import annotations
 
