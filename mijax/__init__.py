@@ -56,6 +56,8 @@ _EXPORTS = {
     "sample_timesteps": ("mijax.diffusion", "sample_timesteps"),
     "detection_summary": ("mijax.detection", "detection_summary"),
     "draw": ("mijax.collect", "draw"),
+    "evaluate": ("mijax.evaluation", "evaluate"),
+    "load_samples": ("mijax.evaluation", "load_samples"),
     "exact_denoiser": ("mijax.mixtures", "exact_denoiser"),
     "exact_eps": ("mijax.mixtures", "exact_eps"),
     "filter_indices": ("mijax.filters", "filter_indices"),
@@ -149,7 +151,7 @@ __all__ = [
     # configs, data sets and runs
     "DataConfig", "DiffusionConfig", "ModelConfig", "RunConfig", "build", "config_from_dict", "config_to_dict",
     "data", "data_config", "paper_steps", "MixtureDataset", "seed_keys", "sample_keys", "fit", "train_run",
-    "load_run", "sample_run", "draw",
+    "load_run", "sample_run", "draw", "load_samples", "evaluate",
     # hallucination labels (mixtures), detection and filters
     "auroc", "blur_adjusted_labels", "detection_summary", "hallucination_rate", "histogram_kl", "labels",
     "mode_mass", "rate_table", "removal_at_retention", "retained_at_removal", "roc_curve", "FILTERS",

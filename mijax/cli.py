@@ -299,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train_arguments(sub.add_parser("train", help="train S models (seeds) of the paper's DDPM on a data set"))
     _add_sample_arguments(sub.add_parser("sample", help="sample a trained run, with Hal for every sample"))
+    ev = sub.add_parser("eval", help="the hallucination rate of a samples file and how well Hal and each detector "
+                                     "find them (AUROC, operating points), per seed and over seeds")
+    ev.add_argument("samples", type=_path, help="a samples file (.npz) made by mijax sample or mijax demo")
+    ev.add_argument("--json-out", type=_path, default=None, help="also write the full result as strict JSON here")
+    ev.add_argument("--figures", type=_path, default=None, metavar="DIR",
+                    help="also draw the ROC curves of every score (first seed) into this folder")
     sub.add_parser("data", help="list the registered data sets and models with their options and defaults")
     demo = sub.add_parser("demo", help="train, sample 100,000 points, report the hallucinations (~5 min on 2 CPUs)")
     demo.add_argument("--out", type=_path, default=Path("mijax-demo"), help="output directory")
@@ -415,6 +421,26 @@ def _sample(a) -> None:
 
     if jax.process_index() == 0:
         print(f"{result['shape'][0]} seed(s) x {a.n} samples -> {a.out}")
+        from mijax import evaluation
+
+        print(evaluation.format_summary(evaluation.evaluate(evaluation.load_samples(a.out))))
+
+
+def _eval(a) -> None:
+    from mijax import evaluation, outputs
+    from mijax.io import write_json
+
+    for target in (a.json_out,) if a.json_out is not None else ():
+        outputs.check_writable(target)
+    samples = evaluation.load_samples(a.samples)
+    result = evaluation.evaluate(samples)
+    print(evaluation.format_summary(result))
+    if a.json_out is not None:
+        write_json(a.json_out, {"samples": str(a.samples), "run": samples["run"], "step": samples["step"], **result})
+        print(f"-> {a.json_out}")
+    if a.figures is not None:
+        for path in evaluation.plot_evaluation(samples, result, a.figures):
+            print(f"-> {path}")
 
 
 def _demo(a) -> None:
@@ -542,7 +568,7 @@ def _data(a) -> None:
         print(f"model    {name:20s} {options}")
 
 
-COMMANDS = {"train": _train, "sample": _sample, "demo": _demo, "experiment": _experiment, "recursive": _recursive,
+COMMANDS = {"train": _train, "sample": _sample, "eval": _eval, "demo": _demo, "experiment": _experiment, "recursive": _recursive,
             "data": _data}
 
 

@@ -27,6 +27,12 @@ def test_demo_writes_report_metrics_and_figures(tmp_path):
     dist = np.min(np.abs(x[:, None] - np.array([1.0, 2.0, 3.0])[None]), axis=1) / 0.05
     assert det["hallucination_rate"] == pytest.approx(np.mean(dist > 5), abs=1e-6)
     assert [row["k"] for row in metrics["rates"]] == [3, 4, 5, 6]
+    # mijax eval on the demo's samples gives the report's numbers
+    from mijax import evaluation
+
+    evaluated = evaluation.evaluate(evaluation.load_samples(out / "samples.npz"))["per_seed"][0]
+    assert evaluated["scores"]["hal"]["auroc"] == det["auroc"]
+    assert evaluated["hallucination_rate"] == pytest.approx(det["hallucination_rate"])
     report = (out / "report.md").read_text()
     assert "Hallucination rate" in report and "AUROC" in report and "histogram.png" in report
     assert not list(out.glob(".*tmp*"))

@@ -1,0 +1,161 @@
+"""Evaluating a samples file: how many samples are hallucinations, and how well Hal and every stored detector
+score find them, per seed and over seeds.
+
+A samples file (``mijax sample --out``, the demo's ``samples.npz``) holds ``x`` [S, n, *shape], ``hal`` [S, n],
+one ``score_<name>`` [S, n] per detector, the seeds, and the configuration of the run it came from.
+:func:`load_samples` reads it; :func:`evaluate` labels every sample with the run's data set's own rule
+(:meth:`hallucinated`: beyond 5 standard deviations of every mode for the mixtures, a duplicated shape for SIMPLE
+SHAPES, a digit the classifier cannot name) and measures, per seed, the hallucination rate and for each score
+the AUROC and the two operating points of :mod:`mijax.detection` (the share of hallucinations removed when 96%
+of in-support samples are kept; the share of in-support samples kept when 95% of hallucinations are removed);
+over seeds, their mean and 95% interval (:func:`mijax.stats.mean_ci`: Student's t over the seeds' values,
+clipped to [0, 1], where every number here lies).
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from mijax import detection
+from mijax.config import RunConfig, config_from_dict
+from mijax.io import MijaxError, finite_or_none
+from mijax.stats import format_ci, mean_ci
+
+REMOVAL, RETENTION = 0.95, 0.96  # the paper's operating points
+INTERVAL = "95% Student t over the seeds' values, clipped to [0, 1]"
+
+
+def load_samples(path: os.PathLike) -> dict[str, Any]:
+    """The arrays and provenance of a samples file.
+
+    Returns:
+      ``{"x": float32 [S, n, *shape], "hal": float32 [S, n], "scores": {name: float32 [S, n]},
+      "seeds": int [S], "config": RunConfig or None, "run": str or None, "step": int or None}``;
+      a file that is not a mijax samples file raises one-line :class:`~mijax.io.MijaxError`.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise MijaxError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise MijaxError(f"{path} is a directory; name a samples file (.npz)") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise MijaxError(f"{path} is not a samples file ({type(e).__name__})") from None
+    missing = [k for k in ("x", "hal", "seeds") if k not in arrays]
+    if missing:
+        raise MijaxError(f"{path} is not a mijax samples file (no {', '.join(missing)})")
+    x, hal = arrays["x"], arrays["hal"]
+    if hal.ndim != 2 or x.shape[:2] != hal.shape:
+        raise MijaxError(f"{path}: x {x.shape} and hal {hal.shape} are not [S, n, ...] and [S, n]")
+    config = None
+    if "config" in arrays:
+        try:
+            config = config_from_dict(json.loads(str(arrays["config"])))
+        except (ValueError, MijaxError) as e:
+            raise MijaxError(f"{path}: its run configuration cannot be read ({str(e).splitlines()[0]})") from None
+    return {"x": x, "hal": hal, "seeds": arrays["seeds"],
+            "scores": {k[len("score_"):]: v for k, v in arrays.items() if k.startswith("score_")},
+            "config": config, "run": str(arrays["run"]) if "run" in arrays else None,
+            "step": int(arrays["step"]) if "step" in arrays else None}
+
+
+def _dataset(config: Optional[RunConfig]):
+    if config is None:
+        raise MijaxError("these samples do not name the run they came from (no config): cannot label them")
+    from mijax import data
+
+    return data.make(config.data.dataset, config.data.options)
+
+
+def evaluate(samples: dict[str, Any], removal: float = REMOVAL, retention: float = RETENTION,
+             dataset=None) -> dict[str, Any]:
+    """The hallucination rate and every score's detection numbers, per seed and over seeds (JSON-able).
+
+    Args:
+      samples: as :func:`load_samples` returns (``x``, ``hal``, ``scores``, ``config``).
+      removal, retention: the operating points' targets.
+      dataset: the data set whose ``hallucinated(x)`` labels the samples (default: the run's own).
+    Returns:
+      ``{"seeds", "n", "dataset", "label", "per_seed": [{"hallucination_rate", "scores": {name:
+      detection_summary}}], "over_seeds": {"hallucination_rate": ci, "scores": {name: {"auroc": ci,
+      "removed_at_retention": ci, "retained_at_removal": ci}}}}``; a ci is ``{"mean", "low", "high", "n", ...}``
+      (None where undefined, e.g. an AUROC when a seed has no hallucination).
+    """
+    dataset = _dataset(samples.get("config")) if dataset is None else dataset
+    x, hal = np.asarray(samples["x"]), np.asarray(samples["hal"])
+    scores = {"hal": hal, **{name: np.asarray(v) for name, v in samples.get("scores", {}).items()}}
+    per_seed = []
+    for s in range(x.shape[0]):
+        positives = np.asarray(dataset.hallucinated(x[s]), dtype=bool)
+        per_seed.append({"hallucination_rate": float(positives.mean()), "num_hallucinated": int(positives.sum()),
+                         "scores": {name: detection.detection_summary(v[s], positives, removal, retention)
+                                    for name, v in scores.items()}})
+
+    def ci(values):  # shares and AUROCs: the interval clipped to [0, 1] (INTERVAL)
+        if any(v is None for v in values):
+            return None
+        c = {k: (finite_or_none(v) if k != "n" else v) for k, v in mean_ci(values).items()}
+        for bound in ("low", "high"):
+            if c[bound] is not None:
+                c[bound] = min(1.0, max(0.0, c[bound]))
+        return c
+
+    over = {"hallucination_rate": ci([p["hallucination_rate"] for p in per_seed]), "scores": {}}
+    for name in scores:
+        rows = [p["scores"][name] for p in per_seed]
+        over["scores"][name] = {
+            "auroc": ci([r["auroc"] for r in rows]),
+            "removed_at_retention": ci([r["removal_at_retention"]["removed"] for r in rows]),
+            "retained_at_removal": ci([r["retained_at_removal"]["retained"] for r in rows]),
+        }
+    return {"seeds": [int(s) for s in np.asarray(samples.get("seeds", np.arange(x.shape[0])))],
+            "n": int(x.shape[1]), "dataset": getattr(dataset, "name", None), "label": hallucination_rule(dataset),
+            "removal": removal, "retention": retention, "interval": INTERVAL, "per_seed": per_seed,
+            "over_seeds": over}
+
+
+def hallucination_rule(dataset) -> Optional[str]:
+    """What the data set calls a hallucination, from the first sentence of its ``hallucinated`` docstring."""
+    doc = (getattr(type(dataset).hallucinated, "__doc__", None) or "").strip()
+    rule = doc.split(":")[0].split(".")[0].strip()
+    return (rule[:1].lower() + rule[1:]) if rule else None
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """A few lines for the terminal: the hallucination rate and each score's AUROC and operating points."""
+    over = result["over_seeds"]
+
+    def show(c, scale=1.0, unit=""):
+        return "n/a" if c is None else format_ci(c, scale, 3, unit)
+
+    lines = [f"{len(result['seeds'])} seed(s) x {result['n']:,} samples of {result['dataset']}"
+             + (f" (hallucinated: {result['label']})" if result.get("label") else ""),
+             f"hallucination rate {show(over['hallucination_rate'], 100.0, '%')}"]
+    for name, s in over["scores"].items():
+        lines.append(f"{name}: AUROC {show(s['auroc'])}; removes {show(s['removed_at_retention'], 100.0, '%')} of "
+                     f"hallucinations keeping {result['retention']:.0%} of the rest; keeps "
+                     f"{show(s['retained_at_removal'], 100.0, '%')} of the rest removing {result['removal']:.0%}")
+    return "\n".join(lines)
+
+
+def plot_evaluation(samples: dict[str, Any], result: dict[str, Any], directory: os.PathLike, dataset=None) -> list[str]:
+    """ROC curves of every score (the first seed) into ``directory``; returns the paths written."""
+    from mijax import plots
+
+    dataset = _dataset(samples.get("config")) if dataset is None else dataset
+    positives = np.asarray(dataset.hallucinated(np.asarray(samples["x"][0])), dtype=bool)
+    if positives.all() or not positives.any():
+        return []
+    scores = {"hal": samples["hal"], **samples.get("scores", {})}
+    curves = {name: (*detection.roc_curve(np.asarray(v[0]), positives)[:2],
+                     result["per_seed"][0]["scores"][name]["auroc"]) for name, v in scores.items()}
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return [plots.plot_roc(Path(directory) / "roc.png", curves, title=f"Detecting hallucinations (seed "
+                                                                      f"{result['seeds'][0]})")]

@@ -1,0 +1,82 @@
+"""mijax.evaluation and ``mijax eval``: a samples file's hallucination rate and every score's detection
+numbers, per seed exactly as mijax.detection computes them, and over seeds."""
+import json
+
+import numpy as np
+import pytest
+
+import mijax
+from mijax import detection, evaluation
+from mijax.cli import main
+from mijax.io import MijaxError
+
+TINY = ["--dataset", "gaussian1d", "--modes", "1,2", "--n-train", "64", "--steps", "4", "--batch-size", "32",
+        "--timesteps", "20", "--steps-per-call", "2", "--checkpoint-every", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def samples_file(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("eval")
+    assert main(["train", *TINY, "--seeds", "2", "--out", str(folder / "run")]) == 0
+    out = folder / "s.npz"
+    assert main(["sample", "--run", str(folder / "run"), "--n", "256", "--detectors", "xt_var", "--no-progress",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_evaluate_is_detection_per_seed_and_its_mean_over_seeds(samples_file):
+    samples = mijax.load_samples(samples_file)
+    assert samples["x"].shape == (2, 256, 1) and set(samples["scores"]) == {"xt_var"}
+    assert samples["config"].data.dataset == "gaussian1d" and samples["step"] == 4
+    result = mijax.evaluate(samples)
+    modes = np.array([1.0, 2.0])
+    for s in range(2):
+        x = samples["x"][s, :, 0]
+        positives = np.min(np.abs(x[:, None] - modes[None]), axis=1) / 0.05 > 5
+        row = result["per_seed"][s]
+        assert row["hallucination_rate"] == pytest.approx(positives.mean())
+        for name, scores in (("hal", samples["hal"][s]), ("xt_var", samples["scores"]["xt_var"][s])):
+            assert row["scores"][name] == detection.detection_summary(scores, positives)
+    rates = [row["hallucination_rate"] for row in result["per_seed"]]
+    over = result["over_seeds"]
+    assert over["hallucination_rate"]["mean"] == pytest.approx(np.mean(rates)) and over["hallucination_rate"]["n"] == 2
+    for c in [over["hallucination_rate"]] + [v for s in over["scores"].values() for v in s.values() if v]:
+        assert 0.0 <= c["low"] <= c["mean"] <= c["high"] <= 1.0
+    assert result["label"].startswith("farther than")
+
+
+def test_mijax_eval_prints_and_writes_strict_json_and_figures(samples_file, tmp_path, capsys):
+    out = tmp_path / "e.json"
+    assert main(["eval", str(samples_file), "--json-out", str(out), "--figures", str(tmp_path / "f")]) == 0
+    printed = capsys.readouterr().out
+    assert "hallucination rate" in printed and "hal: AUROC" in printed and "xt_var: AUROC" in printed
+    text = out.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["over_seeds"] == json.loads(json.dumps(mijax.evaluate(mijax.load_samples(samples_file))))[
+        "over_seeds"]
+    assert (tmp_path / "f" / "roc.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("case", ["missing", "not npz", "someone else's npz", "directory"])
+def test_eval_refuses_what_is_not_a_samples_file_in_one_line(case, tmp_path, capsys):
+    path = tmp_path / "x.npz"
+    if case == "not npz":
+        path.write_text("hello")
+    elif case == "someone else's npz":
+        np.savez(path, weights=np.ones(3))
+    elif case == "directory":
+        path.mkdir()
+    assert main(["eval", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mijax: error: ") and str(path) in err[0]
+    with pytest.raises(MijaxError):
+        evaluation.load_samples(path)
+
+
+def test_sample_ends_with_the_same_summary(samples_file, tmp_path, capsys):
+    run = samples_file.parent / "run"
+    out = tmp_path / "t.npz"
+    assert main(["sample", "--run", str(run), "--n", "256", "--detectors", "xt_var", "--no-progress",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert evaluation.format_summary(mijax.evaluate(mijax.load_samples(out))) in printed
