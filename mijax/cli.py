@@ -28,9 +28,21 @@ class UsageError(Exception):
     """Bad input: reported as one line, exit status 2."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default once: argparse's ``(default: ...)`` only where the help text does not already say
+    it and the default is a value (not None, not an empty list, not a flag's False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or "(None:" in text or action.default in (None, False, [], argparse.SUPPRESS)
+                or action.option_strings == []):
+            return text
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message):  # one line, not argparse's usage dump
@@ -295,7 +307,10 @@ def _add_recursive_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mijax.version import __version__
+
     parser = _Parser(prog="mijax", description="Hallucinations in diffusion models through mode interpolation.")
+    parser.add_argument("--version", action="version", version=f"mijax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train_arguments(sub.add_parser("train", help="train S models (seeds) of the paper's DDPM on a data set"))
     _add_sample_arguments(sub.add_parser("sample", help="sample a trained run, with Hal for every sample"))
@@ -306,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--figures", type=_path, default=None, metavar="DIR",
                     help="also draw the ROC curves of every score (first seed) into this folder")
     sub.add_parser("data", help="list the registered data sets and models with their options and defaults")
-    demo = sub.add_parser("demo", help="train, sample 100,000 points, report the hallucinations (~5 min on 2 CPUs)")
+    demo = sub.add_parser("demo", help="train, sample 50,000 points, report the hallucinations (~5 min on 2 CPUs)")
     demo.add_argument("--out", type=_path, default=Path("mijax-demo"), help="output directory")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo (once the new one is complete)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -357,16 +357,32 @@ def test_temporaries_of_a_killed_run_are_cleaned_by_the_next(run, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # 7. Help.
 
-def test_every_option_has_help_and_shows_its_default():
+def test_every_option_has_help_and_shows_its_default_once():
+    import argparse
+
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     for name, sub in subparsers.choices.items():
+        text = " ".join(sub.format_help().split())  # argparse wraps lines
+        for empty in ("(default: None)", "(default: [])", "(default: False)"):
+            assert empty not in text, f"mijax {name}: {empty}"
         for action in sub._actions:
             if action.dest == "help" or not action.option_strings:
                 continue
             assert action.help, f"mijax {name} {action.option_strings[0]} has no help"
-        if any(action.option_strings and action.dest != "help" for action in sub._actions):
-            assert "(default:" in sub.format_help(), name
+            said = "default" in action.help or "(None:" in action.help
+            if action.default not in (None, False, [], argparse.SUPPRESS) and not said:
+                assert f"(default: {action.default})" in text, f"mijax {name} {action.option_strings[0]}"
+            if said:  # the help's own words, not argparse's too
+                assert f"{' '.join(action.help.split())} (default:" not in text, f"mijax {name} {action.option_strings[0]}"
+
+
+def test_mijax_version(capsys):
+    from mijax.version import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"mijax {__version__}"
 
 
 def test_run_files_are_strict_json_and_marked(run, samples):
