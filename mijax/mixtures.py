@@ -167,20 +167,34 @@ def exact_denoiser(params: tuple[GaussianMixture, Schedule], x_t: jnp.ndarray, t
 # ---------------------------------------------------------------------------------------------
 # Labels: distance to the nearest mode.
 
+def check_samples(mixture: GaussianMixture, x) -> jnp.ndarray:
+    """``x`` as an array of this mixture's samples, [N, d] or [S, N, d] with its own d; anything else raises
+    ValueError naming both shapes."""
+    x = jnp.asarray(x)
+    d = mixture.means.shape[1]
+    if x.ndim not in (2, 3) or x.shape[-1] != d:
+        raise ValueError(f"samples of this {d}-D mixture are [N, {d}] or [S, N, {d}]; got shape {tuple(x.shape)}")
+    return x
+
+
 def nearest_mode(mixture: GaussianMixture, x: jnp.ndarray):
-    """The nearest mode (Euclidean) and the distance to it in units of that mode's std.
+    """The nearest mode (Euclidean) and the distance to it in units of that mode's std, for samples x [N, d]
+    (or [S, N, d]; :func:`check_samples`).
 
     Returns:
-      (index [N] int32, distance_in_std [N]).
+      (index [N] int32, distance_in_std [N]) (or [S, N] each).
     """
-    sq = jnp.sum((x[:, None, :] - mixture.means[None, :, :]) ** 2, axis=-1)  # [N, K]
-    idx = jnp.argmin(sq, axis=1)
-    dist = jnp.sqrt(jnp.take_along_axis(sq, idx[:, None], axis=1)[:, 0]) / mixture.stds[idx]
+    x = check_samples(mixture, x)
+    means = mixture.means.reshape((1,) * (x.ndim - 1) + mixture.means.shape)  # [1(, 1), K, d]
+    sq = jnp.sum((x[..., None, :] - means) ** 2, axis=-1)  # [(S,) N, K]
+    idx = jnp.argmin(sq, axis=-1)
+    dist = jnp.sqrt(jnp.take_along_axis(sq, idx[..., None], axis=-1)[..., 0]) / mixture.stds[idx]
     return idx.astype(jnp.int32), dist
 
 
 def in_support(mixture: GaussianMixture, x: jnp.ndarray, k: float = 5.0) -> jnp.ndarray:
-    """True where x [N, d] lies within k std of its nearest mode; bool [N]. The rest are hallucinations."""
+    """True where x [N, d] (or [S, N, d]) lies within k std of its nearest mode; bool [N] (or [S, N]). The rest
+    are hallucinations."""
     return nearest_mode(mixture, x)[1] <= k
 
 

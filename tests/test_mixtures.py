@@ -305,3 +305,16 @@ def test_presets_round_robin_flags():
     names = ["gaussian1d", "gaussian25", "gaussian25_rotated", "gaussian8"]
     assert set(data.names()) >= set(names)
     assert [name for name in names if not data.make(name).round_robin] == ["gaussian8"]
+
+
+def test_labels_check_the_samples_shape_and_take_a_seed_axis():
+    import mijax
+
+    grid, line = mijax.gaussian25(), mijax.gaussian1d()
+    for mixture, x in ((line, np.zeros((5, 2))), (grid, [[0.0], [0.7]]), (line, np.zeros(5)), (grid, np.zeros((1, 2, 3, 2)))):
+        with pytest.raises(ValueError, match=r"samples of this \d-D mixture are \[N, \d\] or \[S, N, \d\]"):
+            mijax.labels(mixture, x)
+    x = np.asarray(jax.random.normal(jax.random.key(0), (3, 50, 2)))
+    stacked = np.asarray(mijax.labels(grid, x))
+    assert stacked.shape == (3, 50)
+    assert all((stacked[s] == np.asarray(mijax.labels(grid, x[s]))).all() for s in range(3))

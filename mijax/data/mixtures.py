@@ -36,11 +36,11 @@ def labels(mixture: GaussianMixture, x: jnp.ndarray, k: float = 5.0) -> jnp.ndar
 
     Args:
       mixture: the true mixture ([K, d] means).
-      x: samples [N, d].
+      x: samples [N, d] or [S, N, d], with the mixture's own d (other shapes raise ValueError).
       k: the support radius in units of the nearest mode's std.
     Returns:
-      bool [N], True for hallucinations (the complement of ``mixtures.in_support``; NaN samples count
-      as hallucinated).
+      bool [N] (or [S, N]), True for hallucinations (the complement of ``mixtures.in_support``; NaN samples
+      count as hallucinated).
     """
     return ~in_support(mixture, x, k)
 
