@@ -445,8 +445,8 @@ def _eval(a) -> None:
     from mijax import evaluation, outputs
     from mijax.io import write_json
 
-    for target in (a.json_out,) if a.json_out is not None else ():
-        outputs.check_writable(target)
+    if a.json_out is not None:
+        outputs.check_writable(a.json_out)
     samples = evaluation.load_samples(a.samples)
     result = evaluation.evaluate(samples)
     print(evaluation.format_summary(result))
@@ -632,7 +632,7 @@ def main(argv=None) -> int:
             raise
         print(f"mijax: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return EXIT_USAGE
-    except (AssertionError, RuntimeError) as e:
+    except (AssertionError, RuntimeError):
         line = _backend_failure()
         if line is None or os.environ.get("MIJAX_DEBUG"):
             raise

@@ -58,7 +58,7 @@ def load_samples(path: os.PathLike) -> dict[str, Any]:
     if "config" in arrays:
         try:
             config = config_from_dict(json.loads(str(arrays["config"])))
-        except (ValueError, MijaxError) as e:
+        except ValueError as e:  # MijaxError included
             raise MijaxError(f"{path}: its run configuration cannot be read ({str(e).splitlines()[0]})") from None
     return {"x": x, "hal": hal, "seeds": arrays["seeds"],
             "scores": {k[len("score_"):]: v for k, v in arrays.items() if k.startswith("score_")},
