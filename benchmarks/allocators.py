@@ -35,7 +35,8 @@ def child(conv: str, steps: int) -> dict:
     from mijax.models import build as build_model
     from mijax.models.denoiser import ModuleDenoiser
     from mijax.schedules import make_schedule
-    from mijax.training import TrainConfig, init_states, train_steps
+    from mijax.config import TrainConfig
+    from mijax.training import init_states, train_steps
 
     o = dict(bench_images.DEFAULTS, conv=conv)
     shape = (o["size"], o["size"], 1)

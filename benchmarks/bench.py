@@ -40,9 +40,11 @@ from jax.sharding import PartitionSpec as P
 from mijax.models import KERNELS, PRECISIONS, ToyDenoiser, make_denoiser
 from mijax.models.mlp import matmul_dot_general
 from mijax import allocator, distributed, timing
-from mijax.sampling import SamplerConfig, chunk_rows, default_rows_per_block, sample, sample_chunk, validate
+from mijax.config import SamplerConfig
+from mijax.sampling import chunk_rows, default_rows_per_block, sample, sample_chunk, validate
 from mijax.schedules import make_schedule
-from mijax.training import TrainConfig, init_state, train_step, train_steps
+from mijax.config import TrainConfig
+from mijax.training import init_state, train_step, train_steps
 
 REPOSITORY = Path(__file__).resolve().parents[1]  # the checkout this benchmark belongs to
 

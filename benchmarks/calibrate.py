@@ -26,7 +26,7 @@ from mijax.data.mixtures import blur_adjusted_labels, labels, mode_offsets
 from mijax.io import finite_or_none
 from mijax.runs import sample_run, train_run
 from mijax.experiments import common
-from mijax.training import LR_DECAYS
+from mijax.config import LR_DECAYS
 
 K = 5.0
 

@@ -27,7 +27,7 @@ from mijax.experiments import recursive_shapes
 from mijax.experiments.recursive import with_model_options, with_overrides
 from mijax.io import load_npz
 from mijax.recursive import gen_dir, run_recursive, validate_recursive
-from mijax.training import LR_DECAYS
+from mijax.config import LR_DECAYS
 
 
 def _auroc(scores, positives, negatives) -> float | None:

@@ -59,7 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     from mijax.config import DataConfig, DiffusionConfig, RunConfig
     from mijax.io import write_json
     from mijax.runs import train_run
-    from mijax.training import TrainConfig
+    from mijax.config import TrainConfig
 
     run = a.out / "run"
     if not (run / "train.json").exists():

@@ -24,21 +24,12 @@ import numpy as np
 
 from mijax import detectors as detectors_lib
 from mijax.diffusion import Denoiser
-from mijax.sampling import (ROW_BLOCK, SamplerConfig, Samples, _Reverse, chunk_rows, default_rows_per_block,
-                            map_row_blocks, reverse_timesteps, row_blocks, validate, validate_regions)
+from mijax.config import SamplerConfig
+from mijax.sampling import (ROW_BLOCK, Samples, _Reverse, chunk_rows, default_rows_per_block, map_row_blocks, reverse_timesteps, row_blocks, validate, validate_regions)
+from mijax.config import AbortConfig
 from mijax.schedules import Schedule
 
 REDRAW_STREAM = 0x7E5A0000  # draw a >= 1 of sample i: fold_in(key_i, REDRAW_STREAM + a)
-
-
-@dataclasses.dataclass(frozen=True)
-class AbortConfig:
-    """When to abort: ``detector``'s window ends t_e = ``detector.end`` steps before the last; a sample whose
-    score there is ``>= threshold`` is redrawn, at most ``max_redraws`` times."""
-
-    detector: detectors_lib.DetectorSpec
-    threshold: float
-    max_redraws: int = 3
 
 
 def _rows_first(carry):

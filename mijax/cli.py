@@ -21,7 +21,7 @@ from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_ENVIRONMENT = 1  # the operating system refused a write (mijax.io.WriteFailed) or another OSError
-SEED_LIMIT = 2**32  # seeds are uint32 keys (mijax.keys): larger ones would wrap
+DEMO_OUT = "mijax-demo"  # where `mijax demo` writes unless --out says
 
 
 class UsageError(Exception):
@@ -110,16 +110,6 @@ def _path(text: str) -> Path:
     return Path(_utf8_path(text))
 
 
-def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seed must be an integer, got {text!r}") from None
-    if not 0 <= value < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"seed must be in 0..{SEED_LIMIT - 1} (seeds are 32-bit), got {value}")
-    return value
-
-
 def _positive_int(name):
     def parse(text):
         try:
@@ -132,89 +122,144 @@ def _positive_int(name):
     return parse
 
 
-def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> None:
-    from mijax import data
-    from mijax.diffusion import OBJECTIVES
-    from mijax.schedules import SCHEDULES
+def _field_parser(hint, option: str, infinite: bool = False):
+    """Reads an option's text as the config field's type (``hint``: int, float, str, a tuple of them, Optional);
+    ranges are the configuration's to check (:mod:`mijax.config`), so every message names the field."""
+    import typing
 
-    p.add_argument("--dataset", required=True, help=f"one of {', '.join(data.names())}")
+    if typing.get_origin(hint) is typing.Union:
+        hint = next(h for h in typing.get_args(hint) if h is not type(None))
+    if typing.get_origin(hint) is tuple:
+        item = _field_parser(typing.get_args(hint)[0], option)
+        return lambda text: tuple(item(part) for part in text.replace(" ", "").split(",") if part)
+
+    def parse(text):
+        if hint is str:
+            return text
+        try:
+            value = hint(text)
+        except ValueError:
+            wanted = "an integer" if hint is int else "a number"
+            raise argparse.ArgumentTypeError(f"--{option} must be {wanted}, got {text!r}") from None
+        if hint is float and not (math.isfinite(value) or (infinite and not math.isnan(value))):
+            raise argparse.ArgumentTypeError(f"--{option} must be finite, got {text}")
+        return value
+    return parse
+
+
+def _add_fields(p: argparse.ArgumentParser, cls, section: str, names, help=None, required=()) -> None:
+    """One option per field of configuration ``cls`` in ``names``, derived from the field: its name (or the
+    field's ``option``), type, help text and default (shown, never set: an option not given is None, so the
+    configuration's own default applies, or on resume the run's). Values land in ``section.field`` dests; ``help``
+    replaces a field's help text here (then it says the default itself); ``required`` names the options that
+    must be given."""
+    import dataclasses
+    import typing
+
+    from mijax.io import option_text
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name in names:
+        f = fields[name]
+        m = f.metadata
+        option = (m.get("option") or name).replace("_", "-")
+        text = (help or {}).get(name) or m["help"]
+        choices = m.get("choices")
+        choices = choices() if callable(choices) else choices
+        has_default = f.default is not dataclasses.MISSING
+        if has_default and f.default is not None and f.default is not False and name not in (help or {}):
+            shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else option_text(f.default)
+            text += f" (default: {shown})"
+        dest = f"{section}.{name}"
+        if hints[name] is bool:
+            p.add_argument(f"--{option}", action="store_true", default=None, dest=dest, help=text)
+            continue
+        kind = next((h for h in typing.get_args(hints[name]) if h is not type(None)), hints[name])
+        metavar = ("{" + ",".join(choices) + "}" if choices and kind is str else
+                   "NAME,..." if typing.get_origin(kind) is tuple else name.upper())
+        p.add_argument(f"--{option}", type=_field_parser(hints[name], option, m.get("infinite", False)),
+                       default=None, dest=dest, metavar=metavar, help=text, required=name in required)
+
+
+def _given(a, section: str) -> dict:
+    """The options of ``section`` given on the command line: {field: value}."""
+    prefix = section + "."
+    return {key[len(prefix):]: value for key, value in vars(a).items()
+            if key.startswith(prefix) and value is not None}
+
+
+def _config(build, *args, **kwargs):
+    """``build(*args, **kwargs)``, a configuration; its ConfigError becomes a usage error naming the option."""
+    import dataclasses
+
+    from mijax import config
+
+    try:
+        return build(*args, **kwargs)
+    except config.ConfigError as e:
+        section, _, name = e.field.rpartition(".")
+        owner = {cls.SECTION: cls for cls in (config.RunConfig, config.DataConfig, config.ModelConfig,
+                 config.DiffusionConfig, config.TrainConfig, config.SamplerConfig, config.AbortConfig,
+                 config.SampleConfig, config.RecursiveConfig)}.get(section)
+        fields = {f.name: f for f in dataclasses.fields(owner)} if owner is not None else {}
+        if name not in fields:
+            raise UsageError(str(e)) from None
+        option = (fields[name].metadata.get("option") or name).replace("_", "-")
+        raise UsageError(f"--{option}: {e}") from None
+
+
+TRAIN_FIELDS = ("steps", "batch_size", "learning_rate", "warmup_steps", "lr_decay", "lr_final", "grad_clip",
+                "ema_decay", "t_power", "batch_groups", "shuffle", "steps_per_call")
+
+
+def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> None:
+    from mijax import config
+
+    p.add_argument("--config", type=_path, default=None, metavar="RUN_OR_JSON",
+                   help="start from the configuration of this run directory (or config.json); the options given "
+                        "change it")
+    p.add_argument("--dataset", default=None, help="one of " + ", ".join(config.DataConfig.__dataclass_fields__[
+                   "dataset"].metadata["choices"]()) + " (required unless --config or --resume gives it)")
     p.add_argument("--modes", type=_floats, default=None, help="gaussian1d means, e.g. 1,2,3 (default 1,2,3)")
     p.add_argument("--std", type=_finite("std", 0, low_open=True), default=None,
                    help="std of every mode (None: the data set's, 0.05; 0.02 for gaussian8)")
     p.add_argument("--mnist-dir", type=_utf8_path, default=None, metavar="DIR",
                    help="--dataset mnist: your MNIST files (the four IDX files, gzipped or not, or an .npz); no "
                         "download ever happens (offline digits: --dataset digits8 or mnist5k)")
-    p.add_argument("--data-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--data-option", type=_option, action="append", default=None, metavar="KEY=VALUE",
                    help="any option of the data set, repeatable (e.g. --dataset shapes --data-option size=32); "
                         "`mijax data` lists them")
-    from mijax import models
-    from mijax.training import LR_DECAYS
-
-    p.add_argument("--model", default="mlp", choices=models.names(),
-                   help="the denoiser: mlp (the paper's toy network) or unet (the image UNet family)")
-    p.add_argument("--model-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+    _add_fields(p, config.DataConfig, "data", ("n_train",),
+                help={"n_train": "training-set size (None: the data set's, 20,000 in 1D, 100,000 in 2D, as "
+                                 "published)"})
+    _add_fields(p, config.ModelConfig, "model", ("name",),
+                help={"name": "the denoiser: mlp (the paper's toy network, the default) or unet (the image UNet "
+                              "family)"})
+    p.add_argument("--model-option", type=_option, action="append", default=None, metavar="KEY=VALUE",
                    help="any option of the model, repeatable (mlp: width, num_layers, tied; unet: channels, "
                         "mults, res_blocks, attn_levels, groups, dropout, conv=xla|onednn (oneDNN's convolutions "
                         "on CPU: pip install 'mijax[onednn]'); `mijax data` lists them)")
-    p.add_argument("--n-train", type=_positive_int("n-train"), default=None,
-                   help="training-set size (default: 20,000 in 1D, 100,000 in 2D, as published)")
-    p.add_argument("--steps", type=_positive_int("steps"), default=None,
-                   help="optimiser steps (default: 10,000 epochs = 10,000 N / batch)")
-    p.add_argument("--batch-size", type=_positive_int("batch size"), default=10_000, help="training batch")
-    p.add_argument("--lr", type=_finite("learning rate", 0, low_open=True), default=1e-3, help="Adam learning rate")
-    p.add_argument("--warmup-steps", type=int, default=0,
-                   help="ramp the learning rate linearly from 0 over this many steps (0: off, as published)")
-    p.add_argument("--lr-decay", default="none", choices=LR_DECAYS,
-                   help="lower the learning rate after the warm-up, down to --lr-final times its peak at the last "
-                        "step (none: constant, as published)")
-    p.add_argument("--lr-final", type=_finite("lr-final", 0), default=0.0,
-                   help="with --lr-decay: the learning rate at the last step, as a fraction of --lr")
-    p.add_argument("--grad-clip", type=_finite("gradient clipping", 0), default=0.0,
-                   help="clip the gradient to this global norm (0: off, as published; image DDPMs: 1)")
-    p.add_argument("--ema-decay", type=_finite("ema decay", 0), default=0.0,
-                   help="sample with a moving average of the weights of this decay (0: off, as published; image "
-                        "DDPMs: 0.9999). Dropout is a model option: --model unet --model-option dropout=0.1")
-    p.add_argument("--t-power", type=_finite("t-power", 0, 10, low_open=True), default=1.0,
-                   help="draw the loss's timesteps as floor(T u^P), u uniform: 1 is uniform t, as published; "
-                        "above 1 small t come more often (sharper modes in fewer steps; the quick 2D and "
-                        "recursive models: 1.5)")
-    p.add_argument("--batch-groups", type=_positive_int("batch-groups"), default=1,
-                   help="take each step's gradient as the mean of G equal groups of the batch, computed apart, each "
-                        "group on its own device when a model's seeds leave devices free (a power of two dividing "
-                        "the batch; the same numbers on any device count; for a device per core where one program "
-                        "leaves cores idle). 1: one gradient over the batch, as published")
-    p.add_argument("--shuffle", action="store_true", help="permute the training set every epoch "
-                   "(the published code visits fixed batches in order)")
-    p.add_argument("--timesteps", type=int, default=1000, help="diffusion steps T (at least 2: Hal needs two)")
-    p.add_argument("--schedule", default="linear", help=f"beta schedule: {', '.join(SCHEDULES)}")
-    p.add_argument("--beta-start", type=_finite("beta start", 0, low_open=True), default=1e-3,
-                   help="first beta of the schedule")
-    p.add_argument("--beta-end", type=_finite("beta end", 0, 1, low_open=True), default=0.2,
-                   help="last beta of the schedule")
-    p.add_argument("--objective", default="eps", choices=OBJECTIVES, help="what the network predicts")
     p.add_argument("--untied", action="store_true", help="three separate residual blocks (published: one, tied)")
-    p.add_argument("--seeds", type=_positive_int("seeds"), default=1, help="models trained at once (vmapped)")
-    p.add_argument("--seed", type=_seed, default=0, help="first seed; model s uses seed + s (32-bit)")
-    p.add_argument("--checkpoint-every", type=_positive_int("checkpoint-every"), default=5_000,
-                   help="optimiser steps between checkpoints")
-    p.add_argument("--steps-per-call", type=_positive_int("steps per call"), default=200,
-                   help="optimiser steps per jitted dispatch")
+    _add_fields(p, config.TrainConfig, "train", TRAIN_FIELDS,
+                help={"steps": "optimiser steps (None: 10,000 epochs = 10,000 N / batch, as published)"})
+    _add_fields(p, config.DiffusionConfig, "diffusion", ("timesteps", "schedule", "beta_start", "beta_end",
+                                                          "objective"))
+    _add_fields(p, config.RunConfig, "run", ("seeds", "seed", "checkpoint_every"))
     if resume:
-        p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+        p.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last checkpoint (its own configuration; an option "
+                            "given must agree with it)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out made by mijax (once the new one is complete)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, type=_path, help="output directory")
-    _add_scale_arguments(p)
+    _add_fields(p, config.ModelConfig, "model", ("precision",))
+    _add_distributed_arguments(p)
 
 
-def _add_scale_arguments(p: argparse.ArgumentParser) -> None:
-    """Matmul precision and the jax.distributed settings of a multi-process (multi-host) run."""
-    from mijax.models import PRECISIONS
-
-    p.add_argument("--precision", default=None, choices=PRECISIONS,
-                   help="the network's matmuls (sampler arithmetic stays float32; None: float32, for "
-                        "sample: the run's)")
+def _add_distributed_arguments(p: argparse.ArgumentParser) -> None:
+    """The jax.distributed settings of a multi-process (multi-host) run."""
     g = p.add_argument_group("many processes (jax.distributed; all processes run the same command)")
     g.add_argument("--coordinator-address", default=None, help="host:port of process 0")
     g.add_argument("--num-processes", type=_positive_int("num processes"), default=None, help="processes in the job")
@@ -245,65 +290,41 @@ def _init_distributed(a) -> None:
 
 
 def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, type=_path, help="a run directory made by mijax train")
-    p.add_argument("--n", type=_positive_int("n"), required=True, help="samples per seed")
-    p.add_argument("--seed", type=_seed, default=0, help="sampling seed (32-bit)")
-    from mijax.models import KERNELS
-    from mijax.sampling import HAL_REDUCTIONS, SAMPLERS, VARIANCES
-
-    p.add_argument("--kernel", default="xla", choices=KERNELS,
-                   help="how the network runs: xla (default) or pallas (one fused kernel per block of rows on "
-                        "a GPU; elsewhere the XLA path)")
-    p.add_argument("--sampler", default="ddpm", choices=SAMPLERS, help="ancestral DDPM (published) or DDIM")
-    p.add_argument("--variance", default=None, choices=VARIANCES,
-                   help="DDPM only: the step variance (None: fixed_large, beta_t, as published)")
-    p.add_argument("--ddim-steps", type=_positive_int("ddim steps"), default=None,
-                   help="DDIM only: evenly spaced steps (None: all T)")
-    p.add_argument("--eta", type=_finite("eta", 0), default=None, help="DDIM only: noise scale (None: 0)")
-    p.add_argument("--hal-window", type=int, default=10, help="reverse steps in the Hal window (K)")
-    p.add_argument("--hal-end", type=int, default=0, help="the window ends this many steps before the last")
-    p.add_argument("--hal-reduction", default="mean", choices=HAL_REDUCTIONS,
-                   help="how Hal reduces the per-coordinate variances: mean (published), max, top_k, region_max "
-                        "(per region the mean, then the largest: the data set's regions, e.g. the SHAPES strips)")
-    p.add_argument("--hal-top-k", type=_positive_int("hal top k"), default=None,
-                   help="k of --hal-reduction top_k, the mean of the k largest per-pixel variances (None: 16)")
-    p.add_argument("--clip-x0", action="store_true",
-                   help="clip x0_hat to [-1, 1] at every step (image DDPMs; the toy recipe never clips)")
+    from mijax import config
     from mijax.detectors import DETECTORS
 
+    p.add_argument("--run", required=True, type=_path, help="a run directory made by mijax train")
+    _add_fields(p, config.SampleConfig, "sample", ("n", "seed", "kernel", "chunk_size", "precision"),
+                required=("n",))
+    _add_fields(p, config.SamplerConfig, "sampler", ("sampler", "variance", "ddim_steps", "eta", "hal_window",
+                                                      "hal_end", "hal_reduction", "hal_top_k", "clip_x0",
+                                                      "jac_probes"))
     p.add_argument("--detectors", default=None,
                    help="more hallucination scores in the same pass, comma-separated, each NAME (window t = 9..0) "
                         "or NAME@END:LENGTH (lid@T0): " + ", ".join(DETECTORS) + "; the .npz gains score_<name> "
                         "[S, N] per detector (higher = more suspicious)")
-    p.add_argument("--jac-probes", type=_positive_int("jac probes"), default=4,
-                   help="Hutchinson probes of the Jacobian detectors on images (points get the exact Jacobian)")
     p.add_argument("--abort", default=None, metavar="DETECTOR@END:LENGTH",
                    help="abort and resample: at the end of this detector's window (END steps before the last) redraw "
                         "the samples scoring >= --abort-threshold from fresh noise; the .npz gains redraws and steps "
                         "[S, N] (one device, in memory)")
-    p.add_argument("--abort-threshold", type=float, default=None, help="the --abort detector's threshold")
-    p.add_argument("--max-redraws", type=int, default=None,
-                   help="--abort: redraws per sample at most, the last kept (None: 3)")
-    p.add_argument("--chunk-size", type=_positive_int("chunk size"), default=50_000, help="samples per compiled chunk")
+    _add_fields(p, config.AbortConfig, "abort", ("threshold", "max_redraws"),
+                help={"threshold": "the --abort detector's threshold",
+                      "max_redraws": "--abort: redraws per sample at most, the last kept (default: 3)"})
     p.add_argument("--overwrite", action="store_true", help="replace an existing samples file made by mijax")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, type=_path,
                    help="output .npz: x [S, N, *shape] (points [S, N, d], images [S, N, H, W, C]), hal [S, N], "
                         "and the run, step and config it came from")
-    _add_scale_arguments(p)
+    _add_distributed_arguments(p)
 
 
 def _add_recursive_arguments(p: argparse.ArgumentParser) -> None:
+    from mijax import config
+
     _add_train_arguments(p, resume=False)  # a study resumes by rerunning the same command
-    p.add_argument("--generations", type=_positive_int("generations"), default=5, help="generations 0..G-1")
-    p.add_argument("--filters", default="none,random,variance",
-                   help="comma-separated, of none, random, variance, threshold")
-    p.add_argument("--pool-extra", type=int, default=2_500, help="pool = N + this many samples (published: 2,500)")
-    p.add_argument("--pool-ratio", type=_finite("pool ratio", 1), default=None, help="pool = ceil(N * ratio) instead")
-    p.add_argument("--threshold-keep", type=_finite("threshold keep", 0, 1, low_open=True), default=None,
-                   help="fraction of generation 0's pool the threshold filter keeps (default N / pool)")
-    p.add_argument("--hal-window", type=int, default=10, help="reverse steps in the Hal window (K)")
-    p.add_argument("--chunk-size", type=_positive_int("chunk size"), default=20_000, help="samples per compiled chunk")
+    _add_fields(p, config.RecursiveConfig, "recursive", ("generations", "filters", "pool_extra", "pool_ratio",
+                                                          "threshold_keep", "hal_window", "hal_end",
+                                                          "hal_reduction", "clip_x0", "chunk_size"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also draw the ROC curves of every score (first seed) into this folder")
     sub.add_parser("data", help="list the registered data sets and models with their options and defaults")
     demo = sub.add_parser("demo", help="train, sample 50,000 points, report the hallucinations (~5 min on 2 CPUs)")
-    demo.add_argument("--out", type=_path, default=Path("mijax-demo"), help="output directory")
+    demo.add_argument("--out", type=_path, default=None, help=f"output directory (default: {DEMO_OUT})")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo (once the new one is complete)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     exp = sub.add_parser("experiment", help="run one of the paper's experiments (or `all`); --list names them")
@@ -330,8 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--list", action="store_true", help="name the experiments, one line each")
     from mijax.experiments import PROFILES
 
-    exp.add_argument("--profile", default="quick", choices=PROFILES,
-                     help="quick: minutes on 2 CPU cores; paper: the paper's sizes (for a GPU)")
+    exp.add_argument("--profile", default=None, choices=PROFILES,
+                     help=f"quick: minutes on 2 CPU cores; paper: the paper's sizes (for a GPU) (default: "
+                          f"{PROFILES[0]})")
     exp.add_argument("--seeds", type=_positive_int("seeds"), default=None, help="seeds (None: the profile's)")
     exp.add_argument("--out", type=_path, default=None, help="output directory (all: one folder per experiment)")
     exp.add_argument("--overwrite", action="store_true",
@@ -339,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--runs", type=_path, default=None,
                      help="a folder of trained runs shared by experiments: one that trains the same configuration as "
                           "another reuses its models and samples (all: OUT/runs by default; one experiment: its own)")
-    exp.add_argument("--set", type=_option, action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+    exp.add_argument("--set", type=_option, action="append", default=None, metavar="KEY=VALUE", dest="overrides",
                      help="change one of the profile's sizes (repeatable; one experiment, not `all`), e.g. "
                           "--set steps=20000 --set num_samples=100000; the report lists the sizes used")
     exp.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -349,32 +371,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _base_config(a):
+    """The configuration the training options change: the run's own on ``--resume`` (when ``--out`` holds one),
+    else the one ``--config`` names, else None."""
+    from mijax import runs
+
+    if a.config is not None and getattr(a, "resume", False):
+        raise UsageError("--resume continues the run's own configuration; drop --config")
+    if getattr(a, "resume", False) and (a.out / "config.json").exists():
+        return runs.load_config(a.out)
+    if a.config is not None:
+        return runs.load_config(a.config) if a.config.is_dir() else runs.config_file(a.config)
+    return None
+
+
 def _run_config(a):
-    """The RunConfig of the training options (train and recursive); data-set options go to the data set,
+    """The RunConfig of the training options (train and recursive): the options given over the base (the run's
+    own on --resume, --config's), else over the configuration's defaults; data-set options go to the data set,
     which refuses those it does not take."""
-    from mijax.config import DiffusionConfig, ModelConfig, RunConfig, data_config, paper_steps
-    from mijax.training import TrainConfig
+    import dataclasses
+
+    from mijax.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig, paper_steps
 
     _init_distributed(a)
-    options = dict(a.data_option)
+    base = _base_config(a)
+    dataset = a.dataset or (base.data.dataset if base is not None else None)
+    if dataset is None:
+        raise UsageError("--dataset is required (or --config RUN, or --resume a run in --out)")
+    same_data = base is not None and dataset == base.data.dataset
+    options = dict(base.data.options) if same_data else {}
+    options.update(dict(a.data_option or []))
     options.update({name: value for name, value in (("modes", a.modes), ("std", a.std)) if value is not None})
     if a.mnist_dir is not None:
-        if a.dataset != "mnist":
+        if dataset != "mnist":
             raise UsageError("--mnist-dir applies to --dataset mnist only")
         options["path"] = a.mnist_dir
-    data = data_config(a.dataset, a.n_train, **options)
-    steps = a.steps if a.steps is not None else paper_steps(data.n_train, a.batch_size)
-    return RunConfig(
-        data=data,
-        model=ModelConfig(a.model, precision=a.precision or "float32",
-                          options={**dict(a.model_option), **({"tied": False} if a.untied else {})}),
-        diffusion=DiffusionConfig(a.schedule, a.timesteps, a.beta_start, a.beta_end, a.objective),
-        train=TrainConfig(steps=steps, batch_size=a.batch_size, learning_rate=a.lr, objective=a.objective,
-                          shuffle=a.shuffle, steps_per_call=a.steps_per_call, warmup_steps=a.warmup_steps,
-                          grad_clip=a.grad_clip, ema_decay=a.ema_decay,
-                          lr_decay=a.lr_decay, lr_final=a.lr_final, t_power=a.t_power,
-                          batch_groups=a.batch_groups),
-        seed=a.seed, seeds=a.seeds, checkpoint_every=a.checkpoint_every)
+    given = {section: _given(a, section) for section in ("data", "model", "train", "diffusion", "run")}
+    n_train = given["data"].get("n_train", base.data.n_train if same_data else None)
+    data = _config(DataConfig, dataset, n_train, options)
+    name = given["model"].get("name", base.model.name if base is not None else ModelConfig.name)
+    model_options = dict(base.model.options) if base is not None and name == base.model.name else {}
+    model_options.update(dict(a.model_option or []))
+    if a.untied:
+        model_options["tied"] = False
+    precision = given["model"].get("precision", base.model.precision if base is not None else ModelConfig.precision)
+    model = _config(ModelConfig, name, precision, model_options)
+    diffusion = _config(dataclasses.replace, base.diffusion if base is not None else DiffusionConfig(),
+                        **given["diffusion"])
+    if base is not None:
+        train = base.train
+    else:
+        batch = _config(TrainConfig, batch_size=given["train"].get("batch_size", TrainConfig.batch_size)).batch_size
+        train = TrainConfig(steps=paper_steps(data.n_train, batch))
+    train = _config(dataclasses.replace, train, **given["train"], objective=diffusion.objective)
+    return _config(dataclasses.replace, base if base is not None else RunConfig(data=data, train=train),
+                   data=data, model=model, diffusion=diffusion, train=train, **given["run"])
 
 
 def _train(a) -> None:
@@ -385,57 +436,57 @@ def _train(a) -> None:
     print(f"trained {config.seeds} model(s) for {config.train.steps} steps -> {a.out}")
 
 
-def _sample(a) -> None:
-    from mijax.runs import sample_run
-    from mijax.sampling import SamplerConfig
+def _sample_config(a):
+    """The SampleConfig of the sampling options (its sampler and abort-and-resample)."""
+    from mijax.config import AbortConfig, SampleConfig, SamplerConfig
+    from mijax.detectors import parse
 
-    if a.sampler == "ddpm" and (a.ddim_steps is not None or a.eta is not None):
+    sampler = _given(a, "sampler")
+    name = sampler.get("sampler", SamplerConfig.sampler)
+    if name == "ddpm" and ({"ddim_steps", "eta"} & set(sampler)):
         raise UsageError("--ddim-steps and --eta apply to --sampler ddim only")
-    if a.sampler != "ddpm" and a.variance is not None:
-        raise UsageError(f"--variance applies to --sampler ddpm only (--sampler {a.sampler} ignores it)")
-    if a.hal_top_k is not None and a.hal_reduction != "top_k":
-        raise UsageError(f"--hal-top-k applies to --hal-reduction top_k only (--hal-reduction {a.hal_reduction} "
+    if name != "ddpm" and "variance" in sampler:
+        raise UsageError(f"--variance applies to --sampler ddpm only (--sampler {name} ignores it)")
+    reduction = sampler.get("hal_reduction", SamplerConfig.hal_reduction)
+    if "hal_top_k" in sampler and reduction != "top_k":
+        raise UsageError(f"--hal-top-k applies to --hal-reduction top_k only (--hal-reduction {reduction} "
                          "ignores it)")
     if a.out is not None and a.out.suffix != ".npz":
         raise UsageError(f"--out {a.out}: samples are an .npz file; name it with the suffix .npz")
-    _init_distributed(a)
-    sampler = dict(sampler=a.sampler, variance=a.variance or "fixed_large", hal_window=a.hal_window, hal_end=a.hal_end,
-                   ddim_steps=a.ddim_steps, eta=0.0 if a.eta is None else a.eta, hal_reduction=a.hal_reduction,
-                   hal_top_k=16 if a.hal_top_k is None else a.hal_top_k, clip_x0=a.clip_x0, jac_probes=a.jac_probes)
-    from mijax.detectors import parse
-
     if a.detectors is not None:
         try:
             sampler["detectors"] = parse(a.detectors)
         except ValueError as e:
             raise UsageError(f"--detectors: {e}") from None
-    abort = None
-    if (a.abort is None) != (a.abort_threshold is None):
+    abort = _given(a, "abort")
+    if (a.abort is None) != ("threshold" not in abort):
         raise UsageError("--abort and --abort-threshold go together")
-    if a.abort is None and a.max_redraws is not None:
+    if a.abort is None and "max_redraws" in abort:
         raise UsageError("--max-redraws applies to --abort only")
-    if a.max_redraws is None:
-        a.max_redraws = 3
     if a.abort is not None:
-        from mijax.abort import AbortConfig
-
         try:
             specs = parse(a.abort)
         except ValueError as e:
             raise UsageError(f"--abort: {e}") from None
         if len(specs) != 1:
             raise UsageError("--abort takes one detector")
-        spec = specs[0]
-        if a.max_redraws < 0:
-            raise UsageError(f"--max-redraws must be >= 0, got {a.max_redraws}")
-        abort = AbortConfig(spec, a.abort_threshold, a.max_redraws)
-    result = sample_run(a.run, a.n, seed=a.seed, sampler=SamplerConfig(**sampler), chunk_size=a.chunk_size,
-                        progress=not a.no_progress, out=a.out, precision=a.precision, kernel=a.kernel,
-                        overwrite=a.overwrite, abort=abort)
+        abort = _config(AbortConfig, specs[0], **abort)
+    return _config(SampleConfig, **_given(a, "sample"), sampler=_config(SamplerConfig, **sampler),
+                   abort=abort if a.abort is not None else None)
+
+
+def _sample(a) -> None:
+    from mijax.runs import sample_run
+
+    config = _sample_config(a)
+    _init_distributed(a)
+    result = sample_run(a.run, config.n, seed=config.seed, sampler=config.sampler, chunk_size=config.chunk_size,
+                        progress=not a.no_progress, out=a.out, precision=config.precision, kernel=config.kernel,
+                        overwrite=a.overwrite, abort=config.abort)
     import jax
 
     if jax.process_index() == 0:
-        print(f"{result['shape'][0]} seed(s) x {a.n} samples -> {a.out}")
+        print(f"{result['shape'][0]} seed(s) x {config.n} samples -> {a.out}")
         from mijax import evaluation
 
         print(evaluation.format_summary(evaluation.evaluate(evaluation.load_samples(a.out))))
@@ -461,7 +512,7 @@ def _eval(a) -> None:
 def _demo(a) -> None:
     from mijax.experiments.demo import run_demo
 
-    run_demo(a.out, overwrite=a.overwrite, progress=not a.no_progress)
+    run_demo(a.out or Path(DEMO_OUT), overwrite=a.overwrite, progress=not a.no_progress)
 
 
 def _experiment(a) -> None:
@@ -473,6 +524,7 @@ def _experiment(a) -> None:
         return
     if a.name is None:
         raise UsageError("name an experiment (or `all`), or pass --list")
+    a.profile = a.profile or experiments.PROFILES[0]
     if a.out is None:
         raise UsageError("--out is required")
     chosen = experiments.names() if a.name == "all" else [a.name]
@@ -541,13 +593,11 @@ def _experiment_overrides(a, modules) -> dict:
 
 
 def _recursive(a) -> None:
-    from mijax.recursive import RecursiveConfig, run_recursive
+    from mijax.config import RecursiveConfig
+    from mijax.recursive import run_recursive
     from mijax.stats import format_ci
 
-    config = RecursiveConfig(run=_run_config(a), generations=a.generations,
-                             filters=tuple(f for f in a.filters.replace(" ", "").split(",") if f),
-                             pool_extra=a.pool_extra, pool_ratio=a.pool_ratio, threshold_keep=a.threshold_keep,
-                             hal_window=a.hal_window, chunk_size=a.chunk_size)
+    config = _config(RecursiveConfig, run=_run_config(a), **_given(a, "recursive"))
     result = run_recursive(a.out, config, progress=not a.no_progress, overwrite=a.overwrite)
     for name, table in result["summary"].items():
         key = next(iter(table))  # the data set's first summary measurement (mixtures: the hallucination rate)

@@ -1,5 +1,8 @@
-"""The configuration of a training run: data set, model, diffusion, optimiser, seeds; JSON round trip and
-validation, and the pieces a configuration builds.
+"""Every configuration of mijax, in one place: the data set, model, diffusion, training, seeds (a run), the
+sampler, sampling, abort-and-resample and recursive studies. Each is a frozen dataclass whose fields carry
+their default, help text and range (:func:`setting`); a configuration is checked when it is built, and a bad
+value raises :class:`ConfigError` naming the field (``train.steps must be > 0, got -5``). The ``mijax``
+command derives its options from these fields, so each default is written here and nowhere else.
 
 A run's ``config.json`` is :func:`config_to_dict` of its :class:`RunConfig` (plus the library versions).
 Data-set and model options live with the data set and the model (:mod:`mijax.data`, :mod:`mijax.models`):
@@ -8,79 +11,427 @@ a config records them all, defaults filled in, so it says exactly what was train
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Any, Callable, Mapping
+import typing
+from typing import Any, Callable, ClassVar, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
 
 from mijax import data as datasets
 from mijax import models
+from mijax.detectors import DetectorSpec
+from mijax.diffusion import OBJECTIVES
+from mijax.filters import FILTERS
+from mijax.hal import HAL_REDUCTIONS
 from mijax.io import MijaxError
 from mijax.keys import SEED_LIMIT, TRAINING_SET, stream
 from mijax.models import ModuleDenoiser
 from mijax.schedules import SCHEDULES, Schedule, check_objective, make_schedule
-from mijax.training import LR_DECAYS, TrainConfig, valid_batch_groups
+
+class ConfigError(MijaxError):
+    """A setting that cannot run: one line naming the field (``field``, dotted: ``train.learning_rate``)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
 
 RunError = MijaxError  # the name the run-directory functions raise under
 EPOCHS = 10_000  # the published recipe trains 10,000 epochs of fixed batches
+LR_DECAYS = ("none", "cosine", "linear")
+SAMPLERS = ("ddpm", "ddim")
+VARIANCES = ("fixed_large", "fixed_small")
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Optional[Callable[[], Any]] = None,
+            low: Optional[float] = None, high: Optional[float] = None, above: Optional[float] = None,
+            below: Optional[float] = None, choices: Any = None, option: Optional[str] = None,
+            infinite: bool = False) -> Any:
+    """A configuration field: its default (or ``factory``), its help text, and what it accepts: ``low`` <= value
+    <= ``high``, value > ``above``, value < ``below``, value in ``choices`` (a tuple, or a function returning one,
+    for registries); a float must be finite unless ``infinite``. ``option`` is the command line's name when it
+    is not the field's (``lr``)."""
+    metadata = dict(help=help, low=low, high=high, above=above, below=below, choices=choices, option=option,
+                    infinite=infinite)
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+_WANTED = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}
+
+
+def _typed(hint: Any, value: Any, name: str, infinite: bool = False) -> Any:
+    """``value`` as the annotation ``hint`` takes it (a list as a tuple, an int as a float where a float is
+    asked), or ConfigError naming ``name``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+        ok = ok and (infinite or math.isfinite(value))
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(name, f"{name} must be a list, got {value!r}")
+        inner = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(inner) != len(value):
+            raise ConfigError(name, f"{name} must have {len(inner)} items, got {value!r}")
+        return tuple(_typed(h, v, name) for h, v in zip(inner, value))
+    elif dataclasses.is_dataclass(hint):
+        ok = isinstance(value, hint)
+        if not ok:
+            raise ConfigError(name, f"{name} must be a {hint.__name__}, got {value!r}")
+    else:  # Any, Mapping: checked by their owner (the data set's and the model's options)
+        return value
+    if not ok:
+        raise ConfigError(name, f"{name} must be {_WANTED[hint]}, got {value!r}")
+    return value
+
+
+class Config:
+    """A frozen configuration whose fields are checked on construction (:func:`setting`); ``SECTION`` names it
+    in messages (``train`` for :class:`TrainConfig`)."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self):
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):
+            name = f"{self.SECTION}.{f.name}" if self.SECTION else f.name
+            value = _typed(hints[f.name], getattr(self, f.name), name, f.metadata.get("infinite", False))
+            object.__setattr__(self, f.name, value)
+            _check_range(f.metadata, value, name)
+        self.check()
+
+    def check(self) -> None:
+        """Checks between fields (ConfigError); the fields themselves are checked before."""
+
+
+def _check_range(m: Mapping[str, Any], value: Any, name: str) -> None:
+    if value is None or not m:
+        return
+    choices = m.get("choices")
+    if choices is not None:
+        choices = choices() if callable(choices) else choices
+        for v in (value if isinstance(value, tuple) else (value,)):
+            if v not in choices:
+                raise ConfigError(name, f"unknown {name} {v!r}; choose from {', '.join(choices)}")
+    if m.get("low") is not None and value < m["low"]:
+        raise ConfigError(name, f"{name} must be >= {m['low']:g}, got {value}")
+    if m.get("high") is not None and value > m["high"]:
+        raise ConfigError(name, f"{name} must be <= {m['high']:g}, got {value}")
+    if m.get("above") is not None and value <= m["above"]:
+        raise ConfigError(name, f"{name} must be > {m['above']:g}, got {value}")
+    if m.get("below") is not None and value >= m["below"]:
+        raise ConfigError(name, f"{name} must be < {m['below']:g}, got {value}")
+
+
+def _fail(field: str, message: str) -> None:
+    raise ConfigError(field, message)
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Config):
     """The training distribution: a registered data set, its options and the training-set size.
 
     ``options`` are the data set's (for ``gaussian1d``: ``modes``, ``std``, ``round_robin``, ``k``); the
-    defaults are filled in on construction, so two configs of the same data compare equal.
+    defaults are filled in on construction, so two configs of the same data compare equal. ``n_train`` None
+    is the data set's own size (the published 20,000 in 1D, 100,000 in 2D; ``mijax data`` lists them).
     """
 
-    dataset: str = "gaussian1d"
-    n_train: int = 20_000
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    SECTION: ClassVar[str] = "data"
+    dataset: str = setting("gaussian1d", "the data set", choices=datasets.names)
+    n_train: Optional[int] = setting(None, "training-set size (None: the data set's)", above=0)
+    options: Mapping[str, Any] = setting(factory=dict, help="the data set's options")
 
-    def __post_init__(self):
+    def check(self):
         object.__setattr__(self, "options", datasets.resolve(self.dataset, self.options))
+        if self.n_train is None:
+            object.__setattr__(self, "n_train", datasets.entry(self.dataset).n_train)
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Config):
     """The denoiser: a registered model (``mlp``, the paper's), its options and the matmul precision
     (``float32``, ``tf32`` or ``bf16``; see :mod:`mijax.models.mlp`). Defaults are filled in on construction."""
 
-    name: str = "mlp"
-    precision: str = "float32"
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    SECTION: ClassVar[str] = "model"
+    name: str = setting("mlp", "the denoiser", choices=models.names, option="model")
+    precision: str = setting("float32", "the network's matmuls (the sampler's arithmetic stays float32)",
+                             choices=models.PRECISIONS)
+    options: Mapping[str, Any] = setting(factory=dict, help="the model's options")
 
-    def __post_init__(self):
+    def check(self):
         object.__setattr__(self, "options", models.resolve(self.name, self.options))
 
 
 @dataclasses.dataclass(frozen=True)
-class DiffusionConfig:
+class DiffusionConfig(Config):
     """The noise schedule and what the network predicts (defaults: the paper's)."""
 
-    schedule: str = "linear"
-    timesteps: int = 1000
-    beta_start: float = 1e-3
-    beta_end: float = 0.2
-    objective: str = "eps"
+    SECTION: ClassVar[str] = "diffusion"
+    schedule: str = setting("linear", "beta schedule", choices=SCHEDULES)
+    timesteps: int = setting(1000, "diffusion steps T (at least 2: Hal needs two)", low=2)
+    beta_start: float = setting(1e-3, "first beta of the schedule", above=0)
+    beta_end: float = setting(0.2, "last beta of the schedule", above=0, high=1)
+    objective: str = setting("eps", "what the network predicts", choices=OBJECTIVES)
+
+    def check(self):
+        try:
+            make_schedule(self.schedule, self.timesteps, self.beta_start, self.beta_end)
+            check_objective(self.schedule, self.timesteps, self.beta_start, self.beta_end, self.objective)
+        except ValueError as e:
+            raise ConfigError("diffusion", str(e)) from None
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
+class TrainConfig(Config):
+    """Optimisation settings; the defaults are the published recipe (Adam 1e-3, batch 10,000).
+
+    ``warmup_steps`` (a linear ramp of the learning rate from 0 over that many steps), ``grad_clip`` (the
+    largest global norm of the gradient, 0: no clipping) and ``ema_decay`` (an exponential moving average of
+    the weights, which the samplers then use; 0: none) are the image DDPMs' options (ddpm-torch: 5,000, 1.0 and
+    0.9999). ``lr_decay`` ("none", "cosine" or "linear") lowers the learning rate after the warm-up to
+    ``lr_final`` times its peak at step ``steps`` (and keeps it there if training goes on). All are off in the
+    paper's toy recipe, and then the optimiser (and its state) is plain Adam. ``t_power`` draws the loss's
+    timesteps as ``floor(T u^t_power)`` (:func:`mijax.diffusion.sample_timesteps`): 1 is uniform, as published;
+    above 1 the small t that shape the modes come more often (the quick 2D and recursive models: 1.5).
+    Dropout is an option of the model (the UNet's ``dropout``); its masks come from the ``DROPOUT`` stream.
+    ``batch_groups`` G > 1 (a power of two dividing the batch) takes each step's loss and gradient as the mean
+    of G equal consecutive groups of the batch, computed apart and summed pairwise, with the same t and noise
+    as G = 1 (:func:`mijax.training.batch_gradient`): the same mathematics in another summation order, and the
+    groups run on separate devices with the same numbers on 1 or G devices. 1: one gradient over the whole
+    batch, as published.
+    """
+
+    SECTION: ClassVar[str] = "train"
+    steps: int = setting(20_000, "optimiser steps", above=0)
+    batch_size: int = setting(10_000, "training batch", above=0)
+    learning_rate: float = setting(1e-3, "Adam learning rate", above=0, option="lr")
+    b1: float = setting(0.9, "Adam's first-moment decay", low=0, below=1)
+    b2: float = setting(0.999, "Adam's second-moment decay", low=0, below=1)
+    eps: float = setting(1e-8, "Adam's epsilon", above=0)
+    objective: str = setting("eps", "what the network predicts", choices=OBJECTIVES)
+    shuffle: bool = setting(False, "permute the training set every epoch (the published code visits fixed "
+                                   "batches in order)")
+    steps_per_call: int = setting(200, "optimiser steps per jitted dispatch", above=0)
+    warmup_steps: int = setting(0, "ramp the learning rate linearly from 0 over this many steps (0: off, as "
+                                   "published)", low=0)
+    grad_clip: float = setting(0.0, "clip the gradient to this global norm (0: off, as published; image DDPMs: 1)",
+                               low=0)
+    ema_decay: float = setting(0.0, "sample with a moving average of the weights of this decay (0: off, as "
+                                    "published; image DDPMs: 0.9999)", low=0, below=1)
+    lr_decay: str = setting("none", "lower the learning rate after the warm-up, down to lr_final times its peak "
+                                    "at the last step (none: constant, as published)", choices=LR_DECAYS)
+    lr_final: float = setting(0.0, "with lr_decay: the learning rate at the last step, as a fraction of the peak",
+                              low=0, high=1)
+    t_power: float = setting(1.0, "draw the loss's timesteps as floor(T u^P), u uniform: 1 is uniform t, as "
+                                  "published; above 1 small t come more often", above=0, high=10)
+    batch_groups: int = setting(1, "take each step's gradient as the mean of G equal groups of the batch, "
+                                   "computed apart, each group on its own device when the seeds leave devices "
+                                   "free (a power of two dividing the batch; the same numbers on any device "
+                                   "count). 1: one gradient over the batch, as published", above=0)
+
+    def check(self):
+        g = self.batch_groups
+        if g & (g - 1) or self.batch_size % g:
+            _fail("train.batch_groups", f"train.batch_groups must be a power of two that divides the batch size "
+                                        f"({self.batch_size}), got {g}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(Config):
     """Everything that defines a training run; saved as ``config.json``."""
 
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
     train: TrainConfig = TrainConfig()
-    seed: int = 0
-    seeds: int = 1
-    checkpoint_every: int = 5_000
+    seed: int = setting(0, "first seed; model s uses seed + s (32-bit)", low=0, below=SEED_LIMIT)
+    seeds: int = setting(1, "models trained at once (vmapped)", above=0)
+    checkpoint_every: int = setting(5_000, "optimiser steps between checkpoints", above=0)
+
+    def check(self):
+        if self.seed + self.seeds - 1 >= SEED_LIMIT:
+            _fail("seeds", f"seeds must lie in 0..{SEED_LIMIT - 1} (32-bit): seed {self.seed} + {self.seeds} "
+                           "seed(s) do not")
+        if self.train.batch_size > self.data.n_train:
+            _fail("train.batch_size", f"batch size {self.train.batch_size} exceeds the training set "
+                                      f"({self.data.n_train}, data.n_train)")
 
     @property
     def seed_values(self) -> list[int]:
         return [self.seed + s for s in range(self.seeds)]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig(Config):
+    """Static settings of a reverse sampler (hashable: a ``jit`` static argument).
+
+    Attributes:
+      sampler: ``ddpm`` (ancestral, the paper's) or ``ddim``.
+      variance: DDPM step variance, ``fixed_large`` (beta_t, the paper's) or ``fixed_small``
+        (the posterior variance).
+      objective: what the denoiser predicts: ``eps`` (the paper's), ``x0`` or ``mean``.
+      hal_window: K, the number of reverse steps whose x0_hat variance is Hal (>= 2).
+      hal_end: the window ends this many reverse steps before the last one. For DDPM over all T steps
+        the window is t = hal_end .. hal_end + K - 1 (the paper's code: t = 9..0).
+      ddim_steps: length of DDIM's evenly spaced step subsequence (None: all T steps).
+      eta: DDIM's noise scale (0: deterministic).
+      trajectory_stride: record x0_hat every this many reverse steps (0: record nothing).
+      trajectory_last: record only within the last this many reverse steps (None: all).
+      trajectory_xt: record x_t (each recorded step's input) beside x0_hat (``Samples.trajectory_xt``).
+      hal_windows: extra Hal windows ``((end, length), ...)``, each the variance over ``length`` reverse
+        steps ending ``end`` steps before the last, carried in the same pass (``Samples.hal_windows``).
+      hal_reduction: how the per-coordinate variances become one number, a key of ``HAL_REDUCTIONS``.
+      hal_top_k: k of the ``top_k`` reduction (the mean of the k largest per-coordinate variances).
+      hal_regions: the ``region_max`` reduction's regions of an image [H, W, C], boxes
+        ``(row_start, row_stop, col_start, col_stop)`` (half-open), e.g. the SHAPES strips
+        (:attr:`mijax.data.shapes.ShapesDataset.hal_regions`).
+      hal_table: more reductions (keys of ``HAL_REDUCTIONS``) applied to every window's variances in the same
+        pass: ``Samples.hal_table`` [N, windows, reductions] (windows as :meth:`windows`, the main one first).
+      detectors: more hallucination scores computed in the same pass (:mod:`mijax.detectors`, e.g.
+        ``detectors.parse("hal,jac_trace,lid")``): ``Samples.scores`` {spec key: [N]}, higher = more suspicious.
+      jac_probes: Rademacher probes of the Hutchinson estimate of a Jacobian detector on samples of more than
+        ``detectors.JAC_EXACT_MAX`` coordinates (images); smaller samples get the exact Jacobian.
+      clip_x0: clip x0_hat to [-1, 1] at every step and take the step from the clipped x0_hat (DDPM: the
+        posterior mean at it; DDIM: the noise it implies), as image DDPMs do; Hal is then the variance of
+        the clipped x0_hat. Off by default (the paper's toy recipe never clips).
+    """
+
+    SECTION: ClassVar[str] = "sampler"
+    sampler: str = setting("ddpm", "ancestral DDPM (published) or DDIM", choices=SAMPLERS)
+    variance: str = setting("fixed_large", "DDPM only: the step variance (fixed_large: beta_t, as published)",
+                            choices=VARIANCES)
+    objective: str = setting("eps", "what the network predicts (a run's sampler takes the run's)",
+                             choices=OBJECTIVES)
+    hal_window: int = setting(10, "reverse steps in the Hal window (K)", low=2)
+    hal_end: int = setting(0, "the Hal window ends this many steps before the last", low=0)
+    ddim_steps: Optional[int] = setting(None, "DDIM only: evenly spaced steps (None: all T)", above=0)
+    eta: float = setting(0.0, "DDIM only: noise scale (0: deterministic)", low=0)
+    trajectory_stride: int = setting(0, "record x0_hat every this many reverse steps (0: none)", low=0)
+    trajectory_last: Optional[int] = setting(None, "record only within the last this many reverse steps",
+                                             above=0)
+    trajectory_xt: bool = setting(False, "record x_t beside x0_hat")
+    hal_windows: tuple[tuple[int, int], ...] = setting((), "extra Hal windows (end, length)")
+    hal_reduction: str = setting("mean", "how Hal reduces the per-coordinate variances: mean (published), max, "
+                                         "top_k, region_max (per region the mean, then the largest: the data "
+                                         "set's regions, e.g. the SHAPES strips)", choices=tuple(HAL_REDUCTIONS))
+    hal_top_k: int = setting(16, "k of the top_k reduction, the mean of the k largest per-coordinate variances",
+                             low=1)
+    clip_x0: bool = setting(False, "clip x0_hat to [-1, 1] at every step (image DDPMs; the toy recipe never clips)")
+    hal_regions: tuple[tuple[int, int, int, int], ...] = setting((), "the region_max reduction's boxes")
+    hal_table: tuple[str, ...] = setting((), "more reductions of every window", choices=tuple(HAL_REDUCTIONS))
+    detectors: tuple[DetectorSpec, ...] = setting((), "more hallucination scores in the same pass")
+    jac_probes: int = setting(4, "Hutchinson probes of the Jacobian detectors on images (points get the exact "
+                                 "Jacobian)", low=1)
+
+    def windows(self) -> tuple[tuple[int, int], ...]:
+        """Every Hal window as ``(end, length)``: the main one first, then ``hal_windows``."""
+        return ((self.hal_end, self.hal_window),) + tuple((int(e), int(k)) for e, k in self.hal_windows)
+
+
+@dataclasses.dataclass(frozen=True)
+class AbortConfig(Config):
+    """When to abort: ``detector``'s window ends t_e = ``detector.end`` steps before the last; a sample whose
+    score there is ``>= threshold`` is redrawn, at most ``max_redraws`` times."""
+
+    SECTION: ClassVar[str] = "abort"
+    detector: DetectorSpec = setting(help="the detector whose window ends where samples are aborted")
+    threshold: float = setting(help="the detector's threshold: a score >= it is redrawn (inf: never)",
+                               infinite=True, option="abort_threshold")
+    max_redraws: int = setting(3, "redraws per sample at most, the last kept", low=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig(Config):
+    """How a trained run is sampled: samples per seed, the sampling seed, chunks, the network's kernel and
+    precision (None: the run's), the sampler, and abort-and-resample (None: off)."""
+
+    SECTION: ClassVar[str] = "sample"
+    n: int = setting(help="samples per seed", above=0)
+    seed: int = setting(0, "sampling seed (32-bit)", low=0, below=SEED_LIMIT)
+    chunk_size: Optional[int] = setting(50_000, "samples per compiled chunk (None: all at once)", above=0)
+    kernel: str = setting("xla", "how the network runs: xla or pallas (one fused kernel per block of rows on a "
+                                 "GPU; elsewhere the XLA path)", choices=models.KERNELS)
+    precision: Optional[str] = setting(None, "the network's matmuls (None: the run's)", choices=models.PRECISIONS)
+    sampler: SamplerConfig = SamplerConfig()
+    abort: Optional[AbortConfig] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RecursiveConfig(Config):
+    """A recursive-training study.
+
+    Attributes:
+      run: the recipe of every model (data set, model, diffusion, training); ``run.data.n_train`` is N,
+        the training-set size of every generation; ``run.seed`` / ``run.seeds`` the seeds.
+      generations: G, generations 0..G-1.
+      filters: the filters compared (of :data:`FILTERS`, in plot order).
+      pool_extra: the pool is N + pool_extra samples (the paper: 2,500) ...
+      pool_ratio: ... or, if set, ceil(N * pool_ratio) samples.
+      threshold_keep: fraction of generation 0's pool the threshold keeps (None: N / P).
+      hal_window: K, reverse steps in the Hal window (t = hal_end + K - 1 .. hal_end).
+      chunk_size: samples per compiled sampling chunk.
+      hal_end: the Hal window ends this many reverse steps before the last (0: the published t = K-1..0).
+      hal_reduction: how Hal reduces the per-coordinate variances (:data:`mijax.hal.HAL_REDUCTIONS`;
+        ``region_max`` takes the data set's regions, e.g. the SHAPES strips).
+      clip_x0: clip x0_hat to [-1, 1] while sampling the pools (images).
+    """
+
+    SECTION: ClassVar[str] = "recursive"
+    run: RunConfig = RunConfig()
+    generations: int = setting(5, "generations 0..G-1", above=0)
+    filters: tuple[str, ...] = setting(("none", "random", "variance"), "the filters compared, of none, random, "
+                                       "variance, threshold", choices=FILTERS)
+    pool_extra: int = setting(2_500, "pool = N + this many samples (published: 2,500)", low=0)
+    pool_ratio: Optional[float] = setting(None, "pool = ceil(N * ratio) instead", low=1)
+    threshold_keep: Optional[float] = setting(None, "fraction of generation 0's pool the threshold filter keeps "
+                                                    "(None: N / pool)", above=0, high=1)
+    hal_window: int = setting(10, "reverse steps in the Hal window (K)", low=2)
+    chunk_size: int = setting(20_000, "samples per compiled chunk", above=0)
+    hal_end: int = setting(0, "the Hal window ends this many steps before the last", low=0)
+    hal_reduction: str = setting("mean", "how Hal reduces the per-coordinate variances",
+                                 choices=tuple(HAL_REDUCTIONS))
+    clip_x0: bool = setting(False, "clip x0_hat to [-1, 1] while sampling the pools (images)")
+
+    def check(self):
+        if not self.filters or len(set(self.filters)) != len(self.filters):
+            _fail("recursive.filters", "recursive.filters must be a non-empty list without repeats")
+        if self.hal_window > self.run.diffusion.timesteps:
+            _fail("recursive.hal_window", f"Hal window must be in 2..{self.run.diffusion.timesteps}, got "
+                                          f"{self.hal_window}")
+
+    @property
+    def n(self) -> int:
+        return self.run.data.n_train
+
+    @property
+    def pool_size(self) -> int:
+        if self.pool_ratio is not None:
+            return int(math.ceil(self.n * self.pool_ratio - 1e-9))
+        return self.n + self.pool_extra
+
+    @property
+    def num_seeds(self) -> int:
+        return self.run.seeds
 
 
 def paper_steps(n_train: int, batch_size: int, epochs: int = EPOCHS) -> int:
@@ -95,7 +446,15 @@ def config_to_dict(config: RunConfig) -> dict:
     return d
 
 
-_OPTION_NAMES = {"learning_rate": "lr", "name": "model"}
+def option_name(path: tuple[str, ...]) -> str:
+    """The command line's name of the setting at ``path`` (``("train", "learning_rate")`` -> ``lr``)."""
+    cls, meta = RunConfig, {}
+    for part in path:
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if part not in fields:
+            return path[-1].replace("_", "-")
+        meta, cls = fields[part].metadata, _hints(cls)[part]
+    return (meta.get("option") or path[-1]).replace("_", "-")
 
 
 def config_differences(made: RunConfig, asked: RunConfig) -> list[tuple[str, object, object]]:
@@ -114,8 +473,7 @@ def config_differences(made: RunConfig, asked: RunConfig) -> list[tuple[str, obj
     names = {}
     for path in list(a) + [p for p in b if p not in a]:
         if a.get(path) != b.get(path):
-            key = path[-1]
-            names.setdefault(_OPTION_NAMES.get(key, key.replace("_", "-")), (a.get(path), b.get(path)))
+            names.setdefault(option_name(path), (a.get(path), b.get(path)))
     return [(name, old, new) for name, (old, new) in names.items()]
 
 
@@ -135,86 +493,23 @@ def _legacy(d: dict) -> dict:
 
 def config_from_dict(d: Any) -> RunConfig:
     """Inverse of :func:`config_to_dict` (also reads the config.json of earlier versions); a dict that does not
-    describe a run raises RunError."""
+    describe a run raises RunError, a setting that cannot run ConfigError."""
     if not isinstance(d, dict):
         raise RunError(f"config.json does not describe a mijax run (a JSON {type(d).__name__}, not an object)")
     try:
         d = _legacy(d)
-        config = RunConfig(data=DataConfig(**d["data"]), model=ModelConfig(**d["model"]),
-                           diffusion=DiffusionConfig(**d["diffusion"]), train=TrainConfig(**d["train"]),
-                           **{k: d[k] for k in ("seed", "seeds", "checkpoint_every")})
+        return RunConfig(data=DataConfig(**d["data"]), model=ModelConfig(**d["model"]),
+                         diffusion=DiffusionConfig(**d["diffusion"]), train=TrainConfig(**d["train"]),
+                         **{k: d[k] for k in ("seed", "seeds", "checkpoint_every")})
     except (KeyError, TypeError, AttributeError) as e:
         raise RunError(f"config.json does not describe a mijax run ({type(e).__name__}: {e})") from None
-    _check_types(config)
-    return config
-
-
-_TYPES = {  # what each setting must be (JSON gives any type; a wrong one must not reach the code)
-    "seed": int, "seeds": int, "checkpoint_every": int, "data.dataset": str, "data.n_train": int,
-    "model.name": str, "model.precision": str, "diffusion.schedule": str, "diffusion.timesteps": int,
-    "diffusion.beta_start": float, "diffusion.beta_end": float, "diffusion.objective": str,
-    "train.steps": int, "train.batch_size": int, "train.learning_rate": float, "train.b1": float, "train.b2": float,
-    "train.eps": float, "train.objective": str, "train.shuffle": bool, "train.steps_per_call": int,
-    "train.warmup_steps": int, "train.grad_clip": float, "train.ema_decay": float,
-    "train.lr_decay": str, "train.lr_final": float, "train.t_power": float,
-    "train.batch_groups": int,
-}
-
-
-def _check_types(config: RunConfig) -> None:
-    for name, kind in _TYPES.items():
-        value = config
-        for part in name.split("."):
-            value = getattr(value, part)
-        if kind is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        else:
-            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-        if not ok:
-            wanted = {float: "a finite number", int: "an integer", str: "a string", bool: "true or false"}[kind]
-            raise RunError(f"{name} must be {wanted}, got {value!r}")
 
 
 def validate_config(config: RunConfig) -> None:
-    """Raise RunError (one line) for any setting that cannot run."""
-    c = config
-    _check_types(c)
-    dataset = datasets.make(c.data.dataset, c.data.options)  # the data set's and the model's own checks first
-    models.build(c.model.name, dataset.shape, c.model.precision, c.model.options)
-    if not (0 <= c.seed and c.seed + c.seeds - 1 < SEED_LIMIT):
-        raise RunError(f"seeds must lie in 0..{SEED_LIMIT - 1} (32-bit): seed {c.seed} + {c.seeds} seed(s) do not")
-    if c.diffusion.schedule not in SCHEDULES:
-        raise RunError(f"unknown schedule {c.diffusion.schedule!r}; choose from {', '.join(SCHEDULES)}")
-    checks = [(c.diffusion.timesteps >= 2, f"timesteps must be >= 2 (Hal needs two steps), got {c.diffusion.timesteps}"),
-              (c.data.n_train > 0, f"n-train must be > 0, got {c.data.n_train}"),
-              (c.train.steps > 0, f"steps must be > 0, got {c.train.steps}"),
-              (c.train.batch_size > 0, f"batch size must be > 0, got {c.train.batch_size}"),
-              (c.train.batch_size <= c.data.n_train,
-               f"batch size {c.train.batch_size} exceeds the training set ({c.data.n_train})"),
-              (c.train.steps_per_call > 0, "steps per call must be > 0"),
-              (math.isfinite(c.train.learning_rate) and c.train.learning_rate > 0,
-               "learning rate must be finite and > 0"),
-              (c.seeds > 0, f"seeds must be > 0, got {c.seeds}"),
-              (c.train.warmup_steps >= 0, f"warm-up steps must be >= 0, got {c.train.warmup_steps}"),
-              (c.train.grad_clip >= 0, f"gradient clipping must be >= 0 (0: off), got {c.train.grad_clip}"),
-              (0 <= c.train.ema_decay < 1, f"ema decay must be in [0, 1) (0: off), got {c.train.ema_decay}"),
-              (c.train.lr_decay in LR_DECAYS,
-               f"unknown learning-rate decay {c.train.lr_decay!r}; choose from {', '.join(LR_DECAYS)}"),
-              (0 <= c.train.lr_final <= 1, f"lr-final must be in [0, 1] (a fraction of the peak), got {c.train.lr_final}"),
-              (0 < c.train.t_power <= 10, f"t-power must be in (0, 10] (1: uniform t), got {c.train.t_power}"),
-              (valid_batch_groups(c.train),
-               f"batch groups must be a power of two that divides the batch size ({c.train.batch_size}), "
-               f"got {c.train.batch_groups}"),
-              (c.checkpoint_every > 0, f"checkpoint-every must be > 0, got {c.checkpoint_every}")]
-    for ok, message in checks:
-        if not ok:
-            raise RunError(message)
-    try:
-        make_schedule(c.diffusion.schedule, c.diffusion.timesteps, c.diffusion.beta_start, c.diffusion.beta_end)
-        check_objective(c.diffusion.schedule, c.diffusion.timesteps, c.diffusion.beta_start, c.diffusion.beta_end,
-                        c.diffusion.objective)
-    except ValueError as e:
-        raise RunError(str(e)) from None
+    """Raise MijaxError (one line) unless the data set and the model of ``config`` can be built (their own
+    checks of their options); the settings themselves were checked when ``config`` was made."""
+    dataset = datasets.make(config.data.dataset, config.data.options)
+    models.build(config.model.name, dataset.shape, config.model.precision, config.model.options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,9 +565,11 @@ def training_data(config: RunConfig, dataset, keys: jax.Array) -> jnp.ndarray:
 
 def data_config(dataset: str, n_train: int | None = None, **options: Any) -> DataConfig:
     """A DataConfig with the data set's default training-set size unless ``n_train`` is given."""
-    return DataConfig(dataset, datasets.entry(dataset).n_train if n_train is None else n_train, options)
+    return DataConfig(dataset, n_train, options)
 
 
-__all__ = ["DataConfig", "DiffusionConfig", "ModelConfig", "Pieces", "RunConfig", "RunError", "build",
+__all__ = ["AbortConfig", "Config", "ConfigError", "DataConfig", "DiffusionConfig", "LR_DECAYS", "ModelConfig",
+           "Pieces", "RecursiveConfig", "RunConfig", "RunError", "SAMPLERS", "SampleConfig", "SamplerConfig", "TrainConfig", "VARIANCES",
+           "build", "option_name", "setting",
            "config_from_dict", "config_to_dict", "data_config", "make_run_schedule", "paper_steps", "training_data",
            "validate_config", "validate_training_size"]

@@ -50,12 +50,11 @@ import numpy as np
 
 from mijax import collect, outputs
 from mijax import keys as streams
-from mijax.config import (RunConfig, RunError, build, config_from_dict, config_to_dict, training_data, validate_config,
-                          validate_training_size)
-from mijax.filters import FILTERS, calibrate_threshold, filter_indices
+from mijax.config import (RecursiveConfig, RunConfig, RunError, SamplerConfig, build, config_from_dict, config_to_dict,
+                          training_data, validate_config, validate_training_size)
+from mijax.filters import calibrate_threshold, filter_indices
 from mijax.io import load_cache, read_json, save_npz, write_json
 from mijax.runs import data_sampler, fit
-from mijax.sampling import SamplerConfig
 from mijax.sampling import validate as validate_sampler
 from mijax.training import eval_params
 from mijax.stats import mean_ci
@@ -63,56 +62,10 @@ from mijax.stats import mean_ci
 HAL_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 
-@dataclasses.dataclass(frozen=True)
-class RecursiveConfig:
-    """A recursive-training study.
-
-    Attributes:
-      run: the recipe of every model (data set, model, diffusion, training); ``run.data.n_train`` is N,
-        the training-set size of every generation; ``run.seed`` / ``run.seeds`` the seeds.
-      generations: G, generations 0..G-1.
-      filters: the filters compared (a subset of :data:`mijax.filters.FILTERS`, in plot order).
-      pool_extra: the pool is N + pool_extra samples (the paper: 2,500) ...
-      pool_ratio: ... or, if set, ceil(N * pool_ratio) samples.
-      threshold_keep: fraction of generation 0's pool the threshold keeps (None: N / P).
-      hal_window: K, reverse steps in the Hal window (t = hal_end + K - 1 .. hal_end).
-      chunk_size: samples per compiled sampling chunk.
-      hal_end: the Hal window ends this many reverse steps before the last (0: the published t = K-1..0).
-      hal_reduction: how Hal reduces the per-coordinate variances (:data:`mijax.sampling.HAL_REDUCTIONS`;
-        ``region_max`` takes the data set's regions, e.g. the SHAPES strips).
-      clip_x0: clip x0_hat to [-1, 1] while sampling the pools (images).
-    """
-
-    run: RunConfig = RunConfig()
-    generations: int = 5
-    filters: tuple[str, ...] = ("none", "random", "variance")
-    pool_extra: int = 2_500
-    pool_ratio: Optional[float] = None
-    threshold_keep: Optional[float] = None
-    hal_window: int = 10
-    chunk_size: int = 20_000
-    hal_end: int = 0
-    hal_reduction: str = "mean"
-    clip_x0: bool = False
-
-    def sampler(self) -> SamplerConfig:
-        """The pools' sampler (the run's objective and the data set's Hal regions: :func:`mijax.runs.data_sampler`)."""
-        return data_sampler(self.run, SamplerConfig(hal_window=self.hal_window, hal_end=self.hal_end,
-                                                    hal_reduction=self.hal_reduction, clip_x0=self.clip_x0))
-
-    @property
-    def n(self) -> int:
-        return self.run.data.n_train
-
-    @property
-    def pool_size(self) -> int:
-        if self.pool_ratio is not None:
-            return int(math.ceil(self.n * self.pool_ratio - 1e-9))
-        return self.n + self.pool_extra
-
-    @property
-    def num_seeds(self) -> int:
-        return self.run.seeds
+def pool_sampler(config: RecursiveConfig) -> SamplerConfig:
+    """The pools' sampler (the run's objective and the data set's Hal regions: :func:`mijax.runs.data_sampler`)."""
+    return data_sampler(config.run, SamplerConfig(hal_window=config.hal_window, hal_end=config.hal_end,
+                                                  hal_reduction=config.hal_reduction, clip_x0=config.clip_x0))
 
 
 # Settings of mijax 0.1 that moved to the data set (its measurements), read and dropped from old studies.
@@ -139,28 +92,12 @@ def recursive_config_from_dict(d) -> RecursiveConfig:
 
 
 def validate_recursive(config: RecursiveConfig) -> None:
-    """Raise RunError (one line) for settings that cannot run."""
+    """Raise RunError (one line) unless the study can run: its data set, model and pools (its settings were
+    checked when it was made)."""
     validate_config(config.run)
     validate_training_size(config.run)
-    if config.generations < 1:
-        raise RunError(f"generations must be >= 1, got {config.generations}")
-    if not config.filters or len(set(config.filters)) != len(config.filters):
-        raise RunError("filters must be a non-empty list without repeats")
-    unknown = [f for f in config.filters if f not in FILTERS]
-    if unknown:
-        raise RunError(f"unknown filter {unknown[0]!r}; choose from {', '.join(FILTERS)}")
-    if config.pool_ratio is not None and not (math.isfinite(config.pool_ratio) and config.pool_ratio >= 1):
-        raise RunError(f"pool ratio must be a finite number >= 1, got {config.pool_ratio}")
-    if config.pool_extra < 0:
-        raise RunError(f"pool extra must be >= 0, got {config.pool_extra}")
-    if config.threshold_keep is not None and not 0 < config.threshold_keep <= 1:
-        raise RunError(f"threshold keep must be in (0, 1], got {config.threshold_keep}")
-    if config.chunk_size <= 0:
-        raise RunError("chunk size must be > 0")
-    if not 2 <= config.hal_window <= config.run.diffusion.timesteps:
-        raise RunError(f"Hal window must be in 2..{config.run.diffusion.timesteps}, got {config.hal_window}")
     try:
-        validate_sampler(config.sampler(), config.run.diffusion.timesteps)
+        validate_sampler(pool_sampler(config), config.run.diffusion.timesteps)
     except ValueError as e:
         raise RunError(str(e)) from None
 
@@ -242,7 +179,7 @@ def _pool(out: Path, config: RecursiveConfig, generation: int, progress: bool,
         hook("trained", generation, config.run.train.steps)
     try:
         pool = collect.draw(pieces.denoise_fn, eval_params(state, config.run.train), pieces.schedule,
-                            streams.stream(keys, streams.SAMPLE), config.pool_size, pieces.shape, config.sampler(),
+                            streams.stream(keys, streams.SAMPLE), config.pool_size, pieces.shape, pool_sampler(config),
                             config.chunk_size)
     except collect.NotFinite as e:
         raise RunError(f"generation {generation}: {e}") from None

@@ -32,10 +32,11 @@ from mijax.keys import sample_keys as _sample_keys
 from mijax.keys import SEED_LIMIT, seed_keys
 from mijax.models import KERNELS, make_denoiser
 from mijax.models.mlp import PRECISIONS
-from mijax.sampling import SamplerConfig
+from mijax.config import SamplerConfig
 from mijax.sampling import validate as validate_sampler
 from mijax.sampling import validate_regions
-from mijax.training import TrainConfig, TrainState, eval_params, init_states, train
+from mijax.config import TrainConfig
+from mijax.training import TrainState, eval_params, init_states, train
 from mijax.version import __version__
 
 def _max_step(state: TrainState) -> int:
@@ -158,22 +159,30 @@ def _train_run(out: Path, config: RunConfig, resume: bool, overwrite: bool, prog
     return state
 
 
+def config_file(path: os.PathLike) -> RunConfig:
+    """The RunConfig of a ``config.json`` file (a run's, or one written by hand in that form)."""
+    path = Path(path)
+    try:
+        d = read_json(path)
+    except FileNotFoundError:
+        raise RunError(f"{path.parent} is not a mijax run (no config.json)" if path.name == "config.json" else
+                       f"{path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunError(f"{path} is corrupt (not JSON)") from None
+    if isinstance(d, dict):
+        d.pop("versions", None)
+    return config_from_dict(d)
+
+
 def load_config(run_dir: os.PathLike) -> RunConfig:
+    """The RunConfig of run directory ``run_dir`` (its config.json)."""
     run_dir = Path(run_dir)
     outputs.recover(run_dir)  # a run left mid-replacement by a killed --overwrite
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir} is not a run directory (it is a file)")
     if not run_dir.is_dir():
         raise RunError(f"run directory {run_dir} does not exist")
-    try:
-        d = read_json(run_dir / "config.json")
-    except FileNotFoundError:
-        raise RunError(f"{run_dir} is not a mijax run (no config.json)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RunError(f"{run_dir / 'config.json'} is corrupt (not JSON)") from None
-    if isinstance(d, dict):
-        d.pop("versions", None)
-    return config_from_dict(d)
+    return config_file(run_dir / "config.json")
 
 
 def load_run(run_dir: os.PathLike, step: Optional[int] = None,
@@ -223,7 +232,7 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
       precision: the matmul precision (default: the run's).
       kernel: ``xla`` (the module as XLA ops) or ``pallas`` (one fused kernel per block of rows on a GPU,
         the XLA path elsewhere; see :class:`mijax.models.fused.FusedDenoiser`).
-      abort: an :class:`mijax.abort.AbortConfig`: redraw the samples its detector flags at t_e
+      abort: an :class:`mijax.config.AbortConfig`: redraw the samples its detector flags at t_e
         (:func:`mijax.abort.sample_with_abort`; one seed after the other on one device, in memory; the result
         gains "redraws" and "steps" [S, n]).
     Returns:

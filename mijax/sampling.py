@@ -27,9 +27,10 @@ from jax.sharding import PartitionSpec as P
 from mijax import detectors as detectors_lib
 from mijax import distributed
 from mijax.diffusion import Denoiser, model_predictions, posterior_mean_variance, predict_eps_from_x0
+from mijax.config import SAMPLERS, VARIANCES, SamplerConfig
+from mijax.hal import HAL_REDUCTIONS
 from mijax.schedules import Schedule
 
-SAMPLERS = ("ddpm", "ddim")
 ROW_BLOCK = 128  # chunks are padded to a multiple of this many samples (see sample_chunks)
 # (on some CPUs the paper's MLP rounds its rows differently at 64 rows or fewer than at 96 to 2,048, so
 # 64-row blocks made 4 devices disagree with 1)
@@ -39,86 +40,6 @@ ROW_BLOCK = 128  # chunks are padded to a multiple of this many samples (see sam
 # chunk size and device count (tests/test_sampling.py). Both were measured with jax 0.10.2; XLA's
 # thresholds may differ on other CPUs and versions (the performance page names the machines).
 CPU_ROWS_PER_BLOCK = 3968  # 31 x ROW_BLOCK
-VARIANCES = ("fixed_large", "fixed_small")
-
-
-def _region_max(v: jnp.ndarray, config: "SamplerConfig") -> jnp.ndarray:
-    """The largest of the mean variances inside each of ``config.hal_regions`` (v: [N, H, W, C])."""
-    means = [jnp.mean(v[:, r0:r1, c0:c1].reshape(v.shape[0], -1), axis=1) for r0, r1, c0, c1 in config.hal_regions]
-    return jnp.max(jnp.stack(means, axis=1), axis=1)
-
-
-def _flat(v: jnp.ndarray) -> jnp.ndarray:
-    return v.reshape(v.shape[0], -1)
-
-
-# How Hal reduces the per-coordinate variances v [N, *shape] of a sample to one number [N].
-HAL_REDUCTIONS = {
-    "mean": lambda v, c: jnp.mean(_flat(v), axis=1),  # the published rule
-    "max": lambda v, c: jnp.max(_flat(v), axis=1),  # the most unsettled coordinate (a pixel, for images)
-    # the mean of the hal_top_k most unsettled coordinates
-    "top_k": lambda v, c: jnp.mean(jax.lax.top_k(_flat(v), min(c.hal_top_k, _flat(v).shape[1]))[0], axis=1),
-    "region_max": _region_max,  # per region (e.g. a SHAPES strip) the mean, then the largest region's
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerConfig:
-    """Static settings of a reverse sampler (hashable: a ``jit`` static argument).
-
-    Attributes:
-      sampler: ``ddpm`` (ancestral, the paper's) or ``ddim``.
-      variance: DDPM step variance, ``fixed_large`` (beta_t, the paper's) or ``fixed_small``
-        (the posterior variance).
-      objective: what the denoiser predicts: ``eps`` (the paper's), ``x0`` or ``mean``.
-      hal_window: K, the number of reverse steps whose x0_hat variance is Hal (>= 2).
-      hal_end: the window ends this many reverse steps before the last one. For DDPM over all T steps
-        the window is t = hal_end .. hal_end + K - 1 (the paper's code: t = 9..0).
-      ddim_steps: length of DDIM's evenly spaced step subsequence (None: all T steps).
-      eta: DDIM's noise scale (0: deterministic).
-      trajectory_stride: record x0_hat every this many reverse steps (0: record nothing).
-      trajectory_last: record only within the last this many reverse steps (None: all).
-      trajectory_xt: record x_t (each recorded step's input) beside x0_hat (``Samples.trajectory_xt``).
-      hal_windows: extra Hal windows ``((end, length), ...)``, each the variance over ``length`` reverse
-        steps ending ``end`` steps before the last, carried in the same pass (``Samples.hal_windows``).
-      hal_reduction: how the per-coordinate variances become one number, a key of ``HAL_REDUCTIONS``.
-      hal_top_k: k of the ``top_k`` reduction (the mean of the k largest per-coordinate variances).
-      hal_regions: the ``region_max`` reduction's regions of an image [H, W, C], boxes
-        ``(row_start, row_stop, col_start, col_stop)`` (half-open), e.g. the SHAPES strips
-        (:attr:`mijax.data.shapes.ShapesDataset.hal_regions`).
-      hal_table: more reductions (keys of ``HAL_REDUCTIONS``) applied to every window's variances in the same
-        pass: ``Samples.hal_table`` [N, windows, reductions] (windows as :meth:`windows`, the main one first).
-      detectors: more hallucination scores computed in the same pass (:mod:`mijax.detectors`, e.g.
-        ``detectors.parse("hal,jac_trace,lid")``): ``Samples.scores`` {spec key: [N]}, higher = more suspicious.
-      jac_probes: Rademacher probes of the Hutchinson estimate of a Jacobian detector on samples of more than
-        ``detectors.JAC_EXACT_MAX`` coordinates (images); smaller samples get the exact Jacobian.
-      clip_x0: clip x0_hat to [-1, 1] at every step and take the step from the clipped x0_hat (DDPM: the
-        posterior mean at it; DDIM: the noise it implies), as image DDPMs do; Hal is then the variance of
-        the clipped x0_hat. Off by default (the paper's toy recipe never clips).
-    """
-
-    sampler: str = "ddpm"
-    variance: str = "fixed_large"
-    objective: str = "eps"
-    hal_window: int = 10
-    hal_end: int = 0
-    ddim_steps: Optional[int] = None
-    eta: float = 0.0
-    trajectory_stride: int = 0
-    trajectory_last: Optional[int] = None
-    trajectory_xt: bool = False
-    hal_windows: tuple[tuple[int, int], ...] = ()
-    hal_reduction: str = "mean"
-    hal_top_k: int = 16
-    clip_x0: bool = False
-    hal_regions: tuple[tuple[int, int, int, int], ...] = ()
-    hal_table: tuple[str, ...] = ()
-    detectors: tuple[detectors_lib.DetectorSpec, ...] = ()
-    jac_probes: int = 4
-
-    def windows(self) -> tuple[tuple[int, int], ...]:
-        """Every Hal window as ``(end, length)``: the main one first, then ``hal_windows``."""
-        return ((self.hal_end, self.hal_window),) + tuple((int(e), int(k)) for e, k in self.hal_windows)
 
 
 @struct.dataclass

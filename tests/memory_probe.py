@@ -33,7 +33,8 @@ def main(variant: str, timesteps: int, n: int) -> None:
 
     from mijax import detectors, models
     from mijax.models import make_denoiser
-    from mijax.sampling import SamplerConfig, sample
+    from mijax.config import SamplerConfig
+    from mijax.sampling import sample
     from mijax.schedules import make_schedule
 
     images = variant.startswith("images")

@@ -145,7 +145,55 @@ def test_resume_continues_a_killed_run_to_the_same_parameters(trained, tmp_path)
 
 def test_resume_refuses_a_different_configuration(trained, capsys):
     msg = _error(capsys, ["train", *TINY, "--seeds", "3", "--resume", "--out", str(trained)])
-    assert "another configuration" in msg
+    assert "made with seeds=2, this command says seeds=3" in msg
+    msg = _error(capsys, ["train", "--resume", "--lr", "0.01", "--no-progress", "--out", str(trained)])
+    assert "made with lr=0.001, this command says lr=0.01" in msg
+
+
+def test_resume_needs_only_the_run(trained, tmp_path):
+    """`mijax train --resume --out RUN` continues from the run's own config.json, whatever the defaults are."""
+    run = tmp_path / "killed"
+    runs.train_run(run, runs.load_config(trained), progress=False, stop_at=10)
+    assert main(["train", "--resume", "--no-progress", "--out", str(run)]) == 0
+    _, _, a = runs.load_run(trained)
+    _, _, b = runs.load_run(run)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert main(["train", "--resume", "--dataset", "gaussian1d", "--seeds", "2", "--no-progress",
+                 "--out", str(run)]) == 0  # options that agree with the run are fine
+
+
+def test_config_starts_from_a_run_and_options_change_it(trained, tmp_path):
+    from mijax.cli import _run_config, build_parser
+
+    made = runs.load_config(trained)
+    a = build_parser().parse_args(["train", "--config", str(trained), "--lr", "0.002", "--out", str(tmp_path / "r")])
+    config = _run_config(a)
+    assert config.train.learning_rate == 0.002 and config.train.steps == made.train.steps
+    assert config.data == made.data and config.seeds == made.seeds
+    assert _run_config(build_parser().parse_args(["train", "--config", str(trained / "config.json"),
+                                                  "--out", str(tmp_path / "r")])) == made
+
+
+def test_every_option_takes_its_default_from_the_configuration():
+    """No option of the command line carries a default of its own: each is None (or off, for a flag) until
+    given, and the configuration's field supplies the default (shown in the help from the field)."""
+    import argparse
+
+    from mijax import config
+    from mijax.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if action.dest == "help" or not action.option_strings:
+                continue
+            flag = action.nargs == 0
+            assert action.default is None or (flag and action.default is False), (name, action.option_strings)
+    train = subparsers.choices["train"].format_help()
+    assert f"(default: {config.TrainConfig.learning_rate:g})" in " ".join(train.split())
+    sample = " ".join(subparsers.choices["sample"].format_help().split())
+    assert f"(default: {config.SampleConfig.chunk_size})" in sample
 
 
 def test_seeded_runs_equal_their_vmapped_run(trained, tmp_path):
@@ -158,16 +206,16 @@ def test_seeded_runs_equal_their_vmapped_run(trained, tmp_path):
 
 
 BAD_TRAIN = {
-    "unknown data set": (["--dataset", "fashion"], "unknown data set"),
+    "unknown data set": (["--dataset", "fashion"], "--dataset: unknown data.dataset 'fashion'; choose from"),
     "empty means": (["--modes", ","], "modes"),
     "nan means": (["--modes", "1,nan,3"], "finite"),
     "infinite means": (["--modes", "1,inf"], "finite"),
     "std zero": (["--std", "0"], "std"),
     "std negative": (["--std", "-0.1"], "std"),
     "timesteps zero": (["--timesteps", "0"], "timesteps"),
-    "n-train zero": (["--n-train", "0"], "n-train"),
-    "steps negative": (["--steps", "-5"], "steps"),
-    "batch zero": (["--batch-size", "0"], "batch"),
+    "n-train zero": (["--n-train", "0"], "--n-train: data.n_train must be > 0, got 0"),
+    "steps negative": (["--steps", "-5"], "--steps: train.steps must be > 0, got -5"),
+    "batch zero": (["--batch-size", "0"], "--batch-size: train.batch_size must be > 0, got 0"),
     "seeds zero": (["--seeds", "0"], "seeds"),
     "unknown schedule": (["--schedule", "sigmoid"], "schedule"),
     "mnist-dir elsewhere": (["--mnist-dir", "/nowhere"], "--mnist-dir applies to --dataset mnist only"),
@@ -194,13 +242,13 @@ def test_train_refuses_existing_output(trained, tmp_path, capsys):
 BAD_SAMPLE = {
     "n zero": (["--n", "0"], "n must be > 0"),
     "n negative": (["--n", "-3"], "n must be > 0"),
-    "hal window one": (["--n", "4", "--hal-window", "1"], "Hal window"),
+    "hal window one": (["--n", "4", "--hal-window", "1"], "--hal-window: sampler.hal_window must be >= 2, got 1"),
     "hal window above T": (["--n", "4", "--hal-window", "31"], "Hal window"),
-    "chunk size zero": (["--n", "4", "--chunk-size", "0"], "chunk size"),
-    "chunk size negative": (["--n", "4", "--chunk-size", "-2"], "chunk size"),
+    "chunk size zero": (["--n", "4", "--chunk-size", "0"], "--chunk-size: sample.chunk_size must be > 0, got 0"),
+    "chunk size negative": (["--n", "4", "--chunk-size", "-2"], "sample.chunk_size must be > 0"),
     "unknown detector": (["--n", "4", "--detectors", "hal,foo"], "unknown detector 'foo'"),
     "detector window beyond T": (["--n", "4", "--detectors", "hal@25:10"], "must lie in the sampler's 30 steps"),
-    "jac probes zero": (["--n", "4", "--jac-probes", "0"], "jac probes must be > 0"),
+    "jac probes zero": (["--n", "4", "--jac-probes", "0"], "sampler.jac_probes must be >= 1, got 0"),
     "abort without threshold": (["--n", "4", "--abort", "hal@5:10"], "--abort and --abort-threshold go together"),
     "abort at the final sample": (["--n", "4", "--abort", "lid", "--abort-threshold", "1"], "windowed detector"),
     "abort with two detectors": (["--n", "4", "--abort", "hal,xt_var", "--abort-threshold", "1"], "one detector"),
@@ -244,7 +292,7 @@ def test_console_script_reports_one_line(tmp_path):
                            str(tmp_path / "r")], capture_output=True, text=True,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["mijax: error: unknown data set 'nope'; choose from "
+    assert proc.stderr.strip().splitlines() == ["mijax: error: --dataset: unknown data.dataset 'nope'; choose from "
                                                 "gaussian1d, gaussian25, gaussian25_rotated, gaussian8, shapes, digits8, "
                                                 "mnist5k, mnist"]
     assert not (tmp_path / "r").exists()

@@ -89,7 +89,7 @@ def test_registry_resolves_defaults_and_refuses_unknown_options():
     assert data.resolve("gaussian1d", {"modes": [1, 4]})["modes"] == (1, 4)  # JSON lists come back as tuples
     with pytest.raises(mijax.MijaxError, match="has no option 'modes'"):
         mijax.DataConfig("gaussian25", options={"modes": (1.0,)})
-    with pytest.raises(mijax.MijaxError, match="unknown data set 'fashion'"):
+    with pytest.raises(mijax.MijaxError, match="unknown data.dataset 'fashion'"):
         mijax.DataConfig("fashion")
     with pytest.raises(mijax.MijaxError, match="std must be finite"):
         data.make("gaussian8", {"std": -1.0})

@@ -6,7 +6,7 @@ import pytest
 
 from mijax.experiments.demo import DemoConfig, run_demo
 from mijax.config import DataConfig, DiffusionConfig, RunConfig, RunError
-from mijax.training import TrainConfig
+from mijax.config import TrainConfig
 
 TOY = DemoConfig(run=RunConfig(data=DataConfig(n_train=600), diffusion=DiffusionConfig(timesteps=40),
                                train=TrainConfig(steps=60, batch_size=300, steps_per_call=30), checkpoint_every=60),

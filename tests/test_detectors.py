@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mijax import detectors, mixtures
-from mijax.sampling import SamplerConfig, sample
+from mijax.config import SamplerConfig
+from mijax.sampling import sample
 from mijax.schedules import make_schedule
 
 T = 40
@@ -141,7 +142,8 @@ def test_parse_labels_and_bad_specs():
 
 
 def test_abort_and_resample_keeps_the_count_is_deterministic_and_equals_plain_sampling_at_infinity():
-    from mijax.abort import REDRAW_STREAM, AbortConfig, sample_with_abort
+    from mijax.config import AbortConfig
+    from mijax.abort import REDRAW_STREAM, sample_with_abort
     from mijax.sampling import _reverse
 
     schedule = make_schedule(num_timesteps=T)

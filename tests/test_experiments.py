@@ -94,7 +94,7 @@ def test_interp_1d_end_to_end_and_resume(tmp_path):
 
 def test_window_hal_equals_sampler_hal(tmp_path):
     """Hal over a window computed from the recorded x0_hat equals the sampler's own running Hal."""
-    from mijax.sampling import SamplerConfig
+    from mijax.config import SamplerConfig
 
     p = common.resolve_profile({"quick": {**TOY, "n_train": 400}}, "quick")
     run_dir = common.train(tmp_path, "1d", common.run_config(p), progress=False)

@@ -7,7 +7,8 @@ import pytest
 
 import mijax
 from mijax.models import FusedDenoiser, ModuleDenoiser, ToyDenoiser, make_denoiser
-from mijax.sampling import SamplerConfig, sample
+from mijax.config import SamplerConfig
+from mijax.sampling import sample
 from mijax.schedules import make_schedule
 
 # float32 and tf32 (emulated rounding) agree with the module to float32 rounding of a differently ordered

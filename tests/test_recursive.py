@@ -14,9 +14,10 @@ from mijax import recursive
 from mijax.config import DataConfig, DiffusionConfig, RunConfig, RunError
 from mijax.data.mixtures import histogram_kl, mode_mass
 from mijax.filters import calibrate_threshold, filter_indices, threshold_keep_indices
-from mijax.recursive import RecursiveConfig, gen_dir, model_keys, run_recursive
+from mijax.config import RecursiveConfig
+from mijax.recursive import gen_dir, model_keys, run_recursive
 from mijax.stats import sliced_wasserstein
-from mijax.training import TrainConfig
+from mijax.config import TrainConfig
 
 _filter = jax.jit(filter_indices, static_argnames=("name", "n"))
 HAL = jnp.asarray([0.5, 0.1, 0.9, 0.3, 0.2, 0.7, 0.05, 0.6], jnp.float32)  # lowest four: 6, 1, 4, 3
@@ -117,12 +118,15 @@ def test_model_keys_bookkeeping():
 
 
 def test_config_validation_and_pool_size():
-    assert RecursiveConfig(run=RunConfig(data=DataConfig(n_train=1000))).pool_size == 3500
-    assert RecursiveConfig(run=RunConfig(data=DataConfig(n_train=1000)), pool_ratio=1.25).pool_size == 1250
-    with pytest.raises(RunError):
-        recursive.validate_recursive(RecursiveConfig(filters=("best",)))
-    with pytest.raises(RunError):
-        recursive.validate_recursive(RecursiveConfig(generations=0))
+    run = RunConfig(data=DataConfig(n_train=1000), train=mijax.TrainConfig(batch_size=1000))
+    assert RecursiveConfig(run=run).pool_size == 3500
+    assert RecursiveConfig(run=run, pool_ratio=1.25).pool_size == 1250
+    with pytest.raises(RunError, match="unknown recursive.filters 'best'"):
+        RecursiveConfig(filters=("best",))
+    with pytest.raises(RunError, match="recursive.generations must be > 0, got 0"):
+        RecursiveConfig(generations=0)
+    with pytest.raises(RunError, match="batch size 10000 exceeds the training set"):
+        RunConfig(data=DataConfig(n_train=1000))
     config = RecursiveConfig(filters=("none", "threshold"), pool_ratio=1.5)
     assert recursive.recursive_config_from_dict(json.loads(json.dumps(recursive.recursive_config_to_dict(config)))) == config
 

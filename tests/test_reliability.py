@@ -628,7 +628,7 @@ def test_a_path_that_is_not_utf8_is_one_line_before_any_work(case, run, tmp_path
 def test_an_interrupted_demo_continues_when_rerun(tmp_path, monkeypatch):
     from mijax.config import DataConfig, DiffusionConfig, RunConfig
     from mijax.experiments import demo
-    from mijax.training import TrainConfig
+    from mijax.config import TrainConfig
 
     toy = demo.DemoConfig(run=RunConfig(data=DataConfig(n_train=64), diffusion=DiffusionConfig(timesteps=20),
                                         train=TrainConfig(steps=4, batch_size=32, steps_per_call=2),

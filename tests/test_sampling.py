@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import mijax
-from mijax.sampling import (CPU_ROWS_PER_BLOCK, ROW_BLOCK, SamplerConfig, chunk_rows, reverse_timesteps, row_blocks,
-                            sample_chunk, validate)
+from mijax.config import SamplerConfig
+from mijax.sampling import (CPU_ROWS_PER_BLOCK, ROW_BLOCK, chunk_rows, reverse_timesteps, row_blocks, sample_chunk, validate)
 
 T = 50
 MODEL = mijax.ToyDenoiser(1)
@@ -392,31 +392,32 @@ def test_two_dimensional_samples(schedule):
     np.testing.assert_array_equal(out.trajectory_t, [40, 30, 20, 10, 0])
 
 
-@pytest.mark.parametrize("config, n, chunk", [
-    (SamplerConfig(hal_window=1), 4, None),
-    (SamplerConfig(hal_window=0), 4, None),
-    (SamplerConfig(hal_window=T + 1), 4, None),
-    (SamplerConfig(hal_window=10, hal_end=T - 9), 4, None),
-    (SamplerConfig(hal_window=10, hal_end=-1), 4, None),
-    (SamplerConfig(sampler="ddim", ddim_steps=12, hal_window=13), 4, None),
-    (SamplerConfig(sampler="ddim", ddim_steps=0), 4, None),
-    (SamplerConfig(sampler="ddim", ddim_steps=T + 1), 4, None),
-    (SamplerConfig(sampler="euler"), 4, None),
-    (SamplerConfig(variance="learned"), 4, None),
-    (SamplerConfig(eta=-0.1, sampler="ddim"), 4, None),
-    (SamplerConfig(trajectory_stride=-1), 4, None),
-    (SamplerConfig(hal_windows=((0, 1),)), 4, None),
-    (SamplerConfig(hal_windows=((T - 3, 4),)), 4, None),
-    (SamplerConfig(hal_reduction="median"), 4, None),
-    (SamplerConfig(hal_reduction="top_k", hal_top_k=0), 4, None),
-    (SamplerConfig(), 0, None),
-    (SamplerConfig(), -5, None),
-    (SamplerConfig(), 4, 0),
-    (SamplerConfig(), 4, -2),
+@pytest.mark.parametrize("settings, n, chunk", [
+    (dict(hal_window=1), 4, None),
+    (dict(hal_window=0), 4, None),
+    (dict(hal_window=T + 1), 4, None),
+    (dict(hal_window=10, hal_end=T - 9), 4, None),
+    (dict(hal_window=10, hal_end=-1), 4, None),
+    (dict(sampler="ddim", ddim_steps=12, hal_window=13), 4, None),
+    (dict(sampler="ddim", ddim_steps=0), 4, None),
+    (dict(sampler="ddim", ddim_steps=T + 1), 4, None),
+    (dict(sampler="euler"), 4, None),
+    (dict(variance="learned"), 4, None),
+    (dict(eta=-0.1, sampler="ddim"), 4, None),
+    (dict(trajectory_stride=-1), 4, None),
+    (dict(hal_windows=((0, 1),)), 4, None),
+    (dict(hal_windows=((T - 3, 4),)), 4, None),
+    (dict(hal_reduction="median"), 4, None),
+    (dict(hal_reduction="top_k", hal_top_k=0), 4, None),
+    (dict(), 0, None),
+    (dict(), -5, None),
+    (dict(), 4, 0),
+    (dict(), 4, -2),
 ])
-def test_invalid_configurations_raise(schedule, config, n, chunk):
+def test_invalid_configurations_raise(schedule, settings, n, chunk):
+    """Refused by the configuration itself (its field checks) or by the sampler (what does not fit T)."""
     with pytest.raises(ValueError):
-        mijax.sample(counting_denoiser, jnp.float32(1.0), schedule, jax.random.key(0), n, (1,), config,
+        mijax.sample(counting_denoiser, jnp.float32(1.0), schedule, jax.random.key(0), n, (1,), SamplerConfig(**settings),
                      chunk_size=chunk)
 
 
@@ -470,14 +471,15 @@ def test_region_max_and_the_hal_table_on_images():
     np.testing.assert_array_equal(np.asarray(by_region.x), np.asarray(out.x))  # reductions never move samples
 
 
-@pytest.mark.parametrize("config, shape, fragment", [
-    (SamplerConfig(hal_reduction="region_max"), (4, 4, 1), "needs regions"),
-    (SamplerConfig(hal_table=("median",)), (4, 4, 1), "unknown Hal reduction"),
-    (SamplerConfig(hal_regions=((0, 5, 0, 2),)), (4, 4, 1), "not a non-empty box"),
-    (SamplerConfig(hal_regions=((0, 2, 1, 1),)), (4, 4, 1), "not a non-empty box"),
-    (SamplerConfig(hal_regions=((0, 2, 0, 1),)), (2,), "boxes of images"),
+@pytest.mark.parametrize("settings, shape, fragment", [
+    (dict(hal_reduction="region_max"), (4, 4, 1), "needs regions"),
+    (dict(hal_table=("median",)), (4, 4, 1), "unknown sampler.hal_table 'median'"),
+    (dict(hal_regions=((0, 5, 0, 2),)), (4, 4, 1), "not a non-empty box"),
+    (dict(hal_regions=((0, 2, 1, 1),)), (4, 4, 1), "not a non-empty box"),
+    (dict(hal_regions=((0, 2, 0, 1),)), (2,), "boxes of images"),
 ])
-def test_bad_hal_regions_raise(config, shape, fragment):
+def test_bad_hal_regions_raise(settings, shape, fragment):
     with pytest.raises(ValueError, match=fragment):
+        config = SamplerConfig(**settings)
         mijax.sample(_shrink, jnp.float32(0.3), mijax.make_schedule("linear", 20), jax.random.key(0), 2, shape,
                      config)

@@ -9,7 +9,8 @@ import pytest
 
 import mijax
 from mijax.keys import STEP as STEP_STREAM
-from mijax.training import TrainConfig, TrainState, get_batch, init_state, train, train_step, train_steps
+from mijax.config import TrainConfig
+from mijax.training import TrainState, get_batch, init_state, train, train_step, train_steps
 
 MODEL = mijax.ToyDenoiser(1)
 
@@ -287,8 +288,8 @@ def test_learning_rate_decay_is_an_option_off_by_default():
         update, state = opt.update(g, state, params)
         sizes.append(float(jnp.abs(update["w"]).max()))
     np.testing.assert_allclose(sizes, [1e-2, 9e-3, 8e-3], rtol=1e-4)
-    with pytest.raises(ValueError, match="unknown learning-rate decay"):
-        learning_rate(TrainConfig(lr_decay="step"))
+    with pytest.raises(ValueError, match="unknown train.lr_decay 'step'"):
+        TrainConfig(lr_decay="step")
 
 
 def test_ema_of_the_weights_is_an_option_that_sampling_uses(schedule, data):

@@ -237,7 +237,7 @@ class ShapesDataset:
     @property
     def hal_regions(self) -> tuple[tuple[int, int, int, int], ...]:
         """The three strips as boxes ``(row_start, row_stop, col_start, col_stop)``: the regions of the
-        ``region_max`` Hal reduction (the per-strip maximum, :data:`mijax.sampling.HAL_REDUCTIONS`)."""
+        ``region_max`` Hal reduction (the per-strip maximum, :data:`mijax.hal.HAL_REDUCTIONS`)."""
         return tuple((0, self.size, lo, hi + 1) for lo, hi in GEOMETRY[self.size].strips)
 
     def images(self) -> np.ndarray:

@@ -33,8 +33,9 @@ from mijax.data.mixtures import blur_adjusted_labels, labels, rate_table
 from mijax.io import finite_or_none, load_cache, save_npz, write_json, write_text
 from mijax.mixtures import mass_beyond
 from mijax.runs import load_config, load_run, sample_keys, sample_run, train_run
-from mijax.sampling import SamplerConfig
-from mijax.training import TrainConfig, eval_params
+from mijax.config import SamplerConfig
+from mijax.config import TrainConfig
+from mijax.training import eval_params
 
 # The quick profiles' training recipes, the same in every experiment so that `mijax experiment all` trains
 # each model once (see shared_runs). The paper's recipe with smaller batches and fewer steps, and

@@ -25,7 +25,7 @@ from mijax.experiments import common
 from mijax.io import finite_or_none, json_safe, save_npz, write_json, write_text
 from mijax.mixtures import mass_beyond
 from mijax.runs import sample_run, train_run
-from mijax.sampling import SamplerConfig
+from mijax.config import SamplerConfig
 
 
 @dataclasses.dataclass(frozen=True)

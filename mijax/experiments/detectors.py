@@ -13,12 +13,13 @@ import jax
 
 from mijax import collect, detection, plots, progress as progress_bars, timing
 from mijax import detectors as detectors_lib
-from mijax.abort import AbortConfig, sample_with_abort
+from mijax.config import AbortConfig
+from mijax.abort import sample_with_abort
 from mijax.config import build
 from mijax import experiments
 from mijax.experiments import common
 from mijax.runs import data_oracle, load_run, sample_keys
-from mijax.sampling import SamplerConfig
+from mijax.config import SamplerConfig
 from mijax.training import eval_params
 
 SUMMARY = "Beyond the paper: 8 hallucination detectors compared on the same samples (1D, 2D, rotated 2D), cost, how early"

@@ -22,7 +22,7 @@ from mijax.config import DataConfig, RunConfig
 from mijax.data import digits as digits_data
 from mijax.experiments import common, hal_sweep
 from mijax.io import json_safe
-from mijax.sampling import SamplerConfig
+from mijax.config import SamplerConfig
 
 SUMMARY = "handwritten digits: Fréchet distance of a UNet's samples, and Hal against digits a classifier cannot name"
 REDUCTIONS = ("mean", "max", "top_k")

@@ -22,7 +22,7 @@ def unet_run_config(data, p: dict):
     """The training run of an image experiment's profile ``p``: data set ``data`` (a DataConfig) and a UNet
     with the image DDPM's options (EMA, warm-up, clipping, dropout), shuffled batches, seeds 0..S-1."""
     from mijax.config import DiffusionConfig, ModelConfig, RunConfig
-    from mijax.training import TrainConfig
+    from mijax.config import TrainConfig
 
     model = {k: p[k] for k in ("channels", "mults", "res_blocks", "attn_levels", "groups", "dropout")}
     return RunConfig(
@@ -37,7 +37,7 @@ def unet_run_config(data, p: dict):
 
 def table_sampler(p: dict, reductions: Sequence[str]):
     """One sampling pass: x0_hat clipped, Hal over every window of ``p["windows"]`` by every reduction."""
-    from mijax.sampling import SamplerConfig
+    from mijax.config import SamplerConfig
 
     windows = tuple(tuple(w) for w in p["windows"])
     return SamplerConfig(hal_window=windows[0][1], hal_end=windows[0][0], hal_windows=windows[1:], clip_x0=True,

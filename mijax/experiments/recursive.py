@@ -18,9 +18,10 @@ from mijax.config import DataConfig, RunConfig, RunError, build
 from mijax.experiments.common import QUICK_OPTIMISER, QUICK_T_POWER, optimiser_text
 from mijax.io import write_json, write_text
 from mijax.mixtures import mass_beyond
-from mijax.recursive import RecursiveConfig, read_pool, run_recursive
+from mijax.config import RecursiveConfig
+from mijax.recursive import read_pool, run_recursive
 from mijax.stats import format_ci
-from mijax.training import TrainConfig
+from mijax.config import TrainConfig
 
 SUMMARY = "recursive training on generated data: none vs random vs variance (Hal) filtering"
 # The quick studies' training: the quick profiles' optimiser, and timesteps drawn as floor(T u^1.5) (small t

@@ -19,7 +19,7 @@ from mijax import data, plots
 from mijax.experiments import digits as digits_experiment
 from mijax.experiments.recursive import (FILTER_COLOURS, pool_grid, run_study, summary_tables, verdict_text,
                                          with_model_options, with_overrides)
-from mijax.recursive import RecursiveConfig
+from mijax.config import RecursiveConfig
 
 SUMMARY = "recursive training on digits: Fréchet distance per generation, none vs random vs variance (Hal) filtering"
 SETS_SIZES = False  # its sizes are a RecursiveConfig's: `mijax recursive` sets them, not `experiment --set`

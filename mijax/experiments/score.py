@@ -14,7 +14,8 @@ from mijax.io import load_cache
 from mijax.data.mixtures import labels
 from mijax import mixtures, plots
 from mijax.runs import load_run, sample_keys
-from mijax.sampling import SamplerConfig, sample
+from mijax.config import SamplerConfig
+from mijax.sampling import sample
 
 SUMMARY = "learned eps_theta (smooth) vs exact eps* (jumps) at small t (Fig. 4); exact-score sampling does not interpolate"
 MODES = (1.0, 2.0, 3.0)

@@ -27,7 +27,7 @@ from mijax.data import shapes
 from mijax.io import json_safe
 from mijax.experiments import common, hal_sweep
 from mijax.runs import load_run
-from mijax.sampling import SamplerConfig
+from mijax.config import SamplerConfig
 from mijax.training import eval_params
 
 SUMMARY = "SIMPLE SHAPES: a UNet makes two copies of a shape it never saw twice (claim 7); Hal on images (claim 5)"
