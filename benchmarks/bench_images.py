@@ -17,11 +17,12 @@ import jax
 import jax.numpy as jnp
 
 from mijax import allocator
+from mijax.execution import compile_init
 from mijax.models import build as build_model
 from mijax.models.denoiser import ModuleDenoiser
 from mijax.sampling import SamplerConfig, chunk_rows, default_rows_per_block, sample, sample_chunk
 from mijax.schedules import make_schedule
-from mijax.training import TrainConfig, compile_init, init_states, loops_on_host, train
+from mijax.training import TrainConfig, init_states, loops_on_host, train
 
 # torch_unet.py's defaults: the small CPU configuration (263,025 parameters), batch 64, N = 256, T = 50, K = 10
 # groups: GroupNorm groups, at most the channels; attn_levels: levels with self-attention ("" none, "2" the paper

@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from mijax import distributed
 from mijax.diffusion import Denoiser, denoising_loss, denoising_loss_at, loss_draws
+from mijax.execution import compile_init, plan_for
 from mijax.keys import DROPOUT, INIT, SHUFFLE, STEP
 from mijax.schedules import Schedule
 
@@ -156,29 +157,13 @@ def init_state(init_fn: Callable, config: TrainConfig, key: jax.Array) -> TrainS
                       opt_state=make_optimizer(config).init(params))
 
 
-# XLA:CPU's optimising backend spends most of a model's initialisation compile on the truncated-normal draws
-# (the UNet of the quick SHAPES profile: 45 s at the default level, 7.5 s at level 0; the draws then differ from
-# the default's in the last bit of ~3% of the weights). Initialisation runs once per model, so on CPU the
-# models that ask for it (``module.UNOPTIMISED_INIT``: the UNet) compile it unoptimised; the paper's MLP
-# (0.5 s either way) keeps the default and its recorded numbers.
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
-
-
-def compile_init(fn: Callable, *args):
-    """``jax.jit(fn)`` compiled for ``args``, unoptimised on CPU (see ``INIT_COMPILER_OPTIONS``): for
-    one-off programs such as parameter initialisation."""
-    lowered = jax.jit(fn).lower(*args)
-    cpu = jax.default_backend() == "cpu"
-    return lowered.compile(compiler_options=INIT_COMPILER_OPTIONS) if cpu else lowered.compile()
-
-
 _INIT_PROGRAMS: dict = {}
 
 
 def init_states(module, config: TrainConfig, shape: tuple[int, ...], keys: jax.Array) -> TrainState:
     """Initial states of one Flax denoiser ``module`` per key, stacked (leaves [S, ...]): the parameters from
     ``module.init`` on a dummy batch of one sample of ``shape`` (compiled once per module, config, shape and
-    key layout; by :func:`compile_init` for modules with ``UNOPTIMISED_INIT``)."""
+    key layout, at the level of its :class:`~mijax.execution.Plan`: unoptimised on CPU for the UNet)."""
     shape = tuple(shape)
 
     def fn(keys):
@@ -190,8 +175,8 @@ def init_states(module, config: TrainConfig, shape: tuple[int, ...], keys: jax.A
     if cache_key not in _INIT_PROGRAMS:
         if len(_INIT_PROGRAMS) >= 32:
             _INIT_PROGRAMS.clear()
-        unoptimised = getattr(module, "UNOPTIMISED_INIT", False)
-        _INIT_PROGRAMS[cache_key] = compile_init(fn, keys) if unoptimised else jax.jit(fn).lower(keys).compile()
+        optimised = plan_for(module).optimised_init
+        _INIT_PROGRAMS[cache_key] = jax.jit(fn).lower(keys).compile() if optimised else compile_init(fn, keys)
     return _INIT_PROGRAMS[cache_key](keys)
 
 

@@ -7,7 +7,7 @@ import pytest
 
 import mijax
 from mijax import models
-from mijax.training import compile_init
+from mijax.execution import compile_init
 
 
 def _count(module, shape):
