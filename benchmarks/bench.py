@@ -40,7 +40,8 @@ from jax.sharding import PartitionSpec as P
 from mijax.models import KERNELS, PRECISIONS, ToyDenoiser, make_denoiser
 from mijax.models.mlp import matmul_dot_general
 from mijax import allocator, distributed, timing
-from mijax.sampling import SamplerConfig, chunk_rows, default_rows_per_block, sample, sample_chunk, validate
+from mijax.execution import plan_for
+from mijax.sampling import SamplerConfig, chunk_rows, sample, sample_chunk, validate
 from mijax.schedules import make_schedule
 from mijax.training import TrainConfig, init_state, train_step, train_steps
 
@@ -262,7 +263,7 @@ def compiled_memory(n: int, timesteps: int, dim: int, window: int, seed: int = 0
     schedule = make_schedule(num_timesteps=timesteps)
     config = SamplerConfig(hal_window=window)
     # What sample() compiles for n samples in one chunk: padded rows, in blocks on CPU.
-    rows_per_block = default_rows_per_block()
+    rows_per_block = plan_for(denoise_fn).rows_per_block
     rows = chunk_rows(n, None, 1, rows_per_block)[1]
     compiled = sample_chunk.lower(denoise_fn, params, schedule, key, jnp.uint32(0), config, (dim,), rows,
                                   rows_per_block=rows_per_block).compile()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import mijax
-from mijax.sampling import (CPU_ROWS_PER_BLOCK, ROW_BLOCK, SamplerConfig, chunk_rows, reverse_timesteps, row_blocks,
-                            sample_chunk, validate)
+from mijax.execution import CPU_ROWS_PER_BLOCK
+from mijax.sampling import ROW_BLOCK, SamplerConfig, chunk_rows, reverse_timesteps, row_blocks, sample_chunk, validate
 
 T = 50
 MODEL = mijax.ToyDenoiser(1)
