@@ -41,7 +41,8 @@ from mijax.models import KERNELS, PRECISIONS, ToyDenoiser, make_denoiser
 from mijax.models.mlp import matmul_dot_general
 from mijax import allocator, distributed, timing
 from mijax.config import SamplerConfig
-from mijax.sampling import chunk_rows, default_rows_per_block, sample, sample_chunk, validate
+from mijax.execution import plan_for
+from mijax.sampling import chunk_rows, sample, sample_chunk, validate
 from mijax.schedules import make_schedule
 from mijax.config import TrainConfig
 from mijax.training import init_state, train_step, train_steps
@@ -264,7 +265,7 @@ def compiled_memory(n: int, timesteps: int, dim: int, window: int, seed: int = 0
     schedule = make_schedule(num_timesteps=timesteps)
     config = SamplerConfig(hal_window=window)
     # What sample() compiles for n samples in one chunk: padded rows, in blocks on CPU.
-    rows_per_block = default_rows_per_block()
+    rows_per_block = plan_for(denoise_fn).rows_per_block
     rows = chunk_rows(n, None, 1, rows_per_block)[1]
     compiled = sample_chunk.lower(denoise_fn, params, schedule, key, jnp.uint32(0), config, (dim,), rows,
                                   rows_per_block=rows_per_block).compile()

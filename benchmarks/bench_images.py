@@ -17,13 +17,13 @@ import jax
 import jax.numpy as jnp
 
 from mijax import allocator
+from mijax.execution import compile_init, plan_for
 from mijax.models import build as build_model
 from mijax.models.denoiser import ModuleDenoiser
-from mijax.config import SamplerConfig
-from mijax.sampling import chunk_rows, default_rows_per_block, sample, sample_chunk
+from mijax.config import SamplerConfig, TrainConfig
+from mijax.sampling import chunk_rows, sample, sample_chunk
 from mijax.schedules import make_schedule
-from mijax.config import TrainConfig
-from mijax.training import compile_init, init_states, loops_on_host, train
+from mijax.training import init_states, train
 
 # torch_unet.py's defaults: the small CPU configuration (263,025 parameters), batch 64, N = 256, T = 50, K = 10
 # groups: GroupNorm groups, at most the channels; attn_levels: levels with self-attention ("" none, "2" the paper
@@ -85,14 +85,14 @@ def bench_unet_training(o: dict, repeats: int, time_best, batch_groups: int = 1)
     holder = {"state": state, "losses": []}
 
     def call():
-        # mijax.training.train, as runs train: on CPU a host loop of loop-free steps (loops_on_host)
+        # mijax.training.train, as runs train: on CPU a host loop of loop-free steps (the plan's host_loops)
         start = int(holder["state"].step)
         holder["state"] = train(denoise_fn, schedule, config, holder["state"], jax.random.key(2), data,
                                 stop_at=start + o["steps"], callback=lambda s, losses: holder["losses"].append(losses))
         return holder["state"].params
 
     timing = time_best(call, repeats)
-    return {**timing, "ms_per_step": 1e3 * timing["seconds"] / o["steps"], "host_loop": loops_on_host(denoise_fn),
+    return {**timing, "ms_per_step": 1e3 * timing["seconds"] / o["steps"], "host_loop": plan_for(denoise_fn).host_loops,
             "batch_groups": batch_groups,
             "losses_finite": bool(all(jnp.all(jnp.isfinite(l)) for l in holder["losses"]))}
 
@@ -134,7 +134,7 @@ def unet_compiled_memory(o: dict, timesteps: int) -> Optional[dict]:
     """XLA's memory analysis of the compiled image sampler (N images, T steps, Hal); None if unavailable."""
     denoise_fn, params, schedule = _sampling_pieces(o, timesteps)
     config = SamplerConfig(hal_window=o["window"], clip_x0=True)
-    rows_per_block = default_rows_per_block(denoise_fn)
+    rows_per_block = plan_for(denoise_fn).rows_per_block
     rows = chunk_rows(o["n"], None, 1, rows_per_block)[1]
     compiled = sample_chunk.lower(denoise_fn, params, schedule, jax.random.key(4), jnp.uint32(0), config,
                                   (o["size"], o["size"], 1), rows, rows_per_block=rows_per_block).compile()

@@ -24,9 +24,10 @@ import numpy as np
 
 from mijax import detectors as detectors_lib
 from mijax.diffusion import Denoiser
-from mijax.config import SamplerConfig
-from mijax.sampling import (ROW_BLOCK, Samples, _Reverse, chunk_rows, default_rows_per_block, map_row_blocks, reverse_timesteps, row_blocks, validate, validate_regions)
-from mijax.config import AbortConfig
+from mijax.config import AbortConfig, SamplerConfig
+from mijax.execution import plan_for
+from mijax.sampling import (ROW_BLOCK, Samples, _Reverse, chunk_rows, map_row_blocks, reverse_timesteps, row_blocks,
+                            validate, validate_regions)
 from mijax.schedules import Schedule
 
 REDRAW_STREAM = 0x7E5A0000  # draw a >= 1 of sample i: fold_in(key_i, REDRAW_STREAM + a)
@@ -103,7 +104,7 @@ def sample_with_abort(denoise_fn: Denoiser, params, schedule: Schedule, key: jax
       denoise_fn, params, schedule, key, n, shape, config, oracle: as :func:`mijax.sampling.sample` (one model,
         the default device). ``config.detectors`` gains ``abort.detector`` if it lacks it.
       abort: the detector (a windowed one), its threshold and the cap on redraws.
-      rows_per_block: rows run through the steps together (``"auto"``: the sampler's CPU default).
+      rows_per_block: rows run through the steps together (``"auto"``: the model's plan, as the sampler).
     Returns:
       (:class:`~mijax.sampling.Samples` of the accepted samples, [N, ...], with the score of every detector of
       the accepted draw, and ``{"redraws": int [N] (0: the first draw was kept), "steps": int [N] reverse steps
@@ -120,7 +121,7 @@ def sample_with_abort(denoise_fn: Denoiser, params, schedule: Schedule, key: jax
     num_steps = len(reverse_timesteps(config, schedule.num_timesteps))
     split = num_steps - spec.end  # steps 0 .. split - 1 end with the window's last step
     if rows_per_block == "auto":
-        rows_per_block = default_rows_per_block(denoise_fn)
+        rows_per_block = plan_for(denoise_fn).rows_per_block
     oracle_fn, oracle_params = (None, None) if oracle is None else oracle
 
     def to_t_e(keys):

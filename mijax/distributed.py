@@ -37,6 +37,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mijax.execution import plan_for
+
 ROWS, SEEDS, BATCH = "rows", "seeds", "batch"
 
 # How long a process waits for the others at a barrier. Gloo gives up on a collective after 30 s, so a
@@ -167,11 +169,11 @@ def mesh(axis: str, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
 
 
 def auto_devices(denoise_fn: Any = None) -> Optional[list]:
-    """The devices ``mesh="auto"`` spreads a model's samples or seeds over: all (None), or on CPU one per
-    process for a model whose module declares ``CPU_CALLS_USE_ALL_CORES`` (the UNet on oneDNN's convolutions:
-    each call runs on every core, so two CPU devices calling at once would only wait for each other)."""
-    module = getattr(denoise_fn, "module", None)
-    if jax.default_backend() == "cpu" and getattr(module, "CPU_CALLS_USE_ALL_CORES", False):
+    """The devices ``mesh="auto"`` spreads a model's samples or seeds over: all (None), or one per process
+    where the model's :class:`~mijax.execution.Plan` has ``calls_use_all_cores`` (on CPU, the UNet on oneDNN's
+    convolutions: each call runs on every core, so two CPU devices calling at once would only wait for each
+    other)."""
+    if plan_for(denoise_fn).calls_use_all_cores:
         return [jax.local_devices(process_index=p)[0] for p in range(jax.process_count())]
     return None
 
@@ -202,8 +204,10 @@ def mesh_size(m: Optional[Mesh]) -> int:
 
 
 def default_seed_batch(num_seeds: int) -> int:
-    """Seeds computed together (vmapped) inside one device: 1 on CPU (see the module doc), all elsewhere."""
-    return 1 if jax.default_backend() == "cpu" else max(1, num_seeds)
+    """Seeds computed together (vmapped) inside one device, of ``num_seeds``: the backend's
+    :class:`~mijax.execution.Plan`'s ``seed_batch`` (1 on CPU, see the module doc), else all of them."""
+    batch = plan_for().seed_batch
+    return max(1, num_seeds) if batch is None else batch
 
 
 def map_seeds(fn, args: tuple, seed_batch: int, unroll: bool = False):

@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from mijax import io, progress as progress_bars
-from mijax.training import compile_init
+from mijax.execution import compile_init
 
 
 # ---------------------------------------------------------------------------------------------

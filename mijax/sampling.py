@@ -28,18 +28,13 @@ from mijax import detectors as detectors_lib
 from mijax import distributed
 from mijax.diffusion import Denoiser, model_predictions, posterior_mean_variance, predict_eps_from_x0
 from mijax.config import SAMPLERS, VARIANCES, SamplerConfig
+from mijax.execution import plan_for
 from mijax.hal import HAL_REDUCTIONS
 from mijax.schedules import Schedule
 
 ROW_BLOCK = 128  # chunks are padded to a multiple of this many samples (see sample_chunks)
 # (on some CPUs the paper's MLP rounds its rows differently at 64 rows or fewer than at 96 to 2,048, so
 # 64-row blocks made 4 devices disagree with 1)
-# On CPU a device's rows run through the T steps in blocks of at most this many. Two reasons: the blocks'
-# activations stay in cache (~1.3x faster at N = 10,000); and XLA:CPU's matmuls take another code path
-# (other rounding) from 4,096 rows up, so blocks below that give every sample the same bits whatever the
-# chunk size and device count (tests/test_sampling.py). Both were measured with jax 0.10.2; XLA's
-# thresholds may differ on other CPUs and versions (the performance page names the machines).
-CPU_ROWS_PER_BLOCK = 3968  # 31 x ROW_BLOCK
 
 
 @struct.dataclass
@@ -145,16 +140,6 @@ def _welford(mean, m2, value, inside, weight):
 def _per_sample_normal(keys: jax.Array, step: jnp.ndarray, shape: tuple) -> jnp.ndarray:
     """Standard normal [C, *shape]: row i from fold_in(keys[i], step)."""
     return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, step), shape, jnp.float32))(keys)
-
-
-def default_rows_per_block(denoise_fn: Optional[Denoiser] = None) -> Optional[int]:
-    """The most rows of a device that run through the reverse steps together: on CPU the denoiser's module's
-    ``CPU_ROWS_PER_BLOCK`` if it declares one (the UNet: 128 images, whose activations are ~100x a point's),
-    else ``CPU_ROWS_PER_BLOCK`` (cache, and one matmul code path); None (all of them) on accelerators, which
-    want the widest matmuls."""
-    if jax.default_backend() != "cpu":
-        return None
-    return int(getattr(getattr(denoise_fn, "module", None), "CPU_ROWS_PER_BLOCK", CPU_ROWS_PER_BLOCK))
 
 
 def row_blocks(rows: int, rows_per_block: Optional[int]) -> tuple[int, int]:
@@ -477,8 +462,9 @@ def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
       start, stop: draw only samples ``start .. stop - 1`` of the n (default all).
       seed_batch: see :func:`sample_chunk`.
       rows_per_block: a device runs its rows of a chunk in blocks of at most this many, one after the other
-        (``"auto"``: :func:`default_rows_per_block`, 3,968 on CPU, 128 for the UNet; None: all at once). On CPU blocks under
-        4,096 rows keep every sample independent of the chunking (see ``CPU_ROWS_PER_BLOCK``).
+        (``"auto"``: the ``rows_per_block`` of the model's :class:`~mijax.execution.Plan`, 3,968 on CPU, 128 for
+        the UNet, None on accelerators; None: all at once). On CPU blocks under 4,096 rows keep every sample
+        independent of the chunking (see :data:`mijax.execution.CPU_ROWS_PER_BLOCK`).
       oracle: ``(exact_fn, its params)``, the data's exact denoiser (e.g. ``(mixtures.exact_denoiser,
         (mixture, schedule))``), which the ``oracle`` detector compares the model with.
     """
@@ -493,7 +479,7 @@ def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
     if isinstance(mesh, str):
         mesh = distributed.rows_mesh(distributed.auto_devices(denoise_fn))
     if rows_per_block == "auto":
-        rows_per_block = default_rows_per_block(denoise_fn)
+        rows_per_block = plan_for(denoise_fn).rows_per_block
     devices = distributed.mesh_size(mesh)
     chunk, compiled = chunk_rows(stop - start, chunk_size, devices, rows_per_block)
     oracle_fn, oracle_params = (None, None) if oracle is None else oracle

@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from mijax import distributed
 from mijax.diffusion import Denoiser, denoising_loss, denoising_loss_at, loss_draws
+from mijax.execution import compile_init, plan_for
 from mijax.keys import DROPOUT, INIT, SHUFFLE, STEP
 from mijax.config import TrainConfig
 from mijax.schedules import Schedule
@@ -115,29 +116,13 @@ def init_state(init_fn: Callable, config: TrainConfig, key: jax.Array) -> TrainS
                       opt_state=make_optimizer(config).init(params))
 
 
-# XLA:CPU's optimising backend spends most of a model's initialisation compile on the truncated-normal draws
-# (the UNet of the quick SHAPES profile: 45 s at the default level, 7.5 s at level 0; the draws then differ from
-# the default's in the last bit of ~3% of the weights). Initialisation runs once per model, so on CPU the
-# models that ask for it (``module.UNOPTIMISED_INIT``: the UNet) compile it unoptimised; the paper's MLP
-# (0.5 s either way) keeps the default and its recorded numbers.
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
-
-
-def compile_init(fn: Callable, *args):
-    """``jax.jit(fn)`` compiled for ``args``, unoptimised on CPU (see ``INIT_COMPILER_OPTIONS``): for
-    one-off programs such as parameter initialisation."""
-    lowered = jax.jit(fn).lower(*args)
-    cpu = jax.default_backend() == "cpu"
-    return lowered.compile(compiler_options=INIT_COMPILER_OPTIONS) if cpu else lowered.compile()
-
-
 _INIT_PROGRAMS: dict = {}
 
 
 def init_states(module, config: TrainConfig, shape: tuple[int, ...], keys: jax.Array) -> TrainState:
     """Initial states of one Flax denoiser ``module`` per key, stacked (leaves [S, ...]): the parameters from
     ``module.init`` on a dummy batch of one sample of ``shape`` (compiled once per module, config, shape and
-    key layout; by :func:`compile_init` for modules with ``UNOPTIMISED_INIT``)."""
+    key layout, at the level of its :class:`~mijax.execution.Plan`: unoptimised on CPU for the UNet)."""
     shape = tuple(shape)
 
     def fn(keys):
@@ -149,8 +134,8 @@ def init_states(module, config: TrainConfig, shape: tuple[int, ...], keys: jax.A
     if cache_key not in _INIT_PROGRAMS:
         if len(_INIT_PROGRAMS) >= 32:
             _INIT_PROGRAMS.clear()
-        unoptimised = getattr(module, "UNOPTIMISED_INIT", False)
-        _INIT_PROGRAMS[cache_key] = compile_init(fn, keys) if unoptimised else jax.jit(fn).lower(keys).compile()
+        optimised = plan_for(module).optimised_init
+        _INIT_PROGRAMS[cache_key] = jax.jit(fn).lower(keys).compile() if optimised else compile_init(fn, keys)
     return _INIT_PROGRAMS[cache_key](keys)
 
 
@@ -253,14 +238,6 @@ def train_step(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, st
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), loss
 
 
-def loops_on_host(denoise_fn: Denoiser) -> bool:
-    """Whether :func:`train` runs this denoiser's steps as a host loop of loop-free programs: on CPU, for
-    models whose gradients XLA:CPU runs far slower inside a loop (``module.SLOW_GRADIENTS_IN_LOOPS``: the UNet's
-    convolutions, ~15x slower inside a ``lax.scan`` with jax 0.10.2; jax-ml/jax#12868)."""
-    module = getattr(denoise_fn, "module", None)
-    return jax.default_backend() == "cpu" and bool(getattr(module, "SLOW_GRADIENTS_IN_LOOPS", False))
-
-
 @partial(jax.jit, static_argnames=("denoise_fn", "config", "num_steps", "seed_axis", "seed_batch", "mesh",
                                    "unroll", "batch_mesh"),
          donate_argnames=("state",))
@@ -278,7 +255,7 @@ def train_steps(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, s
         after the other in the same program, all on accelerators, where they are vmapped).
       mesh: with ``seed_axis``, a mesh (axis ``"seeds"``) whose devices each train S / D of the models.
       unroll: no loop in the program: the steps, and the seeds of a device, one copy each, in sequence
-        (for small ``num_steps``; see :func:`loops_on_host`).
+        (for small ``num_steps``; the host loops of :func:`train`).
       batch_mesh: the devices of each step's batch groups (:func:`batch_gradient`), for one model at a time.
     Returns:
       (state after the steps, losses [num_steps] or [S, num_steps]).
@@ -316,7 +293,7 @@ def train(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: 
           callback: Optional[Callable[[TrainState, jnp.ndarray], None]] = None, seed_batch: Optional[int] = None,
           mesh: Optional[Mesh] | str = "auto", batch_devices: Optional[list] = None) -> TrainState:
     """Train from ``state`` up to step ``stop_at`` (default ``config.steps``) in scanned dispatches (on CPU, a
-    host loop of single steps for models that :func:`loops_on_host` names).
+    host loop of loop-free single steps where the model's :class:`~mijax.execution.Plan` has ``host_loops``).
 
     ``callback(state, losses)`` runs after each dispatch (progress, logs, checkpoints). The result does
     not depend on how the steps are split into dispatches, nor on the devices the seeds are spread over.
@@ -332,7 +309,7 @@ def train(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: 
     if seed_axis:
         state, key, data = distributed.shard_leading((state, key, data), mesh)
     step = int(jnp.max(distributed.to_host(state.step)))
-    on_host = loops_on_host(denoise_fn)
+    on_host = plan_for(denoise_fn).host_loops
     # the batch groups of one model at a time over the devices, when its seeds do not occupy them already
     one_at_a_time = not seed_axis or (on_host and distributed.mesh_size(mesh) <= 1 and jax.process_count() == 1)
     groups_mesh = batch_groups_mesh(config, batch_devices) if config.batch_groups > 1 and one_at_a_time else None
@@ -342,7 +319,7 @@ def train(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: 
         state, key, data = distributed.replicate((state, key, data), groups_mesh)
 
     def host_steps(state, key, data, seed_axis, mesh):
-        # the same n steps, each a loop-free program (see loops_on_host); losses [..., n]
+        # the same n steps, each a loop-free program (the plan's host_loops); losses [..., n]
         parts = []
         for _ in range(n):
             state, part = train_steps(denoise_fn, schedule, config, state, key, data, 1, seed_axis, seed_batch,

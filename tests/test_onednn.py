@@ -9,7 +9,7 @@ from jax import lax
 import mijax
 from mijax import models
 from mijax.models import onednn
-from mijax.training import compile_init
+from mijax.execution import compile_init
 
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="oneDNN is not installed: " + onednn.INSTALL_HINT)
 NHWC = ("NHWC", "HWIO", "NHWC")

@@ -9,7 +9,8 @@ import pytest
 
 import mijax
 from mijax.config import SamplerConfig
-from mijax.sampling import (CPU_ROWS_PER_BLOCK, ROW_BLOCK, chunk_rows, reverse_timesteps, row_blocks, sample_chunk, validate)
+from mijax.execution import CPU_ROWS_PER_BLOCK
+from mijax.sampling import ROW_BLOCK, chunk_rows, reverse_timesteps, row_blocks, sample_chunk, validate
 
 T = 50
 MODEL = mijax.ToyDenoiser(1)

@@ -322,7 +322,7 @@ def test_ema_of_the_weights_is_an_option_that_sampling_uses(schedule, data):
 
 def test_unrolled_steps_equal_the_scan_and_the_unet_steps_from_the_host(schedule, data):
     from mijax.models.denoiser import ModuleDenoiser
-    from mijax.training import loops_on_host
+    from mijax.execution import plan_for
 
     config = TrainConfig(steps=3, batch_size=100, steps_per_call=3)
     keys = jax.vmap(jax.random.key)(jnp.arange(2))
@@ -332,20 +332,21 @@ def test_unrolled_steps_equal_the_scan_and_the_unet_steps_from_the_host(schedule
     unrolled, l2 = train_steps(toy, schedule, config, _copy(states), keys, stacked, 3, True, 1, None, True)
     chex.assert_trees_all_close(scanned.params, unrolled.params, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.asarray(l1), np.asarray(l2), rtol=1e-5)
-    assert not loops_on_host(toy)
+    assert not plan_for(toy).host_loops
     unet = ModuleDenoiser(mijax.models.build("unet", (8, 8, 1), options={"channels": 8, "mults": (1,), "groups": 4}))
-    assert loops_on_host(unet) == (jax.default_backend() == "cpu")
+    assert plan_for(unet).host_loops == (jax.default_backend() == "cpu")
 
 
 def test_host_loop_steps_each_seed_with_one_program(schedule):
     """On CPU the UNet's seeds step one after the other through the one-seed program: the same models and
     losses as training each seed alone."""
     from mijax.models.denoiser import ModuleDenoiser
-    from mijax.training import init_states, loops_on_host
+    from mijax.execution import plan_for
+    from mijax.training import init_states
 
     module = mijax.models.build("unet", (8, 8, 1), options={"channels": 8, "mults": (1,), "groups": 4})
     unet = ModuleDenoiser(module)
-    if not loops_on_host(unet):
+    if not plan_for(unet).host_loops:
         pytest.skip("the host loop is for CPU")
     config = TrainConfig(steps=2, batch_size=8, steps_per_call=2)
     keys = jax.vmap(jax.random.key)(jnp.arange(2))

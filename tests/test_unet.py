@@ -7,7 +7,7 @@ import pytest
 
 import mijax
 from mijax import models
-from mijax.training import compile_init
+from mijax.execution import compile_init
 
 
 def _count(module, shape):
@@ -136,13 +136,13 @@ def test_dropout_acts_in_training_only_and_the_bottleneck_is_sown():
 
 def test_the_sampler_runs_the_unets_images_in_blocks_of_128_whatever_the_chunking():
     from mijax.models.denoiser import ModuleDenoiser
-    from mijax.sampling import CPU_ROWS_PER_BLOCK, default_rows_per_block
+    from mijax.execution import CPU_ROWS_PER_BLOCK, plan_for
 
     module = models.build("unet", (8, 8, 1), options=TINY)
     denoiser = ModuleDenoiser(module)
-    assert default_rows_per_block(denoiser) == (128 if jax.default_backend() == "cpu" else None)
+    assert plan_for(denoiser).rows_per_block == (128 if jax.default_backend() == "cpu" else None)
     mlp = ModuleDenoiser(models.build("mlp", (1,)))
-    assert default_rows_per_block(mlp) == (CPU_ROWS_PER_BLOCK if jax.default_backend() == "cpu" else None)
+    assert plan_for(mlp).rows_per_block == (CPU_ROWS_PER_BLOCK if jax.default_backend() == "cpu" else None)
     params = jax.tree.map(lambda a: a + 0.05, _init(module))  # leave the zero-initialised output layer
     schedule = mijax.make_schedule("linear", 3, 1e-2, 0.2)
     config = mijax.SamplerConfig(hal_window=2, clip_x0=True)

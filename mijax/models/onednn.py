@@ -17,8 +17,8 @@ result buffers, so nothing is copied (a ``jax.pure_callback`` copies every opera
   differentiation and ``vmap`` (a loop over the mapped axis); forward mode (``jvp``) raises;
 - they run on the host: CPU only (:func:`check_backend`);
 - each call runs on oneDNN's OpenMP threads (every core unless ``OMP_NUM_THREADS`` says otherwise) and calls
-  are serialised (the sampler and the trainer give such a model one CPU device per process:
-  ``mijax.distributed.auto_devices``);
+  are serialised (the sampler and the trainer give such a model one CPU device per process: its plan's
+  ``calls_use_all_cores``, :mod:`mijax.execution`);
   the numbers are oneDNN's float32 sums, XLA's to float32 rounding (tested), not bit-equal to them.
 """
 from __future__ import annotations

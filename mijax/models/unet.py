@@ -111,7 +111,9 @@ class UNet(nn.Module):
     by 2^(levels - 1). ``dropout`` acts in every res block when ``train`` (rng ``"dropout"``). The middle
     features (after the middle blocks, [N, H / 2^(levels-1), W / 2^(levels-1), C x mults[-1]]) are sown as
     ``intermediates/bottleneck`` (``apply(..., mutable=["intermediates"])``). ``conv``: ``"xla"`` (XLA's
-    convolutions) or ``"onednn"`` (oneDNN's, on the CPU: :mod:`mijax.models.onednn`; the same parameters)."""
+    convolutions) or ``"onednn"`` (oneDNN's, on the CPU: :mod:`mijax.models.onednn`; the same parameters).
+    How it runs on CPU (host loops, unoptimised init, blocks of 128 images) is its plan:
+    :data:`mijax.execution.CPU_PLANS`."""
 
     channels: int = 16
     mults: Sequence[int] = (1, 2, 2)
@@ -120,19 +122,6 @@ class UNet(nn.Module):
     groups: int = 8
     dropout: float = 0.0
     conv: str = "xla"
-    # XLA:CPU runs this network's convolution gradients ~15x slower inside a loop (jax-ml/jax#12868): on CPU
-    # mijax.training.train steps it from the host (mijax.training.loops_on_host).
-    SLOW_GRADIENTS_IN_LOOPS = True
-    # Its initialisation takes XLA:CPU's optimising backend ~45 s to compile (mijax.training.init_states).
-    UNOPTIMISED_INIT = True
-    # On CPU the sampler runs at most this many images through the reverse steps together
-    # (mijax.sampling.default_rows_per_block): blocks of 128 keep more of the activations in cache than 256.
-    CPU_ROWS_PER_BLOCK = 128
-
-    @property
-    def CPU_CALLS_USE_ALL_CORES(self) -> bool:
-        # oneDNN's convolutions run each call on every core (mijax.distributed.auto_devices)
-        return self.conv == "onednn"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, t: jnp.ndarray, train: bool = False) -> jnp.ndarray:
