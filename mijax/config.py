@@ -534,12 +534,13 @@ def make_run_schedule(config: RunConfig) -> Schedule:
     return make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end)
 
 
-def validate_training_size(config: RunConfig) -> None:
+def validate_training_size(config: RunConfig, dataset: Any = None) -> None:
     """Raise RunError (one line) unless the data set holds the ``n_train`` items a run trains on. A data set
     with a fixed training set (real digits, the generated shapes) says how many it holds with
     ``training_size()``, which reads or builds it (cached, so training does not pay twice); one that draws
-    its points (the mixtures) has no limit. Called before a run's directory is created."""
-    dataset = datasets.make(config.data.dataset, config.data.options)
+    its points (the mixtures) has no limit. Called before a run's directory is created. ``dataset``: the one
+    ``config`` built, if at hand."""
+    dataset = datasets.make(config.data.dataset, config.data.options) if dataset is None else dataset
     size = getattr(dataset, "training_size", None)
     if size is None:
         return

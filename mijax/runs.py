@@ -23,8 +23,8 @@ import jax
 import numpy as np
 
 from mijax import checkpoints, collect, distributed, progress, signals
-from mijax.config import (Pieces, RunConfig, RunError, build, config_from_dict, config_to_dict, training_data,
-                          validate_config, validate_training_size)
+from mijax.config import (Pieces, RunConfig, RunError, SamplerConfig, TrainConfig, build, config_from_dict,
+                          config_to_dict, training_data, validate_training_size)
 from mijax import data as datasets
 from mijax import outputs
 from mijax.io import MijaxError, read_json, write_json
@@ -32,10 +32,8 @@ from mijax.keys import sample_keys as _sample_keys
 from mijax.keys import SEED_LIMIT, seed_keys
 from mijax.models import KERNELS, make_denoiser
 from mijax.models.mlp import PRECISIONS
-from mijax.config import SamplerConfig
 from mijax.sampling import validate as validate_sampler
 from mijax.sampling import validate_regions
-from mijax.config import TrainConfig
 from mijax.training import TrainState, eval_params, init_states, train
 from mijax.version import __version__
 
@@ -121,13 +119,13 @@ def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwri
       The seed-stacked final TrainState.
     """
     out = Path(out)
-    validate_config(config)
-    validate_training_size(config)
+    pieces = build(config)  # the data set's and the model's own checks, once
+    validate_training_size(config, pieces.dataset)
     with outputs.lock(out, primary=jax.process_index() == 0):
-        return _train_run(out, config, resume, overwrite, progress, stop_at)
+        return _train_run(out, config, pieces, resume, overwrite, progress, stop_at)
 
 
-def _train_run(out: Path, config: RunConfig, resume: bool, overwrite: bool, progress: bool,
+def _train_run(out: Path, config: RunConfig, pieces: Pieces, resume: bool, overwrite: bool, progress: bool,
                stop_at: Optional[int]) -> TrainState:
     outputs.check(out, "run", overwrite=overwrite, resume=resume)
     # every process checks before any creates the run (or a slow process finds it "already exists")
@@ -146,7 +144,6 @@ def _train_run(out: Path, config: RunConfig, resume: bool, overwrite: bool, prog
             raise RunError(f"--resume: the run {out} was made with {said(0)}, this command says {said(1)} (another "
                            "configuration; resume with the same options)" if diff else
                            f"{out} was made with another configuration; resume with the same options")
-    pieces = build(config)
     keys = seed_keys(config.seed_values)
     with outputs.replacing(out, "run", replace=overwrite and not resuming) as directory:
         write_json(directory / "config.json", {**config_to_dict(config), "versions": _versions()})
@@ -185,26 +182,107 @@ def load_config(run_dir: os.PathLike) -> RunConfig:
     return config_file(run_dir / "config.json")
 
 
+class Run:
+    """A trained (or training) run: its directory, its configuration read once, and the data set, model and
+    schedule that configuration builds, built once (:attr:`pieces`). ``Run.open(RUN)`` then gives the
+    trained state (:meth:`state`) and samples (:meth:`sample`) without reading or building anything again.
+    """
+
+    def __init__(self, directory: os.PathLike, config: RunConfig, pieces: Optional[Pieces] = None):
+        self.directory = Path(directory)
+        self.config = config
+        self.pieces = build(config) if pieces is None else pieces
+
+    @classmethod
+    def open(cls, directory: os.PathLike, precision: Optional[str] = None) -> "Run":
+        """The run in ``directory`` (its config.json read and checked, its pieces built), the model's matmuls in
+        ``precision`` (None: the run's)."""
+        if precision is not None and precision not in PRECISIONS:
+            raise RunError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        config = load_config(directory)
+        return cls(directory, config, build(config, precision))
+
+    def state(self, step: Optional[int] = None) -> TrainState:
+        """The seed-stacked TrainState of checkpoint ``step`` (None: the latest)."""
+        target = init_states(self.pieces.model, self.config.train, self.pieces.shape,
+                             seed_keys(self.config.seed_values))
+        return checkpoints.restore(self.directory, target, step)
+
+    def sampler(self, sampler: Optional[SamplerConfig] = None) -> SamplerConfig:
+        """``sampler`` (default: DDPM with Hal over t = 9..0) for this run's models: :func:`data_sampler`."""
+        return data_sampler(self.config, SamplerConfig() if sampler is None else sampler, self.pieces.dataset)
+
+    def sample(self, n: int, seed: int = 0, sampler: Optional[SamplerConfig] = None,
+               chunk_size: Optional[int] = None, progress: bool = False, out: Optional[os.PathLike] = None,
+               kernel: str = "xla", overwrite: bool = False, abort=None) -> dict[str, np.ndarray]:
+        """:func:`sample_run` of this run (the model in the precision it was opened with)."""
+        config, dataset = self.config, self.pieces.dataset
+        if kernel not in KERNELS:
+            raise RunError(f"unknown kernel {kernel!r}; choose from {', '.join(KERNELS)}")
+        if not (isinstance(seed, int) and 0 <= seed < SEED_LIMIT):
+            raise RunError(f"the sampling seed must be in 0..{SEED_LIMIT - 1} (32-bit), got {seed}")
+        sampler = self.sampler(sampler)
+        try:
+            validate_sampler(sampler, config.diffusion.timesteps, has_oracle=hasattr(dataset, "oracle"))
+            validate_regions(sampler, dataset.shape)
+            if abort is not None:
+                from mijax.abort import validate_abort
+
+                validate_abort(abort, sampler, config.diffusion.timesteps, has_oracle=hasattr(dataset, "oracle"))
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        with outputs.lock(out, primary=jax.process_index() == 0):
+            if out is not None:
+                outputs.check(out, "samples", overwrite=overwrite, directory=False)
+                collect.check_space(out, collect.bytes_needed(config.seeds, n, dataset.shape, sampler))
+                distributed.barrier("mijax.sample_run.checked")  # before any process writes beside it
+            return self._sample(sampler, n, seed, chunk_size, progress, out, kernel, abort)
+
+    def _sample(self, sampler: SamplerConfig, n: int, seed: int, chunk_size: Optional[int], progress: bool,
+                out: Optional[os.PathLike], kernel: str, abort) -> dict:
+        config, pieces, run_dir = self.config, self.pieces, self.directory
+        state = self.state()
+        step = _max_step(state)
+        if step < config.train.steps or not (run_dir / "train.json").exists():
+            warnings.warn(f"{run_dir} has not finished training (step {step} of {config.train.steps}); sampling "
+                          "its latest checkpoint", stacklevel=3)
+        try:
+            denoise_fn = make_denoiser(pieces.model, kernel)
+        except (ValueError, TypeError) as e:
+            raise RunError(str(e)) from None
+        if kernel == "pallas" and not denoise_fn.uses_kernel and jax.process_index() == 0:
+            warnings.warn(f"--kernel pallas needs a GPU (the backend is {jax.default_backend()}): sampling with the "
+                          "XLA path", stacklevel=3)
+        provenance = dict(seeds=np.asarray(config.seed_values), run=np.asarray(str(run_dir.resolve())),
+                          step=np.asarray(step), config=np.asarray(json.dumps(config_to_dict(config))))
+        needs = tuple(sampler.detectors) + ((abort.detector,) if abort is not None else ())
+        oracle = data_oracle(pieces.dataset, pieces.schedule) if any(s.detector.needs_oracle for s in needs) else None
+        params = eval_params(state, config.train)
+        if abort is not None:
+            return _sample_with_abort(denoise_fn, params, pieces, sample_keys(config, seed), n, sampler, abort,
+                                      oracle, out, progress, provenance)
+        return collect.draw(denoise_fn, params, pieces.schedule, sample_keys(config, seed), n, pieces.shape,
+                            sampler, chunk_size, out=out, show_progress=progress, desc="sample", oracle=oracle,
+                            **provenance)
+
+
 def load_run(run_dir: os.PathLike, step: Optional[int] = None,
              precision: Optional[str] = None) -> tuple[RunConfig, Pieces, TrainState]:
     """The config, pieces and seed-stacked state of a trained run (latest checkpoint by default); the
     model's matmuls in ``precision`` (default the run's)."""
-    run_dir = Path(run_dir)
-    config = load_config(run_dir)
-    validate_config(config)
-    if precision is not None and precision not in PRECISIONS:
-        raise RunError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    pieces = build(config, precision)
-    target = init_states(pieces.model, config.train, pieces.shape, seed_keys(config.seed_values))
-    return config, pieces, checkpoints.restore(run_dir, target, step)
+    run = Run.open(run_dir, precision)
+    return run.config, run.pieces, run.state(step)
 
 
-def data_sampler(config: RunConfig, sampler: SamplerConfig) -> SamplerConfig:
+def data_sampler(config: RunConfig, sampler: SamplerConfig, dataset=None) -> SamplerConfig:
     """``sampler`` for the models of ``config``: their objective, and the data set's Hal regions (its
-    ``hal_regions``, e.g. the SHAPES strips) when a ``region_max`` reduction asks for regions and has none."""
+    ``hal_regions``, e.g. the SHAPES strips) when a ``region_max`` reduction asks for regions and has none.
+    ``dataset``: the one ``config`` built, if at hand."""
     sampler = dataclasses.replace(sampler, objective=config.diffusion.objective)
     if "region_max" in (sampler.hal_reduction,) + tuple(sampler.hal_table) and not sampler.hal_regions:
-        regions = getattr(datasets.make(config.data.dataset, config.data.options), "hal_regions", ())
+        if dataset is None:
+            dataset = datasets.make(config.data.dataset, config.data.options)
+        regions = getattr(dataset, "hal_regions", ())
         if not regions:
             raise RunError(f"the region_max Hal reduction needs regions; data set {config.data.dataset!r} has none")
         sampler = dataclasses.replace(sampler, hal_regions=tuple(tuple(int(b) for b in r) for r in regions))
@@ -241,58 +319,7 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
       run directory), "step" (its checkpoint) and "config" (its config.json); with ``out`` the arrays are in the
       file and the dict holds "shape" (x's) and the rest. An unfinished run is sampled with a warning.
     """
-    if kernel not in KERNELS:
-        raise RunError(f"unknown kernel {kernel!r}; choose from {', '.join(KERNELS)}")
-    if not (isinstance(seed, int) and 0 <= seed < SEED_LIMIT):
-        raise RunError(f"the sampling seed must be in 0..{SEED_LIMIT - 1} (32-bit), got {seed}")
-    run_dir = Path(run_dir)
-    config = load_config(run_dir)
-    validate_config(config)
-    sampler = data_sampler(config, SamplerConfig() if sampler is None else sampler)
-    dataset = datasets.make(config.data.dataset, config.data.options)
-    try:
-        validate_sampler(sampler, config.diffusion.timesteps, has_oracle=hasattr(dataset, "oracle"))
-        validate_regions(sampler, dataset.shape)
-        if abort is not None:
-            from mijax.abort import validate_abort
-
-            validate_abort(abort, sampler, config.diffusion.timesteps, has_oracle=hasattr(dataset, "oracle"))
-    except ValueError as e:
-        raise RunError(str(e)) from None
-    with outputs.lock(out, primary=jax.process_index() == 0):
-        if out is not None:
-            outputs.check(out, "samples", overwrite=overwrite, directory=False)
-            collect.check_space(out, collect.bytes_needed(config.seeds, n, dataset.shape, sampler))
-            distributed.barrier("mijax.sample_run.checked")  # before any process writes beside it
-        return _sample_run(run_dir, config, sampler, dataset, n, seed, chunk_size, progress, out, precision,
-                           kernel, abort)
-
-
-def _sample_run(run_dir: Path, config: RunConfig, sampler: SamplerConfig, dataset, n: int, seed: int,
-                chunk_size: Optional[int], progress: bool, out: Optional[os.PathLike], precision: Optional[str],
-                kernel: str, abort) -> dict:
-    config, pieces, state = load_run(run_dir, precision=precision)
-    step = _max_step(state)
-    if step < config.train.steps or not (run_dir / "train.json").exists():
-        warnings.warn(f"{run_dir} has not finished training (step {step} of {config.train.steps}); sampling its "
-                      "latest checkpoint", stacklevel=2)
-    try:
-        denoise_fn = make_denoiser(pieces.model, kernel)
-    except (ValueError, TypeError) as e:
-        raise RunError(str(e)) from None
-    if kernel == "pallas" and not denoise_fn.uses_kernel and jax.process_index() == 0:
-        warnings.warn(f"--kernel pallas needs a GPU (the backend is {jax.default_backend()}): sampling with the "
-                      "XLA path", stacklevel=2)
-    provenance = dict(seeds=np.asarray(config.seed_values), run=np.asarray(str(run_dir.resolve())),
-                      step=np.asarray(step), config=np.asarray(json.dumps(config_to_dict(config))))
-    needs = tuple(sampler.detectors) + ((abort.detector,) if abort is not None else ())
-    oracle = data_oracle(dataset, pieces.schedule) if any(s.detector.needs_oracle for s in needs) else None
-    if abort is not None:
-        return _sample_with_abort(denoise_fn, eval_params(state, config.train), pieces, sample_keys(config, seed), n,
-                                  sampler, abort, oracle, out, progress, provenance)
-    return collect.draw(denoise_fn, eval_params(state, config.train), pieces.schedule, sample_keys(config, seed), n, pieces.shape,
-                        sampler, chunk_size, out=out, show_progress=progress, desc="sample", oracle=oracle,
-                        **provenance)
+    return Run.open(run_dir, precision).sample(n, seed, sampler, chunk_size, progress, out, kernel, overwrite, abort)
 
 
 def _sample_with_abort(denoise_fn, params, pieces: Pieces, keys, n: int, sampler: SamplerConfig, abort, oracle,

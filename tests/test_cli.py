@@ -5,6 +5,8 @@ import sys
 
 import jax
 import numpy as np
+
+import mijax
 import pytest
 
 from mijax import checkpoints, io, runs
@@ -332,3 +334,26 @@ def test_experiment_set_changes_a_profile_size_and_refuses_bad_ones(tmp_path, ca
     assert main(["experiment", "shapes", "--no-progress", "--out", str(tmp_path / "s"), "--set",
                  "windows=[[0, 10], [5, 20]]"]) == 0
     assert seen["overrides"] == {"windows": ((0, 10), (5, 20))}
+
+
+def test_sampling_a_run_reads_its_configuration_once_and_builds_once(trained, monkeypatch):
+    """One Run: config.json read once; the data set, the model and the schedule built once."""
+    from mijax import config as config_lib
+    from mijax import data, models
+
+    counts = {"config.json": 0, "data set": 0, "model": 0, "schedule": 0}
+
+    def counting(name, fn, path=None):
+        def wrapped(*args, **kwargs):
+            if path is None or str(args[0]).endswith(path):
+                counts[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(runs, "read_json", counting("config.json", runs.read_json, "config.json"))
+    monkeypatch.setattr(data, "make", counting("data set", data.make))
+    monkeypatch.setattr(models, "build", counting("model", models.build))
+    monkeypatch.setattr(config_lib, "make_run_schedule", counting("schedule", config_lib.make_run_schedule))
+    got = runs.sample_run(trained, 8, sampler=mijax.SamplerConfig(hal_reduction="max"))
+    assert got["x"].shape == (2, 8, 1)
+    assert counts == {"config.json": 1, "data set": 1, "model": 1, "schedule": 1}
