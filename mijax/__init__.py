@@ -25,7 +25,7 @@ _EXPORTS = {
     "GaussianMixture": ("mijax.mixtures", "GaussianMixture"),
     "HAL_REDUCTIONS": ("mijax.sampling", "HAL_REDUCTIONS"),
     "KERNELS": ("mijax.models", "KERNELS"),
-    "MijaxError": ("mijax.io", "MijaxError"),
+    "MijaxError": ("mijax.errors", "MijaxError"),
     "MixtureDataset": ("mijax.data.mixtures", "MixtureDataset"),
     "ModelConfig": ("mijax.config", "ModelConfig"),
     "ModuleDenoiser": ("mijax.models", "ModuleDenoiser"),

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from mijax import data as datasets
 from mijax import models
-from mijax.io import MijaxError
+from mijax.errors import MijaxError
 from mijax.keys import SEED_LIMIT, TRAINING_SET, stream
 from mijax.models import ModuleDenoiser
 from mijax.schedules import SCHEDULES, Schedule, check_objective, make_schedule

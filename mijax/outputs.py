@@ -50,7 +50,8 @@ import zipfile
 from pathlib import Path
 from typing import Iterator, Optional
 
-from mijax.io import MijaxError, temporary_prefix, write_json
+from mijax.errors import MijaxError
+from mijax.io import temporary_prefix, write_json
 from mijax.version import __version__
 
 MARKER = ".mijax"

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from mijax import io, outputs
+from mijax.errors import MijaxError
 from mijax.cli import build_parser, main
 
 TINY = ["--dataset", "gaussian1d", "--modes", "1,2", "--n-train", "64", "--steps", "4", "--batch-size", "32",
@@ -528,7 +529,6 @@ def test_a_failure_after_the_output_is_made_removes_only_a_fresh_one(existed, ru
     import shutil
 
     from mijax import runs
-    from mijax.io import MijaxError
 
     out = tmp_path / "r"
     if existed:
@@ -927,7 +927,7 @@ def test_a_checkpoint_another_process_writes_is_named_so(run, monkeypatch):
         raise ValueError(f"Checkpoint for step {step} already exists.")
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", exists)
-    with pytest.raises(io.MijaxError, match="being written by another process"):
+    with pytest.raises(MijaxError, match="being written by another process"):
         checkpoints.save(run, state)
 
 

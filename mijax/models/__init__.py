@@ -14,7 +14,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 
-from mijax.io import MijaxError, frozen, typed_option
+from mijax.errors import MijaxError
+from mijax.io import frozen, typed_option
 from mijax.models.fused import KERNELS, FusedDenoiser, make_denoiser
 from mijax.models import unet
 from mijax.models.denoiser import Flattened, ModuleDenoiser
