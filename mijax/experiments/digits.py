@@ -20,6 +20,7 @@ import numpy as np
 from mijax import data, plots
 from mijax.config import DataConfig, RunConfig
 from mijax.data import digits as digits_data
+from mijax.data.images import to_model
 from mijax.experiments import common, hal_sweep
 from mijax.io import json_safe
 from mijax.sampling import SamplerConfig
@@ -83,8 +84,8 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     S, N = x.shape[:2]
 
     d = dataset.digits()
-    reference = digits_data.to_model(d.test_images)
-    real = digits_data.to_model(d.train_images[:N])  # as many real digits as samples: the distance's floor
+    reference = to_model(d.test_images)
+    real = to_model(d.train_images[:N])  # as many real digits as samples: the distance's floor
     per_seed = [dataset.measure(xs, reference) for xs in x]
     floor = dataset.measure(real, reference)
     confidence = [clf.confidence(xs) for xs in x]
