@@ -450,6 +450,18 @@ def test_overwrite_of_a_run_holding_only_its_own_entries_still_replaces_it(run, 
     assert not (out / "samples-hal-0123456789.npz").exists()
 
 
+def test_an_experiments_output_holds_its_runs_and_the_experiment_outputs_in_it(tmp_path):
+    """``mijax experiment all`` writes ``runs/`` and one experiment output per folder; anything else is not its
+    own, a folder named like an experiment that is no mijax experiment output included."""
+    out = tmp_path / "all"
+    outputs.mark(out, "experiments")
+    (out / "runs").mkdir()
+    outputs.mark(out / "grid-2d", "experiment")
+    (out / "score").mkdir()
+    (out / "notes.txt").write_text("notes")
+    assert outputs.foreign(out, "experiments") == ["notes.txt", "score/"]
+
+
 # ---------------------------------------------------------------------------------------------
 # 9. One process per output: the second is refused from the check on (mijax.outputs.lock).
 
