@@ -107,7 +107,7 @@ _EXPORTS = {
     "score": ("mijax.mixtures", "score"),
     "seed_keys": ("mijax.keys", "seed_keys"),
     "threshold_filter": ("mijax.filters", "threshold_filter"),
-    "timestep_embedding": ("mijax.models", "timestep_embedding"),
+    "timestep_embedding_closed": ("mijax.models", "timestep_embedding_closed"),
     "train": ("mijax.training", "train"),
     "train_run": ("mijax.runs", "train_run"),
     "train_step": ("mijax.training", "train_step"),
@@ -146,7 +146,7 @@ __all__ = [
     "init_states", "log_prob", "loss_draws", "make_denoiser",
     "make_mixture", "make_optimizer", "make_schedule", "mass_beyond", "model_predictions", "nearest_mode", "noised",
     "posterior_mean_variance", "predict_eps_from_x0", "predict_x0_from_eps", "q_sample", "reverse_timesteps",
-    "sample", "sample_chunks", "sample_mixture", "sample_timesteps", "score", "timestep_embedding", "train",
+    "sample", "sample_chunks", "sample_mixture", "sample_timesteps", "score", "timestep_embedding_closed", "train",
     "train_step", "train_steps", "use_cpu_cores", "use_xla_cpu_kernels", "MijaxError", "__version__",
     # configs, data sets and runs
     "DataConfig", "DiffusionConfig", "ModelConfig", "RunConfig", "build", "config_from_dict", "config_to_dict",
