@@ -20,7 +20,8 @@ import jax
 import numpy as np
 
 from mijax import distributed, signals
-from mijax.io import MijaxError, WriteFailed, write_failure
+from mijax.errors import MijaxError
+from mijax.io import WriteFailed, write_failure
 from mijax.training import TrainState
 
 

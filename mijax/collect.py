@@ -18,8 +18,9 @@ import numpy as np
 
 from mijax import distributed, progress, signals
 from mijax.diffusion import Denoiser
-from mijax.io import MijaxError, NpyStream, pack_npz, temporary_prefix, write_failure
 from mijax.config import SamplerConfig
+from mijax.errors import MijaxError
+from mijax.io import NpyStream, pack_npz, temporary_prefix, write_failure
 from mijax.sampling import sample_chunks
 from mijax.schedules import Schedule
 

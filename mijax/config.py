@@ -23,9 +23,9 @@ from mijax import data as datasets
 from mijax import models
 from mijax.detectors import DetectorSpec
 from mijax.diffusion import OBJECTIVES
+from mijax.errors import MijaxError
 from mijax.filters import FILTERS
 from mijax.hal import HAL_REDUCTIONS
-from mijax.io import MijaxError
 from mijax.keys import SEED_LIMIT, TRAINING_SET, stream
 from mijax.models import ModuleDenoiser
 from mijax.schedules import SCHEDULES, Schedule, check_objective, make_schedule

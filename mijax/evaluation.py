@@ -23,7 +23,8 @@ import numpy as np
 
 from mijax import detection
 from mijax.config import RunConfig, config_from_dict
-from mijax.io import MijaxError, finite_or_none
+from mijax.errors import MijaxError
+from mijax.io import finite_or_none
 from mijax.stats import format_ci, mean_ci
 
 REMOVAL, RETENTION = 0.95, 0.96  # the paper's operating points
@@ -36,7 +37,7 @@ def load_samples(path: os.PathLike) -> dict[str, Any]:
     Returns:
       ``{"x": float32 [S, n, *shape], "hal": float32 [S, n], "scores": {name: float32 [S, n]},
       "seeds": int [S], "config": RunConfig or None, "run": str or None, "step": int or None}``;
-      a file that is not a mijax samples file raises one-line :class:`~mijax.io.MijaxError`.
+      a file that is not a mijax samples file raises one-line :class:`~mijax.errors.MijaxError`.
     """
     path = Path(path)
     try:

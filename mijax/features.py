@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from mijax import io, progress as progress_bars
+from mijax.data.images import to_model
 from mijax.execution import compile_init
 
 
@@ -245,12 +246,10 @@ _LOADED: dict[str, Classifier] = {}
 
 
 def classifier_for(dataset, recipe: Optional[Recipe] = None, progress: bool = False) -> Classifier:
-    """The feature classifier of a digits data set (:class:`mijax.data.digits.DigitsDataset`): trained on
-    its training split, tested on its held-out split, cached in memory and on disk (see the module
-    docstring)."""
+    """The feature classifier of a digits data set (:class:`mijax.data.digits.DigitsDataset`: its ``name``,
+    ``size``, ``shape`` and uint8 splits ``digits()``): trained on its training split, tested on its held-out
+    split, cached in memory and on disk (see the module docstring)."""
     from flax import serialization
-
-    from mijax.data import digits as digits_data
 
     recipe = recipe or default_recipe(dataset.size)
     d = dataset.digits()
@@ -269,8 +268,8 @@ def classifier_for(dataset, recipe: Optional[Recipe] = None, progress: bool = Fa
         except (ValueError, KeyError, OSError):  # a damaged cache entry: train again and replace it
             clf = None
     if clf is None:
-        clf = train_classifier(digits_data.to_model(d.train_images), d.train_labels, recipe,
-                               digits_data.to_model(d.test_images), d.test_labels, progress=progress,
+        clf = train_classifier(to_model(d.train_images), d.train_labels, recipe,
+                               to_model(d.test_images), d.test_labels, progress=progress,
                                desc=f"classifier of {dataset.name}")
         io.write_bytes(path, serialization.to_bytes(clf.params))
         io.write_json(path.with_suffix(".json"), {**clf.info, "data_set": dataset.name, "size": dataset.size})

@@ -23,9 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-
-class MijaxError(ValueError):
-    """Input or a file that mijax cannot use; the message is one line for the user."""
+from mijax.errors import MijaxError
 
 
 # What the operating system says when it refuses a write, in the words of mijax's one-line error.

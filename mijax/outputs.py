@@ -50,13 +50,14 @@ import zipfile
 from pathlib import Path
 from typing import Iterator, Optional
 
-from mijax.io import MijaxError, temporary_prefix, write_json
+from mijax.errors import MijaxError
+from mijax.io import temporary_prefix, write_json
 from mijax.version import __version__
 
 MARKER = ".mijax"
 KINDS = ("run", "study", "demo", "experiment", "experiments", "samples")
 # The entries each kind of output writes at its top level, besides its marker and mijax's temporaries
-# (``experiments`` also holds one folder per experiment, see :func:`owned`).
+# (and the outputs it holds, :data:`HOLDS`).
 OWNED = {
     "run": ("config.json", "checkpoints", "losses.json", "train.json", "samples-*.npz"),
     "study": ("config.json", "metrics.json", "gen_[0-9][0-9][0-9]*"),
@@ -64,6 +65,9 @@ OWNED = {
     "experiment": ("runs", "study", "metrics.json", "report.md", "*.png"),
     "experiments": ("runs",),
 }
+# The kind of the outputs an output of a kind holds at its top level, one per folder (``mijax experiment all``:
+# one experiment per folder, named after it).
+HOLDS = {"experiments": "experiment"}
 LOCK_SUFFIX = ".mijax-lock"
 _MIJAX_TEMPORARY = re.compile(r"^\..+\.mijax-")  # temporaries (.NAME.mijax-PID-...) and locks (.NAME.mijax-lock)
 
@@ -164,22 +168,21 @@ def kind_of(path: os.PathLike) -> Optional[str]:
 
 def owned(kind: str) -> tuple[str, ...]:
     """The patterns of the top-level entries an output of ``kind`` writes (:data:`OWNED`)."""
-    patterns = OWNED.get(kind, ())
-    if kind == "experiments":
-        from mijax import experiments
-
-        patterns = patterns + tuple(experiments.names())
-    return patterns
+    return OWNED.get(kind, ())
 
 
 def foreign(path: os.PathLike, kind: str) -> list[str]:
     """The entries of the output directory ``path`` that an output of ``kind`` does not write (folders with
-    a trailing ``/``), sorted."""
+    a trailing ``/``), sorted: neither its own (:func:`owned`) nor mijax outputs of the kind it holds
+    (:data:`HOLDS`)."""
     patterns = owned(kind)
+    held = HOLDS.get(kind)
     found = []
     for entry in Path(path).iterdir():
         name = entry.name
         if name == MARKER or _MIJAX_TEMPORARY.match(name) or any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            continue
+        if held is not None and entry.is_dir() and not entry.is_symlink() and kind_of(entry) == held:
             continue
         found.append(name + ("/" if entry.is_dir() else ""))
     return sorted(found)

@@ -27,7 +27,8 @@ from mijax.config import (Pieces, RunConfig, RunError, SamplerConfig, TrainConfi
                           config_to_dict, training_data, validate_training_size)
 from mijax import data as datasets
 from mijax import outputs
-from mijax.io import MijaxError, read_json, write_json
+from mijax.errors import MijaxError
+from mijax.io import read_json, write_json
 from mijax.keys import sample_keys as _sample_keys
 from mijax.keys import SEED_LIMIT, seed_keys
 from mijax.models import KERNELS, make_denoiser

@@ -8,7 +8,7 @@ import scipy.linalg
 
 from mijax import data, features
 from mijax.data import digits
-from mijax.io import MijaxError
+from mijax.errors import MijaxError
 
 
 def _fixture(tmp_path, gz: bool, dotted: bool = False):

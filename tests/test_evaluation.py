@@ -8,7 +8,7 @@ import pytest
 import mijax
 from mijax import detection, evaluation
 from mijax.cli import main
-from mijax.io import MijaxError
+from mijax.errors import MijaxError
 
 TINY = ["--dataset", "gaussian1d", "--modes", "1,2", "--n-train", "64", "--steps", "4", "--batch-size", "32",
         "--timesteps", "20", "--steps-per-call", "2", "--checkpoint-every", "2", "--no-progress"]

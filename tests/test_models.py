@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mijax
-from mijax.models import ToyDenoiser, timestep_embedding
+from mijax.models import ToyDenoiser, timestep_embedding_closed
 from mijax.models.mlp import LAYER_NORM_EPS, LEAKY_SLOPE
 
 
@@ -133,9 +133,9 @@ def test_bad_input_shape_raises(tied2, shape):
         model.apply(params, jnp.zeros(shape), jnp.zeros((8,), jnp.int32))
 
 
-def test_timestep_embedding_matches_numpy():
+def test_timestep_embedding_closed_matches_numpy():
     t = np.array([0, 1, 9, 250, 999])
-    emb = jax.jit(timestep_embedding, static_argnums=1)(jnp.asarray(t), 128)
+    emb = jax.jit(timestep_embedding_closed, static_argnums=1)(jnp.asarray(t), 128)
     chex.assert_shape(emb, (5, 128))
     chex.assert_type(emb, jnp.float32)
     freqs = np.exp(-np.arange(64) * np.log(10000.0) / 63)
@@ -202,4 +202,4 @@ def test_apply_does_not_retrace(tied2):
 
 
 def test_public_api():
-    assert mijax.ToyDenoiser is ToyDenoiser and mijax.timestep_embedding is timestep_embedding
+    assert mijax.ToyDenoiser is ToyDenoiser and mijax.timestep_embedding_closed is timestep_embedding_closed

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from mijax import io, outputs
+from mijax.errors import MijaxError
 from mijax.cli import build_parser, main
 
 TINY = ["--dataset", "gaussian1d", "--modes", "1,2", "--n-train", "64", "--steps", "4", "--batch-size", "32",
@@ -449,6 +450,18 @@ def test_overwrite_of_a_run_holding_only_its_own_entries_still_replaces_it(run, 
     assert not (out / "samples-hal-0123456789.npz").exists()
 
 
+def test_an_experiments_output_holds_its_runs_and_the_experiment_outputs_in_it(tmp_path):
+    """``mijax experiment all`` writes ``runs/`` and one experiment output per folder; anything else is not its
+    own, a folder named like an experiment that is no mijax experiment output included."""
+    out = tmp_path / "all"
+    outputs.mark(out, "experiments")
+    (out / "runs").mkdir()
+    outputs.mark(out / "grid-2d", "experiment")
+    (out / "score").mkdir()
+    (out / "notes.txt").write_text("notes")
+    assert outputs.foreign(out, "experiments") == ["notes.txt", "score/"]
+
+
 # ---------------------------------------------------------------------------------------------
 # 9. One process per output: the second is refused from the check on (mijax.outputs.lock).
 
@@ -528,7 +541,6 @@ def test_a_failure_after_the_output_is_made_removes_only_a_fresh_one(existed, ru
     import shutil
 
     from mijax import runs
-    from mijax.io import MijaxError
 
     out = tmp_path / "r"
     if existed:
@@ -927,7 +939,7 @@ def test_a_checkpoint_another_process_writes_is_named_so(run, monkeypatch):
         raise ValueError(f"Checkpoint for step {step} already exists.")
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", exists)
-    with pytest.raises(io.MijaxError, match="being written by another process"):
+    with pytest.raises(MijaxError, match="being written by another process"):
         checkpoints.save(run, state)
 
 

@@ -6,6 +6,7 @@ import pytest
 
 import mijax
 from mijax.data import shapes as sh
+from mijax.data.images import to_model
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_each_shape_has_the_published_size_and_place(generated):
 def test_every_training_image_counts_valid_with_its_shapes(generated, size):
     images, metadata = generated
     x = images[:1500] if size == 64 else sh.half_size(images[:1500])
-    counts = sh.count(sh.to_model(x))
+    counts = sh.count(to_model(x))
     assert sh.summarize_labels(counts) == {"blank": 0, "valid": 1500, "duplicate": 0, "outside": 0, "malformed": 0}
     want = np.array([[sum(m[0] == s for m in meta) for s in sh.SHAPES] for meta in metadata[:1500]])
     np.testing.assert_array_equal(counts.shapes, want)

@@ -48,7 +48,8 @@ from typing import Any, Callable, Mapping, Optional, Protocol, runtime_checkable
 import jax
 import numpy as np
 
-from mijax.io import MijaxError, frozen, typed_option
+from mijax.errors import MijaxError
+from mijax.io import frozen, typed_option
 
 
 @runtime_checkable

@@ -219,17 +219,6 @@ def load(source: str, size: int, holdout: float = 0.2, split_seed: int = 0, path
     return Digits(images[train], labels[train], images[test], labels[test])
 
 
-def to_model(images: np.ndarray) -> np.ndarray:
-    """uint8 [M, H, W] (0..255) -> float32 [M, H, W, 1] in [-1, 1]."""
-    return ((np.asarray(images, np.float32) - 127.5) / 127.5)[..., None]
-
-
-def to_uint8(x) -> np.ndarray:
-    """Model images [M, H, W, 1] in [-1, 1] (clipped) -> uint8 [M, H, W]."""
-    x = np.clip(np.asarray(x, np.float32)[..., 0], -1.0, 1.0)
-    return np.rint((x + 1.0) * 127.5).astype(np.uint8)
-
-
 # ---------------------------------------------------------------------------------------------
 # The data sets.
 
@@ -280,7 +269,7 @@ class DigitsDataset:
     def classifier(self, progress: bool = False):
         """The feature classifier of these digits (:func:`mijax.features.default_recipe` for this size with
         ``classifier_steps`` steps; trained on first use, then read from the cache)."""
-        from mijax import features
+        from mijax import features  # imported on first use: it brings optax and the classifier
 
         recipe = dataclasses.replace(features.default_recipe(self.size), steps=self.classifier_steps)
         return features.classifier_for(self, recipe, progress=progress)
@@ -345,4 +334,4 @@ register("mnist", functools.partial(_make, "mnist"), n_train=60_000,
 
 
 __all__: Sequence[str] = ("Digits", "DigitsDataset", "MNIST_FILES", "NUM_CLASSES", "SOURCES", "SourceError", "load",
-                          "load_mnist", "pad", "read_idx", "stratified_split", "to_model", "to_uint8", "write_idx")
+                          "load_mnist", "pad", "read_idx", "stratified_split", "write_idx")

@@ -116,11 +116,6 @@ def training_images(seed: int, size: int, num_images: int = 5_000) -> np.ndarray
     return images if size == 64 else half_size(images)
 
 
-def to_model(images: np.ndarray) -> np.ndarray:
-    """uint8 {0, 255} [M, H, W] -> float32 [M, H, W, 1] in [-1, 1]."""
-    return ((np.asarray(images, np.float32) - 127.5) / 127.5)[..., None]  # exactly -1 and 1
-
-
 # ---------------------------------------------------------------------------------------------
 # The counter.
 
@@ -296,4 +291,4 @@ def summarize_labels(counts: Counts) -> dict[str, int]:
 
 
 __all__: Sequence[str] = ("GEOMETRY", "LABELS", "POSITIONS", "SHAPES", "Counts", "ShapesDataset", "count", "generate",
-                          "half_size", "summarize_labels", "to_model", "training_images")
+                          "half_size", "summarize_labels", "training_images")

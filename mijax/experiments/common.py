@@ -28,10 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mijax import collect, plots, stats
-from mijax.config import DataConfig, DiffusionConfig, RunConfig, RunError, paper_steps
+from mijax.config import DataConfig, DiffusionConfig, RunConfig, RunError, build, paper_steps
 from mijax.data.mixtures import blur_adjusted_labels, labels, rate_table
 from mijax.io import finite_or_none, load_cache, save_npz, write_json, write_text
-from mijax.mixtures import mass_beyond
+from mijax.mixtures import GaussianMixture, mass_beyond
 from mijax.runs import load_config, load_run, sample_keys, sample_run, train_run
 from mijax.config import SamplerConfig
 from mijax.config import TrainConfig
@@ -109,6 +109,21 @@ def setting_config(p: dict, tag: str, dataset: str, modes: Optional[Sequence[flo
     two_d = {**p, "t_power": p["t_power_2d"]} if "t_power_2d" in p else p
     return run_config(two_d, dataset=dataset, modes=modes or (), n_train=p["n_train_2d"], steps=p["steps_2d"],
                       batch_size=p["batch_size_2d"])
+
+
+def setting_samples(out: Path, p: dict, tag: str, dataset: str, modes: Optional[Sequence[float]],
+                    windows: Sequence[tuple[int, int]], timer: "Timer", trajectory_steps: int = 0,
+                    progress: bool = True) -> tuple[RunConfig, GaussianMixture, dict[str, np.ndarray]]:
+    """Train the run of setting ``tag`` (:func:`setting_config`; resuming), then draw the profile's
+    ``num_samples`` per seed with Hal over ``windows`` (:func:`sample_windows`); lap ``timer`` after each.
+    Returns (the run's config, its data set's mixture, the samples)."""
+    config = setting_config(p, tag, dataset, modes)
+    run_dir = train(out, tag, config, progress)
+    timer.lap("train")
+    result = sample_windows(run_dir, p["num_samples"], windows, trajectory_steps=trajectory_steps,
+                            chunk_size=p["chunk_size"], progress=progress)
+    timer.lap("sample")
+    return config, build(config).dataset.mixture, result
 
 
 def _optimiser(p: dict) -> dict:

@@ -12,7 +12,6 @@ from mijax.experiments import common
 from mijax import detection, plots
 from mijax.data.mixtures import blur_adjusted_labels, labels
 from mijax.mixtures import mass_beyond
-from mijax.config import build
 
 SUMMARY = "Hal detects hallucinations (1D, 2D): ROC/AUROC, 95%-removal / 96%-retention points, window sweep, vs random"
 ENDS = (0, 10, 25, 50, 100)
@@ -71,13 +70,8 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     metrics = {"experiment": "detection", "profile": p, "windows": windows, "settings": {}}
     sections = []
     for tag, (dataset, modes) in SETTINGS.items():
-        config = common.setting_config(p, tag, dataset, modes)
-        run_dir = common.train(out, tag, config, progress)
-        timer.lap("train")
-        result = common.sample_windows(run_dir, p["num_samples"], windows, chunk_size=p["chunk_size"],
-                                       progress=progress)
-        timer.lap("sample")
-        mixture = build(config).dataset.mixture
+        config, mixture, result = common.setting_samples(out, p, tag, dataset, modes, windows, timer,
+                                                         progress=progress)
         x, hals = np.asarray(result["x"]), np.asarray(result["hal"])  # [S, N, d], [S, N, W]
         S = x.shape[0]
         # A model that diverges (too few steps, say) leaves samples that are inf or NaN: counted, and left out

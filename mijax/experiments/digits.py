@@ -20,6 +20,7 @@ import numpy as np
 from mijax import data, plots
 from mijax.config import DataConfig, RunConfig
 from mijax.data import digits as digits_data
+from mijax.data.images import to_model
 from mijax.experiments import common, hal_sweep
 from mijax.io import json_safe
 from mijax.config import SamplerConfig
@@ -61,30 +62,20 @@ def run_config(p: dict) -> RunConfig:
     return hal_sweep.unet_run_config(DataConfig(p["dataset"], n_train=n_train, options=options), p)
 
 
-def sampler_config(p: dict) -> SamplerConfig:
-    """One pass: x0_hat clipped, Hal over every window of the sweep by every reduction."""
-    return hal_sweep.table_sampler(p, REDUCTIONS)
-
-
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
         overrides: Optional[dict] = None) -> dict:
-    p, out, timer = common.start(PROFILES, profile, seeds, overrides, out)
-    windows = hal_sweep.with_published(p["windows"], p["timesteps"])
-    p["windows"] = tuple(windows)
+    p, out, timer, windows = hal_sweep.start(PROFILES, profile, seeds, overrides, out)
     config = run_config(p)  # reads the digits: a missing source fails here, before anything is written
     dataset = data.make(p["dataset"], data_options(p))
     clf = dataset.classifier(progress=progress)
     timer.lap("classifier")
-    run_dir = common.train(out, "digits", config, progress)
-    timer.lap("train")
-    drawn = common.sample(run_dir, p["num_samples"], sampler_config(p), chunk_size=p["chunk_size"], progress=progress)
-    timer.lap("sample")
-    x, table = drawn["x"], drawn["hal_table"]  # [S, N, H, W, 1], [S, N, W, R]
+    run_dir, x, table = hal_sweep.train_and_sample(out, "digits", config, p, REDUCTIONS, timer, progress)
+    # x [S, N, H, W, 1], table [S, N, W, R]
     S, N = x.shape[:2]
 
     d = dataset.digits()
-    reference = digits_data.to_model(d.test_images)
-    real = digits_data.to_model(d.train_images[:N])  # as many real digits as samples: the distance's floor
+    reference = to_model(d.test_images)
+    real = to_model(d.train_images[:N])  # as many real digits as samples: the distance's floor
     per_seed = [dataset.measure(xs, reference) for xs in x]
     floor = dataset.measure(real, reference)
     confidence = [clf.confidence(xs) for xs in x]

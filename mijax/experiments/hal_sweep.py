@@ -44,6 +44,30 @@ def table_sampler(p: dict, reductions: Sequence[str]):
                          hal_table=tuple(reductions), hal_top_k=p["top_k"])
 
 
+def start(profiles, profile: str, seeds: Optional[int], overrides: Optional[dict],
+          out: Path) -> tuple[dict, Path, "common.Timer", list[tuple[int, int]]]:
+    """The opening of an image experiment (:func:`mijax.experiments.common.start`) and the windows of its sweep,
+    the published one first (:func:`with_published`), which also become the profile's ``windows``. Returns
+    (profile, out, timer, windows)."""
+    p, out, timer = common.start(profiles, profile, seeds, overrides, out)
+    windows = with_published(p["windows"], p["timesteps"])
+    p["windows"] = tuple(windows)
+    return p, out, timer, windows
+
+
+def train_and_sample(out: Path, name: str, config, p: dict, reductions: Sequence[str], timer: "common.Timer",
+                     progress: bool = True) -> tuple[Path, np.ndarray, np.ndarray]:
+    """Train ``config`` (resuming), then draw the profile's ``num_samples`` per seed in one pass with Hal over
+    every window by every reduction (:func:`table_sampler`); lap ``timer`` after each. Returns (run_dir,
+    x [S, N, H, W, C], table [S, N, W, R])."""
+    run_dir = common.train(out, name, config, progress)
+    timer.lap("train")
+    drawn = common.sample(run_dir, p["num_samples"], table_sampler(p, reductions), chunk_size=p["chunk_size"],
+                          progress=progress)
+    timer.lap("sample")
+    return run_dir, drawn["x"], drawn["hal_table"]
+
+
 def key(window, reduction: str) -> str:
     return f"end{window[0]}_len{window[1]}_{reduction}"
 
@@ -144,5 +168,5 @@ def table_markdown(results: dict) -> str:
             "|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
-__all__ = ["PUBLISHED", "auroc_figure", "best", "detects", "hal_figures", "key", "sweep", "table_markdown",
-           "table_sampler", "unet_run_config", "window_text", "with_published"]
+__all__ = ["PUBLISHED", "auroc_figure", "best", "detects", "hal_figures", "key", "start", "sweep", "table_markdown",
+           "table_sampler", "train_and_sample", "unet_run_config", "window_text", "with_published"]

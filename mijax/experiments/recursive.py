@@ -64,6 +64,34 @@ def make_config(dim: int, profile: str = "quick", seeds: Optional[int] = None) -
                            pool_extra=2_500, chunk_size=5_000 if quick else 25_000)
 
 
+# What the image studies (recursive-shapes, recursive-digits) share per profile: the generations and filters,
+# pools of 1.5 N, the image schedule (quick: the paper's compressed tenfold, to T = 100) and Hal over 10 steps
+# (paper: the last 10, 3 seeds, drawn 1,000 at a time).
+IMAGE_STUDY = {
+    "quick": {"generations": 3, "filters": ("random", "variance"), "pool_ratio": 1.5, "timesteps": 100,
+              "beta_start": 1e-3, "beta_end": 0.2, "hal_window": 10},
+    "paper": {"seeds": 3, "generations": 5, "filters": ("none", "random", "variance"), "pool_ratio": 1.5,
+              "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "hal_window": 10, "hal_end": 0,
+              "chunk_size": 1_000},
+}
+
+
+def image_study(profiles: dict, profile: str, seeds: Optional[int], recipes: dict, run_config,
+                **recipe_changes) -> RecursiveConfig:
+    """The study of an image profile (``recursive-shapes``, ``recursive-digits``): the image experiment's
+    training recipe of the same profile (``recipes[profile]``) with this profile's N, steps, T and seeds
+    (``seeds`` over the profile's) and ``recipe_changes``, made a run by that experiment's ``run_config``;
+    Hal over this profile's window and reduction, x0_hat clipped."""
+    if profile not in profiles:
+        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(profiles)}")
+    p = profiles[profile]
+    recipe = {**recipes[profile], **{k: p[k] for k in ("n_train", "steps", "timesteps", "beta_start", "beta_end")},
+              "seeds": p["seeds"] if seeds is None else int(seeds), **recipe_changes}
+    return RecursiveConfig(run=run_config(recipe), generations=p["generations"], filters=tuple(p["filters"]),
+                           pool_ratio=p["pool_ratio"], hal_window=p["hal_window"], hal_end=p["hal_end"],
+                           hal_reduction=p["hal_reduction"], clip_x0=True, chunk_size=p["chunk_size"])
+
+
 OVERRIDES = ("n_train", "steps", "batch_size", "timesteps", "generations", "pool_extra", "chunk_size", "filters")
 
 

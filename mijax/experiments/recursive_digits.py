@@ -17,8 +17,8 @@ import numpy as np
 
 from mijax import data, plots
 from mijax.experiments import digits as digits_experiment
-from mijax.experiments.recursive import (FILTER_COLOURS, pool_grid, run_study, summary_tables, verdict_text,
-                                         with_model_options, with_overrides)
+from mijax.experiments.recursive import (FILTER_COLOURS, IMAGE_STUDY, image_study, pool_grid, run_study, summary_tables,
+                                         verdict_text, with_model_options, with_overrides)
 from mijax.config import RecursiveConfig
 
 SUMMARY = "recursive training on digits: Fréchet distance per generation, none vs random vs variance (Hal) filtering"
@@ -27,30 +27,17 @@ SETS_SIZES = False  # its sizes are a RecursiveConfig's: `mijax recursive` sets 
 # per generation, pools of 1,050 and T = 100 (the image schedule compressed tenfold, as recursive-shapes);
 # paper: the digits paper recipe on mnist5k, for a GPU.
 PROFILES = {
-    "quick": {"seeds": 3, "generations": 3, "filters": ("random", "variance"), "n_train": 700, "pool_ratio": 1.5,
-              "steps": 1_200, "timesteps": 100, "beta_start": 1e-3, "beta_end": 0.2, "hal_window": 10, "hal_end": 0,
-              "hal_reduction": "mean", "chunk_size": 1_050},
-    "paper": {"seeds": 3, "generations": 5, "filters": ("none", "random", "variance"), "n_train": 4_000,
-              "pool_ratio": 1.5, "steps": 30_000, "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
-              "hal_window": 10, "hal_end": 0, "hal_reduction": "mean", "chunk_size": 1_000},
+    "quick": {**IMAGE_STUDY["quick"], "seeds": 3, "n_train": 700, "steps": 1_200, "hal_end": 0, "hal_reduction": "mean",
+              "chunk_size": 1_050},
+    "paper": {**IMAGE_STUDY["paper"], "n_train": 4_000, "steps": 30_000, "hal_reduction": "mean"},
 }
 
 
 def make_config(profile: str = "quick", seeds: Optional[int] = None,
                 data_options: Optional[dict] = None) -> RecursiveConfig:
     """The study of a profile: the ``digits`` experiment's recipe with this profile's N, steps, T and Hal."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
-    p = dict(PROFILES[profile])
-    base = dict(digits_experiment.PROFILES[profile])
-    base.update({k: p[k] for k in ("steps", "timesteps", "beta_start", "beta_end")})
-    base["seeds"] = p["seeds"] if seeds is None else int(seeds)
-    base["data_options"] = dict(data_options or {})
-    base["n_train"] = p["n_train"]
-    run = digits_experiment.run_config(base)
-    return RecursiveConfig(run=run, generations=p["generations"], filters=tuple(p["filters"]),
-                           pool_ratio=p["pool_ratio"], hal_window=p["hal_window"], hal_end=p["hal_end"],
-                           hal_reduction=p["hal_reduction"], clip_x0=True, chunk_size=p["chunk_size"])
+    return image_study(PROFILES, profile, seeds, digits_experiment.PROFILES, digits_experiment.run_config,
+                       data_options=dict(data_options or {}))
 
 
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,

@@ -10,7 +10,6 @@ figures and the report.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -19,8 +18,8 @@ import numpy as np
 from mijax import plots
 from mijax.data import shapes
 from mijax.experiments import shapes as shapes_experiment
-from mijax.experiments.recursive import (FILTER_COLOURS, pool_grid, run_study, summary_tables, verdict_text,
-                                         with_model_options, with_overrides)
+from mijax.experiments.recursive import (FILTER_COLOURS, IMAGE_STUDY, image_study, pool_grid, run_study, summary_tables,
+                                         verdict_text, with_model_options, with_overrides)
 from mijax.config import RecursiveConfig
 
 SUMMARY = "recursive training on SHAPES: duplicate share per generation, none vs random vs variance (Hal) filtering"
@@ -31,29 +30,16 @@ SETS_SIZES = False  # its sizes are a RecursiveConfig's: `mijax recursive` sets 
 # Calibrated with benchmarks/calibrate_shapes.py (docs/results/calibration/shapes.jsonl; 2 seeds): at 600 steps
 # 18% of generation 0's samples were valid (a cosine decay from 2e-3 gave 19%), at 1,000 steps 42%.
 PROFILES = {
-    "quick": {"seeds": 2, "generations": 3, "filters": ("random", "variance"), "n_train": 400, "pool_ratio": 1.5,
-              "steps": 1_000, "timesteps": 100, "beta_start": 1e-3, "beta_end": 0.2, "hal_window": 10, "hal_end": 5,
+    "quick": {**IMAGE_STUDY["quick"], "seeds": 2, "n_train": 400, "steps": 1_000, "hal_end": 5,
               "hal_reduction": "region_max", "chunk_size": 640},
-    "paper": {"seeds": 3, "generations": 5, "filters": ("none", "random", "variance"), "n_train": 5_000,
-              "pool_ratio": 1.5, "steps": 50_000, "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
-              "hal_window": 10, "hal_end": 0, "hal_reduction": "region_max", "chunk_size": 1_000},
+    "paper": {**IMAGE_STUDY["paper"], "n_train": 5_000, "steps": 50_000, "hal_reduction": "region_max"},
 }
 
 
 def make_config(profile: str = "quick", seeds: Optional[int] = None) -> RecursiveConfig:
     """The study of a profile: the ``shapes`` experiment's recipe (same UNet, optimiser and schedule family)
     with this profile's N, steps, T and Hal."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
-    p = dict(PROFILES[profile])
-    base = dict(shapes_experiment.PROFILES[profile])
-    base.update({k: p[k] for k in ("steps", "timesteps", "beta_start", "beta_end")})
-    base["seeds"] = p["seeds"] if seeds is None else int(seeds)
-    run = shapes_experiment.run_config(base)
-    run = dataclasses.replace(run, data=dataclasses.replace(run.data, n_train=p["n_train"]))
-    return RecursiveConfig(run=run, generations=p["generations"], filters=tuple(p["filters"]),
-                           pool_ratio=p["pool_ratio"], hal_window=p["hal_window"], hal_end=p["hal_end"],
-                           hal_reduction=p["hal_reduction"], clip_x0=True, chunk_size=p["chunk_size"])
+    return image_study(PROFILES, profile, seeds, shapes_experiment.PROFILES, shapes_experiment.run_config)
 
 
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,

@@ -53,26 +53,18 @@ PROFILES = {
 
 
 def run_config(p: dict) -> RunConfig:
-    """The training run of a profile: the SHAPES data set and a UNet with the image DDPM's options."""
-    return hal_sweep.unet_run_config(DataConfig("shapes", n_train=5_000, options={"size": p["size"]}), p)
-
-
-def sampler_config(p: dict) -> SamplerConfig:
-    """One pass: x0_hat clipped, Hal over every window of the sweep by every reduction."""
-    return hal_sweep.table_sampler(p, REDUCTIONS)
+    """The training run of a profile: the SHAPES data set (its first ``n_train`` images; None or absent: all
+    5,000) and a UNet with the image DDPM's options."""
+    n_train = 5_000 if p.get("n_train") is None else int(p["n_train"])
+    return hal_sweep.unet_run_config(DataConfig("shapes", n_train=n_train, options={"size": p["size"]}), p)
 
 
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
         overrides: Optional[dict] = None) -> dict:
-    p, out, timer = common.start(PROFILES, profile, seeds, overrides, out)
-    windows = hal_sweep.with_published(p["windows"], p["timesteps"])
-    p["windows"] = tuple(windows)
+    p, out, timer, windows = hal_sweep.start(PROFILES, profile, seeds, overrides, out)
     config = run_config(p)
-    run_dir = common.train(out, "shapes", config, progress)
-    timer.lap("train")
-    drawn = common.sample(run_dir, p["num_samples"], sampler_config(p), chunk_size=p["chunk_size"], progress=progress)
-    timer.lap("sample")
-    x, table = drawn["x"], drawn["hal_table"]  # [S, N, H, W, 1], [S, N, W, R]
+    run_dir, x, table = hal_sweep.train_and_sample(out, "shapes", config, p, REDUCTIONS, timer, progress)
+    # x [S, N, H, W, 1], table [S, N, W, R]
     S = x.shape[0]
     counts = [shapes.count(xs) for xs in x]
     dataset = shapes.ShapesDataset("shapes", p["size"], 0, 5_000)

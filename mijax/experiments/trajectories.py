@@ -9,7 +9,6 @@ import numpy as np
 
 from mijax.experiments import common
 from mijax.data.mixtures import labels
-from mijax.config import build
 
 SUMMARY = "x0_hat over the last 100 reverse steps: hallucinated samples keep moving, in-support ones settle (1D, 2D)"
 PROFILES = {
@@ -35,13 +34,8 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     metrics = {"experiment": "trajectories", "profile": p, "steps_shown": steps_shown, "settings": {}}
     sections = []
     for tag, (dataset, modes) in SETTINGS.items():
-        config = common.setting_config(p, tag, dataset, modes)
-        run_dir = common.train(out, tag, config, progress)
-        timer.lap("train")
-        result = common.sample_windows(run_dir, p["num_samples"], [(0, min(10, p["timesteps"]))],
-                                       trajectory_steps=steps_shown, chunk_size=p["chunk_size"], progress=progress)
-        timer.lap("sample")
-        mixture = build(config).dataset.mixture
+        _, mixture, result = common.setting_samples(out, p, tag, dataset, modes, [(0, min(10, p["timesteps"]))],
+                                                    timer, trajectory_steps=steps_shown, progress=progress)
         traj, x = result["trajectory"], result["x"]  # [S, N, L, d], [S, N, d]
         last = min(LAST, steps_shown - 1)
         rules = common.label_rules(mixture)

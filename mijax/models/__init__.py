@@ -14,11 +14,12 @@ from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 
-from mijax.io import MijaxError, frozen, typed_option
+from mijax.errors import MijaxError
+from mijax.io import frozen, typed_option
 from mijax.models.fused import KERNELS, FusedDenoiser, make_denoiser
 from mijax.models import unet
 from mijax.models.denoiser import Flattened, ModuleDenoiser
-from mijax.models.mlp import PRECISIONS, ResidualBlock, ToyDenoiser, timestep_embedding
+from mijax.models.mlp import PRECISIONS, ResidualBlock, ToyDenoiser, timestep_embedding_closed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,4 +90,4 @@ register("unet", unet.build, "the published code's DDPM UNet family (GroupNorm +
 
 
 __all__ = ["KERNELS", "PRECISIONS", "Flattened", "FusedDenoiser", "ModuleDenoiser", "ToyDenoiser", "ResidualBlock",
-           "build", "make_denoiser", "names", "register", "resolve", "timestep_embedding"]
+           "build", "make_denoiser", "names", "register", "resolve", "timestep_embedding_closed"]

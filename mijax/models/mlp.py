@@ -61,8 +61,10 @@ def _act(x):
     return nn.leaky_relu(x, LEAKY_SLOPE)
 
 
-def timestep_embedding(t: jnp.ndarray, width: int) -> jnp.ndarray:
-    """Sinusoidal embedding ``[sin(t f), cos(t f)]``, f_i = exp(-i ln(10000) / (width/2 - 1)).
+def timestep_embedding_closed(t: jnp.ndarray, width: int) -> jnp.ndarray:
+    """Sinusoidal embedding ``[sin(t f), cos(t f)]``, f_i = exp(-i ln(10000) / (width/2 - 1)): the frequencies
+    run from 1 down to 1/10000, both ends included (the published toy denoiser's). The UNet's
+    (:func:`mijax.models.unet.timestep_embedding_half_open`) divides by width/2 and stops short of 1/10000.
 
     Args:
       t: integer timesteps, [B].
@@ -136,7 +138,7 @@ class ToyDenoiser(nn.Module):
         before its kernel.
         """
         t = jnp.asarray(t).reshape(-1)
-        temb = _act(self.time_proj(timestep_embedding(t, self.width)))
+        temb = _act(self.time_proj(timestep_embedding_closed(t, self.width)))
         return jnp.stack([block.project_time(temb) for block in self.blocks])
 
     def __call__(self, x: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:

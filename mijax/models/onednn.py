@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mijax.io import MijaxError
+from mijax.errors import MijaxError
 
 INSTALL_HINT = "pip install 'mijax[onednn]' (the onednn-cpu-gomp wheel)"
 

@@ -23,8 +23,10 @@ import jax.numpy as jnp
 GROUP_NORM_EPS = 1e-6
 
 
-def timestep_embedding(t: jnp.ndarray, width: int) -> jnp.ndarray:
-    """[B] integer timesteps -> [B, width]: ``[sin(t f), cos(t f)]``, f_i = exp(-ln(10000) i / (width / 2))."""
+def timestep_embedding_half_open(t: jnp.ndarray, width: int) -> jnp.ndarray:
+    """[B] integer timesteps -> [B, width]: ``[sin(t f), cos(t f)]``, f_i = exp(-ln(10000) i / (width / 2)): the
+    frequencies run from 1 down to, not including, 1/10000 (the published UNet's). The toy denoiser's
+    (:func:`mijax.models.mlp.timestep_embedding_closed`) divides by width/2 - 1 and ends at 1/10000."""
     half = width // 2
     freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
     angles = t.astype(jnp.float32)[:, None] * freqs[None, :]
@@ -127,7 +129,7 @@ class UNet(nn.Module):
     def __call__(self, x: jnp.ndarray, t: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         c0, levels = self.channels, len(self.mults)
         t = jnp.asarray(t).reshape(-1)  # a shared t embeds once, [1, 4C], and broadcasts over the batch
-        temb = nn.Dense(4 * c0)(timestep_embedding(t, c0))
+        temb = nn.Dense(4 * c0)(timestep_embedding_half_open(t, c0))
         temb = nn.Dense(4 * c0)(nn.silu(temb))
         conv = self.conv
         h = _conv(conv, c0, (3, 3), padding=1)(x)
