@@ -268,14 +268,16 @@ def _add_distributed_arguments(p: argparse.ArgumentParser) -> None:
                    help="detect the settings from the platform (Cloud TPU, SLURM, Open MPI)")
 
 
-def _device_per_core(a) -> None:
+def _device_per_core(argv) -> None:
     """The program's CPU backend as one device per core (:func:`mijax.distributed.use_cpu_cores`; same numbers,
-    faster), unless the command joins a multi-process job, whose devices stay as they are; in every process
-    XLA:CPU's own kernels, not YNNPACK's (:func:`mijax.distributed.use_xla_cpu_kernels`)."""
+    faster), unless the command (``argv``) joins a multi-process job, whose devices stay as they are; in every
+    process XLA:CPU's own kernels, not YNNPACK's (:func:`mijax.distributed.use_xla_cpu_kernels`). Called before
+    the options are parsed: building the parser must not be what starts JAX."""
     from mijax import distributed
 
     distributed.use_xla_cpu_kernels()
-    if any(getattr(a, name, None) for name in ("coordinator_address", "num_processes", "distributed_auto")):
+    joins = ("--coordinator-address", "--num-processes", "--distributed-auto")
+    if any(arg.split("=", 1)[0] in joins for arg in argv):
         return
     distributed.use_cpu_cores()
 
@@ -670,12 +672,12 @@ def main(argv=None) -> int:
                 allocator.release_signals()
             if argv[:1] == ["bench"]:  # the benchmark parses its own options
                 if as_program:
-                    _device_per_core(None)
+                    _device_per_core(argv)
                 _bench(argv[1:])
                 return 0
+            if as_program:  # before anything can start JAX's backends, which fixes their devices and flags
+                _device_per_core(argv)
             args = build_parser().parse_args(argv)
-            if as_program:
-                _device_per_core(args)
             COMMANDS[args.command](args)
     except (UsageError, ValueError) as e:
         if os.environ.get("MIJAX_DEBUG"):

@@ -28,7 +28,7 @@ from mijax.filters import FILTERS
 from mijax.hal import HAL_REDUCTIONS
 from mijax.keys import SEED_LIMIT, TRAINING_SET, stream
 from mijax.models import ModuleDenoiser
-from mijax.schedules import SCHEDULES, Schedule, check_objective, make_schedule
+from mijax.schedules import SCHEDULES, Schedule, beta_values, check_objective, make_schedule
 
 class ConfigError(MijaxError):
     """A setting that cannot run: one line naming the field (``field``, dotted: ``train.learning_rate``)."""
@@ -195,7 +195,7 @@ class DiffusionConfig(Config):
 
     def check(self):
         try:
-            make_schedule(self.schedule, self.timesteps, self.beta_start, self.beta_end)
+            beta_values(self.schedule, self.timesteps, self.beta_start, self.beta_end)  # numpy: starts no backend
             check_objective(self.schedule, self.timesteps, self.beta_start, self.beta_end, self.objective)
         except ValueError as e:
             raise ConfigError("diffusion", str(e)) from None

@@ -314,15 +314,13 @@ def test_xla_cpu_kernels_leave_a_jaxlib_that_may_not_know_the_flag_alone(monkeyp
 
 
 def test_the_program_leaves_a_multi_process_jobs_devices_alone(monkeypatch):
-    import argparse
-
     from mijax import cli
 
     calls, kernels = [], []
     monkeypatch.setattr(distributed, "use_cpu_cores", lambda: calls.append(1) or 2)
     monkeypatch.setattr(distributed, "use_xla_cpu_kernels", lambda: kernels.append(1) or True)
-    cli._device_per_core(None)  # mijax bench
-    cli._device_per_core(argparse.Namespace(coordinator_address=None, num_processes=None, distributed_auto=False))
-    cli._device_per_core(argparse.Namespace(coordinator_address="h:1", num_processes=2, distributed_auto=False))
-    cli._device_per_core(argparse.Namespace(coordinator_address=None, num_processes=None, distributed_auto=True))
+    cli._device_per_core(["bench", "--repeats", "1"])
+    cli._device_per_core(["train", "--dataset", "gaussian1d", "--out", "r"])
+    cli._device_per_core(["train", "--coordinator-address", "h:1", "--num-processes", "2", "--out", "r"])
+    cli._device_per_core(["sample", "--distributed-auto", "--out", "s.npz"])
     assert calls == [1, 1] and kernels == [1] * 4  # XLA:CPU's own kernels in every process

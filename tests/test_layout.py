@@ -213,3 +213,15 @@ def test_the_import_graph_sees_every_kind_of_import(tmp_path):
     layers = {"pkg.low": 0, "pkg.high": 1, "pkg.sub": 1}
     assert layer_of("pkg.sub.a", layers, "pkg") == 1 and layer_of("pkg", layers, "pkg") == PUBLIC_API
     assert upward_imports(graph, layers, "pkg") == {("pkg.low", "pkg.high"), ("pkg.sub.b", "pkg")}
+
+
+def test_building_the_command_line_starts_no_backend():
+    """The configuration (whose defaults the parser shows) is built without JAX's backends, which the program
+    must still be able to give one device per core and its XLA flags after parsing (mijax.distributed)."""
+    import subprocess
+    import sys
+
+    code = ("from mijax.cli import build_parser; build_parser(); from jax._src import xla_bridge; "
+            "print(bool(xla_bridge._backends))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
