@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import pytest
 
 import mijax
+import mijax.experiments
 from benchmarks import bench
 
 
@@ -414,13 +415,13 @@ def test_the_library_never_imports_the_benchmarks():
     imports it; ``mijax bench`` finds it beside the package, and outside a checkout says so in one line."""
     import ast
 
-    package = Path(mijax.__file__).parent
-    for path in package.rglob("*.py"):
+    for path in [*Path(mijax.__file__).parent.rglob("*.py"), *Path(mijax.experiments.__file__).parent.rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n == "benchmarks" or n.startswith("benchmarks.") or n.startswith("mijax.bench")
                            for n in names), f"{path} imports {names}"
+    package = Path(mijax.__file__).parent
     assert not (package / "bench.py").exists() and (package.parent / "benchmarks" / "bench.py").is_file()
 
 

@@ -9,15 +9,18 @@ import re
 from pathlib import Path
 
 import mijax
+import mijax.experiments
 
 PACKAGE = Path(mijax.__file__).parent
+# The package's sources: mijax/, and the top-level experiments/ that installs as mijax.experiments.
+SOURCES = {PACKAGE: "mijax", Path(mijax.experiments.__file__).parent: "mijax.experiments"}
 LAB_NOTES = re.compile(r"\b(EPYC|Xeon|Genoa|Milan|Intel|AMD|H100|H200|sessions?|issues? \d+|SPEC)\b|\.\./shared|"
                        r"BENCHMARKS\.md|\b20\d\d-\d\d-\d\d\b")
 
 
 def test_no_lab_notes_inside_the_package():
     found = []
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in sorted(p for root in SOURCES for p in root.rglob("*.py")):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if LAB_NOTES.search(line):
                 found.append(f"{path.name}:{number}: {line.strip()}")
@@ -63,22 +66,25 @@ PUBLIC_API = len(LAYER_NAMES)
 UPWARD_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
-def module_files(package: Path) -> dict[str, tuple[Path, bool]]:
-    """Every module of the package in the folder ``package``: dotted name -> (file, whether it is a package's
-    ``__init__``)."""
+def module_files(package, name: str = "") -> dict[str, tuple[Path, bool]]:
+    """Every module of a package: dotted name -> (file, whether it is a package's ``__init__``). ``package``
+    is its folder (the package named like the folder), or {folder: dotted name} for a package whose
+    subpackages live in other folders."""
+    roots = package if isinstance(package, dict) else {package: name or package.name}
     found = {}
-    for path in sorted(package.rglob("*.py")):
-        parts = list(path.relative_to(package.parent).with_suffix("").parts)
-        is_package = parts[-1] == "__init__"
-        found[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    for root, dotted in roots.items():
+        for path in sorted(root.rglob("*.py")):
+            parts = dotted.split(".") + list(path.relative_to(root).with_suffix("").parts)
+            is_package = parts[-1] == "__init__"
+            found[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
     return found
 
 
-def import_graph(package: Path, name: str) -> dict[str, dict[str, int]]:
+def import_graph(package, name: str) -> dict[str, dict[str, int]]:
     """module -> {imported module of the package: the line of its first import} for every ``import`` and
     ``from ... import`` in the package's source, those inside functions included. ``from P import N`` imports
     module ``P.N`` where that is a module, else ``P``; relative imports are resolved against the importer."""
-    modules = module_files(package)
+    modules = module_files(package, name)
     graph = {}
     for module, (path, is_package) in modules.items():
         here = module if is_package else module.rpartition(".")[0]
@@ -166,8 +172,8 @@ def upward_imports(graph: dict[str, dict[str, int]], layers=LAYERS, top: str = "
             if layer_of(target, layers, top) > layer_of(module, layers, top)}
 
 
-FILES = module_files(PACKAGE)
-GRAPH = import_graph(PACKAGE, "mijax")
+FILES = module_files(SOURCES)
+GRAPH = import_graph(SOURCES, "mijax")
 
 
 def test_every_module_has_a_layer():
@@ -188,7 +194,7 @@ def test_no_module_imports_from_a_layer_above_its_own():
         return f"{module} ({LAYER_NAMES[layer] if layer < PUBLIC_API else 'the public API'})"
 
     found = upward_imports(GRAPH)
-    lines = [f"{FILES[a][0].relative_to(PACKAGE.parent)}:{GRAPH[a][b]}: {where(a)} imports {where(b)}"
+    lines = [f"{FILES[a][0]}:{GRAPH[a][b]}: {where(a)} imports {where(b)}"
              for a, b in sorted(found - UPWARD_EXCEPTIONS)]
     assert not lines, "imports from a higher layer:\n" + "\n".join(lines)
     assert not UPWARD_EXCEPTIONS - found, f"no longer upward, remove from UPWARD_EXCEPTIONS: {UPWARD_EXCEPTIONS - found}"
@@ -225,3 +231,17 @@ def test_building_the_command_line_starts_no_backend():
             "print(bool(xla_bridge._backends))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_no_top_level_experiments_package_is_installed(tmp_path):
+    """The experiments folder installs as mijax.experiments only: outside the checkout ``experiments`` is not
+    importable."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import importlib.util, mijax.experiments; print(importlib.util.find_spec('experiments'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         timeout=120)
+    assert out.stdout.strip() == "None", out.stderr

@@ -8,6 +8,7 @@ import jax
 import pytest
 
 import mijax
+import mijax.experiments
 from mijax import distributed, models, training
 from mijax.execution import CPU_PLAN, CPU_PLANS, CPU_ROWS_PER_BLOCK, Plan, compile_init, plan_for
 from mijax.models import FusedDenoiser, ModuleDenoiser
@@ -94,7 +95,7 @@ def test_no_module_reads_capability_attributes():
     capability = re.compile(r"\b(" + "|".join(OLD_CAPABILITIES) + r")\b")
     read = re.compile(r"getattr\([^)]*\b(CPU_ROWS_PER_BLOCK|" + "|".join(OLD_CAPABILITIES) + r")\b")
     found = []
-    for path in sorted(Path(mijax.__file__).parent.rglob("*.py")):
+    for path in sorted([*Path(mijax.__file__).parent.rglob("*.py"), *Path(mijax.experiments.__file__).parent.rglob("*.py")]):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if capability.search(line) or read.search(line):
                 found.append(f"{path.name}:{number}: {line.strip()}")
