@@ -33,17 +33,6 @@ from mijax.schedules import Schedule
 REDRAW_STREAM = 0x7E5A0000  # draw a >= 1 of sample i: fold_in(key_i, REDRAW_STREAM + a)
 
 
-def _rows_first(carry):
-    """The sampler's carry with the sample axis first in every leaf (Hal's Welford states are [W + 1, C, ...])."""
-    keys, x, mean, m2, *rest = carry
-    return (keys, x, jnp.moveaxis(mean, 1, 0), jnp.moveaxis(m2, 1, 0), *rest)
-
-
-def _rows_back(carry):
-    keys, x, mean, m2, *rest = carry
-    return (keys, x, jnp.moveaxis(mean, 0, 1), jnp.moveaxis(m2, 0, 1), *rest)
-
-
 @partial(jax.jit, static_argnames=("denoise_fn", "config", "shape", "split", "blocks", "key_name", "oracle_fn"))
 def _to_t_e(denoise_fn, params, schedule, keys, config, shape, split, blocks, key_name, oracle_fn=None,
             oracle_params=None):
@@ -54,7 +43,7 @@ def _to_t_e(denoise_fn, params, schedule, keys, config, shape, split, blocks, ke
 
     def one(k):
         carry = reverse.run(reverse.init(k), 0, split)
-        return _rows_first(carry), reverse.scores(carry, finals=False)[key_name]
+        return carry, reverse.scores(carry, finals=False)[key_name]
 
     return map_row_blocks(one, keys, blocks)
 
@@ -64,7 +53,7 @@ def _from_t_e(denoise_fn, params, schedule, carry, config, shape, split, blocks,
     """The carry (sample axis first) through the remaining reverse steps, then Hal and the scores: :class:`Samples`."""
     oracle = None if oracle_fn is None else (oracle_fn, oracle_params)
     reverse = _Reverse(denoise_fn, params, schedule, config, shape, oracle)
-    return map_row_blocks(lambda c: reverse.finish(reverse.run(_rows_back(c), split)), carry, blocks)
+    return map_row_blocks(lambda c: reverse.finish(reverse.run(c, split)), carry, blocks)
 
 
 def with_abort_detector(config: SamplerConfig, abort: AbortConfig) -> SamplerConfig:

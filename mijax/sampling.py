@@ -4,8 +4,10 @@ Hal of a sample is the population variance (ddof 0) of x0_hat over a window of K
 coordinate, then reduced over the coordinates (``hal_reduction``: the mean, as published, or the max; see
 ``HAL_REDUCTIONS``). The scan carries a running (Welford) mean and sum of squared deviations of x0_hat, so
 memory does not grow with T; no N x T trajectory is ever stored. Extra windows (``hal_windows``) are
-carried the same way, in the same pass, and come back as ``Samples.hal_windows`` [N, W]. This is the
-only place mijax computes Hal.
+carried the same way, in the same pass, and come back as ``Samples.hal_windows`` [N, W]. Everything the scan
+carries besides the samples (Hal, the detectors, the recorded trajectories) has one interface, init /
+update / finish over a state with the sample axis first; Hal is the ``hal`` detector over each window,
+so it has one implementation.
 
 Randomness is per sample: sample ``i`` uses ``fold_in(key, i)``, its starting noise
 ``fold_in(key_i, T)`` and the noise of step t ``fold_in(key_i, t)``. A sample therefore does not depend
@@ -106,19 +108,17 @@ def validate_regions(config: SamplerConfig, shape: tuple[int, ...]) -> None:
 
 
 def _step_table(config: SamplerConfig, num_timesteps: int):
-    """Per-step constants of the scan: t, previous t, per Hal window [steps, W + 1] whether the step is in it
-    and its Welford weight 1/count (0 outside), trajectory slot."""
+    """Per-step constants of the scan: t, previous t, trajectory slot (-1: not recorded)."""
     ts = reverse_timesteps(config, num_timesteps)
     n = len(ts)
     from_end = n - 1 - np.arange(n)  # 0 at the last step
-    in_window, inv_count = window_table(config.windows(), n)
     slots = np.full(n, -1, dtype=np.int32)
     if config.trajectory_stride > 0:
         last = n if config.trajectory_last is None else min(config.trajectory_last, n)
         record = (from_end < last) & (from_end % config.trajectory_stride == 0)
         slots[record] = np.arange(int(record.sum()), dtype=np.int32)
     t_prev = np.concatenate([ts[1:], [-1]]).astype(np.int32)
-    return ts, t_prev, in_window, inv_count, slots
+    return ts, t_prev, slots
 
 
 def window_table(windows: Sequence[tuple[int, int]], num_steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -187,15 +187,21 @@ def _eps_fn(denoise_fn: Denoiser, params, schedule: Schedule, t, objective: str)
     return eps
 
 
-class _Detectors:
-    """The detectors' running state through the scan: per windowed detector its window table and carry."""
+class _Statistics:
+    """What the scan computes of each sample's trajectory, in one interface: :meth:`init` (one state per
+    statistic, the sample axis first), :meth:`update` (once per reverse step) and :meth:`finish`.
+
+    The statistics are detectors (:mod:`mijax.detectors`), each over its window. Hal is one of them: each Hal
+    window of ``config.windows()`` is the ``hal`` detector there (the Welford variance of x0_hat, reduced by
+    ``config.hal_reduction``), first in the list; the requested detectors follow, and one that is a Hal window
+    shares its state. So Hal has one implementation, whichever way it is asked for."""
 
     def __init__(self, config: SamplerConfig, num_steps: int):
-        self.specs = [s for s in config.detectors if s.detector.kind != "final"]
+        self.hal = [detectors_lib.DetectorSpec("hal", end, length) for end, length in config.windows()]
+        requested = [s for s in config.detectors if s.detector.kind != "final"]
+        self.specs = list(dict.fromkeys(self.hal + requested))  # distinct, Hal's windows first
         self.final = [s for s in config.detectors if s.detector.kind == "final"]
-        windows = [(s.end, s.length) for s in self.specs]
-        in_window, inv_count = window_table(windows, num_steps) if windows else (
-            np.zeros((num_steps, 0), bool), np.zeros((num_steps, 0), np.float32))
+        in_window, inv_count = window_table([(s.end, s.length) for s in self.specs], num_steps)
         self.xs = (jnp.asarray(in_window), jnp.asarray(inv_count))
         self.expensive = [j for j, s in enumerate(self.specs) if s.detector.expensive]
 
@@ -206,8 +212,6 @@ class _Detectors:
 
     def update(self, state, view_of, xs):
         """One step: ``view_of()`` makes a fresh :class:`~mijax.detectors.StepView` of the step."""
-        if not self.specs:
-            return state
         inside_all, weights = xs
         view = view_of()
         values = {j: s.detector.quantity(view) for j, s in enumerate(self.specs) if not s.detector.expensive}
@@ -232,9 +236,16 @@ class _Detectors:
                 new.append((total, jnp.where(inside, value, previous)))
         return new
 
+    def hal_variances(self, state) -> list:
+        """Per Hal window the per-coordinate variance of x0_hat over it, [C, *shape]."""
+        return [state[self.specs.index(s)][1] / s.length for s in self.hal]
+
     def finish(self, state, config: SamplerConfig, final_view_of) -> dict:
+        """The requested detectors' scores {key: [C]} (``final_view_of``: also the ``final`` ones)."""
         scores = {}
         for s, carry in zip(self.specs, state):
+            if s not in config.detectors:
+                continue
             kind = s.detector.kind
             if kind == "variance":
                 value = HAL_REDUCTIONS[config.hal_reduction](carry[1] / s.length, config)
@@ -248,6 +259,32 @@ class _Detectors:
         return scores
 
 
+class _Trajectories:
+    """The recorded x0_hat (and x_t) of the steps ``_step_table`` gives a slot, in the scan's interface:
+    :meth:`init`, :meth:`update`, :meth:`finish` (states [C, records, *shape], or None when nothing is recorded)."""
+
+    def __init__(self, config: SamplerConfig, num_records: int, shape: tuple):
+        self.config, self.num_records, self.shape = config, num_records, shape
+
+    def init(self, x: jnp.ndarray):
+        if not self.num_records:
+            return None, None
+        trajectory = jnp.zeros((x.shape[0], self.num_records) + self.shape, jnp.float32)
+        return trajectory, trajectory if self.config.trajectory_xt else None
+
+    def update(self, state, x0, x_t, slot):
+        def record(tr, value):
+            return jax.lax.cond(slot >= 0,
+                                lambda tr: jax.lax.dynamic_update_index_in_dim(tr, value, jnp.maximum(slot, 0), axis=1),
+                                lambda tr: tr, tr)
+        trajectory, trajectory_xt = state
+        return (None if trajectory is None else record(trajectory, x0),
+                None if trajectory_xt is None else record(trajectory_xt, x_t))
+
+    def finish(self, state) -> dict:
+        return dict(zip(("trajectory", "trajectory_xt"), state))
+
+
 class _Reverse:
     """The reverse process with Hal and the detectors, as pieces: :meth:`init` (the starting noise of the samples
     of ``keys``), :meth:`run` (a range of the reverse steps, a ``lax.scan``) and :meth:`finish` (Hal and the
@@ -258,12 +295,11 @@ class _Reverse:
                  oracle=None):
         self.denoise_fn, self.params, self.schedule, self.config, self.shape = denoise_fn, params, schedule, config, shape
         T = schedule.num_timesteps
-        ts, t_prev, in_window, inv_count, slots = _step_table(config, T)
+        ts, t_prev, slots = _step_table(config, T)
         self.num_steps, self.num_records = len(ts), int((slots >= 0).sum())
-        self.detectors = _Detectors(config, len(ts))
-        self.xs = ((jnp.asarray(ts), jnp.asarray(t_prev), jnp.asarray(in_window), jnp.asarray(inv_count),
-                    jnp.asarray(slots)), self.detectors.xs)
-        self.windows = config.windows()
+        self.statistics = _Statistics(config, len(ts))
+        self.trajectories = _Trajectories(config, self.num_records, shape)
+        self.xs = ((jnp.asarray(ts), jnp.asarray(t_prev), jnp.asarray(slots)), self.statistics.xs)
         self.oracle_at = (lambda x_t, t: oracle[0](oracle[1], x_t, t)) if oracle is not None else None
 
     def view_at(self, keys, x, t, **known):
@@ -272,18 +308,13 @@ class _Reverse:
 
     def init(self, keys: jax.Array):
         """The carry before the first reverse step for the samples of ``keys`` [C]."""
-        shape, config = self.shape, self.config
-        x = _per_sample_normal(keys, self.schedule.num_timesteps, shape)
-        zeros = jnp.zeros((len(self.windows),) + x.shape, jnp.float32)  # [W + 1, C, *shape]: a Welford state per window
-        trajectory = jnp.zeros((keys.shape[0], self.num_records) + shape, jnp.float32) if self.num_records else None
-        trajectory_xt = trajectory if self.num_records and config.trajectory_xt else None
-        return (keys, x, zeros, zeros, trajectory, trajectory_xt, self.detectors.init(x))
+        x = _per_sample_normal(keys, self.schedule.num_timesteps, self.shape)
+        return (keys, x, self.statistics.init(x), self.trajectories.init(x))  # every leaf: the sample axis first
 
     def run(self, carry, start: int = 0, stop: Optional[int] = None):
         """Reverse steps ``start .. stop - 1`` (indices into :func:`reverse_timesteps`) from ``carry``."""
         config, schedule, shape, params, denoise_fn = self.config, self.schedule, self.shape, self.params, self.denoise_fn
-        detectors = self.detectors
-        per_window = (len(self.windows),) + (1,) * (1 + len(shape))  # a [W + 1] step constant, broadcast over the state
+        statistics, trajectories = self.statistics, self.trajectories
         if config.variance == "fixed_large":
             sigmas = jnp.sqrt(schedule.betas)
         else:
@@ -292,18 +323,12 @@ class _Reverse:
         log_alphas = jnp.log1p(-schedule.betas)  # [T], for DDIM's abar_t / abar_{t'} (see below)
         step_index = jnp.arange(schedule.num_timesteps)
 
-        def record(tr, value, slot):
-            return jax.lax.cond(slot >= 0,
-                                lambda tr: jax.lax.dynamic_update_index_in_dim(tr, value, jnp.maximum(slot, 0), axis=1),
-                                lambda tr: tr, tr)
-
         def step(carry, xs):
-            keys, x, mean_x0, m2_x0, trajectory, trajectory_xt, det_state = carry
-            (t, tp, window, w, slot), det_xs = xs
+            keys, x, stats, recorded = carry
+            (t, tp, slot), stat_xs = xs
             output = denoise_fn(params, x, t)
             x0, mean = model_predictions(schedule, output, x, t, config.objective)
-            if detectors.specs:
-                eps_hat = output if config.objective == "eps" else predict_eps_from_x0(schedule, x, t, x0)
+            eps_hat = output if config.objective == "eps" else predict_eps_from_x0(schedule, x, t, x0)
             if config.clip_x0:  # the step follows the clipped x0_hat (posterior mean; DDIM's eps below)
                 x0 = jnp.clip(x0, -1.0, 1.0)
                 mean = posterior_mean_variance(schedule, x0, x, t)[0]
@@ -330,16 +355,10 @@ class _Reverse:
             # The last step returns x0_hat itself (x_{-1} := x0_hat): the t = 0 ancestral step has no noise
             # and c1 = 1, c2 = 0 there, so this equals the mean up to rounding.
             x_next = jnp.where(tp >= 0, x_next, x0)
-            # Welford update of the running mean and squared deviations of x0_hat inside each Hal window.
-            mean_x0, m2_x0 = _welford(mean_x0, m2_x0, x0[None], window.reshape(per_window), w.reshape(per_window))
-            # Detectors see x0_hat as Hal does (clipped when the sampler clips) and the network's own eps_hat.
-            if detectors.specs:
-                det_state = detectors.update(det_state, lambda: self.view_at(keys, x, t, x0=x0, eps=eps_hat), det_xs)
-            if trajectory is not None:
-                trajectory = record(trajectory, x0, slot)
-            if trajectory_xt is not None:
-                trajectory_xt = record(trajectory_xt, x, slot)
-            return (keys, x_next, mean_x0, m2_x0, trajectory, trajectory_xt, det_state), None
+            # Hal and the detectors see x0_hat (clipped when the sampler clips) and the network's own eps_hat.
+            stats = statistics.update(stats, lambda: self.view_at(keys, x, t, x0=x0, eps=eps_hat), stat_xs)
+            recorded = trajectories.update(recorded, x0, x, slot)
+            return (keys, x_next, stats, recorded), None
 
         xs = jax.tree.map(lambda a: a[start:stop], self.xs)
         return jax.lax.scan(step, carry, xs)[0]
@@ -354,21 +373,20 @@ class _Reverse:
             t0 = jnp.asarray(t0, jnp.int32)
             return self.view_at(keys, jnp.sqrt(abar[t0]) * x, t0, abar=abar[t0])
 
-        return self.detectors.finish(carry[-1], self.config, final_view if finals else None)
+        return self.statistics.finish(carry[2], self.config, final_view if finals else None)
 
     def finish(self, carry) -> Samples:
         """Hal over every window, the detectors' scores and the recordings, after the last step."""
         config = self.config
-        _, x, _, m2, trajectory, trajectory_xt, _ = carry
-        lengths = [length for _, length in self.windows]
-        variances = [m2[i] / lengths[i] for i in range(len(self.windows))]  # [C, *shape] per window
+        _, x, stats, recorded = carry
+        variances = self.statistics.hal_variances(stats)  # [C, *shape] per Hal window
         hals = [HAL_REDUCTIONS[config.hal_reduction](v, config) for v in variances]
         extra = jnp.stack(hals[1:], axis=1) if len(hals) > 1 else None
         table = (jnp.stack([jnp.stack([HAL_REDUCTIONS[r](v, config) for r in config.hal_table], axis=1)
                             for v in variances], axis=1) if config.hal_table else None)
         scores = self.scores(carry) if config.detectors else None
-        return Samples(x=x, hal=hals[0], hal_windows=extra, hal_table=table, trajectory=trajectory,
-                       trajectory_xt=trajectory_xt, scores=scores)
+        return Samples(x=x, hal=hals[0], hal_windows=extra, hal_table=table, scores=scores,
+                       **self.trajectories.finish(recorded))
 
 
 def _reverse(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, config: SamplerConfig,
@@ -528,6 +546,6 @@ def sample(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, n: 
     merged = jax.tree.map(lambda *a: jnp.concatenate(a, axis=axis), *parts) if len(parts) > 1 else parts[0]
     if merged.trajectory is not None:
         ts = reverse_timesteps(config, schedule.num_timesteps)
-        slots = _step_table(config, schedule.num_timesteps)[4]
+        slots = _step_table(config, schedule.num_timesteps)[2]
         merged = merged.replace(trajectory_t=ts[slots >= 0])
     return merged
