@@ -12,67 +12,64 @@ import importlib
 
 from mijax.version import __version__
 
-# The public API by concept: name -> "module" or "module:attribute" (the attribute's own name when omitted).
-# Everything else stays reachable as its module (``mijax.training.train_step``, ``mijax.collect.draw``).
-API = {
-    "configuration": {
-        "RunConfig": "mijax.config", "DataConfig": "mijax.config", "ModelConfig": "mijax.config",
-        "DiffusionConfig": "mijax.config", "TrainConfig": "mijax.config", "SamplerConfig": "mijax.config",
-        "SampleConfig": "mijax.config", "AbortConfig": "mijax.config", "RecursiveConfig": "mijax.config",
-        "ConfigError": "mijax.config", "build": "mijax.config", "config_from_dict": "mijax.config",
-        "config_to_dict": "mijax.config", "data_config": "mijax.config", "paper_steps": "mijax.config",
-    },
-    "runs": {
-        "Run": "mijax.runs", "train_run": "mijax.runs", "load_run": "mijax.runs", "sample_run": "mijax.runs",
-        "load_samples": "mijax.evaluation", "evaluate": "mijax.evaluation", "seed_keys": "mijax.keys",
-        "MijaxError": "mijax.errors", "__version__": "mijax.version",
-    },
-    "data sets and Gaussian mixtures": {
-        "data": "mijax.data:", "MixtureDataset": "mijax.data.mixtures", "labels": "mijax.data.mixtures",
-        "blur_adjusted_labels": "mijax.data.mixtures", "hallucination_rate": "mijax.data.mixtures",
-        "histogram_kl": "mijax.data.mixtures", "mode_mass": "mijax.data.mixtures", "rate_table": "mijax.data.mixtures",
-        "GaussianMixture": "mijax.mixtures", "make_mixture": "mijax.mixtures", "gaussian1d": "mijax.mixtures",
-        "gaussian8": "mijax.mixtures", "gaussian25": "mijax.mixtures", "gaussian25_rotated": "mijax.mixtures",
-        "sample_mixture": "mijax.mixtures:sample", "log_prob": "mijax.mixtures", "score": "mijax.mixtures",
-        "exact_eps": "mijax.mixtures", "exact_denoiser": "mijax.mixtures", "noised": "mijax.mixtures",
-        "in_support": "mijax.mixtures", "nearest_mode": "mijax.mixtures", "mass_beyond": "mijax.mixtures",
-    },
-    "diffusion": {
-        "Schedule": "mijax.schedules", "SCHEDULES": "mijax.schedules", "make_schedule": "mijax.schedules",
-        "beta_values": "mijax.schedules", "OBJECTIVES": "mijax.diffusion", "q_sample": "mijax.diffusion",
-        "denoising_loss": "mijax.diffusion", "denoising_loss_at": "mijax.diffusion", "loss_draws": "mijax.diffusion",
-        "sample_timesteps": "mijax.diffusion", "model_predictions": "mijax.diffusion",
-        "posterior_mean_variance": "mijax.diffusion", "predict_eps_from_x0": "mijax.diffusion",
-        "predict_x0_from_eps": "mijax.diffusion",
-    },
-    "models": {
-        "ToyDenoiser": "mijax.models", "FusedDenoiser": "mijax.models", "KERNELS": "mijax.models",
-        "make_denoiser": "mijax.models", "timestep_embedding_closed": "mijax.models",
-    },
-    "training": {
-        "train": "mijax.training", "TrainState": "mijax.training", "init_state": "mijax.training",
-        "make_optimizer": "mijax.training",
-    },
-    "sampling with Hal": {
-        "sample": "mijax.sampling", "sample_chunks": "mijax.sampling", "Samples": "mijax.sampling",
-        "HAL_REDUCTIONS": "mijax.hal", "sample_with_abort": "mijax.abort",
-    },
-    "detection and filters": {
-        "DETECTORS": "mijax.detectors", "DetectorSpec": "mijax.detectors", "parse_detectors": "mijax.detectors:parse",
-        "auroc": "mijax.detection", "roc_curve": "mijax.detection", "detection_summary": "mijax.detection",
-        "removal_at_retention": "mijax.detection", "retained_at_removal": "mijax.detection",
-        "FILTERS": "mijax.filters", "filter_indices": "mijax.filters", "calibrate_threshold": "mijax.filters",
-        "random_filter": "mijax.filters", "threshold_filter": "mijax.filters", "variance_filter": "mijax.filters",
-        "run_recursive": "mijax.recursive",
-    },
-    "how it runs": {
-        "plan_for": "mijax.execution", "use_cpu_cores": "mijax.distributed",
-        "use_xla_cpu_kernels": "mijax.distributed",
-    },
-}
+# The public API by concept, one row per module: concept | module | names (NAME=ATTRIBUTE where the module
+# calls it otherwise; NAME= for the module itself). Everything else stays reachable as its module
+# (``mijax.training.train_step``, ``mijax.collect.draw``).
+API_TABLE = """
+configuration         | mijax.config        | RunConfig DataConfig ModelConfig DiffusionConfig TrainConfig
+                      |                     | SamplerConfig SampleConfig AbortConfig RecursiveConfig
+                      |                     | ConfigError build config_from_dict config_to_dict data_config
+                      |                     | paper_steps
+runs                  | mijax.runs          | Run train_run load_run sample_run
+                      | mijax.evaluation    | load_samples evaluate
+                      | mijax.keys          | seed_keys
+                      | mijax.errors        | MijaxError
+                      | mijax.version       | __version__
+data and mixtures     | mijax.data          | data=
+                      | mijax.data.mixtures | MixtureDataset labels blur_adjusted_labels hallucination_rate
+                      |                     | histogram_kl mode_mass rate_table
+                      | mijax.mixtures      | GaussianMixture make_mixture gaussian1d gaussian8 gaussian25
+                      |                     | gaussian25_rotated sample_mixture=sample log_prob score
+                      |                     | exact_eps exact_denoiser noised in_support nearest_mode
+                      |                     | mass_beyond
+diffusion             | mijax.schedules     | Schedule SCHEDULES make_schedule beta_values
+                      | mijax.diffusion     | OBJECTIVES q_sample denoising_loss denoising_loss_at loss_draws
+                      |                     | sample_timesteps model_predictions posterior_mean_variance
+                      |                     | predict_eps_from_x0 predict_x0_from_eps
+models                | mijax.models        | ToyDenoiser FusedDenoiser KERNELS make_denoiser
+                      |                     | timestep_embedding_closed
+training              | mijax.training      | train TrainState init_state make_optimizer
+sampling with Hal     | mijax.sampling      | sample sample_chunks Samples
+                      | mijax.hal           | HAL_REDUCTIONS
+                      | mijax.abort         | sample_with_abort
+detection and filters | mijax.detectors     | DETECTORS DetectorSpec parse_detectors=parse
+                      | mijax.detection     | auroc roc_curve detection_summary removal_at_retention
+                      |                     | retained_at_removal
+                      | mijax.filters       | FILTERS filter_indices calibrate_threshold random_filter
+                      |                     | threshold_filter variance_filter
+                      | mijax.recursive     | run_recursive
+how it runs           | mijax.execution     | plan_for
+                      | mijax.distributed   | use_cpu_cores use_xla_cpu_kernels
+"""
+
+
+def _api(table: str) -> dict[str, dict[str, tuple[str, str | None]]]:
+    """concept -> {name: (module, attribute; None: the module itself)} of :data:`API_TABLE`."""
+    api: dict[str, dict[str, tuple[str, str | None]]] = {}
+    concept = module = ""
+    for row in table.strip().splitlines():
+        group, where, names = (part.strip() for part in row.split("|"))
+        concept, module = group or concept, where or module
+        for item in names.split():
+            name, _, attribute = item.partition("=")
+            api.setdefault(concept, {})[name] = (module, (attribute or None) if "=" in item else name)
+    return api
+
+
+API = _api(API_TABLE)
+
 # name -> (module, attribute in it; None: the module itself)
-_EXPORTS = {name: (where.partition(":")[0], (where.partition(":")[2] or None) if ":" in where else name)
-            for group in API.values() for name, where in group.items()}
+_EXPORTS = {name: where for group in API.values() for name, where in group.items()}
 
 
 def __getattr__(name: str):
