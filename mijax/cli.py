@@ -395,7 +395,6 @@ def _run_config(a):
 
     from mijax.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig, paper_steps
 
-    _init_distributed(a)
     base = _base_config(a)
     dataset = a.dataset or (base.data.dataset if base is not None else None)
     if dataset is None:
@@ -481,7 +480,6 @@ def _sample(a) -> None:
     from mijax.runs import sample_run
 
     config = _sample_config(a)
-    _init_distributed(a)
     result = sample_run(a.run, config.n, seed=config.seed, sampler=config.sampler, chunk_size=config.chunk_size,
                         progress=not a.no_progress, out=a.out, precision=config.precision, kernel=config.kernel,
                         overwrite=a.overwrite, abort=config.abort)
@@ -678,6 +676,8 @@ def main(argv=None) -> int:
             if as_program:  # before anything can start JAX's backends, which fixes their devices and flags
                 _device_per_core(argv)
             args = build_parser().parse_args(argv)
+            if hasattr(args, "coordinator_address"):  # how the command runs, decided before what it computes
+                _init_distributed(args)
             COMMANDS[args.command](args)
     except (UsageError, ValueError) as e:
         if os.environ.get("MIJAX_DEBUG"):
