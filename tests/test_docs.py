@@ -1,4 +1,4 @@
-"""The documentation runs: the tutorial's code blocks.
+"""The documentation runs: the tutorial's code blocks, and the README's links.
 
 ``docs/getting-started.md``: its ```python blocks run in order in one namespace, in a temporary folder, and
 each line of its ```bash blocks whose first line starts with ``mijax `` runs through :func:`mijax.cli.main`
@@ -54,3 +54,30 @@ def test_the_tutorial_runs(tmp_path, monkeypatch, capsys):
     assert 0.0 <= namespace["rate"] <= 1.0
     assert (tmp_path / "samples.npz").is_file() and (tmp_path / "s.npz").is_file()
     assert (tmp_path / "runs" / "cli" / "train.json").is_file()
+
+
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def relative_links(path: Path) -> list[str]:
+    """The relative link targets of a Markdown file (outside code), without their #anchors."""
+    text = FENCE.sub("", path.read_text())
+    text = re.sub(r"`[^`\n]*`", "", text)
+    targets = [m.group(1) for m in LINK.finditer(text)]
+    return [t.split("#")[0] for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")]
+
+
+@pytest.mark.parametrize("name", ["README.md"])
+def test_every_relative_link_exists(name):
+    path = ROOT / name
+    links = relative_links(path)
+    assert links, f"{name} links nothing"
+    missing = [t for t in links if not (path.parent / t).exists()]
+    assert not missing, f"{name} links to missing files: {missing}"
+
+
+def test_the_readme_stays_one_page():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines; move detail into docs/"
+    assert max(map(len, lines)) <= 200
+    assert "python3 -m venv .venv && . .venv/bin/activate && pip install -e \".[test]\" && python -m pytest" in lines
