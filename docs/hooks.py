@@ -1,20 +1,26 @@
-"""MkDocs hook: the command-line reference, generated from the ``mijax`` parser at every build.
+"""MkDocs hooks: the command-line reference, generated from the ``mijax`` parser at every build; and the API
+pages' Sphinx roles.
 
 ``docs/reference/cli.md`` holds the marker ``<!-- mijax-cli-help -->``; this hook replaces it with the help
 of ``mijax`` and of each subcommand, as ``mijax COMMAND --help`` prints it (:func:`mijax.cli.build_parser`),
 so the reference cannot drift from the program. mijax is imported from this checkout (installed or not).
+
+mijax's docstrings cross-reference in Sphinx's roles (:func:`name`), which mkdocstrings renders as text: the
+API pages drop the role and keep the name in code.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "<!-- mijax-cli-help -->"
 WIDTH = 100  # the help's line width, fixed so that the page does not depend on the terminal that built it
+ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|attr|data|exc|obj|const):(?=<code>)")
 SKIP = ("bench",)  # parses its own options, from a source checkout's benchmarks/ (mijax bench --help)
 
 
@@ -61,3 +67,7 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     if MARKER not in markdown:
         return markdown
     return markdown.replace(MARKER, cli_reference())
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    return ROLE.sub("", html) if page.file.src_uri.startswith("reference/") else html
