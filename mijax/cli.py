@@ -425,8 +425,9 @@ def _run_config(a):
         batch = _config(TrainConfig, batch_size=given["train"].get("batch_size", TrainConfig.batch_size)).batch_size
         train = TrainConfig(steps=paper_steps(data.n_train, batch))
     train = _config(dataclasses.replace, train, **given["train"], objective=diffusion.objective)
-    return _config(dataclasses.replace, base if base is not None else RunConfig(data=data, train=train),
-                   data=data, model=model, diffusion=diffusion, train=train, **given["run"])
+    if base is None:
+        return _config(RunConfig, data=data, model=model, diffusion=diffusion, train=train, **given["run"])
+    return _config(dataclasses.replace, base, data=data, model=model, diffusion=diffusion, train=train, **given["run"])
 
 
 def _train(a) -> None:

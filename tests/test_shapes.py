@@ -132,7 +132,8 @@ def test_the_shapes_data_set(tmp_path):
     dataset = mijax.data.make("shapes", config.options)
     assert dataset.shape == (32, 32, 1)
     keys = mijax.seed_keys([0, 1])
-    data = mijax.config.training_data(mijax.RunConfig(data=config), dataset, keys)  # jitted, vmapped over seeds
+    run = mijax.RunConfig(data=config, train=mijax.TrainConfig(batch_size=64))
+    data = mijax.config.training_data(run, dataset, keys)  # jitted, vmapped over seeds
     assert data.shape == (2, 64, 32, 32, 1) and float(data.min()) == -1.0 and float(data.max()) == 1.0
     assert not np.array_equal(np.asarray(data[0]), np.asarray(data[1]))  # each seed its own order
     assert not dataset.hallucinated(np.asarray(data[0])).any()
@@ -154,17 +155,18 @@ def test_the_command_line_passes_data_and_model_options(capsys):
     config = cli._run_config(args)
     unet = cli._run_config(cli.build_parser().parse_args(["train", "--dataset", "shapes", "--model", "unet",
                                                           "--model-option", "mults=[1,2]", "--model-option",
-                                                          "dropout=0.1", "--ema-decay", "0.999", "--out", "unused"]))
+                                                          "dropout=0.1", "--ema-decay", "0.999", "--batch-size", "64",
+                                                          "--out", "unused"]))
     assert unet.model.name == "unet" and unet.model.options["mults"] == (1, 2) and unet.model.options["dropout"] == 0.1
     assert unet.train.ema_decay == 0.999 and config.train.ema_decay == 0.0
     assert dict(config.data.options) == {"size": 32, "seed": 0, "num_images": 300}
     assert dict(config.model.options) == {"width": 64, "num_layers": 3, "tied": False}
     assert config.train.steps == 30_000  # 10,000 epochs of 300 // 100 batches
-    code = cli.main(["train", "--dataset", "shapes", "--data-option", "size=48", "--out", "unused"])
+    code = cli.main(["train", "--dataset", "shapes", "--data-option", "size=48", "--batch-size", "64", "--out", "unused"])
     assert code == 2 and "64 or 32" in capsys.readouterr().err
     code = cli.main(["train", "--dataset", "shapes", "--model", "unet", "--batch-size", "64", "--ema-decay", "1",
                      "--out", "unused"])
-    assert code == 2 and "ema decay must be in [0, 1)" in capsys.readouterr().err
+    assert code == 2 and "--ema-decay: train.ema_decay must be < 1, got 1.0" in capsys.readouterr().err
     assert cli.main(["data"]) == 0
     listed = capsys.readouterr().out
     assert "shapes" in listed and "size=64" in listed and "model    mlp" in listed
