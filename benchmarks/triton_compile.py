@@ -6,7 +6,7 @@ Two modes, both compiling for an sm_90 (Hopper: the H200) target on any machine,
 * a stand-in for ``mijax.FusedDenoiser``'s kernel written in Triton directly (positional arguments): a block
   of rows through six 128 x 128 float32 products with a leaky ReLU between them. It shows why float32 in the
   kernel uses three TF32 products: Triton's IEEE float32 dot becomes FMA instructions unrolled over the whole
-  block, and ptxas's time grows with them (BENCHMARKS.md, GPU);
+  block, and ptxas's time grows with them (the earlier measurements (git show 0540f34:BENCHMARKS.md), GPU);
 * ``--kernel PRECISION ROWS WARPS``: the kernel itself. JAX lowers ``FusedDenoiser`` (the paper's MLP, d = 1)
   to Triton's IR for CUDA here too (``jax.export``); the IR is taken at its lowering, compiled with pip's
   Triton and assembled by its ptxas with ``-v``: registers per thread, bytes spilled to local memory, shared

@@ -266,7 +266,7 @@ def test_image_benchmark_options_build_the_paper_family_on_both_sides():
     assert (o["mults"], o["attn_levels"], o["dropout"], o["groups"]) == ("1,2,2,2", "2", 0.1, 32)
     assert bench_images.baseline_options(o) == dict(size=64, channels=64, mults="1,2,2,2", res_blocks=2, groups=32,
                                                     attn_levels="2", dropout=0.1)
-    # torch_unet.py printed params=8949761 for these options (the H200 run in BENCHMARKS.md); no torch needed here
+    # torch_unet.py printed params=8949761 for these options (the H200 run in the earlier measurements (git show 0540f34:BENCHMARKS.md)); no torch needed here
     assert bench_images.parameter_count(o) == 8_949_761
     small = bench.image_options("", quick=True)
     assert "attn_levels" not in bench_images.baseline_options(small) and "dropout" not in bench_images.baseline_options(small)

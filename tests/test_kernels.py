@@ -111,7 +111,7 @@ def test_without_a_gpu_it_falls_back_to_the_module():
 
 def test_blocks_default_by_precision():
     """Without block_rows / num_warps the kernel takes per-precision blocks that fit an H200: float32's three
-    TF32 products asked there for 256 KiB of shared memory in 64- and 128-row blocks (BENCHMARKS.md, GPU)."""
+    TF32 products asked there for 256 KiB of shared memory in 64- and 128-row blocks (the earlier measurements (git show 0540f34:BENCHMARKS.md), GPU)."""
     got = {p: (lambda f: (f.block_rows, f.num_warps))(FusedDenoiser(ToyDenoiser(features=1, precision=p)))
            for p in ("float32", "tf32", "bf16")}
     assert got == {"float32": (32, 8), "tf32": (64, 8), "bf16": (64, 4)}
