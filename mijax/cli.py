@@ -156,10 +156,11 @@ def _add_fields(p: argparse.ArgumentParser, cls, section: str, names, help=None,
     import dataclasses
     import typing
 
+    from mijax import config as config_lib
     from mijax.io import option_text
 
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    hints = config_lib.field_types(cls)
     for name in names:
         f = fields[name]
         m = f.metadata

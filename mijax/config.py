@@ -61,7 +61,8 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Opti
 
 
 @functools.lru_cache(maxsize=None)
-def _hints(cls) -> dict:
+def field_types(cls) -> dict:
+    """The resolved annotation of every field of configuration class ``cls`` (cached)."""
     return typing.get_type_hints(cls)
 
 
@@ -112,7 +113,7 @@ class Config:
     SECTION: ClassVar[str] = ""
 
     def __post_init__(self):
-        hints = _hints(type(self))
+        hints = field_types(type(self))
         for f in dataclasses.fields(self):
             name = f"{self.SECTION}.{f.name}" if self.SECTION else f.name
             value = _typed(hints[f.name], getattr(self, f.name), name, f.metadata.get("infinite", False))
@@ -453,7 +454,7 @@ def option_name(path: tuple[str, ...]) -> str:
         fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
         if part not in fields:
             return path[-1].replace("_", "-")
-        meta, cls = fields[part].metadata, _hints(cls)[part]
+        meta, cls = fields[part].metadata, field_types(cls)[part]
     return (meta.get("option") or path[-1]).replace("_", "-")
 
 
