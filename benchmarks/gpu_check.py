@@ -61,14 +61,15 @@ FULL = dict(n=1_000_000, big_n=10_000_000, timesteps=1000, tune_timesteps=50, ch
             blocks=((32, 4), (32, 8), (64, 4), (64, 8), (128, 8)),
             checks=((1, "float32"), (2, "float32"), (1, "tf32"), (1, "bf16")), precisions=("float32", "tf32", "bf16"),
             compiles=(("tf32", 64, 8), ("bf16", 64, 8), ("bf16", 128, 8), ("float32", 32, 8)),
-            profile_xla=("float32", "bf16"), seed_precisions=("float32", "tf32"), unrolls=(1, 5, 25),
+            profile_xla=("float32", "bf16"), train_precisions=("float32", "tf32"), seed_precisions=("float32", "tf32"),
+            unrolls=(1, 5, 25),
             row_blocks=(None, 262_144, 65_536, 16_384))
 # --quick checks that every step of the script runs (the test suite's kernel tests cover every configuration).
 QUICK = dict(n=512, big_n=2048, timesteps=20, tune_timesteps=5, check_n=300, check_sample_n=128, check_timesteps=10,
              train_batch=256, train_steps=2, seeds=2, seed_n=256, repeats=1, blocks=((32, 4), (64, 4)),
              checks=((1, "bf16"), (2, "float32")), precisions=("float32", "bf16"),
-             compiles=(("bf16", 64, 4), ("float32", 64, 4)), profile_xla=("float32",), seed_precisions=("float32",),
-             unrolls=(2,), row_blocks=(None, 128))
+             compiles=(("bf16", 64, 4), ("float32", 64, 4)), profile_xla=("float32",), train_precisions=("float32",),
+             seed_precisions=("float32",), unrolls=(2,), row_blocks=(None, 128))
 
 
 def paper_mlp(d: int, precision: str):
@@ -392,12 +393,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     def training():
         out = {"mijax": [bench.bench_training(s["train_batch"], s["train_steps"], 1, None, s["timesteps"],
-                                              s["repeats"], precision=p) for p in ("float32", "tf32")]}
+                                              s["repeats"], precision=p) for p in s["train_precisions"]]}
         if a.torch_baseline is not None:
             out["torch"] = bench.bench_torch(a.torch_baseline, "train", dict(batch=s["train_batch"],
                                                                              steps=s["train_steps"], dim=1))
-            out["speedup_float32"] = out["torch"]["ms_per_step"] / out["mijax"][0]["ms_per_step"]
-            out["speedup_tf32"] = out["torch"]["ms_per_step"] / out["mijax"][1]["ms_per_step"]
+            for row in out["mijax"]:
+                out[f"speedup_{row['precision']}"] = out["torch"]["ms_per_step"] / row["ms_per_step"]
         # the while loop's cost on a GPU: the same steps with the scan unrolled (a measurement; the library keeps 1)
         out["scan_unroll"] = [bench.bench_training(s["train_batch"], s["train_steps"], 1, None, s["timesteps"],
                                                    s["repeats"], scan_unroll=k) for k in s["unrolls"]]
@@ -481,8 +482,8 @@ def summary(results: dict) -> str:
         for r in t.get("scan_unroll", []):
             lines.append(f"training float32, scan unrolled {r['scan_unroll']}x: {r['ms_per_step']:.3f} ms/step")
         if "torch" in t:
-            lines.append(f"torch training: {t['torch']['ms_per_step']:.3f} ms/step; speed-up "
-                         f"{t['speedup_float32']:.1f}x (float32), {t['speedup_tf32']:.1f}x (tf32)")
+            speedups = ", ".join(f"{t['speedup_' + r['precision']]:.1f}x ({r['precision']})" for r in t["mijax"])
+            lines.append(f"torch training: {t['torch']['ms_per_step']:.3f} ms/step; speed-up {speedups}")
     sd = results.get("seeds")
     if sd:
         lines.append(f"{sd['training_many']['num_seeds']} seeds: training {sd['training_ratio_to_one']:.2f}x one "
