@@ -25,16 +25,16 @@ from typing import Optional, Sequence
 
 
 def child(conv: str, steps: int) -> dict:
-    from mijax import distributed
+    from mijax import execution
 
-    distributed.use_xla_cpu_kernels()  # as the mijax program runs
+    execution.use_xla_cpu_kernels()  # as the mijax program runs
     import jax
     import jax.numpy as jnp
 
     from benchmarks import bench_images
     from mijax.models import build as build_model
     from mijax.models.denoiser import ModuleDenoiser
-    from mijax.schedules import make_schedule
+    from mijax.diffusion import make_schedule
     from mijax.config import TrainConfig
     from mijax.training import init_states, train_steps
 
@@ -106,7 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             print(f"round {r + 1} {name:9s} " + "  ".join(f"{k} {v:.1f}" for k, v in row.items()), flush=True)
     out = {"conv": a.conv, "steps": a.steps, "results": results}
     if a.out:
-        from mijax.io import write_json
+        from mijax.store import write_json
 
         write_json(a.out, out)
     return out

@@ -39,11 +39,11 @@ from jax.sharding import PartitionSpec as P
 
 from mijax.models import KERNELS, PRECISIONS, ToyDenoiser, make_denoiser
 from mijax.models.mlp import matmul_dot_general
-from mijax import allocator, distributed, timing
+from mijax import allocator, execution, timing
 from mijax.config import SamplerConfig
 from mijax.execution import plan_for
 from mijax.sampling import chunk_rows, sample, sample_chunk, validate
-from mijax.schedules import make_schedule
+from mijax.diffusion import make_schedule
 from mijax.config import TrainConfig
 from mijax.training import init_state, train_step, train_steps
 
@@ -172,7 +172,7 @@ def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int =
     model, init_fn = _denoiser(dim, precision)
     denoise_fn = make_denoiser(model, kernel, **(kernel_options or {}) if kernel == "pallas" else {})
     used = "pallas" if kernel == "pallas" and denoise_fn.uses_kernel else "xla"
-    mesh = distributed.rows_mesh() if devices is None else _rows_mesh(devices)  # None: every device
+    mesh = execution.rows_mesh() if devices is None else _rows_mesh(devices)  # None: every device
     key = jax.random.PRNGKey(seed)
     params = init_fn(key)
     schedule = make_schedule(num_timesteps=timesteps)
@@ -184,7 +184,7 @@ def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int =
     result = {"n": n, "timesteps": timesteps, "dim": dim, "window": window, "precision": precision,
               "kernel": kernel, "kernel_used": used, "chunk_size": chunk_size, "rows_per_block": rows_per_block,
               **({"kernel_options": kernel_options} if kernel == "pallas" and kernel_options else {}),
-              "devices": distributed.mesh_size(mesh), **timing,
+              "devices": execution.mesh_size(mesh), **timing,
               "point_steps_per_s": n * timesteps / timing["seconds"]}
     peak = device_peak_bytes()
     if peak is not None:
@@ -214,7 +214,7 @@ def _rows_mesh(devices: int):
     available = jax.local_devices()
     if not 1 <= devices <= len(available):
         raise ValueError(f"--devices asks for {devices} devices; this process has {len(available)}")
-    return None if devices == 1 else distributed.rows_mesh(available[:devices])
+    return None if devices == 1 else execution.rows_mesh(available[:devices])
 
 
 def bench_sampling_sweep(ns: Sequence[int], timesteps: Sequence[int], dims: Sequence[int],
@@ -420,8 +420,8 @@ def bench_matmul_peak(rows: int = 3456, width: int = 128, square: int = 2048, re
     chain = lambda a, w: jax.lax.fori_loop(0, 200, lambda i, h: dot(h, w, dims), a)  # noqa: E731
     mesh = _rows_mesh(devices)
     if mesh is not None:
-        chain = jax.shard_map(chain, mesh=mesh, in_specs=(P(distributed.ROWS), P()), out_specs=P(distributed.ROWS))
-        a = jax.device_put(a, NamedSharding(mesh, P(distributed.ROWS)))
+        chain = jax.shard_map(chain, mesh=mesh, in_specs=(P(execution.ROWS), P()), out_specs=P(execution.ROWS))
+        a = jax.device_put(a, NamedSharding(mesh, P(execution.ROWS)))
     chain = jax.jit(chain)
     narrow = time_best(lambda: chain(a, w), repeats)
     b = jax.random.normal(key, (square, square), jnp.float32)
@@ -460,7 +460,7 @@ def bench_seed_sampling(n: int, timesteps: int, dim: int, window: int, num_seeds
 
 def _seed_batch(num_seeds: int, seed_batch: Optional[int]) -> int:
     """The seeds vmapped together: ``seed_batch`` or the library's default (1 on CPU: a loop), at most S."""
-    batch = distributed.default_seed_batch(num_seeds) if seed_batch is None else seed_batch
+    batch = execution.default_seed_batch(num_seeds) if seed_batch is None else seed_batch
     return max(1, min(batch, num_seeds))
 
 
@@ -542,8 +542,8 @@ def process_job(job: dict) -> None:
     if job["kind"] not in ("sampling", "training"):
         raise ValueError(f"unknown process job {job['kind']!r}")
     # before the first device is touched (in-process, e.g. in tests: no effect)
-    distributed.use_xla_cpu_kernels()
-    distributed.use_cpu_cores()
+    execution.use_xla_cpu_kernels()
+    execution.use_cpu_cores()
     model, init_fn = _denoiser(job["dim"], job.get("precision", "float32"))
     key = jax.random.PRNGKey(0)
     schedule = make_schedule(num_timesteps=job["timesteps"])
@@ -835,7 +835,7 @@ def run(args: argparse.Namespace) -> dict:
         return run_images(args)
     a = resolve(args)
     if a.json_out:  # a report: replaced when rerun, but checked before minutes of measuring
-        from mijax.outputs import check_writable
+        from mijax.store import check_writable
 
         check_writable(Path(a.json_out))
     results: dict[str, Any] = {"machine": machine_info(),
@@ -912,7 +912,7 @@ def run(args: argparse.Namespace) -> dict:
     print(format_table(results))
     print(json.dumps(results, sort_keys=True))
     if a.json_out:
-        from mijax.io import write_text
+        from mijax.store import write_text
 
         write_text(a.json_out, json.dumps(results, indent=2, sort_keys=True) + "\n")
     return results
@@ -967,7 +967,7 @@ def run_images(args: argparse.Namespace) -> dict:
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
     print(json.dumps(results, sort_keys=True))
     if getattr(args, "json_out", None):
-        from mijax.io import write_text
+        from mijax.store import write_text
 
         write_text(args.json_out, json.dumps(results, indent=2, sort_keys=True) + "\n")
     return results

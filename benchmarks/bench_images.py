@@ -22,7 +22,7 @@ from mijax.models import build as build_model
 from mijax.models.denoiser import ModuleDenoiser
 from mijax.config import SamplerConfig, TrainConfig
 from mijax.sampling import chunk_rows, sample, sample_chunk
-from mijax.schedules import make_schedule
+from mijax.diffusion import make_schedule
 from mijax.training import init_states, train
 
 # torch_unet.py's defaults: the small CPU configuration (263,025 parameters), batch 64, N = 256, T = 50, K = 10

@@ -23,7 +23,7 @@ import numpy as np
 from mijax import detection
 from mijax.config import build, validate_config
 from mijax.data.mixtures import blur_adjusted_labels, labels, mode_offsets
-from mijax.io import finite_or_none
+from mijax.store import finite_or_none
 from mijax.runs import sample_run, train_run
 from mijax.experiments import common
 from mijax.config import LR_DECAYS

@@ -25,7 +25,7 @@ from mijax import detection
 from mijax.data import shapes
 from mijax.experiments import recursive_shapes
 from mijax.experiments.recursive import with_model_options, with_overrides
-from mijax.io import load_npz
+from mijax.store import load_npz
 from mijax.recursive import gen_dir, run_recursive, validate_recursive
 from mijax.config import LR_DECAYS
 

@@ -50,10 +50,10 @@ import jax.numpy as jnp
 from benchmarks import bench
 from mijax.models import FusedDenoiser, ModuleDenoiser, ToyDenoiser
 from mijax.models.fused import default_blocks
-from mijax.io import write_json
+from mijax.store import write_json
 from mijax.config import SamplerConfig
 from mijax.sampling import sample
-from mijax.schedules import make_schedule
+from mijax.diffusion import make_schedule
 
 FULL = dict(n=1_000_000, big_n=10_000_000, timesteps=1000, tune_timesteps=50, check_n=100_000, check_sample_n=10_000,
             check_timesteps=50,

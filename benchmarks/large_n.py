@@ -57,7 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     a = parser.parse_args(argv)
     ns = [int(float(v)) for v in a.ns.split(",") if v]
     from mijax.config import DataConfig, DiffusionConfig, RunConfig
-    from mijax.io import write_json
+    from mijax.store import write_json
     from mijax.runs import train_run
     from mijax.config import TrainConfig
 

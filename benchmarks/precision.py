@@ -22,7 +22,7 @@ import numpy as np
 from mijax import detection
 from mijax.data.mixtures import blur_adjusted_labels, labels
 from mijax.config import build
-from mijax.io import write_json, write_text
+from mijax.store import write_json, write_text
 from mijax.runs import load_config, sample_run
 from mijax.stats import format_ci, mean_ci
 

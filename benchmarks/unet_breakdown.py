@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax.extend import core as jcore
 
 from benchmarks import bench, bench_images
-from mijax.io import write_json
+from mijax.store import write_json
 from mijax.models import build as build_model
 
 

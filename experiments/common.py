@@ -30,7 +30,7 @@ import numpy as np
 from mijax import collect, plots, stats
 from mijax.config import DataConfig, DiffusionConfig, RunConfig, RunError, build, paper_steps
 from mijax.data.mixtures import blur_adjusted_labels, labels, rate_table
-from mijax.io import finite_or_none, load_cache, save_npz, write_json, write_text
+from mijax.store import finite_or_none, load_cache, save_npz, write_json, write_text
 from mijax.mixtures import GaussianMixture, mass_beyond
 from mijax.runs import load_config, load_run, sample_keys, sample_run, train_run
 from mijax.config import SamplerConfig
@@ -228,7 +228,7 @@ def _cache_name(tag: str, **settings) -> str:
 def sample(run_dir: Path, n: int, sampler: Optional[SamplerConfig] = None, seed: int = 0,
            chunk_size: Optional[int] = None, progress: bool = True) -> dict[str, np.ndarray]:
     """All seeds' samples {"x": [S, n, d], "hal": [S, n]}, cached in the run directory (a damaged cache is
-    recomputed, :func:`mijax.io.load_cache`; samples that are not finite are refused, :func:`mijax.collect.draw`)."""
+    recomputed, :func:`mijax.store.load_cache`; samples that are not finite are refused, :func:`mijax.collect.draw`)."""
     sampler = SamplerConfig() if sampler is None else sampler
     path = run_dir / _cache_name("hal", n=n, seed=seed, sampler=dataclasses.asdict(sampler))
     cached = load_cache(path, ("x", "hal"))

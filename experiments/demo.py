@@ -18,11 +18,11 @@ from typing import Optional
 
 import numpy as np
 
-from mijax import detection, outputs, plots
+from mijax import detection, plots, store
 from mijax.config import RunConfig, build
 from mijax.data.mixtures import blur_adjusted_labels, labels, rate_table
 from mijax.experiments import common
-from mijax.io import finite_or_none, json_safe, save_npz, write_json, write_text
+from mijax.store import finite_or_none, json_safe, save_npz, write_json, write_text
 from mijax.mixtures import mass_beyond
 from mijax.runs import sample_run, train_run
 from mijax.config import SamplerConfig
@@ -53,10 +53,10 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), overwrite: bool = Fal
     last checkpoint. A finished one is refused; ``overwrite`` replaces an earlier demo (only a mijax demo)
     once the new one is complete."""
     out = Path(out)
-    with outputs.lock(out):
+    with store.lock(out):
         finished = (out / "metrics.json").exists()
-        outputs.check(out, "demo", overwrite=overwrite, resume=not finished and not overwrite)
-        with outputs.replacing(out, "demo", replace=overwrite and out.exists()) as target:
+        store.check(out, "demo", overwrite=overwrite, resume=not finished and not overwrite)
+        with store.replacing(out, "demo", replace=overwrite and out.exists()) as target:
             return _run(target, config, progress)
 
 

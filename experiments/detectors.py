@@ -11,7 +11,7 @@ import numpy as np
 
 import jax
 
-from mijax import collect, detection, plots, progress as progress_bars, timing
+from mijax import collect, detection, execution, plots, timing
 from mijax import detectors as detectors_lib
 from mijax.config import AbortConfig
 from mijax.abort import sample_with_abort
@@ -157,7 +157,7 @@ def abort_study(run_dir: Path, p: dict, data, plain: dict, positives: np.ndarray
             kept.append((keep & ~pos).sum() / max(1, (~pos).sum()))
         out["post_hoc"].append({"retention": r, "hallucination_rate": common.ci(rate), "steps_per_sample": common.ci(steps),
                                 "in_support_kept": common.ci(kept)})
-    bar = progress_bars.bar(progress, total=len(p["abort_ends"]) * len(p["abort_retentions"]) * positives.shape[0], desc="abort and resample",
+    bar = execution.progress_bar(progress, total=len(p["abort_ends"]) * len(p["abort_retentions"]) * positives.shape[0], desc="abort and resample",
         unit="run")
     for end in abort_ends:
         spec = detectors_lib.DetectorSpec(ABORT_DETECTOR, int(end), EARLY_LENGTH)
@@ -305,7 +305,7 @@ def detector_costs(n: int, timesteps: int, dim: int, window: int, groups: dict[s
     from mijax import mixtures
     from mijax.models import ToyDenoiser, make_denoiser
     from mijax.sampling import sample
-    from mijax.schedules import make_schedule
+    from mijax.diffusion import make_schedule
 
     module = ToyDenoiser(features=dim)
     key = jax.random.PRNGKey(seed)

@@ -22,8 +22,7 @@ from mijax.config import DataConfig, RunConfig
 from mijax.data import digits as digits_data
 from mijax.data.images import to_model
 from mijax.experiments import common, hal_sweep
-from mijax.io import json_safe
-from mijax.config import SamplerConfig
+from mijax.store import json_safe
 
 SUMMARY = "handwritten digits: Fréchet distance of a UNet's samples, and Hal against digits a classifier cannot name"
 REDUCTIONS = ("mean", "max", "top_k")

@@ -16,7 +16,7 @@ import numpy as np
 from mijax import plots
 from mijax.config import DataConfig, RunConfig, RunError, build
 from mijax.experiments.common import QUICK_OPTIMISER, QUICK_T_POWER, optimiser_text
-from mijax.io import write_json, write_text
+from mijax.store import write_json, write_text
 from mijax.mixtures import mass_beyond
 from mijax.config import RecursiveConfig
 from mijax.recursive import read_pool, run_recursive
@@ -165,7 +165,7 @@ def run_study(out: Path, config: RecursiveConfig, profile: str, progress: bool, 
     """Run (or resume) an image study in ``out/study``; then ``figures_fn(out, config, result)`` and the
     verdict on ``key`` (variance below random filtering), ``report.md`` by ``report_fn(config, metrics,
     profile)`` and ``metrics.json`` (last: it marks the experiment finished)."""
-    from mijax.io import json_safe
+    from mijax.store import json_safe
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mijax.experiments import common
-from mijax.io import load_cache
+from mijax.store import load_cache
 from mijax.data.mixtures import labels
 from mijax import mixtures, plots
 from mijax.runs import load_run, sample_keys

@@ -24,10 +24,9 @@ import numpy as np
 from mijax import plots
 from mijax.config import DataConfig, RunConfig
 from mijax.data import shapes
-from mijax.io import json_safe
+from mijax.store import json_safe
 from mijax.experiments import common, hal_sweep
 from mijax.runs import load_run
-from mijax.config import SamplerConfig
 from mijax.training import eval_params
 
 SUMMARY = "SIMPLE SHAPES: a UNet makes two copies of a shape it never saw twice (claim 7); Hal on images (claim 5)"

@@ -32,10 +32,10 @@ data and mixtures     | mijax.data          | data=
                       |                     | gaussian25_rotated sample_mixture=sample log_prob score
                       |                     | exact_eps exact_denoiser noised in_support nearest_mode
                       |                     | mass_beyond
-diffusion             | mijax.schedules     | Schedule SCHEDULES make_schedule beta_values
-                      | mijax.diffusion     | OBJECTIVES q_sample denoising_loss denoising_loss_at loss_draws
-                      |                     | sample_timesteps model_predictions posterior_mean_variance
-                      |                     | predict_eps_from_x0 predict_x0_from_eps
+diffusion             | mijax.diffusion     | Schedule SCHEDULES make_schedule beta_values OBJECTIVES q_sample
+                      |                     | denoising_loss denoising_loss_at loss_draws sample_timesteps
+                      |                     | model_predictions posterior_mean_variance predict_eps_from_x0
+                      |                     | predict_x0_from_eps
 models                | mijax.models        | ToyDenoiser FusedDenoiser KERNELS make_denoiser
                       |                     | timestep_embedding_closed
 training              | mijax.training      | train TrainState init_state make_optimizer
@@ -48,8 +48,7 @@ detection and filters | mijax.detectors     | DETECTORS DetectorSpec parse_detec
                       | mijax.filters       | FILTERS filter_indices calibrate_threshold random_filter
                       |                     | threshold_filter variance_filter
                       | mijax.recursive     | run_recursive
-how it runs           | mijax.execution     | plan_for
-                      | mijax.distributed   | use_cpu_cores use_xla_cpu_kernels
+how it runs           | mijax.execution     | plan_for use_cpu_cores use_xla_cpu_kernels
 """
 
 

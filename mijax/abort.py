@@ -23,12 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from mijax import detectors as detectors_lib
-from mijax.diffusion import Denoiser
+from mijax.diffusion import Denoiser, Schedule
 from mijax.config import AbortConfig, SamplerConfig
 from mijax.execution import plan_for
 from mijax.sampling import (ROW_BLOCK, Samples, _Reverse, chunk_rows, map_row_blocks, reverse_timesteps, row_blocks,
                             validate, validate_regions)
-from mijax.schedules import Schedule
 
 REDRAW_STREAM = 0x7E5A0000  # draw a >= 1 of sample i: fold_in(key_i, REDRAW_STREAM + a)
 

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 EXIT_USAGE = 2
-EXIT_ENVIRONMENT = 1  # the operating system refused a write (mijax.io.WriteFailed) or another OSError
+EXIT_ENVIRONMENT = 1  # the operating system refused a write (mijax.store.WriteFailed) or another OSError
 DEMO_OUT = "mijax-demo"  # where `mijax demo` writes unless --out says
 
 
@@ -157,7 +157,7 @@ def _add_fields(p: argparse.ArgumentParser, cls, section: str, names, help=None,
     import typing
 
     from mijax import config as config_lib
-    from mijax.io import option_text
+    from mijax.registry import option_text
 
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = config_lib.field_types(cls)
@@ -270,24 +270,24 @@ def _add_distributed_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _device_per_core(argv) -> None:
-    """The program's CPU backend as one device per core (:func:`mijax.distributed.use_cpu_cores`; same numbers,
+    """The program's CPU backend as one device per core (:func:`mijax.execution.use_cpu_cores`; same numbers,
     faster), unless the command (``argv``) joins a multi-process job, whose devices stay as they are; in every
-    process XLA:CPU's own kernels, not YNNPACK's (:func:`mijax.distributed.use_xla_cpu_kernels`). Called before
+    process XLA:CPU's own kernels, not YNNPACK's (:func:`mijax.execution.use_xla_cpu_kernels`). Called before
     the options are parsed: building the parser must not be what starts JAX."""
-    from mijax import distributed
+    from mijax import execution
 
-    distributed.use_xla_cpu_kernels()
+    execution.use_xla_cpu_kernels()
     joins = ("--coordinator-address", "--num-processes", "--distributed-auto")
     if any(arg.split("=", 1)[0] in joins for arg in argv):
         return
-    distributed.use_cpu_cores()
+    execution.use_cpu_cores()
 
 
 def _init_distributed(a) -> None:
-    from mijax import distributed
+    from mijax import execution
 
     try:
-        distributed.initialize(a.coordinator_address, a.num_processes, a.process_id, auto=a.distributed_auto)
+        execution.initialize(a.coordinator_address, a.num_processes, a.process_id, auto=a.distributed_auto)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -495,11 +495,11 @@ def _sample(a) -> None:
 
 
 def _eval(a) -> None:
-    from mijax import evaluation, outputs
-    from mijax.io import write_json
+    from mijax import evaluation, store
+    from mijax.store import write_json
 
     if a.json_out is not None:
-        outputs.check_writable(a.json_out)
+        store.check_writable(a.json_out)
     samples = evaluation.load_samples(a.samples)
     result = evaluation.evaluate(samples)
     print(evaluation.format_summary(result))
@@ -541,24 +541,24 @@ def _experiment(a) -> None:
 
 
 def _run_experiments(a, modules) -> None:
-    from mijax import outputs
+    from mijax import store
 
-    with outputs.lock(a.out if a.name == "all" else None):
+    with store.lock(a.out if a.name == "all" else None):
         if a.name == "all":
-            outputs.check(a.out, "experiments", resume=True)
-            outputs.mark(a.out, "experiments")
+            store.check(a.out, "experiments", resume=True)
+            store.mark(a.out, "experiments")
         for name, module in modules.items():
             out = a.out / name if a.name == "all" else a.out
-            with outputs.lock(out):
+            with store.lock(out):
                 finished = (out / "metrics.json").exists()
                 if finished and not a.overwrite:
                     if a.name == "all":
                         print(f"{name}: finished earlier in {out}, skipped (--overwrite reruns it)")
                         continue
                     raise UsageError(f"{out} holds a finished experiment; pass --overwrite to rerun it")
-                outputs.check(out, "experiment", overwrite=a.overwrite, resume=not finished)
+                store.check(out, "experiment", overwrite=a.overwrite, resume=not finished)
                 print(f"== {name} ({a.profile}) -> {out}")
-                with outputs.replacing(out, "experiment", replace=finished) as target:
+                with store.replacing(out, "experiment", replace=finished) as target:
                     module.run(target, profile=a.profile, seeds=a.seeds, progress=not a.no_progress,
                                overrides=a.overrides or None)
 
@@ -624,7 +624,7 @@ def _bench(argv) -> None:
 
 def _data(a) -> None:
     from mijax import data, models
-    from mijax.io import option_text
+    from mijax.registry import option_text
 
     for name in data.names():
         e = data.entry(name)
@@ -730,9 +730,9 @@ def _backend_failure():
 
 
 def _os_error_line(e: OSError) -> str:
-    """One line for an OSError that reached the command: a :class:`mijax.io.WriteFailed` says itself; another names
+    """One line for an OSError that reached the command: a :class:`mijax.store.WriteFailed` says itself; another names
     what the system said and the file."""
-    from mijax.io import WRITE_ERRORS, WriteFailed
+    from mijax.store import WRITE_ERRORS, WriteFailed
 
     if isinstance(e, WriteFailed):
         return str(e)

@@ -16,13 +16,12 @@ from typing import Optional
 import jax
 import numpy as np
 
-from mijax import distributed, progress, signals
-from mijax.diffusion import Denoiser
+from mijax import execution, signals
+from mijax.diffusion import Denoiser, Schedule
 from mijax.config import SamplerConfig
 from mijax.errors import MijaxError
-from mijax.io import NpyStream, pack_npz, temporary_prefix, write_failure
+from mijax.store import NpyStream, pack_npz, temporary_prefix, write_failure
 from mijax.sampling import sample_chunks
-from mijax.schedules import Schedule
 
 
 def fields(samples) -> dict:
@@ -138,12 +137,12 @@ def _draw(denoise_fn, params, schedule, keys, n, shape, sampler, chunk_size, out
     shapes: dict = {}  # name -> [S, n, ...] shape (every process)
     scratch = Path(tempfile.mkdtemp(dir=Path(out).parent, prefix=temporary_prefix(out), suffix=".parts")) \
         if out is not None and writer else None
-    bar = progress.bar(show_progress, total=n, desc=f"{desc} {num_models} model(s)", unit="sample")
+    bar = execution.progress_bar(show_progress, total=n, desc=f"{desc} {num_models} model(s)", unit="sample")
     bad = total = 0
     try:
         for start, chunk in sample_chunks(denoise_fn, params, schedule, keys, n, shape, sampler, chunk_size,
                                           seed_axis=True, oracle=oracle):
-            host = distributed.to_host(fields(chunk))  # every process takes part in the gather
+            host = execution.to_host(fields(chunk))  # every process takes part in the gather
             size = host["hal"].shape[1]
             bad, total = (a + b for a, b in zip((bad, total), count_not_finite(host)))
             for name, value in host.items():
@@ -169,7 +168,7 @@ def _draw(denoise_fn, params, schedule, keys, n, shape, sampler, chunk_size, out
             for stream in arrays.values():
                 stream.close()
             pack_npz(out, {name: stream.path for name, stream in arrays.items()}, **extra)
-        distributed.barrier("mijax.collect.draw")
+        execution.barrier("mijax.collect.draw")
         return {"shape": shapes.get("x"), **{f"{name}_shape": s for name, s in shapes.items() if name != "x"},
                 **extra}
     finally:

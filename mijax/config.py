@@ -22,13 +22,12 @@ import jax.numpy as jnp
 from mijax import data as datasets
 from mijax import models
 from mijax.detectors import DetectorSpec
-from mijax.diffusion import OBJECTIVES
+from mijax.diffusion import OBJECTIVES, SCHEDULES, Schedule, beta_values, check_objective, make_schedule
 from mijax.errors import MijaxError
 from mijax.filters import FILTERS
 from mijax.hal import HAL_REDUCTIONS
 from mijax.keys import SEED_LIMIT, TRAINING_SET, stream
 from mijax.models import ModuleDenoiser
-from mijax.schedules import SCHEDULES, Schedule, beta_values, check_objective, make_schedule
 
 class ConfigError(MijaxError):
     """A setting that cannot run: one line naming the field (``field``, dotted: ``train.learning_rate``)."""

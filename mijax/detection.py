@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mijax.io import finite_or_none
+from mijax.store import finite_or_none
 
 _COUNT_SLACK = 1e-9  # relative: 0.07 * 100 = 7.000000000000001 must ask for 7 samples, not 8
 

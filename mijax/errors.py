@@ -2,7 +2,7 @@
 
 :class:`MijaxError` is input or a file that mijax cannot use; the command line prints its one-line message
 and exits with status 2. Narrower types derive from it where they are raised (e.g.
-:class:`mijax.collect.NotFinite`). A write the operating system refuses is :class:`mijax.io.WriteFailed`,
+:class:`mijax.collect.NotFinite`). A write the operating system refuses is :class:`mijax.store.WriteFailed`,
 next to the writes that raise it.
 """
 

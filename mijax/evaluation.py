@@ -24,7 +24,7 @@ import numpy as np
 from mijax import detection
 from mijax.config import RunConfig, config_from_dict
 from mijax.errors import MijaxError
-from mijax.io import finite_or_none
+from mijax.store import finite_or_none
 from mijax.stats import format_ci, mean_ci
 
 REMOVAL, RETENTION = 0.95, 0.96  # the paper's operating points

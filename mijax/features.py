@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mijax import io, progress as progress_bars
+from mijax import execution, store
 from mijax.data.images import to_model
 from mijax.execution import compile_init
 
@@ -219,7 +219,7 @@ def train_classifier(images, labels, recipe: Recipe = Recipe(), test_images=None
         return optax.apply_updates(params, updates), opt_state, loss
 
     start = time.perf_counter()
-    bar = progress_bars.bar(progress, total=recipe.steps, desc=desc, unit="step")
+    bar = execution.progress_bar(progress, total=recipe.steps, desc=desc, unit="step")
     try:
         for i in range(recipe.steps):  # a host loop: XLA:CPU runs convolution gradients slowly inside scans
             params, opt_state, loss = step(params, opt_state, jnp.int32(i))
@@ -263,7 +263,7 @@ def classifier_for(dataset, recipe: Optional[Recipe] = None, progress: bool = Fa
         try:
             template = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1,) + dataset.shape, jnp.float32))
             params = serialization.from_bytes(template, path.read_bytes())
-            info = io.read_json(path.with_suffix(".json"))
+            info = store.read_json(path.with_suffix(".json"))
             clf = Classifier(module, params, float(info["accuracy"]), info)
         except (ValueError, KeyError, OSError):  # a damaged cache entry: train again and replace it
             clf = None
@@ -271,8 +271,8 @@ def classifier_for(dataset, recipe: Optional[Recipe] = None, progress: bool = Fa
         clf = train_classifier(to_model(d.train_images), d.train_labels, recipe,
                                to_model(d.test_images), d.test_labels, progress=progress,
                                desc=f"classifier of {dataset.name}")
-        io.write_bytes(path, serialization.to_bytes(clf.params))
-        io.write_json(path.with_suffix(".json"), {**clf.info, "data_set": dataset.name, "size": dataset.size})
+        store.write_bytes(path, serialization.to_bytes(clf.params))
+        store.write_json(path.with_suffix(".json"), {**clf.info, "data_set": dataset.name, "size": dataset.size})
     _LOADED[name] = clf
     return clf
 

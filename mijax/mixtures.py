@@ -15,7 +15,7 @@ import numpy as np
 from flax import struct
 from jax.scipy.special import gammaincc, logsumexp
 
-from mijax.schedules import Schedule
+from mijax.diffusion import Schedule
 
 
 @struct.dataclass

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
-from mijax import io
+from mijax import store
 from mijax.mixtures import GaussianMixture, log_prob
 
 DPI = 120
@@ -33,7 +33,7 @@ def new_figure(width: float = 6.4, height: float = 4.4) -> Figure:
 
 def save(figure: Figure, path) -> str:
     """Write ``figure`` to ``path`` as a PNG atomically; returns the path as a string."""
-    return io.save_figure(figure, path, DPI)
+    return store.save_figure(figure, path, DPI)
 
 
 def _points(x, mixture: GaussianMixture, positives, dim: int, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -39,21 +39,20 @@ the step index) or from its saved pool, and the numbers equal an uninterrupted r
 from __future__ import annotations
 
 import dataclasses
-import math
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mijax import collect, outputs
+from mijax import collect, store
 from mijax import keys as streams
-from mijax.config import (RecursiveConfig, RunConfig, RunError, SamplerConfig, build, config_from_dict, config_to_dict,
+from mijax.config import (RecursiveConfig, RunError, SamplerConfig, build, config_from_dict, config_to_dict,
                           training_data, validate_config, validate_training_size)
 from mijax.filters import calibrate_threshold, filter_indices
-from mijax.io import load_cache, read_json, save_npz, write_json
+from mijax.store import load_cache, read_json, save_npz, write_json
 from mijax.runs import data_sampler, fit
 from mijax.sampling import validate as validate_sampler
 from mijax.training import eval_params
@@ -228,7 +227,7 @@ def run_generation(out: Path, config: RecursiveConfig, generation: int, progress
     ``hook(event, generation, step)`` is called after each checkpoint ("checkpoint"), once training is
     finished ("trained"), after the pools are saved ("sampled") and the kept data ("filtered"): tests
     raise from it to simulate a kill. ``pool.npz`` and ``kept.npz`` are caches: one that cannot be read
-    (:func:`mijax.io.load_cache`) is made again, the same numbers, from the checkpoints and the pool.
+    (:func:`mijax.store.load_cache`) is made again, the same numbers, from the checkpoints and the pool.
     """
     out = Path(out)
     directory = gen_dir(out, generation)
@@ -282,13 +281,13 @@ def run_recursive(out: Path, config: RecursiveConfig, progress: bool = False, ov
     """
     out = Path(out)
     validate_recursive(config)
-    with outputs.lock(out, primary=jax.process_index() == 0):
+    with store.lock(out, primary=jax.process_index() == 0):
         return _run_recursive(out, config, progress, overwrite, hook)
 
 
 def _run_recursive(out: Path, config: RecursiveConfig, progress: bool, overwrite: bool,
                    hook: Callable[[str, int, int], None]) -> dict:
-    outputs.check(out, "study", overwrite=overwrite, resume=not overwrite)
+    store.check(out, "study", overwrite=overwrite, resume=not overwrite)
     saved = out / "config.json"
     if saved.exists() and not overwrite:
         try:
@@ -297,7 +296,7 @@ def _run_recursive(out: Path, config: RecursiveConfig, progress: bool, overwrite
             raise RunError(f"{saved} is corrupt ({e})") from None
         if previous != config:
             raise RunError(f"{out} holds a study made with another configuration; pass --overwrite to replace it")
-    with outputs.replacing(out, "study", replace=overwrite and out.exists()) as directory:
+    with store.replacing(out, "study", replace=overwrite and out.exists()) as directory:
         write_json(directory / "config.json", recursive_config_to_dict(config))
         generations = [run_generation(directory, config, g, progress, hook) for g in range(config.generations)]
         result = {"config": recursive_config_to_dict(config), "generations": generations,

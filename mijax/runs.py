@@ -3,7 +3,7 @@
 A run directory holds::
 
     config.json        the resolved RunConfig (+ versions)
-    checkpoints/<step> orbax checkpoints of the seed-stacked TrainState (mijax.checkpoints)
+    checkpoints/<step> orbax checkpoints of the seed-stacked TrainState (mijax.store)
     losses.json        mean loss per dispatch, per seed, up to the last checkpoint
     train.json         written once training is finished
 
@@ -22,13 +22,12 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from mijax import checkpoints, collect, distributed, progress, signals
+from mijax import collect, execution, signals, store
 from mijax.config import (Pieces, RunConfig, RunError, SamplerConfig, TrainConfig, build, config_from_dict,
                           config_to_dict, training_data, validate_training_size)
 from mijax import data as datasets
-from mijax import outputs
 from mijax.errors import MijaxError
-from mijax.io import read_json, write_json
+from mijax.store import read_json, write_json
 from mijax.keys import sample_keys as _sample_keys
 from mijax.keys import SEED_LIMIT, seed_keys
 from mijax.models import KERNELS, make_denoiser
@@ -39,7 +38,7 @@ from mijax.training import TrainState, eval_params, init_states, train
 from mijax.version import __version__
 
 def _max_step(state: TrainState) -> int:
-    return int(np.max(distributed.to_host(state.step)))
+    return int(np.max(execution.to_host(state.step)))
 
 
 def fit(directory: os.PathLike, pieces: Pieces, train_config: TrainConfig, keys: jax.Array, data,
@@ -59,8 +58,8 @@ def fit(directory: os.PathLike, pieces: Pieces, train_config: TrainConfig, keys:
     directory = Path(directory)
     state = init_states(pieces.model, train_config, pieces.shape, keys)
     losses: dict[str, list] = {"step": [], "loss": []}
-    if checkpoints.latest_step(directory) is not None:
-        state = checkpoints.restore(directory, state)
+    if store.latest_checkpoint(directory) is not None:
+        state = store.restore_checkpoint(directory, state)
         done = _max_step(state)
         if (directory / "losses.json").exists():
             logged = read_json(directory / "losses.json")
@@ -68,17 +67,17 @@ def fit(directory: os.PathLike, pieces: Pieces, train_config: TrainConfig, keys:
             losses = {"step": [logged["step"][i] for i in keep], "loss": [logged["loss"][i] for i in keep]}
     stop_at = train_config.steps if stop_at is None else min(stop_at, train_config.steps)
     step = _max_step(state)
-    bar = progress.bar(show_progress, total=train_config.steps, initial=step,
+    bar = execution.progress_bar(show_progress, total=train_config.steps, initial=step,
                        desc=f"{desc} {keys.shape[0]} model(s)")
 
     def log(state, chunk_losses):
         signals.check()
         now = _max_step(state)
-        chunk = np.atleast_2d(distributed.to_host(chunk_losses))  # [S, steps of this dispatch]
+        chunk = np.atleast_2d(execution.to_host(chunk_losses))  # [S, steps of this dispatch]
         if not np.all(np.isfinite(chunk)):
             model, index = np.argwhere(~np.isfinite(chunk))[0]
             first = now - chunk.shape[1] + int(index) + 1
-            last = checkpoints.latest_step(directory)
+            last = store.latest_checkpoint(directory)
             kept = "no checkpoint was saved" if last is None else f"the last checkpoint, step {last}, is kept"
             raise MijaxError(f"training diverged: the loss of model {int(model)} is not finite ({chunk[model, index]}) "
                              f"at step {first}; {kept} (lower the learning rate or check the data)")
@@ -94,7 +93,7 @@ def fit(directory: os.PathLike, pieces: Pieces, train_config: TrainConfig, keys:
             state = train(pieces.denoise_fn, pieces.schedule, train_config, state, keys, data, seed_axis=True,
                           stop_at=target, callback=log)
             step = target
-            checkpoints.save(directory, state)
+            store.save_checkpoint(directory, state)
             if jax.process_index() == 0:
                 write_json(directory / "losses.json", losses)
             on_checkpoint(step)
@@ -109,7 +108,7 @@ def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwri
 
     Args:
       out: the run directory (created; held against other processes while training, see
-        :func:`mijax.outputs.lock`). A fresh one is removed again if training fails before its first checkpoint.
+        :func:`mijax.store.lock`). A fresh one is removed again if training fails before its first checkpoint.
       config: the run's settings.
       resume: continue from the latest checkpoint of ``out`` (its config.json must match ``config``).
       overwrite: replace an existing run (only a mijax run): the new one is trained beside it and takes its
@@ -122,15 +121,15 @@ def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwri
     out = Path(out)
     pieces = build(config)  # the data set's and the model's own checks, once
     validate_training_size(config, pieces.dataset)
-    with outputs.lock(out, primary=jax.process_index() == 0):
+    with store.lock(out, primary=jax.process_index() == 0):
         return _train_run(out, config, pieces, resume, overwrite, progress, stop_at)
 
 
 def _train_run(out: Path, config: RunConfig, pieces: Pieces, resume: bool, overwrite: bool, progress: bool,
                stop_at: Optional[int]) -> TrainState:
-    outputs.check(out, "run", overwrite=overwrite, resume=resume)
+    store.check(out, "run", overwrite=overwrite, resume=resume)
     # every process checks before any creates the run (or a slow process finds it "already exists")
-    distributed.barrier("mijax.train_run.checked")
+    execution.barrier("mijax.train_run.checked")
     resuming = resume and out.exists()
     if resuming:
         if not (out / "config.json").exists():
@@ -138,7 +137,7 @@ def _train_run(out: Path, config: RunConfig, pieces: Pieces, resume: bool, overw
         made = load_config(out)
         if made != config:
             from mijax.config import config_differences
-            from mijax.io import option_text
+            from mijax.registry import option_text
 
             diff = config_differences(made, config)
             said = lambda i: ", ".join(f"{name}={option_text(d[i])}" for name, *d in diff)  # noqa: E731
@@ -146,7 +145,7 @@ def _train_run(out: Path, config: RunConfig, pieces: Pieces, resume: bool, overw
                            "configuration; resume with the same options)" if diff else
                            f"{out} was made with another configuration; resume with the same options")
     keys = seed_keys(config.seed_values)
-    with outputs.replacing(out, "run", replace=overwrite and not resuming) as directory:
+    with store.replacing(out, "run", replace=overwrite and not resuming) as directory:
         write_json(directory / "config.json", {**config_to_dict(config), "versions": _versions()})
         data = training_data(config, pieces.dataset, keys)
         state = fit(directory, pieces, config.train, keys, data, config.checkpoint_every, progress, stop_at=stop_at)
@@ -175,7 +174,7 @@ def config_file(path: os.PathLike) -> RunConfig:
 def load_config(run_dir: os.PathLike) -> RunConfig:
     """The RunConfig of run directory ``run_dir`` (its config.json)."""
     run_dir = Path(run_dir)
-    outputs.recover(run_dir)  # a run left mid-replacement by a killed --overwrite
+    store.recover(run_dir)  # a run left mid-replacement by a killed --overwrite
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir} is not a run directory (it is a file)")
     if not run_dir.is_dir():
@@ -207,7 +206,7 @@ class Run:
         """The seed-stacked TrainState of checkpoint ``step`` (None: the latest)."""
         target = init_states(self.pieces.model, self.config.train, self.pieces.shape,
                              seed_keys(self.config.seed_values))
-        return checkpoints.restore(self.directory, target, step)
+        return store.restore_checkpoint(self.directory, target, step)
 
     def sampler(self, sampler: Optional[SamplerConfig] = None) -> SamplerConfig:
         """``sampler`` (default: DDPM with Hal over t = 9..0) for this run's models: :func:`data_sampler`."""
@@ -232,11 +231,11 @@ class Run:
                 validate_abort(abort, sampler, config.diffusion.timesteps, has_oracle=hasattr(dataset, "oracle"))
         except ValueError as e:
             raise RunError(str(e)) from None
-        with outputs.lock(out, primary=jax.process_index() == 0):
+        with store.lock(out, primary=jax.process_index() == 0):
             if out is not None:
-                outputs.check(out, "samples", overwrite=overwrite, directory=False)
+                store.check(out, "samples", overwrite=overwrite, directory=False)
                 collect.check_space(out, collect.bytes_needed(config.seeds, n, dataset.shape, sampler))
-                distributed.barrier("mijax.sample_run.checked")  # before any process writes beside it
+                execution.barrier("mijax.sample_run.checked")  # before any process writes beside it
             return self._sample(sampler, n, seed, chunk_size, progress, out, kernel, abort)
 
     def _sample(self, sampler: SamplerConfig, n: int, seed: int, chunk_size: Optional[int], progress: bool,
@@ -331,7 +330,7 @@ def _sample_with_abort(denoise_fn, params, pieces: Pieces, keys, n: int, sampler
     if jax.process_count() > 1:
         raise RunError("abort and resample runs in one process (this job has several)")
     parts = []
-    bar = progress.bar(show_progress, total=int(keys.shape[0]), desc="sample with abort", unit="model")
+    bar = execution.progress_bar(show_progress, total=int(keys.shape[0]), desc="sample with abort", unit="model")
     try:
         for s in range(keys.shape[0]):
             got, info = sample_with_abort(denoise_fn, jax.tree.map(lambda a: a[s], params), pieces.schedule,
@@ -346,7 +345,7 @@ def _sample_with_abort(denoise_fn, params, pieces: Pieces, keys, n: int, sampler
     collect.check_finite(result, written=out is not None)
     if out is None:
         return {**result, **provenance}
-    from mijax.io import save_npz
+    from mijax.store import save_npz
 
     save_npz(out, **result, **provenance)
     return {"shape": result["x"].shape, **{f"{k}_shape": v.shape for k, v in result.items() if k != "x"}, **provenance}

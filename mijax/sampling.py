@@ -15,7 +15,6 @@ on the chunk size, on the other samples of its batch, or on how the batch is lai
 """
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from typing import Iterator, Optional, Sequence
 
@@ -27,12 +26,11 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from mijax import detectors as detectors_lib
-from mijax import distributed
-from mijax.diffusion import Denoiser, model_predictions, posterior_mean_variance, predict_eps_from_x0
+from mijax import execution
+from mijax.diffusion import Denoiser, Schedule, model_predictions, posterior_mean_variance, predict_eps_from_x0
 from mijax.config import SAMPLERS, VARIANCES, SamplerConfig
 from mijax.execution import plan_for
 from mijax.hal import HAL_REDUCTIONS
-from mijax.schedules import Schedule
 
 ROW_BLOCK = 128  # chunks are padded to a multiple of this many samples (see sample_chunks)
 # (on some CPUs the paper's MLP rounds its rows differently at 64 rows or fewer than at 96 to 2,048, so
@@ -410,14 +408,14 @@ def sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arra
     after the other (None: all at once); ``chunk_rows`` pads a chunk so that they come out equal.
 
     With ``seed_axis`` the params and key carry a leading seed axis [S] and every output gains one; the
-    seeds run ``seed_batch`` at a time (None: :func:`mijax.distributed.default_seed_batch`).
+    seeds run ``seed_batch`` at a time (None: :func:`mijax.execution.default_seed_batch`).
     With a ``mesh`` (axis ``"rows"``, D devices) each device draws ``chunk_size / D`` consecutive samples
     and the outputs are split over the devices along the sample axis; ``chunk_size / D`` should be a
     multiple of ``ROW_BLOCK`` for results that do not depend on D.
     ``oracle_fn(oracle_params, x_t, t)``: the data's exact denoiser, for the ``oracle`` detector (shared by
     every seed).
     """
-    devices = distributed.mesh_size(mesh)
+    devices = execution.mesh_size(mesh)
     if chunk_size % devices:
         raise ValueError(f"chunk size {chunk_size} does not split over {devices} devices")
     rows = chunk_size // devices
@@ -430,16 +428,16 @@ def sample_chunk(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arra
 
     def local(params, schedule, key, start, oracle_params):
         if mesh is not None:  # this device's block of the chunk
-            start = start + jax.lax.axis_index(distributed.ROWS).astype(start.dtype) * rows
+            start = start + jax.lax.axis_index(execution.ROWS).astype(start.dtype) * rows
         if not seed_axis:
             return fn(params, schedule, key, start, oracle_params)
         num_seeds = jax.tree.leaves(key)[0].shape[0]
-        batch = distributed.default_seed_batch(num_seeds) if seed_batch is None else seed_batch
-        return distributed.map_seeds(lambda p, k: fn(p, schedule, k, start, oracle_params), (params, key), batch)
+        batch = execution.default_seed_batch(num_seeds) if seed_batch is None else seed_batch
+        return execution.map_seeds(lambda p, k: fn(p, schedule, k, start, oracle_params), (params, key), batch)
 
     if mesh is None:
         return local(params, schedule, key, start, oracle_params)
-    split = P(None, distributed.ROWS) if seed_axis else P(distributed.ROWS)
+    split = P(None, execution.ROWS) if seed_axis else P(execution.ROWS)
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P(), P()), out_specs=split,
                          check_vma=False)(params, schedule, key, start, oracle_params)
 
@@ -474,9 +472,9 @@ def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
 
     Args:
       mesh: devices that share each chunk: ``"auto"`` (every device of every process, see
-        :func:`mijax.distributed.rows_mesh`), a mesh with axis ``"rows"``, or None (the default device).
+        :func:`mijax.execution.rows_mesh`), a mesh with axis ``"rows"``, or None (the default device).
         In a multi-process job the yielded arrays span the processes (see
-        :func:`mijax.distributed.to_host`).
+        :func:`mijax.execution.to_host`).
       start, stop: draw only samples ``start .. stop - 1`` of the n (default all).
       seed_batch: see :func:`sample_chunk`.
       rows_per_block: a device runs its rows of a chunk in blocks of at most this many, one after the other
@@ -495,13 +493,13 @@ def sample_chunks(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Arr
     validate(config, schedule.num_timesteps, has_oracle=oracle is not None)
     validate_regions(config, shape)
     if isinstance(mesh, str):
-        mesh = distributed.rows_mesh(distributed.auto_devices(denoise_fn))
+        mesh = execution.rows_mesh(execution.auto_devices(denoise_fn))
     if rows_per_block == "auto":
         rows_per_block = plan_for(denoise_fn).rows_per_block
-    devices = distributed.mesh_size(mesh)
+    devices = execution.mesh_size(mesh)
     chunk, compiled = chunk_rows(stop - start, chunk_size, devices, rows_per_block)
     oracle_fn, oracle_params = (None, None) if oracle is None else oracle
-    params, schedule, key, oracle_params = distributed.replicate((params, schedule, key, oracle_params), mesh)
+    params, schedule, key, oracle_params = execution.replicate((params, schedule, key, oracle_params), mesh)
     for first in range(start, stop, chunk):
         out = sample_chunk(denoise_fn, params, schedule, key, np.uint32(first), config, shape, compiled,
                            seed_axis, seed_batch, mesh, rows_per_block, oracle_fn, oracle_params)

@@ -7,7 +7,6 @@ into ``N // B`` fixed batches visited in order, epoch after epoch (``shuffle`` p
 """
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -18,12 +17,11 @@ from flax import struct
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from mijax import distributed
-from mijax.diffusion import Denoiser, denoising_loss, denoising_loss_at, loss_draws
+from mijax import execution
+from mijax.diffusion import Denoiser, Schedule, denoising_loss, denoising_loss_at, loss_draws
 from mijax.execution import compile_init, plan_for
 from mijax.keys import DROPOUT, INIT, SHUFFLE, STEP
 from mijax.config import TrainConfig
-from mijax.schedules import Schedule
 
 
 
@@ -172,7 +170,7 @@ def batch_groups_mesh(config: TrainConfig, devices: Optional[list] = None) -> Op
     used = 1
     while used * 2 <= len(devices) and config.batch_groups % (used * 2) == 0:
         used *= 2
-    return None if used == 1 or jax.process_count() > 1 else distributed.mesh(distributed.BATCH, devices[:used])
+    return None if used == 1 or jax.process_count() > 1 else execution.mesh(execution.BATCH, devices[:used])
 
 
 def batch_gradient(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, params, key: jax.Array,
@@ -211,14 +209,14 @@ def batch_gradient(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig
     if mesh is None:
         loss, grads = local(params, batch, t, noise, 0)
     else:
-        devices = distributed.mesh_size(mesh)
+        devices = execution.mesh_size(mesh)
 
         def spread(params, x0, t, noise):
-            part = local(params, x0, t, noise, jax.lax.axis_index(distributed.BATCH) * (groups // devices))
-            every = jax.lax.all_gather(part, distributed.BATCH)  # [D, ...]: summed in a fixed order, not by psum
+            part = local(params, x0, t, noise, jax.lax.axis_index(execution.BATCH) * (groups // devices))
+            every = jax.lax.all_gather(part, execution.BATCH)  # [D, ...]: summed in a fixed order, not by psum
             return _pairwise_sum([jax.tree.map(lambda a: a[d], every) for d in range(devices)])
 
-        split = P(distributed.BATCH)
+        split = P(execution.BATCH)
         loss, grads = jax.shard_map(spread, mesh=mesh, in_specs=(P(), split, split, split), out_specs=P(),
                                     check_vma=False)(params, batch, t, noise)
     # materialised: the optimiser's update then compiles the same way whatever D (no fused multiply-adds
@@ -278,12 +276,12 @@ def train_steps(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, s
 
     def local(state, key, data):
         num_seeds = jax.tree.leaves(key)[0].shape[0]
-        batch = distributed.default_seed_batch(num_seeds) if seed_batch is None else seed_batch
-        return distributed.map_seeds(run, (state, key, data), batch, unroll=unroll)
+        batch = execution.default_seed_batch(num_seeds) if seed_batch is None else seed_batch
+        return execution.map_seeds(run, (state, key, data), batch, unroll=unroll)
 
     if mesh is None:
         return local(state, key, data)
-    split = P(distributed.SEEDS)
+    split = P(execution.SEEDS)
     return jax.shard_map(local, mesh=mesh, in_specs=(split, split, split), out_specs=split,
                          check_vma=False)(state, key, data)
 
@@ -298,25 +296,25 @@ def train(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: 
     ``callback(state, losses)`` runs after each dispatch (progress, logs, checkpoints). The result does
     not depend on how the steps are split into dispatches, nor on the devices the seeds are spread over.
     With ``seed_axis``, ``mesh="auto"`` spreads the seeds over as many devices as divide them evenly
-    (:func:`mijax.distributed.seeds_mesh` of :func:`mijax.distributed.auto_devices`); None keeps them on
+    (:func:`mijax.execution.seeds_mesh` of :func:`mijax.execution.auto_devices`); None keeps them on
     the default device. With ``config.batch_groups`` > 1, the groups of a model trained alone (or of seeds trained one at a time) go
     to ``batch_devices`` (default: every local device; :func:`batch_groups_mesh`).
     """
     stop_at = config.steps if stop_at is None else stop_at
     if isinstance(mesh, str):
-        mesh = (distributed.seeds_mesh(jax.tree.leaves(key)[0].shape[0], distributed.auto_devices(denoise_fn))
+        mesh = (execution.seeds_mesh(jax.tree.leaves(key)[0].shape[0], execution.auto_devices(denoise_fn))
                 if seed_axis else None)
     if seed_axis:
-        state, key, data = distributed.shard_leading((state, key, data), mesh)
-    step = int(jnp.max(distributed.to_host(state.step)))
+        state, key, data = execution.shard_leading((state, key, data), mesh)
+    step = int(jnp.max(execution.to_host(state.step)))
     on_host = plan_for(denoise_fn).host_loops
     # the batch groups of one model at a time over the devices, when its seeds do not occupy them already
-    one_at_a_time = not seed_axis or (on_host and distributed.mesh_size(mesh) <= 1 and jax.process_count() == 1)
+    one_at_a_time = not seed_axis or (on_host and execution.mesh_size(mesh) <= 1 and jax.process_count() == 1)
     groups_mesh = batch_groups_mesh(config, batch_devices) if config.batch_groups > 1 and one_at_a_time else None
     placement = None
     if groups_mesh is not None:
         placement = [getattr(a, "sharding", None) for a in jax.tree.leaves(state)]
-        state, key, data = distributed.replicate((state, key, data), groups_mesh)
+        state, key, data = execution.replicate((state, key, data), groups_mesh)
 
     def host_steps(state, key, data, seed_axis, mesh):
         # the same n steps, each a loop-free program (the plan's host_loops); losses [..., n]
@@ -329,7 +327,7 @@ def train(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig, state: 
 
     while step < stop_at:
         n = min(config.steps_per_call, stop_at - step)
-        if on_host and seed_axis and distributed.mesh_size(mesh) <= 1 and jax.process_count() == 1:
+        if on_host and seed_axis and execution.mesh_size(mesh) <= 1 and jax.process_count() == 1:
             # the seeds one after the other through one one-seed program, whatever their number (unrolling
             # S seeds into one program made XLA:CPU compile for minutes at S = 6)
             runs = [host_steps(jax.tree.map(lambda a: a[s], state), key[s], data[s], False, None)

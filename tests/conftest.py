@@ -6,7 +6,7 @@ import tempfile
 
 import jax
 
-from mijax import distributed
+from mijax import execution
 
 # trained feature classifiers (mijax.features) go to a per-session folder, not the user's ~/.cache
 os.environ["MIJAX_CACHE"] = tempfile.mkdtemp(prefix="mijax-test-cache-")
@@ -15,7 +15,7 @@ atexit.register(shutil.rmtree, os.environ["MIJAX_CACHE"], ignore_errors=True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # the kernels the mijax program compiles (XLA:CPU's own, not YNNPACK's), before any device is touched
-distributed.use_xla_cpu_kernels()
+execution.use_xla_cpu_kernels()
 
 # Many tests compile the same small programs (the paper's MLP at a few sizes, the tiny UNets): XLA's
 # compilation cache shares them between tests and between pytest's worker processes, in one folder per run

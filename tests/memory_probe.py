@@ -23,10 +23,10 @@ def main(variant: str, timesteps: int, n: int) -> None:
     from mijax import allocator
 
     allocator.restart_with_allocator()  # as the program: mimalloc, glibc's huge pages or none ($MIJAX_MALLOC)
-    from mijax import distributed
+    from mijax import execution
 
-    distributed.use_xla_cpu_kernels()  # as the mijax program, before any device is touched
-    distributed.use_cpu_cores()
+    execution.use_xla_cpu_kernels()  # as the mijax program, before any device is touched
+    execution.use_cpu_cores()
 
     import jax
     import jax.numpy as jnp
@@ -35,7 +35,7 @@ def main(variant: str, timesteps: int, n: int) -> None:
     from mijax.models import make_denoiser
     from mijax.config import SamplerConfig
     from mijax.sampling import sample
-    from mijax.schedules import make_schedule
+    from mijax.diffusion import make_schedule
 
     images = variant.startswith("images")
     shape = (8, 8, 1) if images else (1,)

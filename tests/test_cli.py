@@ -9,7 +9,7 @@ import numpy as np
 import mijax
 import pytest
 
-from mijax import checkpoints, io, runs
+from mijax import runs, store
 from mijax.cli import main
 
 TINY = ["--dataset", "gaussian1d", "--n-train", "400", "--steps", "20", "--batch-size", "200",
@@ -36,8 +36,8 @@ def test_train_writes_a_run(trained):
     assert (trained / "config.json").is_file() and (trained / "losses.json").is_file()
     config = runs.load_config(trained)
     assert config.seeds == 2 and config.train.steps == 20 and config.diffusion.timesteps == 30
-    assert checkpoints.latest_step(trained) == 20
-    losses = io.read_json(trained / "losses.json")
+    assert store.latest_checkpoint(trained) == 20
+    losses = store.read_json(trained / "losses.json")
     assert losses["step"][-1] == 20 and len(losses["loss"][-1]) == 2
 
 
@@ -106,13 +106,13 @@ def test_sample_kernel_option(trained, tmp_path):
 
 def test_npy_stream_and_pack_npz(tmp_path):
     want = np.arange(2 * 7 * 3, dtype=np.float32).reshape(2, 7, 3)
-    stream = io.NpyStream(tmp_path / "a.npy", np.float32, want.shape)
+    stream = store.NpyStream(tmp_path / "a.npy", np.float32, want.shape)
     for seed in (1, 0):  # any order, in row blocks
         for start, stop in ((4, 7), (0, 4)):
             stream.write((seed, start, 0), want[seed, start:stop])
     stream.close()
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), want)
-    io.pack_npz(tmp_path / "p.npz", {"a": tmp_path / "a.npy"}, b=np.array([1, 2]))
+    store.pack_npz(tmp_path / "p.npz", {"a": tmp_path / "a.npy"}, b=np.array([1, 2]))
     with np.load(tmp_path / "p.npz") as f:
         np.testing.assert_array_equal(f["a"], want)
         np.testing.assert_array_equal(f["b"], [1, 2])
@@ -137,12 +137,12 @@ def test_resume_continues_a_killed_run_to_the_same_parameters(trained, tmp_path)
     run = tmp_path / "killed"
     config = runs.load_config(trained)
     runs.train_run(run, config, progress=False, stop_at=10)  # "killed" after the step-10 checkpoint
-    assert checkpoints.latest_step(run) == 10
+    assert store.latest_checkpoint(run) == 10
     assert main(["train", *TINY, "--seeds", "2", "--resume", "--out", str(run)]) == 0
     _, _, a = runs.load_run(trained)
     _, _, b = runs.load_run(run)
     jax.tree.map(np.testing.assert_array_equal, a, b)
-    assert io.read_json(run / "losses.json") == io.read_json(trained / "losses.json")
+    assert store.read_json(run / "losses.json") == store.read_json(trained / "losses.json")
 
 
 def test_resume_refuses_a_different_configuration(trained, capsys):

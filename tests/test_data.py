@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import mijax
-from mijax import data, io
+from mijax import data, store
 from mijax.cli import main
 
 LEGACY = Path(__file__).parent / "data" / "run-v0.1"
@@ -72,7 +72,7 @@ def test_a_registered_image_data_set_trains_samples_and_recurses(tmp_path):
     study = mijax.RecursiveConfig(run=config, generations=2, filters=("variance",), pool_extra=16, chunk_size=64)
     result = mijax.run_recursive(tmp_path / "study", study)
     assert [g["generation"] for g in result["generations"]] == [0, 1]
-    kept = io.load_npz(tmp_path / "study" / "gen_001" / "kept.npz")["data"]
+    kept = store.load_npz(tmp_path / "study" / "gen_001" / "kept.npz")["data"]
     assert kept.shape == (2, 64, 4, 4, 1)
     row = result["generations"][1]["filters"]["variance"][0]
     assert set(row) >= {"off_pattern", "mean", "hal_quantiles", "kept_hallucination_rate", "accepted", "seed"}
@@ -139,7 +139,7 @@ def test_a_run_written_before_the_redesign_still_samples_the_same(tmp_path):
     assert config.data.options["modes"] == (1.0, 2.0) and config.data.options["std"] == 0.05
     assert config.model.name == "mlp" and dict(config.model.options) == {"width": 16, "num_layers": 2, "tied": True}
     got = mijax.sample_run(run, 64, seed=3)
-    want = io.load_npz(LEGACY.parent / "run-v0.1-samples.npz")
+    want = store.load_npz(LEGACY.parent / "run-v0.1-samples.npz")
     # recorded by mijax 0.1 on another machine: equal up to how that CPU's matmuls round
     np.testing.assert_allclose(got["x"], want["x"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(got["hal"], want["hal"], rtol=1e-3, atol=1e-6)
@@ -152,7 +152,7 @@ def test_a_run_written_before_the_redesign_still_samples_the_same(tmp_path):
 # Files.
 
 def test_json_is_strict_and_writes_non_finite_numbers_as_null(tmp_path):
-    io.write_json(tmp_path / "m.json", {"a": math.nan, "b": [math.inf, 1.0], "c": np.float32(2.5), "d": (1, 2),
+    store.write_json(tmp_path / "m.json", {"a": math.nan, "b": [math.inf, 1.0], "c": np.float32(2.5), "d": (1, 2),
                                         "e": np.arange(2), "f": True})
     text = (tmp_path / "m.json").read_text()
     assert json.loads(text, parse_constant=lambda name: pytest.fail(name)) == {

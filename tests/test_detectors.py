@@ -11,7 +11,7 @@ import pytest
 from mijax import detectors, mixtures
 from mijax.config import SamplerConfig
 from mijax.sampling import sample
-from mijax.schedules import make_schedule
+from mijax.diffusion import make_schedule
 
 T = 40
 END, LENGTH = 2, 5  # the window t = 2..6

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import mijax
-from mijax.diffusion import loss_target
-from mijax.schedules import beta_values
+from mijax.diffusion import beta_values, loss_target
 
 T = 1000
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import mijax
-from mijax import distributed
+from mijax import execution
 from mijax.sampling import ROW_BLOCK, chunk_rows
 
 DEVICE_SCRIPT = textwrap.dedent("""
@@ -24,7 +24,7 @@ DEVICE_SCRIPT = textwrap.dedent("""
     jax.config.update("jax_numpy_rank_promotion", "raise")
     import jax.numpy as jnp, numpy as np
     import mijax
-    from mijax import distributed
+    from mijax import execution
 
     assert jax.device_count() == 8
     # the paper's width: narrower layers fall below XLA:CPU's size threshold for its matmul library, whose
@@ -38,7 +38,7 @@ DEVICE_SCRIPT = textwrap.dedent("""
     seed_keys = jax.random.split(jax.random.key(2), 3)
 
     def run(devices):
-        mesh = distributed.rows_mesh(jax.devices()[:devices])
+        mesh = execution.rows_mesh(jax.devices()[:devices])
         one = mijax.sample(model.apply, params, schedule, jax.random.key(3), 300, (2,), config, chunk_size=200,
                            mesh=mesh)
         many = mijax.sample(model.apply, stacked, schedule, seed_keys, 130, (2,), config, seed_axis=True, mesh=mesh)
@@ -60,7 +60,7 @@ DEVICE_SCRIPT = textwrap.dedent("""
 
     def train(devices):
         states = initial(keys)
-        mesh = distributed.seeds_mesh(4, jax.devices()[:devices])
+        mesh = execution.seeds_mesh(4, jax.devices()[:devices])
         final = mijax.train(model.apply, schedule, train_config, states, keys, data, seed_axis=True, mesh=mesh)
         return final, [np.asarray(a) for a in jax.tree.leaves(final)]
 
@@ -119,30 +119,30 @@ def test_map_seeds_equals_vmap(seed_batch):
     fn = lambda w, x: jnp.tanh(x @ w)  # noqa: E731
     w = jax.random.normal(jax.random.key(0), (3, 8, 8))
     x = jax.random.normal(jax.random.key(1), (3, 64, 8))
-    got = jax.jit(lambda w, x: distributed.map_seeds(fn, (w, x), seed_batch))(w, x)
+    got = jax.jit(lambda w, x: execution.map_seeds(fn, (w, x), seed_batch))(w, x)
     np.testing.assert_allclose(got, jax.vmap(fn)(w, x), rtol=1e-6, atol=1e-6)
 
 
 def test_one_device_needs_no_mesh():
-    assert distributed.rows_mesh(jax.devices()[:1]) is None
-    assert distributed.seeds_mesh(3, jax.devices()[:1]) is None
-    assert distributed.mesh_size(None) == 1
+    assert execution.rows_mesh(jax.devices()[:1]) is None
+    assert execution.seeds_mesh(3, jax.devices()[:1]) is None
+    assert execution.mesh_size(None) == 1
     tree = {"a": jnp.ones(3)}
-    assert distributed.replicate(tree, None) is tree and distributed.shard_leading(tree, None) is tree
-    np.testing.assert_array_equal(distributed.to_host(tree)["a"], np.ones(3))
+    assert execution.replicate(tree, None) is tree and execution.shard_leading(tree, None) is tree
+    np.testing.assert_array_equal(execution.to_host(tree)["a"], np.ones(3))
 
 
 def test_default_seed_batch():
     expected = 1 if jax.default_backend() == "cpu" else 5
-    assert distributed.default_seed_batch(5) == expected
+    assert execution.default_seed_batch(5) == expected
 
 
 def test_initialize_without_settings_is_single_process():
-    assert distributed.initialize() is False
+    assert execution.initialize() is False
     with pytest.raises(ValueError, match="coordinator"):
-        distributed.initialize(coordinator_address="127.0.0.1:1234")
+        execution.initialize(coordinator_address="127.0.0.1:1234")
     with pytest.raises(ValueError, match="process id"):
-        distributed.initialize("127.0.0.1:1234", num_processes=2, process_id=2)
+        execution.initialize("127.0.0.1:1234", num_processes=2, process_id=2)
 
 
 def test_seed_loop_equals_separate_runs_bit_for_bit():
@@ -250,15 +250,15 @@ def test_use_cpu_cores_only_before_the_backends_start(monkeypatch):
     """Here the backends have started: nothing changes. A fresh process gets one device per requested core,
     unless a device count was already chosen."""
     before = jax.device_count()  # starts the backends if nothing had
-    assert distributed.use_cpu_cores(4) == 0 and jax.device_count() == before
-    monkeypatch.setenv(distributed.CPU_DEVICES_ENV, "two")
+    assert execution.use_cpu_cores(4) == 0 and jax.device_count() == before
+    monkeypatch.setenv(execution.CPU_DEVICES_ENV, "two")
     with pytest.raises(ValueError, match="MIJAX_CPU_DEVICES must be a whole number"):
-        distributed.use_cpu_cores()
-    monkeypatch.setenv(distributed.CPU_DEVICES_ENV, "0")
+        execution.use_cpu_cores()
+    monkeypatch.setenv(execution.CPU_DEVICES_ENV, "0")
     with pytest.raises(ValueError, match="MIJAX_CPU_DEVICES must be a whole number of devices >= 1"):
-        distributed.use_cpu_cores()
+        execution.use_cpu_cores()
     with pytest.raises(ValueError, match=">= 1"):
-        distributed.use_cpu_cores(0)
+        execution.use_cpu_cores(0)
     script = ("import os, sys, jax, mijax; n = mijax.use_cpu_cores(int(sys.argv[1]) if len(sys.argv) > 1 else None); "
               "print(n, jax.device_count())")
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
@@ -278,7 +278,7 @@ def test_use_cpu_cores_only_before_the_backends_start(monkeypatch):
 def test_xla_cpu_kernels_only_before_the_backends_start_and_never_over_the_users_flags(monkeypatch):
     jax.device_count()  # the backends have started here: nothing changes
     monkeypatch.delenv("XLA_FLAGS", raising=False)
-    assert distributed.use_xla_cpu_kernels() is False and "XLA_FLAGS" not in os.environ
+    assert execution.use_xla_cpu_kernels() is False and "XLA_FLAGS" not in os.environ
     # a fresh process: the flag goes in, and convolution gradients, dots and reductions compile without YNNPACK
     script = ("import os, jax, jax.numpy as jnp, mijax; changed = mijax.use_xla_cpu_kernels(); "
               "f = jax.grad(lambda x, w: jnp.sum(jnp.tanh(jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', "
@@ -295,30 +295,30 @@ def test_xla_cpu_kernels_only_before_the_backends_start_and_never_over_the_users
         return out.stdout.strip().split(maxsplit=2)
 
     assert run(XLA_FLAGS="--xla_cpu_enable_fast_math=false") == [
-        "True", "0", repr(f"--xla_cpu_enable_fast_math=false {distributed.XLA_KERNELS_FLAG}")]
-    own = f"{distributed.YNN_FUSION_FLAG}=LIBRARY_FUSION_TYPE_REDUCE"  # the user's choice stays
+        "True", "0", repr(f"--xla_cpu_enable_fast_math=false {execution.XLA_KERNELS_FLAG}")]
+    own = f"{execution.YNN_FUSION_FLAG}=LIBRARY_FUSION_TYPE_REDUCE"  # the user's choice stays
     assert run(XLA_FLAGS=own)[::2] == ["False", repr(own)]
 
 
 def test_xla_cpu_kernels_leave_a_jaxlib_that_may_not_know_the_flag_alone(monkeypatch):
     import jaxlib
 
-    monkeypatch.setattr(distributed, "_backends_started", lambda: False)
+    monkeypatch.setattr(execution, "_backends_started", lambda: False)
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     for old in ("0.10.1", "0.9.2", "unknown"):
         monkeypatch.setattr(jaxlib, "__version__", old)
-        assert distributed.use_xla_cpu_kernels() is False and "XLA_FLAGS" not in os.environ
+        assert execution.use_xla_cpu_kernels() is False and "XLA_FLAGS" not in os.environ
     monkeypatch.setattr(jaxlib, "__version__", "0.11.0.dev20261201")
-    assert distributed.use_xla_cpu_kernels() is True
-    assert os.environ["XLA_FLAGS"] == distributed.XLA_KERNELS_FLAG
+    assert execution.use_xla_cpu_kernels() is True
+    assert os.environ["XLA_FLAGS"] == execution.XLA_KERNELS_FLAG
 
 
 def test_the_program_leaves_a_multi_process_jobs_devices_alone(monkeypatch):
     from mijax import cli
 
     calls, kernels = [], []
-    monkeypatch.setattr(distributed, "use_cpu_cores", lambda: calls.append(1) or 2)
-    monkeypatch.setattr(distributed, "use_xla_cpu_kernels", lambda: kernels.append(1) or True)
+    monkeypatch.setattr(execution, "use_cpu_cores", lambda: calls.append(1) or 2)
+    monkeypatch.setattr(execution, "use_xla_cpu_kernels", lambda: kernels.append(1) or True)
     cli._device_per_core(["bench", "--repeats", "1"])
     cli._device_per_core(["train", "--dataset", "gaussian1d", "--out", "r"])
     cli._device_per_core(["train", "--coordinator-address", "h:1", "--num-processes", "2", "--out", "r"])

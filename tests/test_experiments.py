@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from mijax import experiments, io
+from mijax import experiments, store
 from mijax.experiments import common
 
 # Toy sizes: T = 40, a few dozen steps, 2 seeds (detection: T = 120, room for windows up to t = 100 + 20).
@@ -31,7 +31,7 @@ def _check_outputs(out, metrics, pngs):
         raise AssertionError(f"metrics.json is not strict JSON: it holds {name}")
 
     saved = json.loads((out / "metrics.json").read_text(), parse_constant=no_constants)
-    assert saved == io.json_safe(metrics)  # non-finite numbers are written as null
+    assert saved == store.json_safe(metrics)  # non-finite numbers are written as null
     report = (out / "report.md").read_text()
     assert "Holds" in report or "Headline" in report
     for name in pngs:

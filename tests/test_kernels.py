@@ -9,7 +9,7 @@ import mijax
 from mijax.models import FusedDenoiser, ModuleDenoiser, ToyDenoiser, make_denoiser
 from mijax.config import SamplerConfig
 from mijax.sampling import sample
-from mijax.schedules import make_schedule
+from mijax.diffusion import make_schedule
 
 # float32 and tf32 (emulated rounding) agree with the module to float32 rounding of a differently ordered
 # sum. bf16 rounds every matmul input to 8 bits: a last-bit difference before a rounding moves a value by

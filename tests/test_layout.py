@@ -37,21 +37,21 @@ UTILITIES, MATHS, DATA_AND_MODELS, CONFIGURATION, TRAINING_AND_SAMPLING, RUNS, E
 LAYER_NAMES = ("utilities", "maths", "data sets and models", "configuration", "training and sampling",
                "runs, studies, evaluation and figures", "experiments", "command line")
 LAYERS = {
-    # exceptions, files, keys, devices and how a model runs on them, signals, progress bars, timing
-    "mijax.errors": UTILITIES, "mijax.io": UTILITIES, "mijax.keys": UTILITIES, "mijax.version": UTILITIES,
-    "mijax.progress": UTILITIES, "mijax.signals": UTILITIES, "mijax.timing": UTILITIES,
-    "mijax.allocator": UTILITIES, "mijax.distributed": UTILITIES, "mijax.outputs": UTILITIES,
-    "mijax.execution": UTILITIES,
+    # exceptions, what mijax writes and reads on disk (run directories, checkpoints), keys, registries, how a
+    # model runs (devices, meshes, processes, progress bars), signals, timing
+    "mijax.errors": UTILITIES, "mijax.store": UTILITIES, "mijax.keys": UTILITIES, "mijax.version": UTILITIES,
+    "mijax.signals": UTILITIES, "mijax.timing": UTILITIES, "mijax.allocator": UTILITIES,
+    "mijax.execution": UTILITIES, "mijax.registry": UTILITIES,
     # noise schedules, the diffusion maths, the mixtures' exact scores, statistics, Hal's reductions, the
     # detectors' reductions, the filters
-    "mijax.schedules": MATHS, "mijax.diffusion": MATHS, "mijax.mixtures": MATHS, "mijax.stats": MATHS,
+    "mijax.diffusion": MATHS, "mijax.mixtures": MATHS, "mijax.stats": MATHS,
     "mijax.hal": MATHS, "mijax.detectors": MATHS, "mijax.filters": MATHS,
     # data sets (and the digits' feature classifier), denoisers
     "mijax.data": DATA_AND_MODELS, "mijax.features": DATA_AND_MODELS, "mijax.models": DATA_AND_MODELS,
     # every configuration: data set, model, diffusion, training, run, sampler, sampling, abort, recursion
     "mijax.config": CONFIGURATION,
-    # training, checkpoints, sampling with Hal, drawing to disk, abort and resample, detection metrics
-    "mijax.training": TRAINING_AND_SAMPLING, "mijax.checkpoints": TRAINING_AND_SAMPLING,
+    # training, sampling with Hal, drawing to disk, abort and resample, detection metrics
+    "mijax.training": TRAINING_AND_SAMPLING,
     "mijax.sampling": TRAINING_AND_SAMPLING, "mijax.collect": TRAINING_AND_SAMPLING,
     "mijax.abort": TRAINING_AND_SAMPLING, "mijax.detection": TRAINING_AND_SAMPLING,
     # run directories, the recursive study, evaluation of samples files, figures
@@ -223,7 +223,7 @@ def test_the_import_graph_sees_every_kind_of_import(tmp_path):
 
 def test_building_the_command_line_starts_no_backend():
     """The configuration (whose defaults the parser shows) is built without JAX's backends, which the program
-    must still be able to give one device per core and its XLA flags after parsing (mijax.distributed)."""
+    must still be able to give one device per core and its XLA flags after parsing (mijax.execution)."""
     import subprocess
     import sys
 

@@ -134,7 +134,7 @@ def test_a_bad_conv_option_and_a_missing_library_are_one_line(monkeypatch):
 @needs_onednn
 def test_sampling_and_training_give_a_onednn_unet_one_cpu_device_per_process():
     from mijax.models import ModuleDenoiser
-    from mijax.distributed import auto_devices
+    from mijax.execution import auto_devices
 
     tiny = {"channels": 8, "mults": (1,), "groups": 4}
     assert auto_devices(ModuleDenoiser(models.build("unet", (8, 8, 1), options=tiny))) is None  # all devices

@@ -9,7 +9,7 @@ import pytest
 
 import mijax
 import mijax.experiments
-from mijax import distributed, models, training
+from mijax import execution, models, training
 from mijax.execution import CPU_PLAN, CPU_PLANS, CPU_ROWS_PER_BLOCK, Plan, compile_init, plan_for
 from mijax.models import FusedDenoiser, ModuleDenoiser
 from mijax.sampling import ROW_BLOCK
@@ -78,8 +78,8 @@ def test_the_default_backend_is_jaxs_and_the_library_follows_its_plan():
     unet = ModuleDenoiser(models.build("unet", (8, 8, 1), options=TINY_UNET))
     backend = jax.default_backend()
     assert plan_for(unet) == plan_for(unet, backend)
-    assert distributed.default_seed_batch(5) == (plan_for().seed_batch or 5)
-    assert distributed.auto_devices(unet) is None  # every device: an XLA UNet call does not take every core
+    assert execution.default_seed_batch(5) == (plan_for().seed_batch or 5)
+    assert execution.auto_devices(unet) is None  # every device: an XLA UNet call does not take every core
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan_for(unet).host_loops = False
 

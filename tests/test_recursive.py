@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mijax
-import mijax.checkpoints
+import mijax.store
 from mijax import recursive
 from mijax.config import DataConfig, DiffusionConfig, RunConfig, RunError
 from mijax.data.mixtures import histogram_kl, mode_mass
@@ -151,7 +151,7 @@ def test_generations_bookkeeping(uninterrupted):
     for g in range(3):
         d = gen_dir(out, g)
         assert (d / "metrics.json").exists() and (d / "train.json").exists()
-        assert mijax.checkpoints.latest_step(d) == TOY.run.train.steps
+        assert mijax.store.latest_checkpoint(d) == TOY.run.train.steps
         pool = np.load(d / "pool.npz")
         assert pool["x"].shape == ((S if g == 0 else F * S), P, 1) and pool["hal"].shape == pool["x"].shape[:2]
         kept = np.load(d / "kept.npz")

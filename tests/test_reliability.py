@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mijax import io, outputs
+from mijax import store
 from mijax.errors import MijaxError
 from mijax.cli import build_parser, main
 
@@ -111,7 +111,7 @@ def test_overwrite_replaces_a_run_and_samples(tmp_path, samples, capsys):
     assert main(["train", *TINY, "--out", str(out)]) == 0
     assert main(["train", *TINY, "--seed", "5", "--out", str(out), "--overwrite"]) == 0
     assert json.loads((out / "config.json").read_text())["seed"] == 5
-    assert outputs.kind_of(out) == "run" and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert store.kind_of(out) == "run" and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     copy = tmp_path / "s.npz"
     copy.write_bytes(samples.read_bytes())
     assert main(["sample", "--run", str(out), "--n", "8", "--no-progress", "--overwrite", "--out", str(copy)]) == 0
@@ -342,7 +342,7 @@ def test_ctrl_c_during_training_keeps_a_resumable_run(tmp_path):
     status, err = _interrupt(argv, signal.SIGINT, tmp_path, lambda: (out / "losses.json").exists())
     assert status == 130 and err.strip().splitlines() == ["mijax: interrupted"], err
     assert not [p for p in out.rglob("*") if ".mijax-" in p.name]
-    assert outputs.kind_of(out) == "run"
+    assert store.kind_of(out) == "run"
 
 
 def test_temporaries_of_a_killed_run_are_cleaned_by_the_next(run, tmp_path):
@@ -389,8 +389,8 @@ def test_mijax_version(capsys):
 def test_run_files_are_strict_json_and_marked(run, samples):
     for path in run.rglob("*.json"):
         json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path} holds {c}"))
-    assert io.read_json(run / ".mijax")["kind"] == "run"
-    assert outputs.kind_of(samples) == "samples" and outputs.kind_of(run.parent) is None
+    assert store.read_json(run / ".mijax")["kind"] == "run"
+    assert store.kind_of(samples) == "samples" and store.kind_of(run.parent) is None
 
 
 @pytest.mark.parametrize("case, fragment", [("a file", "is not a run directory"), ("missing", "does not exist"),
@@ -407,7 +407,7 @@ def test_a_run_that_is_not_one_is_named_so(case, fragment, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. --overwrite replaces only an output holding nothing but what its kind writes (mijax.outputs.OWNED).
+# 8. --overwrite replaces only an output holding nothing but what its kind writes (mijax.store.OWNED).
 
 def _output_of(kind, run, tmp_path):
     """A finished-looking output of ``kind`` at tmp_path / "uo" (a copy of the run fixture for a run)."""
@@ -417,7 +417,7 @@ def _output_of(kind, run, tmp_path):
     if kind == "run":
         shutil.copytree(run, out)
     else:
-        outputs.mark(out, kind)
+        store.mark(out, kind)
         (out / "metrics.json").write_text("{}")
     return out
 
@@ -438,7 +438,7 @@ def test_overwrite_refuses_an_output_holding_the_users_entries(kind, run, tmp_pa
     (out / "analysis" / "plot.py").write_text("print(1)")
     before = _snapshot(out)
     _one_line_error(capsys, main(OVERWRITE_FOREIGN[kind](out, run)), "notes.txt", "analysis/")
-    assert _snapshot(out) == before and outputs.kind_of(out) == kind
+    assert _snapshot(out) == before and store.kind_of(out) == kind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["uo"]
 
 
@@ -454,22 +454,22 @@ def test_an_experiments_output_holds_its_runs_and_the_experiment_outputs_in_it(t
     """``mijax experiment all`` writes ``runs/`` and one experiment output per folder; anything else is not its
     own, a folder named like an experiment that is no mijax experiment output included."""
     out = tmp_path / "all"
-    outputs.mark(out, "experiments")
+    store.mark(out, "experiments")
     (out / "runs").mkdir()
-    outputs.mark(out / "grid-2d", "experiment")
+    store.mark(out / "grid-2d", "experiment")
     (out / "score").mkdir()
     (out / "notes.txt").write_text("notes")
-    assert outputs.foreign(out, "experiments") == ["notes.txt", "score/"]
+    assert store.foreign(out, "experiments") == ["notes.txt", "score/"]
 
 
 # ---------------------------------------------------------------------------------------------
-# 9. One process per output: the second is refused from the check on (mijax.outputs.lock).
+# 9. One process per output: the second is refused from the check on (mijax.store.lock).
 
 def _hold(out: Path, pid: int = 4242) -> int:
     """Take the output's lock as another process would (a descriptor of its own), with ``pid`` written."""
     import fcntl
 
-    fd = os.open(outputs.lock_path(out), os.O_RDWR | os.O_CREAT)
+    fd = os.open(store.lock_path(out), os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.write(fd, f"{pid}\n".encode())
     return fd
@@ -501,8 +501,8 @@ def test_an_output_in_use_by_another_process_is_refused(case, run, tmp_path, cap
 
 def test_an_output_in_use_by_a_live_process_is_refused_and_free_once_it_ends(tmp_path, capsys):
     out = tmp_path / "r"
-    script = ("import sys, time; from mijax import outputs\n"
-              "with outputs.lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)")
+    script = ("import sys, time; from mijax import store\n"
+              "with store.lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)")
     holder = subprocess.Popen([sys.executable, "-c", script, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -582,13 +582,13 @@ def test_the_old_output_of_a_completed_replacement_is_removed(run, tmp_path):
     shutil.copytree(run, out)
     shutil.copytree(run, tmp_path / ".r.mijax-999999999-old")  # killed after both renames
     assert main(["train", *TINY, "--seeds", "2", "--resume", "--out", str(out)]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"] and outputs.kind_of(out) == "run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"] and store.kind_of(out) == "run"
 
 
 @pytest.mark.parametrize("swap", ["exchange", "two renames"])
 def test_overwrite_swaps_leave_only_the_new_output(swap, tmp_path, monkeypatch):
     if swap == "two renames":
-        monkeypatch.setattr(outputs, "exchange", lambda a, b: False)
+        monkeypatch.setattr(store, "exchange", lambda a, b: False)
     out = tmp_path / "r"
     assert main(["train", *TINY, "--out", str(out)]) == 0
     assert main(["train", *TINY, "--seed", "7", "--overwrite", "--out", str(out)]) == 0
@@ -654,7 +654,7 @@ def test_an_interrupted_demo_continues_when_rerun(tmp_path, monkeypatch):
         patch.setattr(demo, "sample_run", interrupted)  # Ctrl-C once training is done
         with pytest.raises(KeyboardInterrupt):
             demo.run_demo(out, toy, progress=False)
-    assert outputs.kind_of(out) == "demo" and not (out / "metrics.json").exists()
+    assert store.kind_of(out) == "demo" and not (out / "metrics.json").exists()
     metrics = demo.run_demo(out, toy, progress=False)
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
@@ -779,7 +779,7 @@ def test_a_full_disk_while_sampling_is_one_line_and_keeps_the_old_file(where, ru
     out.write_bytes(samples.read_bytes())
     before = _snapshot(tmp_path)
     if where == "streaming the parts":
-        monkeypatch.setattr(io.os, "pwrite", _refuse)
+        monkeypatch.setattr(store.os, "pwrite", _refuse)
     else:
         monkeypatch.setattr(zipfile.ZipFile, "write", _refuse)
     status = main(["sample", "--run", str(run), "--n", "8", "--no-progress", "--overwrite", "--out", str(out)])
@@ -796,7 +796,7 @@ def test_a_full_disk_while_writing_a_figure_keeps_the_old_one(tmp_path, monkeypa
     path = tmp_path / "f.png"
     path.write_bytes(b"old figure")
     monkeypatch.setattr(Figure, "savefig", _refuse)
-    with pytest.raises(io.WriteFailed, match=f"no space left on device writing {path}"):
+    with pytest.raises(store.WriteFailed, match=f"no space left on device writing {path}"):
         plots.save(Figure(), path)
     assert path.read_bytes() == b"old figure" and [p.name for p in tmp_path.iterdir()] == ["f.png"]
 
@@ -813,10 +813,10 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line(how, tmp_path, capsys, 
     if how.startswith("no space"):
         from collections import namedtuple
 
-        from mijax import checkpoints
+        from mijax import store
 
         usage = namedtuple("usage", "total used free")
-        monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: usage(1, 1, 0))
+        monkeypatch.setattr(store.shutil, "disk_usage", lambda path: usage(1, 1, 0))
         status = main(["train", *TINY, "--out", str(out)])
         err = capsys.readouterr().err.strip().splitlines()
     else:
@@ -907,18 +907,18 @@ def test_a_damaged_pool_of_a_finished_generation_is_made_again_for_the_figures(t
 def test_a_checkpoint_removed_while_reading_is_retried_or_named(case, run, tmp_path, capsys, monkeypatch):
     import shutil
 
-    from mijax import checkpoints
+    from mijax import store
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    real = checkpoints.latest_step
+    real = store.latest_checkpoint
     calls = []
 
     def latest(directory):
         calls.append(1)
         return 3 if (case.endswith("keeps vanishing") or len(calls) == 1) else real(directory)
 
-    monkeypatch.setattr(checkpoints, "latest_step", latest)
+    monkeypatch.setattr(store, "latest_checkpoint", latest)
     argv = ["sample", "--run", str(copy), "--n", "8", "--no-progress", "--out", str(tmp_path / "s.npz")]
     if case.endswith("once"):
         assert main(argv) == 0
@@ -930,7 +930,7 @@ def test_a_checkpoint_removed_while_reading_is_retried_or_named(case, run, tmp_p
 def test_a_checkpoint_another_process_writes_is_named_so(run, monkeypatch):
     import orbax.checkpoint as ocp
 
-    from mijax import checkpoints
+    from mijax import store
     from mijax.runs import load_run
 
     _, _, state = load_run(run)
@@ -940,7 +940,7 @@ def test_a_checkpoint_another_process_writes_is_named_so(run, monkeypatch):
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", exists)
     with pytest.raises(MijaxError, match="being written by another process"):
-        checkpoints.save(run, state)
+        store.save_checkpoint(run, state)
 
 
 def test_a_backend_that_is_not_installed_is_one_line(run, tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import mijax
-from mijax.schedules import SCHEDULES, Schedule, beta_values, make_schedule
+from mijax.diffusion import SCHEDULES, Schedule, beta_values, make_schedule
 
 COEFFICIENTS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
                 "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",

@@ -105,7 +105,7 @@ def test_unet_options_survive_a_json_round_trip():
     config = mijax.RunConfig(data=mijax.DataConfig("shapes", options={"size": 32}),
                              model=mijax.ModelConfig("unet", options={"mults": [1, 2], "attn_levels": [1]}),
                              train=mijax.TrainConfig(batch_size=64))
-    again = mijax.config_from_dict(mijax.io.json_safe(mijax.config_to_dict(config)))
+    again = mijax.config_from_dict(mijax.store.json_safe(mijax.config_to_dict(config)))
     assert again == config and again.model.options["mults"] == (1, 2)
 
 

@@ -41,15 +41,12 @@ Example (a toy image data set in a few lines)::
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib
 from typing import Any, Callable, Mapping, Optional, Protocol, runtime_checkable
 
 import jax
 import numpy as np
 
-from mijax.errors import MijaxError
-from mijax.io import frozen, typed_option
+from mijax.registry import Entry, Registry
 
 
 @runtime_checkable
@@ -71,70 +68,23 @@ class Dataset(Protocol):
     def measure(self, x, reference) -> dict: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """A registered data set: how to build it, its options' defaults, its default training-set size."""
-
-    name: str
-    factory: Callable[..., Any]
-    options: Mapping[str, Any]
-    n_train: int
-    summary: str = ""
+DATASETS = Registry("data set", builtin=("mijax.data.mixtures", "mijax.data.shapes", "mijax.data.digits"))
 
 
-_REGISTRY: dict[str, Entry] = {}
-# Modules that register the built-in data sets, imported when the registry is first read.
-_BUILTIN = ("mijax.data.mixtures", "mijax.data.shapes", "mijax.data.digits")
-
-
-def register(name: str, factory: Callable[..., Any], n_train: int, summary: str = "",
-             **options: Any) -> Entry:
+def register(name: str, factory: Callable[..., Any], n_train: int, summary: str = "", **options: Any) -> Entry:
     """Register data set ``name``: ``factory(**options)`` builds it; ``options`` are its options' defaults
-    (and the only options it takes); ``n_train`` the default training-set size. Registering a name again
-    replaces the entry."""
-    entry = Entry(name, factory, dict(options), int(n_train), summary)
-    _REGISTRY[name] = entry
-    return entry
+    (and the only options it takes); ``n_train`` the default training-set size (``entry(name).n_train``).
+    Registering a name again replaces the entry."""
+    return DATASETS.register(name, factory, summary, extra={"n_train": int(n_train)}, **options)
 
 
-def _load_builtins() -> None:
-    for module in _BUILTIN:
-        importlib.import_module(module)
-
-
-def names() -> list[str]:
-    """The registered data sets, built-in first."""
-    _load_builtins()
-    return list(_REGISTRY)
-
-
-def entry(name: str) -> Entry:
-    _load_builtins()
-    if name not in _REGISTRY:
-        raise MijaxError(f"unknown data set {name!r}; choose from {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
-
-
-def resolve(name: str, options: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
-    """Every option of data set ``name``: the given ones over the defaults, each of its default's type
-    (:func:`mijax.io.typed_option`); unknown options and values of another type raise."""
-    e = entry(name)
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(e.options))
-    if unknown:
-        known = ", ".join(e.options) or "none"
-        raise MijaxError(f"data set {name!r} has no option {unknown[0]!r} (its options: {known})")
-    return {key: typed_option(f"data set {name!r}", key, options[key], default) if key in options else frozen(default)
-            for key, default in e.options.items()}
+names, entry, resolve = DATASETS.names, DATASETS.entry, DATASETS.resolve
 
 
 def make(name: str, options: Optional[Mapping[str, Any]] = None):
-    """Build data set ``name`` with ``options`` (over its defaults); bad values raise one line."""
-    resolved = resolve(name, options)
-    try:
-        return entry(name).factory(**resolved)
-    except (ValueError, TypeError) as e:
-        raise MijaxError(f"data set {name!r}: {str(e).splitlines()[0]}") from None
+    """Build data set ``name`` with ``options`` (over its defaults, :meth:`~mijax.registry.Registry.resolve`);
+    bad values raise one line."""
+    return DATASETS.make(name, options)
 
 
-__all__ = ["Dataset", "Entry", "entry", "make", "names", "register", "resolve"]
+__all__ = ["DATASETS", "Dataset", "Entry", "entry", "make", "names", "register", "resolve"]

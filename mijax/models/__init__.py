@@ -8,66 +8,38 @@ code's image UNet family (:mod:`mijax.models.unet`).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 
 from mijax.errors import MijaxError
-from mijax.io import frozen, typed_option
+from mijax.registry import Entry, Registry
 from mijax.models.fused import KERNELS, FusedDenoiser, make_denoiser
 from mijax.models import unet
 from mijax.models.denoiser import Flattened, ModuleDenoiser
 from mijax.models.mlp import PRECISIONS, ResidualBlock, ToyDenoiser, timestep_embedding_closed
 
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    name: str
-    build: Callable[..., nn.Module]
-    options: Mapping[str, Any]
-    summary: str = ""
-
-
-_REGISTRY: dict[str, Entry] = {}
+MODELS = Registry("model")
 
 
 def register(name: str, build: Callable[..., nn.Module], summary: str = "", **options: Any) -> Entry:
     """Register model ``name``: ``build(shape, precision, **options)`` returns its Flax module for samples of
     ``shape``; ``options`` are the defaults (and the only options it takes)."""
-    _REGISTRY[name] = Entry(name, build, dict(options), summary)
-    return _REGISTRY[name]
+    return MODELS.register(name, build, summary, **options)
 
 
-def names() -> list[str]:
-    return list(_REGISTRY)
-
-
-def resolve(name: str, options: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
-    """Every option of model ``name``: the given ones over the defaults, each of its default's type
-    (:func:`mijax.io.typed_option`); unknown options and values of another type raise."""
-    if name not in _REGISTRY:
-        raise MijaxError(f"unknown model {name!r}; choose from {', '.join(_REGISTRY)}")
-    defaults = _REGISTRY[name].options
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise MijaxError(f"model {name!r} has no option {unknown[0]!r} (its options: {', '.join(defaults)})")
-    return {key: typed_option(f"model {name!r}", key, options[key], default) if key in options else frozen(default)
-            for key, default in defaults.items()}
+names, entry, resolve = MODELS.names, MODELS.entry, MODELS.resolve
 
 
 def build(name: str, shape: tuple[int, ...], precision: str = "float32",
           options: Optional[Mapping[str, Any]] = None) -> nn.Module:
     """The Flax module of model ``name`` for samples of ``shape``; bad settings raise one line."""
-    resolved = resolve(name, options)
     if precision not in PRECISIONS:
+        MODELS.entry(name)  # an unknown model is named first
         raise MijaxError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    try:
-        return _REGISTRY[name].build(tuple(int(s) for s in shape), precision, **resolved)
-    except (ValueError, TypeError) as e:
-        raise MijaxError(f"model {name!r}: {str(e).splitlines()[0]}") from None
+    return MODELS.make(name, options, tuple(int(s) for s in shape), precision)
 
 
 def _mlp(shape: tuple[int, ...], precision: str, width: int, num_layers: int, tied: bool) -> nn.Module:
@@ -90,4 +62,4 @@ register("unet", unet.build, "the published code's DDPM UNet family (GroupNorm +
 
 
 __all__ = ["KERNELS", "PRECISIONS", "Flattened", "FusedDenoiser", "ModuleDenoiser", "ToyDenoiser", "ResidualBlock",
-           "build", "make_denoiser", "names", "register", "resolve", "timestep_embedding_closed"]
+           "MODELS", "build", "entry", "make_denoiser", "names", "register", "resolve", "timestep_embedding_closed"]
