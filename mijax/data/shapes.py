@@ -49,30 +49,47 @@ AREA = 60
 # ---------------------------------------------------------------------------------------------
 # The generator.
 
+# Each shape's size from ``AREA``, as the generator computes it: a square's side, a triangle's side, a
+# pentagon's circumradius.
+_SIDE = {"square": int(AREA ** 0.5), "triangle": int(math.sqrt(4 * AREA / math.sqrt(3))),
+        "pentagon": int(math.sqrt(4 * AREA / math.sqrt(5 * (5 + 2 * math.sqrt(5)))))}
+
+
+def _position_ranges(shape: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The generator's inclusive ranges of x1 and of y1 for ``shape``, in strip coordinates."""
+    side = _SIDE[shape]
+    if shape == "square":
+        return (1, STRIP[0] - 2 * side), (1, STRIP[1] - 2 * side)
+    if shape == "triangle":
+        return (0, STRIP[0] - side), (0, STRIP[1] - side)
+    return (side, STRIP[0] - side), (side, STRIP[1] - side)
+
+
+def _draw_shape(draw, shape: str, x1: int, y1: int) -> None:
+    """Draw ``shape`` at (x1, y1) on a PIL ``ImageDraw`` (any canvas) as the published generator does."""
+    side = _SIDE[shape]
+    if shape == "square":
+        draw.rectangle([x1, y1, x1 + side, y1 + side], fill=255, outline=255)
+    elif shape == "triangle":
+        vertices = [(x1, y1), (x1 + side, y1), (x1 + side // 2, y1 + int(side * math.sqrt(3) / 2))]
+        draw.polygon(vertices, fill=255, outline=255)
+    else:
+        vertices = [(x1 + side * math.cos(math.radians(72 * (k + 1))), y1 - side * math.sin(math.radians(72 * (k + 1))))
+                    for k in range(5)]
+        draw.polygon(vertices, fill=255, outline=255)
+
+
 def _draw_strip(rng: random.Random, shape: str, p: float):
     """One strip, uint8 [63, 21], and the shape's metadata (or None), as the published generator draws it."""
     from PIL import Image, ImageDraw
 
     image = Image.new("L", STRIP, color=0)
-    draw = ImageDraw.Draw(image)
     meta = None
     if rng.random() <= p:
-        if shape == "square":
-            side = int(AREA ** 0.5)
-            x1, y1 = rng.randint(1, STRIP[0] - 2 * side), rng.randint(1, STRIP[1] - 2 * side)
-            draw.rectangle([x1, y1, x1 + side, y1 + side], fill=255, outline=255)
-        elif shape == "triangle":
-            side = int(math.sqrt(4 * AREA / math.sqrt(3)))
-            x1, y1 = rng.randint(0, STRIP[0] - side), rng.randint(0, STRIP[1] - side)
-            vertices = [(x1, y1), (x1 + side, y1), (x1 + side // 2, y1 + int(side * math.sqrt(3) / 2))]
-            draw.polygon(vertices, fill=255, outline=255)
-        else:
-            side = int(math.sqrt(4 * AREA / math.sqrt(5 * (5 + 2 * math.sqrt(5)))))
-            x1, y1 = rng.randint(side, STRIP[0] - side), rng.randint(side, STRIP[1] - side)
-            vertices = [(x1 + side * math.cos(math.radians(72 * (k + 1))), y1 - side * math.sin(math.radians(72 * (k + 1))))
-                        for k in range(5)]
-            draw.polygon(vertices, fill=255, outline=255)
-        meta = (shape, x1, y1, side)
+        (xlo, xhi), (ylo, yhi) = _position_ranges(shape)
+        x1, y1 = rng.randint(xlo, xhi), rng.randint(ylo, yhi)
+        _draw_shape(ImageDraw.Draw(image), shape, x1, y1)
+        meta = (shape, x1, y1, _SIDE[shape])
     return np.asarray(image, np.uint8), meta
 
 
