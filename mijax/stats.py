@@ -21,7 +21,7 @@ def t_quantile_975(dof: int) -> float:
 
 
 # The interval methods, by the "method" name their dicts carry.
-METHODS = {"t": "Student's t over the seeds' values",
+METHODS = {"t": "Student's t",
            "logit-t": "Student's t on the logit scale around the mean, inside [0, 1]"}
 
 
