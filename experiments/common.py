@@ -311,8 +311,8 @@ def fmt(c: dict, pct: bool = False, digits: int = 3) -> str:
 def rate_rows(mixture, x: np.ndarray, ks: Sequence[float] = KS) -> list[dict]:
     """Per k: the hallucination rate over seeds (x [S, N, d]) with CI, beside the true mass beyond k."""
     tables = [rate_table(mixture, jnp.asarray(xs), ks) for xs in x]
-    return [{"k": float(k), "rate": ci([t[i]["rate"] for t in tables], proportion=True), "true_mass": tables[0][i]["true_mass"]}
-            for i, k in enumerate(ks)]
+    return [{"k": float(k), "rate": ci([t[i]["rate"] for t in tables], proportion=True),
+             "true_mass": tables[0][i]["true_mass"]} for i, k in enumerate(ks)]
 
 
 def rate_markdown(rows: list[dict]) -> str:

@@ -65,9 +65,9 @@ def proportion_ci(values: Sequence[float], axis: int = 0) -> dict:
     c = mean_ci(v, axis=axis)
     mean, spread = np.asarray(c["mean"]), np.asarray(c["half_width"])  # spread: t s / sqrt(n)
     inside = np.clip(mean, 1e-300, 1.0 - 1e-16)  # the logit's domain; where m is 0 or 1, s is 0 (below)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         logit, half = np.log(inside / (1.0 - inside)), spread / (inside * (1.0 - inside))
-    low, high = (np.where(spread == 0.0, mean, 1.0 / (1.0 + np.exp(-(logit + sign * half)))) for sign in (-1.0, 1.0))
+        low, high = (np.where(spread == 0.0, mean, 1.0 / (1.0 + np.exp(-(logit + sign * half)))) for sign in (-1, 1))
     return _scalars({"mean": mean, "low": low, "high": high, "half_width": (high - low) / 2.0, "std": c["std"],
                      "n": c["n"], "method": "logit-t"})
 

@@ -66,7 +66,8 @@ def test_proportion_ci_reduces_to_sensible_values():
     low = proportion_ci([0.0, 0.0, 0.003])
     assert 0.0 < low["low"] < 0.001 < low["high"] < 1.0
     # one seed: undefined, as mean_ci; NaN values give NaN
-    assert math.isnan(proportion_ci([0.4])["half_width"]) and format_ci(proportion_ci([0.4]), 100, unit="%") == "40% (1 seed)"
+    assert math.isnan(proportion_ci([0.4])["half_width"])
+    assert format_ci(proportion_ci([0.4]), 100, unit="%") == "40% (1 seed)"
     assert math.isnan(proportion_ci([0.4, float("nan")])["low"])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         proportion_ci([0.5, 1.2])
