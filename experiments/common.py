@@ -280,15 +280,23 @@ def sample_windows(run_dir: Path, n: int, windows: Sequence[tuple[int, int]], tr
 # ---------------------------------------------------------------------------------------------
 # Statistics over seeds.
 
-def ci(values) -> dict:
-    """Mean and 95% CI over seeds of per-seed values [S] (NaN seeds dropped), JSON-able; the per-seed values too."""
+# How the reports' intervals are made, in their words (the "method" of each ci dict names it too).
+CI_TEXT = (f"Mean [95% CI] over seeds ({stats.METHODS['t']}; for shares, rates and AUROCs, "
+           f"{stats.METHODS['logit-t']})")
+
+
+def ci(values, proportion: bool = False) -> dict:
+    """Mean and 95% CI over seeds of per-seed values [S] (NaN seeds dropped), JSON-able; the per-seed values too.
+    ``proportion``: the values are shares, rates or AUROCs, in [0, 1], and so is the interval
+    (:func:`mijax.stats.proportion_ci`; else :func:`mijax.stats.mean_ci`)."""
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     finite = v[np.isfinite(v)]
+    method = "logit-t" if proportion else "t"
     if finite.size == 0:
-        return {"mean": None, "low": None, "high": None, "n": 0, "per_seed": [None] * v.size}
-    c = stats.mean_ci(finite)
+        return {"mean": None, "low": None, "high": None, "n": 0, "method": method, "per_seed": [None] * v.size}
+    c = (stats.proportion_ci if proportion else stats.mean_ci)(finite)
     return {"mean": finite_or_none(c["mean"]), "low": finite_or_none(c["low"]), "high": finite_or_none(c["high"]),
-            "n": int(c["n"]), "per_seed": [finite_or_none(a) for a in v]}
+            "n": int(c["n"]), "method": method, "per_seed": [finite_or_none(a) for a in v]}
 
 
 def fmt(c: dict, pct: bool = False, digits: int = 3) -> str:
@@ -303,8 +311,8 @@ def fmt(c: dict, pct: bool = False, digits: int = 3) -> str:
 def rate_rows(mixture, x: np.ndarray, ks: Sequence[float] = KS) -> list[dict]:
     """Per k: the hallucination rate over seeds (x [S, N, d]) with CI, beside the true mass beyond k."""
     tables = [rate_table(mixture, jnp.asarray(xs), ks) for xs in x]
-    return [{"k": float(k), "rate": ci([t[i]["rate"] for t in tables]), "true_mass": tables[0][i]["true_mass"]}
-            for i, k in enumerate(ks)]
+    return [{"k": float(k), "rate": ci([t[i]["rate"] for t in tables], proportion=True),
+             "true_mass": tables[0][i]["true_mass"]} for i, k in enumerate(ks)]
 
 
 def rate_markdown(rows: list[dict]) -> str:
@@ -359,7 +367,7 @@ def plot_ci_lines(path, xs: Sequence[float], series: Mapping[str, list[dict]], x
                   title: str, logx: bool = False, logy: bool = False, reference: Optional[Mapping[str, float]] = None,
                   scale: float = 1.0, bounds: Optional[tuple[float, float]] = None) -> str:
     """Lines of per-seed means with 95% CI bands, one per series ({name: [ci dict per x]}); ``bounds``: the
-    values' range (bands clipped to it, e.g. (0, 1) for AUROCs and shares)."""
+    values' range, bands clipped to it (the intervals of shares and AUROCs are inside (0, 1) already)."""
     return plots.plot_ci_bands(path, xs, series, xlabel, ylabel, title, scale=scale, logx=logx, logy=logy,
                                reference=reference, bounds=bounds)
 

@@ -83,16 +83,18 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
         for kk in per_seed[0]["per_k"]:
             rows = [ps["per_k"][kk] for ps in per_seed]
             summary["per_k"][kk] = {
-                "hallucination_rate": common.ci([r["hallucination_rate"] for r in rows]),
+                "hallucination_rate": common.ci([r["hallucination_rate"] for r in rows], proportion=True),
                 "true_mass": rows[0]["true_mass_beyond_k"],
                 "num_hallucinated": [r["num_hallucinated"] for r in rows],
-                "auroc": common.ci([_num(r["auroc"]) for r in rows]),
-                "retained_at_95_removal": common.ci([_num(r["retained_at_removal"]["retained"]) for r in rows]),
-                "removed_at_96_retention": common.ci([_num(r["removal_at_retention"]["removed"]) for r in rows]),
-                "random_filter_removed": common.ci([_num(r["random_filter_removed"]) for r in rows]),
-                "removed_fraction_of_all": common.ci([r["removed_fraction_of_all"] for r in rows]),
+                "auroc": common.ci([_num(r["auroc"]) for r in rows], proportion=True),
+                "retained_at_95_removal": common.ci([_num(r["retained_at_removal"]["retained"]) for r in rows],
+                                                    proportion=True),
+                "removed_at_96_retention": common.ci([_num(r["removal_at_retention"]["removed"]) for r in rows],
+                                                     proportion=True),
+                "random_filter_removed": common.ci([_num(r["random_filter_removed"]) for r in rows], proportion=True),
+                "removed_fraction_of_all": common.ci([r["removed_fraction_of_all"] for r in rows], proportion=True),
             }
-        summary["blur_adjusted"] = {key: common.ci([ps["blur"][key] for ps in per_seed])
+        summary["blur_adjusted"] = {key: common.ci([ps["blur"][key] for ps in per_seed], proportion=True)
                                     for key in ("rate", "auroc", "retained_at_removal", "removal_at_retention")}
         summary["blur_adjusted"]["spread_over_std_seed0"] = per_seed[0]["blur"]["spread_over_std"]
         # The window sweep at k = 5: AUROC and the 96%-retention removal per (end, length).
@@ -103,7 +105,8 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
                 pos = np.asarray(labels(mixture, xs[s], common.K))
                 aur.append(_num(detection.auroc(hs[s][:, w], pos)) if 0 < pos.sum() < pos.size else np.nan)
                 rem.append(detection.removal_at_retention(hs[s][:, w], pos, 0.96)["removed"])
-            sweep.append({"end": end, "length": length, "auroc": common.ci(aur), "removed_at_96_retention": common.ci(rem)})
+            sweep.append({"end": end, "length": length, "auroc": common.ci(aur, proportion=True),
+                          "removed_at_96_retention": common.ci(rem, proportion=True)})
         summary["window_sweep"] = sweep
         summary["non_finite_samples"] = [int((~finite[s]).sum()) for s in range(S)]
         metrics["settings"][tag] = {"dataset": dataset, "n_train": config.data.n_train, "steps": config.train.steps,
@@ -126,7 +129,7 @@ hallucinations while retaining 96% of in-support samples on the synthetic data s
 
 **Measured:** {p['seeds']} seeds per data set (one vmapped run each), {p['num_samples']:,} samples per seed, all
 Hal windows computed in one sampling pass (x0_hat recorded per chunk on the device, reduced, discarded).
-Labels: distance to the nearest mode > k std. Mean [95% CI] over seeds. Profile `{p['profile']}`:
+Labels: distance to the nearest mode > k std. {common.CI_TEXT}. Profile `{p['profile']}`:
 {common.sizes_markdown(p)}.
 
 **Headline (removes >= 95% of hallucinations while keeping 96% of in-support, k = 5):**

@@ -87,9 +87,9 @@ def evaluate(scores: dict[str, np.ndarray], positives: np.ndarray) -> dict:
     out = {}
     for key, values in scores.items():
         rows = [_seed_numbers(np.asarray(values[s], np.float64), positives[s]) for s in range(positives.shape[0])]
-        out[key] = {"auroc": common.ci([r["auroc"] for r in rows]),
-                    "removed_at_96_retention": common.ci([r["removed"] for r in rows]),
-                    "retained_at_95_removal": common.ci([r["retained"] for r in rows])}
+        out[key] = {"auroc": common.ci([r["auroc"] for r in rows], proportion=True),
+                    "removed_at_96_retention": common.ci([r["removed"] for r in rows], proportion=True),
+                    "retained_at_95_removal": common.ci([r["retained"] for r in rows], proportion=True)}
     return out
 
 
@@ -144,7 +144,8 @@ def abort_study(run_dir: Path, p: dict, data, plain: dict, positives: np.ndarray
     oracle = data_oracle(data, pieces.schedule)
     plain_rate = positives.mean(axis=1)
     abort_ends = [int(e) for e in p["abort_ends"] if e + EARLY_LENGTH <= T]
-    out = {"plain_hallucination_rate": common.ci(plain_rate), "retentions": list(p["abort_retentions"]),
+    out = {"plain_hallucination_rate": common.ci(plain_rate, proportion=True),
+           "retentions": list(p["abort_retentions"]),
            "ends": abort_ends, "samples_per_seed": n, "post_hoc": [], "abort": {}}
     for r in p["abort_retentions"]:
         rate, steps, kept = [], [], []
@@ -155,8 +156,9 @@ def abort_study(run_dir: Path, p: dict, data, plain: dict, positives: np.ndarray
             rate.append(pos[keep].mean() if keep.any() else np.nan)
             steps.append(T / keep.mean() if keep.any() else np.nan)
             kept.append((keep & ~pos).sum() / max(1, (~pos).sum()))
-        out["post_hoc"].append({"retention": r, "hallucination_rate": common.ci(rate), "steps_per_sample": common.ci(steps),
-                                "in_support_kept": common.ci(kept)})
+        out["post_hoc"].append({"retention": r, "hallucination_rate": common.ci(rate, proportion=True),
+                                "steps_per_sample": common.ci(steps),
+                                "in_support_kept": common.ci(kept, proportion=True)})
     bar = execution.progress_bar(progress, total=len(p["abort_ends"]) * len(p["abort_retentions"]) * positives.shape[0], desc="abort and resample",
         unit="run")
     for end in abort_ends:
@@ -177,8 +179,9 @@ def abort_study(run_dir: Path, p: dict, data, plain: dict, positives: np.ndarray
                 redrawn.append(float((info["redraws"] > 0).mean()))
                 flagged.append(float(info["still_flagged"].mean()))
                 bar.update(1)
-            rows.append({"retention": r, "hallucination_rate": common.ci(rate), "steps_per_sample": common.ci(steps),
-                         "redrawn_share": common.ci(redrawn), "still_flagged_share": common.ci(flagged)})
+            rows.append({"retention": r, "hallucination_rate": common.ci(rate, proportion=True),
+                         "steps_per_sample": common.ci(steps), "redrawn_share": common.ci(redrawn, proportion=True),
+                         "still_flagged_share": common.ci(flagged, proportion=True)})
         out["abort"][str(int(end))] = rows
     bar.close()
     return out
@@ -226,7 +229,8 @@ def _setting(out: Path, tag: str, config, sampler: SamplerConfig, num_samples: i
     scores = {s.key: result[f"score_{s.key}"] for s in specs}
     table = evaluate(scores, positives)
     block = {"dataset": config.data.dataset, "timesteps": T, "num_samples": num_samples,
-             "detectors_run": [s.label for s in specs], "hallucination_rate": common.ci(positives.mean(axis=1)),
+             "detectors_run": [s.label for s in specs],
+             "hallucination_rate": common.ci(positives.mean(axis=1), proportion=True),
              "num_hallucinated": [int(v) for v in positives.sum(axis=1)],
              "detectors": {_key(n): table[_key(n)] for n in names},
              "early": {n: [{"end": e, "auroc": table[_key(n, e)]["auroc"]} for e in ends] for n in EARLY
@@ -234,7 +238,7 @@ def _setting(out: Path, tag: str, config, sampler: SamplerConfig, num_samples: i
     if "blur" in data.labels(result["x"][0][:1]):  # mixtures: a widened mode is not interpolation (see detection)
         blurred = np.stack([np.asarray(data.labels(x)["blur"]) for x in result["x"]])
         blur_table = evaluate({_key(n): scores[_key(n)] for n in names}, blurred)
-        block["hallucination_rate_blur_adjusted"] = common.ci(blurred.mean(axis=1))
+        block["hallucination_rate_blur_adjusted"] = common.ci(blurred.mean(axis=1), proportion=True)
         for n in names:
             block["detectors"][_key(n)]["auroc_blur_adjusted"] = blur_table[_key(n)]["auroc"]
     curves = {}
@@ -448,7 +452,7 @@ their windows' steps."""
 
 The paper has one detector (Hal: the variance of x0_hat over t = 9..0). Here every detector of
 `mijax.detectors` scores the same samples in one sampling pass, on each data set's own hallucination label
-(mixtures: farther than 5 std from every mode). Mean [95% CI] over seeds. The models are those the other
+(mixtures: farther than 5 std from every mode). {common.CI_TEXT}. The models are those the other
 experiments train (mixtures: `detection` and `grid-2d`; images: `shapes` and `digits`, with their own
 profiles and clipped x0_hat), so `mijax experiment all` trains each once. Profile `{p['profile']}`:
 {common.sizes_markdown({k: v for k, v in p.items() if k != 'image_profiles'})}.
@@ -482,7 +486,7 @@ Timing (s): {metrics['seconds']}.
 
 def plot_early(path: Path, early: dict, dataset: str) -> str:
     """AUROC of each detector against where its window ends (``early``: ``{detector: [{"end", "auroc": ci}]}``,
-    the metrics' ``early`` block), mean and 95% CI band over seeds, bands cut to [0, 1]."""
+    the metrics' ``early`` block), mean and 95% CI band over seeds (inside [0, 1])."""
     ends = [r["end"] for r in next(iter(early.values()), [])]
     return common.plot_ci_lines(path, ends, {n: [r["auroc"] for r in rows] for n, rows in early.items()},
                                 xlabel=f"the {EARLY_LENGTH}-step window ends t_e steps before the last",

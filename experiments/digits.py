@@ -84,8 +84,10 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     best = hal_sweep.best(sweep)
     timer.lap("judge and detect")
 
-    summary = {k: common.ci([m[k] for m in per_seed]) for k in ("frechet", "unconfident_share", "classes_present")}
-    histogram = [common.ci([m["class_histogram"][c] for m in per_seed]) for c in range(digits_data.NUM_CLASSES)]
+    summary = {k: common.ci([m[k] for m in per_seed], proportion=k == "unconfident_share")
+               for k in ("frechet", "unconfident_share", "classes_present")}
+    histogram = [common.ci([m["class_histogram"][c] for m in per_seed], proportion=True)
+                 for c in range(digits_data.NUM_CLASSES)]
     b = best or hal_sweep.key(windows[0], "mean")
     w, r = windows.index(tuple(sweep[b]["window"])), REDUCTIONS.index(sweep[b]["reduction"])
     figures = {
@@ -182,7 +184,7 @@ a UNet with {p['channels']} channels, mults {tuple(p['mults'])}, {p['res_blocks'
 {tuple(p['attn_levels']) or 'no level'}, dropout {p['dropout']}; T = {p['timesteps']} (linear {p['beta_start']:g} ->
 {p['beta_end']:g}); {p['steps']:,} Adam steps of batch {p['batch_size']} (lr {p['learning_rate']:g}, warm-up
 {p['warmup_steps']:,}, gradient clip {p['grad_clip']:g}, EMA {p['ema_decay']:g}); {seeds} seeds; {p['num_samples']:,}
-samples per seed, DDPM with x0_hat clipped to [-1, 1]. Mean [95% CI] over seeds. Wall time:
+samples per seed, DDPM with x0_hat clipped to [-1, 1]. {common.CI_TEXT}. Wall time:
 {sum(m['seconds'].values()):.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in m['seconds'].items())}).
 
 **The feature classifier** (a small CNN trained in-project on the training split; not Inception):

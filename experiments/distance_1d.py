@@ -67,8 +67,8 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
 **Claim (paper 3):** the density of interpolated samples between two modes falls as the modes move apart.
 
 **Measured:** modes 1, 2, 4, 5 (std 0.05); {p['seeds']} seeds (one vmapped run), {p['num_samples']:,} samples per seed;
-inside each gap, beyond 5 std of both modes, the fraction of samples per unit length. Mean [95% CI] over
-seeds. Profile `{p['profile']}`: {common.sizes_markdown(p)}.
+inside each gap, beyond 5 std of both modes, the fraction of samples per unit length. {common.CI_TEXT}.
+Profile `{p['profile']}`: {common.sizes_markdown(p)}.
 
 | gap | width | samples per unit length |
 |---|---|---|

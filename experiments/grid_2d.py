@@ -89,11 +89,12 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
         offsets = np.stack([mode_offsets(mixture, xs) for xs in x])  # [S, K], in true stds
         block = {"rates": common.rate_rows(mixture, x), "num_hallucinated": counts["k5"],
                  "mode_offset_max": common.ci(np.fmax.reduce(offsets, axis=1)),  # NaN: a seed with no mode hit
-                 "modes_centred": common.ci(np.mean(offsets <= 1.0, axis=1)),
+                 "modes_centred": common.ci(np.mean(offsets <= 1.0, axis=1), proportion=True),
                  "num_hallucinated_blur_adjusted": counts["blur"],
                  "num_between": between["k5"], "num_between_blur_adjusted": between["blur"],
-                 "fraction_of_hallucinations": {k: common.ci(v) for k, v in fractions["k5"].items()},
-                 "fraction_of_hallucinations_blur_adjusted": {k: common.ci(v) for k, v in fractions["blur"].items()}}
+                 "fraction_of_hallucinations": {k: common.ci(v, proportion=True) for k, v in fractions["k5"].items()},
+                 "fraction_of_hallucinations_blur_adjusted": {k: common.ci(v, proportion=True)
+                                                              for k, v in fractions["blur"].items()}}
         verdicts = {}
         for rule, key in (("k5", "fraction_of_hallucinations"), ("blur", "fraction_of_hallucinations_blur_adjusted")):
             f = block[key]
@@ -147,7 +148,7 @@ interpolation along the x axis.
 
 **Measured:** for each grid, {p['seeds']} seeds (one vmapped run), {p['num_samples']:,} samples per seed; labels at
 k = 5 std; each hallucinated sample's pair of modes (the nearest segment joining neighbouring modes), tallied by the direction of the segment between
-them, counting the samples that project onto the middle of that segment. Mean [95% CI] over seeds. Profile `{p['profile']}`: {common.sizes_markdown(p)}.
+them, counting the samples that project onto the middle of that segment. {common.CI_TEXT}. Profile `{p['profile']}`: {common.sizes_markdown(p)}.
 
 {chr(10).join(sections)}
 Timing (s): {timer.seconds}.

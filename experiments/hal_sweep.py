@@ -99,7 +99,7 @@ def sweep(table: np.ndarray, classes: Sequence[tuple[np.ndarray, np.ndarray]], w
                 per_seed.append(detection.auroc(hal, pos) if 0 < pos.sum() < pos.size else np.nan)
             pooled = detection.detection_summary(np.concatenate(scores), np.concatenate(positives))
             out[key(window, reduction)] = {"window": list(window), "reduction": reduction, **pooled,
-                                           "auroc_per_seed": common.ci(per_seed)}
+                                           "auroc_per_seed": common.ci(per_seed, proportion=True)}
     return out
 
 

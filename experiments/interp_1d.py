@@ -76,7 +76,7 @@ fewer such samples.
 
 **Measured:** for each training-set size N, {p['seeds']} seeds trained in one vmapped run (the paper's model,
 T = {p['timesteps']}, {common.optimiser_text(p)}), {p['num_samples']:,} DDPM samples per seed; a sample is hallucinated when it is
-farther than k std from its nearest mode. Every rate is the mean over seeds with its 95% CI.
+farther than k std from its nearest mode. Every rate: {common.CI_TEXT}.
 Profile `{p['profile']}`: {common.sizes_markdown(p)}.
 
 | N | steps | k = 3 | k = 4 | k = 5 | k = 6 |

@@ -15,7 +15,7 @@ import numpy as np
 
 from mijax import plots
 from mijax.config import DataConfig, RunConfig, RunError, build
-from mijax.experiments.common import QUICK_OPTIMISER, QUICK_T_POWER, optimiser_text
+from mijax.experiments.common import CI_TEXT, QUICK_OPTIMISER, QUICK_T_POWER, optimiser_text
 from mijax.store import write_json, write_text
 from mijax.mixtures import mass_beyond
 from mijax.config import RecursiveConfig
@@ -322,7 +322,7 @@ samples by Hal (keep the N lowest of N + 2,500) slows the collapse far more than
 {r.train.steps:,} Adam steps of batch {r.train.batch_size:,} per generation (the paper: 100,000 steps of
 10,000 on N = 100,000), {optimiser_text(dataclasses.asdict(r.train))}; T = {r.diffusion.timesteps}; {config.generations} generations; {config.num_seeds} seeds;
 filters {', '.join(config.filters)}. Rates are of each model's whole pool (before filtering); k = {k:g}
-std (true mass beyond: {mass_beyond(k, dataset.shape[0]):.2g}). Mean [95% CI] over seeds.
+std (true mass beyond: {mass_beyond(k, dataset.shape[0]):.2g}). {CI_TEXT}.
 
 **Variance vs random filtering:** {verdict}.
 

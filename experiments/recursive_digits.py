@@ -17,6 +17,7 @@ import numpy as np
 
 from mijax import data, plots
 from mijax.experiments import digits as digits_experiment
+from mijax.experiments.common import CI_TEXT
 from mijax.experiments.recursive import (FILTER_COLOURS, IMAGE_STUDY, image_study, pool_grid, run_study, summary_tables,
                                          verdict_text, with_model_options, with_overrides)
 from mijax.config import RecursiveConfig
@@ -89,7 +90,7 @@ Hal: {config.hal_reduction} over t = {config.hal_end}..{config.hal_end + config.
 judge: a CNN trained on the training split, held-out accuracy {100 * clf.accuracy:.1f}%; the Fréchet distance
 is between Gaussian fits of its penultimate features of each model's whole pool and of the held-out digits (not
 Inception FID; compare within this study only). Generation 0's distance: {np.round(first['mean'], 2)}. This call
-took {m['seconds_this_call']:.0f} s. Mean [95% CI] over seeds.
+took {m['seconds_this_call']:.0f} s. {CI_TEXT}.
 
 **Variance vs random filtering (Fréchet distance):** {verdict_text(m['verdict'])}.
 

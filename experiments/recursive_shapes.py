@@ -18,6 +18,7 @@ import numpy as np
 from mijax import plots
 from mijax.data import shapes
 from mijax.experiments import shapes as shapes_experiment
+from mijax.experiments.common import CI_TEXT
 from mijax.experiments.recursive import (FILTER_COLOURS, IMAGE_STUDY, image_study, pool_grid, run_study, summary_tables,
                                          verdict_text, with_model_options, with_overrides)
 from mijax.config import RecursiveConfig
@@ -85,7 +86,7 @@ filtering each generation's samples by Hal keeps the share of duplicates lower t
 seeds, filters {', '.join(config.filters)}; a new UNet per generation ({dict(r.model.options)}), {r.train.steps:,} Adam
 steps of batch {r.train.batch_size} (EMA {r.train.ema_decay:g}); T = {r.diffusion.timesteps}; Hal: {config.hal_reduction}
 over t = {config.hal_end}..{config.hal_end + config.hal_window - 1}, x0_hat clipped. Shares are of each model's whole
-pool (before filtering); mean [95% CI] over seeds. This call took {m['seconds_this_call']:.0f} s.
+pool (before filtering). {CI_TEXT}. This call took {m['seconds_this_call']:.0f} s.
 
 **Variance vs random filtering (duplicate share):** {verdict}.
 

@@ -113,7 +113,7 @@ the exact eps* does not interpolate.
 **Measured:** the trained models ({p['seeds']} seeds, one vmapped run) and the closed-form eps* of the noised
 mixture on {p['grid_points']:,} points of x_t in [0.5, 3.5] at t = {', '.join(map(str, times))}; the steepest slope
 |d eps/dx| inside the gaps (0.2 away from each mode); and {p['num_samples']:,} samples per seed from the trained
-model and from eps* through the same DDPM sampler with the same keys. Mean [95% CI] over seeds.
+model and from eps* through the same DDPM sampler with the same keys. {common.CI_TEXT}.
 Profile `{p['profile']}`: {common.sizes_markdown(p)}.
 
 ![eps](eps_vs_x.png)

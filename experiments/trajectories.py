@@ -81,7 +81,7 @@ while an in-support sample's settles early.
 
 **Measured:** x0_hat recorded over the last {steps_shown} reverse steps for {p['num_samples']:,} samples per seed
 ({p['seeds']} seeds, one vmapped run per data set); labels at k = 5 std. Figures: {p['shown']} hallucinated (red) and
-{p['shown']} in-support (blue) samples of seed 0. Mean [95% CI] over seeds. Profile `{p['profile']}`:
+{p['shown']} in-support (blue) samples of seed 0. {common.CI_TEXT}. Profile `{p['profile']}`:
 {common.sizes_markdown(p)}.
 
 {chr(10).join(sections)}

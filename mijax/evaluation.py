@@ -8,8 +8,8 @@ one ``score_<name>`` [S, n] per detector, the seeds, and the configuration of th
 SHAPES, a digit the classifier cannot name) and measures, per seed, the hallucination rate and for each score
 the AUROC and the two operating points of :mod:`mijax.detection` (the share of hallucinations removed when 96%
 of in-support samples are kept; the share of in-support samples kept when 95% of hallucinations are removed);
-over seeds, their mean and 95% interval (:func:`mijax.stats.mean_ci`: Student's t over the seeds' values,
-clipped to [0, 1], where every number here lies).
+over seeds, their mean and 95% interval (:func:`mijax.stats.proportion_ci`: Student's t on the logit scale
+around the mean, so inside [0, 1], where every number here lies).
 """
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ from mijax import detection
 from mijax.config import RunConfig, config_from_dict
 from mijax.errors import MijaxError
 from mijax.store import finite_or_none
-from mijax.stats import format_ci, mean_ci
+from mijax.stats import METHODS, format_ci, proportion_ci
 
 REMOVAL, RETENTION = 0.95, 0.96  # the paper's operating points
-INTERVAL = "95% Student t over the seeds' values, clipped to [0, 1]"
+INTERVAL = f"95% {METHODS['logit-t']}"
 
 
 def load_samples(path: os.PathLike) -> dict[str, Any]:
@@ -99,14 +99,10 @@ def evaluate(samples: dict[str, Any], removal: float = REMOVAL, retention: float
                          "scores": {name: detection.detection_summary(v[s], positives, removal, retention)
                                     for name, v in scores.items()}})
 
-    def ci(values):  # shares and AUROCs: the interval clipped to [0, 1] (INTERVAL)
+    def ci(values):  # shares and AUROCs: an interval inside [0, 1] (INTERVAL)
         if any(v is None for v in values):
             return None
-        c = {k: (finite_or_none(v) if k != "n" else v) for k, v in mean_ci(values).items()}
-        for bound in ("low", "high"):
-            if c[bound] is not None:
-                c[bound] = min(1.0, max(0.0, c[bound]))
-        return c
+        return {k: (finite_or_none(v) if k not in ("n", "method") else v) for k, v in proportion_ci(values).items()}
 
     over = {"hallucination_rate": ci([p["hallucination_rate"] for p in per_seed]), "scores": {}}
     for name in scores:

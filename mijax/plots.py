@@ -155,7 +155,8 @@ def plot_hal_histograms(path, hal, positives, bins: int = 60, threshold: Optiona
     ax.set_xlabel("Hal: variance of x0-hat over the last steps (log scale)")
     ax.set_ylabel("fraction of class per bin")
     ax.set_title(title or "Hal of in-support and hallucinated samples")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # nothing to name when neither class has samples
+        ax.legend(fontsize=8)
     return save(figure, path)
 
 

@@ -12,7 +12,8 @@ the accepted count is logged.
 
 What a generation measures comes from the data set (``dataset.measure`` of each model's pool against a
 reference draw of the true law, ``dataset.hallucinated`` of what each filter kept) plus Hal quantiles;
-:func:`summarize` takes means and 95% CIs over seeds of ``dataset.summary_keys``.
+:func:`summarize` takes means and 95% CIs over seeds of ``dataset.summary_keys`` (of rates and shares inside
+[0, 1]: :func:`mijax.stats.proportion_ci`).
 
 Axes. Generation 0's models do not depend on the filter, so it trains and samples S models and every
 filter acts on the same pools. Later generations flatten (filter, seed) into one leading axis of
@@ -56,7 +57,7 @@ from mijax.store import load_cache, read_json, save_npz, write_json
 from mijax.runs import data_sampler, fit
 from mijax.sampling import validate as validate_sampler
 from mijax.training import eval_params
-from mijax.stats import mean_ci
+from mijax.stats import mean_ci, proportion_ci
 
 HAL_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
@@ -264,10 +265,12 @@ def run_generation(out: Path, config: RecursiveConfig, generation: int, progress
 
 def summarize(config: RecursiveConfig, generations: list[dict]) -> dict:
     """Means and 95% CIs over seeds, per filter and generation, of the data set's summary measurements and
-    the hallucination rate of what each filter kept."""
+    the hallucination rate of what each filter kept; a measurement named with the word ``rate`` or ``share``
+    is a proportion, its interval inside [0, 1] (:func:`mijax.stats.proportion_ci`)."""
     dataset = build(config.run).dataset
     keys = tuple(dataset.summary_keys) + ("kept_hallucination_rate",)
-    return {name: {key: [mean_ci([row[key] for row in g["filters"][name]]) for g in generations] for key in keys}
+    interval = {key: proportion_ci if {"rate", "share"} & set(key.split("_")) else mean_ci for key in keys}
+    return {name: {key: [interval[key]([row[key] for row in g["filters"][name]]) for g in generations] for key in keys}
             for name in config.filters}
 
 

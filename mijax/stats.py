@@ -1,4 +1,5 @@
-"""Statistics: mean and 95% confidence interval over the seed axis (Student t); distances between samples."""
+"""Statistics: mean and 95% confidence interval over the seed axis (Student's t; for proportions, Student's t
+on the logit scale); distances between samples."""
 from __future__ import annotations
 
 import math
@@ -19,22 +20,63 @@ def t_quantile_975(dof: int) -> float:
     return _T975[dof - 1] if dof <= len(_T975) else 1.96
 
 
+# The interval methods, by the "method" name their dicts carry.
+METHODS = {"t": "Student's t",
+           "logit-t": "Student's t on the logit scale around the mean, inside [0, 1]"}
+
+
 def mean_ci(values: Sequence[float], axis: int = 0) -> dict:
-    """Mean and 95% confidence interval of per-seed values along ``axis``.
+    """Mean and 95% confidence interval of per-seed values along ``axis``: Student's t, ``mean +- t s / sqrt(n)``.
 
     Returns:
-      {"mean", "low", "high", "half_width", "std", "n"}; scalars for a 1D input, arrays otherwise.
-      With one seed the interval is undefined (NaN half width).
+      {"mean", "low", "high", "half_width", "std", "n", "method": "t"}; scalars for a 1D input, arrays
+      otherwise. With one seed the interval is undefined (NaN half width).
     """
     v = np.asarray(values, dtype=np.float64)
     n = v.shape[axis]
     mean = v.mean(axis=axis)
     std = v.std(axis=axis, ddof=1) if n > 1 else np.full_like(mean, np.nan)
     half = t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else np.full_like(mean, np.nan)
-    out = {"mean": mean, "low": mean - half, "high": mean + half, "half_width": half, "std": std, "n": n}
-    if np.ndim(mean) == 0:
-        out = {k: (float(x) if k != "n" else int(x)) for k, x in out.items()}
-    return out
+    return _scalars({"mean": mean, "low": mean - half, "high": mean + half, "half_width": half, "std": std, "n": n,
+                     "method": "t"})
+
+
+def proportion_ci(values: Sequence[float], axis: int = 0) -> dict:
+    """Mean and 95% confidence interval of per-seed proportions in [0, 1] (shares, rates, AUROCs) along
+    ``axis``, with both bounds inside [0, 1]: Student's t on the logit scale around the mean (the delta
+    method), ``expit(logit(m) +- t s / (sqrt(n) m (1 - m)))`` with m the mean and s the seeds' standard
+    deviation. Where m is far from 0 and 1 this is, to first order, :func:`mean_ci`'s ``m +- t s / sqrt(n)``;
+    towards a bound the interval shrinks on that side and stretches on the other, and always holds m.
+
+    At the bounds: a mean of exactly 0 or 1 has every seed at 0 or 1, so no spread, and the interval is that
+    point, as Student's t gives with no spread (no continuity correction is needed: a seed at 0 or 1 enters
+    only through m and s). The interval excludes 0 whenever m > 0 (0 is at minus infinity on the logit
+    scale), so "above 0" is no test of it.
+
+    Returns:
+      as :func:`mean_ci` ({"mean", "low", "high", "half_width" = (high - low) / 2, "std", "n"}), with
+      "method": "logit-t".
+    Raises:
+      ValueError: a value outside [0, 1] (NaN values give NaN, as in :func:`mean_ci`).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if np.any((v < 0.0) | (v > 1.0)):
+        raise ValueError(f"proportion_ci needs values in [0, 1], got {v.min():g} .. {v.max():g}")
+    c = mean_ci(v, axis=axis)
+    mean, spread = np.asarray(c["mean"]), np.asarray(c["half_width"])  # spread: t s / sqrt(n)
+    inside = np.clip(mean, 1e-300, 1.0 - 1e-16)  # the logit's domain; where m is 0 or 1, s is 0 (below)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        logit, half = np.log(inside / (1.0 - inside)), spread / (inside * (1.0 - inside))
+        low, high = (np.where(spread == 0.0, mean, 1.0 / (1.0 + np.exp(-(logit + sign * half)))) for sign in (-1, 1))
+    return _scalars({"mean": mean, "low": low, "high": high, "half_width": (high - low) / 2.0, "std": c["std"],
+                     "n": c["n"], "method": "logit-t"})
+
+
+def _scalars(ci: dict) -> dict:
+    """An interval dict with Python scalars where its mean is a scalar."""
+    if np.ndim(ci["mean"]) == 0:
+        return {k: x if k == "method" else int(x) if k == "n" else float(x) for k, x in ci.items()}
+    return ci
 
 
 def format_ci(ci: dict, scale: float = 1.0, digits: int = 3, unit: str = "") -> str:

@@ -62,9 +62,20 @@ def test_profile_overrides_and_bad_keys():
 
 def test_ci_over_seeds():
     c = common.ci([0.1, 0.2, 0.3])
-    assert c["mean"] == pytest.approx(0.2) and c["low"] < 0.2 < c["high"] and c["n"] == 3
+    assert c["mean"] == pytest.approx(0.2) and c["low"] < 0.2 < c["high"] and c["n"] == 3 and c["method"] == "t"
     assert common.ci([float("nan")])["mean"] is None
     assert "%" in common.fmt(c, pct=True)
+
+
+def test_a_share_over_three_seeds_stays_inside_0_1():
+    shares = [0.62 - 0.2107, 0.62, 0.62 + 0.2107]
+    assert common.fmt(common.ci(shares), pct=True) == "62% [9.65%, 114%]"  # Student's t: past 100%
+    c = common.ci(shares, proportion=True)
+    assert c["method"] == "logit-t" and 0.0 < c["low"] < c["mean"] < c["high"] < 1.0
+    assert common.fmt(c, pct=True) == "62% [15%, 93.8%]"
+    assert common.ci([0.0, 0.0], proportion=True)["high"] == 0.0
+    assert common.ci([float("nan")], proportion=True)["method"] == "logit-t"
+    assert "logit scale" in common.CI_TEXT and "Student's t" in common.CI_TEXT
 
 
 def test_interp_1d_end_to_end_and_resume(tmp_path):
@@ -86,6 +97,9 @@ def test_interp_1d_end_to_end_and_resume(tmp_path):
         x = f["x"][:, :, 0]
     dist = np.min(np.abs(x[..., None] - np.array([1.0, 2.0, 3.0])), axis=-1) / 0.05
     assert m["per_size"][0]["rates"][2]["rate"]["per_seed"] == pytest.approx(list(np.mean(dist > 5, axis=1)), abs=1e-6)
+    rates = [r["rate"] for row in m["per_size"] for r in row["rates"]]  # shares: intervals inside [0, 1]
+    assert all(r["method"] == "logit-t" and 0.0 <= r["low"] <= r["mean"] <= r["high"] <= 1.0 for r in rates)
+    assert common.CI_TEXT in (out / "report.md").read_text()
     # A rerun reuses the checkpoints and cached samples: the same numbers.
     (out / "metrics.json").unlink()
     again = interp_1d.run(out, progress=False, overrides=over)
@@ -135,6 +149,11 @@ def test_detection_end_to_end(tmp_path, monkeypatch):
     # Diverged samples are counted and left out of the numbers, not a crash ("scores must not be NaN").
     assert m["settings"]["2d"]["non_finite_samples"] == [3, 0] and m["settings"]["1d"]["non_finite_samples"] == [0, 0]
     assert "Diverged samples" in (out / "report.md").read_text()
+    k5 = m["settings"]["1d"]["per_k"]["5"]  # rates, shares and AUROCs: intervals inside [0, 1], named
+    for key in ("hallucination_rate", "auroc", "removed_at_96_retention", "retained_at_95_removal"):
+        c = k5[key]
+        assert c["method"] == "logit-t" and (c["low"] is None or 0.0 <= c["low"] <= c["high"] <= 1.0)
+    assert common.CI_TEXT in (out / "report.md").read_text()
 
 
 def test_detectors_end_to_end(tmp_path, shared):

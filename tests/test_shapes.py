@@ -1,8 +1,12 @@
 """SIMPLE SHAPES: the seeded generator reproduces the published one, the half-size images keep every shape,
 and the counter labels training images valid and constructed hallucinations as what they are."""
+import random
+
 import jax
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
+from scipy import ndimage
 
 import mijax
 from mijax.data import shapes as sh
@@ -114,6 +118,114 @@ def test_a_half_size_blob_across_strips_is_outside():
     image = np.zeros((32, 32), np.uint8)
     image[14:16, 6:16] = 255  # columns 6-15 run from the triangle strip over gap column 10 into the square strip
     assert sh.count(image[None]).label_names() == ["outside"]
+
+
+def _drawn(shape, positions, canvas=sh.STRIP):
+    """uint8 [height, width] of a PIL canvas (width, height), ``shape`` drawn at each (x1, y1) by the
+    generator's own code."""
+    image = Image.new("L", canvas, color=0)
+    for x1, y1 in positions:
+        sh._draw_shape(ImageDraw.Draw(image), shape, x1, y1)
+    return np.asarray(image, np.uint8)
+
+
+def _image(strips, rng=None):
+    """A 64 x 64 image laid out as the generator lays strips out: {k: uint8 [63, 21]} in strip k, the other
+    strips drawn by the generator from ``rng`` (or black)."""
+    image = np.zeros((64, 64), np.uint8)
+    for k, shape in enumerate(sh.SHAPES):
+        strip = strips[k] if k in strips else sh._draw_strip(rng, shape, 0.5)[0] if rng else 0
+        image[:63, 21 * k:21 * k + 21] = strip
+    return image
+
+
+def _sized(images, size):
+    return images if size == 64 else sh.half_size(images)
+
+
+def _copies_below(n, seed, most=10):
+    """n images with two copies of one shape in its strip, the second 1..``most`` rows below the first
+    (overlapping: one taller blob, or apart), at the generator's positions, the other strips generated.
+
+    Returns (images uint8 [n, 64, 64], the strip of the pair [n], the pair's area over one copy's [n])."""
+    rng = random.Random(seed)
+    images, strips, ratios = [], [], []
+    for _ in range(n):
+        k = rng.randrange(3)
+        (xlo, xhi), (ylo, yhi) = sh._position_ranges(sh.SHAPES[k])
+        dy = rng.randint(1, most)
+        x1, y1 = rng.randint(xlo, xhi), rng.randint(ylo, yhi - dy)
+        one, two = _drawn(sh.SHAPES[k], [(x1, y1)]), _drawn(sh.SHAPES[k], [(x1, y1), (x1, y1 + dy)])
+        images.append(_image({k: two}, rng))
+        strips.append(k)
+        ratios.append(np.sum(two > 0) / np.sum(one > 0))
+    return np.stack(images), np.array(strips), np.array(ratios)
+
+
+def test_two_copies_a_few_rows_apart_are_never_valid_at_full_size():
+    # a blob of two copies is a merged pair (duplicate) when it covers >= 1.6 copies' area, else malformed
+    images, strips, ratios = _copies_below(400, seed=0)
+    counts = sh.count(images)
+    want = np.where(ratios >= sh.MERGED, "duplicate", "malformed")
+    np.testing.assert_array_equal(counts.label_names(), want)
+    np.testing.assert_array_equal(counts.shapes[np.arange(len(strips)), strips], np.where(want == "duplicate", 2, 0))
+    assert {"duplicate", "malformed"} <= set(want[ratios < 2])  # overlapping pairs on both sides of 1.6
+
+
+def test_two_copies_a_few_rows_apart_are_never_valid_at_half_size():
+    images, strips, ratios = _copies_below(400, seed=1)
+    x = sh.half_size(images)
+    labels = np.array(sh.count(x).label_names())
+    # taller than any outline the generator draws at 32 x 32: not one shape. A shift of a row or two can pool
+    # into one shape's outline (or one pixel from it): those may be valid or malformed, never a duplicate.
+    tallest = [max(outline.shape[0] for outline in outlines) for outlines in sh._outlines(32)]
+    heights = np.array([np.ptp(np.nonzero(image[:, 11 * k:11 * k + 10])[0]) + 1 for image, k in zip(x, strips)])
+    taller = heights > np.array(tallest)[strips]
+    assert taller.mean() > 0.8 and set(labels[~taller]) <= {"valid", "malformed"}
+    assert set(labels[taller]) == {"duplicate", "malformed"}
+    # pooling moves the merged-pair threshold by up to a row: exact away from it
+    assert (labels[taller & (ratios < 1.5)] == "malformed").all() and (labels[ratios >= 1.9] == "duplicate").all()
+
+
+@pytest.mark.parametrize("size", [64, 32])
+def test_a_square_drawn_across_a_strip_border_is_outside(size):
+    rng = random.Random(2)
+    # columns of the full image: x..x+7 spans the triangle | square border (20 | 21) or the square | pentagon
+    # one (41 | 42). At 32 x 32 x = 20 and 41 leave only the dropped strip column on the left: no trace there.
+    xs = [*range(14, 20), *range(35, 41)] + ([20, 41] if size == 64 else [])
+    images = []
+    for _ in range(300):
+        x = rng.choice(xs)
+        image = _image({1 if x < 35 else 0: 0}, rng)  # the far strip as generated, the near ones black
+        image[:63, :63] |= _drawn("square", [(x, rng.randint(1, 49))], canvas=(63, 63))
+        images.append(image)
+    assert set(sh.count(_sized(np.stack(images), size)).label_names()) == {"outside"}
+
+
+@pytest.mark.parametrize("size", [64, 32])
+def test_shapes_facing_each_other_across_a_border_stay_valid(size):
+    # a triangle at its rightmost place and a square at its leftmost: one gap column apart at 32 x 32
+    rng = random.Random(3)
+    images = np.stack([_image({0: _drawn("triangle", [(10, rng.randint(0, 52))]),
+                               1: _drawn("square", [(1, rng.randint(1, 49))])}, rng) for _ in range(300)])
+    counts = sh.count(_sized(images, size))
+    assert set(counts.label_names()) == {"valid"} and (counts.shapes[:, :2] == 1).all()
+
+
+@pytest.mark.parametrize("size", [64, 32])
+def test_two_separate_copies_anywhere_in_a_strip_are_a_duplicate(size):
+    rng = random.Random(4)
+    images, strips = [], []
+    while len(images) < 300:
+        k = rng.randrange(3)
+        (xlo, xhi), (ylo, yhi) = sh._position_ranges(sh.SHAPES[k])
+        pair = _drawn(sh.SHAPES[k], [(rng.randint(xlo, xhi), rng.randint(ylo, yhi)) for _ in range(2)])
+        if ndimage.label(pair, structure=np.ones((3, 3)))[1] == 2:  # apart at 64 x 64 (at 32 they may touch)
+            images.append(_image({k: pair}, rng))
+            strips.append(k)
+    counts = sh.count(_sized(np.stack(images), size))
+    assert set(counts.label_names()) == {"duplicate"}
+    assert (counts.shapes[np.arange(300), strips] == 2).all()
 
 
 def test_noise_is_not_valid():

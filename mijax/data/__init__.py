@@ -13,6 +13,7 @@ defines it plus one :func:`register` line:
 ``labels(x)``                               ``{rule: bool [N]}``: every label rule it reports (the own first)
 ``measure(x, reference)``                   JSON-able measurements of one model's samples ``[N, *shape]``
 ``summary_keys``                            the scalar entries of ``measure`` that studies summarise over seeds
+                                            (a name with the word ``rate`` or ``share``: a proportion in [0, 1])
 =========================================  ================================================================
 
 Optional: ``oracle(schedule) -> (fn, params)``, the data's exact denoiser eps*(x_t, t), which the

@@ -18,12 +18,26 @@ are laid out at columns 0-9, 11-20 and 22-31 with one black column between them,
 column 20 and row 62, where a few extreme shapes put a sliver, are dropped.)
 
 **The counter** thresholds at mid-grey and finds 8-connected components over the whole image (so a blob
-that spills from one strip into another is one component), drops specks (under 5 pixels at 64 x 64, 2 at
-32 x 32), and labels each image: ``blank`` (no component), ``duplicate`` (a strip with two or more
-components, or one component of about twice its shape's area: a merged pair), ``outside`` (a component that
-spans two strips), ``malformed`` (a component whose area is far from its strip's shape), else ``valid``, in
+that spills from one strip into another is one component; at 32 x 32 a gap column also joins white pixels that
+face each other across it, as the two halves of a shape drawn across a strip border do there), drops specks
+(under 5 pixels at 64 x 64, 2 at 32 x 32) and splits each component at the strip borders. Each part is
+matched by outline, not only by area, to the outlines the generator draws for its strip's shape at that size
+(from every position, so at 32 x 32 every phase of the pooling), laid at any shift: it is *one shape* when
+one outline differs from it in under ``TOLERANCE`` (10%) of the shape's area (at most 6 pixels at 64 x 64, 1
+at 32 x 32; a copy one row lower adds 8 or more at 64 x 64), *a merged pair* when two outlines do (under 10% of
+two areas) and it covers at least ``MERGED`` (1.6) copies' area, so that the copies share at most 40% of one,
+and *malformed* otherwise. Two copies that overlap more are malformed, not a merged pair: such a blob reads as
+one shape drawn too tall as much as two shapes (a square and its copy one row lower make an 8 x 9 rectangle),
+and at 32 x 32 a shift of a row or two can even pool into one shape's outline; ``duplicate`` counts images that
+show two copies.
+
+Each image gets a label: ``blank`` (no component), ``duplicate`` (a strip with two or more shapes, separate or
+a merged pair), ``outside`` (a component across a strip border whose parts are not each shapes of their
+strips; parts that are, such as a triangle and a square facing each other across the gap column at 32 x 32,
+count as those shapes), ``malformed`` (a part that is neither one shape nor a merged pair), else ``valid``, in
 that order of precedence. In training images shapes never span strips: column 21 (between triangle and
-square) and columns 36-41 are always black at 64 x 64, as are the gap columns at 32 x 32.
+square) and columns 36-41 are always black at 64 x 64, as are the gap columns at 32 x 32. (A shape that
+crosses a border only by the strip column that half size drops leaves no trace of it at 32 x 32.)
 """
 from __future__ import annotations
 
@@ -49,30 +63,47 @@ AREA = 60
 # ---------------------------------------------------------------------------------------------
 # The generator.
 
+# Each shape's size from ``AREA``, as the generator computes it: a square's side, a triangle's side, a
+# pentagon's circumradius.
+_SIDE = {"square": int(AREA ** 0.5), "triangle": int(math.sqrt(4 * AREA / math.sqrt(3))),
+        "pentagon": int(math.sqrt(4 * AREA / math.sqrt(5 * (5 + 2 * math.sqrt(5)))))}
+
+
+def _position_ranges(shape: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The generator's inclusive ranges of x1 and of y1 for ``shape``, in strip coordinates."""
+    side = _SIDE[shape]
+    if shape == "square":
+        return (1, STRIP[0] - 2 * side), (1, STRIP[1] - 2 * side)
+    if shape == "triangle":
+        return (0, STRIP[0] - side), (0, STRIP[1] - side)
+    return (side, STRIP[0] - side), (side, STRIP[1] - side)
+
+
+def _draw_shape(draw, shape: str, x1: int, y1: int) -> None:
+    """Draw ``shape`` at (x1, y1) on a PIL ``ImageDraw`` (any canvas) as the published generator does."""
+    side = _SIDE[shape]
+    if shape == "square":
+        draw.rectangle([x1, y1, x1 + side, y1 + side], fill=255, outline=255)
+    elif shape == "triangle":
+        vertices = [(x1, y1), (x1 + side, y1), (x1 + side // 2, y1 + int(side * math.sqrt(3) / 2))]
+        draw.polygon(vertices, fill=255, outline=255)
+    else:
+        vertices = [(x1 + side * math.cos(math.radians(72 * (k + 1))), y1 - side * math.sin(math.radians(72 * (k + 1))))
+                    for k in range(5)]
+        draw.polygon(vertices, fill=255, outline=255)
+
+
 def _draw_strip(rng: random.Random, shape: str, p: float):
     """One strip, uint8 [63, 21], and the shape's metadata (or None), as the published generator draws it."""
     from PIL import Image, ImageDraw
 
     image = Image.new("L", STRIP, color=0)
-    draw = ImageDraw.Draw(image)
     meta = None
     if rng.random() <= p:
-        if shape == "square":
-            side = int(AREA ** 0.5)
-            x1, y1 = rng.randint(1, STRIP[0] - 2 * side), rng.randint(1, STRIP[1] - 2 * side)
-            draw.rectangle([x1, y1, x1 + side, y1 + side], fill=255, outline=255)
-        elif shape == "triangle":
-            side = int(math.sqrt(4 * AREA / math.sqrt(3)))
-            x1, y1 = rng.randint(0, STRIP[0] - side), rng.randint(0, STRIP[1] - side)
-            vertices = [(x1, y1), (x1 + side, y1), (x1 + side // 2, y1 + int(side * math.sqrt(3) / 2))]
-            draw.polygon(vertices, fill=255, outline=255)
-        else:
-            side = int(math.sqrt(4 * AREA / math.sqrt(5 * (5 + 2 * math.sqrt(5)))))
-            x1, y1 = rng.randint(side, STRIP[0] - side), rng.randint(side, STRIP[1] - side)
-            vertices = [(x1 + side * math.cos(math.radians(72 * (k + 1))), y1 - side * math.sin(math.radians(72 * (k + 1))))
-                        for k in range(5)]
-            draw.polygon(vertices, fill=255, outline=255)
-        meta = (shape, x1, y1, side)
+        (xlo, xhi), (ylo, yhi) = _position_ranges(shape)
+        x1, y1 = rng.randint(xlo, xhi), rng.randint(ylo, yhi)
+        _draw_shape(ImageDraw.Draw(image), shape, x1, y1)
+        meta = (shape, x1, y1, _SIDE[shape])
     return np.asarray(image, np.uint8), meta
 
 
@@ -125,20 +156,22 @@ class Geometry:
 
     size: int
     strips: tuple[tuple[int, int], ...]  # first and last column of each strip (gap columns go left)
+    gaps: tuple[int, ...]  # the black columns that half_size puts between strips (none at 64 x 64)
     areas: tuple[float, ...]  # a shape's typical area in pixels, per strip
-    speck: int  # components under this many pixels are ignored
+    speck: int  # components (and a component's parts in a strip) under this many pixels are ignored
 
-    def strip_of(self, column: int) -> int:
-        return next(k for k, (lo, hi) in enumerate(self.strips) if lo <= column <= hi)
+    def strip_of(self, columns: np.ndarray) -> np.ndarray:
+        """The strip of each column, int [...] like ``columns``."""
+        return np.searchsorted([lo for lo, _ in self.strips], columns, side="right") - 1
 
 
 # Areas: the medians over the 5,000 generated images of seed 0 (measured; ranges in brackets): at 64 x 64
 # triangle 65 [64, 65], square 64, pentagon 70 [69, 70] (the published counts); at 32 x 32 triangle 19
 # [16, 21], square 20 [16, 21], pentagon 19 [18, 20].
-GEOMETRY = {64: Geometry(64, ((0, 20), (21, 41), (42, 63)), (65.0, 64.0, 70.0), 5),
-            32: Geometry(32, ((0, 10), (11, 21), (22, 31)), (19.0, 20.0, 19.0), 2)}
-SINGLE = (0.5, 1.6)  # a component whose area / the shape's is in [0.5, 1.6) is one shape
-MERGED = (1.6, 2.6)  # in [1.6, 2.6] two shapes merged into one blob; outside both ranges, malformed
+GEOMETRY = {64: Geometry(64, ((0, 20), (21, 41), (42, 63)), (), (65.0, 64.0, 70.0), 5),
+            32: Geometry(32, ((0, 10), (11, 21), (22, 31)), (10, 21), (19.0, 20.0, 19.0), 2)}
+TOLERANCE = 0.1  # an outline is one of k copies when it differs in under this share of k shapes' area
+MERGED = 1.6  # two copies are a merged pair when their blob covers at least this many copies' area
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,13 +186,93 @@ class Counts:
         return [LABELS[i] for i in self.labels]
 
 
-def _components(binary: np.ndarray, speck: int):
+@functools.lru_cache(maxsize=2)
+def _outlines(size: int) -> tuple[tuple[np.ndarray, ...], ...]:
+    """Per strip, every distinct outline the generator draws for its shape at ``size`` (64 or 32), each bool
+    [h, w] cropped to the shape: one or two at 64 x 64 (the shape clipped by the strip's right edge or not),
+    four to six at 32 x 32 (the phases of the 2 x 2 pooling)."""
+    from PIL import Image, ImageDraw
+
+    per_strip = []
+    for k, shape in enumerate(SHAPES):
+        (xlo, xhi), (ylo, yhi) = _position_ranges(shape)
+        positions = [(x1, y1) for x1 in range(xlo, xhi + 1) for y1 in range(ylo, yhi + 1)]
+        images = np.zeros((len(positions), 64, 64), np.uint8)
+        for image, (x1, y1) in zip(images, positions):
+            strip = Image.new("L", STRIP, color=0)
+            _draw_shape(ImageDraw.Draw(strip), shape, x1, y1)
+            image[:63, STRIP[0] * k:STRIP[0] * (k + 1)] = np.asarray(strip, np.uint8)
+        distinct = {}
+        for image in (images if size == 64 else half_size(images)) > 127:
+            rows, cols = np.nonzero(image)
+            outline = image[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+            distinct.setdefault((outline.shape, outline.tobytes()), outline)
+        per_strip.append(tuple(distinct.values()))
+    return tuple(per_strip)
+
+
+def _fit(mask: np.ndarray, outlines: Sequence[np.ndarray], copies: int) -> tuple[int, float]:
+    """Lay ``copies`` outlines over a component (bool [h, w]) one at a time, each (of all ``outlines``, at any
+    shift) where it covers the most uncovered component pixels less the background pixels it adds.
+
+    Returns:
+      (the pixels where the component and the union of the laid outlines differ, the laid outlines' mean area).
+    """
+    margin = max(max(outline.shape) for outline in outlines)
+    component = np.pad(mask, margin)
+    drawn = np.zeros_like(component)
+    areas = []
+    for _ in range(copies):
+        # +1 where a copy would cover a component pixel not yet covered, -1 where it would add background
+        gain_map = (component & ~drawn).astype(np.int32) - (~component & ~drawn).astype(np.int32)
+        best = None
+        for outline in outlines:
+            windows = np.lib.stride_tricks.sliding_window_view(gain_map, outline.shape)
+            gains = np.einsum("ijkl,kl->ij", windows, outline.astype(np.int32))
+            at = np.unravel_index(np.argmax(gains), gains.shape)
+            if best is None or gains[at] > best[0]:
+                best = (gains[at], outline, at)
+        _, outline, (row, col) = best
+        drawn[row:row + outline.shape[0], col:col + outline.shape[1]] |= outline
+        areas.append(int(outline.sum()))
+    return int(np.sum(component ^ drawn)), float(np.mean(areas))
+
+
+def _copies(rows: np.ndarray, cols: np.ndarray, outlines: Sequence[np.ndarray], area: float) -> int:
+    """How many copies of its strip's shape the pixels (rows, cols) [P] of a component are: 1 when one of the
+    shape's ``outlines`` fits them, 2 when two do and they cover at least ``MERGED`` copies' area (a merged
+    pair), else 0 (malformed). k outlines fit when they differ from the pixels in under ``TOLERANCE`` times k
+    times ``area`` (the shape's typical area) pixels."""
+    mask = np.zeros((rows.max() - rows.min() + 1, cols.max() - cols.min() + 1), bool)
+    mask[rows - rows.min(), cols - cols.min()] = True
+    sizes = [int(outline.sum()) for outline in outlines]
+    for copies in (1, 2):
+        tolerance = TOLERANCE * copies * area
+        least = min(sizes) * (MERGED if copies == 2 else 1) - tolerance
+        if not least <= rows.size < copies * max(sizes) + tolerance:
+            continue  # no fit can be close enough
+        mismatch, copy_area = _fit(mask, outlines, copies)
+        if mismatch < tolerance and (copies == 1 or rows.size >= MERGED * copy_area):
+            return copies
+    return 0
+
+
+def _components(binary: np.ndarray, geometry: Geometry):
+    """The 8-connected components of a binary image [H, W] as (rows, cols) of their pixels, those under
+    ``geometry.speck`` pixels dropped. A gap column joins white pixels that face each other across it (rows
+    at most one apart), as a shape drawn across a strip border has them at 32 x 32; the gap pixels so added
+    are not part of the components."""
     from scipy import ndimage
 
-    labelled, count = ndimage.label(binary, structure=np.ones((3, 3), bool))
+    bridged = binary.copy()
+    for gap in geometry.gaps:
+        near = [np.convolve(binary[:, c], np.ones(3), mode="same") > 0 for c in (gap - 1, gap + 1)]
+        bridged[:, gap] |= near[0] & near[1]
+    labelled, count = ndimage.label(bridged, structure=np.ones((3, 3), bool))
+    labelled[~binary] = 0
     for index in range(1, count + 1):
         rows, cols = np.nonzero(labelled == index)
-        if rows.size >= speck:
+        if rows.size >= geometry.speck:
             yield rows, cols
 
 
@@ -176,28 +289,30 @@ def count(images, size: int | None = None) -> Counts:
     if x.ndim != 3 or x.shape[1] != x.shape[2] or x.shape[1] not in GEOMETRY:
         raise ValueError(f"count needs images [M, H, W(, 1)] of size 64 or 32, got {np.shape(images)}")
     geometry = GEOMETRY[size or x.shape[1]]
+    outlines = _outlines(geometry.size)
     binary = x > (127.5 if x.dtype == np.uint8 else 0.0)
     labels = np.zeros(len(x), np.int32)
     shapes = np.zeros((len(x), 3), np.int32)
     position = np.zeros(len(x), np.int32)
     middle = (geometry.size - 1) / 2
     for i, image in enumerate(binary):
-        outside = malformed = duplicate = False
+        outside = malformed = False
         found = 0
         square_rows = []
-        for rows, cols in _components(image, geometry.speck):
-            found += 1
-            strips = {geometry.strip_of(int(c)) for c in (cols.min(), cols.max())}
-            if len(strips) > 1:
-                outside = True
+        for rows, cols in _components(image, geometry):
+            strip = geometry.strip_of(cols)
+            parts = {int(k): (rows[strip == k], cols[strip == k]) for k in np.unique(strip)}
+            parts = {k: part for k, part in parts.items() if part[0].size >= geometry.speck}
+            copies = {k: _copies(*part, outlines[k], geometry.areas[k]) for k, part in parts.items()}
+            found += bool(parts)
+            if len(parts) > 1 and not all(copies.values()):
+                outside = True  # a blob across a strip border (not shapes that merely touch there)
                 continue
-            strip = strips.pop()
-            ratio = rows.size / geometry.areas[strip]
-            copies = 1 if SINGLE[0] <= ratio < SINGLE[1] else 2 if MERGED[0] <= ratio <= MERGED[1] else 0
-            malformed |= copies == 0
-            shapes[i, strip] += copies
-            if strip == 1:
-                square_rows += [rows.mean()] * copies
+            for k, n in copies.items():
+                malformed |= n == 0
+                shapes[i, k] += n
+                if k == 1:
+                    square_rows += [parts[k][0].mean()] * n
         duplicate = bool(np.any(shapes[i] >= 2))
         labels[i] = LABELS.index("blank" if found == 0 else "duplicate" if duplicate else "outside" if outside
                                  else "malformed" if malformed else "valid")
