@@ -277,3 +277,32 @@ def plot_ci_bands(path, xs: Sequence[float], series: Mapping[str, Sequence[dict]
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     return save(figure, path)
+
+
+def plot_losses(path, steps, losses, names: Sequence[str] = (), window: int = 0) -> str:
+    """The training loss against the step: each model's loss [K, models] at ``steps`` [K] as a faint line, its
+    running mean over ``window`` steps (default: a fiftieth of the steps, at least 1) as a solid one, log y.
+
+    Returns:
+      the path written.
+    """
+    steps, losses = np.asarray(steps, dtype=np.float64), np.asarray(losses, dtype=np.float64)
+    if losses.ndim != 2 or losses.shape[0] != steps.shape[0]:
+        raise ValueError(f"plot_losses needs steps [K] and losses [K, models], got {steps.shape} and {losses.shape}")
+    figure = new_figure(6.4, 4.0)
+    ax = figure.subplots()
+    window = max(1, window or steps.shape[0] // 50)
+    for i in range(losses.shape[1]):
+        (line,) = ax.plot(steps, losses[:, i], lw=0.6, alpha=0.3)
+        if steps.shape[0] >= window:
+            smooth = np.convolve(losses[:, i], np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1:], smooth, lw=1.4, color=line.get_color(),
+                    label=names[i] if i < len(names) else f"model {i}")
+    if steps.size and np.all(losses > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"loss (running mean over {window} steps)" if window > 1 else "loss")
+    ax.set_title("training loss", fontsize=10)
+    if losses.shape[1] and losses.shape[1] <= 10 and steps.size:
+        ax.legend(fontsize=8)
+    return save(figure, path)

@@ -25,8 +25,10 @@ Directory layout (``run_recursive(out, config)``)::
 
     config.json              the RecursiveConfig
     gen_000/ checkpoints/    the models' TrainState (orbax; every checkpoint_every steps and at the end)
+             losses.csv      every step's loss per model (mijax.runs.LossLog)
              losses.json     mean loss per dispatch and model
-             train.json      written once training is finished
+             train.json      written once training is finished (steps, final loss, wall time, speed)
+             loss.png        the loss curve
              pool.npz        x [M, P, *shape], hal [M, P]: every model's pool
              kept.npz        data [F*S, N, *shape]: what each (filter, seed) keeps; next generation's data
              calibration.json  (generation 0) the threshold filter's per-seed thresholds
@@ -174,8 +176,7 @@ def _pool(out: Path, config: RecursiveConfig, generation: int, progress: bool,
     trained = (directory / "train.json").exists()
     state = fit(directory, pieces, config.run.train, keys, data, config.run.checkpoint_every, progress,
                 desc=f"gen {generation}: train", on_checkpoint=lambda step: hook("checkpoint", generation, step))
-    if not trained:
-        write_json(directory / "train.json", {"steps": config.run.train.steps})
+    if not trained:  # fit wrote train.json
         hook("trained", generation, config.run.train.steps)
     try:
         pool = collect.draw(pieces.denoise_fn, eval_params(state, config.run.train), pieces.schedule,

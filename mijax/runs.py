@@ -4,8 +4,12 @@ A run directory holds::
 
     config.json        the resolved RunConfig (+ versions)
     checkpoints/<step> orbax checkpoints of the seed-stacked TrainState (mijax.store)
-    losses.json        mean loss per dispatch, per seed, up to the last checkpoint
-    train.json         written once training is finished
+    losses.csv         the loss of every step: ``step`` and one column per model (``seed_<seed>``); rows are
+                       appended as each dispatch returns, the file rewritten whole at each checkpoint
+    losses.json        mean loss per dispatch, per model, up to the last checkpoint
+    train.json         written once training is finished: steps, final loss (per model), wall time and
+                       steps per second of the command that finished it
+    loss.png           the loss curve (written with train.json)
 
 Every model of a run is one seed of a vmapped program: seed s trains with ``jax.random.key(seed + s)``,
 so a run with ``seeds = S`` holds exactly the models of S separate one-seed runs.
@@ -15,9 +19,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -41,21 +46,67 @@ def _max_step(state: TrainState) -> int:
     return int(np.max(execution.to_host(state.step)))
 
 
+class LossLog:
+    """The loss of every step in ``DIR/losses.csv``: a header ``step,<column>...`` and one row per step with each
+    model's loss. Rows are appended as each dispatch returns (:meth:`add`), so the file can be watched while a
+    run trains, and the whole file is rewritten atomically at each checkpoint (:meth:`checkpoint`). Opened on a
+    resumed run, it keeps the rows up to the checkpoint's step (a run made before this log existed starts it
+    there). Only the writing process (process 0) touches the file."""
+
+    NAME = "losses.csv"
+
+    def __init__(self, directory: Path, columns: Sequence[str], done: int, writes: bool = True):
+        self.path = Path(directory) / self.NAME
+        self.header = ",".join(["step", *columns])
+        self.writes = writes
+        self.rows: list[str] = []
+        if done and self.path.exists():
+            for line in self.path.read_text().splitlines()[1:]:
+                step, _, rest = line.partition(",")
+                if not (step.isdigit() and rest) or int(step) > done:
+                    break
+                self.rows.append(line)
+        self.checkpoint()
+
+    def add(self, last_step: int, chunk: np.ndarray) -> None:
+        """The losses ``chunk`` [models, k] of the k steps up to ``last_step``."""
+        first = last_step - chunk.shape[1] + 1
+        new = [",".join([str(first + i), *(f"{v:.7g}" for v in chunk[:, i])]) for i in range(chunk.shape[1])]
+        self.rows += new
+        if self.writes:
+            with open(self.path, "a") as f:
+                f.write("".join(row + "\n" for row in new))
+
+    def checkpoint(self) -> None:
+        if self.writes:
+            store.write_text(self.path, "".join(f"{row}\n" for row in [self.header, *self.rows]))
+
+    def losses(self) -> tuple[np.ndarray, np.ndarray]:
+        """(steps [K], losses [K, models]) of the rows."""
+        table = np.array([[float(v) for v in row.split(",")] for row in self.rows], dtype=np.float64)
+        return (table[:, 0], table[:, 1:]) if table.size else (np.zeros(0), np.zeros((0, 0)))
+
+
 def fit(directory: os.PathLike, pieces: Pieces, train_config: TrainConfig, keys: jax.Array, data,
         checkpoint_every: int, show_progress: bool = False, desc: str = "train", stop_at: Optional[int] = None,
-        on_checkpoint: Callable[[int], None] = lambda step: None) -> TrainState:
+        on_checkpoint: Callable[[int], None] = lambda step: None,
+        columns: Optional[Sequence[str]] = None) -> TrainState:
     """Train one model per key (vmapped) on ``data`` [S, N, *shape], checkpointing into ``directory``.
 
     Starts from the latest checkpoint in ``directory`` if there is one (training is a pure function of the
     step index, so a resumed run ends as an uninterrupted one), else from the initial parameters. Saves a
     checkpoint every ``checkpoint_every`` steps and at the end, with ``losses.json`` (mean loss per
-    dispatch and model); calls ``on_checkpoint(step)`` after each. A loss that is not finite stops training
-    with a MijaxError naming the step and the model; nothing after the last finite checkpoint is saved.
+    dispatch and model); logs every step's loss to ``losses.csv`` (:class:`LossLog`; ``columns`` names the
+    models, default ``model_<i>``); calls ``on_checkpoint(step)`` after each checkpoint. Once the last step is
+    reached it writes ``train.json`` (steps, final loss, wall time and steps per second) and ``loss.png``. A
+    loss that is not finite stops training with a MijaxError naming the step and the model; nothing after the
+    last finite checkpoint is saved.
 
     Returns:
       the seed-stacked TrainState at ``stop_at`` (default ``train_config.steps``).
     """
     directory = Path(directory)
+    writes = jax.process_index() == 0
     state = init_states(pieces.model, train_config, pieces.shape, keys)
     losses: dict[str, list] = {"step": [], "loss": []}
     if store.latest_checkpoint(directory) is not None:
@@ -66,11 +117,15 @@ def fit(directory: os.PathLike, pieces: Pieces, train_config: TrainConfig, keys:
             keep = [i for i, s in enumerate(logged["step"]) if s <= done]
             losses = {"step": [logged["step"][i] for i in keep], "loss": [logged["loss"][i] for i in keep]}
     stop_at = train_config.steps if stop_at is None else min(stop_at, train_config.steps)
-    step = _max_step(state)
-    bar = execution.progress_bar(show_progress, total=train_config.steps, initial=step,
-                       desc=f"{desc} {keys.shape[0]} model(s)")
+    step = start = _max_step(state)
+    log_file = LossLog(directory, columns or [f"model_{i}" for i in range(keys.shape[0])], step, writes)
+    label = f"{desc} {keys.shape[0]} model(s)"
+    bar = execution.progress_bar(show_progress, total=train_config.steps, initial=step, desc=label)
+    bar.set_description(f"{label} (compiling)")  # the first dispatch compiles the training program
+    began, first_done = time.perf_counter(), None  # first_done: (time, step) when the first dispatch returned
 
     def log(state, chunk_losses):
+        nonlocal first_done
         signals.check()
         now = _max_step(state)
         chunk = np.atleast_2d(execution.to_host(chunk_losses))  # [S, steps of this dispatch]
@@ -81,6 +136,10 @@ def fit(directory: os.PathLike, pieces: Pieces, train_config: TrainConfig, keys:
             kept = "no checkpoint was saved" if last is None else f"the last checkpoint, step {last}, is kept"
             raise MijaxError(f"training diverged: the loss of model {int(model)} is not finite ({chunk[model, index]}) "
                              f"at step {first}; {kept} (lower the learning rate or check the data)")
+        if first_done is None:
+            first_done = (time.perf_counter(), now)
+            bar.set_description(label)
+        log_file.add(now, chunk)
         mean = chunk.mean(axis=-1)
         losses["step"].append(now)
         losses["loss"].append([float(v) for v in np.atleast_1d(mean)])
@@ -94,12 +153,36 @@ def fit(directory: os.PathLike, pieces: Pieces, train_config: TrainConfig, keys:
                           stop_at=target, callback=log)
             step = target
             store.save_checkpoint(directory, state)
-            if jax.process_index() == 0:
+            if writes:
                 write_json(directory / "losses.json", losses)
+                log_file.checkpoint()
             on_checkpoint(step)
     finally:
         bar.close()
+    if step >= train_config.steps and writes and (step > start or not (directory / "train.json").exists()):
+        _finish(directory, log_file, step, step - start, began, first_done)
     return state
+
+
+def _finish(directory: Path, log_file: LossLog, last_step: int, steps: int, began: float,
+            first_done: Optional[tuple[float, int]]) -> None:
+    """``train.json`` and ``loss.png`` of a run whose training reached ``last_step``, ``steps`` of them in this
+    process since ``began`` (``time.perf_counter()``); ``first_done``: (time, step) when the first dispatch
+    returned. The speed is measured after the first dispatch, which compiled, where there were two."""
+    now = time.perf_counter()
+    if first_done is not None and last_step > first_done[1]:
+        speed = (last_step - first_done[1]) / max(now - first_done[0], 1e-9)
+    else:
+        speed = steps / max(now - began, 1e-9) if steps else None
+    losses = read_json(directory / "losses.json") if (directory / "losses.json").exists() else {"loss": []}
+    write_json(directory / "train.json", {
+        "steps": last_step, "final_loss": losses["loss"][-1] if losses["loss"] else None,
+        "steps_this_command": steps, "seconds": round(now - began, 3) if steps else None,
+        "first_dispatch_seconds": None if first_done is None else round(first_done[0] - began, 3),
+        "steps_per_second": speed})
+    from mijax import plots
+
+    plots.plot_losses(directory / "loss.png", *log_file.losses(), log_file.header.split(",")[1:])
 
 
 def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwrite: bool = False,
@@ -148,11 +231,8 @@ def _train_run(out: Path, config: RunConfig, pieces: Pieces, resume: bool, overw
     with store.replacing(out, "run", replace=overwrite and not resuming) as directory:
         write_json(directory / "config.json", {**config_to_dict(config), "versions": _versions()})
         data = training_data(config, pieces.dataset, keys)
-        state = fit(directory, pieces, config.train, keys, data, config.checkpoint_every, progress, stop_at=stop_at)
-        if _max_step(state) >= config.train.steps and jax.process_index() == 0:
-            losses = read_json(directory / "losses.json") if (directory / "losses.json").exists() else {"loss": []}
-            write_json(directory / "train.json", {"steps": config.train.steps,
-                                                  "final_loss": losses["loss"][-1] if losses["loss"] else None})
+        state = fit(directory, pieces, config.train, keys, data, config.checkpoint_every, progress, stop_at=stop_at,
+                    columns=[f"seed_{s}" for s in config.seed_values])
     return state
 
 

@@ -285,7 +285,7 @@ KINDS = ("run", "study", "demo", "experiment", "experiments", "samples")
 # The entries each kind of output writes at its top level, besides its marker and mijax's temporaries
 # (and the outputs it holds, :data:`HOLDS`).
 OWNED = {
-    "run": ("config.json", "checkpoints", "losses.json", "train.json", "samples-*.npz"),
+    "run": ("config.json", "checkpoints", "losses.json", "losses.csv", "train.json", "loss.png", "samples-*.npz"),
     "study": ("config.json", "metrics.json", "gen_[0-9][0-9][0-9]*"),
     "demo": ("run", "samples.npz", "metrics.json", "report.md", "*.png"),
     "experiment": ("runs", "study", "metrics.json", "report.md", "*.png"),

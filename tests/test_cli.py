@@ -137,12 +137,23 @@ def test_resume_continues_a_killed_run_to_the_same_parameters(trained, tmp_path)
     run = tmp_path / "killed"
     config = runs.load_config(trained)
     runs.train_run(run, config, progress=False, stop_at=10)  # "killed" after the step-10 checkpoint
-    assert store.latest_checkpoint(run) == 10
+    assert store.latest_checkpoint(run) == 10 and not (run / "train.json").exists()
+    with open(run / "losses.csv", "a") as f:  # rows a killed process appended after its last checkpoint
+        f.write("11,9.0,9.0\n12,9.0")
     assert main(["train", *TINY, "--seeds", "2", "--resume", "--out", str(run)]) == 0
     _, _, a = runs.load_run(trained)
     _, _, b = runs.load_run(run)
     jax.tree.map(np.testing.assert_array_equal, a, b)
     assert store.read_json(run / "losses.json") == store.read_json(trained / "losses.json")
+    # every step's loss once, as the uninterrupted run logged it; train.json and the loss curve at the end
+    assert (run / "losses.csv").read_text() == (trained / "losses.csv").read_text()
+    rows = (trained / "losses.csv").read_text().splitlines()
+    steps = config.train.steps
+    assert rows[0] == "step,seed_0,seed_1" and [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, steps + 1))
+    done = store.read_json(run / "train.json")
+    assert done["steps"] == steps and done["steps_this_command"] == steps - 10 and done["steps_per_second"] > 0
+    assert done["final_loss"] == store.read_json(trained / "train.json")["final_loss"]
+    assert (run / "loss.png").stat().st_size > 1000
 
 
 def test_resume_refuses_a_different_configuration(trained, capsys):
