@@ -38,7 +38,7 @@ diffusion             | mijax.diffusion     | Schedule SCHEDULES make_schedule b
                       |                     | predict_x0_from_eps
 models                | mijax.models        | ToyDenoiser FusedDenoiser KERNELS make_denoiser
                       |                     | timestep_embedding_closed
-training              | mijax.training      | train TrainState init_state make_optimizer
+training              | mijax.training      | train TrainState init_state make_optimizer eval_params
 sampling with Hal     | mijax.sampling      | sample sample_chunks Samples
                       | mijax.hal           | HAL_REDUCTIONS
                       | mijax.abort         | sample_with_abort
