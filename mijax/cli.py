@@ -292,6 +292,11 @@ def _init_distributed(a) -> None:
         raise UsageError(str(e)) from None
 
 
+FIGURES_HELP = ("also draw the first seed's samples (samples.png: the histogram or scatter of a mixture, a labelled "
+                "grid of images: in support and hallucinated) and the ROC curves of every score (roc.png) into this "
+                "folder")
+
+
 def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     from mijax import config
     from mijax.detectors import DETECTORS
@@ -318,6 +323,7 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=_path,
                    help="output .npz: x [S, N, *shape] (points [S, N, d], images [S, N, H, W, C]), hal [S, N], "
                         "and the run, step and config it came from")
+    p.add_argument("--figures", type=_path, default=None, metavar="DIR", help=FIGURES_HELP)
     _add_distributed_arguments(p)
 
 
@@ -342,8 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "find them (AUROC, operating points), per seed and over seeds")
     ev.add_argument("samples", type=_path, help="a samples file (.npz) made by mijax sample or mijax demo")
     ev.add_argument("--json-out", type=_path, default=None, help="also write the full result as strict JSON here")
-    ev.add_argument("--figures", type=_path, default=None, metavar="DIR",
-                    help="also draw the ROC curves of every score (first seed) into this folder")
+    ev.add_argument("--figures", type=_path, default=None, metavar="DIR", help=FIGURES_HELP)
     sub.add_parser("data", help="list the registered data sets and models with their options and defaults")
     demo = sub.add_parser("demo", help="train, sample 50,000 points, report the hallucinations (~5 min on 2 CPUs)")
     demo.add_argument("--out", type=_path, default=None, help=f"output directory (default: {DEMO_OUT})")
@@ -479,9 +484,12 @@ def _sample_config(a):
 
 
 def _sample(a) -> None:
+    from mijax import store
     from mijax.runs import sample_run
 
     config = _sample_config(a)
+    if a.figures is not None:
+        store.check_writable(a.figures / "samples.png")
     result = sample_run(a.run, config.n, seed=config.seed, sampler=config.sampler, chunk_size=config.chunk_size,
                         progress=not a.no_progress, out=a.out, precision=config.precision, kernel=config.kernel,
                         overwrite=a.overwrite, abort=config.abort)
@@ -491,7 +499,12 @@ def _sample(a) -> None:
         print(f"{result['shape'][0]} seed(s) x {config.n} samples -> {a.out}")
         from mijax import evaluation
 
-        print(evaluation.format_summary(evaluation.evaluate(evaluation.load_samples(a.out))))
+        samples = evaluation.load_samples(a.out)
+        result = evaluation.evaluate(samples)
+        print(evaluation.format_summary(result))
+        if a.figures is not None:
+            for path in evaluation.plot_evaluation(samples, result, a.figures):
+                print(f"-> {path}")
 
 
 def _eval(a) -> None:
@@ -500,6 +513,8 @@ def _eval(a) -> None:
 
     if a.json_out is not None:
         store.check_writable(a.json_out)
+    if a.figures is not None:
+        store.check_writable(a.figures / "samples.png")
     samples = evaluation.load_samples(a.samples)
     result = evaluation.evaluate(samples)
     print(evaluation.format_summary(result))

@@ -143,16 +143,38 @@ def format_summary(result: dict[str, Any]) -> str:
 
 
 def plot_evaluation(samples: dict[str, Any], result: dict[str, Any], directory: os.PathLike, dataset=None) -> list[str]:
-    """ROC curves of every score (the first seed) into ``directory``; returns the paths written."""
+    """Figures of the first seed's samples into ``directory``; returns the paths written:
+
+    * ``samples.png``: 1D and 2D mixtures: the histogram over the true density, or the scatter over the modes,
+      hallucinated samples in their own colour; grey images: the data set's reference images, then up to 16
+      generated ones in support and up to 16 hallucinated, labelled;
+    * ``roc.png``: the ROC curve of Hal and of every stored score (where both classes have samples).
+    """
     from mijax import plots
 
     dataset = _dataset(samples.get("config")) if dataset is None else dataset
-    positives = np.asarray(dataset.hallucinated(np.asarray(samples["x"][0])), dtype=bool)
-    if positives.all() or not positives.any():
-        return []
-    scores = {"hal": samples["hal"], **samples.get("scores", {})}
-    curves = {name: (*detection.roc_curve(np.asarray(v[0]), positives)[:2],
-                     result["per_seed"][0]["scores"][name]["auroc"]) for name, v in scores.items()}
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    return [plots.plot_roc(Path(directory) / "roc.png", curves, title=f"Detecting hallucinations (seed "
-                                                                      f"{result['seeds'][0]})")]
+    x = np.asarray(samples["x"][0])
+    positives = np.asarray(dataset.hallucinated(x), dtype=bool)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    title = f"{dataset.name}, seed {result['seeds'][0]}: {positives.mean():.2%} hallucinated"
+    mixture = getattr(dataset, "mixture", None)
+    if mixture is not None and x.ndim == 2 and x.shape[1] in (1, 2):
+        plot = plots.plot_histogram_1d if x.shape[1] == 1 else plots.plot_scatter_2d
+        written.append(plot(directory / "samples.png", x, mixture, positives, title=title))
+    elif x.ndim == 4 and x.shape[-1] == 1:
+        import jax
+
+        reference = np.asarray(dataset.reference(jax.random.key(0), 8))
+        rule = result.get("label") or "by the data set's rule"
+        written.append(plots.plot_image_grid(directory / "samples.png", {
+            "the data set's images": reference, "generated, in support": x[~positives][:16],
+            f"generated, hallucinated ({rule})": x[positives][:16]}, title=title))
+    if not (positives.all() or not positives.any()):
+        scores = {"hal": samples["hal"], **samples.get("scores", {})}
+        curves = {name: (*detection.roc_curve(np.asarray(v[0]), positives)[:2],
+                         result["per_seed"][0]["scores"][name]["auroc"]) for name, v in scores.items()}
+        written.append(plots.plot_roc(directory / "roc.png", curves,
+                                      title=f"Detecting hallucinations (seed {result['seeds'][0]})"))
+    return written

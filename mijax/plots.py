@@ -306,3 +306,41 @@ def plot_losses(path, steps, losses, names: Sequence[str] = (), window: int = 0)
     if losses.shape[1] and losses.shape[1] <= 10 and steps.size:
         ax.legend(fontsize=8)
     return save(figure, path)
+
+
+def plot_image_grid(path, sections: Mapping[str, np.ndarray], columns: int = 8, cell: float = 0.9,
+                    title: Optional[str] = None) -> str:
+    """Labelled rows of grey images: each section (e.g. "training images", "generated: hallucinated") is a
+    titled block of rows of its images [n, H, W, 1] (or [n, H, W]) in the models' scale [-1, 1], ``columns``
+    to a row; an empty section says so in its title row.
+
+    Returns:
+      the path written.
+    """
+    blocks = []
+    for name, images in sections.items():
+        images = np.asarray(images, dtype=np.float64)
+        if images.ndim == 4 and images.shape[-1] == 1:
+            images = images[..., 0]
+        if images.ndim != 3 and images.size:
+            raise ValueError(f"plot_image_grid: section {name!r} needs grey images [n, H, W, 1], got {images.shape}")
+        blocks.append((name, images.reshape(-1, *images.shape[-2:]) if images.size else images.reshape(0, 1, 1)))
+    rows = sum(max(1, -(-len(images) // columns)) for _, images in blocks)
+    height = 1.25 * cell * rows + (0.4 if title else 0.1)
+    figure = new_figure(cell * columns, height)
+    figure.set_layout_engine("none")  # the section titles run across the row: no axis may shrink to fit them
+    axes = np.asarray(figure.subplots(rows, columns, squeeze=False))
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1.0 - (0.4 if title else 0.1) / height,
+                           wspace=0.05, hspace=0.25 / cell)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    row = 0
+    for name, images in blocks:
+        for i, image in enumerate(images):
+            axes[row + i // columns, i % columns].imshow(image, cmap="gray", vmin=-1.0, vmax=1.0)
+        axes[row, 0].set_title(f"{name} ({len(images)})" if len(images) else f"{name}: none", fontsize=8,
+                               loc="left")
+        row += max(1, -(-len(images) // columns))
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return save(figure, path)

@@ -67,6 +67,10 @@ def test_a_registered_image_data_set_trains_samples_and_recurses(tmp_path):
     # the same samples whatever the chunking, as for points
     whole = mijax.sample_run(tmp_path / "run", 48)
     np.testing.assert_array_equal(whole["x"], samples["x"])
+    # `mijax sample --figures`: the samples as a labelled image grid beside the data set's own images
+    assert main(["sample", "--run", str(tmp_path / "run"), "--n", "16", "--no-progress", "--out",
+                 str(tmp_path / "s.npz"), "--figures", str(tmp_path / "figures")]) == 0
+    assert (tmp_path / "figures" / "samples.png").stat().st_size > 1000
 
     # one filter: generation 1 has as many models as generation 0 and reuses its compiled programs
     study = mijax.RecursiveConfig(run=config, generations=2, filters=("variance",), pool_extra=16, chunk_size=64)

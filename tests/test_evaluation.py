@@ -20,7 +20,8 @@ def samples_file(tmp_path_factory):
     assert main(["train", *TINY, "--seeds", "2", "--out", str(folder / "run")]) == 0
     out = folder / "s.npz"
     assert main(["sample", "--run", str(folder / "run"), "--n", "256", "--detectors", "xt_var", "--no-progress",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--figures", str(folder / "figures")]) == 0
+    assert {p.name for p in (folder / "figures").iterdir()} == {"samples.png", "roc.png"}
     return out
 
 
@@ -54,7 +55,7 @@ def test_mijax_eval_prints_and_writes_strict_json_and_figures(samples_file, tmp_
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text)["over_seeds"] == json.loads(json.dumps(mijax.evaluate(mijax.load_samples(samples_file))))[
         "over_seeds"]
-    assert (tmp_path / "f" / "roc.png").stat().st_size > 0
+    assert (tmp_path / "f" / "roc.png").stat().st_size > 0 and (tmp_path / "f" / "samples.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("case", ["missing", "not npz", "someone else's npz", "directory"])

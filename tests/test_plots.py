@@ -1,5 +1,6 @@
 """Each figure is written as a non-empty PNG, atomically, without leaking pyplot figures."""
 import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -119,3 +120,20 @@ def test_ci_bands_cut_to_the_possible_range_with_each_seed_as_a_dot(tmp_path, mo
     dots = [c for c in ax.collections if type(c).__name__ == "PathCollection"]
     assert sorted(float(y) for c in dots for y in c.get_offsets()[:, 1]) == [10.0, 20.0, 30.0, 40.0]
     assert _no_pyplot_figures()
+
+
+def test_image_grid_draws_labelled_sections_and_refuses_other_shapes(tmp_path):
+    images = np.linspace(-1.0, 1.0, 5 * 8 * 8).reshape(5, 8, 8, 1)
+    path = plots.plot_image_grid(tmp_path / "grid.png", {"real": images, "generated": images[:3], "empty": images[:0]},
+                                 columns=4, title="grid")
+    assert Path(path).stat().st_size > 1000
+    with pytest.raises(ValueError, match="grey images"):
+        plots.plot_image_grid(tmp_path / "bad.png", {"rgb": np.zeros((2, 8, 8, 3))})
+
+
+def test_loss_curve_of_a_few_models(tmp_path):
+    steps = np.arange(1, 201)
+    losses = np.stack([1.0 / steps, 2.0 / steps], axis=1)
+    assert Path(plots.plot_losses(tmp_path / "loss.png", steps, losses, ["seed_0", "seed_1"])).stat().st_size > 1000
+    with pytest.raises(ValueError, match="losses"):
+        plots.plot_losses(tmp_path / "bad.png", steps, losses[:10])
