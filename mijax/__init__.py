@@ -40,6 +40,7 @@ models                | mijax.models        | ToyDenoiser FusedDenoiser KERNELS 
                       |                     | timestep_embedding_closed
 training              | mijax.training      | train TrainState init_state make_optimizer eval_params
 sampling with Hal     | mijax.sampling      | sample sample_chunks Samples
+                      | mijax.samplers      | samplers=
                       | mijax.hal           | HAL_REDUCTIONS
                       | mijax.abort         | sample_with_abort
 detection and filters | mijax.detectors     | DETECTORS DetectorSpec parse_detectors=parse

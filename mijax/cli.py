@@ -304,7 +304,8 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, type=_path, help="a run directory made by mijax train")
     _add_fields(p, config.SampleConfig, "sample", ("n", "seed", "kernel", "chunk_size", "precision"),
                 required=("n",))
-    _add_fields(p, config.SamplerConfig, "sampler", ("sampler", "variance", "ddim_steps", "eta", "hal_window",
+    _add_fields(p, config.SamplerConfig, "sampler", ("sampler", "variance", "ddim_steps", "skip", "eta",
+                                                      "stochastic_steps", "stochastic_at", "hal_window",
                                                       "hal_end", "hal_reduction", "hal_top_k", "clip_x0",
                                                       "jac_probes"))
     p.add_argument("--detectors", default=None,
@@ -451,10 +452,15 @@ def _sample_config(a):
 
     sampler = _given(a, "sampler")
     name = sampler.get("sampler", SamplerConfig.sampler)
-    if name == "ddpm" and ({"ddim_steps", "eta"} & set(sampler)):
-        raise UsageError("--ddim-steps and --eta apply to --sampler ddim only")
-    if name != "ddpm" and "variance" in sampler:
-        raise UsageError(f"--variance applies to --sampler ddpm only (--sampler {name} ignores it)")
+    if name == "ddpm" and ({"ddim_steps", "skip"} & set(sampler)):
+        raise UsageError("--ddim-steps and --skip apply to the step-skipping samplers (ddim, heun, dpmpp2m) only")
+    if name != "ddim" and ({"eta", "stochastic_steps", "stochastic_at"} & set(sampler)):
+        raise UsageError(f"--eta, --stochastic-steps and --stochastic-at apply to --sampler ddim only (--sampler "
+                         f"{name} ignores them)")
+    stochastic = name == "ddpm" or sampler.get("stochastic_steps", 0) > 0
+    if not stochastic and "variance" in sampler:
+        raise UsageError(f"--variance applies to DDPM's steps only: --sampler ddpm, or ddim's --stochastic-steps "
+                         f"(--sampler {name} ignores it)")
     reduction = sampler.get("hal_reduction", SamplerConfig.hal_reduction)
     if "hal_top_k" in sampler and reduction != "top_k":
         raise UsageError(f"--hal-top-k applies to --hal-reduction top_k only (--hal-reduction {reduction} "

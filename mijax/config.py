@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from mijax import data as datasets
 from mijax import models
 from mijax.detectors import DetectorSpec
+from mijax import samplers
 from mijax.diffusion import OBJECTIVES, SCHEDULES, Schedule, beta_values, check_objective, make_schedule
 from mijax.errors import MijaxError
 from mijax.filters import FILTERS
@@ -40,7 +41,7 @@ class ConfigError(MijaxError):
 RunError = MijaxError  # the name the run-directory functions raise under
 EPOCHS = 10_000  # the published recipe trains 10,000 epochs of fixed batches
 LR_DECAYS = ("none", "cosine", "linear")
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = tuple(samplers.names())  # the registered samplers (mijax.samplers)
 VARIANCES = ("fixed_large", "fixed_small")
 
 
@@ -286,15 +287,20 @@ class SamplerConfig(Config):
     """Static settings of a reverse sampler (hashable: a ``jit`` static argument).
 
     Attributes:
-      sampler: ``ddpm`` (ancestral, the paper's) or ``ddim``.
+      sampler: a registered sampler (:mod:`mijax.samplers`): ``ddpm`` (ancestral, the paper's), ``ddim``,
+        ``heun`` (the probability-flow ODE, second order) or ``dpmpp2m`` (DPM-Solver++(2M)).
       variance: DDPM step variance, ``fixed_large`` (beta_t, the paper's) or ``fixed_small``
-        (the posterior variance).
+        (the posterior variance); also of DDIM's stochastic steps.
       objective: what the denoiser predicts: ``eps`` (the paper's), ``x0`` or ``mean``.
       hal_window: K, the number of reverse steps whose x0_hat variance is Hal (>= 2).
       hal_end: the window ends this many reverse steps before the last one. For DDPM over all T steps
         the window is t = hal_end .. hal_end + K - 1 (the paper's code: t = 9..0).
-      ddim_steps: length of DDIM's evenly spaced step subsequence (None: all T steps).
+      ddim_steps: the number of timesteps of a step-skipping sampler (``ddim``, ``heun``, ``dpmpp2m``; None:
+        all T).
+      skip: how those timesteps are spaced: ``uniform`` or ``quad`` (DDIM's quadratic spacing, up to 0.8 T).
       eta: DDIM's noise scale (0: deterministic).
+      stochastic_steps: DDIM only: k single DDPM steps replacing part of its trajectory (0: none).
+      stochastic_at: where: ``first`` (from its first timestep down) or ``last`` (t = k - 1 .. 0).
       trajectory_stride: record x0_hat every this many reverse steps (0: record nothing).
       trajectory_last: record only within the last this many reverse steps (None: all).
       trajectory_xt: record x_t (each recorded step's input) beside x0_hat (``Samples.trajectory_xt``).
@@ -317,15 +323,21 @@ class SamplerConfig(Config):
     """
 
     SECTION: ClassVar[str] = "sampler"
-    sampler: str = setting("ddpm", "ancestral DDPM (published) or DDIM", choices=SAMPLERS)
+    sampler: str = setting("ddpm", "the reverse sampler: ddpm (ancestral, published), ddim, heun (probability-flow "
+                                   "ODE, second order), dpmpp2m (DPM-Solver++ 2M)", choices=SAMPLERS)
     variance: str = setting("fixed_large", "DDPM only: the step variance (fixed_large: beta_t, as published)",
                             choices=VARIANCES)
     objective: str = setting("eps", "what the network predicts (a run's sampler takes the run's)",
                              choices=OBJECTIVES)
     hal_window: int = setting(10, "reverse steps in the Hal window (K)", low=2)
     hal_end: int = setting(0, "the Hal window ends this many steps before the last", low=0)
-    ddim_steps: Optional[int] = setting(None, "DDIM only: evenly spaced steps (None: all T)", above=0)
+    ddim_steps: Optional[int] = setting(None, "ddim, heun, dpmpp2m: the number of timesteps (None: all T)", above=0)
     eta: float = setting(0.0, "DDIM only: noise scale (0: deterministic)", low=0)
+    skip: str = setting("uniform", "ddim, heun, dpmpp2m: the timesteps' spacing, uniform or quad (quadratic, up "
+                                   "to 0.8 T)", choices=samplers.SKIPS)
+    stochastic_steps: int = setting(0, "DDIM only: single DDPM steps replacing part of its trajectory", low=0)
+    stochastic_at: str = setting("first", "where the stochastic steps go: first (from the first timestep down) or "
+                                          "last (t = k - 1 .. 0)", choices=samplers.STOCHASTIC_AT)
     trajectory_stride: int = setting(0, "record x0_hat every this many reverse steps (0: none)", low=0)
     trajectory_last: Optional[int] = setting(None, "record only within the last this many reverse steps",
                                              above=0)

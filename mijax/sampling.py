@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from mijax import detectors as detectors_lib
-from mijax import execution
+from mijax import execution, samplers
 from mijax.diffusion import Denoiser, Schedule, model_predictions, posterior_mean_variance, predict_eps_from_x0
 from mijax.config import SAMPLERS, VARIANCES, SamplerConfig
 from mijax.execution import plan_for
@@ -52,11 +52,14 @@ class Samples:
 
 
 def reverse_timesteps(config: SamplerConfig, num_timesteps: int) -> np.ndarray:
-    """The timesteps the sampler visits, in reverse order (first T-1, last 0). int32 [S]."""
-    if config.sampler == "ddpm" or config.ddim_steps is None:
-        return np.arange(num_timesteps - 1, -1, -1, dtype=np.int32)
-    steps = np.unique(np.round(np.linspace(0, num_timesteps - 1, config.ddim_steps)).astype(np.int32))
-    return steps[::-1].copy()
+    """The timesteps the sampler visits, in reverse order (the last is 0; :func:`mijax.samplers.timesteps`).
+    int32 [S]."""
+    return _timesteps(config, num_timesteps)[0]
+
+
+def _timesteps(config: SamplerConfig, num_timesteps: int) -> tuple[np.ndarray, np.ndarray]:
+    return samplers.timesteps(config.sampler, num_timesteps, config.ddim_steps, config.skip, config.stochastic_steps,
+                              config.stochastic_at)
 
 
 def validate(config: SamplerConfig, num_timesteps: int, has_oracle: bool = True) -> None:
@@ -66,8 +69,12 @@ def validate(config: SamplerConfig, num_timesteps: int, has_oracle: bool = True)
         raise ValueError(f"unknown sampler {config.sampler!r}; choose from {', '.join(SAMPLERS)}")
     if config.variance not in VARIANCES:
         raise ValueError(f"unknown variance {config.variance!r}; choose from {', '.join(VARIANCES)}")
-    if config.sampler == "ddim" and config.ddim_steps is not None and not 1 <= config.ddim_steps <= num_timesteps:
-        raise ValueError(f"ddim steps must be in 1..{num_timesteps}, got {config.ddim_steps}")
+    if config.sampler != "ddpm" and config.ddim_steps is not None and not 1 <= config.ddim_steps <= num_timesteps:
+        raise ValueError(f"{config.sampler} steps must be in 1..{num_timesteps}, got {config.ddim_steps}")
+    if config.stochastic_steps and config.sampler != "ddim":
+        raise ValueError(f"stochastic steps replace part of a DDIM trajectory; the {config.sampler} sampler has none")
+    if config.skip == "quad" and config.sampler != "ddpm" and config.ddim_steps is None:
+        raise ValueError("quadratically spaced steps need their number (ddim_steps)")
     num_steps = len(reverse_timesteps(config, num_timesteps))
     if num_steps < 2:
         raise ValueError(f"Hal needs at least 2 reverse steps; this sampler has {num_steps}")
@@ -106,8 +113,10 @@ def validate_regions(config: SamplerConfig, shape: tuple[int, ...]) -> None:
 
 
 def _step_table(config: SamplerConfig, num_timesteps: int):
-    """Per-step constants of the scan: t, previous t, trajectory slot (-1: not recorded)."""
-    ts = reverse_timesteps(config, num_timesteps)
+    """Per-step constants of the scan: t, the next visited t (-1 after the last), the one visited before (-1 at
+    the first), the kind of step (:data:`mijax.samplers.ANCESTRAL` or ``DETERMINISTIC``), the trajectory slot (-1:
+    not recorded)."""
+    ts, kinds = _timesteps(config, num_timesteps)
     n = len(ts)
     from_end = n - 1 - np.arange(n)  # 0 at the last step
     slots = np.full(n, -1, dtype=np.int32)
@@ -116,7 +125,8 @@ def _step_table(config: SamplerConfig, num_timesteps: int):
         record = (from_end < last) & (from_end % config.trajectory_stride == 0)
         slots[record] = np.arange(int(record.sum()), dtype=np.int32)
     t_prev = np.concatenate([ts[1:], [-1]]).astype(np.int32)
-    return ts, t_prev, slots
+    t_before = np.concatenate([[-1], ts[:-1]]).astype(np.int32)
+    return ts, t_prev, t_before, kinds, slots
 
 
 def window_table(windows: Sequence[tuple[int, int]], num_steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -293,12 +303,23 @@ class _Reverse:
                  oracle=None):
         self.denoise_fn, self.params, self.schedule, self.config, self.shape = denoise_fn, params, schedule, config, shape
         T = schedule.num_timesteps
-        ts, t_prev, slots = _step_table(config, T)
+        ts, t_prev, t_before, kinds, slots = _step_table(config, T)
         self.num_steps, self.num_records = len(ts), int((slots >= 0).sum())
         self.statistics = _Statistics(config, len(ts))
         self.trajectories = _Trajectories(config, self.num_records, shape)
-        self.xs = ((jnp.asarray(ts), jnp.asarray(t_prev), jnp.asarray(slots)), self.statistics.xs)
+        self.mixed = bool(np.any(kinds == samplers.ANCESTRAL)) and config.sampler != "ddpm"
+        self.xs = ((jnp.asarray(ts), jnp.asarray(t_prev), jnp.asarray(t_before), jnp.asarray(kinds),
+                    jnp.asarray(slots)), self.statistics.xs)
         self.oracle_at = (lambda x_t, t: oracle[0](oracle[1], x_t, t)) if oracle is not None else None
+
+    def eps_at(self, params, x, t):
+        """The network's eps_hat at x [C, *shape], timestep t (from the clipped x0_hat when the sampler clips)."""
+        config, schedule = self.config, self.schedule
+        output = self.denoise_fn(params, x, t)
+        if config.objective == "eps" and not config.clip_x0:
+            return output
+        x0 = model_predictions(schedule, output, x, t, config.objective)[0]
+        return predict_eps_from_x0(schedule, x, t, jnp.clip(x0, -1.0, 1.0) if config.clip_x0 else x0)
 
     def view_at(self, keys, x, t, **known):
         return detectors_lib.StepView(_eps_fn(self.denoise_fn, self.params, self.schedule, t, self.config.objective),
@@ -307,56 +328,43 @@ class _Reverse:
     def init(self, keys: jax.Array):
         """The carry before the first reverse step for the samples of ``keys`` [C]."""
         x = _per_sample_normal(keys, self.schedule.num_timesteps, self.shape)
-        return (keys, x, self.statistics.init(x), self.trajectories.init(x))  # every leaf: the sample axis first
+        solver = jnp.zeros_like(x) if samplers.carries_x0(self.config.sampler) else None  # the previous x0_hat
+        # every leaf: the sample axis first
+        return (keys, x, self.statistics.init(x), self.trajectories.init(x), solver)
 
     def run(self, carry, start: int = 0, stop: Optional[int] = None):
         """Reverse steps ``start .. stop - 1`` (indices into :func:`reverse_timesteps`) from ``carry``."""
         config, schedule, shape, params, denoise_fn = self.config, self.schedule, self.shape, self.params, self.denoise_fn
         statistics, trajectories = self.statistics, self.trajectories
-        if config.variance == "fixed_large":
-            sigmas = jnp.sqrt(schedule.betas)
-        else:
-            sigmas = jnp.exp(0.5 * schedule.posterior_log_variance_clipped)
-        abar = schedule.alphas_cumprod
-        log_alphas = jnp.log1p(-schedule.betas)  # [T], for DDIM's abar_t / abar_{t'} (see below)
-        step_index = jnp.arange(schedule.num_timesteps)
+        rule, ddpm = samplers.SAMPLERS.entry(config.sampler).factory, samplers.SAMPLERS.entry("ddpm").factory
+        eps_at = partial(self.eps_at, params)
+        # a deterministic sampler draws no step noise (its steps would multiply it by zero)
+        noisy = config.sampler == "ddpm" or (config.sampler == "ddim" and (config.eta > 0 or self.mixed))
 
         def step(carry, xs):
-            keys, x, stats, recorded = carry
-            (t, tp, slot), stat_xs = xs
+            keys, x, stats, recorded, solver = carry
+            (t, tp, tb, kind, slot), stat_xs = xs
             output = denoise_fn(params, x, t)
             x0, mean = model_predictions(schedule, output, x, t, config.objective)
             eps_hat = output if config.objective == "eps" else predict_eps_from_x0(schedule, x, t, x0)
-            if config.clip_x0:  # the step follows the clipped x0_hat (posterior mean; DDIM's eps below)
+            if config.clip_x0:  # the step follows the clipped x0_hat (posterior mean; the noise it implies)
                 x0 = jnp.clip(x0, -1.0, 1.0)
                 mean = posterior_mean_variance(schedule, x0, x, t)[0]
-            noise = _per_sample_normal(keys, t, shape)
-            if config.sampler == "ddpm":
-                x_next = mean + jnp.where(t > 0, sigmas[t], 0.0) * noise
-            else:
-                eps = output if config.objective == "eps" and not config.clip_x0 else predict_eps_from_x0(schedule, x, t, x0)
-                abar_t = abar[t]
-                abar_prev = jnp.where(tp >= 0, abar[jnp.maximum(tp, 0)], 1.0)
-                # keep = abar_t / abar_prev = prod of alpha_s over tp < s <= t, summed in log space: late in
-                # long schedules (the paper's: t >~ 900) abar underflows float32 and the ratio of two zeros,
-                # like x0_hat = sqrt(1 / abar_t) x_t - ..., is not representable.
-                keep = jnp.exp(jnp.sum(jnp.where((step_index > tp) & (step_index <= t), log_alphas, 0.0)))
-                sigma = config.eta * jnp.sqrt((1 - abar_prev) / (1 - abar_t) * (1 - keep))
-                sigma = jnp.where(tp >= 0, sigma, 0.0)
-                direction = jnp.sqrt(jnp.maximum(1 - abar_prev - sigma**2, 0.0))
-                if config.objective == "eps":
-                    # sqrt(abar_prev) x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(keep), finite where x0_hat is not
-                    scaled_x0 = (x - schedule.sqrt_one_minus_alphas_cumprod[t] * eps) * jax.lax.rsqrt(keep)
-                else:
-                    scaled_x0 = jnp.sqrt(abar_prev) * x0
-                x_next = scaled_x0 + direction * eps + sigma * noise
+            eps_is_output = config.objective == "eps" and not config.clip_x0
+            eps = output if eps_is_output else predict_eps_from_x0(schedule, x, t, x0)
+            noise = _per_sample_normal(keys, t, shape) if noisy else jnp.zeros_like(x)
+            view = samplers.Step(schedule, x, x0, eps, mean, t, tp, tb, noise, eps_at, config.eta, config.variance,
+                                 config.objective == "eps")
+            x_next, solver = rule(view, solver)
+            if self.mixed:  # the stochastic steps of a DDIM trajectory
+                x_next = jnp.where(kind == samplers.ANCESTRAL, ddpm(view, solver)[0], x_next)
             # The last step returns x0_hat itself (x_{-1} := x0_hat): the t = 0 ancestral step has no noise
             # and c1 = 1, c2 = 0 there, so this equals the mean up to rounding.
             x_next = jnp.where(tp >= 0, x_next, x0)
             # Hal and the detectors see x0_hat (clipped when the sampler clips) and the network's own eps_hat.
             stats = statistics.update(stats, lambda: self.view_at(keys, x, t, x0=x0, eps=eps_hat), stat_xs)
             recorded = trajectories.update(recorded, x0, x, slot)
-            return (keys, x_next, stats, recorded), None
+            return (keys, x_next, stats, recorded, solver), None
 
         xs = jax.tree.map(lambda a: a[start:stop], self.xs)
         return jax.lax.scan(step, carry, xs)[0]
@@ -376,7 +384,7 @@ class _Reverse:
     def finish(self, carry) -> Samples:
         """Hal over every window, the detectors' scores and the recordings, after the last step."""
         config = self.config
-        _, x, stats, recorded = carry
+        _, x, stats, recorded, _ = carry
         variances = self.statistics.hal_variances(stats)  # [C, *shape] per Hal window
         hals = [HAL_REDUCTIONS[config.hal_reduction](v, config) for v in variances]
         extra = jnp.stack(hals[1:], axis=1) if len(hals) > 1 else None
@@ -544,6 +552,6 @@ def sample(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, n: 
     merged = jax.tree.map(lambda *a: jnp.concatenate(a, axis=axis), *parts) if len(parts) > 1 else parts[0]
     if merged.trajectory is not None:
         ts = reverse_timesteps(config, schedule.num_timesteps)
-        slots = _step_table(config, schedule.num_timesteps)[2]
+        slots = _step_table(config, schedule.num_timesteps)[-1]
         merged = merged.replace(trajectory_t=ts[slots >= 0])
     return merged

@@ -368,3 +368,17 @@ def test_sampling_a_run_reads_its_configuration_once_and_builds_once(trained, mo
     got = runs.sample_run(trained, 8, sampler=mijax.SamplerConfig(hal_reduction="max"))
     assert got["x"].shape == (2, 8, 1)
     assert counts == {"config.json": 1, "data set": 1, "model": 1, "schedule": 1}
+
+
+def test_sample_with_every_sampler(trained, tmp_path, capsys):
+    for options in (["--sampler", "heun", "--ddim-steps", "8"], ["--sampler", "dpmpp2m", "--ddim-steps", "8"],
+                    ["--sampler", "ddim", "--ddim-steps", "8", "--skip", "quad", "--stochastic-steps", "2",
+                     "--stochastic-at", "last", "--variance", "fixed_small"]):
+        out = tmp_path / f"{options[1]}.npz"
+        assert main(["sample", "--run", str(trained), "--n", "8", "--hal-window", "3", "--no-progress", *options,
+                     "--out", str(out)]) == 0
+        with np.load(out) as f:
+            assert f["x"].shape == (2, 8, 1) and np.all(np.isfinite(f["x"]))
+    msg = _error(capsys, ["sample", "--run", str(trained), "--n", "8", "--sampler", "heun", "--eta", "0.5",
+                          "--out", str(tmp_path / "bad.npz")])
+    assert "--sampler ddim only" in msg and not (tmp_path / "bad.npz").exists()

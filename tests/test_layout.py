@@ -45,7 +45,7 @@ LAYERS = {
     # noise schedules, the diffusion maths, the mixtures' exact scores, statistics, Hal's reductions, the
     # detectors' reductions, the filters
     "mijax.diffusion": MATHS, "mijax.mixtures": MATHS, "mijax.stats": MATHS,
-    "mijax.hal": MATHS, "mijax.detectors": MATHS, "mijax.filters": MATHS,
+    "mijax.hal": MATHS, "mijax.detectors": MATHS, "mijax.filters": MATHS, "mijax.samplers": MATHS,
     # data sets (and the digits' feature classifier), denoisers
     "mijax.data": DATA_AND_MODELS, "mijax.features": DATA_AND_MODELS, "mijax.models": DATA_AND_MODELS,
     # every configuration: data set, model, diffusion, training, run, sampler, sampling, abort, recursion
