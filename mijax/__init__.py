@@ -21,7 +21,7 @@ configuration         | mijax.config        | RunConfig DataConfig ModelConfig D
                       |                     | ConfigError build config_from_dict config_to_dict data_config
                       |                     | paper_steps
 runs                  | mijax.runs          | Run train_run load_run sample_run
-                      | mijax.evaluation    | load_samples evaluate
+                      | mijax.evaluation    | load_samples evaluate certify
                       | mijax.keys          | seed_keys
                       | mijax.errors        | MijaxError
                       | mijax.version       | __version__
@@ -47,7 +47,7 @@ detection and filters | mijax.detectors     | DETECTORS DetectorSpec parse_detec
                       | mijax.detection     | auroc roc_curve detection_summary removal_at_retention
                       |                     | retained_at_removal
                       | mijax.filters       | FILTERS filter_indices calibrate_threshold random_filter
-                      |                     | threshold_filter variance_filter
+                      |                     | threshold_filter variance_filter certify_threshold
                       | mijax.recursive     | run_recursive
 how it runs           | mijax.execution     | plan_for use_cpu_cores use_xla_cpu_kernels
 """

@@ -350,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("samples", type=_path, help="a samples file (.npz) made by mijax sample or mijax demo")
     ev.add_argument("--json-out", type=_path, default=None, help="also write the full result as strict JSON here")
     ev.add_argument("--figures", type=_path, default=None, metavar="DIR", help=FIGURES_HELP)
+    ev.add_argument("--target-rate", type=_finite("--target-rate", 0, 1, low_open=True), default=None, metavar="ALPHA",
+                    help="also certify, per seed, a threshold on --score that keeps the hallucination rate among the "
+                         "samples it keeps at most ALPHA with probability >= 1 - --delta (these samples as the "
+                         "calibration set)")
+    ev.add_argument("--delta", type=_finite("--delta", 0, 1, low_open=True), default=None,
+                    help="--target-rate's failure probability (default: 0.1)")
+    ev.add_argument("--score", default=None, help="--target-rate's score: hal or a stored detector (default: hal)")
     sub.add_parser("data", help="list the registered data sets and models with their options and defaults")
     demo = sub.add_parser("demo", help="train, sample 50,000 points, report the hallucinations (~5 min on 2 CPUs)")
     demo.add_argument("--out", type=_path, default=None, help=f"output directory (default: {DEMO_OUT})")
@@ -521,9 +528,15 @@ def _eval(a) -> None:
         store.check_writable(a.json_out)
     if a.figures is not None:
         store.check_writable(a.figures / "samples.png")
+    if a.target_rate is None and (a.delta is not None or a.score is not None):
+        raise UsageError("--delta and --score apply to --target-rate only")
     samples = evaluation.load_samples(a.samples)
     result = evaluation.evaluate(samples)
     print(evaluation.format_summary(result))
+    if a.target_rate is not None:
+        result["certified"] = evaluation.certify(samples, a.target_rate, 0.1 if a.delta is None else a.delta,
+                                                 a.score or "hal")
+        print(evaluation.format_certified(result["certified"], result["seeds"]))
     if a.json_out is not None:
         write_json(a.json_out, {"samples": str(a.samples), "run": samples["run"], "step": samples["step"], **result})
         print(f"-> {a.json_out}")

@@ -118,6 +118,40 @@ def evaluate(samples: dict[str, Any], removal: float = REMOVAL, retention: float
             "over_seeds": over}
 
 
+def certify(samples: dict[str, Any], alpha: float, delta: float = 0.1, score: str = "hal",
+            dataset=None) -> dict[str, Any]:
+    """Per seed, a threshold on ``score`` (``hal`` or a stored detector's) certified to keep the hallucination
+    rate among the samples it keeps at most ``alpha`` with probability >= 1 - delta, these samples being the
+    calibration set (:func:`mijax.filters.certify_threshold`; apply it to new samples of the same model and
+    sampler). Returns ``{"score", "alpha", "delta", "per_seed": [certify_threshold's dict]}``."""
+    from mijax.filters import certify_threshold
+
+    if not (0.0 < alpha < 1.0 and 0.0 < delta < 1.0):
+        raise MijaxError(f"the target rate and delta must be in (0, 1), got {alpha:g} and {delta:g}")
+    dataset = _dataset(samples.get("config")) if dataset is None else dataset
+    scores = {"hal": samples["hal"], **samples.get("scores", {})}
+    if score not in scores:
+        raise MijaxError(f"these samples have no score {score!r}; they have {', '.join(scores)}")
+    x, values = np.asarray(samples["x"]), np.asarray(scores[score])
+    rows = [certify_threshold(values[s], dataset.hallucinated(x[s]), alpha, delta) for s in range(x.shape[0])]
+    return {"score": score, "alpha": alpha, "delta": delta,
+            "per_seed": [{k: finite_or_none(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows]}
+
+
+def format_certified(result: dict[str, Any], seeds) -> str:
+    """One line per seed of :func:`certify`'s result."""
+    lines = [f"{result['score']} < threshold keeps the hallucination rate <= {result['alpha']:g} with probability >= "
+             f"{1 - result['delta']:g} (Learn-then-Test on these samples as calibration):"]
+    for seed, row in zip(seeds, result["per_seed"]):
+        if row["threshold"] is None:
+            lines.append(f"  seed {seed}: no threshold can be certified from {row['calibration']:,} samples (keep "
+                         "none, or calibrate on more)")
+        else:
+            lines.append(f"  seed {seed}: threshold {row['threshold']:.4g} keeps {row['accepted']:.1%} of the samples; "
+                         f"their hallucination rate <= {row['bound']:.3g} ({1 - result['delta']:g} upper bound)")
+    return "\n".join(lines)
+
+
 def hallucination_rule(dataset) -> Optional[str]:
     """What the data set calls a hallucination, from the first sentence of its ``hallucinated`` docstring."""
     doc = (getattr(type(dataset).hallucinated, "__doc__", None) or "").strip()

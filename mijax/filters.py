@@ -101,3 +101,68 @@ def calibrate_threshold(hal: np.ndarray, keep: int) -> np.ndarray:
     if keep == hal.shape[1]:
         return np.full(hal.shape[0], np.inf)
     return 0.5 * (hal[:, keep - 1] + hal[:, keep])
+
+
+# ---------------------------------------------------------------------------------------------
+# A threshold with a guarantee.
+
+def certify_threshold(scores, hallucinated, alpha: float, delta: float = 0.1, grid: int = 100,
+                      seed: int = 0) -> dict:
+    """A threshold that keeps the hallucination rate among the samples it keeps at most ``alpha``, with
+    probability at least ``1 - delta`` over the calibration draw (Learn-then-Test, fixed-sequence testing).
+
+    The calibration samples (``scores`` [N], higher = more suspicious; ``hallucinated`` bool [N], their labels)
+    are split at random (``seed``) into two halves. A threshold keeps ``score < t``; for a candidate t, the m
+    samples it keeps hold k hallucinations, and given m they are m independent draws, each hallucinated with
+    R(t), the rate among the samples t keeps; so ``P(Binomial(m, alpha) <= k)`` is a p-value for "R(t) >= alpha".
+    The first half places ``grid`` candidates (the quantiles of its scores at the shares 1/grid, ..., 1, and
+    one that keeps everything) and orders them by their p-values there; the second half tests them in that
+    order, each at level ``delta``, and stops at the first it cannot reject. The candidates rejected before
+    that are certified together with probability >= 1 - delta (the order does not depend on the second half);
+    the one that keeps the most is returned.
+
+    Assumes the samples to be filtered are exchangeable with the calibration samples: drawn the same way, from
+    the same model and sampler, scored by the same detector. Labels come from the data set (beyond k sigma of
+    every mode for the mixtures, two copies of a shape for SIMPLE SHAPES).
+
+    Returns:
+      {"threshold": the certified threshold (-inf where none is: keep nothing), "accepted": the share of the
+      second half it keeps, "kept": m, "hallucinated": k (of that half), "bound": the one-sided (1 - delta)
+      Clopper-Pearson upper bound of R at it, "alpha", "delta", "calibration": N, "certified": how many
+      candidates were}.
+    """
+    from scipy import stats as scipy_stats
+
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    hallucinated = np.asarray(hallucinated, dtype=bool).reshape(-1)
+    if scores.shape != hallucinated.shape:
+        raise ValueError(f"scores {scores.shape} and labels {hallucinated.shape} differ in length")
+    if not (0.0 < alpha < 1.0 and 0.0 < delta < 1.0):
+        raise ValueError(f"alpha and delta must be in (0, 1), got {alpha} and {delta}")
+    if scores.size < 4 or not np.all(np.isfinite(scores)):
+        raise ValueError("certify_threshold needs at least 4 calibration samples, with finite scores")
+    order = np.random.default_rng(seed).permutation(scores.size)
+    halves = [(scores[i], hallucinated[i]) for i in (order[: scores.size // 2], order[scores.size // 2:])]
+    candidates = np.unique(np.quantile(halves[0][0], np.arange(1, grid + 1) / grid, method="higher"))
+    candidates = np.append(candidates, np.inf)
+
+    def counts(half, t):
+        kept = half[0] < t
+        return int(kept.sum()), int(half[1][kept].sum())
+
+    def p_value(m, k):
+        return float(scipy_stats.binom.cdf(k, m, alpha)) if m else 1.0
+
+    first = [p_value(*counts(halves[0], t)) for t in candidates]
+    best, certified = {"threshold": -np.inf, "kept": 0, "hallucinated": 0}, 0
+    for j in sorted(range(len(candidates)), key=lambda j: (first[j], -candidates[j])):
+        m, k = counts(halves[1], candidates[j])
+        if p_value(m, k) > delta:
+            break
+        certified += 1
+        if m > best["kept"]:
+            best = {"threshold": float(candidates[j]), "kept": m, "hallucinated": k}
+    m, k = best["kept"], best["hallucinated"]
+    bound = float(scipy_stats.beta.ppf(1.0 - delta, k + 1, m - k)) if m and k < m else 1.0
+    return {**best, "accepted": m / halves[1][0].size, "bound": bound, "alpha": alpha, "delta": delta,
+            "calibration": int(scores.size), "certified": certified}

@@ -81,3 +81,43 @@ def test_sample_ends_with_the_same_summary(samples_file, tmp_path, capsys):
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert evaluation.format_summary(mijax.evaluate(mijax.load_samples(out))) in printed
+
+
+def test_a_certified_threshold_holds_its_rate_over_many_calibration_draws():
+    """Synthetic scores whose hallucination probability rises with the score: over 100 calibration / test draws
+    the hallucination rate among the test samples the certified threshold keeps exceeds alpha in at most a
+    delta share of them (within binomial error), and the threshold keeps most of what it can."""
+    from mijax.filters import certify_threshold
+
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        s = rng.exponential(size=n)
+        return s, rng.random(n) < 1.0 / (1.0 + np.exp(-2.0 * (s - 4.0)))
+
+    alpha, delta, fails, kept = 0.01, 0.1, 0, []
+    for split in range(100):
+        c = certify_threshold(*draw(10_000), alpha, delta, seed=split)
+        assert c["bound"] <= 1.0 and c["alpha"] == alpha and c["certified"] >= 1
+        s, h = draw(10_000)
+        keep = s < c["threshold"]
+        fails += h[keep].mean() > alpha
+        kept.append(keep.mean())
+    assert fails <= 100 * delta + 3 * np.sqrt(100 * delta * (1 - delta))
+    assert np.mean(kept) > 0.8  # the base rate is ~3%: most samples can be kept below 1%
+    nothing = certify_threshold(np.arange(10.0), np.ones(10, bool), alpha)  # every sample hallucinated
+    assert nothing["threshold"] == -np.inf and nothing["kept"] == 0
+    with pytest.raises(ValueError, match="alpha"):
+        certify_threshold(np.arange(10.0), np.zeros(10, bool), 1.5)
+
+
+def test_mijax_eval_certifies_a_threshold_per_seed(samples_file, tmp_path, capsys):
+    out = tmp_path / "c.json"
+    assert main(["eval", str(samples_file), "--target-rate", "0.05", "--delta", "0.2", "--json-out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "keeps the hallucination rate <= 0.05 with probability >= 0.8" in printed
+    certified = json.loads(out.read_text())["certified"]
+    assert certified["score"] == "hal" and len(certified["per_seed"]) == 2
+    assert main(["eval", str(samples_file), "--target-rate", "0.05", "--score", "xt_var"]) == 0
+    assert main(["eval", str(samples_file), "--delta", "0.2"]) == 2
+    assert main(["eval", str(samples_file), "--target-rate", "0.05", "--score", "nope"]) == 2
