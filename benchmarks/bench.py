@@ -192,6 +192,33 @@ def bench_sampling(n: int, timesteps: int, dim: int, window: int, repeats: int =
     return result
 
 
+def bench_samplers(n: int, timesteps: int, dim: int, window: int, steps: int, repeats: int = 3,
+                   seed: int = 0, names: Optional[Sequence[str]] = None) -> list[dict]:
+    """Throughput of every registered sampler (:mod:`mijax.samplers`) carrying Hal over the last ``window``
+    steps: ``ddpm`` over all ``timesteps``, the others over ``steps`` uniformly spaced timesteps. Per sampler:
+    its steps, network evaluations per sample, seconds (best), samples per second, point-steps per second
+    (n steps / seconds) and network evaluations per second."""
+    from mijax import samplers
+
+    model, init_fn = _denoiser(dim, "float32")
+    key = jax.random.PRNGKey(seed)
+    params, schedule = init_fn(key), make_schedule(num_timesteps=timesteps)
+    rows = []
+    for name in names or samplers.names():
+        config = SamplerConfig(sampler=name, ddim_steps=None if name == "ddpm" else steps,
+                               hal_window=min(window, steps))
+        validate(config, timesteps)
+        kinds = samplers.timesteps(name, timesteps, config.ddim_steps)[1]
+        timing = time_best(lambda: sample(model.apply, params, schedule, jax.random.fold_in(key, 1), n, (dim,),
+                                          config), repeats)
+        evaluations = samplers.evaluations(name, kinds)
+        rows.append({"sampler": name, "n": n, "dim": dim, "steps": len(kinds), "evaluations": evaluations,
+                     **timing, "samples_per_s": n / timing["seconds"],
+                     "point_steps_per_s": n * len(kinds) / timing["seconds"],
+                     "evaluations_per_s": n * evaluations / timing["seconds"]})
+    return rows
+
+
 def bench_detectors(n: int, timesteps: int, dim: int, window: int, repeats: int = 3, seed: int = 0) -> dict:
     """What the detectors cost: sampling with Hal alone against sampling with every detector of
     :mod:`mijax.detectors` in the same pass (:func:`detector_costs`).
@@ -714,6 +741,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "the whole-process time (about 8 minutes at the default sizes with 2 rounds)")
     parser.add_argument("--process-rounds", type=int, default=2,
                         help="runs of each whole process with --processes, fastest kept (default 2)")
+    parser.add_argument("--samplers", type=int, default=None, metavar="STEPS",
+                        help="also compare every registered sampler at N samples: ddpm over all T steps, the others "
+                             "over STEPS timesteps (throughput and network evaluations per sample)")
     parser.add_argument("--skip", default="",
                         help="comma-separated measurements to skip: " + ", ".join(MEASUREMENTS))
     parser.add_argument("--quiet-wait", type=float, default=0.0,
@@ -751,6 +781,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     values.setdefault("json_out", None)
     values.setdefault("quiet_wait", 0.0)
     values.setdefault("seed_batch", None)
+    values.setdefault("samplers", None)
     values.setdefault("processes", False)
     values.setdefault("process_rounds", 2)
     if values["process_rounds"] < 1:
@@ -863,6 +894,8 @@ def run(args: argparse.Namespace) -> dict:
             results["torch"]["sampling_speedup"] = traj["seconds"] / results["sampling"]["seconds"]
             # The baseline's own time varies a lot between runs on a shared CPU: the ratio of medians too.
             results["torch"]["sampling_speedup_median"] = traj["median_seconds"] / results["sampling"]["median_seconds"]
+    if a.samplers:
+        results["samplers"] = bench_samplers(a.n, a.timesteps, a.dim, a.window, a.samplers, a.repeats)
     if "sweep" not in a.skip:
         results["sweep"] = bench_sampling_sweep(a.sweep_n, a.sweep_timesteps, a.sweep_dims, a.devices, a.precisions,
                                                 a.window, a.repeats, measure, a.kernels, a.chunk_size)
@@ -1016,6 +1049,10 @@ def format_table(results: dict) -> str:
                      f"first call {s['first_seconds']:.1f} s){_busy(s)}"))
         if "device_peak_bytes_in_use" in s:
             rows.append(("device peak bytes in use", f"{s['device_peak_bytes_in_use'] / 2**20:.1f} MiB"))
+    for r in results.get("samplers", []):
+        rows.append((f"sampler {r['sampler']} N={r['n']} d={r['dim']}: {r['steps']} steps, {r['evaluations']} "
+                     "evaluations", f"{r['samples_per_s']:,.0f} samples/s, {r['point_steps_per_s'] / 1e6:.3f} M "
+                                    f"point-steps/s ({r['seconds']:.3f} s)"))
     for r in results.get("sweep", []):
         mem = r.get("compiled_bytes_per_device")
         peak = r.get("device_peak_bytes_in_use")

@@ -432,3 +432,13 @@ def test_mijax_bench_outside_a_checkout_is_one_line(tmp_path, monkeypatch, capsy
     assert cli.main(["bench", "--quick"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "source checkout" in err[0], err
+
+
+def test_every_sampler_is_benchmarked():
+    rows = bench.bench_samplers(256, 20, 1, 3, 5, repeats=1)
+    assert [r["sampler"] for r in rows] == ["ddpm", "ddim", "heun", "dpmpp2m"]
+    assert [(r["steps"], r["evaluations"]) for r in rows] == [(20, 20), (5, 5), (5, 9), (5, 5)]
+    assert all(r["samples_per_s"] > 0 and r["point_steps_per_s"] > 0 for r in rows)
+    assert "sampler heun N=256 d=1: 5 steps, 9 evaluations" in bench.format_table(
+        {"machine": {"cpu_model": "?", "cpu_count": 2, "backend": "cpu", "device_kind": "cpu", "jax": "?"},
+         "samplers": rows})
