@@ -107,8 +107,8 @@ def check_recursive(ns: dict, here: Path) -> None:
         for key in ("hallucination_rate", "kept_hallucination_rate"):
             assert len(table[key]) == 2 and all(0.0 <= g["mean"] <= 1.0 for g in table[key]), (name, key)
     with np.load(study / "gen_001" / "pool.npz") as f:
-        assert f["x"].shape == (4, 800, 1) and f["hal"].shape == (4, 800)  # filters x seeds models, pool N + 400
-    assert len(ns["generation_1"]) == 2 and ns["result"]["summary"] == summary
+        assert f["x"].shape == (2, 800, 1) and f["hal"].shape == (2, 800)  # filters x seeds models, pool N + 400
+    assert len(ns["generation_1"]) == 1 and set(ns["result"]["summary"]) == set(summary)
 
 
 CHECKS = {"getting-started.md": check_getting_started, "tutorials/grid-2d.md": check_grid,
