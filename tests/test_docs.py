@@ -1,4 +1,5 @@
-"""The documentation runs: the code blocks of getting started and of every tutorial, and the README's links.
+"""The documentation runs: the code blocks of getting started and of every tutorial; and the relative links of
+the README, the home page and those pages lead to files that exist.
 
 Each page of :data:`PAGES` runs in its own temporary folder: its ```python blocks in order in one namespace,
 and each line of its ```bash blocks whose first line starts with ``mijax `` through :func:`mijax.cli.main`,
@@ -124,7 +125,7 @@ def test_the_page_has_code_of_both_kinds(page):
 
 
 def test_every_tutorial_is_run_and_in_the_site():
-    on_disk = sorted(str(p.relative_to(DOCS)) for p in (DOCS / "tutorials").glob("*.md"))
+    on_disk = sorted(p.relative_to(DOCS).as_posix() for p in (DOCS / "tutorials").glob("*.md"))
     assert on_disk == sorted(TUTORIALS), "a tutorial page that the tests do not run (or the reverse)"
     nav = (ROOT / "mkdocs.yml").read_text()
     index = (DOCS / "index.md").read_text()
