@@ -36,7 +36,8 @@ def load_samples(path: os.PathLike) -> dict[str, Any]:
 
     Returns:
       ``{"x": float32 [S, n, *shape], "hal": float32 [S, n], "scores": {name: float32 [S, n]},
-      "seeds": int [S], "config": RunConfig or None, "run": str or None, "step": int or None}``;
+      "seeds": int [S], "config": RunConfig or None, "run": str or None, "step": int or None}``, and for a
+      file of abort and resample (``mijax sample --abort``) its ``"redraws"`` and ``"steps"`` [S, n] too;
       a file that is not a mijax samples file raises one-line :class:`~mijax.errors.MijaxError`.
     """
     path = Path(path)
@@ -64,7 +65,8 @@ def load_samples(path: os.PathLike) -> dict[str, Any]:
     return {"x": x, "hal": hal, "seeds": arrays["seeds"],
             "scores": {k[len("score_"):]: v for k, v in arrays.items() if k.startswith("score_")},
             "config": config, "run": str(arrays["run"]) if "run" in arrays else None,
-            "step": int(arrays["step"]) if "step" in arrays else None}
+            "step": int(arrays["step"]) if "step" in arrays else None,
+            **{k: arrays[k] for k in ("redraws", "steps") if k in arrays}}
 
 
 def _dataset(config: Optional[RunConfig]):

@@ -58,6 +58,16 @@ def test_mijax_eval_prints_and_writes_strict_json_and_figures(samples_file, tmp_
     assert (tmp_path / "f" / "roc.png").stat().st_size > 0 and (tmp_path / "f" / "samples.png").stat().st_size > 0
 
 
+def test_load_samples_keeps_what_abort_and_resample_adds(samples_file, tmp_path):
+    assert not {"redraws", "steps"} & set(mijax.load_samples(samples_file))
+    out = tmp_path / "abort.npz"
+    assert main(["sample", "--run", str(samples_file.parent / "run"), "--n", "64", "--abort", "hal@0:10",
+                 "--abort-threshold", "0", "--max-redraws", "1", "--no-progress", "--out", str(out)]) == 0
+    samples = mijax.load_samples(out)
+    assert samples["redraws"].shape == samples["steps"].shape == (2, 64)
+    assert (samples["redraws"] == 1).all() and (samples["steps"] == 40).all()  # every sample redrawn once, 2 x T steps
+
+
 @pytest.mark.parametrize("case", ["missing", "not npz", "someone else's npz", "directory"])
 def test_eval_refuses_what_is_not_a_samples_file_in_one_line(case, tmp_path, capsys):
     path = tmp_path / "x.npz"
