@@ -58,9 +58,8 @@ IMAGE_PAPER = {"res_blocks": 2, "dropout": 0.1, "timesteps": 1000, "beta_start":
                "batch_size": 128, "learning_rate": 2e-4, "ema_decay": 0.9999, "chunk_size": 1_000,
                "windows": ((0, 10), (0, 20), (20, 15), (50, 25), (100, 50), (200, 100), (0, 200)),
                "steps_per_call": 500, "checkpoint_every": 5_000}
-IMAGE_SMOKE = {"seeds": 1, "channels": 8, "mults": (1,), "groups": 4, "dropout": 0.1, "timesteps": 12, "steps": 2,
-               "ema_decay": 0.9, "num_samples": 24, "chunk_size": 24, "windows": ((0, 3), (2, 4)),
-               "steps_per_call": 2, "checkpoint_every": 2}
+IMAGE_SMOKE = {"seeds": 1, "channels": 8, "mults": (1,), "groups": 4, "timesteps": 12, "steps": 2, "num_samples": 24,
+               "chunk_size": 24, "windows": ((0, 3), (2, 4)), "steps_per_call": 2, "checkpoint_every": 2}
 
 
 def unet_run_config(data, p: dict):

@@ -46,7 +46,8 @@ class ShapesProfile(hal_sweep.ImageProfile):
 QUICK = ShapesProfile(**hal_sweep.IMAGE_QUICK, size=32, channels=8, mults=(1, 2, 2), groups=4, steps=1_400,
                       batch_size=64, num_samples=512, chunk_size=512, top_k=16, checkpoint_every=500)
 PROFILES = {
-    "smoke": common.smoke(QUICK, hal_sweep.IMAGE_SMOKE, batch_size=16),
+    # smoke: with dropout and a short EMA, so that both run
+    "smoke": common.smoke(QUICK, hal_sweep.IMAGE_SMOKE, batch_size=16, dropout=0.1, ema_decay=0.9),
     "quick": QUICK,
     "paper": ShapesProfile(**hal_sweep.IMAGE_PAPER, size=64, channels=64, mults=(1, 2, 2, 2), groups=32,
                            attn_levels=(2,), steps=50_000, warmup_steps=5_000, num_samples=10_000, top_k=64),
