@@ -2,10 +2,10 @@
 optimiser and steps, sample its pool, and say how well-formed its samples are.
 
 Runs one generation of the ``recursive-shapes`` quick study (its UNet, N = 400 images, T = 100, pools of 600
-with Hal by strip over t = 5..14) with ``--seeds`` seeds into ``--out/runs/<tag>`` (reused when rerun), and
-appends one JSON line to ``--out/results.jsonl``: per seed and in the mean, the share of the pool per
-counter label (valid, duplicate, outside, malformed, blank) and Hal's AUROC for duplicates against valid
-samples. How the README's SHAPES calibration table was made:
+with Hal by strip over t = 5..14; ``--profile`` another) with ``--seeds`` seeds into ``--out/runs/<tag>``
+(reused when rerun), and appends one JSON line to ``--out/results.jsonl``: per seed and in the mean, the share
+of the pool per counter label (valid, duplicate, outside, malformed, blank) and Hal's AUROC for duplicates
+against valid samples. How the README's SHAPES calibration table was made:
 
     python -m benchmarks.calibrate_shapes --tag s1000 --steps 1000 --out results/calibration-shapes
     python -m benchmarks.calibrate_shapes --tag cos2e3 --lr 2e-3 --lr-decay cosine --out results/calibration-shapes
@@ -23,8 +23,7 @@ import numpy as np
 from benchmarks.calibrate import record
 from mijax import detection
 from mijax.data import shapes
-from mijax.experiments import recursive_shapes
-from mijax.experiments.recursive import with_model_options, with_overrides
+from mijax.experiments import PROFILES, recursive_shapes
 from mijax.store import load_npz
 from mijax.recursive import gen_dir, run_recursive, validate_recursive
 from mijax.config import LR_DECAYS
@@ -40,23 +39,24 @@ def _auroc(scores, positives, negatives) -> float | None:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tag", required=True, help="the study's name under OUT/runs")
-    p.add_argument("--steps", type=int, default=None, help="Adam steps (default: the quick profile's)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the quick profile's)")
+    p.add_argument("--steps", type=int, default=None, help="Adam steps (default: the profile's)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the profile's)")
     p.add_argument("--warmup-steps", type=int, default=None)
     p.add_argument("--lr-decay", default=None, choices=LR_DECAYS)
     p.add_argument("--ema-decay", type=float, default=None)
     p.add_argument("--t-power", type=float, default=None, help="timesteps drawn as floor(T u^P) (default: uniform)")
     p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--profile", default="quick", choices=PROFILES, help="the recursive-shapes profile (and its "
+                                                                         "shapes recipe) calibrated")
     p.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
-                   help="a size of the study (e.g. n_train=16, timesteps=12, model_options={...}: tests)")
+                   help="a field of the recursive-shapes profile (e.g. n_train=16, timesteps=12)")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     overrides = {}
     for item in a.override:
         key, _, value = item.partition("=")
         overrides[key] = json.loads(value)
-    config, overrides = with_model_options(recursive_shapes.make_config("quick", seeds=a.seeds), overrides)
-    config = with_overrides(config, overrides)
+    config = recursive_shapes.make_config(a.profile, seeds=a.seeds, overrides=overrides)
     changes = {"steps": a.steps, "learning_rate": a.lr, "warmup_steps": a.warmup_steps, "lr_decay": a.lr_decay,
                "ema_decay": a.ema_decay, "t_power": a.t_power}
     train = dataclasses.replace(config.run.train, **{k: v for k, v in changes.items() if v is not None})

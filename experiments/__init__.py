@@ -1,10 +1,11 @@
 """The paper's experiments, one module each, run by ``mijax experiment NAME``.
 
-Each experiment module defines ``SUMMARY`` (one line) and
-``run(out: Path, profile: str = "quick", seeds: int | None = None, progress: bool = True,
-overrides: dict | None = None) -> dict`` (``overrides`` changes the profile's sizes, e.g. for tests),
-which writes ``metrics.json``, ``report.md`` and PNG figures into ``out`` and returns the metrics.
-Modules are imported only when run, so ``--list`` stays fast.
+Each experiment module defines ``SUMMARY`` (one line), ``PROFILES`` (one typed profile per name of
+:data:`PROFILES`: a frozen :class:`mijax.experiments.common.Profile` subclass of the experiment, its fields
+the sizes) and ``run(out: Path, profile: str = "quick", seeds: int | None = None, progress: bool = True,
+overrides: dict | None = None) -> dict`` (``overrides`` changes some of the profile's fields, each checked and
+converted to its field's type, as ``--set`` does), which writes ``metrics.json``, ``report.md`` and PNG figures
+into ``out`` and returns the metrics. Modules are imported only when run or listed.
 """
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ EXPERIMENTS: dict[str, str] = {
     "recursive-digits": "mijax.experiments.recursive_digits",
     "detectors": "mijax.experiments.detectors",  # last: it reuses the runs of the others
 }
-PROFILES = ("quick", "paper")
+# smoke: toy sizes, end to end in seconds to a minute on 2 CPU cores (a check that everything runs, not a
+# result); quick: minutes on 2 CPU cores; paper: the paper's sizes, for a GPU.
+PROFILES = ("smoke", "quick", "paper")
+DEFAULT_PROFILE = "quick"
 
 
 def names() -> list[str]:

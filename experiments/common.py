@@ -1,11 +1,12 @@
 """Shared machinery of the paper's experiments: profiles, training and sampling all seeds at once with
 resume, per-seed statistics with confidence intervals, figures and report writing.
 
-Every experiment follows one flow: a profile (a dict of sizes, ``quick`` or ``paper``, updated by
-``overrides``) -> a :class:`~mijax.config.RunConfig` with ``seeds = S`` -> one vmapped training run in
-``out/runs/<name>`` (resumed from its checkpoints when an interrupted experiment is rerun) -> seed-stacked
-samples (cached in ``out/runs/<name>/samples-*.npz``, so a rerun skips finished sampling too) ->
-per-seed numbers -> mean and 95% CI over seeds -> ``metrics.json``, ``report.md`` and PNGs in ``out``.
+Every experiment follows one flow: a profile (its :class:`Profile` of sizes, ``smoke``, ``quick`` or
+``paper``, with ``overrides`` of its fields; read as a dict) -> a :class:`~mijax.config.RunConfig` with
+``seeds = S`` -> one vmapped training run in ``out/runs/<name>`` (resumed from its checkpoints when an
+interrupted experiment is rerun) -> seed-stacked samples (cached in ``out/runs/<name>/samples-*.npz``, so a
+rerun skips finished sampling too) -> per-seed numbers -> mean and 95% CI over seeds -> ``metrics.json``,
+``report.md`` and PNGs in ``out``.
 
 Inside ``with shared_runs(folder):`` (what ``mijax experiment all`` and ``--runs`` do) the training runs
 live in ``folder`` instead, named by their configuration (``<dataset>-n<N>-<digest>``), so experiments
@@ -21,15 +22,19 @@ import hashlib
 import json
 import math
 import time
+import typing
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
 from mijax import collect, plots, stats
-from mijax.config import DataConfig, DiffusionConfig, RunConfig, RunError, build, paper_steps
+from mijax.config import (Config, ConfigError, DataConfig, DiffusionConfig, RunConfig, RunError, build, field_types,
+                          paper_steps, setting)
 from mijax.data.mixtures import blur_adjusted_labels, labels, rate_table
+from mijax.errors import MijaxError
+from mijax.registry import typed_option
 from mijax.store import finite_or_none, load_cache, save_npz, write_json, write_text
 from mijax.mixtures import GaussianMixture, mass_beyond
 from mijax.runs import load_config, load_run, sample_keys, sample_run, train_run
@@ -44,16 +49,23 @@ from mijax.training import eval_params
 # a cosine decay to 0 reaches sharp modes in the same steps (README, Results: calibration). The 1D models train
 # 10,000 steps of 500: as sharp as the earlier 6,000 of 2,000 (both 0.105% of samples beyond 5 std, Hal AUROC
 # 0.996 and 0.995, 4 seeds) in 42% of the arithmetic (111 s against 294 s on 2 CPU cores).
-# The 2D models draw their loss's timesteps as floor(T u^1.5) (small t more often; ``t_power_2d``): at the same
+# The 2D models draw their loss's timesteps as floor(T u^1.5) (small t more often; ``t_power``): at the same
 # steps and time, 0.42% of the grid's samples beyond 5 std against 1.46% with uniform t (rotated grid: 0.92%
 # against 3.06%), Hal AUROC 0.95 against 0.93 (4 seeds).
+# Each is a group of profile fields (:class:`Training`, :class:`Recipe`); an experiment with a 1D and a 2D
+# setting takes the 2D one's as :func:`two_d` fields.
 QUICK_1D = {"n_train": 20_000, "steps": 10_000, "batch_size": 500}
 QUICK_T_POWER = 1.5  # the quick profiles' 2D and recursive models (TrainConfig.t_power)
-QUICK_2D = {"n_train_2d": 20_000, "steps_2d": 32_000, "batch_size_2d": 500, "t_power_2d": QUICK_T_POWER}
+QUICK_2D = {"n_train": 20_000, "steps": 32_000, "batch_size": 500, "t_power": QUICK_T_POWER}
 QUICK_OPTIMISER = {"learning_rate": 5e-3, "warmup_steps": 500, "lr_decay": "cosine"}
-QUICK_SAVING = {"steps_per_call": 1_000, "checkpoint_every": 4_000}
-# The training settings a profile may set (TrainConfig fields); those it leaves out keep the published recipe.
-OPTIMISER_KEYS = ("learning_rate", "warmup_steps", "lr_decay", "lr_final", "ema_decay", "grad_clip", "t_power")
+QUICK_SAVING = {"checkpoint_every": 4_000}
+# The paper's sizes: 1D, 20,000 points and 20,000 steps of batch 10,000; 2D, 100,000 points and 100,000 steps.
+PAPER_1D = {"n_train": 20_000, "steps": 20_000, "batch_size": 10_000}
+PAPER_2D = {"n_train": 100_000, "steps": 100_000, "batch_size": 10_000}
+# The smoke profiles: the quick ones at toy sizes (:func:`smoke`), end to end in seconds. Their 1D and 2D runs
+# are alike in every experiment too, so that `mijax experiment all --profile smoke` trains each once.
+SMOKE = {"seeds": 2, "n_train": 400, "steps": 20, "batch_size": 200, "timesteps": 40, "num_samples": 128,
+         "chunk_size": 128, "steps_per_call": 10, "checkpoint_every": 10}
 KS = (3.0, 4.0, 5.0, 6.0)
 K = 5.0
 
@@ -61,24 +73,158 @@ K = 5.0
 # ---------------------------------------------------------------------------------------------
 # Profiles.
 
-def resolve_profile(profiles: Mapping[str, dict], profile: str, seeds: Optional[int] = None,
-                    overrides: Optional[dict] = None) -> dict:
-    """The sizes of one profile: ``profiles[profile]``, then ``seeds``, then ``overrides``.
+def two_d(group: Mapping[str, Any]) -> dict:
+    """The fields of a run's group as those of an experiment's 2D setting (:class:`Training2D`): ``n_train`` ->
+    ``n_train_2d``, ..."""
+    return {f"{key}_2d": value for key, value in group.items()}
+
+
+def field_like(cls: type, name: str, default: Any = dataclasses.MISSING, **marks: Any) -> Any:
+    """A profile's field for the setting ``name`` of configuration ``cls`` (e.g. ``TrainConfig``, ``"steps"``): its
+    help text and range, with ``default`` (none: the profile gives it) and ``marks`` added to its metadata."""
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return dataclasses.field(default=default, metadata={**field.metadata, **marks})
+
+
+def published(name: str) -> Any:
+    """A profile's field for the training setting ``name`` of :class:`~mijax.config.TrainConfig`, None by default:
+    the published recipe's value (TrainConfig's default), and then left out of the profile's sizes
+    (:meth:`Profile.as_dict`), as by a profile that never set it."""
+    return field_like(TrainConfig, name, None, published=True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Profile(Config):
+    """The sizes of one profile of an experiment (``smoke``, ``quick`` or ``paper``), checked on construction
+    (:class:`~mijax.config.Config`: a bad value raises ConfigError naming the field).
+
+    Each experiment has a subclass (fields shared by several experiments come from the groups below, as base
+    classes) and one instance per profile in its module's ``PROFILES``. :meth:`as_dict` is the dict the experiment
+    reads (and reports); :meth:`changed` is the profile with some fields changed (``overrides``, ``--set``).
+    """
+
+    seeds: int = setting(4, "models trained at once, one per seed (vmapped); --seeds changes it", above=0)
+
+    def as_dict(self) -> dict:
+        """Every field by name, in field order, but the training settings left to the published recipe
+        (:func:`published`)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if not (f.metadata.get("published") and getattr(self, f.name) is None)}
+
+    def changed(self, changes: Optional[Mapping[str, Any]], owner: str = "the profile") -> "Profile":
+        """This profile with ``changes`` {field: value}, each converted to its field's type as
+        :func:`mijax.registry.typed_option` converts an option (the text of the command line too: ``1400``,
+        ``true``, ``1,2``, a JSON list; None where the field takes None), then checked as on construction.
+
+        Raises:
+          ConfigError: an unknown field, or a value its field does not take; ``field`` names it, the message
+            ``owner`` (e.g. ``experiment shapes profile``).
+        """
+        hints, names = field_types(type(self)), [f.name for f in dataclasses.fields(self)]
+        values = {}
+        for key, value in (changes or {}).items():
+            if key not in names:
+                raise ConfigError(key, f"{owner} has no field {key}; its fields are {', '.join(names)}")
+            if value is None and type(None) in typing.get_args(hints[key]):
+                values[key] = None
+                continue
+            try:
+                values[key] = typed_option(owner, key, value, getattr(self, key), noun="field")
+            except MijaxError as e:
+                raise ConfigError(key, str(e)) from None
+        try:
+            return dataclasses.replace(self, **values)
+        except ConfigError as e:
+            raise ConfigError(e.field, f"{owner}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Training(Profile):
+    """The fields of a run's training set and steps (of the 1D setting, in an experiment with a 2D one too)."""
+
+    n_train: int = setting(help="training-set size N", above=0)
+    steps: int = field_like(TrainConfig, "steps")
+    batch_size: int = field_like(TrainConfig, "batch_size")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Training2D(Profile):
+    """The fields of the 2D setting's run, in an experiment with a 1D one too (the 2D recipe's :func:`two_d`)."""
+
+    n_train_2d: int = field_like(Training, "n_train")
+    steps_2d: int = field_like(Training, "steps")
+    batch_size_2d: int = field_like(Training, "batch_size")
+    t_power_2d: Optional[float] = published("t_power")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Recipe(Profile):
+    """How the paper's MLP trains in an experiment: T, and the optimiser settings a profile changes (None: the
+    published recipe's; the quick profiles set ``QUICK_OPTIMISER``)."""
+
+    timesteps: int = field_like(DiffusionConfig, "timesteps", DiffusionConfig.timesteps)
+    learning_rate: Optional[float] = published("learning_rate")
+    warmup_steps: Optional[int] = published("warmup_steps")
+    lr_decay: Optional[str] = published("lr_decay")
+    lr_final: Optional[float] = published("lr_final")
+    ema_decay: Optional[float] = published("ema_decay")
+    grad_clip: Optional[float] = published("grad_clip")
+    t_power: Optional[float] = published("t_power")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Sampling(Profile):
+    """How many samples each seed's model draws, and how many per compiled chunk."""
+
+    num_samples: int = setting(help="samples per seed", above=0)
+    chunk_size: int = setting(help="samples per compiled sampling chunk", above=0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Saving(Profile):
+    """How a run's training is dispatched and saved (neither changes its numbers)."""
+
+    steps_per_call: int = field_like(TrainConfig, "steps_per_call", 1_000)
+    checkpoint_every: int = field_like(RunConfig, "checkpoint_every", RunConfig.checkpoint_every)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MixtureProfile(Saving, Sampling, Recipe, Training):
+    """The profile of a Gaussian-mixture experiment: S seeds of the paper's MLP (:class:`Training`,
+    :class:`Recipe`), sampled (:class:`Sampling`)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Mixture2DProfile(Saving, Sampling, Recipe, Training2D, Training):
+    """The profile of a Gaussian-mixture experiment with a 1D setting (:class:`Training`) and a 2D one
+    (:class:`Training2D`), in the same recipe."""
+
+
+# The training settings a profile may set (TrainConfig fields); those it leaves out keep the published recipe.
+OPTIMISER_KEYS = tuple(f.name for f in dataclasses.fields(Recipe) if f.metadata.get("published"))
+
+
+def smoke(quick: Profile, toy: Mapping[str, Any] = SMOKE, **extra: Any) -> Profile:
+    """A smoke profile: ``quick`` with each field of ``toy`` that it has (as :func:`two_d` fields too), then
+    ``extra``."""
+    names = {f.name for f in dataclasses.fields(quick)}
+    sizes = {key: value for key, value in {**toy, **two_d(toy)}.items() if key in names}
+    return dataclasses.replace(quick, **sizes, **extra)
+
+
+def resolve_profile(profiles: Mapping[str, Profile], profile: str, seeds: Optional[int] = None,
+                    overrides: Optional[Mapping[str, Any]] = None) -> dict:
+    """The sizes of one profile: ``profiles[profile]`` with ``overrides`` and then ``seeds``
+    (:meth:`Profile.changed`), as a dict (:meth:`Profile.as_dict`) with ``profile`` its name.
 
     Raises:
-      RunError: an unknown profile, an unknown override key, or seeds < 1.
+      RunError: an unknown profile; ConfigError (a RunError): an unknown override, or a value its field does not
+        take.
     """
     if profile not in profiles:
         raise RunError(f"unknown profile {profile!r}; choose from {', '.join(profiles)}")
-    p = dict(profiles[profile])
-    for key, value in (overrides or {}).items():
-        if key not in p:
-            raise RunError(f"unknown override {key!r}; this experiment's sizes are {', '.join(p)}")
-        p[key] = value
-    if seeds is not None:
-        p["seeds"] = int(seeds)
-    if p["seeds"] < 1:
-        raise RunError(f"seeds must be >= 1, got {p['seeds']}")
+    changes = {**(overrides or {}), **({} if seeds is None else {"seeds": int(seeds)})}
+    p = profiles[profile].changed(changes, f"the {profile} profile").as_dict()
     p["profile"] = profile
     return p
 
@@ -132,8 +278,8 @@ def _optimiser(p: dict) -> dict:
 
 def optimiser_text(p: dict) -> str:
     """The optimiser of a profile in words, e.g. ``Adam 0.005 after a 500-step warm-up, cosine decay to 0``."""
-    train, published = TrainConfig(**_optimiser(p)), TrainConfig()
-    if all(getattr(train, k) == getattr(published, k) for k in OPTIMISER_KEYS):
+    train, paper = TrainConfig(**_optimiser(p)), TrainConfig()
+    if all(getattr(train, k) == getattr(paper, k) for k in OPTIMISER_KEYS):
         return "Adam 1e-3, constant (as published)"
     words = f"Adam {train.learning_rate:g}"
     if train.warmup_steps:
@@ -372,7 +518,7 @@ def plot_ci_lines(path, xs: Sequence[float], series: Mapping[str, list[dict]], x
                                reference=reference, bounds=bounds)
 
 
-def start(profiles: Mapping[str, dict], profile: str, seeds: Optional[int], overrides: Optional[dict],
+def start(profiles: Mapping[str, Profile], profile: str, seeds: Optional[int], overrides: Optional[dict],
           out: Path) -> tuple[dict, Path, "Timer"]:
     """The opening of every experiment: its sizes (:func:`resolve_profile`), its output folder (created) and a
     timer."""

@@ -2,6 +2,7 @@
 headline is that a threshold removes over 95% of them while keeping 96% of in-support samples."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -17,12 +18,21 @@ SUMMARY = "Hal detects hallucinations (1D, 2D): ROC/AUROC, 95%-removal / 96%-ret
 ENDS = (0, 10, 25, 50, 100)
 LENGTHS = (5, 10, 20, 50)
 DEFAULT_WINDOW = (0, 10)  # t = 9..0, the published code's
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DetectionProfile(common.Mixture2DProfile):
+    """detection's sizes: a 1D and a 2D run, sampled with Hal over every window of the sweep that fits in T
+    (:class:`~mijax.experiments.common.Mixture2DProfile`)."""
+
+
+QUICK = DetectionProfile(**common.QUICK_1D, **common.two_d(common.QUICK_2D), num_samples=10_000, chunk_size=2_500,
+                         **common.QUICK_OPTIMISER, **common.QUICK_SAVING)
 PROFILES = {
-    "quick": {"seeds": 4, **common.QUICK_1D, **common.QUICK_2D, "timesteps": 1000, "num_samples": 10_000,
-              "chunk_size": 2_500, **common.QUICK_OPTIMISER, **common.QUICK_SAVING},
-    "paper": {"seeds": 4, "n_train": 20_000, "n_train_2d": 100_000, "steps": 20_000, "steps_2d": 100_000,
-              "batch_size": 10_000, "batch_size_2d": 10_000, "timesteps": 1000, "num_samples": 1_000_000, "chunk_size": 50_000,
-              "steps_per_call": 1_000, "checkpoint_every": 5_000},
+    "smoke": common.smoke(QUICK),
+    "quick": QUICK,
+    "paper": DetectionProfile(**common.PAPER_1D, **common.two_d(common.PAPER_2D), num_samples=1_000_000,
+                              chunk_size=50_000),
 }
 SETTINGS = {"1d": ("gaussian1d", (1.0, 2.0, 3.0)), "2d": ("gaussian25", None)}
 

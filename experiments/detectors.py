@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from mijax import collect, detection, execution, plots, timing
 from mijax import detectors as detectors_lib
 from mijax.config import AbortConfig
 from mijax.abort import sample_with_abort
-from mijax.config import build
+from mijax.config import build, setting
 from mijax import experiments
 from mijax.experiments import common
 from mijax.runs import data_oracle, load_run, sample_keys
@@ -38,19 +38,48 @@ IMAGE_EARLY = ("hal", "xt_var", "path_length", "eps_norm")  # quick: no early Ja
 # tag -> (data set, 1D modes); the models are the other Gaussian experiments' (detection, grid-2d)
 SETTINGS = {"1d": ("gaussian1d", (1.0, 2.0, 3.0)), "2d": ("gaussian25", None), "2d_rotated": ("gaussian25_rotated", None)}
 ABORT_SETTINGS = ("1d", "2d")  # abort and resample (the rotated grid's model costs the same as the grid's)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DetectorsProfile(common.Mixture2DProfile):
+    """detectors' sizes: the 1D and 2D runs (:class:`~mijax.experiments.common.Mixture2DProfile`; the rotated
+    grid's has the 2D sizes), which settings run, what each detector's cost is measured on, the early windows,
+    abort and resample, and the image settings (each with its own experiment's profile of the same name, changed
+    by ``image_profiles``)."""
+
+    cost_samples: int = setting(help="samples per seed of the cost measurement (0: not measured)", low=0)
+    cost_repeats: int = setting(help="timed repeats of each cost measurement (the best counts)", above=0)
+    cost_each: bool = setting(True, "time every detector alone too, not only all together")
+    early_ends: tuple[int, ...] = setting(EARLY_ENDS, f"ends t_e of the early windows of {EARLY_LENGTH} steps")
+    abort_samples: int = setting(help="samples per seed of abort and resample (0: not studied)", low=0)
+    abort_ends: tuple[int, ...] = setting((10, 25), "ends t_e at which samples are aborted")
+    abort_retentions: tuple[float, ...] = setting((0.90, 0.96, 0.99), "in-support shares the abort threshold keeps")
+    max_redraws: int = setting(3, "redraws per aborted sample at most", low=0)
+    settings: tuple[str, ...] = setting(tuple(SETTINGS), "the Gaussian-mixture settings compared",
+                                        choices=tuple(SETTINGS))
+    abort_settings: tuple[str, ...] = setting(ABORT_SETTINGS, "the settings with abort and resample",
+                                              choices=tuple(SETTINGS))
+    image_settings: tuple[str, ...] = setting(IMAGE_SETTINGS, "the image experiments whose runs are compared",
+                                              choices=IMAGE_SETTINGS)
+    image_profiles: Mapping[str, Any] = setting(factory=dict, help="{image experiment: changes to its profile}")
+    image_detectors: tuple[str, ...] = setting(NAMES, "the detectors compared on images", choices=NAMES)
+    image_early: tuple[str, ...] = setting(help="the detectors swept over early windows on images", choices=EARLY)
+    image_samples: Optional[int] = setting(help="samples per seed on images (None: the image experiment's own)",
+                                           above=0)
+
+
+QUICK = DetectorsProfile(**common.QUICK_1D, **common.two_d(common.QUICK_2D), num_samples=10_000, chunk_size=2_500,
+                         cost_samples=1_000, cost_repeats=1, abort_samples=1_000, image_early=IMAGE_EARLY,
+                         image_samples=256, **common.QUICK_OPTIMISER, **common.QUICK_SAVING)
 PROFILES = {
-    "quick": {"seeds": 4, **common.QUICK_1D, **common.QUICK_2D, "timesteps": 1000, "num_samples": 10_000,
-              "chunk_size": 2_500, "cost_samples": 1_000, "cost_repeats": 1, "cost_each": True, "early_ends": EARLY_ENDS,
-              "abort_samples": 1_000, "abort_ends": (10, 25), "abort_retentions": (0.90, 0.96, 0.99), "max_redraws": 3,
-              "settings": tuple(SETTINGS), "abort_settings": ABORT_SETTINGS, "image_settings": IMAGE_SETTINGS, "image_profiles": {},
-              "image_detectors": NAMES, "image_early": IMAGE_EARLY, "image_samples": 256, **common.QUICK_OPTIMISER, **common.QUICK_SAVING},
-    "paper": {"seeds": 4, "n_train": 20_000, "n_train_2d": 100_000, "steps": 20_000, "steps_2d": 100_000,
-              "batch_size": 10_000, "batch_size_2d": 10_000, "timesteps": 1000, "num_samples": 1_000_000,
-              "chunk_size": 50_000, "cost_samples": 10_000, "cost_repeats": 3, "cost_each": True, "early_ends": EARLY_ENDS,
-              "abort_samples": 100_000, "abort_ends": (10, 25), "abort_retentions": (0.90, 0.96, 0.99), "max_redraws": 3,
-              "settings": tuple(SETTINGS), "abort_settings": ABORT_SETTINGS, "image_settings": IMAGE_SETTINGS, "image_profiles": {},
-              "image_detectors": NAMES, "image_early": EARLY, "image_samples": None, "steps_per_call": 1_000,
-              "checkpoint_every": 5_000},
+    # smoke: no cost measurement; abort on 1D only, at t_e = 5; two detectors on the images
+    "smoke": common.smoke(QUICK, cost_samples=0, early_ends=(0, 25), abort_samples=128, abort_ends=(5,),
+                          abort_retentions=(0.9,), abort_settings=("1d",), image_detectors=("hal", "eps_norm"),
+                          image_early=("hal",), image_samples=None),
+    "quick": QUICK,
+    "paper": DetectorsProfile(**common.PAPER_1D, **common.two_d(common.PAPER_2D), num_samples=1_000_000,
+                              chunk_size=50_000, cost_samples=10_000, cost_repeats=3, abort_samples=100_000,
+                              image_early=EARLY, image_samples=None),
 }
 ABORT_DETECTOR = "hal"
 
@@ -269,7 +298,7 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
                                             timer, progress)
     for tag in p["image_settings"]:  # through the same data-set interface, with the image experiment's own model
         module = experiments.load(tag)
-        ip = {**module.PROFILES[p["profile"]], **dict(p["image_profiles"]).get(tag, {}), "profile": p["profile"]}
+        ip = common.resolve_profile(module.PROFILES, p["profile"], overrides=dict(p["image_profiles"]).get(tag))
         metrics["settings"][tag] = _setting(out, tag, module.run_config(ip), SamplerConfig(clip_x0=True),
                                             p["image_samples"] or ip["num_samples"], ip["chunk_size"], p, timer, progress,
                                             names=p["image_detectors"], early=p["image_early"])

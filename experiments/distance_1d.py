@@ -2,6 +2,7 @@
 inside the far gap 2-4 against the near gaps 1-2 and 4-5."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -14,11 +15,20 @@ from mijax.config import build
 
 SUMMARY = "1D modes (1,2,4,5): samples per unit length in the far gap 2-4 vs the near gaps 1-2, 4-5"
 MODES = (1.0, 2.0, 4.0, 5.0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Distance1DProfile(common.MixtureProfile):
+    """distance-1d's sizes: one 1D run on modes 1, 2, 4, 5, sampled
+    (:class:`~mijax.experiments.common.MixtureProfile`)."""
+
+
+QUICK = Distance1DProfile(**common.QUICK_1D, num_samples=10_000, chunk_size=5_000, **common.QUICK_OPTIMISER,
+                          **common.QUICK_SAVING)
 PROFILES = {
-    "quick": {"seeds": 4, **common.QUICK_1D, "timesteps": 1000, "num_samples": 10_000, "chunk_size": 5_000,
-              **common.QUICK_OPTIMISER, **common.QUICK_SAVING},
-    "paper": {"seeds": 4, "n_train": 20_000, "steps": 20_000, "batch_size": 10_000, "timesteps": 1000,
-              "num_samples": 1_000_000, "chunk_size": 100_000, "steps_per_call": 1_000, "checkpoint_every": 5_000},
+    "smoke": common.smoke(QUICK),
+    "quick": QUICK,
+    "paper": Distance1DProfile(**common.PAPER_1D, num_samples=1_000_000, chunk_size=100_000),
 }
 
 

@@ -2,6 +2,7 @@
 modes; on the same grid turned 45 degrees it does not interpolate along the x axis (Figure 3)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -15,13 +16,20 @@ from mijax.config import build
 SUMMARY = "5x5 grid and rotated grid (Fig. 3): hallucinations lie between nearest modes, none along x when rotated"
 DATASETS = ("gaussian25", "gaussian25_rotated")
 ORIENTATIONS = ("horizontal", "vertical", "diagonal", "other")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Grid2DProfile(common.MixtureProfile):
+    """grid-2d's sizes: one run of the 2D recipe on each grid, sampled
+    (:class:`~mijax.experiments.common.MixtureProfile`)."""
+
+
+QUICK = Grid2DProfile(**common.QUICK_2D, num_samples=5_000, chunk_size=5_000, **common.QUICK_OPTIMISER,
+                      **common.QUICK_SAVING)
 PROFILES = {
-    "quick": {"seeds": 4, "n_train": common.QUICK_2D["n_train_2d"], "steps": common.QUICK_2D["steps_2d"],
-              "batch_size": common.QUICK_2D["batch_size_2d"],
-              "t_power": common.QUICK_2D["t_power_2d"], "timesteps": 1000, "num_samples": 5_000,
-              "chunk_size": 5_000, **common.QUICK_OPTIMISER, **common.QUICK_SAVING},
-    "paper": {"seeds": 4, "n_train": 100_000, "steps": 100_000, "batch_size": 10_000, "timesteps": 1000,
-              "num_samples": 1_000_000, "chunk_size": 100_000, "steps_per_call": 1_000, "checkpoint_every": 5_000},
+    "smoke": common.smoke(QUICK),
+    "quick": QUICK,
+    "paper": Grid2DProfile(**common.PAPER_2D, num_samples=1_000_000, chunk_size=100_000),
 }
 
 

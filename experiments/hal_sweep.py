@@ -7,15 +7,59 @@ positives (``classes``: a list of ``(rows bool [N], positives bool [rows.sum()])
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from mijax import detection, plots
+from mijax.config import DiffusionConfig, TrainConfig, setting
 from mijax.experiments import common
+from mijax.experiments.common import field_like
 
 PUBLISHED = (0, 10)  # the published Hal window: the last 10 reverse steps, t = 9..0, reduced by the mean
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageProfile(common.Saving, common.Sampling):
+    """The profile of an image experiment: S seeds of a UNet with the image DDPM's options (:func:`unet_run_config`),
+    sampled with Hal over every window of ``windows`` (end, length) by every reduction (:func:`table_sampler`)."""
+
+    seeds: int = field_like(common.Profile, "seeds", 3)
+    size: int = setting(help="image height and width", above=0)
+    channels: int = setting(help="the UNet's channels at the first level", above=0)
+    mults: tuple[int, ...] = setting(help="the UNet's channel multiples per level")
+    res_blocks: int = setting(help="the UNet's res blocks per level", above=0)
+    groups: int = setting(help="GroupNorm groups", above=0)
+    attn_levels: tuple[int, ...] = setting(help="the levels with self-attention")
+    dropout: float = setting(help="dropout in the res blocks", low=0, below=1)
+    timesteps: int = field_like(DiffusionConfig, "timesteps")
+    beta_start: float = field_like(DiffusionConfig, "beta_start")
+    beta_end: float = field_like(DiffusionConfig, "beta_end")
+    steps: int = field_like(TrainConfig, "steps")
+    batch_size: int = field_like(TrainConfig, "batch_size")
+    learning_rate: float = field_like(TrainConfig, "learning_rate")
+    warmup_steps: int = field_like(TrainConfig, "warmup_steps")
+    grad_clip: float = field_like(TrainConfig, "grad_clip", 1.0)
+    ema_decay: float = field_like(TrainConfig, "ema_decay")
+    top_k: int = setting(help="k of Hal's top_k reduction", above=0)
+    windows: tuple[tuple[int, int], ...] = setting(help="Hal's windows (end, length), the published (0, 10) put first")
+
+
+# The image experiments' recipes (shapes and digits, each with its own UNet, data and sizes): quick, the image
+# DDPM's schedule (1e-4 -> 0.02 over 1,000 steps) compressed to 200 (betas x 5), so that sampling costs a fifth,
+# with a shorter warm-up and EMA for a few thousand steps; paper, the image DDPM's recipe. Windows are (end,
+# length) in reverse steps. smoke: a one-level UNet trained for two steps at T = 12 (:func:`common.smoke`).
+IMAGE_QUICK = {"res_blocks": 1, "attn_levels": (), "dropout": 0.0, "timesteps": 200, "beta_start": 5e-4,
+               "beta_end": 0.1, "learning_rate": 1e-3, "warmup_steps": 100, "ema_decay": 0.995,
+               "windows": ((0, 10), (0, 4), (4, 8), (10, 10), (20, 10), (40, 20), (0, 40)), "steps_per_call": 100}
+IMAGE_PAPER = {"res_blocks": 2, "dropout": 0.1, "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
+               "batch_size": 128, "learning_rate": 2e-4, "ema_decay": 0.9999, "chunk_size": 1_000,
+               "windows": ((0, 10), (0, 20), (20, 15), (50, 25), (100, 50), (200, 100), (0, 200)),
+               "steps_per_call": 500, "checkpoint_every": 5_000}
+IMAGE_SMOKE = {"seeds": 1, "channels": 8, "mults": (1,), "groups": 4, "timesteps": 12, "steps": 2, "num_samples": 24,
+               "chunk_size": 24, "windows": ((0, 3), (2, 4)), "steps_per_call": 2, "checkpoint_every": 2}
 
 
 def unet_run_config(data, p: dict):

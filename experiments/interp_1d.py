@@ -2,6 +2,7 @@
 (Figure 2), and the hallucination rate falls as the training set grows."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -9,18 +10,38 @@ from typing import Optional
 from mijax.experiments import common
 from mijax.data.mixtures import labels
 from mijax import plots
-from mijax.config import build
+from mijax.config import ConfigError, TrainConfig, build, setting
 
 SUMMARY = "1D modes (1,2,3): samples between modes (Fig. 2); hallucination rate vs training-set size"
 MODES = (1.0, 2.0, 3.0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Interp1DProfile(common.Saving, common.Sampling, common.Recipe):
+    """interp-1d's sizes: one 1D run per training-set size, each ``steps`` Adam steps of ``batch_size`` (or, with
+    ``steps`` 0, ``epochs`` epochs of it, as published)."""
+
+    sizes: tuple[int, ...] = setting(help="the training-set sizes N compared, smallest first")
+    steps: int = setting(help="Adam steps at every size (0: epochs instead)", low=0)
+    epochs: int = setting(help="with steps 0: epochs of fixed batches at every size", low=0)
+    batch_size: int = common.field_like(TrainConfig, "batch_size")
+
+    def check(self):
+        if not self.sizes or min(self.sizes) < 1:
+            raise ConfigError("sizes", f"sizes must be training-set sizes >= 1, got {self.sizes}")
+        if not self.steps and not self.epochs:
+            raise ConfigError("steps", "steps or epochs must be > 0, got both 0")
+
+
+# quick: fixed steps for every size (2 CPU cores); paper: 10,000 epochs of batch 10,000 as published
+QUICK = Interp1DProfile(sizes=(2_000, 5_000, 10_000, 20_000), steps=common.QUICK_1D["steps"], epochs=0,
+                        batch_size=common.QUICK_1D["batch_size"], num_samples=5_000, chunk_size=5_000,
+                        **common.QUICK_OPTIMISER, **common.QUICK_SAVING)
 PROFILES = {
-    # quick: fixed steps for every size (2 CPU cores); paper: 10,000 epochs of batch 10,000 as published
-    "quick": {"seeds": 4, "sizes": (2_000, 5_000, 10_000, 20_000), "steps": common.QUICK_1D["steps"], "epochs": 0,
-              "batch_size": common.QUICK_1D["batch_size"], "timesteps": 1000, "num_samples": 5_000,
-              "chunk_size": 5_000, **common.QUICK_OPTIMISER, **common.QUICK_SAVING},
-    "paper": {"seeds": 4, "sizes": (2_000, 10_000, 20_000, 50_000, 100_000), "steps": 0, "epochs": 10_000,
-              "batch_size": 10_000, "timesteps": 1000, "num_samples": 1_000_000, "chunk_size": 100_000,
-              "steps_per_call": 1_000, "checkpoint_every": 5_000},
+    "smoke": common.smoke(QUICK, sizes=(400, 800)),
+    "quick": QUICK,
+    "paper": Interp1DProfile(sizes=(2_000, 10_000, 20_000, 50_000, 100_000), steps=0, epochs=10_000,
+                             batch_size=10_000, num_samples=1_000_000, chunk_size=100_000),
 }
 
 

@@ -1,8 +1,9 @@
 """Recursive training on generated data with and without Hal filtering (the paper's claim 6).
 
-``mijax experiment recursive-2d`` (the paper's 2D grid) and ``recursive-1d`` (three 1D modes): the
-configs of each profile, and the report and figures of a finished :func:`mijax.recursive.run_recursive`
-study. The study lives in ``out/study`` and resumes there if the command is rerun after a kill.
+``mijax experiment recursive-2d`` (the paper's 2D grid) and ``recursive-1d`` (three 1D modes), and the image
+studies ``recursive-shapes`` and ``recursive-digits``: the profiles of each kind of study and the configs they
+make, and the report and figures of a finished :func:`mijax.recursive.run_recursive` study. The study lives in
+``out/study`` and resumes there if the command is rerun after a kill.
 """
 from __future__ import annotations
 
@@ -14,14 +15,13 @@ from typing import Optional
 import numpy as np
 
 from mijax import plots
-from mijax.config import DataConfig, RunConfig, RunError, build
-from mijax.experiments.common import CI_TEXT, QUICK_OPTIMISER, QUICK_T_POWER, optimiser_text
+from mijax.config import DiffusionConfig, RecursiveConfig, TrainConfig, build, setting
+from mijax.experiments import common
+from mijax.experiments.common import CI_TEXT, QUICK_OPTIMISER, QUICK_T_POWER, field_like, optimiser_text
 from mijax.store import write_json, write_text
 from mijax.mixtures import mass_beyond
-from mijax.config import RecursiveConfig
 from mijax.recursive import read_pool, run_recursive
 from mijax.stats import format_ci
-from mijax.config import TrainConfig
 
 SUMMARY = "recursive training on generated data: none vs random vs variance (Hal) filtering"
 # The quick studies' training: the quick profiles' optimiser, and timesteps drawn as floor(T u^1.5) (small t
@@ -32,8 +32,28 @@ QUICK_TRAINING = {**QUICK_OPTIMISER, "t_power": QUICK_T_POWER}
 FILTER_COLOURS = {"none": "tab:gray", "random": "tab:orange", "variance": "tab:blue", "threshold": "tab:green"}
 
 
-def make_config(dim: int, profile: str = "quick", seeds: Optional[int] = None) -> RecursiveConfig:
-    """The study of a profile.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StudyProfile(common.Profile):
+    """What the profile of every recursive study sets: its generations, the filters compared and the samples per
+    compiled chunk of the pools (defaults: the paper's, :class:`~mijax.config.RecursiveConfig`'s)."""
+
+    generations: int = field_like(RecursiveConfig, "generations", RecursiveConfig.generations)
+    filters: tuple[str, ...] = field_like(RecursiveConfig, "filters", RecursiveConfig.filters)
+    chunk_size: int = field_like(RecursiveConfig, "chunk_size")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MixtureStudyProfile(common.Saving, common.Recipe, StudyProfile, common.Training):
+    """The profile of a Gaussian-mixture study (``recursive-1d``, ``recursive-2d``): every generation's models
+    as one run of the paper's MLP (:class:`~mijax.experiments.common.Training`,
+    :class:`~mijax.experiments.common.Recipe`; N = ``n_train``) and pools of N + ``pool_extra`` samples."""
+
+    pool_extra: int = field_like(RecursiveConfig, "pool_extra", RecursiveConfig.pool_extra)
+
+
+def mixture_profiles(cls: type, paper_run: dict) -> dict[str, MixtureStudyProfile]:
+    """The profiles of a Gaussian-mixture study of class ``cls`` whose paper profile trains ``paper_run``
+    (``common.PAPER_1D`` or ``PAPER_2D``).
 
     quick (4 seeds: 4 + 4 x 2 x 2 = 20 models; 34 minutes on 2 CPU cores): N = 2,500 per generation
     (pool 5,000: the filters keep half), 16,000 Adam steps of batch 500 per model with the quick profiles'
@@ -43,82 +63,65 @@ def make_config(dim: int, profile: str = "quick", seeds: Optional[int] = None) -
     samples beyond 5 std (one seed; docs/results/calibration), so the five generations of blurred models that
     the same time bought said little about filtering. paper: the paper's sizes (2D: N = 100,000, 100,000
     steps of batch 10,000 per generation; 1D: N = 20,000, 20,000 steps), its constant Adam 1e-3, 5
-    generations, filters none, random and variance."""
-    if dim == 2:
-        data = dict(dataset="gaussian25")
-        sizes = {"quick": (2_500, 500, 16_000), "paper": (100_000, 10_000, 100_000)}
-    else:
-        data = dict(dataset="gaussian1d", options={"modes": (1.0, 2.0, 3.0)})
-        sizes = {"quick": (2_500, 500, 16_000), "paper": (20_000, 10_000, 20_000)}
-    if profile not in sizes:
-        raise ValueError(f"unknown profile {profile!r}; choose quick or paper")
-    n, batch, steps = sizes[profile]
-    quick = profile == "quick"
-    seeds = seeds if seeds is not None else (4 if quick else 5)
-    run = RunConfig(data=DataConfig(n_train=n, **data),
-                    train=TrainConfig(steps=steps, batch_size=batch, steps_per_call=1_000,
-                                      **(QUICK_TRAINING if quick else {})),
-                    seed=0, seeds=seeds, checkpoint_every=4_000 if quick else 5_000)
-    return RecursiveConfig(run=run, generations=3 if quick else 5,
-                           filters=("random", "variance") if quick else ("none", "random", "variance"),
-                           pool_extra=2_500, chunk_size=5_000 if quick else 25_000)
+    generations, filters none, random and variance. smoke: the quick study at toy sizes, 2 generations."""
+    quick = cls(n_train=2_500, batch_size=500, steps=16_000, **QUICK_TRAINING, generations=3,
+                filters=("random", "variance"), chunk_size=5_000, **common.QUICK_SAVING)
+    return {"smoke": common.smoke(quick, generations=2, pool_extra=200), "quick": quick,
+            "paper": cls(**paper_run, seeds=5, chunk_size=25_000)}
 
 
-# What the image studies (recursive-shapes, recursive-digits) share per profile: the generations and filters,
-# pools of 1.5 N, the image schedule (quick: the paper's compressed tenfold, to T = 100) and Hal over 10 steps
-# (paper: the last 10, 3 seeds, drawn 1,000 at a time).
+def mixture_study(p: dict, dataset: str, modes: Optional[tuple[float, ...]] = None) -> RecursiveConfig:
+    """The study of a Gaussian-mixture profile ``p`` (a resolved :class:`MixtureStudyProfile`) on ``dataset``
+    (``modes``: those of ``gaussian1d``): its generations' runs as :func:`mijax.experiments.common.run_config`."""
+    return RecursiveConfig(run=common.run_config(p, dataset=dataset, modes=modes), generations=p["generations"],
+                           filters=p["filters"], pool_extra=p["pool_extra"], chunk_size=p["chunk_size"])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageStudyProfile(StudyProfile):
+    """The profile of an image study (``recursive-shapes``, ``recursive-digits``): the image experiment's recipe
+    of the same profile with this profile's N, steps, schedule and seeds; pools of N x ``pool_ratio`` samples,
+    Hal over ``hal_window`` steps ending ``hal_end`` before the last, reduced by ``hal_reduction``."""
+
+    n_train: int = setting(help="images per generation N (generation 0: the first N of the data set)", above=0)
+    steps: int = field_like(TrainConfig, "steps")
+    timesteps: int = field_like(DiffusionConfig, "timesteps")
+    beta_start: float = field_like(DiffusionConfig, "beta_start")
+    beta_end: float = field_like(DiffusionConfig, "beta_end")
+    pool_ratio: float = field_like(RecursiveConfig, "pool_ratio", 1.5)
+    hal_window: int = field_like(RecursiveConfig, "hal_window", RecursiveConfig.hal_window)
+    hal_end: int = field_like(RecursiveConfig, "hal_end", RecursiveConfig.hal_end)
+    hal_reduction: str = field_like(RecursiveConfig, "hal_reduction", RecursiveConfig.hal_reduction)
+
+
+# What the image studies (recursive-shapes, recursive-digits) share per profile: quick, the generations and
+# filters, and the image schedule compressed tenfold, to T = 100; paper, 3 seeds, the image DDPM's schedule,
+# drawn 1,000 at a time (generations, filters, pools of 1.5 N and Hal over the last 10 steps: the
+# defaults); smoke, one seed and two generations of 16 images, two steps each.
 IMAGE_STUDY = {
-    "quick": {"generations": 3, "filters": ("random", "variance"), "pool_ratio": 1.5, "timesteps": 100,
-              "beta_start": 1e-3, "beta_end": 0.2, "hal_window": 10},
-    "paper": {"seeds": 3, "generations": 5, "filters": ("none", "random", "variance"), "pool_ratio": 1.5,
-              "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "hal_window": 10, "hal_end": 0,
-              "chunk_size": 1_000},
+    "smoke": {"seeds": 1, "n_train": 16, "steps": 2, "generations": 2, "chunk_size": 24},
+    "quick": {"generations": 3, "filters": ("random", "variance"), "timesteps": 100, "beta_start": 1e-3,
+              "beta_end": 0.2},
+    "paper": {"seeds": 3, "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "chunk_size": 1_000},
 }
 
 
-def image_study(profiles: dict, profile: str, seeds: Optional[int], recipes: dict, run_config,
-                **recipe_changes) -> RecursiveConfig:
-    """The study of an image profile (``recursive-shapes``, ``recursive-digits``): the image experiment's
-    training recipe of the same profile (``recipes[profile]``) with this profile's N, steps, T and seeds
-    (``seeds`` over the profile's) and ``recipe_changes``, made a run by that experiment's ``run_config``;
-    Hal over this profile's window and reduction, x0_hat clipped."""
-    if profile not in profiles:
-        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(profiles)}")
-    p = profiles[profile]
-    recipe = {**recipes[profile], **{k: p[k] for k in ("n_train", "steps", "timesteps", "beta_start", "beta_end")},
-              "seeds": p["seeds"] if seeds is None else int(seeds), **recipe_changes}
+def image_study(p: dict, recipe: dict, run_config, **recipe_changes) -> RecursiveConfig:
+    """The study of an image profile ``p`` (``recursive-shapes``, ``recursive-digits``; a resolved
+    :class:`ImageStudyProfile`): the image experiment's profile ``recipe`` (resolved, of the same name) with
+    ``p``'s N, steps, T, betas and seeds and ``recipe_changes``, made a run by that experiment's ``run_config``;
+    Hal over ``p``'s window and reduction, x0_hat clipped."""
+    recipe = {**recipe, **{k: p[k] for k in ("n_train", "steps", "timesteps", "beta_start", "beta_end", "seeds")},
+              **recipe_changes}
     return RecursiveConfig(run=run_config(recipe), generations=p["generations"], filters=tuple(p["filters"]),
                            pool_ratio=p["pool_ratio"], hal_window=p["hal_window"], hal_end=p["hal_end"],
                            hal_reduction=p["hal_reduction"], clip_x0=True, chunk_size=p["chunk_size"])
 
 
-OVERRIDES = ("n_train", "steps", "batch_size", "timesteps", "generations", "pool_extra", "chunk_size", "filters")
-
-
-def with_overrides(config: RecursiveConfig, overrides: Optional[dict]) -> RecursiveConfig:
-    """``config`` with some sizes changed (e.g. for tests): any of ``OVERRIDES``."""
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(OVERRIDES))
-    if unknown:
-        raise RunError(f"unknown override {unknown[0]!r}; this experiment's sizes are {', '.join(OVERRIDES)}")
-    run = config.run
-    data = dataclasses.replace(run.data, n_train=overrides.pop("n_train", run.data.n_train))
-    train = dataclasses.replace(run.train, steps=overrides.pop("steps", run.train.steps),
-                                batch_size=overrides.pop("batch_size", run.train.batch_size))
-    train = dataclasses.replace(train, steps_per_call=min(train.steps_per_call, train.steps))
-    diffusion = dataclasses.replace(run.diffusion, timesteps=overrides.pop("timesteps", run.diffusion.timesteps))
-    run = dataclasses.replace(run, data=data, train=train, diffusion=diffusion,
-                              checkpoint_every=min(run.checkpoint_every, train.steps))
-    if "filters" in overrides:
-        overrides["filters"] = tuple(overrides["filters"])
-    return dataclasses.replace(config, run=run, **overrides)
-
-
-def run_dim(dim: int, out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
-            overrides: Optional[dict] = None, config: Optional[RecursiveConfig] = None) -> dict:
-    """Run (or resume) the study in ``out/study``, then write figures, ``metrics.json`` and ``report.md``."""
+def run_mixture_study(out: Path, config: RecursiveConfig, profile: str, progress: bool = True) -> dict:
+    """Run (or resume) the Gaussian-mixture study ``config`` (of profile ``profile``) in ``out/study``, then write
+    figures, ``metrics.json`` and ``report.md``."""
     out = Path(out)
-    config = with_overrides(make_config(dim, profile, seeds) if config is None else config, overrides)
     t0 = time.perf_counter()
     result = run_recursive(out / "study", config, progress=progress)
     seconds = round(time.perf_counter() - t0, 1)
@@ -146,18 +149,6 @@ def variance_below_random(config: RecursiveConfig, result: dict, key: str = "hal
                      "cis_separate": bool(np.isfinite(v["high"]) and v["high"] < r["low"])})
     return {"means": all(r["means_below"] for r in rows), "cis_separate": all(r["cis_separate"] for r in rows),
             "per_generation": rows}
-
-
-def with_model_options(config: RecursiveConfig, overrides: Optional[dict]) -> tuple[RecursiveConfig, dict]:
-    """``overrides`` without ``model_options`` (e.g. a tiny UNet for tests), whose options go into the
-    model of ``config``'s run."""
-    overrides = dict(overrides or {})
-    model = overrides.pop("model_options", None)
-    if model:
-        run = config.run
-        config = dataclasses.replace(config, run=dataclasses.replace(
-            run, model=dataclasses.replace(run.model, options={**run.model.options, **model})))
-    return config, overrides
 
 
 def run_study(out: Path, config: RecursiveConfig, profile: str, progress: bool, figures_fn, report_fn,

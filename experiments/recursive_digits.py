@@ -10,43 +10,53 @@ cannot name. The study is :func:`mijax.recursive.run_recursive` (resumable in ``
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from mijax import data, plots
+from mijax.experiments import common
 from mijax.experiments import digits as digits_experiment
 from mijax.experiments.common import CI_TEXT
-from mijax.experiments.recursive import (FILTER_COLOURS, IMAGE_STUDY, image_study, pool_grid, run_study, summary_tables,
-                                         verdict_text, with_model_options, with_overrides)
+from mijax.experiments.recursive import (FILTER_COLOURS, IMAGE_STUDY, ImageStudyProfile, image_study, pool_grid,
+                                         run_study, summary_tables, verdict_text)
 from mijax.config import RecursiveConfig
 
 SUMMARY = "recursive training on digits: Fréchet distance per generation, none vs random vs variance (Hal) filtering"
-SETS_SIZES = False  # its sizes are a RecursiveConfig's: `mijax recursive` sets them, not `experiment --set`
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RecursiveDigitsProfile(ImageStudyProfile):
+    """recursive-digits' sizes: an image study (:class:`~mijax.experiments.recursive.ImageStudyProfile`) in the
+    ``digits`` experiment's recipe of the same profile (its data set and data options too)."""
+
+
 # quick: the digits quick recipe (its UNet and optimiser on the 8 x 8 digits) with 1,200 steps on N = 700 images
 # per generation, pools of 1,050 and T = 100 (the image schedule compressed tenfold, as recursive-shapes);
-# paper: the digits paper recipe on mnist5k, for a GPU.
+# paper: the digits paper recipe on mnist5k, for a GPU; smoke: the digits smoke recipe at its T = 12 (so that a
+# digits smoke run before has compiled its programs).
+QUICK = RecursiveDigitsProfile(**IMAGE_STUDY["quick"], seeds=3, n_train=700, steps=1_200, hal_reduction="mean",
+                               chunk_size=1_050)
 PROFILES = {
-    "quick": {**IMAGE_STUDY["quick"], "seeds": 3, "n_train": 700, "steps": 1_200, "hal_end": 0, "hal_reduction": "mean",
-              "chunk_size": 1_050},
-    "paper": {**IMAGE_STUDY["paper"], "n_train": 4_000, "steps": 30_000, "hal_reduction": "mean"},
+    "smoke": common.smoke(QUICK, IMAGE_STUDY["smoke"], timesteps=12),
+    "quick": QUICK,
+    "paper": RecursiveDigitsProfile(**IMAGE_STUDY["paper"], n_train=4_000, steps=30_000, hal_reduction="mean"),
 }
 
 
 def make_config(profile: str = "quick", seeds: Optional[int] = None,
-                data_options: Optional[dict] = None) -> RecursiveConfig:
-    """The study of a profile: the ``digits`` experiment's recipe with this profile's N, steps, T and Hal."""
-    return image_study(PROFILES, profile, seeds, digits_experiment.PROFILES, digits_experiment.run_config,
-                       data_options=dict(data_options or {}))
+                overrides: Optional[dict] = None) -> RecursiveConfig:
+    """The study of a profile (``overrides``: changes to its fields): the ``digits`` experiment's recipe of the same
+    profile with this profile's N, steps, T and Hal."""
+    return image_study(common.resolve_profile(PROFILES, profile, seeds, overrides),
+                       common.resolve_profile(digits_experiment.PROFILES, profile), digits_experiment.run_config)
 
 
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
         overrides: Optional[dict] = None) -> dict:
-    overrides = dict(overrides or {})
-    data_options = overrides.pop("data_options", None)  # e.g. a short classifier recipe for tests
-    config, overrides = with_model_options(make_config(profile, seeds, data_options), overrides)
-    config = with_overrides(config, overrides)
+    config = make_config(profile, seeds, overrides)
     dataset = data.make(config.run.data.dataset, config.run.data.options)
     dataset.classifier(progress=progress)  # trained (or read) before the study, with a progress bar
     return run_study(out, config, profile, progress, _figures, _report, "frechet")

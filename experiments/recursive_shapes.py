@@ -10,6 +10,7 @@ figures and the report.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -17,36 +18,48 @@ import numpy as np
 
 from mijax import plots
 from mijax.data import shapes
+from mijax.experiments import common
 from mijax.experiments import shapes as shapes_experiment
 from mijax.experiments.common import CI_TEXT
-from mijax.experiments.recursive import (FILTER_COLOURS, IMAGE_STUDY, image_study, pool_grid, run_study, summary_tables,
-                                         verdict_text, with_model_options, with_overrides)
+from mijax.experiments.recursive import (FILTER_COLOURS, IMAGE_STUDY, ImageStudyProfile, image_study, pool_grid,
+                                         run_study, summary_tables, verdict_text)
 from mijax.config import RecursiveConfig
 
 SUMMARY = "recursive training on SHAPES: duplicate share per generation, none vs random vs variance (Hal) filtering"
-SETS_SIZES = False  # its sizes are a RecursiveConfig's: `mijax recursive` sets them, not `experiment --set`
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RecursiveShapesProfile(ImageStudyProfile):
+    """recursive-shapes' sizes: an image study (:class:`~mijax.experiments.recursive.ImageStudyProfile`) in the
+    ``shapes`` experiment's recipe of the same profile, Hal by strip."""
+
+
 # quick: the shapes quick recipe (its UNet and optimiser) with 1,000 steps on N = 400 images per generation, pools
 # of 600, T = 100 (the image schedule compressed tenfold) and Hal by strip over t = 5..14 (where the shapes quick
-# sweep found Hal sharpest: t = 10..29 of 200); paper: the shapes paper recipe on the 5,000 images, for a GPU.
+# sweep found Hal sharpest: t = 10..29 of 200); paper: the shapes paper recipe on the 5,000 images, for a GPU;
+# smoke: the shapes smoke recipe, T = 16 (room for Hal over t = 5..14).
 # Calibrated with benchmarks/calibrate_shapes.py (docs/results/calibration/shapes.jsonl; 2 seeds): at 600 steps
 # 18% of generation 0's samples were valid (a cosine decay from 2e-3 gave 19%), at 1,000 steps 42%.
+QUICK = RecursiveShapesProfile(**IMAGE_STUDY["quick"], seeds=2, n_train=400, steps=1_000, hal_end=5,
+                               hal_reduction="region_max", chunk_size=640)
 PROFILES = {
-    "quick": {**IMAGE_STUDY["quick"], "seeds": 2, "n_train": 400, "steps": 1_000, "hal_end": 5,
-              "hal_reduction": "region_max", "chunk_size": 640},
-    "paper": {**IMAGE_STUDY["paper"], "n_train": 5_000, "steps": 50_000, "hal_reduction": "region_max"},
+    "smoke": common.smoke(QUICK, IMAGE_STUDY["smoke"], timesteps=16),
+    "quick": QUICK,
+    "paper": RecursiveShapesProfile(**IMAGE_STUDY["paper"], n_train=5_000, steps=50_000, hal_reduction="region_max"),
 }
 
 
-def make_config(profile: str = "quick", seeds: Optional[int] = None) -> RecursiveConfig:
-    """The study of a profile: the ``shapes`` experiment's recipe (same UNet, optimiser and schedule family)
-    with this profile's N, steps, T and Hal."""
-    return image_study(PROFILES, profile, seeds, shapes_experiment.PROFILES, shapes_experiment.run_config)
+def make_config(profile: str = "quick", seeds: Optional[int] = None,
+                overrides: Optional[dict] = None) -> RecursiveConfig:
+    """The study of a profile (``overrides``: changes to its fields): the ``shapes`` experiment's recipe of the
+    same profile (same UNet, optimiser and schedule family) with this profile's N, steps, T and Hal."""
+    return image_study(common.resolve_profile(PROFILES, profile, seeds, overrides),
+                       common.resolve_profile(shapes_experiment.PROFILES, profile), shapes_experiment.run_config)
 
 
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
         overrides: Optional[dict] = None) -> dict:
-    config, overrides = with_model_options(make_config(profile, seeds), overrides)
-    config = with_overrides(config, overrides)
+    config = make_config(profile, seeds, overrides)
     return run_study(out, config, profile, progress, _figures, _report, "duplicate_share")
 
 

@@ -2,6 +2,7 @@
 smooth (Figure 4); sampling with the exact eps* through the same sampler does not interpolate."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -14,18 +15,28 @@ from mijax.store import load_cache
 from mijax.data.mixtures import labels
 from mijax import mixtures, plots
 from mijax.runs import load_run, sample_keys
-from mijax.config import SamplerConfig
+from mijax.config import SamplerConfig, setting
 from mijax.sampling import sample
 
 SUMMARY = "learned eps_theta (smooth) vs exact eps* (jumps) at small t (Fig. 4); exact-score sampling does not interpolate"
 MODES = (1.0, 2.0, 3.0)
 TIMES = (0, 5, 10, 25, 50)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScoreProfile(common.MixtureProfile):
+    """score's sizes: one 1D run, sampled (:class:`~mijax.experiments.common.MixtureProfile`), and the points
+    of x in [0.5, 3.5] where eps_theta and eps* are compared."""
+
+    grid_points: int = setting(help="points of x in [0.5, 3.5] where eps_theta and eps* are compared", low=2)
+
+
+QUICK = ScoreProfile(**common.QUICK_1D, num_samples=5_000, chunk_size=5_000, grid_points=2_001,
+                     **common.QUICK_OPTIMISER, **common.QUICK_SAVING)
 PROFILES = {
-    "quick": {"seeds": 4, **common.QUICK_1D, "timesteps": 1000, "num_samples": 5_000, "chunk_size": 5_000,
-              "grid_points": 2_001, **common.QUICK_OPTIMISER, **common.QUICK_SAVING},
-    "paper": {"seeds": 4, "n_train": 20_000, "steps": 20_000, "batch_size": 10_000, "timesteps": 1000,
-              "num_samples": 1_000_000, "chunk_size": 100_000, "grid_points": 10_001, "steps_per_call": 1_000,
-              "checkpoint_every": 5_000},
+    "smoke": common.smoke(QUICK, grid_points=301),
+    "quick": QUICK,
+    "paper": ScoreProfile(**common.PAPER_1D, num_samples=1_000_000, chunk_size=100_000, grid_points=10_001),
 }
 
 

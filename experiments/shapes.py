@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mijax import plots
-from mijax.config import DataConfig, RunConfig
+from mijax.config import DataConfig, RunConfig, setting
 from mijax.data import shapes
 from mijax.store import json_safe
 from mijax.experiments import common, hal_sweep
@@ -32,22 +32,25 @@ from mijax.training import eval_params
 SUMMARY = "SIMPLE SHAPES: a UNet makes two copies of a shape it never saw twice (claim 7); Hal on images (claim 5)"
 REDUCTIONS = ("mean", "max", "top_k", "region_max")
 PUBLISHED = hal_sweep.PUBLISHED
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ShapesProfile(hal_sweep.ImageProfile):
+    """shapes' sizes: an image experiment's (:class:`~mijax.experiments.hal_sweep.ImageProfile`) on the SHAPES
+    images of ``size``, and the step t whose UNet bottleneck features are drawn."""
+
+    feature_t: int = setting(0, "the step t whose UNet bottleneck features of the samples are drawn", low=0)
+
+
 # quick: half-size images and a small UNet on 2 CPU cores (about 25 minutes on 2 CPU cores).
-# The schedule is the paper's 1e-4 -> 0.02 over 1,000 steps compressed to 200 (betas x 5), so that sampling
-# costs a fifth; windows are (end, length) in reverse steps.
+QUICK = ShapesProfile(**hal_sweep.IMAGE_QUICK, size=32, channels=8, mults=(1, 2, 2), groups=4, steps=1_400,
+                      batch_size=64, num_samples=512, chunk_size=512, top_k=16, checkpoint_every=500)
 PROFILES = {
-    "quick": {"seeds": 3, "size": 32, "channels": 8, "mults": (1, 2, 2), "res_blocks": 1, "groups": 4,
-              "attn_levels": (), "dropout": 0.0, "timesteps": 200, "beta_start": 5e-4, "beta_end": 0.1,
-              "steps": 1_400, "batch_size": 64, "learning_rate": 1e-3, "warmup_steps": 100, "grad_clip": 1.0,
-              "ema_decay": 0.995, "num_samples": 512, "chunk_size": 512, "top_k": 16,
-              "windows": ((0, 10), (0, 4), (4, 8), (10, 10), (20, 10), (40, 20), (0, 40)),
-              "feature_t": 0, "steps_per_call": 100, "checkpoint_every": 500},
-    "paper": {"seeds": 3, "size": 64, "channels": 64, "mults": (1, 2, 2, 2), "res_blocks": 2, "groups": 32,
-              "attn_levels": (2,), "dropout": 0.1, "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
-              "steps": 50_000, "batch_size": 128, "learning_rate": 2e-4, "warmup_steps": 5_000, "grad_clip": 1.0,
-              "ema_decay": 0.9999, "num_samples": 10_000, "chunk_size": 1_000, "top_k": 64,
-              "windows": ((0, 10), (0, 20), (20, 15), (50, 25), (100, 50), (200, 100), (0, 200)),
-              "feature_t": 0, "steps_per_call": 500, "checkpoint_every": 5_000},
+    # smoke: with dropout and a short EMA, so that both run
+    "smoke": common.smoke(QUICK, hal_sweep.IMAGE_SMOKE, batch_size=16, dropout=0.1, ema_decay=0.9),
+    "quick": QUICK,
+    "paper": ShapesProfile(**hal_sweep.IMAGE_PAPER, size=64, channels=64, mults=(1, 2, 2, 2), groups=32,
+                           attn_levels=(2,), steps=50_000, warmup_steps=5_000, num_samples=10_000, top_k=64),
 }
 
 

@@ -2,21 +2,34 @@
 an in-support sample's settles (1D and 2D)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from mijax.experiments import common
+from mijax.config import setting
 from mijax.data.mixtures import labels
 
 SUMMARY = "x0_hat over the last 100 reverse steps: hallucinated samples keep moving, in-support ones settle (1D, 2D)"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrajectoriesProfile(common.Mixture2DProfile):
+    """trajectories' sizes: a 1D and a 2D run, sampled with their last x0_hat trajectories
+    (:class:`~mijax.experiments.common.Mixture2DProfile`), and how many trajectories of each kind a figure shows."""
+
+    shown: int = setting(5, "trajectories of each kind (hallucinated, in support) in a figure", above=0)
+
+
+QUICK = TrajectoriesProfile(**common.QUICK_1D, **common.two_d(common.QUICK_2D), num_samples=5_000, chunk_size=2_500,
+                            **common.QUICK_OPTIMISER, **common.QUICK_SAVING)
 PROFILES = {
-    "quick": {"seeds": 4, **common.QUICK_1D, **common.QUICK_2D, "timesteps": 1000, "num_samples": 5_000,
-              "chunk_size": 2_500, "shown": 5, **common.QUICK_OPTIMISER, **common.QUICK_SAVING},
-    "paper": {"seeds": 4, "n_train": 20_000, "n_train_2d": 100_000, "steps": 20_000, "steps_2d": 100_000,
-              "batch_size": 10_000, "batch_size_2d": 10_000, "timesteps": 1000, "num_samples": 100_000, "chunk_size": 20_000, "shown": 5,
-              "steps_per_call": 1_000, "checkpoint_every": 5_000},
+    "smoke": common.smoke(QUICK),
+    "quick": QUICK,
+    "paper": TrajectoriesProfile(**common.PAPER_1D, **common.two_d(common.PAPER_2D), num_samples=100_000,
+                                 chunk_size=20_000),
 }
 SETTINGS = {"1d": ("gaussian1d", (1.0, 2.0, 3.0)), "2d": ("gaussian25", None)}
 LAST = 10  # movement is measured over the last this many steps (the Hal window)

@@ -365,11 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("experiment", help="run one of the paper's experiments (or `all`); --list names them")
     exp.add_argument("name", nargs="?", help="experiment name, or `all`")
     exp.add_argument("--list", action="store_true", help="name the experiments, one line each")
-    from mijax.experiments import PROFILES
+    from mijax.experiments import DEFAULT_PROFILE, PROFILES
 
     exp.add_argument("--profile", default=None, choices=PROFILES,
-                     help=f"quick: minutes on 2 CPU cores; paper: the paper's sizes (for a GPU) (default: "
-                          f"{PROFILES[0]})")
+                     help=f"smoke: toy sizes, seconds to a minute (a check that it runs); quick: minutes on 2 CPU "
+                          f"cores; paper: the paper's sizes (for a GPU) (default: {DEFAULT_PROFILE})")
     exp.add_argument("--seeds", type=_positive_int("seeds"), default=None, help="seeds (None: the profile's)")
     exp.add_argument("--out", type=_path, default=None, help="output directory (all: one folder per experiment)")
     exp.add_argument("--overwrite", action="store_true",
@@ -378,8 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a folder of trained runs shared by experiments: one that trains the same configuration as "
                           "another reuses its models and samples (all: OUT/runs by default; one experiment: its own)")
     exp.add_argument("--set", type=_option, action="append", default=None, metavar="KEY=VALUE", dest="overrides",
-                     help="change one of the profile's sizes (repeatable; one experiment, not `all`), e.g. "
-                          "--set steps=20000 --set num_samples=100000; the report lists the sizes used")
+                     help="change one of the profile's fields, of its type (repeatable; one experiment, not `all`), "
+                          "e.g. --set steps=20000 --set num_samples=100000; the report lists the sizes used")
     exp.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_recursive_arguments(sub.add_parser("recursive", help="recursive training on generated data, with and "
                                             "without Hal filtering; rerun the same command to resume"))
@@ -556,11 +556,12 @@ def _experiment(a) -> None:
 
     if a.list:
         for name in experiments.names():
-            print(f"{name:16s} {experiments.load(name).SUMMARY}")
+            module = experiments.load(name)
+            print(f"{name:16s} {module.SUMMARY} (profiles: {', '.join(module.PROFILES)})")
         return
     if a.name is None:
         raise UsageError("name an experiment (or `all`), or pass --list")
-    a.profile = a.profile or experiments.PROFILES[0]
+    a.profile = a.profile or experiments.DEFAULT_PROFILE
     if a.out is None:
         raise UsageError("--out is required")
     chosen = experiments.names() if a.name == "all" else [a.name]
@@ -598,34 +599,27 @@ def _run_experiments(a, modules) -> None:
 
 
 def _experiment_overrides(a, modules) -> dict:
-    """``--set KEY=VALUE`` as a dict, checked against the chosen profile's sizes before any work: known keys,
-    values of the profile's type (an int where it has an int; a number where it has a float)."""
+    """``--set KEY=VALUE`` as a dict, checked against the typed fields of the chosen profile before any work: each
+    key a field, each value converted to its field's type (:meth:`mijax.experiments.common.Profile.changed`: text
+    as an int, a number, true/false, a list) and in its range; else a UsageError naming the key, what it takes
+    and the experiment."""
+    from mijax.config import ConfigError
+    from mijax.registry import option_text
+
     overrides = dict(getattr(a, "overrides", None) or [])
     if not overrides:
         return {}
     if a.name == "all":
         raise UsageError("--set changes one experiment's sizes; name the experiment, not `all`")
+    if "seeds" in overrides:
+        raise UsageError("--set seeds=...: use --seeds")
     (name, module), = modules.items()
-    if not hasattr(module, "PROFILES") or not getattr(module, "SETS_SIZES", True):
-        raise UsageError(f"{name} has no profile sizes to --set; `mijax recursive` sets every size of such a study")
-    sizes = module.PROFILES[a.profile]
-    for key, value in overrides.items():
-        if key == "seeds":
-            raise UsageError("--set seeds=...: use --seeds")
-        if key not in sizes:
-            raise UsageError(f"--set {key}: {name}'s {a.profile} profile has no such size; it has "
-                             f"{', '.join(k for k in sizes if k != 'seeds')}")
-        want = sizes[key]
-        # the profile's own type; an int also does for a float (a bool, an int in Python, for neither)
-        kinds = (int, float) if isinstance(want, float) else (type(want),)
-        ok = isinstance(value, kinds) and (isinstance(value, bool) == isinstance(want, bool))
-        if not ok:
-            raise UsageError(f"--set {key}={value!r}: expected {type(want).__name__} like {want!r}")
-        if isinstance(want, float):
-            overrides[key] = float(value)
-        elif isinstance(value, tuple):  # JSON's nested lists as the profile's nested tuples, e.g. windows
-            overrides[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-    return overrides
+    try:
+        profile = module.PROFILES[a.profile].changed(overrides, owner=f"experiment {name} profile")
+    except ConfigError as e:
+        given = f" {e.field}={option_text(overrides[e.field])}" if e.field in overrides else ""
+        raise UsageError(f"--set{given}: {e}") from None
+    return {key: getattr(profile, key) for key in overrides}
 
 
 def _recursive(a) -> None:

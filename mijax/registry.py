@@ -38,12 +38,13 @@ def option_text(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def typed_option(owner: str, key: str, value: Any, default: Any) -> Any:
+def typed_option(owner: str, key: str, value: Any, default: Any, noun: str = "option") -> Any:
     """``value`` of option ``key`` of ``owner`` (e.g. ``model 'mlp'``) checked against, and converted to, the type of
     its ``default``: a bool takes a bool or one of ``TRUE_WORDS`` / ``FALSE_WORDS`` (or the integers 1 and 0), an int
-    an integer, a float a finite number, a tuple a list or comma-separated numbers, a text text; a default of None
-    takes anything. Anything else raises MijaxError naming the option and what it takes."""
-    where = f"{owner} option {key}"
+    an integer, a float a finite number, a tuple a list or comma-separated numbers, a mapping a mapping (a JSON
+    object), a text text; a default of None takes anything. Anything else raises MijaxError naming the option (as
+    ``{owner} {noun} {key}``) and what it takes."""
+    where = f"{owner} {noun} {key}"
     if default is None:
         return frozen(value)
     if isinstance(default, bool):
@@ -82,6 +83,10 @@ def typed_option(owner: str, key: str, value: Any, default: Any) -> Any:
         if isinstance(value, (str, os.PathLike)):
             return value
         raise MijaxError(f"{where} is text like {default!r}, got {value!r}")
+    if isinstance(default, Mapping):
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise MijaxError(f"{where} is a mapping like {option_text(dict(default))}, got {value!r}")
     return frozen(value)
 
 

@@ -322,29 +322,65 @@ def test_malformed_mnist_files_are_one_line_before_any_output(tmp_path, capsys):
     assert "truncated IDX header" in msg and not out.exists()
 
 
-def test_experiment_set_changes_a_profile_size_and_refuses_bad_ones(tmp_path, capsys, monkeypatch):
-    from mijax.experiments import distance_1d
-
+def test_experiment_set_is_checked_against_the_profile_fields(tmp_path, capsys):
+    """A --set of an unknown field or of a value its field does not take is one line naming the key, what it
+    takes and the experiment, before anything is written."""
     out = tmp_path / "e"
-    for argv, words in ((["--set", "stepz=3"], "no such size"), (["--set", "steps=2.5"], "expected int"),
-                        (["--set", "seeds=2"], "use --seeds"), (["--set", "steps"], "KEY=VALUE")):
-        msg = _error(capsys, ["experiment", "distance-1d", "--no-progress", "--out", str(out), *argv])
-        assert words in msg, msg
+    for name, argv, line in (
+            ("shapes", ["--set", "steps=abc"],
+             "--set steps=abc: experiment shapes profile field steps is an integer like 1400, got 'abc'"),
+            ("distance-1d", ["--set", "steps=2.5"],
+             "--set steps=2.5: experiment distance-1d profile field steps is an integer like 10000, got 2.5"),
+            ("distance-1d", ["--profile", "paper", "--set", "learning_rate=fast"],
+             "--set learning_rate=fast: experiment distance-1d profile: learning_rate must be a finite number, "
+             "got 'fast'"),
+            ("detectors", ["--set", "cost_each=maybe"],
+             "--set cost_each=maybe: experiment detectors profile field cost_each is true or false "
+             "(true/True/yes/1 or false/False/no/0), got 'maybe'"),
+            ("recursive-1d", ["--set", "generations=0"],
+             "--set generations=0: experiment recursive-1d profile: generations must be > 0, got 0"),
+            ("recursive-shapes", ["--set", "filters=[\"best\"]"],
+             "--set filters=[\"best\"]: experiment recursive-shapes profile: unknown filters 'best'; choose from none, "
+             "random, variance, threshold")):
+        msg = _error(capsys, ["experiment", name, "--no-progress", "--out", str(out), *argv])
+        assert msg == f"mijax: error: {line}"
+    msg = _error(capsys, ["experiment", "score", "--out", str(out), "--set", "stepz=3"])
+    assert msg.startswith("mijax: error: --set stepz=3: experiment score profile has no field stepz; its fields are ")
+    assert "grid_points" in msg
+    for argv, words in ((["--set", "seeds=2"], "use --seeds"), (["--set", "steps"], "KEY=VALUE")):
+        assert words in _error(capsys, ["experiment", "distance-1d", "--out", str(out), *argv])
     assert "not `all`" in _error(capsys, ["experiment", "all", "--out", str(out), "--set", "steps=3"])
-    for name in ("recursive-1d", "recursive-shapes"):
-        assert "mijax recursive" in _error(capsys, ["experiment", name, "--out", str(out), "--set", "steps=3"])
     assert not out.exists()  # refused before anything was written
-    seen = {}
-    monkeypatch.setattr(distance_1d, "run", lambda target, **kw: seen.update(kw) or {})
-    assert main(["experiment", "distance-1d", "--no-progress", "--out", str(out), "--set", "steps=7",
-                 "--set", "learning_rate=1"]) == 0
-    assert seen["overrides"] == {"steps": 7, "learning_rate": 1.0} and isinstance(seen["overrides"]["learning_rate"], float)
-    from mijax.experiments import shapes
 
-    monkeypatch.setattr(shapes, "run", lambda target, **kw: seen.update(kw) or {})
-    assert main(["experiment", "shapes", "--no-progress", "--out", str(tmp_path / "s"), "--set",
-                 "windows=[[0, 10], [5, 20]]"]) == 0
-    assert seen["overrides"] == {"windows": ((0, 10), (5, 20))}
+
+def test_experiment_set_converts_to_the_field_types(tmp_path, monkeypatch):
+    from mijax.experiments import detectors, distance_1d, interp_1d, shapes
+
+    seen = {}
+    for module in (detectors, distance_1d, interp_1d, shapes):
+        monkeypatch.setattr(module, "run", lambda target, **kw: seen.update(kw) or {})
+    for name, argv, overrides in (
+            ("distance-1d", ["--set", "steps=7", "--set", "learning_rate=1"], {"steps": 7, "learning_rate": 1.0}),
+            ("distance-1d", ["--profile", "paper", "--set", "grad_clip=2"], {"grad_clip": 2.0}),
+            ("shapes", ["--set", "windows=[[0, 10], [5, 20]]"], {"windows": ((0, 10), (5, 20))}),
+            ("interp-1d", ["--profile", "smoke", "--set", "sizes=400,600"], {"sizes": (400, 600)}),
+            ("detectors", ["--set", "cost_each=no", "--set", "abort_retentions=[0.9, 1]",
+                           "--set", "image_samples=null"],
+             {"cost_each": False, "abort_retentions": (0.9, 1.0), "image_samples": None})):
+        seen.clear()
+        assert main(["experiment", name, "--no-progress", "--out", str(tmp_path / name), *argv]) == 0
+        assert seen["overrides"] == overrides and seen["profile"] == ("quick" if "--profile" not in argv else argv[1])
+        assert [type(v) for v in seen["overrides"].values()] == [type(v) for v in overrides.values()]
+    assert isinstance(seen["overrides"]["abort_retentions"][1], float)
+
+
+def test_experiment_list_names_each_experiments_profiles(capsys):
+    from mijax import experiments
+
+    assert main(["experiment", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == experiments.names()
+    assert all(line.endswith("(profiles: smoke, quick, paper)") for line in lines)
 
 
 def test_sampling_a_run_reads_its_configuration_once_and_builds_once(trained, monkeypatch):

@@ -8,10 +8,11 @@ import pytest
 from mijax import experiments, store
 from mijax.experiments import common
 
-# Toy sizes: T = 40, a few dozen steps, 2 seeds (detection: T = 120, room for windows up to t = 100 + 20).
-DIGEST = "2d197bc706"  # config_digest of the TOY run below (n_train 400) before TrainConfig had t_power
-TOY = {"seeds": 2, "timesteps": 40, "steps": 20, "batch_size": 200, "num_samples": 128, "chunk_size": 128,
-       "steps_per_call": 10, "checkpoint_every": 10}
+# The experiments run their smoke profiles (T = 40, 20 steps, 2 seeds). TOY: the same sizes in the published
+# optimiser, for the functions of common.
+DIGEST = "2d197bc706"  # config_digest of the TOY run below before TrainConfig had t_power
+TOY = {"seeds": 2, "n_train": 400, "timesteps": 40, "steps": 20, "batch_size": 200, "num_samples": 128,
+       "chunk_size": 128, "steps_per_call": 10, "checkpoint_every": 10}
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +20,6 @@ def shared(tmp_path_factory):
     """One folder of toy runs shared by the tests below, as `mijax experiment all` shares its runs: the
     score, trajectories and grid tests train the same toy 1D and 2D models once."""
     return tmp_path_factory.mktemp("shared-runs")
-
-
-def _toy(module, **extra):
-    keys = module.PROFILES["quick"]
-    return {k: v for k, v in {**TOY, **extra}.items() if k in keys}
 
 
 def _check_outputs(out, metrics, pngs):
@@ -39,25 +35,37 @@ def _check_outputs(out, metrics, pngs):
     assert not list(out.glob(".*tmp*"))
 
 
-def test_registry_lists_the_experiments_with_summaries():
-    for name in ("interp-1d", "distance-1d", "grid-2d", "score", "trajectories", "detection"):
-        assert name in experiments.names()
+def test_registry_lists_the_experiments_with_summaries_and_typed_profiles():
+    assert experiments.PROFILES == ("smoke", "quick", "paper") and experiments.DEFAULT_PROFILE == "quick"
+    for name in experiments.names():
         module = experiments.load(name)
         assert isinstance(module.SUMMARY, str) and "\n" not in module.SUMMARY
-        assert set(module.PROFILES) == {"quick", "paper"}
-        assert module.PROFILES["quick"]["seeds"] >= 4
+        assert tuple(module.PROFILES) == experiments.PROFILES
+        kinds = {type(profile) for profile in module.PROFILES.values()}
+        assert len(kinds) == 1 and issubclass(kinds.pop(), common.Profile)
+        sizes = {name: common.resolve_profile(module.PROFILES, name) for name in experiments.PROFILES}
+        assert sizes["smoke"]["seeds"] <= sizes["quick"]["seeds"]
+        assert sizes["smoke"].get("steps", 0) <= sizes["quick"].get("steps", 0)
 
 
-def test_profile_overrides_and_bad_keys():
+def test_profile_overrides_are_checked_and_converted():
+    from mijax.config import ConfigError
+    from mijax.experiments import distance_1d, interp_1d
     from mijax.runs import RunError
 
-    p = common.resolve_profile({"quick": {"seeds": 4, "steps": 10}, "paper": {"seeds": 4, "steps": 20}}, "quick",
-                               seeds=3, overrides={"steps": 5})
-    assert p["seeds"] == 3 and p["steps"] == 5
-    with pytest.raises(RunError, match="unknown override"):
-        common.resolve_profile({"quick": {"seeds": 4}}, "quick", overrides={"nope": 1})
+    p = common.resolve_profile(distance_1d.PROFILES, "quick", seeds=3, overrides={"steps": 5, "grad_clip": 1})
+    assert p["seeds"] == 3 and p["steps"] == 5 and p["grad_clip"] == 1.0 and isinstance(p["grad_clip"], float)
+    assert "grad_clip" not in common.resolve_profile(distance_1d.PROFILES, "quick")  # None: the published recipe
+    assert common.resolve_profile(interp_1d.PROFILES, "smoke", overrides={"sizes": "400,600"})["sizes"] == (400, 600)
+    for overrides, words in (({"nope": 1}, "the quick profile has no field nope"),
+                             ({"steps": "abc"}, "field steps is an integer like 10000, got 'abc'"),
+                             ({"steps": -5}, "steps must be > 0, got -5"),
+                             ({"lr_decay": "cos"}, "unknown lr_decay 'cos'")):
+        with pytest.raises(ConfigError, match=words) as e:
+            common.resolve_profile(distance_1d.PROFILES, "quick", overrides=overrides)
+        assert e.value.field == next(iter(overrides))
     with pytest.raises(RunError, match="unknown profile"):
-        common.resolve_profile({"quick": {"seeds": 4}}, "fast")
+        common.resolve_profile(distance_1d.PROFILES, "fast")
 
 
 def test_ci_over_seeds():
@@ -82,8 +90,7 @@ def test_interp_1d_end_to_end_and_resume(tmp_path):
     from mijax.experiments import interp_1d
 
     out = tmp_path / "interp"
-    over = _toy(interp_1d, sizes=(400, 800))
-    m = interp_1d.run(out, progress=False, overrides=over)
+    m = interp_1d.run(out, "smoke", progress=False)
     _check_outputs(out, m, ["rate_vs_n.png", "histogram_n400.png", "histogram_n800.png"])
     assert [row["n_train"] for row in m["per_size"]] == [400, 800]
     assert [r["k"] for r in m["per_size"][0]["rates"]] == [3, 4, 5, 6]
@@ -102,7 +109,7 @@ def test_interp_1d_end_to_end_and_resume(tmp_path):
     assert common.CI_TEXT in (out / "report.md").read_text()
     # A rerun reuses the checkpoints and cached samples: the same numbers.
     (out / "metrics.json").unlink()
-    again = interp_1d.run(out, progress=False, overrides=over)
+    again = interp_1d.run(out, "smoke", progress=False)
     assert again["per_size"] == m["per_size"]
 
 
@@ -110,8 +117,7 @@ def test_window_hal_equals_sampler_hal(tmp_path):
     """Hal over a window computed from the recorded x0_hat equals the sampler's own running Hal."""
     from mijax.config import SamplerConfig
 
-    p = common.resolve_profile({"quick": {**TOY, "n_train": 400}}, "quick")
-    run_dir = common.train(tmp_path, "1d", common.run_config(p), progress=False)
+    run_dir = common.train(tmp_path, "1d", common.run_config(TOY), progress=False)
     assert run_dir == tmp_path / "runs" / "1d"  # outside shared_runs: the experiment's own folder
     windows = common.sample_windows(run_dir, 128, [(0, 10), (5, 20)], trajectory_steps=30, chunk_size=128,
                                     progress=False)
@@ -138,12 +144,11 @@ def test_detection_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setattr(common, "sample_windows", diverging)
     out = tmp_path / "det"
-    m = detection.run(out, progress=False, overrides=_toy(detection, n_train=400, n_train_2d=400, steps_2d=20,
-                                                               batch_size_2d=200, timesteps=120))
+    m = detection.run(out, "smoke", progress=False)
     _check_outputs(out, m, ["hal_1d.png", "roc_1d.png", "auroc_windows_1d.png", "hal_2d.png", "auroc_windows_2d.png"])
     assert m["windows"][0] == [0, 10] or tuple(m["windows"][0]) == (0, 10)
-    # Every (end, length) of the sweep that fits in T = 120 steps: all 20 but (100, 50).
-    assert len(m["settings"]["1d"]["window_sweep"]) == len(m["windows"]) == 19
+    # Every (end, length) of the sweep that fits in T = 40 steps: ends 0 and 10 with lengths 5, 10, 20; 25 with 5, 10.
+    assert len(m["settings"]["1d"]["window_sweep"]) == len(m["windows"]) == 8
     assert set(m["settings"]["2d"]["per_k"]) == {"3", "4", "5", "6"}
     assert "blur_adjusted" in m["settings"]["1d"]
     # Diverged samples are counted and left out of the numbers, not a crash ("scores must not be NaN").
@@ -162,11 +167,7 @@ def test_detectors_end_to_end(tmp_path, shared):
 
     out = tmp_path / "detectors"
     with common.shared_runs(shared):
-        m = detectors.run(out, progress=False, overrides=_toy(detectors, n_train=400, n_train_2d=400, steps_2d=20,
-                                                                batch_size_2d=200, cost_samples=0,
-                                                                early_ends=(0, 25), abort_samples=128,
-                                                                abort_ends=(5,), abort_retentions=(0.9,),
-                                                                abort_settings=("1d",), image_settings=()))
+        m = detectors.run(out, "smoke", progress=False, overrides={"image_settings": ()})
     _check_outputs(out, m, [f"{kind}_{tag}.png" for kind in ("roc", "early") for tag in m["settings"]]
                    + ["abort_1d.png"])
     assert set(m["settings"]) == {"1d", "2d", "2d_rotated"}  # the images: tests/test_shapes_experiments.py
@@ -191,7 +192,7 @@ def test_score_end_to_end(tmp_path, shared):
 
     out = tmp_path / "score"
     with common.shared_runs(shared):
-        m = score.run(out, progress=False, overrides=_toy(score, n_train=400, grid_points=301))
+        m = score.run(out, "smoke", progress=False)
     _check_outputs(out, m, ["eps_vs_x.png", "histogram_exact.png", "histogram_trained.png"])
     # The exact eps* jumps between modes at t = 0: far steeper than any toy network.
     assert m["gap_slope"]["0"]["exact"] > 10 * m["gap_slope"]["0"]["learned"]["mean"]
@@ -212,7 +213,7 @@ def test_distance_1d_end_to_end(tmp_path):
     from mijax.experiments import distance_1d
 
     out = tmp_path / "dist"
-    m = distance_1d.run(out, progress=False, overrides=_toy(distance_1d, n_train=400))
+    m = distance_1d.run(out, "smoke", progress=False)
     _check_outputs(out, m, ["histogram.png", "gap_density.png"])
     assert list(m["gap_density_per_unit_length"]) == ["1-2", "2-4", "4-5"]
 
@@ -247,7 +248,7 @@ def test_grid_2d_end_to_end(tmp_path, shared):
 
     out = tmp_path / "grid"
     with common.shared_runs(shared):
-        m = grid_2d.run(out, progress=False, overrides=_toy(grid_2d, n_train=400))
+        m = grid_2d.run(out, "smoke", progress=False)
     _check_outputs(out, m, ["scatter_gaussian25.png", "scatter_gaussian25_rotated.png"])
     assert set(m["datasets"]) == {"gaussian25", "gaussian25_rotated"}
 
@@ -258,14 +259,12 @@ def test_trajectories_end_to_end(tmp_path, shared):
     out = tmp_path / "traj"
     with common.shared_runs(shared):
         # Saved and dispatched differently from the score test's run, but the same models: shared.
-        m = trajectories.run(out, progress=False, overrides=_toy(trajectories, n_train=400, n_train_2d=400,
-                                                                  steps_2d=20, batch_size_2d=200,
-                                                                  checkpoint_every=20))
+        m = trajectories.run(out, "smoke", progress=False, overrides={"checkpoint_every": 20})
         _check_outputs(out, m, ["trajectories_1d.png", "trajectories_2d.png"])
         assert m["steps_shown"] == 40  # min(100, T)
         for block in m["settings"].values():  # blur-adjusted labels are a subset of the k-std ones
             assert all(b <= k for b, k in zip(block["blur_adjusted"]["num_hallucinated"], block["num_hallucinated"]))
-        config = common.run_config(common.resolve_profile(score.PROFILES, "quick", overrides=_toy(score, n_train=400)))
+        config = common.run_config(common.resolve_profile(score.PROFILES, "smoke"))
         run_dir = common.run_dir_for(out, "1d", config)
     assert run_dir.parent == shared and run_dir.name.startswith("gaussian1d-n400-")
     assert not (out / "runs").exists()
@@ -275,7 +274,7 @@ def test_trajectories_end_to_end(tmp_path, shared):
 
 
 def test_config_digest_ignores_only_how_a_run_is_saved():
-    p = common.resolve_profile({"quick": {**TOY, "n_train": 400}}, "quick")
+    p = TOY
     base = common.run_config(p)
     same = common.run_config({**p, "checkpoint_every": 7, "steps_per_call": 5})
     assert common.config_digest(base) == common.config_digest(same)

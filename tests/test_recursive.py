@@ -224,13 +224,13 @@ def test_cli_recursive_equals_the_library(uninterrupted, tmp_path, capsys):
 
 
 def test_experiment_report_and_figures(uninterrupted, tmp_path):
-    from mijax.experiments.recursive import run_dim
+    from mijax.experiments.recursive import run_mixture_study
 
     out, _ = uninterrupted
     import shutil
 
     shutil.copytree(out, tmp_path / "study")  # finished: the experiment only reads it back
-    metrics = run_dim(1, tmp_path, profile="quick", progress=False, config=TOY)
+    metrics = run_mixture_study(tmp_path, TOY, "quick", progress=False)
     for name in ("hallucination_rate.png", "hallucination_rate_blur_adjusted.png", "modes_lost.png", "sliced_w1.png",
                  "histograms.png", "report.md"):
         assert (tmp_path / name).stat().st_size > 0
@@ -241,27 +241,30 @@ def test_experiment_report_and_figures(uninterrupted, tmp_path):
 
 def test_experiment_configs_fit_their_profiles():
     from mijax import experiments
-    from mijax.experiments.recursive import make_config
+    from mijax.experiments import recursive_1d, recursive_2d
 
     assert {"recursive-1d", "recursive-2d"} <= set(experiments.names())
-    quick = make_config(2, "quick")
+    quick = recursive_2d.make_config("quick")
     assert quick.num_seeds == 4 and quick.filters == ("random", "variance") and quick.generations == 3
     assert quick.n == 2_500 and quick.pool_size == 5_000 and quick.run.train.steps == 16_000
     assert quick.run.train.lr_decay == "cosine" and quick.run.train.warmup_steps == 500  # the quick optimiser
-    assert quick.run.train.t_power == 1.5 and make_config(1, "quick").run.train.t_power == 1.5
-    paper = make_config(2, "paper")
+    assert quick.run.train.t_power == 1.5 and recursive_1d.make_config("quick").run.train.t_power == 1.5
+    paper = recursive_2d.make_config("paper")
     assert paper.n == 100_000 and paper.run.train.steps == 100_000 and paper.pool_size == 102_500
     assert paper.generations == 5 and paper.filters == ("none", "random", "variance")
     assert paper.run.train.learning_rate == 1e-3 and paper.run.train.lr_decay == "none"  # as published
     assert paper.run.train.t_power == 1.0  # uniform t, as published
-    recursive.validate_recursive(quick)
-    recursive.validate_recursive(make_config(1, "paper"))
+    smoke = recursive_1d.make_config("smoke", overrides={"generations": 3})
+    assert smoke.generations == 3 and smoke.run.train.steps == 20 and smoke.run.data.options["modes"] == (1.0, 2.0, 3.0)
+    for config in (quick, paper, smoke, recursive_1d.make_config("paper")):
+        recursive.validate_recursive(config)
 
 
 def test_variance_below_random_verdict_from_hand_made_cis():
-    from mijax.experiments.recursive import variance_below_random, make_config
+    from mijax.experiments.recursive import variance_below_random
+    from mijax.experiments.recursive_2d import make_config
 
-    config = make_config(2, "paper")  # 5 generations; the verdict looks at 1..4
+    config = make_config("paper")  # 5 generations; the verdict looks at 1..4
 
     def ci(mean, half):
         return {"mean": mean, "low": mean - half, "high": mean + half, "n": 4}

@@ -1,5 +1,5 @@
-"""``mijax experiment shapes`` and ``recursive-shapes`` end to end on tiny sizes (a UNet of one level, a few
-steps): every file is written, the numbers are well formed, the training set counts all valid, and the
+"""``mijax experiment shapes`` and ``recursive-shapes`` end to end in their smoke profiles (a UNet of one level,
+two steps): every file is written, the numbers are well formed, the training set counts all valid, and the
 report says what was measured."""
 import json
 
@@ -10,17 +10,12 @@ from mijax import experiments
 from mijax.experiments import common
 from mijax.data import shapes as shapes_data
 
-TINY_MODEL = {"channels": 8, "mults": (1,), "groups": 4}
-OVERRIDES = {"seeds": 1, "steps": 2, "batch_size": 16, "timesteps": 12, "num_samples": 24, "chunk_size": 24,
-             "windows": ((0, 3), (2, 4)), "steps_per_call": 2, "checkpoint_every": 2, "ema_decay": 0.9, "dropout": 0.1,
-             **TINY_MODEL}
-
 
 @pytest.fixture(scope="module")
 def shapes_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes")
     with common.shared_runs(out / "shared"):  # as `mijax experiment all`: the detectors experiment reuses the run
-        metrics = experiments.load("shapes").run(out, "quick", progress=False, overrides=OVERRIDES)
+        metrics = experiments.load("shapes").run(out, "smoke", progress=False)
     return out, metrics
 
 
@@ -40,7 +35,7 @@ def test_the_shapes_experiment_writes_its_report(shapes_run):
     assert "Claim 7" in report and "region_max" in report and "EMA 0.9" in report
     # a rerun reads the trained run and the cached samples back: the same numbers
     with common.shared_runs(out / "shared"):
-        again = experiments.load("shapes").run(out, "quick", progress=False, overrides=OVERRIDES)
+        again = experiments.load("shapes").run(out, "smoke", progress=False)
     assert again["labels"] == metrics["labels"] and again["detection"] == metrics["detection"]
 
 
@@ -49,10 +44,8 @@ def test_the_detectors_experiment_scores_shapes_through_the_data_set_interface(s
     out, _ = shapes_run
     with common.shared_runs(out / "shared"):
         m = experiments.load("detectors").run(
-            tmp_path / "detectors", "quick", progress=False,
-            overrides={"seeds": 1, "settings": (), "image_settings": ("shapes",), "image_profiles": {"shapes": OVERRIDES},
-                       "image_detectors": ("hal", "eps_norm", "oracle"), "image_samples": None, "cost_samples": 0,
-                       "abort_samples": 0})
+            tmp_path / "detectors", "smoke", progress=False,
+            overrides={"settings": (), "image_settings": ("shapes",), "image_detectors": ("hal", "eps_norm", "oracle")})
     (block,) = m["settings"].values()
     assert block["dataset"] == "shapes" and block["timesteps"] == 12 and block["num_samples"] == 24
     assert set(block["detectors"]) == {"hal", "eps_norm"}  # no oracle: SHAPES has no exact denoiser
@@ -78,9 +71,8 @@ def test_the_detection_sweep_scores_duplicates_against_valid_images():
 
 def test_the_recursive_shapes_study_runs_and_reports(tmp_path):
     # one filter: generation 1 has as many models as generation 0, so its programs are compiled once
-    overrides = {"n_train": 16, "steps": 2, "batch_size": 8, "timesteps": 16, "generations": 2, "chunk_size": 24,
-                 "filters": ("variance",), "model_options": TINY_MODEL}
-    metrics = experiments.load("recursive-shapes").run(tmp_path, "quick", seeds=1, progress=False, overrides=overrides)
+    metrics = experiments.load("recursive-shapes").run(tmp_path, "smoke", progress=False,
+                                                       overrides={"filters": ("variance",)})
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     summary = metrics["summary"]
     assert set(summary) == {"variance"}
@@ -96,9 +88,8 @@ def test_the_recursive_shapes_study_runs_and_reports(tmp_path):
     # The calibration script trains and counts generation 0 of the same study with another optimiser.
     from benchmarks import calibrate_shapes
 
-    argv = ["--tag", "tiny", "--seeds", "1", "--lr", "2e-3", "--lr-decay", "cosine", "--t-power", "1.5",
-            "--out", str(tmp_path / "cal")]
-    argv += [f"--override={k}={json.dumps(v)}" for k, v in overrides.items() if k not in ("generations", "filters")]
+    argv = ["--tag", "tiny", "--profile", "smoke", "--seeds", "1", "--lr", "2e-3", "--lr-decay", "cosine",
+            "--t-power", "1.5", "--override", "n_train=16", "--out", str(tmp_path / "cal")]
     line = calibrate_shapes.main(argv)
     assert (line["lr"], line["lr_decay"], line["t_power"], line["steps"], line["pool"]) == (2e-3, "cosine", 1.5, 2, 24)
     shares = [line[f"{name}_share"] for name in ("valid", "duplicate", "outside", "malformed", "blank")]
