@@ -160,23 +160,24 @@ def fit(directory: os.PathLike, pieces: Pieces, train_config: TrainConfig, keys:
     finally:
         bar.close()
     if step >= train_config.steps and writes and (step > start or not (directory / "train.json").exists()):
-        _finish(directory, log_file, step, step - start, began, first_done)
+        final = losses["loss"][-1] if losses["loss"] else None
+        _finish(directory, log_file, step, step - start, began, first_done, final)
     return state
 
 
 def _finish(directory: Path, log_file: LossLog, last_step: int, steps: int, began: float,
-            first_done: Optional[tuple[float, int]]) -> None:
+            first_done: Optional[tuple[float, int]], final_loss: Optional[list]) -> None:
     """``train.json`` and ``loss.png`` of a run whose training reached ``last_step``, ``steps`` of them in this
     process since ``began`` (``time.perf_counter()``); ``first_done``: (time, step) when the first dispatch
-    returned. The speed is measured after the first dispatch, which compiled, where there were two."""
+    returned; ``final_loss``: the last dispatch's mean loss per model. The speed is measured after the first
+    dispatch, which compiled, where there were two."""
     now = time.perf_counter()
     if first_done is not None and last_step > first_done[1]:
         speed = (last_step - first_done[1]) / max(now - first_done[0], 1e-9)
     else:
         speed = steps / max(now - began, 1e-9) if steps else None
-    losses = read_json(directory / "losses.json") if (directory / "losses.json").exists() else {"loss": []}
     write_json(directory / "train.json", {
-        "steps": last_step, "final_loss": losses["loss"][-1] if losses["loss"] else None,
+        "steps": last_step, "final_loss": final_loss,
         "steps_this_command": steps, "seconds": round(now - began, 3) if steps else None,
         "first_dispatch_seconds": None if first_done is None else round(first_done[0] - began, 3),
         "steps_per_second": speed})

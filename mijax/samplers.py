@@ -82,7 +82,8 @@ def timesteps(sampler: str, num_timesteps: int, steps: Optional[int] = None, ski
     if k <= 0:
         return ts.copy(), kinds
     if stochastic_at not in STOCHASTIC_AT:
-        raise ValueError(f"unknown place for stochastic steps {stochastic_at!r}; choose from {', '.join(STOCHASTIC_AT)}")
+        raise ValueError(f"unknown place for stochastic steps {stochastic_at!r}; choose from "
+                         f"{', '.join(STOCHASTIC_AT)}")
     if stochastic_at == "first":
         t0 = int(ts[0])
         if k > t0:
@@ -98,17 +99,18 @@ def timesteps(sampler: str, num_timesteps: int, steps: Optional[int] = None, ski
 
 
 class Step:
-    """What a sampler's rule sees at one reverse step: the schedule's coefficients, the step's timesteps ``t``,
-    ``tp`` (the next visited, -1 after the last) and ``tb`` (the one visited before, -1 at the first), the
-    samples ``x`` [C, *shape], the network's x0_hat, eps_hat and posterior mean there, the step's standard ``noise``, ``eps_at(x,
-    t)`` (the network's eps_hat anywhere) and the sampler's settings (``eps_objective``: the network predicts
-    eps)."""
+    """What a sampler's rule sees at one reverse step: the schedule's coefficients (and ``log_alphas`` [T], the
+    log of each alpha_t), the step's timesteps ``t``, ``tp`` (the next visited, -1 after the last) and ``tb``
+    (the one visited before, -1 at the first), the samples ``x`` [C, *shape], the network's x0_hat, eps_hat and
+    posterior mean there, the step's standard ``noise``, ``eps_at(x, t)`` (the network's eps_hat anywhere) and
+    the sampler's settings (``eps_objective``: the network predicts eps)."""
 
-    def __init__(self, schedule: Schedule, x, x0, eps, mean, t, tp, tb, noise, eps_at: Callable, eta: float,
-                 variance: str, eps_objective: bool):
-        self.schedule, self.x, self.x0, self.eps, self.mean = schedule, x, x0, eps, mean
+    def __init__(self, schedule: Schedule, log_alphas, x, x0, eps, mean, t, tp, tb, noise, eps_at: Callable,
+                 eta: float, variance: str, eps_objective: bool):
+        self.schedule, self.log_alphas, self.x, self.x0, self.eps, self.mean = schedule, log_alphas, x, x0, eps, mean
         self.t, self.tp, self.tb = t, tp, tb
-        self.noise, self.eps_at, self.eta, self.variance, self.eps_objective = noise, eps_at, eta, variance, eps_objective
+        self.noise, self.eps_at, self.eta = noise, eps_at, eta
+        self.variance, self.eps_objective = variance, eps_objective
 
     def at(self, table, t):
         """``table[t]`` of the schedule, 1 where t = -1 for the cumulative products (after the last step)."""
@@ -118,7 +120,7 @@ class Step:
         """abar_t / abar_t' (the product of alpha_s over t' < s <= t), summed in log space: late in long
         schedules abar underflows float32 and the ratio of two zeros is not representable."""
         s = jnp.arange(self.schedule.num_timesteps)
-        return jnp.exp(jnp.sum(jnp.where((s > self.tp) & (s <= self.t), jnp.log1p(-self.schedule.betas), 0.0)))
+        return jnp.exp(jnp.sum(jnp.where((s > self.tp) & (s <= self.t), self.log_alphas, 0.0)))
 
     def abar_next(self):
         return jnp.where(self.tp >= 0, self.at(self.schedule.alphas_cumprod, self.tp), 1.0)
@@ -158,8 +160,9 @@ def _heun(step: Step, state):
     c = jnp.sqrt(1 - abar_prev) - schedule.sqrt_one_minus_alphas_cumprod[t] * jax.lax.rsqrt(keep)
     scaled = x * jax.lax.rsqrt(keep)
     euler = scaled + c * step.eps
-    slope = step.eps_at(euler, jnp.maximum(tp, 0))
-    return jnp.where(tp >= 0, scaled + c * 0.5 * (step.eps + slope), euler), state
+    # the second slope at the Euler step's end; none after the last step (the scan returns x0_hat there)
+    slope = jax.lax.cond(tp >= 0, lambda: step.eps_at(euler, jnp.maximum(tp, 0)), lambda: step.eps)
+    return scaled + c * 0.5 * (step.eps + slope), state
 
 
 def _dpmpp2m(step: Step, state):
@@ -204,5 +207,5 @@ def evaluations(sampler: str, kinds: np.ndarray) -> int:
     return int(np.sum(kinds == ANCESTRAL)) + own * per - (1 if per == 2 and own else 0)
 
 
-__all__ = ["ANCESTRAL", "DETERMINISTIC", "SAMPLERS", "SKIPS", "STOCHASTIC_AT", "Step", "carries_x0", "evaluations", "names",
-           "subsequence", "timesteps"]
+__all__ = ["ANCESTRAL", "DETERMINISTIC", "SAMPLERS", "SKIPS", "STOCHASTIC_AT", "Step", "carries_x0", "evaluations",
+           "names", "subsequence", "timesteps"]

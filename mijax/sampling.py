@@ -185,13 +185,15 @@ def map_row_blocks(fn, tree, blocks: int):
     return jax.tree.map(lambda a: a.reshape((rows,) + a.shape[2:]), out)
 
 
-def _eps_fn(denoise_fn: Denoiser, params, schedule: Schedule, t, objective: str):
-    """x_t [C, *shape] -> the predicted noise at step t (the network's output for the eps objective)."""
+def _eps_fn(denoise_fn: Denoiser, params, schedule: Schedule, t, objective: str, clip: bool = False):
+    """x_t [C, *shape] -> the predicted noise at step t (the network's output for the eps objective; with
+    ``clip``, the noise that the x0_hat clipped to [-1, 1] implies)."""
     def eps(x):
         output = denoise_fn(params, x, t)
-        if objective == "eps":
+        if objective == "eps" and not clip:
             return output
-        return predict_eps_from_x0(schedule, x, t, model_predictions(schedule, output, x, t, objective)[0])
+        x0 = model_predictions(schedule, output, x, t, objective)[0]
+        return predict_eps_from_x0(schedule, x, t, jnp.clip(x0, -1.0, 1.0) if clip else x0)
     return eps
 
 
@@ -312,15 +314,6 @@ class _Reverse:
                     jnp.asarray(slots)), self.statistics.xs)
         self.oracle_at = (lambda x_t, t: oracle[0](oracle[1], x_t, t)) if oracle is not None else None
 
-    def eps_at(self, params, x, t):
-        """The network's eps_hat at x [C, *shape], timestep t (from the clipped x0_hat when the sampler clips)."""
-        config, schedule = self.config, self.schedule
-        output = self.denoise_fn(params, x, t)
-        if config.objective == "eps" and not config.clip_x0:
-            return output
-        x0 = model_predictions(schedule, output, x, t, config.objective)[0]
-        return predict_eps_from_x0(schedule, x, t, jnp.clip(x0, -1.0, 1.0) if config.clip_x0 else x0)
-
     def view_at(self, keys, x, t, **known):
         return detectors_lib.StepView(_eps_fn(self.denoise_fn, self.params, self.schedule, t, self.config.objective),
                                       x, t, keys=keys, probes=self.config.jac_probes, oracle_fn=self.oracle_at, **known)
@@ -337,7 +330,10 @@ class _Reverse:
         config, schedule, shape, params, denoise_fn = self.config, self.schedule, self.shape, self.params, self.denoise_fn
         statistics, trajectories = self.statistics, self.trajectories
         rule, ddpm = samplers.SAMPLERS.entry(config.sampler).factory, samplers.SAMPLERS.entry("ddpm").factory
-        eps_at = partial(self.eps_at, params)
+        def eps_at(x, t):  # the network's eps_hat anywhere (Heun's second slope)
+            return _eps_fn(denoise_fn, params, schedule, t, config.objective, config.clip_x0)(x)
+
+        log_alphas = jnp.log1p(-schedule.betas)  # [T], for abar_t / abar_t' (mijax.samplers.Step.keep)
         # a deterministic sampler draws no step noise (its steps would multiply it by zero)
         noisy = config.sampler == "ddpm" or (config.sampler == "ddim" and (config.eta > 0 or self.mixed))
 
@@ -353,8 +349,8 @@ class _Reverse:
             eps_is_output = config.objective == "eps" and not config.clip_x0
             eps = output if eps_is_output else predict_eps_from_x0(schedule, x, t, x0)
             noise = _per_sample_normal(keys, t, shape) if noisy else jnp.zeros_like(x)
-            view = samplers.Step(schedule, x, x0, eps, mean, t, tp, tb, noise, eps_at, config.eta, config.variance,
-                                 config.objective == "eps")
+            view = samplers.Step(schedule, log_alphas, x, x0, eps, mean, t, tp, tb, noise, eps_at, config.eta,
+                                 config.variance, config.objective == "eps")
             x_next, solver = rule(view, solver)
             if self.mixed:  # the stochastic steps of a DDIM trajectory
                 x_next = jnp.where(kind == samplers.ANCESTRAL, ddpm(view, solver)[0], x_next)
