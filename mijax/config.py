@@ -300,7 +300,9 @@ class SamplerConfig(Config):
       skip: how those timesteps are spaced: ``uniform`` or ``quad`` (DDIM's quadratic spacing, up to 0.8 T).
       eta: DDIM's noise scale (0: deterministic).
       stochastic_steps: DDIM only: k single DDPM steps replacing part of its trajectory (0: none).
-      stochastic_at: where: ``first`` (from its first timestep down) or ``last`` (t = k - 1 .. 0).
+      stochastic_at: where: ``first`` (from its first timestep down), ``last`` (t = k - 1 .. 0) or ``window``
+        (from ``stochastic_from`` down).
+      stochastic_from: the timestep a ``window`` of stochastic steps starts from (t_w .. t_w - k + 1).
       trajectory_stride: record x0_hat every this many reverse steps (0: record nothing).
       trajectory_last: record only within the last this many reverse steps (None: all).
       trajectory_xt: record x_t (each recorded step's input) beside x0_hat (``Samples.trajectory_xt``).
@@ -336,8 +338,10 @@ class SamplerConfig(Config):
     skip: str = setting("uniform", "ddim, heun, dpmpp2m: the timesteps' spacing, uniform or quad (quadratic, up "
                                    "to 0.8 T)", choices=samplers.SKIPS)
     stochastic_steps: int = setting(0, "DDIM only: single DDPM steps replacing part of its trajectory", low=0)
-    stochastic_at: str = setting("first", "where the stochastic steps go: first (from the first timestep down) or "
-                                          "last (t = k - 1 .. 0)", choices=samplers.STOCHASTIC_AT)
+    stochastic_at: str = setting("first", "where the stochastic steps go: first (from the first timestep down), "
+                                          "last (t = k - 1 .. 0) or window (from --stochastic-from down)",
+                                 choices=samplers.STOCHASTIC_AT)
+    stochastic_from: Optional[int] = setting(None, "window: the timestep the stochastic steps start from", low=0)
     trajectory_stride: int = setting(0, "record x0_hat every this many reverse steps (0: none)", low=0)
     trajectory_last: Optional[int] = setting(None, "record only within the last this many reverse steps",
                                              above=0)

@@ -29,8 +29,9 @@ dpmpp2m    DPM-Solver++(2M): the data-prediction multistep solver of         ste
 Step subsequences (:func:`timesteps`, every sampler but ``ddpm``): ``steps`` timesteps, ``uniform`` (evenly
 spaced over 0 .. T - 1) or ``quad`` (DDIM's quadratic spacing: ``round(linspace(0, sqrt(0.8 T), steps)^2)``,
 made strictly increasing, dense near t = 0 and ending at 0.8 T). ``stochastic_steps`` k > 0 (DDIM only)
-replaces part of the trajectory by k single DDPM steps: ``first``, from the subsequence's first timestep t0
-down t0, t0 - 1, ..., t0 - k + 1, DDIM continuing from t0 - k; ``last``, the last k steps k - 1, ..., 0.
+replaces part of the trajectory by k single DDPM steps t_w, t_w - 1, ..., t_w - k + 1 (DDIM's steps above t_w
+lead to t_w, and DDIM continues from t_w - k): ``first``, t_w the subsequence's first timestep; ``last``,
+t_w = k - 1 (the last k steps, down to 0); ``window``, t_w given (``stochastic_from``).
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ from mijax.diffusion import Schedule
 from mijax.registry import Registry
 
 SKIPS = ("uniform", "quad")
-STOCHASTIC_AT = ("first", "last")
+STOCHASTIC_AT = ("first", "last", "window")
 DETERMINISTIC, ANCESTRAL = 0, 1  # the kinds of step (:func:`timesteps`)
 
 
@@ -70,7 +71,8 @@ def subsequence(num_timesteps: int, steps: Optional[int], skip: str = "uniform")
 
 
 def timesteps(sampler: str, num_timesteps: int, steps: Optional[int] = None, skip: str = "uniform",
-              stochastic_steps: int = 0, stochastic_at: str = "first") -> tuple[np.ndarray, np.ndarray]:
+              stochastic_steps: int = 0, stochastic_at: str = "first",
+              stochastic_from: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """The timesteps a sampler visits, in reverse order (the last is 0), and the kind of each step
     (``DETERMINISTIC``: the sampler's own rule; ``ANCESTRAL``: a DDPM step). (int32 [S], int32 [S])."""
     if sampler == "ddpm":
@@ -84,17 +86,17 @@ def timesteps(sampler: str, num_timesteps: int, steps: Optional[int] = None, ski
     if stochastic_at not in STOCHASTIC_AT:
         raise ValueError(f"unknown place for stochastic steps {stochastic_at!r}; choose from "
                          f"{', '.join(STOCHASTIC_AT)}")
-    if stochastic_at == "first":
-        t0 = int(ts[0])
-        if k > t0:
-            raise ValueError(f"{k} stochastic steps do not fit below the first timestep {t0}")
-        raw, rest = np.arange(t0, t0 - k, -1), np.concatenate([[t0 - k], ts[ts < t0 - k]])
-        ts, kinds = np.concatenate([raw, rest]), np.repeat([ANCESTRAL, DETERMINISTIC], [len(raw), len(rest)])
-    else:
-        raw, rest = np.arange(k - 1, -1, -1), ts[ts >= k]
-        if not len(rest) or rest[0] != ts[0]:
-            raise ValueError(f"{k} stochastic steps at the end leave none of the sampler's first steps")
-        ts, kinds = np.concatenate([rest, raw]), np.repeat([DETERMINISTIC, ANCESTRAL], [len(rest), len(raw)])
+    if stochastic_at == "window" and stochastic_from is None:
+        raise ValueError("a window of stochastic steps needs the timestep it starts from (stochastic_from)")
+    start = {"first": int(ts[0]), "last": k - 1}.get(stochastic_at, stochastic_from)
+    start = int(start)
+    if not k - 1 <= start <= num_timesteps - 1:
+        raise ValueError(f"{k} stochastic steps from t = {start} do not fit in t = 0 .. {num_timesteps - 1}")
+    before = ts[ts > start]
+    raw = np.arange(start, start - k, -1)
+    after = np.concatenate([[start - k], ts[ts < start - k]]) if start - k >= 0 else np.zeros(0, np.int32)
+    ts = np.concatenate([before, raw, after])
+    kinds = np.repeat([DETERMINISTIC, ANCESTRAL, DETERMINISTIC], [len(before), len(raw), len(after)])
     return ts.astype(np.int32), kinds.astype(np.int32)
 
 

@@ -59,7 +59,7 @@ def reverse_timesteps(config: SamplerConfig, num_timesteps: int) -> np.ndarray:
 
 def _timesteps(config: SamplerConfig, num_timesteps: int) -> tuple[np.ndarray, np.ndarray]:
     return samplers.timesteps(config.sampler, num_timesteps, config.ddim_steps, config.skip, config.stochastic_steps,
-                              config.stochastic_at)
+                              config.stochastic_at, config.stochastic_from)
 
 
 def validate(config: SamplerConfig, num_timesteps: int, has_oracle: bool = True) -> None:
@@ -73,6 +73,8 @@ def validate(config: SamplerConfig, num_timesteps: int, has_oracle: bool = True)
         raise ValueError(f"{config.sampler} steps must be in 1..{num_timesteps}, got {config.ddim_steps}")
     if config.stochastic_steps and config.sampler != "ddim":
         raise ValueError(f"stochastic steps replace part of a DDIM trajectory; the {config.sampler} sampler has none")
+    if config.stochastic_from is not None and (config.stochastic_at != "window" or not config.stochastic_steps):
+        raise ValueError("stochastic_from places a window of stochastic steps (stochastic_at window)")
     if config.skip == "quad" and config.sampler != "ddpm" and config.ddim_steps is None:
         raise ValueError("quadratically spaced steps need their number (ddim_steps)")
     num_steps = len(reverse_timesteps(config, num_timesteps))

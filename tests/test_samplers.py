@@ -97,6 +97,8 @@ def test_timesteps_of_each_sampler():
     assert ts[:5].tolist() == [999, 998, 997, 996, 888] and kinds.tolist() == [1, 1, 1] + [0] * 10
     ts, kinds = samplers.timesteps("ddim", 1000, 10, stochastic_steps=3, stochastic_at="last")
     assert ts[-5:].tolist() == [222, 111, 2, 1, 0] and kinds.tolist() == [0] * 9 + [1, 1, 1]
+    ts, kinds = samplers.timesteps("ddim", 1000, 10, stochastic_steps=3, stochastic_at="window", stochastic_from=500)
+    assert ts[3:10].tolist() == [666, 555, 500, 499, 498, 497, 444] and kinds.tolist() == [0] * 5 + [1] * 3 + [0] * 6
     assert samplers.evaluations("heun", samplers.timesteps("heun", 1000, 10)[1]) == 19
     assert samplers.evaluations("dpmpp2m", samplers.timesteps("dpmpp2m", 1000, 10)[1]) == 10
 
@@ -104,7 +106,9 @@ def test_timesteps_of_each_sampler():
 @pytest.mark.parametrize("config,message", [
     (SamplerConfig(sampler="heun", stochastic_steps=2), "stochastic steps"),
     (SamplerConfig(sampler="ddim", skip="quad"), "quadratically spaced"),
-    (SamplerConfig(sampler="ddim", ddim_steps=10, stochastic_steps=1000), "do not fit"),
+    (SamplerConfig(sampler="ddim", ddim_steps=10, stochastic_steps=1001), "do not fit"),
+    (SamplerConfig(sampler="ddim", ddim_steps=10, stochastic_steps=2, stochastic_at="window"), "starts from"),
+    (SamplerConfig(sampler="ddim", ddim_steps=10, stochastic_steps=2, stochastic_from=5), "window"),
 ])
 def test_impossible_sampler_settings_are_refused(config, message):
     from mijax.sampling import validate
