@@ -19,6 +19,7 @@ EXPERIMENTS: dict[str, str] = {
     "grid-2d": "mijax.experiments.grid_2d",
     "score": "mijax.experiments.score",
     "trajectories": "mijax.experiments.trajectories",
+    "samplers": "mijax.experiments.samplers",
     "detection": "mijax.experiments.detection",
     "recursive-1d": "mijax.experiments.recursive_1d",
     "recursive-2d": "mijax.experiments.recursive_2d",
@@ -29,7 +30,8 @@ EXPERIMENTS: dict[str, str] = {
     "detectors": "mijax.experiments.detectors",  # last: it reuses the runs of the others
 }
 # smoke: toy sizes, end to end in seconds to a minute on 2 CPU cores (a check that everything runs, not a
-# result); quick: minutes on 2 CPU cores; paper: the paper's sizes, for a GPU.
+# result); quick: minutes on 2 CPU cores; paper: the paper's sizes, for a GPU. An experiment may add more after
+# these (samplers: ``peer``, a peer paper's setting).
 PROFILES = ("smoke", "quick", "paper")
 DEFAULT_PROFILE = "quick"
 

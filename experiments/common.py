@@ -494,7 +494,8 @@ def finish(out: Path, metrics: dict, report: str) -> dict:
 
 def sizes_markdown(p: dict) -> str:
     skip = {"profile"}
-    return ", ".join(f"{k} = {v:,}" if isinstance(v, int) else f"{k} = {v}" for k, v in p.items() if k not in skip)
+    return ", ".join(f"{k} = {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k} = {v}"
+                     for k, v in p.items() if k not in skip)
 
 
 def holds_word(ok: Optional[bool]) -> str:

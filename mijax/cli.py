@@ -367,9 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--list", action="store_true", help="name the experiments, one line each")
     from mijax.experiments import DEFAULT_PROFILE, PROFILES
 
-    exp.add_argument("--profile", default=None, choices=PROFILES,
+    exp.add_argument("--profile", default=None, metavar="{" + ",".join(PROFILES) + "}",
                      help=f"smoke: toy sizes, seconds to a minute (a check that it runs); quick: minutes on 2 CPU "
-                          f"cores; paper: the paper's sizes (for a GPU) (default: {DEFAULT_PROFILE})")
+                          f"cores; paper: the paper's sizes (for a GPU) (default: {DEFAULT_PROFILE}); some "
+                          f"experiments have more (--list names them)")
     exp.add_argument("--seeds", type=_positive_int("seeds"), default=None, help="seeds (None: the profile's)")
     exp.add_argument("--out", type=_path, default=None, help="output directory (all: one folder per experiment)")
     exp.add_argument("--overwrite", action="store_true",
@@ -566,6 +567,10 @@ def _experiment(a) -> None:
         raise UsageError("--out is required")
     chosen = experiments.names() if a.name == "all" else [a.name]
     modules = {name: experiments.load(name) for name in chosen}  # unknown names fail before any work
+    for name, module in modules.items():
+        if a.profile not in module.PROFILES:
+            raise UsageError(f"experiment {name} has no profile {a.profile!r}; its profiles are "
+                             f"{', '.join(module.PROFILES)}")
     from mijax.experiments import common
 
     a.overrides = _experiment_overrides(a, modules)

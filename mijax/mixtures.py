@@ -71,21 +71,26 @@ def gaussian1d(modes: Sequence[float] = (1.0, 2.0, 3.0), std: float = 0.05) -> G
     return make_mixture(np.asarray(modes, dtype=np.float64)[:, None], std)
 
 
-_GRID_DIVISOR = math.sqrt(0.05**2 + 8.0)  # 2.828869: the published code's normalisation
 _ROTATED = [(-2, 0), (-1.5, .5), (-1, 1), (-.5, 1.5), (0, 2), (-1.5, -.5), (-1, 0), (-.5, .5), (0, 1),
             (.5, 1.5), (-1, -1), (-.5, -.5), (0, 0), (.5, .5), (1, 1), (-.5, -1.5), (0, -1), (.5, -.5),
             (1, 0), (1.5, .5), (0, -2), (.5, -1.5), (1, -1), (1.5, -.5), (2, 0)]
 
 
+def _grid_divisor(std: float) -> float:
+    """The grids' normalisation, sqrt(std^2 + 8): each coordinate of the data then has unit variance, as in the
+    published code (2.828869 at std 0.05)."""
+    return math.sqrt(std**2 + 8.0)
+
+
 def gaussian25(std: float = 0.05) -> GaussianMixture:
-    """The 5x5 grid 2 (i, j), i, j in -2..2, std 0.05, all divided by sqrt(0.05^2 + 8)."""
+    """The 5x5 grid 2 (i, j), i, j in -2..2, std ``std`` (0.05), all divided by sqrt(std^2 + 8)."""
     grid = np.array([(i, j) for i in range(-2, 3) for j in range(-2, 3)], dtype=np.float64)
-    return make_mixture(2.0 * grid / _GRID_DIVISOR, std / _GRID_DIVISOR)
+    return make_mixture(2.0 * grid / _grid_divisor(std), std / _grid_divisor(std))
 
 
 def gaussian25_rotated(std: float = 0.05) -> GaussianMixture:
-    """The same grid turned 45 degrees (published code's order), same normalisation."""
-    return make_mixture(2.0 * np.array(_ROTATED, dtype=np.float64) / _GRID_DIVISOR, std / _GRID_DIVISOR)
+    """The same grid turned 45 degrees (published code's order), the same normalisation."""
+    return make_mixture(2.0 * np.array(_ROTATED, dtype=np.float64) / _grid_divisor(std), std / _grid_divisor(std))
 
 
 def gaussian8(std: float = 0.02, radius: float = 2.0) -> GaussianMixture:

@@ -380,7 +380,11 @@ def test_experiment_list_names_each_experiments_profiles(capsys):
     assert main(["experiment", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == experiments.names()
-    assert all(line.endswith("(profiles: smoke, quick, paper)") for line in lines)
+    assert all("(profiles: smoke, quick, paper" in line for line in lines)
+    assert [line for line in lines if line.startswith("samplers")][0].endswith("(profiles: smoke, quick, paper, peer)")
+    capsys.readouterr()
+    assert "grid-2d has no profile 'peer'" in _error(capsys, ["experiment", "grid-2d", "--profile", "peer", "--out",
+                                                              "unused"])
 
 
 def test_sampling_a_run_reads_its_configuration_once_and_builds_once(trained, monkeypatch):

@@ -40,7 +40,7 @@ def test_registry_lists_the_experiments_with_summaries_and_typed_profiles():
     for name in experiments.names():
         module = experiments.load(name)
         assert isinstance(module.SUMMARY, str) and "\n" not in module.SUMMARY
-        assert tuple(module.PROFILES) == experiments.PROFILES
+        assert tuple(module.PROFILES)[:3] == experiments.PROFILES
         kinds = {type(profile) for profile in module.PROFILES.values()}
         assert len(kinds) == 1 and issubclass(kinds.pop(), common.Profile)
         sizes = {name: common.resolve_profile(module.PROFILES, name) for name in experiments.PROFILES}
@@ -305,3 +305,49 @@ def test_movement_of_a_trajectory():
     traj = np.zeros((2, 20, 1))
     traj[1, -1, 0] = 3.0
     assert list(movement(traj)) == [0.0, 3.0]
+
+
+def test_samplers_end_to_end(tmp_path, shared):
+    from mijax.experiments import samplers
+
+    out = tmp_path / "samplers"
+    with common.shared_runs(shared):
+        m = samplers.run(out, "smoke", progress=False)
+    _check_outputs(out, m, ["steps_gaussian1d_learned.png", "steps_gaussian1d_exact.png",
+                            "stochastic_gaussian1d.png", "trajectories.png"])
+    learned, exact = (m["datasets"]["gaussian1d"]["results"][s] for s in ("learned", "exact"))
+    assert list(learned) == ["ddpm", "ddim eta 0 5", "ddim eta 0 10", "ddim 10 + 2 last"] == list(exact)
+    # Network evaluations per sample: all T = 40 for DDPM; DDIM's 10 steps (0, 4, 9, ..., 39) with its last two
+    # DDPM's: its 9 steps above t = 1, then t = 1 and 0.
+    assert [learned[c]["evaluations"] for c in learned] == [40, 5, 10, 11]
+    assert exact["ddpm"]["rate"]["mean"] < 0.02  # the exact score through DDPM stays on the modes
+    for block in (learned, exact):
+        for cell in block.values():
+            for key in ("rate", "entered", "hallucinated_if_entered", "hallucinated_if_not"):
+                c = cell[key]
+                assert c["mean"] is None or 0.0 <= c["low"] <= c["mean"] <= c["high"] <= 1.0, key
+    verdict = m["datasets"]["gaussian1d"]["verdicts"]["exact"]
+    assert verdict["ddim_vs_ddpm"] in ("more", "less", "not apart") and set(verdict["closed"]) == {"2 last"}
+    assert "Does DDIM hallucinate more than DDPM?" in (out / "report.md").read_text()
+
+
+def test_between_mode_region_and_the_peer_profile():
+    from mijax.config import ConfigError, build
+    from mijax.experiments import samplers
+
+    means = np.array([[1.0], [2.0], [3.0]])
+    assert samplers.nearest_pairs(means).tolist() == [[0, 1], [1, 2]]  # 1 and 3 are not nearest
+    x = np.array([[1.5], [1.0], [2.6], [0.75]])
+    assert samplers.in_region(x, 1.0, means, 0.35).tolist() == [True, False, True, False]
+    assert samplers.in_region(x, 0.25, means, 0.35).tolist() == [False, False, False, True]  # x_t / sqrt(abar)
+    p = common.resolve_profile(samplers.PROFILES, "peer")
+    config = build(samplers.run_config(p, "gaussian25"))
+    means = np.asarray(config.dataset.mixture.means, np.float64)
+    # The peer's grid: spacing 2 and sigma 0.02 divided by sqrt(8.0004); betas 1e-4 -> 0.02; 50 quadratic steps.
+    assert np.sort(np.unique(np.round(means[:, 0], 6)))[1:3] == pytest.approx([-2 / 8.0004**0.5, 0.0], abs=1e-6)
+    assert float(config.dataset.mixture.stds[0]) == pytest.approx(0.02 / 8.0004**0.5, rel=1e-6)
+    betas = np.asarray(config.schedule.betas)
+    assert betas[0] == pytest.approx(1e-4) and betas[-1] == pytest.approx(0.02) and p["skip"] == "quad"
+    assert "ddim eta 0 50" in {c.label for c in samplers.cells(p)}
+    with pytest.raises(ConfigError, match="exceed T = 1000"):
+        common.resolve_profile(samplers.PROFILES, "peer", overrides={"sweep_steps": (1001,)})
