@@ -189,7 +189,8 @@ def draw(run_dir: Path, loaded: tuple, score: str, sampler: SamplerConfig, p: di
         fn = mixtures.exact_denoiser
         params = jax.tree.map(lambda a: jnp.broadcast_to(a, (S,) + a.shape), (pieces.dataset.mixture, pieces.schedule))
     drawn = collect.draw(fn, params, pieces.schedule, keys, p["num_samples"], pieces.shape, recording,
-                         p["chunk_size"], show_progress=progress, desc=f"{config.data.dataset} {score}")
+                         p["chunk_size"], show_progress=progress, desc=f"{config.data.dataset} {score}",
+                         require_finite=False)
     kinds = samplers.timesteps(sampler.sampler, T, sampler.ddim_steps, sampler.skip, sampler.stochastic_steps,
                                sampler.stochastic_at, sampler.stochastic_from)[1]
     result = {"x": drawn["x"], "hal": drawn["hal"], "x_region": drawn["trajectory_xt"][:, :, 0],
@@ -199,22 +200,27 @@ def draw(run_dir: Path, loaded: tuple, score: str, sampler: SamplerConfig, p: di
 
 
 def measure(result: dict, mixture, abar: np.ndarray, radius: float) -> dict:
-    """Per-seed hallucination rate (beyond 5 stds of every mode), Hal's AUROC, the share of trajectories in the
+    """Per-seed hallucination rate (beyond 5 stds of every mode; a sample that diverged, NaN or infinite, counts),
+    the share that diverged, Hal's AUROC (over the samples of finite Hal), the share of trajectories in the
     between-mode region at region_t and the share of those (and of the others) that end hallucinated; each a CI
     over seeds."""
     means = np.asarray(mixture.means, np.float64)
     t = int(result["region_t"])
-    rate, auc, entered, after, outside = [], [], [], [], []
+    rate, diverged, auc, entered, after, outside = [], [], [], [], [], []
     for s in range(result["x"].shape[0]):
-        hal = np.asarray(labels(mixture, result["x"][s], common.K))
+        x = np.asarray(result["x"][s])
+        finite = np.all(np.isfinite(x), axis=-1)
+        hal = ~finite | np.asarray(labels(mixture, np.where(finite[:, None], x, 0.0), common.K))
         inside = in_region(result["x_region"][s], float(abar[t]), means, radius)
+        scored = np.isfinite(result["hal"][s])
         rate.append(hal.mean())
-        auc.append(auroc(result["hal"][s], hal))
+        diverged.append(1.0 - finite.mean())
+        auc.append(auroc(result["hal"][s][scored], hal[scored]))
         entered.append(inside.mean())
         after.append(hal[inside].mean() if inside.any() else np.nan)
         outside.append(hal[~inside].mean() if (~inside).any() else np.nan)
-    return {"rate": common.ci(rate, proportion=True), "hal_auroc": common.ci(auc, proportion=True),
-            "entered": common.ci(entered, proportion=True),
+    return {"rate": common.ci(rate, proportion=True), "diverged": common.ci(diverged, proportion=True),
+            "hal_auroc": common.ci(auc, proportion=True), "entered": common.ci(entered, proportion=True),
             "hallucinated_if_entered": common.ci(after, proportion=True),
             "hallucinated_if_not": common.ci(outside, proportion=True),
             "region_t": t, "evaluations": int(result["evaluations"]),
@@ -387,11 +393,13 @@ def _verdict(p: dict, block: dict) -> dict:
 def _section(p: dict, dataset: str, blocks: dict, verdicts: dict) -> str:
     scores = list(blocks)
     header = "| sampler | steps | network evaluations | " + " | ".join(
-        f"{s}: rate | {s}: entered | {s}: hallucinated if entered" for s in scores) + " | Hal AUROC (learned) |"
-    lines = [header, "|" + "---|" * (3 + 3 * len(scores) + 1)]
+        f"{s}: rate | {s}: diverged | {s}: entered | {s}: hallucinated if entered" for s in scores) + \
+        " | Hal AUROC (learned) |"
+    lines = [header, "|" + "---|" * (3 + 4 * len(scores) + 1)]
     first = blocks[scores[0]]
     for label, m in first.items():
         cols = " | ".join(f"{common.fmt(blocks[s][label]['rate'], pct=True)} | "
+                          f"{common.fmt(blocks[s][label]['diverged'], pct=True)} | "
                           f"{common.fmt(blocks[s][label]['entered'], pct=True)} | "
                           f"{common.fmt(blocks[s][label]['hallucinated_if_entered'], pct=True)}" for s in scores)
         lines.append(f"| {label} | {m['steps']} | {m['evaluations']} | {cols} | {common.fmt(m['hal_auroc'])} |")
@@ -418,8 +426,9 @@ Does DDIM hallucinate more than DDPM?
 
 {chr(10).join(lines)}
 
-(Entered: the share of trajectories in the between-mode region at t = {region_t} for DDPM, at each sampler's first visited
-t at or below it for the others; hallucinated if entered: the share of those that end hallucinated.)
+(Diverged: samples that are not finite, counted as hallucinations; Hal's AUROC is over the samples whose Hal is
+finite. Entered: the share of trajectories in the between-mode region at t = {region_t} for DDPM, at each sampler's
+first visited t at or below it for the others; hallucinated if entered: the share of those that end hallucinated.)
 
 {figures}
 

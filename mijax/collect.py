@@ -94,7 +94,7 @@ def check_space(out: os.PathLike, needed: int) -> None:
 def draw(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, n: int, shape: tuple[int, ...],
          sampler: SamplerConfig = SamplerConfig(), chunk_size: Optional[int] = None,
          out: Optional[os.PathLike] = None, show_progress: bool = False, desc: str = "sample",
-         oracle=None, **extra: np.ndarray) -> dict[str, np.ndarray]:
+         oracle=None, require_finite: bool = True, **extra: np.ndarray) -> dict[str, np.ndarray]:
     """Draw ``n`` samples with Hal from each of S models at once.
 
     Args:
@@ -108,6 +108,8 @@ def draw(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, n: i
         files beside it (``pwrite``, no memory maps), packed (uncompressed, zip64, copied piece by piece)
         and removed, so host memory holds one chunk. In a multi-process job only process 0 writes.
       oracle: the data's exact denoiser ``(fn, params)`` for the ``oracle`` detector.
+      require_finite: refuse samples that are not finite (False: keep them, NaN or infinite, for a caller that
+        counts diverged trajectories).
       extra: small arrays stored beside the samples (in the file, or in the returned dict).
     Raises:
       NotFinite: some samples (x or Hal) are NaN or infinite; with ``out`` nothing is written.
@@ -122,7 +124,7 @@ def draw(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, n: i
         check_space(out, bytes_needed(num_models_of(keys), n, shape, sampler))
     try:
         return _draw(denoise_fn, params, schedule, keys, n, shape, sampler, chunk_size, out, show_progress, desc,
-                     oracle, extra)
+                     oracle, extra, require_finite)
     except OSError as e:  # the streamed parts or the packing: one line naming the file, the parts removed
         if out is None:
             raise
@@ -130,7 +132,7 @@ def draw(denoise_fn: Denoiser, params, schedule: Schedule, keys: jax.Array, n: i
 
 
 def _draw(denoise_fn, params, schedule, keys, n, shape, sampler, chunk_size, out, show_progress, desc, oracle,
-          extra) -> dict:
+          extra, require_finite=True) -> dict:
     writer = jax.process_index() == 0
     num_models = int(jax.tree.leaves(keys)[0].shape[0]) if keys.ndim else 1
     arrays: dict = {}  # name -> [S, n, ...] array or NpyStream (process 0)
@@ -160,7 +162,7 @@ def _draw(denoise_fn, params, schedule, keys, n, shape, sampler, chunk_size, out
                             arrays[name].write((i, start) + (0,) * (value.ndim - 2), value[i])
             bar.update(size)
             signals.check()
-        if bad:
+        if bad and require_finite:
             raise NotFinite(bad, total, written=out is not None)
         if out is None:
             return {**arrays, **extra}

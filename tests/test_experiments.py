@@ -323,7 +323,7 @@ def test_samplers_end_to_end(tmp_path, shared):
     assert exact["ddpm"]["rate"]["mean"] < 0.02  # the exact score through DDPM stays on the modes
     for block in (learned, exact):
         for cell in block.values():
-            for key in ("rate", "entered", "hallucinated_if_entered", "hallucinated_if_not"):
+            for key in ("rate", "diverged", "entered", "hallucinated_if_entered", "hallucinated_if_not"):
                 c = cell[key]
                 assert c["mean"] is None or 0.0 <= c["low"] <= c["mean"] <= c["high"] <= 1.0, key
     verdict = m["datasets"]["gaussian1d"]["verdicts"]["exact"]
