@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from mijax import plots
-from mijax.config import DiffusionConfig, RecursiveConfig, TrainConfig, build, setting
+from mijax.config import DiffusionConfig, RecursiveConfig, SamplerConfig, TrainConfig, build, setting
 from mijax.experiments import common
 from mijax.experiments.common import CI_TEXT, QUICK_OPTIMISER, QUICK_T_POWER, field_like, optimiser_text
 from mijax.store import write_json, write_text
@@ -89,9 +89,9 @@ class ImageStudyProfile(StudyProfile):
     beta_start: float = field_like(DiffusionConfig, "beta_start")
     beta_end: float = field_like(DiffusionConfig, "beta_end")
     pool_ratio: float = field_like(RecursiveConfig, "pool_ratio", 1.5)
-    hal_window: int = field_like(RecursiveConfig, "hal_window", RecursiveConfig.hal_window)
-    hal_end: int = field_like(RecursiveConfig, "hal_end", RecursiveConfig.hal_end)
-    hal_reduction: str = field_like(RecursiveConfig, "hal_reduction", RecursiveConfig.hal_reduction)
+    hal_window: int = field_like(SamplerConfig, "hal_window", SamplerConfig.hal_window)
+    hal_end: int = field_like(SamplerConfig, "hal_end", SamplerConfig.hal_end)
+    hal_reduction: str = field_like(SamplerConfig, "hal_reduction", SamplerConfig.hal_reduction)
 
 
 # What the image studies (recursive-shapes, recursive-digits) share per profile: quick, the generations and
@@ -113,9 +113,10 @@ def image_study(p: dict, recipe: dict, run_config, **recipe_changes) -> Recursiv
     Hal over ``p``'s window and reduction, x0_hat clipped."""
     recipe = {**recipe, **{k: p[k] for k in ("n_train", "steps", "timesteps", "beta_start", "beta_end", "seeds")},
               **recipe_changes}
+    sampler = SamplerConfig(hal_window=p["hal_window"], hal_end=p["hal_end"], hal_reduction=p["hal_reduction"],
+                            clip_x0=True)
     return RecursiveConfig(run=run_config(recipe), generations=p["generations"], filters=tuple(p["filters"]),
-                           pool_ratio=p["pool_ratio"], hal_window=p["hal_window"], hal_end=p["hal_end"],
-                           hal_reduction=p["hal_reduction"], clip_x0=True, chunk_size=p["chunk_size"])
+                           pool_ratio=p["pool_ratio"], sampler=sampler, chunk_size=p["chunk_size"])
 
 
 def run_mixture_study(out: Path, config: RecursiveConfig, profile: str, progress: bool = True) -> dict:

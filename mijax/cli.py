@@ -297,6 +297,12 @@ FIGURES_HELP = ("also draw the first seed's samples (samples.png: the histogram 
                 "folder")
 
 
+# The options of the reverse sampler (mijax sample, recursive and experiment) and of Hal (sample, recursive), each a
+# field of SamplerConfig.
+SAMPLER_FIELDS = ("sampler", "variance", "ddim_steps", "skip", "eta", "stochastic_steps", "stochastic_at")
+HAL_FIELDS = ("hal_window", "hal_end", "hal_reduction", "hal_top_k", "clip_x0")
+
+
 def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     from mijax import config
     from mijax.detectors import DETECTORS
@@ -304,10 +310,7 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, type=_path, help="a run directory made by mijax train")
     _add_fields(p, config.SampleConfig, "sample", ("n", "seed", "kernel", "chunk_size", "precision"),
                 required=("n",))
-    _add_fields(p, config.SamplerConfig, "sampler", ("sampler", "variance", "ddim_steps", "skip", "eta",
-                                                      "stochastic_steps", "stochastic_at", "hal_window",
-                                                      "hal_end", "hal_reduction", "hal_top_k", "clip_x0",
-                                                      "jac_probes"))
+    _add_fields(p, config.SamplerConfig, "sampler", SAMPLER_FIELDS + HAL_FIELDS + ("jac_probes",))
     p.add_argument("--detectors", default=None,
                    help="more hallucination scores in the same pass, comma-separated, each NAME (window t = 9..0) "
                         "or NAME@END:LENGTH (lid@T0): " + ", ".join(DETECTORS) + "; the .npz gains score_<name> "
@@ -333,8 +336,9 @@ def _add_recursive_arguments(p: argparse.ArgumentParser) -> None:
 
     _add_train_arguments(p, resume=False)  # a study resumes by rerunning the same command
     _add_fields(p, config.RecursiveConfig, "recursive", ("generations", "filters", "pool_extra", "pool_ratio",
-                                                          "threshold_keep", "hal_window", "hal_end",
-                                                          "hal_reduction", "clip_x0", "chunk_size"))
+                                                          "threshold_keep", "chunk_size"))
+    _add_fields(p.add_argument_group("how the pools are sampled"), config.SamplerConfig, "sampler",
+                SAMPLER_FIELDS + HAL_FIELDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -452,10 +456,13 @@ def _train(a) -> None:
     print(f"trained {config.seeds} model(s) for {config.train.steps} steps -> {a.out}")
 
 
-def _sample_config(a):
-    """The SampleConfig of the sampling options (its sampler and abort-and-resample)."""
-    from mijax.config import AbortConfig, SampleConfig, SamplerConfig
-    from mijax.detectors import parse
+def _sampler_options(a) -> dict:
+    """The sampler's options given on the command line, {field: value} (of :data:`SAMPLER_FIELDS`, and of
+    :data:`HAL_FIELDS` where the command has them), refused in one line where the chosen sampler or Hal
+    reduction would ignore one: ``--ddim-steps`` and ``--skip`` with DDPM, ``--eta`` and the stochastic steps
+    without DDIM, ``--variance`` without a DDPM step, ``--hal-top-k`` without the ``top_k`` reduction. The same
+    check for ``mijax sample``, ``recursive`` and ``experiment``."""
+    from mijax.config import SamplerConfig
 
     sampler = _given(a, "sampler")
     name = sampler.get("sampler", SamplerConfig.sampler)
@@ -472,6 +479,15 @@ def _sample_config(a):
     if "hal_top_k" in sampler and reduction != "top_k":
         raise UsageError(f"--hal-top-k applies to --hal-reduction top_k only (--hal-reduction {reduction} "
                          "ignores it)")
+    return sampler
+
+
+def _sample_config(a):
+    """The SampleConfig of the sampling options (its sampler and abort-and-resample)."""
+    from mijax.config import AbortConfig, SampleConfig, SamplerConfig
+    from mijax.detectors import parse
+
+    sampler = _sampler_options(a)
     if a.out is not None and a.out.suffix != ".npz":
         raise UsageError(f"--out {a.out}: samples are an .npz file; name it with the suffix .npz")
     if a.detectors is not None:
@@ -623,11 +639,13 @@ def _experiment_overrides(a, modules) -> dict:
 
 
 def _recursive(a) -> None:
-    from mijax.config import RecursiveConfig
+    from mijax.config import RecursiveConfig, SamplerConfig
     from mijax.recursive import run_recursive
     from mijax.stats import format_ci
 
-    config = _config(RecursiveConfig, run=_run_config(a), **_given(a, "recursive"))
+    run = _run_config(a)
+    sampler = _config(SamplerConfig, **_sampler_options(a))
+    config = _config(RecursiveConfig, run=run, sampler=sampler, **_given(a, "recursive"))
     result = run_recursive(a.out, config, progress=not a.no_progress, overwrite=a.overwrite)
     for name, table in result["summary"].items():
         key = next(iter(table))  # the data set's first summary measurement (mixtures: the hallucination rate)
