@@ -385,6 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="change one of the profile's fields, of its type (repeatable; one experiment, not `all`), "
                           "e.g. --set steps=20000 --set num_samples=100000; the report lists the sizes used")
     exp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from mijax import config
+
+    sampling = exp.add_argument_group(
+        "the reverse sampler of every experiment",
+        "default: DDPM over all T steps, as published. Each experiment keeps its own Hal windows, counted in the "
+        "sampler's reverse steps; score, and detectors with its abort study, draw with DDPM only and are refused "
+        "(left out of `all`); the report and metrics.json record the sampler")
+    _add_fields(sampling, config.SamplerConfig, "sampler", SAMPLER_FIELDS)
     _add_recursive_arguments(sub.add_parser("recursive", help="recursive training on generated data, with and "
                                             "without Hal filtering; rerun the same command to resume"))
     sub.add_parser("bench", help="throughput and memory of sampling and training (`mijax bench --help`)")
@@ -585,14 +593,49 @@ def _experiment(a) -> None:
     from mijax.experiments import common
 
     a.overrides = _experiment_overrides(a, modules)
+    a.sampler = _experiment_sampler(a, modules)
 
     runs = a.runs if a.runs is not None else (a.out / "runs" if a.name == "all" else None)
-    with (common.shared_runs(runs) if runs is not None else contextlib.nullcontext()):
+    with (common.shared_runs(runs) if runs is not None else contextlib.nullcontext()), \
+            common.sampler_choice(a.sampler):
         _run_experiments(a, modules)
+
+
+def _experiment_sampler(a, modules) -> dict:
+    """The reverse sampler chosen for the experiments (``--sampler`` and its options, checked as ``mijax sample``
+    checks them): the settings that differ from the defaults ({}: DDPM as published). Before any work, an
+    experiment that cannot draw with it (its ``refuses_sampler(profile)`` gives the reason) is refused in one line
+    naming it, or left out of ``all`` with a line saying so; so is a sampler that cannot run at an experiment's T.
+    ``modules`` loses the experiments left out."""
+    from mijax.config import SamplerConfig
+    from mijax.experiments import common
+
+    given = _sampler_options(a)
+    _config(SamplerConfig, **given)  # a value its field does not take: named as the option
+    chosen = common.sampler_settings(given)
+    if not chosen:
+        return {}
+    text = common.sampler_text(chosen)
+    for name, module in list(modules.items()):
+        p = common.resolve_profile(module.PROFILES, a.profile, a.seeds, a.overrides or None)
+        refuses = getattr(module, "refuses_sampler", None)
+        reason = refuses(p) if refuses is not None else None
+        if reason is not None:
+            if a.name != "all":
+                raise UsageError(f"experiment {name} does not take {text}: {reason}")
+            print(f"{name}: left out, it does not take {text}: {reason}")
+            del modules[name]
+        elif "timesteps" in p:
+            try:
+                common.check_sampler(chosen, p["timesteps"])
+            except common.SamplerRefused as e:
+                raise UsageError(f"experiment {name}: {e}") from None
+    return chosen
 
 
 def _run_experiments(a, modules) -> None:
     from mijax import store
+    from mijax.experiments import common
 
     with store.lock(a.out if a.name == "all" else None):
         if a.name == "all":
@@ -604,14 +647,34 @@ def _run_experiments(a, modules) -> None:
                 finished = (out / "metrics.json").exists()
                 if finished and not a.overwrite:
                     if a.name == "all":
+                        used = _recorded_sampler(out / "metrics.json")
+                        if used != a.sampler:
+                            raise UsageError(f"{name} finished earlier in {out} with another sampler ("
+                                             f"{common.sampler_text(used) or 'DDPM, as published'}); pass "
+                                             "--overwrite to rerun it, or choose another --out")
                         print(f"{name}: finished earlier in {out}, skipped (--overwrite reruns it)")
                         continue
                     raise UsageError(f"{out} holds a finished experiment; pass --overwrite to rerun it")
                 store.check(out, "experiment", overwrite=a.overwrite, resume=not finished)
                 print(f"== {name} ({a.profile}) -> {out}")
                 with store.replacing(out, "experiment", replace=finished) as target:
-                    module.run(target, profile=a.profile, seeds=a.seeds, progress=not a.no_progress,
-                               overrides=a.overrides or None)
+                    try:
+                        module.run(target, profile=a.profile, seeds=a.seeds, progress=not a.no_progress,
+                                   overrides=a.overrides or None)
+                    except common.SamplerRefused as e:
+                        raise UsageError(f"experiment {name}: {e}") from None
+
+
+def _recorded_sampler(metrics) -> dict:
+    """The reverse sampler a finished experiment's ``metrics.json`` records ({}: DDPM as published, also for one
+    that cannot be read)."""
+    import json
+
+    try:
+        recorded = json.loads(Path(metrics).read_text()).get("sampler") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def _experiment_overrides(a, modules) -> dict:
