@@ -313,6 +313,18 @@ def test_experiment_configs_fit_their_profiles():
     assert smoke.generations == 3 and smoke.run.train.steps == 20 and smoke.run.data.options["modes"] == (1.0, 2.0, 3.0)
     for config in (quick, paper, smoke, recursive_1d.make_config("paper")):
         recursive.validate_recursive(config)
+    from mijax.experiments import common, recursive_shapes
+
+    # mijax experiment --sampler ddim --ddim-steps 5: the pools drawn with it, Hal over all its 5 steps (the
+    # published window of 10 ends at the last step); a window that cannot fit is refused in one line.
+    with common.sampler_choice({"sampler": "ddim", "ddim_steps": 5}):
+        chosen = recursive_1d.make_config("smoke")
+        assert chosen.sampler == SamplerConfig(sampler="ddim", ddim_steps=5, hal_window=5)
+        recursive.validate_recursive(chosen)
+        with pytest.raises(common.SamplerRefused, match="--sampler ddim --ddim-steps 5 takes 5 reverse steps at "
+                                                        "T = 16: Hal window must be in 2..5"):
+            recursive_shapes.make_config("smoke")
+    assert recursive_1d.make_config("smoke").sampler == SamplerConfig()  # outside the choice: DDPM, as published
 
 
 def test_variance_below_random_verdict_from_hand_made_cis():
