@@ -6,6 +6,11 @@ the sizes) and ``run(out: Path, profile: str = "quick", seeds: int | None = None
 overrides: dict | None = None) -> dict`` (``overrides`` changes some of the profile's fields, each checked and
 converted to its field's type, as ``--set`` does), which writes ``metrics.json``, ``report.md`` and PNG figures
 into ``out`` and returns the metrics. Modules are imported only when run or listed.
+
+Every experiment draws its samples with the reverse sampler chosen around it
+(:func:`mijax.experiments.common.sampler_choice`, ``mijax experiment --sampler ...``; DDPM as published by
+default). A module that cannot also defines ``refuses_sampler(p: dict) -> str | None``: for its resolved
+profile ``p``, why not (None: it can), and ``mijax experiment`` refuses the choice for it before any work.
 """
 from __future__ import annotations
 

@@ -12,6 +12,11 @@ Inside ``with shared_runs(folder):`` (what ``mijax experiment all`` and ``--runs
 live in ``folder`` instead, named by their configuration (``<dataset>-n<N>-<digest>``), so experiments
 that train the same model (the quick profiles share their 1D and 2D recipes) train it once, and reuse
 each other's cached samples too.
+
+Inside ``with sampler_choice(settings):`` (what ``mijax experiment --sampler ...`` does) every experiment
+draws its samples with that reverse sampler instead of the published DDPM (:func:`with_chosen`); the
+settings go into the names of the cached samples, and into ``metrics.json`` and the report
+(:func:`record_sampler`). Without it everything is as published, cache names included.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from typing import Any, Mapping, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from mijax import collect, plots, stats
+from mijax import collect, plots, sampling, stats
 from mijax.config import (Config, ConfigError, DataConfig, DiffusionConfig, RunConfig, RunError, build, field_types,
                           paper_steps, setting)
 from mijax.data.mixtures import blur_adjusted_labels, labels, rate_table
@@ -317,6 +322,121 @@ def shared_runs(folder: Path):
         _SHARED_RUNS.reset(token)
 
 
+# ---------------------------------------------------------------------------------------------
+# The reverse sampler the experiments draw with.
+
+# The SamplerConfig fields that `mijax experiment --sampler ...` chooses for every experiment; Hal's windows, its
+# reduction and clipping stay each experiment's own.
+SAMPLER_FIELDS = ("sampler", "variance", "ddim_steps", "skip", "eta", "stochastic_steps", "stochastic_at")
+_SAMPLER: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("mijax_sampler", default=None)
+
+
+class SamplerRefused(RunError):
+    """The chosen reverse sampler cannot draw what an experiment asks (a Hal window or a trajectory longer than
+    its reverse steps): one line naming the options."""
+
+
+def sampler_settings(settings: Optional[Mapping[str, Any]]) -> dict:
+    """The reverse-sampler settings of ``settings`` ({field of :data:`SAMPLER_FIELDS`: value}) that differ from
+    :class:`~mijax.config.SamplerConfig`'s defaults, in field order ({}: DDPM as published).
+
+    Raises:
+      ConfigError: a field that is not a reverse-sampler setting, or a value its field does not take.
+    """
+    settings = dict(settings or {})
+    for key in settings:
+        if key not in SAMPLER_FIELDS:
+            raise ConfigError(f"sampler.{key}", f"{key} is not a reverse-sampler setting; the experiments take "
+                                                f"{', '.join(SAMPLER_FIELDS)}")
+    made, default = SamplerConfig(**settings), SamplerConfig()
+    return {key: getattr(made, key) for key in SAMPLER_FIELDS if getattr(made, key) != getattr(default, key)}
+
+
+def sampler_text(settings: Mapping[str, Any]) -> str:
+    """Reverse-sampler settings as the command line spells them: ``--sampler ddim --ddim-steps 5``."""
+    return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in settings.items())
+
+
+@contextlib.contextmanager
+def sampler_choice(settings: Optional[Mapping[str, Any]]):
+    """Within this context every experiment samples with the reverse-sampler ``settings`` (fields of
+    :data:`SAMPLER_FIELDS`; those not given keep their defaults) instead of the published DDPM: :func:`sample`,
+    :func:`sample_windows` and the studies that apply :func:`with_chosen`. Yields the settings that differ from
+    the defaults (:func:`sampler_settings`; {}: everything as published)."""
+    chosen = sampler_settings(settings)
+    token = _SAMPLER.set(chosen or None)
+    try:
+        yield dict(chosen)
+    finally:
+        _SAMPLER.reset(token)
+
+
+def chosen_sampler() -> dict:
+    """The reverse-sampler settings chosen around the running experiment (:func:`sampler_choice`) that differ
+    from the defaults; {} when it samples as published."""
+    return dict(_SAMPLER.get() or {})
+
+
+def check_sampler(settings: Mapping[str, Any], timesteps: int) -> int:
+    """The number of reverse steps of the sampler ``settings`` on a T-step schedule; SamplerRefused (one line)
+    if it cannot run there (more ``ddim_steps`` than T, ``skip`` quad without ``ddim_steps``, fewer than 2
+    steps)."""
+    sampler = SamplerConfig(hal_window=2, **settings)
+    try:
+        sampling.validate(sampler, timesteps)
+    except ValueError as e:
+        raise SamplerRefused(f"{sampler_text(settings)} at T = {timesteps}: {e}") from None
+    return len(sampling.reverse_timesteps(sampler, timesteps))
+
+
+def reverse_steps(timesteps: int) -> int:
+    """The reverse steps that the running experiment's sampler takes on a T-step schedule: T as published, or
+    the chosen sampler's (:func:`check_sampler`)."""
+    chosen = _SAMPLER.get()
+    return check_sampler(chosen, timesteps) if chosen else timesteps
+
+
+def with_chosen(sampler: SamplerConfig, timesteps: int) -> SamplerConfig:
+    """``sampler`` (an experiment's, on a T-step schedule) with the reverse-sampler settings chosen around it
+    (:func:`sampler_choice`); none chosen, ``sampler`` itself. Hal's windows stay ``sampler``'s, counted in the
+    chosen sampler's reverse steps; the main window, when it ends at the last step and is longer than those
+    steps (the published 10 with ``ddim_steps`` 5), covers them all.
+
+    Raises:
+      SamplerRefused: the chosen sampler cannot run at T, or another of the windows (or a detector's) does not
+        fit in its steps.
+    """
+    chosen = _SAMPLER.get()
+    if not chosen:
+        return sampler
+    steps = check_sampler(chosen, timesteps)
+    sampler = dataclasses.replace(sampler, **chosen)
+    if sampler.hal_end == 0 and sampler.hal_window > steps:
+        sampler = dataclasses.replace(sampler, hal_window=steps)
+    # Hal's reductions are not what is checked here (region_max gets its regions from the data set later).
+    windows = dataclasses.replace(sampler, hal_reduction="mean", hal_table=())
+    try:
+        sampling.validate(windows, timesteps)
+    except ValueError as e:
+        raise SamplerRefused(f"{sampler_text(chosen)} takes {steps} reverse steps at T = {timesteps}: {e}") from None
+    return sampler
+
+
+def record_sampler(metrics: dict, report: str) -> tuple[dict, str]:
+    """An experiment's metrics and report with the reverse sampler chosen around it: ``metrics["sampler"]`` (the
+    settings that differ from the defaults) and a sentence under the report's title; both unchanged when it
+    sampled as published."""
+    chosen = chosen_sampler()
+    if not chosen:
+        return metrics, report
+    words = ", ".join(f"{key} {value}" for key, value in chosen.items())
+    title, _, rest = report.partition("\n")
+    sentence = (f"**Sampler:** {words} (`{sampler_text(chosen)}`), not the published DDPM over all T steps. "
+                "Hal's windows and the recorded trajectories count its reverse steps; a window ending at the last "
+                "step that is longer than them covers them all.")
+    return {**metrics, "sampler": chosen}, f"{title}\n\n{sentence}\n{rest}"
+
+
 def config_digest(config: RunConfig) -> str:
     """A short digest of everything in ``config`` that changes the trained models' numbers."""
     d = dataclasses.asdict(config)
@@ -374,8 +494,12 @@ def _cache_name(tag: str, **settings) -> str:
 def sample(run_dir: Path, n: int, sampler: Optional[SamplerConfig] = None, seed: int = 0,
            chunk_size: Optional[int] = None, progress: bool = True) -> dict[str, np.ndarray]:
     """All seeds' samples {"x": [S, n, d], "hal": [S, n]}, cached in the run directory (a damaged cache is
-    recomputed, :func:`mijax.store.load_cache`; samples that are not finite are refused, :func:`mijax.collect.draw`)."""
+    recomputed, :func:`mijax.store.load_cache`; samples that are not finite are refused, :func:`mijax.collect.draw`).
+    ``sampler`` (None: DDPM as published) with the reverse sampler chosen around the experiment
+    (:func:`with_chosen`), which the cache's name records."""
     sampler = SamplerConfig() if sampler is None else sampler
+    if _SAMPLER.get():
+        sampler = with_chosen(sampler, load_config(run_dir).diffusion.timesteps)
     path = run_dir / _cache_name("hal", n=n, seed=seed, sampler=dataclasses.asdict(sampler))
     cached = load_cache(path, ("x", "hal"))
     if cached is not None:
@@ -392,7 +516,9 @@ def sample_windows(run_dir: Path, n: int, windows: Sequence[tuple[int, int]], tr
 
     One sampling pass carries Hal over every window ``(end, length)`` (t = end .. end + length - 1; the
     sampler's ``hal_windows``) and records x0_hat over the last ``trajectory_steps`` reverse steps if asked.
-    The samples are those of :func:`sample` with the same seed (the Hal windows do not move them).
+    The samples are those of :func:`sample` with the same seed (the Hal windows do not move them). The reverse
+    sampler is DDPM as published, or the one chosen around the experiment (:func:`with_chosen`; its windows
+    and trajectory count its reverse steps, and the cache's name records it).
 
     Returns:
       {"x": [S, n, d], "hal": [S, n, W] (one column per window), "windows": [W, 2],
@@ -400,7 +526,9 @@ def sample_windows(run_dir: Path, n: int, windows: Sequence[tuple[int, int]], tr
       "trajectory_t": [trajectory_steps]}.
     """
     windows = tuple((int(e), int(k)) for e, k in windows)
-    path = run_dir / _cache_name("windows", n=n, seed=seed, windows=windows, traj=trajectory_steps)
+    chosen = chosen_sampler()
+    path = run_dir / _cache_name("windows", n=n, seed=seed, windows=windows, traj=trajectory_steps,
+                                 **({"sampler": chosen} if chosen else {}))
     cached = load_cache(path, ("x", "hal", "windows") + (("trajectory",) if trajectory_steps else ()))
     if cached is not None:
         collect.check_finite(cached)
@@ -410,15 +538,20 @@ def sample_windows(run_dir: Path, n: int, windows: Sequence[tuple[int, int]], tr
     last = max([e + k for e, k in windows] + [trajectory_steps])
     if last > T:
         raise RunError(f"windows reach t = {last - 1}, beyond the {T} steps of the schedule")
-    sampler = SamplerConfig(objective=config.diffusion.objective, hal_window=min(10, T), hal_windows=windows,
-                            trajectory_stride=1 if trajectory_steps else 0, trajectory_last=trajectory_steps or None)
+    sampler = with_chosen(SamplerConfig(objective=config.diffusion.objective, hal_window=min(10, T),
+                                        hal_windows=windows, trajectory_stride=1 if trajectory_steps else 0,
+                                        trajectory_last=trajectory_steps or None), T)
+    visited = sampling.reverse_timesteps(sampler, T)
+    if trajectory_steps > len(visited):
+        raise SamplerRefused(f"{sampler_text(chosen)} takes {len(visited)} reverse steps at T = {T}; the "
+                             f"trajectories asked are {trajectory_steps} steps long")
     drawn = collect.draw(pieces.denoise_fn, eval_params(state, config.train), pieces.schedule, sample_keys(config, seed), n,
                          pieces.shape, sampler, chunk_size, show_progress=progress,
                          desc=f"sample ({len(windows)} Hal windows)")
     result = {"x": drawn["x"], "hal": drawn["hal_windows"], "windows": np.asarray(windows, np.int32)}
     if trajectory_steps:
         result["trajectory"] = drawn["trajectory"]
-        result["trajectory_t"] = np.arange(trajectory_steps - 1, -1, -1, dtype=np.int32)
+        result["trajectory_t"] = np.asarray(visited[len(visited) - trajectory_steps:], np.int32)
     save_npz(path, **result)
     return result
 
@@ -485,7 +618,9 @@ class Timer:
 
 
 def finish(out: Path, metrics: dict, report: str) -> dict:
-    """Write ``metrics.json`` and ``report.md`` atomically (metrics last: it marks the experiment done)."""
+    """Write ``metrics.json`` and ``report.md`` atomically (metrics last: it marks the experiment done), with the
+    reverse sampler chosen around the experiment, if any (:func:`record_sampler`). Returns the metrics written."""
+    metrics, report = record_sampler(metrics, report)
     out = Path(out)
     write_text(out / "report.md", report)
     write_json(out / "metrics.json", metrics)

@@ -38,7 +38,7 @@ SETTINGS = {"1d": ("gaussian1d", (1.0, 2.0, 3.0)), "2d": ("gaussian25", None)}
 
 
 def windows_for(T: int) -> list[tuple[int, int]]:
-    """All (end, length) of the sweep that fit in T steps; the default window first."""
+    """All (end, length) of the sweep that fit in T reverse steps; the default window first."""
     sweep = [(e, k) for e in ENDS for k in LENGTHS if e + k <= T and k <= T]
     return [DEFAULT_WINDOW] + [w for w in sweep if w != DEFAULT_WINDOW] if DEFAULT_WINDOW[1] <= T else sweep
 
@@ -76,7 +76,7 @@ def _num(v):
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
         overrides: Optional[dict] = None) -> dict:
     p, out, timer = common.start(PROFILES, profile, seeds, overrides, out)
-    windows = windows_for(p["timesteps"])
+    windows = windows_for(common.reverse_steps(p["timesteps"]))  # T as published, or the chosen sampler's steps
     metrics = {"experiment": "detection", "profile": p, "windows": windows, "settings": {}}
     sections = []
     for tag, (dataset, modes) in SETTINGS.items():

@@ -86,7 +86,7 @@ ABORT_DETECTOR = "hal"
 
 def specs_for(timesteps: int, ends=EARLY_ENDS, names=NAMES, early=EARLY) -> tuple[detectors_lib.DetectorSpec, ...]:
     """Every detector of ``names`` at its default window, then the early windows of those also in ``early``,
-    ending at ``ends``, that fit in T steps."""
+    ending at ``ends``, that fit in T reverse steps (``timesteps``)."""
     main = [n if detectors_lib.DETECTORS[n].kind == "final" else f"{n}@0:{EARLY_LENGTH}" for n in names]
     swept = [f"{n}@{e}:{EARLY_LENGTH}" for e in ends if 0 < e and e + EARLY_LENGTH <= timesteps for n in EARLY
              if n in names and n in early]
@@ -243,12 +243,13 @@ def _setting(out: Path, tag: str, config, sampler: SamplerConfig, num_samples: i
              timer, progress: bool, names=NAMES, early=EARLY) -> dict:
     """One data set: train (or reuse) its models, sample with every detector of ``names`` it supports, score, plot."""
     T = config.diffusion.timesteps
+    steps = common.reverse_steps(T)  # T as published, or the chosen sampler's steps
     data = build(config).dataset
     names = [n for n in NAMES if n in names and (not detectors_lib.DETECTORS[n].needs_oracle or hasattr(data, "oracle"))]
     abort = tag in p["abort_settings"] and p["abort_samples"]
     ends = sorted({0, *(int(e) for e in tuple(p["early_ends"]) + (tuple(p["abort_ends"]) if abort else ())
-                        if e + EARLY_LENGTH <= T)})
-    specs = specs_for(T, ends, names, early)
+                        if e + EARLY_LENGTH <= steps)})
+    specs = specs_for(steps, ends, names, early)
     run_dir = common.train(out, tag, config, progress)
     timer.lap("train")
     result = common.sample(run_dir, num_samples, dataclasses.replace(sampler, detectors=specs), chunk_size=chunk_size,
@@ -321,13 +322,23 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     return common.finish(out, metrics, report)
 
 
+def refuses_sampler(p: dict) -> Optional[str]:
+    """Why profile ``p`` cannot draw with a reverse sampler chosen by ``mijax experiment --sampler`` (None: it
+    can): its abort-and-resample study redraws with DDPM and counts the cost in DDPM's T steps."""
+    if p["abort_samples"] and set(p["abort_settings"]) & set(p["settings"]):
+        return ("its abort-and-resample study redraws with DDPM and counts the cost in DDPM's T steps; "
+                "--set abort_samples=0 leaves it out")
+    return None
+
+
 def detector_costs(n: int, timesteps: int, dim: int, window: int, groups: dict[str, list[str]],
                    repeats: int = 3, seed: int = 0, params=None, timer=timing.time_best) -> dict:
     """Sampling time with Hal alone, and with each group of detectors in the same pass (``groups``:
     ``{label: [detector names]}``, each over the last ``window`` steps; ``lid`` at its default t0), on the
-    paper's network for d = ``dim`` (random weights unless ``params``: the cost does not depend on them). The
-    oracle's exact denoiser is the paper's 1D mixture (d = 1) or 5 x 5 grid (d = 2), else 1D modes on the
-    diagonal. ``timer(fn, repeats)``: :func:`mijax.timing.time_best` or one like it.
+    paper's network for d = ``dim`` (random weights unless ``params``: the cost does not depend on them), with the
+    reverse sampler chosen around the experiment (:func:`mijax.experiments.common.with_chosen`; DDPM as
+    published). The oracle's exact denoiser is the paper's 1D mixture (d = 1) or 5 x 5 grid (d = 2), else 1D
+    modes on the diagonal. ``timer(fn, repeats)``: :func:`mijax.timing.time_best` or one like it.
 
     Returns:
       ``{"hal_only": timing, "groups": {label: {"detectors": [labels], "timing", "ratio", "ratio_median"}}}``,
@@ -354,12 +365,12 @@ def detector_costs(n: int, timesteps: int, dim: int, window: int, groups: dict[s
     def timed(config):
         return timer(lambda: sample(model, params, schedule, sample_key, n, (dim,), config, oracle=oracle), repeats)
 
-    hal = timed(SamplerConfig(hal_window=window))
+    hal = timed(common.with_chosen(SamplerConfig(hal_window=window), timesteps))
     out = {"n": n, "timesteps": timesteps, "dim": dim, "window": window, "hal_only": hal, "groups": {}}
     for label, names in groups.items():
         specs = detectors_lib.parse([name if detectors_lib.DETECTORS[name].kind == "final" else f"{name}@0:{window}"
                                      for name in names])
-        cost = timed(SamplerConfig(hal_window=window, detectors=specs))
+        cost = timed(common.with_chosen(SamplerConfig(hal_window=window, detectors=specs), timesteps))
         out["groups"][label] = {"detectors": [s.label for s in specs], "timing": cost,
                                 "ratio": cost["seconds"] / hal["seconds"],
                                 "ratio_median": cost["median_seconds"] / hal["median_seconds"]}

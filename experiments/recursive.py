@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from mijax import plots
-from mijax.config import DiffusionConfig, RecursiveConfig, TrainConfig, build, setting
+from mijax.config import DiffusionConfig, RecursiveConfig, SamplerConfig, TrainConfig, build, setting
 from mijax.experiments import common
 from mijax.experiments.common import CI_TEXT, QUICK_OPTIMISER, QUICK_T_POWER, field_like, optimiser_text
 from mijax.store import write_json, write_text
@@ -72,9 +72,12 @@ def mixture_profiles(cls: type, paper_run: dict) -> dict[str, MixtureStudyProfil
 
 def mixture_study(p: dict, dataset: str, modes: Optional[tuple[float, ...]] = None) -> RecursiveConfig:
     """The study of a Gaussian-mixture profile ``p`` (a resolved :class:`MixtureStudyProfile`) on ``dataset``
-    (``modes``: those of ``gaussian1d``): its generations' runs as :func:`mijax.experiments.common.run_config`."""
+    (``modes``: those of ``gaussian1d``): its generations' runs as :func:`mijax.experiments.common.run_config`,
+    its pools drawn by DDPM as published or the reverse sampler chosen around it
+    (:func:`mijax.experiments.common.with_chosen`)."""
     return RecursiveConfig(run=common.run_config(p, dataset=dataset, modes=modes), generations=p["generations"],
-                           filters=p["filters"], pool_extra=p["pool_extra"], chunk_size=p["chunk_size"])
+                           filters=p["filters"], pool_extra=p["pool_extra"], chunk_size=p["chunk_size"],
+                           sampler=common.with_chosen(SamplerConfig(), p["timesteps"]))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -89,9 +92,9 @@ class ImageStudyProfile(StudyProfile):
     beta_start: float = field_like(DiffusionConfig, "beta_start")
     beta_end: float = field_like(DiffusionConfig, "beta_end")
     pool_ratio: float = field_like(RecursiveConfig, "pool_ratio", 1.5)
-    hal_window: int = field_like(RecursiveConfig, "hal_window", RecursiveConfig.hal_window)
-    hal_end: int = field_like(RecursiveConfig, "hal_end", RecursiveConfig.hal_end)
-    hal_reduction: str = field_like(RecursiveConfig, "hal_reduction", RecursiveConfig.hal_reduction)
+    hal_window: int = field_like(SamplerConfig, "hal_window", SamplerConfig.hal_window)
+    hal_end: int = field_like(SamplerConfig, "hal_end", SamplerConfig.hal_end)
+    hal_reduction: str = field_like(SamplerConfig, "hal_reduction", SamplerConfig.hal_reduction)
 
 
 # What the image studies (recursive-shapes, recursive-digits) share per profile: quick, the generations and
@@ -110,12 +113,14 @@ def image_study(p: dict, recipe: dict, run_config, **recipe_changes) -> Recursiv
     """The study of an image profile ``p`` (``recursive-shapes``, ``recursive-digits``; a resolved
     :class:`ImageStudyProfile`): the image experiment's profile ``recipe`` (resolved, of the same name) with
     ``p``'s N, steps, T, betas and seeds and ``recipe_changes``, made a run by that experiment's ``run_config``;
-    Hal over ``p``'s window and reduction, x0_hat clipped."""
+    Hal over ``p``'s window and reduction, x0_hat clipped, by DDPM as published or the reverse sampler chosen
+    around it (:func:`mijax.experiments.common.with_chosen`)."""
     recipe = {**recipe, **{k: p[k] for k in ("n_train", "steps", "timesteps", "beta_start", "beta_end", "seeds")},
               **recipe_changes}
+    sampler = common.with_chosen(SamplerConfig(hal_window=p["hal_window"], hal_end=p["hal_end"],
+                                               hal_reduction=p["hal_reduction"], clip_x0=True), recipe["timesteps"])
     return RecursiveConfig(run=run_config(recipe), generations=p["generations"], filters=tuple(p["filters"]),
-                           pool_ratio=p["pool_ratio"], hal_window=p["hal_window"], hal_end=p["hal_end"],
-                           hal_reduction=p["hal_reduction"], clip_x0=True, chunk_size=p["chunk_size"])
+                           pool_ratio=p["pool_ratio"], sampler=sampler, chunk_size=p["chunk_size"])
 
 
 def run_mixture_study(out: Path, config: RecursiveConfig, profile: str, progress: bool = True) -> dict:
@@ -130,7 +135,8 @@ def run_mixture_study(out: Path, config: RecursiveConfig, profile: str, progress
     verdict_blur = variance_below_random(config, result, "hallucination_rate_blur_adjusted")
     metrics = {"profile": profile, "seconds_this_call": seconds, "verdict": verdict,
                "verdict_blur_adjusted": verdict_blur, "figures": figures, **result}
-    write_text(out / "report.md", _report(config, metrics, profile))
+    metrics, report = common.record_sampler(metrics, _report(config, metrics, profile))
+    write_text(out / "report.md", report)
     write_json(out / "metrics.json", metrics)  # last: it marks the experiment finished
     return metrics
 
@@ -167,7 +173,8 @@ def run_study(out: Path, config: RecursiveConfig, profile: str, progress: bool, 
     verdict = variance_below_random(config, result, key)
     metrics = json_safe({"profile": profile, "seconds_this_call": seconds, "verdict": verdict, "figures": figures,
                          **result})
-    write_text(out / "report.md", report_fn(config, metrics, profile))
+    metrics, report = common.record_sampler(metrics, report_fn(config, metrics, profile))
+    write_text(out / "report.md", report)
     write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -79,7 +79,7 @@ def _figures(out: Path, config: RecursiveConfig, result: dict) -> dict:
 
 
 def _report(config: RecursiveConfig, m: dict, profile: str) -> str:
-    r = config.run
+    r, h = config.run, config.sampler
     dataset = data.make(r.data.dataset, r.data.options)
     clf = dataset.classifier()
     tables = summary_tables(config, m["summary"], ("frechet", "unconfident_share", "classes_present",
@@ -96,7 +96,7 @@ filtering at random.
 0: real training digits), pools of {config.pool_size:,} samples, {config.generations} generations,
 {config.num_seeds} seeds, filters {', '.join(config.filters)}; a new UNet per generation ({dict(r.model.options)}),
 {r.train.steps:,} Adam steps of batch {r.train.batch_size} (EMA {r.train.ema_decay:g}); T = {r.diffusion.timesteps};
-Hal: {config.hal_reduction} over t = {config.hal_end}..{config.hal_end + config.hal_window - 1}, x0_hat clipped. The
+Hal: {h.hal_reduction} over t = {h.hal_end}..{h.hal_end + h.hal_window - 1}, x0_hat clipped. The
 judge: a CNN trained on the training split, held-out accuracy {100 * clf.accuracy:.1f}%; the Fréchet distance
 is between Gaussian fits of its penultimate features of each model's whole pool and of the held-out digits (not
 Inception FID; compare within this study only). Generation 0's distance: {np.round(first['mean'], 2)}. This call

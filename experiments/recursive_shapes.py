@@ -85,7 +85,7 @@ def _duplicates(pool: np.ndarray) -> str:
 
 
 def _report(config: RecursiveConfig, m: dict, profile: str) -> str:
-    r = config.run
+    r, h = config.run, config.sampler
     tables = summary_tables(config, m["summary"], ("duplicate_share", "valid_share", "outside_share",
                                                    "malformed_share", "blank_share", "kept_hallucination_rate"), {})
     verdict = verdict_text(m["verdict"])
@@ -97,8 +97,8 @@ filtering each generation's samples by Hal keeps the share of duplicates lower t
 **Setup:** SHAPES {r.data.options['size']} x {r.data.options['size']}; N = {config.n:,} images per generation
 (generation 0: real), pools of {config.pool_size:,} samples, {config.generations} generations, {config.num_seeds}
 seeds, filters {', '.join(config.filters)}; a new UNet per generation ({dict(r.model.options)}), {r.train.steps:,} Adam
-steps of batch {r.train.batch_size} (EMA {r.train.ema_decay:g}); T = {r.diffusion.timesteps}; Hal: {config.hal_reduction}
-over t = {config.hal_end}..{config.hal_end + config.hal_window - 1}, x0_hat clipped. Shares are of each model's whole
+steps of batch {r.train.batch_size} (EMA {r.train.ema_decay:g}); T = {r.diffusion.timesteps}; Hal: {h.hal_reduction}
+over t = {h.hal_end}..{h.hal_end + h.hal_window - 1}, x0_hat clipped. Shares are of each model's whole
 pool (before filtering). {CI_TEXT}. This call took {m['seconds_this_call']:.0f} s.
 
 **Variance vs random filtering (duplicate share):** {verdict}.

@@ -40,6 +40,13 @@ PROFILES = {
 }
 
 
+def refuses_sampler(p: dict) -> Optional[str]:
+    """Why this experiment does not draw with a reverse sampler chosen by ``mijax experiment --sampler``: it
+    compares the trained models' samples with the exact denoiser's through the published DDPM on purpose (the
+    exact score has no interpolation to show only there)."""
+    return "it compares the trained denoiser with the exact one through the published DDPM on purpose"
+
+
 def gap_slope(grid: np.ndarray, eps: np.ndarray, modes=MODES, margin: float = 0.2) -> float:
     """The steepest |d eps / dx| inside the gaps between modes (excluding ``margin`` next to each mode)."""
     slope = np.abs(np.diff(eps)) / np.diff(grid)

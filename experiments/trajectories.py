@@ -43,11 +43,11 @@ def movement(trajectory: np.ndarray, last: int = LAST) -> np.ndarray:
 def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress: bool = True,
         overrides: Optional[dict] = None) -> dict:
     p, out, timer = common.start(PROFILES, profile, seeds, overrides, out)
-    steps_shown = min(100, p["timesteps"])
+    steps_shown = min(100, common.reverse_steps(p["timesteps"]))  # T as published, or the chosen sampler's steps
     metrics = {"experiment": "trajectories", "profile": p, "steps_shown": steps_shown, "settings": {}}
     sections = []
     for tag, (dataset, modes) in SETTINGS.items():
-        _, mixture, result = common.setting_samples(out, p, tag, dataset, modes, [(0, min(10, p["timesteps"]))],
+        _, mixture, result = common.setting_samples(out, p, tag, dataset, modes, [(0, min(10, steps_shown))],
                                                     timer, trajectory_steps=steps_shown, progress=progress)
         traj, x = result["trajectory"], result["x"]  # [S, N, L, d], [S, N, d]
         last = min(LAST, steps_shown - 1)

@@ -297,6 +297,12 @@ FIGURES_HELP = ("also draw the first seed's samples (samples.png: the histogram 
                 "folder")
 
 
+# The options of the reverse sampler (mijax sample, recursive and experiment) and of Hal (sample, recursive), each a
+# field of SamplerConfig.
+SAMPLER_FIELDS = ("sampler", "variance", "ddim_steps", "skip", "eta", "stochastic_steps", "stochastic_at")
+HAL_FIELDS = ("hal_window", "hal_end", "hal_reduction", "hal_top_k", "clip_x0")
+
+
 def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     from mijax import config
     from mijax.detectors import DETECTORS
@@ -304,10 +310,7 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, type=_path, help="a run directory made by mijax train")
     _add_fields(p, config.SampleConfig, "sample", ("n", "seed", "kernel", "chunk_size", "precision"),
                 required=("n",))
-    _add_fields(p, config.SamplerConfig, "sampler", ("sampler", "variance", "ddim_steps", "skip", "eta",
-                                                      "stochastic_steps", "stochastic_at", "hal_window",
-                                                      "hal_end", "hal_reduction", "hal_top_k", "clip_x0",
-                                                      "jac_probes"))
+    _add_fields(p, config.SamplerConfig, "sampler", SAMPLER_FIELDS + HAL_FIELDS + ("jac_probes",))
     p.add_argument("--detectors", default=None,
                    help="more hallucination scores in the same pass, comma-separated, each NAME (window t = 9..0) "
                         "or NAME@END:LENGTH (lid@T0): " + ", ".join(DETECTORS) + "; the .npz gains score_<name> "
@@ -333,8 +336,9 @@ def _add_recursive_arguments(p: argparse.ArgumentParser) -> None:
 
     _add_train_arguments(p, resume=False)  # a study resumes by rerunning the same command
     _add_fields(p, config.RecursiveConfig, "recursive", ("generations", "filters", "pool_extra", "pool_ratio",
-                                                          "threshold_keep", "hal_window", "hal_end",
-                                                          "hal_reduction", "clip_x0", "chunk_size"))
+                                                          "threshold_keep", "chunk_size"))
+    _add_fields(p.add_argument_group("how the pools are sampled"), config.SamplerConfig, "sampler",
+                SAMPLER_FIELDS + HAL_FIELDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -382,6 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="change one of the profile's fields, of its type (repeatable; one experiment, not `all`), "
                           "e.g. --set steps=20000 --set num_samples=100000; the report lists the sizes used")
     exp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from mijax import config
+
+    sampling = exp.add_argument_group(
+        "the reverse sampler of every experiment",
+        "default: DDPM over all T steps, as published. Each experiment keeps its own Hal windows, counted in the "
+        "sampler's reverse steps; score, and detectors with its abort study, draw with DDPM only and are refused "
+        "(left out of `all`); the report and metrics.json record the sampler")
+    _add_fields(sampling, config.SamplerConfig, "sampler", SAMPLER_FIELDS)
     _add_recursive_arguments(sub.add_parser("recursive", help="recursive training on generated data, with and "
                                             "without Hal filtering; rerun the same command to resume"))
     sub.add_parser("bench", help="throughput and memory of sampling and training (`mijax bench --help`)")
@@ -453,10 +465,13 @@ def _train(a) -> None:
     print(f"trained {config.seeds} model(s) for {config.train.steps} steps -> {a.out}")
 
 
-def _sample_config(a):
-    """The SampleConfig of the sampling options (its sampler and abort-and-resample)."""
-    from mijax.config import AbortConfig, SampleConfig, SamplerConfig
-    from mijax.detectors import parse
+def _sampler_options(a) -> dict:
+    """The sampler's options given on the command line, {field: value} (of :data:`SAMPLER_FIELDS`, and of
+    :data:`HAL_FIELDS` where the command has them), refused in one line where the chosen sampler or Hal
+    reduction would ignore one: ``--ddim-steps`` and ``--skip`` with DDPM, ``--eta`` and the stochastic steps
+    without DDIM, ``--variance`` without a DDPM step, ``--hal-top-k`` without the ``top_k`` reduction. The same
+    check for ``mijax sample``, ``recursive`` and ``experiment``."""
+    from mijax.config import SamplerConfig
 
     sampler = _given(a, "sampler")
     name = sampler.get("sampler", SamplerConfig.sampler)
@@ -473,6 +488,15 @@ def _sample_config(a):
     if "hal_top_k" in sampler and reduction != "top_k":
         raise UsageError(f"--hal-top-k applies to --hal-reduction top_k only (--hal-reduction {reduction} "
                          "ignores it)")
+    return sampler
+
+
+def _sample_config(a):
+    """The SampleConfig of the sampling options (its sampler and abort-and-resample)."""
+    from mijax.config import AbortConfig, SampleConfig, SamplerConfig
+    from mijax.detectors import parse
+
+    sampler = _sampler_options(a)
     if a.out is not None and a.out.suffix != ".npz":
         raise UsageError(f"--out {a.out}: samples are an .npz file; name it with the suffix .npz")
     if a.detectors is not None:
@@ -574,14 +598,49 @@ def _experiment(a) -> None:
     from mijax.experiments import common
 
     a.overrides = _experiment_overrides(a, modules)
+    a.sampler = _experiment_sampler(a, modules)
 
     runs = a.runs if a.runs is not None else (a.out / "runs" if a.name == "all" else None)
-    with (common.shared_runs(runs) if runs is not None else contextlib.nullcontext()):
+    with (common.shared_runs(runs) if runs is not None else contextlib.nullcontext()), \
+            common.sampler_choice(a.sampler):
         _run_experiments(a, modules)
+
+
+def _experiment_sampler(a, modules) -> dict:
+    """The reverse sampler chosen for the experiments (``--sampler`` and its options, checked as ``mijax sample``
+    checks them): the settings that differ from the defaults ({}: DDPM as published). Before any work, an
+    experiment that cannot draw with it (its ``refuses_sampler(profile)`` gives the reason) is refused in one line
+    naming it, or left out of ``all`` with a line saying so; so is a sampler that cannot run at an experiment's T.
+    ``modules`` loses the experiments left out."""
+    from mijax.config import SamplerConfig
+    from mijax.experiments import common
+
+    given = _sampler_options(a)
+    _config(SamplerConfig, **given)  # a value its field does not take: named as the option
+    chosen = common.sampler_settings(given)
+    if not chosen:
+        return {}
+    text = common.sampler_text(chosen)
+    for name, module in list(modules.items()):
+        p = common.resolve_profile(module.PROFILES, a.profile, a.seeds, a.overrides or None)
+        refuses = getattr(module, "refuses_sampler", None)
+        reason = refuses(p) if refuses is not None else None
+        if reason is not None:
+            if a.name != "all":
+                raise UsageError(f"experiment {name} does not take {text}: {reason}")
+            print(f"{name}: left out, it does not take {text}: {reason}")
+            del modules[name]
+        elif "timesteps" in p:
+            try:
+                common.check_sampler(chosen, p["timesteps"])
+            except common.SamplerRefused as e:
+                raise UsageError(f"experiment {name}: {e}") from None
+    return chosen
 
 
 def _run_experiments(a, modules) -> None:
     from mijax import store
+    from mijax.experiments import common
 
     with store.lock(a.out if a.name == "all" else None):
         if a.name == "all":
@@ -593,14 +652,34 @@ def _run_experiments(a, modules) -> None:
                 finished = (out / "metrics.json").exists()
                 if finished and not a.overwrite:
                     if a.name == "all":
+                        used = _recorded_sampler(out / "metrics.json")
+                        if used != a.sampler:
+                            raise UsageError(f"{name} finished earlier in {out} with another sampler ("
+                                             f"{common.sampler_text(used) or 'DDPM, as published'}); pass "
+                                             "--overwrite to rerun it, or choose another --out")
                         print(f"{name}: finished earlier in {out}, skipped (--overwrite reruns it)")
                         continue
                     raise UsageError(f"{out} holds a finished experiment; pass --overwrite to rerun it")
                 store.check(out, "experiment", overwrite=a.overwrite, resume=not finished)
                 print(f"== {name} ({a.profile}) -> {out}")
                 with store.replacing(out, "experiment", replace=finished) as target:
-                    module.run(target, profile=a.profile, seeds=a.seeds, progress=not a.no_progress,
-                               overrides=a.overrides or None)
+                    try:
+                        module.run(target, profile=a.profile, seeds=a.seeds, progress=not a.no_progress,
+                                   overrides=a.overrides or None)
+                    except common.SamplerRefused as e:
+                        raise UsageError(f"experiment {name}: {e}") from None
+
+
+def _recorded_sampler(metrics) -> dict:
+    """The reverse sampler a finished experiment's ``metrics.json`` records ({}: DDPM as published, also for one
+    that cannot be read)."""
+    import json
+
+    try:
+        recorded = json.loads(Path(metrics).read_text()).get("sampler") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def _experiment_overrides(a, modules) -> dict:
@@ -628,11 +707,13 @@ def _experiment_overrides(a, modules) -> dict:
 
 
 def _recursive(a) -> None:
-    from mijax.config import RecursiveConfig
+    from mijax.config import RecursiveConfig, SamplerConfig
     from mijax.recursive import run_recursive
     from mijax.stats import format_ci
 
-    config = _config(RecursiveConfig, run=_run_config(a), **_given(a, "recursive"))
+    run = _run_config(a)
+    sampler = _config(SamplerConfig, **_sampler_options(a))
+    config = _config(RecursiveConfig, run=run, sampler=sampler, **_given(a, "recursive"))
     result = run_recursive(a.out, config, progress=not a.no_progress, overwrite=a.overwrite)
     for name, table in result["summary"].items():
         key = next(iter(table))  # the data set's first summary measurement (mixtures: the hallucination rate)

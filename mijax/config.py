@@ -404,12 +404,12 @@ class RecursiveConfig(Config):
       pool_extra: the pool is N + pool_extra samples (the paper: 2,500) ...
       pool_ratio: ... or, if set, ceil(N * pool_ratio) samples.
       threshold_keep: fraction of generation 0's pool the threshold keeps (None: N / P).
-      hal_window: K, reverse steps in the Hal window (t = hal_end + K - 1 .. hal_end).
+      sampler: how every pool is drawn (:class:`SamplerConfig`): the reverse sampler (default DDPM, as
+        published) and Hal, ``hal_window`` K reverse steps ending ``hal_end`` before the last (DDPM over all T
+        steps: t = hal_end + K - 1 .. hal_end), reduced by ``hal_reduction`` (``region_max`` takes the data
+        set's regions, e.g. the SHAPES strips), x0_hat clipped to [-1, 1] with ``clip_x0`` (images). Its
+        ``objective`` is the run's (set on construction).
       chunk_size: samples per compiled sampling chunk.
-      hal_end: the Hal window ends this many reverse steps before the last (0: the published t = K-1..0).
-      hal_reduction: how Hal reduces the per-coordinate variances (:data:`mijax.hal.HAL_REDUCTIONS`;
-        ``region_max`` takes the data set's regions, e.g. the SHAPES strips).
-      clip_x0: clip x0_hat to [-1, 1] while sampling the pools (images).
     """
 
     SECTION: ClassVar[str] = "recursive"
@@ -421,19 +421,18 @@ class RecursiveConfig(Config):
     pool_ratio: Optional[float] = setting(None, "pool = ceil(N * ratio) instead", low=1)
     threshold_keep: Optional[float] = setting(None, "fraction of generation 0's pool the threshold filter keeps "
                                                     "(None: N / pool)", above=0, high=1)
-    hal_window: int = setting(10, "reverse steps in the Hal window (K)", low=2)
+    sampler: SamplerConfig = SamplerConfig()
     chunk_size: int = setting(20_000, "samples per compiled chunk", above=0)
-    hal_end: int = setting(0, "the Hal window ends this many steps before the last", low=0)
-    hal_reduction: str = setting("mean", "how Hal reduces the per-coordinate variances",
-                                 choices=tuple(HAL_REDUCTIONS))
-    clip_x0: bool = setting(False, "clip x0_hat to [-1, 1] while sampling the pools (images)")
 
     def check(self):
         if not self.filters or len(set(self.filters)) != len(self.filters):
             _fail("recursive.filters", "recursive.filters must be a non-empty list without repeats")
-        if self.hal_window > self.run.diffusion.timesteps:
-            _fail("recursive.hal_window", f"Hal window must be in 2..{self.run.diffusion.timesteps}, got "
-                                          f"{self.hal_window}")
+        if self.sampler.hal_window > self.run.diffusion.timesteps:
+            _fail("sampler.hal_window", f"Hal window must be in 2..{self.run.diffusion.timesteps}, got "
+                                        f"{self.sampler.hal_window}")
+        if self.sampler.objective != self.run.diffusion.objective:
+            object.__setattr__(self, "sampler", dataclasses.replace(self.sampler,
+                                                                    objective=self.run.diffusion.objective))
 
     @property
     def n(self) -> int:
@@ -460,6 +459,16 @@ def config_to_dict(config: RunConfig) -> dict:
     d["data"]["options"] = dict(config.data.options)
     d["model"]["options"] = dict(config.model.options)
     return d
+
+
+def sampler_from_dict(d: Mapping[str, Any]) -> SamplerConfig:
+    """Inverse of ``dataclasses.asdict`` of a :class:`SamplerConfig` (as a study's ``config.json`` holds it):
+    its lists as tuples, its detectors as :class:`~mijax.detectors.DetectorSpec`."""
+    d = dict(d)
+    if "detectors" in d:
+        d["detectors"] = tuple(spec if isinstance(spec, DetectorSpec) else DetectorSpec(**spec)
+                               for spec in d["detectors"])
+    return SamplerConfig(**d)
 
 
 def option_name(path: tuple[str, ...]) -> str:
@@ -588,5 +597,5 @@ def data_config(dataset: str, n_train: int | None = None, **options: Any) -> Dat
 __all__ = ["AbortConfig", "Config", "ConfigError", "DataConfig", "DiffusionConfig", "LR_DECAYS", "ModelConfig",
            "Pieces", "RecursiveConfig", "RunConfig", "RunError", "SAMPLERS", "SampleConfig", "SamplerConfig", "TrainConfig", "VARIANCES",
            "build", "option_name", "setting",
-           "config_from_dict", "config_to_dict", "data_config", "make_run_schedule", "paper_steps", "training_data",
+           "config_from_dict", "config_to_dict", "data_config", "sampler_from_dict", "make_run_schedule", "paper_steps", "training_data",
            "validate_config", "validate_training_size"]

@@ -3,7 +3,7 @@ registered data set.
 
 Generation 0 trains S models (one per seed) on real data. Each later generation trains NEW models from
 scratch, with the same recipe, on the samples the previous generation kept. Every model draws a pool of
-P samples with Hal, and a filter (:mod:`mijax.filters`) keeps N of them: ``none``, ``random``, ``variance``
+P samples with Hal (by ``config.sampler``: DDPM by default, as published), and a filter (:mod:`mijax.filters`) keeps N of them: ``none``, ``random``, ``variance``
 or ``threshold``. The threshold is calibrated on generation 0 (per seed: the Hal below which generation
 0's pool keeps a fraction ``threshold_keep`` of P; default N / P, so at generation 0 it keeps what
 ``variance`` keeps). The number it accepts varies, but the training set keeps N rows so every model shares
@@ -53,7 +53,7 @@ import numpy as np
 from mijax import collect, store
 from mijax import keys as streams
 from mijax.config import (RecursiveConfig, RunError, SamplerConfig, build, config_from_dict, config_to_dict,
-                          training_data, validate_config, validate_training_size)
+                          sampler_from_dict, training_data, validate_config, validate_training_size)
 from mijax.filters import calibrate_threshold, filter_indices
 from mijax.store import load_cache, read_json, save_npz, write_json
 from mijax.runs import data_sampler, fit
@@ -65,13 +65,15 @@ HAL_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 
 def pool_sampler(config: RecursiveConfig) -> SamplerConfig:
-    """The pools' sampler (the run's objective and the data set's Hal regions: :func:`mijax.runs.data_sampler`)."""
-    return data_sampler(config.run, SamplerConfig(hal_window=config.hal_window, hal_end=config.hal_end,
-                                                  hal_reduction=config.hal_reduction, clip_x0=config.clip_x0))
+    """The pools' sampler: ``config.sampler`` with the run's objective and the data set's Hal regions
+    (:func:`mijax.runs.data_sampler`)."""
+    return data_sampler(config.run, config.sampler)
 
 
 # Settings of mijax 0.1 that moved to the data set (its measurements), read and dropped from old studies.
 _MOVED_TO_DATASET = ("k", "ks", "lost_share", "hist_bins", "sliced_directions")
+# Sampler settings that a study held as its own fields before it held a SamplerConfig (``sampler``).
+_MOVED_TO_SAMPLER = ("hal_window", "hal_end", "hal_reduction", "clip_x0")
 
 
 def recursive_config_to_dict(config: RecursiveConfig) -> dict:
@@ -81,6 +83,10 @@ def recursive_config_to_dict(config: RecursiveConfig) -> dict:
 
 
 def recursive_config_from_dict(d) -> RecursiveConfig:
+    """Inverse of :func:`recursive_config_to_dict`; also reads the ``config.json`` of earlier studies (settings
+    that moved to the data set dropped; the flat Hal settings ``hal_window``, ``hal_end``, ``hal_reduction`` and
+    ``clip_x0`` of the studies before :attr:`~mijax.config.RecursiveConfig.sampler` read into it: the same
+    sampler, so such a study resumes)."""
     if not isinstance(d, dict):
         raise RunError("config.json does not describe a mijax recursive study")
     d = {key: value for key, value in d.items() if key not in _MOVED_TO_DATASET}
@@ -88,8 +94,12 @@ def recursive_config_from_dict(d) -> RecursiveConfig:
         run = config_from_dict(d.pop("run"))
         if "filters" in d:
             d["filters"] = tuple(d["filters"])
-        return RecursiveConfig(run=run, **d)
-    except (KeyError, TypeError) as e:
+        flat = {key: d.pop(key) for key in _MOVED_TO_SAMPLER if key in d}
+        if flat and "sampler" in d:
+            raise TypeError(f"both a sampler and the flat settings {', '.join(flat)}")
+        sampler = sampler_from_dict(d.pop("sampler", flat))
+        return RecursiveConfig(run=run, sampler=sampler, **d)
+    except (KeyError, TypeError, AttributeError) as e:
         raise RunError(f"config.json does not describe a mijax recursive study ({e})") from None
 
 

@@ -374,6 +374,62 @@ def test_experiment_set_converts_to_the_field_types(tmp_path, monkeypatch):
     assert isinstance(seen["overrides"]["abort_retentions"][1], float)
 
 
+def test_experiment_takes_the_sampler_options_and_refuses_what_it_cannot_draw(tmp_path, monkeypatch, capsys):
+    """mijax experiment takes mijax sample's reverse-sampler options (not Hal's) with the same checks, sets them
+    around the run, and refuses them for the experiments that draw with DDPM only (left out of `all`), before
+    any work; a finished experiment of `all` drawn with another sampler is not reused."""
+    from mijax import experiments
+    from mijax.experiments import common
+
+    seen = []
+    for name in experiments.names():
+        monkeypatch.setattr(experiments.load(name), "run",
+                            lambda target, name=name, **kw: seen.append((name, common.chosen_sampler())) or {})
+    out = str(tmp_path / "e")
+    for argv, chosen in ((["--sampler", "ddim", "--ddim-steps", "5", "--eta", "0.5"],
+                          {"sampler": "ddim", "ddim_steps": 5, "eta": 0.5}),
+                         (["--stochastic-steps", "2", "--sampler", "ddim", "--stochastic-at", "last"],
+                          {"sampler": "ddim", "stochastic_steps": 2, "stochastic_at": "last"}),
+                         (["--sampler", "ddpm", "--variance", "fixed_large"], {}),  # the defaults: as published
+                         ([], {})):
+        seen.clear()
+        assert main(["experiment", "distance-1d", "--profile", "smoke", "--overwrite", "--out", out, *argv]) == 0
+        assert seen == [("distance-1d", chosen)] and common.chosen_sampler() == {}
+    for name, argv, line in (
+            ("distance-1d", ["--eta", "0.5"], "--eta, --stochastic-steps and --stochastic-at apply to --sampler ddim "
+                                              "only (--sampler ddpm ignores them)"),
+            ("distance-1d", ["--sampler", "heun", "--variance", "fixed_small"], "--variance applies to DDPM's steps "
+                                                                                "only"),
+            ("distance-1d", ["--ddim-steps", "5"], "--ddim-steps and --skip apply to the step-skipping samplers"),
+            ("distance-1d", ["--sampler", "ddim", "--ddim-steps", "0"],
+             "--ddim-steps: sampler.ddim_steps must be > 0, got 0"),
+            ("distance-1d", ["--sampler", "ddim", "--ddim-steps", "41"],
+             "experiment distance-1d: --sampler ddim --ddim-steps 41 at T = 40: ddim steps must be in 1..40, got 41"),
+            ("distance-1d", ["--hal-window", "5"], "unrecognized arguments: --hal-window 5"),
+            ("score", ["--sampler", "ddim"], "experiment score does not take --sampler ddim: it compares the trained "
+                                             "denoiser with the exact one through the published DDPM on purpose"),
+            ("detectors", ["--sampler", "ddim"], "experiment detectors does not take --sampler ddim: its "
+                                                 "abort-and-resample study redraws with DDPM")):
+        msg = _error(capsys, ["experiment", name, "--profile", "smoke", "--out", str(tmp_path / "refused"), *argv])
+        assert msg.startswith(f"mijax: error: {line}"), msg
+    assert not (tmp_path / "refused").exists()
+    seen.clear()  # without its abort study, detectors draws with the chosen sampler
+    assert main(["experiment", "detectors", "--profile", "smoke", "--set", "abort_samples=0", "--out", out,
+                 "--overwrite", "--sampler", "dpmpp2m"]) == 0
+    assert seen == [("detectors", {"sampler": "dpmpp2m"})]
+    seen.clear()
+    capsys.readouterr()
+    assert main(["experiment", "all", "--profile", "smoke", "--out", str(tmp_path / "all"), "--sampler", "heun"]) == 0
+    printed = capsys.readouterr().out
+    assert "score: left out, it does not take --sampler heun" in printed and "detectors: left out" in printed
+    assert [name for name, _ in seen] == [n for n in experiments.names() if n not in ("score", "detectors")]
+    assert all(chosen == {"sampler": "heun"} for _, chosen in seen)
+    store.write_json(tmp_path / "all" / "interp-1d" / "metrics.json", {"sampler": {"sampler": "heun"}})
+    msg = _error(capsys, ["experiment", "all", "--profile", "smoke", "--out", str(tmp_path / "all")])
+    assert msg == (f"mijax: error: interp-1d finished earlier in {tmp_path / 'all' / 'interp-1d'} with another "
+                   "sampler (--sampler heun); pass --overwrite to rerun it, or choose another --out")
+
+
 def test_experiment_list_names_each_experiments_profiles(capsys):
     from mijax import experiments
 

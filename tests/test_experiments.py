@@ -213,9 +213,26 @@ def test_distance_1d_end_to_end(tmp_path):
     from mijax.experiments import distance_1d
 
     out = tmp_path / "dist"
-    m = distance_1d.run(out, "smoke", progress=False)
-    _check_outputs(out, m, ["histogram.png", "gap_density.png"])
-    assert list(m["gap_density_per_unit_length"]) == ["1-2", "2-4", "4-5"]
+    with common.shared_runs(tmp_path / "runs"):
+        m = distance_1d.run(out, "smoke", progress=False)
+        (run_dir,) = (tmp_path / "runs").iterdir()
+        _check_outputs(out, m, ["histogram.png", "gap_density.png"])
+        assert list(m["gap_density_per_unit_length"]) == ["1-2", "2-4", "4-5"]
+        # Drawn with DDPM as published: the cache's name of earlier versions, no sampler recorded.
+        ddpm = "samples-hal-502410846a.npz"
+        assert [p.name for p in run_dir.glob("samples-*.npz")] == [ddpm]
+        assert "sampler" not in m and "**Sampler:**" not in (out / "report.md").read_text()
+        # A reverse sampler chosen (mijax experiment --sampler ddim --ddim-steps 5): the same models drawn into a
+        # cache of its own, the sampler recorded in the metrics and the report.
+        with common.sampler_choice({"sampler": "ddim", "ddim_steps": 5, "eta": 0.0}) as chosen:
+            ddim = distance_1d.run(tmp_path / "ddim", "smoke", progress=False)
+    assert chosen == ddim["sampler"] == {"sampler": "ddim", "ddim_steps": 5}
+    _check_outputs(tmp_path / "ddim", ddim, ["histogram.png", "gap_density.png"])
+    assert ("**Sampler:** sampler ddim, ddim_steps 5 (`--sampler ddim --ddim-steps 5`)"
+            in (tmp_path / "ddim" / "report.md").read_text())
+    (other,) = {p.name for p in run_dir.glob("samples-*.npz")} - {ddpm}
+    with np.load(run_dir / other) as f, np.load(run_dir / ddpm) as g:
+        assert f["x"].shape == g["x"].shape == (2, 128, 1) and not np.array_equal(f["x"], g["x"])
 
 
 def test_gap_densities_count_per_unit_length():

@@ -14,8 +14,9 @@ from mijax import recursive
 from mijax.config import DataConfig, DiffusionConfig, RunConfig, RunError
 from mijax.data.mixtures import histogram_kl, mode_mass
 from mijax.filters import calibrate_threshold, filter_indices, threshold_keep_indices
-from mijax.config import RecursiveConfig
+from mijax.config import RecursiveConfig, SamplerConfig, config_to_dict
 from mijax.recursive import gen_dir, model_keys, run_recursive
+from mijax.runs import data_sampler
 from mijax.stats import sliced_wasserstein
 from mijax.config import TrainConfig
 
@@ -131,6 +132,29 @@ def test_config_validation_and_pool_size():
     assert recursive.recursive_config_from_dict(json.loads(json.dumps(recursive.recursive_config_to_dict(config)))) == config
 
 
+def test_a_study_of_the_flat_hal_settings_loads_into_the_same_sampler():
+    """A config.json written before RecursiveConfig held a SamplerConfig (Hal's settings as the study's own fields)
+    reads into the same study, so it resumes; the pools' sampler is the one those fields made."""
+    run = RunConfig(data=DataConfig(n_train=1000), train=mijax.TrainConfig(batch_size=1000))
+    old = {"run": config_to_dict(run), "generations": 3, "filters": ["none", "variance"], "pool_extra": 2500,
+           "pool_ratio": None, "threshold_keep": None, "hal_window": 6, "chunk_size": 500, "hal_end": 2,
+           "hal_reduction": "max", "clip_x0": True}
+    flat = SamplerConfig(hal_window=6, hal_end=2, hal_reduction="max", clip_x0=True)
+    loaded = recursive.recursive_config_from_dict(json.loads(json.dumps(old)))
+    assert loaded == RecursiveConfig(run=run, generations=3, filters=("none", "variance"), sampler=flat,
+                                     chunk_size=500)
+    assert recursive.pool_sampler(loaded) == data_sampler(run, flat)
+    defaults = {key: value for key, value in old.items() if key not in ("hal_window", "hal_end", "hal_reduction",
+                                                                        "clip_x0")}
+    assert recursive.recursive_config_from_dict(defaults).sampler == SamplerConfig()  # DDPM, Hal over t = 9..0
+    assert recursive.pool_sampler(RecursiveConfig()) == data_sampler(RunConfig(), SamplerConfig(
+        hal_window=10, hal_end=0, hal_reduction="mean", clip_x0=False))
+    with pytest.raises(RunError, match="does not describe a mijax recursive study"):
+        recursive.recursive_config_from_dict({**old, "sampler": {}})
+    ddim = RecursiveConfig(run=run, sampler=SamplerConfig(sampler="ddim", ddim_steps=20, hal_window=5))
+    assert recursive.recursive_config_from_dict(json.loads(json.dumps(recursive.recursive_config_to_dict(ddim)))) == ddim
+
+
 TOY = RecursiveConfig(
     run=RunConfig(data=DataConfig(dataset="gaussian1d", n_train=64, options={"modes": (1.0, 2.0)}),
                   diffusion=DiffusionConfig(timesteps=20),
@@ -223,6 +247,37 @@ def test_cli_recursive_equals_the_library(uninterrupted, tmp_path, capsys):
     assert main(argv[:-2] + ["--filters", "best", "--out", str(tmp_path / "bad")]) == 2
 
 
+def test_cli_recursive_takes_the_sampler_options(tmp_path, monkeypatch, capsys):
+    """`mijax recursive` takes mijax sample's sampler options into the study's sampler, and refuses the same
+    combinations in one line."""
+    from mijax.cli import main
+
+    seen = {}
+    monkeypatch.setattr(recursive, "run_recursive", lambda out, config, **kw: seen.update(config=config) or
+                        {"summary": {}})
+    argv = ["recursive", "--dataset", "gaussian1d", "--n-train", "64", "--batch-size", "32", "--timesteps", "20",
+            "--no-progress", "--out", str(tmp_path / "study")]
+    assert main(argv + ["--sampler", "ddim", "--ddim-steps", "8", "--skip", "quad", "--eta", "0.5",
+                        "--stochastic-steps", "2", "--variance", "fixed_small", "--hal-window", "4", "--clip-x0"]) == 0
+    assert seen["config"].sampler == SamplerConfig(sampler="ddim", ddim_steps=8, skip="quad", eta=0.5,
+                                                   stochastic_steps=2, variance="fixed_small", hal_window=4,
+                                                   clip_x0=True)
+    assert main(argv) == 0 and seen["config"].sampler == SamplerConfig()  # DDPM, as published
+    capsys.readouterr()
+    for extra, words in ((["--ddim-steps", "5"], "--ddim-steps and --skip apply to the step-skipping samplers"),
+                         (["--sampler", "heun", "--eta", "1"], "--eta, --stochastic-steps and --stochastic-at apply "
+                                                               "to --sampler ddim only (--sampler heun ignores them)"),
+                         (["--sampler", "ddim", "--variance", "fixed_small"], "--variance applies to DDPM's steps"),
+                         (["--hal-top-k", "3"], "--hal-top-k applies to --hal-reduction top_k only"),
+                         (["--sampler", "euler"], "--sampler: unknown sampler.sampler 'euler'"),
+                         (["--hal-window", "1"], "--hal-window: sampler.hal_window must be >= 2, got 1"),
+                         (["--hal-window", "21"], "--hal-window: Hal window must be in 2..20, got 21")):
+        assert main(argv + extra) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "study").exists()
+
+
 def test_experiment_report_and_figures(uninterrupted, tmp_path):
     from mijax.experiments.recursive import run_mixture_study
 
@@ -258,6 +313,18 @@ def test_experiment_configs_fit_their_profiles():
     assert smoke.generations == 3 and smoke.run.train.steps == 20 and smoke.run.data.options["modes"] == (1.0, 2.0, 3.0)
     for config in (quick, paper, smoke, recursive_1d.make_config("paper")):
         recursive.validate_recursive(config)
+    from mijax.experiments import common, recursive_shapes
+
+    # mijax experiment --sampler ddim --ddim-steps 5: the pools drawn with it, Hal over all its 5 steps (the
+    # published window of 10 ends at the last step); a window that cannot fit is refused in one line.
+    with common.sampler_choice({"sampler": "ddim", "ddim_steps": 5}):
+        chosen = recursive_1d.make_config("smoke")
+        assert chosen.sampler == SamplerConfig(sampler="ddim", ddim_steps=5, hal_window=5)
+        recursive.validate_recursive(chosen)
+        with pytest.raises(common.SamplerRefused, match="--sampler ddim --ddim-steps 5 takes 5 reverse steps at "
+                                                        "T = 16: Hal window must be in 2..5"):
+            recursive_shapes.make_config("smoke")
+    assert recursive_1d.make_config("smoke").sampler == SamplerConfig()  # outside the choice: DDPM, as published
 
 
 def test_variance_below_random_verdict_from_hand_made_cis():
