@@ -327,7 +327,7 @@ def shared_runs(folder: Path):
 
 # The SamplerConfig fields that `mijax experiment --sampler ...` chooses for every experiment; Hal's windows, its
 # reduction and clipping stay each experiment's own.
-SAMPLER_FIELDS = ("sampler", "variance", "ddim_steps", "skip", "eta", "stochastic_steps", "stochastic_at")
+SAMPLER_FIELDS = SamplerConfig.CHOICE
 _SAMPLER: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("mijax_sampler", default=None)
 
 

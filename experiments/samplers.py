@@ -91,6 +91,12 @@ PROFILES = {
 }
 
 
+def refuses_sampler(p: dict) -> Optional[str]:
+    """Why this experiment does not draw with a reverse sampler chosen by ``mijax experiment --sampler``: it
+    sweeps the samplers itself."""
+    return "it sweeps the samplers itself (its profile's sweep_samplers, sweep_steps, etas and stochastic fields)"
+
+
 # ---------------------------------------------------------------------------------------------
 # What is sampled.
 

@@ -299,7 +299,6 @@ FIGURES_HELP = ("also draw the first seed's samples (samples.png: the histogram 
 
 # The options of the reverse sampler (mijax sample, recursive and experiment) and of Hal (sample, recursive), each a
 # field of SamplerConfig.
-SAMPLER_FIELDS = ("sampler", "variance", "ddim_steps", "skip", "eta", "stochastic_steps", "stochastic_at")
 HAL_FIELDS = ("hal_window", "hal_end", "hal_reduction", "hal_top_k", "clip_x0")
 
 
@@ -310,7 +309,7 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, type=_path, help="a run directory made by mijax train")
     _add_fields(p, config.SampleConfig, "sample", ("n", "seed", "kernel", "chunk_size", "precision"),
                 required=("n",))
-    _add_fields(p, config.SamplerConfig, "sampler", SAMPLER_FIELDS + HAL_FIELDS + ("jac_probes",))
+    _add_fields(p, config.SamplerConfig, "sampler", config.SamplerConfig.CHOICE + HAL_FIELDS + ("jac_probes",))
     p.add_argument("--detectors", default=None,
                    help="more hallucination scores in the same pass, comma-separated, each NAME (window t = 9..0) "
                         "or NAME@END:LENGTH (lid@T0): " + ", ".join(DETECTORS) + "; the .npz gains score_<name> "
@@ -338,7 +337,7 @@ def _add_recursive_arguments(p: argparse.ArgumentParser) -> None:
     _add_fields(p, config.RecursiveConfig, "recursive", ("generations", "filters", "pool_extra", "pool_ratio",
                                                           "threshold_keep", "chunk_size"))
     _add_fields(p.add_argument_group("how the pools are sampled"), config.SamplerConfig, "sampler",
-                SAMPLER_FIELDS + HAL_FIELDS)
+                config.SamplerConfig.CHOICE + HAL_FIELDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -393,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default: DDPM over all T steps, as published. Each experiment keeps its own Hal windows, counted in the "
         "sampler's reverse steps; score, and detectors with its abort study, draw with DDPM only and are refused "
         "(left out of `all`); the report and metrics.json record the sampler")
-    _add_fields(sampling, config.SamplerConfig, "sampler", SAMPLER_FIELDS)
+    _add_fields(sampling, config.SamplerConfig, "sampler", config.SamplerConfig.CHOICE)
     _add_recursive_arguments(sub.add_parser("recursive", help="recursive training on generated data, with and "
                                             "without Hal filtering; rerun the same command to resume"))
     sub.add_parser("bench", help="throughput and memory of sampling and training (`mijax bench --help`)")
@@ -466,7 +465,7 @@ def _train(a) -> None:
 
 
 def _sampler_options(a) -> dict:
-    """The sampler's options given on the command line, {field: value} (of :data:`SAMPLER_FIELDS`, and of
+    """The sampler's options given on the command line, {field: value} (of :attr:`mijax.config.SamplerConfig.CHOICE`, and of
     :data:`HAL_FIELDS` where the command has them), refused in one line where the chosen sampler or Hal
     reduction would ignore one: ``--ddim-steps`` and ``--skip`` with DDPM, ``--eta`` and the stochastic steps
     without DDIM, ``--variance`` without a DDPM step, ``--hal-top-k`` without the ``top_k`` reduction. The same
@@ -477,9 +476,13 @@ def _sampler_options(a) -> dict:
     name = sampler.get("sampler", SamplerConfig.sampler)
     if name == "ddpm" and ({"ddim_steps", "skip"} & set(sampler)):
         raise UsageError("--ddim-steps and --skip apply to the step-skipping samplers (ddim, heun, dpmpp2m) only")
-    if name != "ddim" and ({"eta", "stochastic_steps", "stochastic_at"} & set(sampler)):
-        raise UsageError(f"--eta, --stochastic-steps and --stochastic-at apply to --sampler ddim only (--sampler "
-                         f"{name} ignores them)")
+    if name != "ddim" and ({"eta", "stochastic_steps", "stochastic_at", "stochastic_from"} & set(sampler)):
+        raise UsageError(f"--eta, --stochastic-steps, --stochastic-at and --stochastic-from apply to --sampler ddim "
+                         f"only (--sampler {name} ignores them)")
+    window = sampler.get("stochastic_at") == "window"
+    if window != ("stochastic_from" in sampler) or (window and not sampler.get("stochastic_steps")):
+        raise UsageError("--stochastic-at window takes --stochastic-steps K and --stochastic-from T (the timestep "
+                         "its K steps start from), and --stochastic-from only that")
     stochastic = name == "ddpm" or sampler.get("stochastic_steps", 0) > 0
     if not stochastic and "variance" in sampler:
         raise UsageError(f"--variance applies to DDPM's steps only: --sampler ddpm, or ddim's --stochastic-steps "

@@ -325,6 +325,9 @@ class SamplerConfig(Config):
     """
 
     SECTION: ClassVar[str] = "sampler"
+    # The fields that choose the reverse sampler and its steps (the rest are Hal's, the detectors' and recording's).
+    CHOICE: ClassVar[tuple[str, ...]] = ("sampler", "variance", "ddim_steps", "skip", "eta", "stochastic_steps",
+                                         "stochastic_at", "stochastic_from")
     sampler: str = setting("ddpm", "the reverse sampler: ddpm (ancestral, published), ddim, heun (probability-flow "
                                    "ODE, second order), dpmpp2m (DPM-Solver++ 2M)", choices=SAMPLERS)
     variance: str = setting("fixed_large", "DDPM only: the step variance (fixed_large: beta_t, as published)",

@@ -390,14 +390,21 @@ def test_experiment_takes_the_sampler_options_and_refuses_what_it_cannot_draw(tm
                           {"sampler": "ddim", "ddim_steps": 5, "eta": 0.5}),
                          (["--stochastic-steps", "2", "--sampler", "ddim", "--stochastic-at", "last"],
                           {"sampler": "ddim", "stochastic_steps": 2, "stochastic_at": "last"}),
+                         (["--sampler", "ddim", "--stochastic-steps", "2", "--stochastic-at", "window",
+                           "--stochastic-from", "20"],
+                          {"sampler": "ddim", "stochastic_steps": 2, "stochastic_at": "window", "stochastic_from": 20}),
                          (["--sampler", "ddpm", "--variance", "fixed_large"], {}),  # the defaults: as published
                          ([], {})):
         seen.clear()
         assert main(["experiment", "distance-1d", "--profile", "smoke", "--overwrite", "--out", out, *argv]) == 0
         assert seen == [("distance-1d", chosen)] and common.chosen_sampler() == {}
     for name, argv, line in (
-            ("distance-1d", ["--eta", "0.5"], "--eta, --stochastic-steps and --stochastic-at apply to --sampler ddim "
-                                              "only (--sampler ddpm ignores them)"),
+            ("distance-1d", ["--eta", "0.5"], "--eta, --stochastic-steps, --stochastic-at and --stochastic-from apply "
+                                              "to --sampler ddim only (--sampler ddpm ignores them)"),
+            ("distance-1d", ["--sampler", "ddim", "--stochastic-steps", "2", "--stochastic-at", "window"],
+             "--stochastic-at window takes --stochastic-steps K and --stochastic-from T"),
+            ("samplers", ["--sampler", "ddim"], "experiment samplers does not take --sampler ddim: it sweeps the "
+                                                "samplers itself"),
             ("distance-1d", ["--sampler", "heun", "--variance", "fixed_small"], "--variance applies to DDPM's steps "
                                                                                 "only"),
             ("distance-1d", ["--ddim-steps", "5"], "--ddim-steps and --skip apply to the step-skipping samplers"),
@@ -422,7 +429,8 @@ def test_experiment_takes_the_sampler_options_and_refuses_what_it_cannot_draw(tm
     assert main(["experiment", "all", "--profile", "smoke", "--out", str(tmp_path / "all"), "--sampler", "heun"]) == 0
     printed = capsys.readouterr().out
     assert "score: left out, it does not take --sampler heun" in printed and "detectors: left out" in printed
-    assert [name for name, _ in seen] == [n for n in experiments.names() if n not in ("score", "detectors")]
+    left_out = ("score", "samplers", "detectors")
+    assert [name for name, _ in seen] == [n for n in experiments.names() if n not in left_out]
     assert all(chosen == {"sampler": "heun"} for _, chosen in seen)
     store.write_json(tmp_path / "all" / "interp-1d" / "metrics.json", {"sampler": {"sampler": "heun"}})
     msg = _error(capsys, ["experiment", "all", "--profile", "smoke", "--out", str(tmp_path / "all")])
@@ -467,10 +475,12 @@ def test_sampling_a_run_reads_its_configuration_once_and_builds_once(trained, mo
 
 
 def test_sample_with_every_sampler(trained, tmp_path, capsys):
-    for options in (["--sampler", "heun", "--ddim-steps", "8"], ["--sampler", "dpmpp2m", "--ddim-steps", "8"],
+    for i, options in enumerate((["--sampler", "heun", "--ddim-steps", "8"], ["--sampler", "dpmpp2m", "--ddim-steps", "8"],
                     ["--sampler", "ddim", "--ddim-steps", "8", "--skip", "quad", "--stochastic-steps", "2",
-                     "--stochastic-at", "last", "--variance", "fixed_small"]):
-        out = tmp_path / f"{options[1]}.npz"
+                     "--stochastic-at", "last", "--variance", "fixed_small"],
+                    ["--sampler", "ddim", "--ddim-steps", "8", "--stochastic-steps", "3", "--stochastic-at", "window",
+                     "--stochastic-from", "15"])):
+        out = tmp_path / f"{i}.npz"
         assert main(["sample", "--run", str(trained), "--n", "8", "--hal-window", "3", "--no-progress", *options,
                      "--out", str(out)]) == 0
         with np.load(out) as f:
