@@ -279,7 +279,8 @@ def plot_steps(path: Path, p: dict, block: dict, title: str) -> str:
     series = {f: [fam.get(s, {"mean": None, "low": None, "high": None}) for s in xs] for f, fam in families.items()}
     ddpm = block["ddpm"]["rate"]["mean"]
     return plots.plot_ci_bands(path, xs, series, "steps", "hallucination rate (%)", title, scale=100.0, logx=True,
-                               reference={"ddpm, all T steps": ddpm * 100.0} if ddpm is not None else None,
+                               logy=True,
+                               reference={"ddpm, all T steps": ddpm} if ddpm is not None else None,
                                bounds=(0.0, 1.0))
 
 
@@ -293,7 +294,7 @@ def plot_stochastic(path: Path, p: dict, blocks: dict, title: str) -> str:
             row += [block[f"ddim {p['base_steps']} + {k} {at}"]["rate"] for k in p["stochastic"]]
             series[f"{score}, {at}"] = row
         if block["ddpm"]["rate"]["mean"] is not None:
-            reference[f"ddpm ({score})"] = block["ddpm"]["rate"]["mean"] * 100.0
+            reference[f"ddpm ({score})"] = block["ddpm"]["rate"]["mean"]
     return plots.plot_ci_bands(path, xs, series, "stochastic (DDPM) steps inside DDIM", "hallucination rate (%)",
                                title, scale=100.0, reference=reference, bounds=(0.0, 1.0))
 
@@ -332,10 +333,10 @@ def plot_trajectories(path: Path, run_dir: Path, p: dict) -> str:
                     color=f"C{index}", label=name if index == 0 else None)
     for m in np.asarray(mixture.means)[:, 0]:
         ax.axhline(m, color="grey", lw=0.5)
-    ax.invert_xaxis()
+    ax.set_xlim(min(T - 1, max(50, T // 4)), -1)
     ax.set_xlabel("t (reverse time; -1: the sample)")
     ax.set_ylabel("x_t")
-    ax.set_title(f"the same x_T through DDPM (solid) and DDIM (dashed), seed 0; {half} DDIM hallucinations")
+    ax.set_title(f"same x_T: DDPM (solid), DDIM (dashed); {half} DDIM hallucinations, seed 0", fontsize=10)
     ax.legend(fontsize=8)
     return plots.save(figure, path)
 
