@@ -486,6 +486,16 @@ def _latest_done(run_dir: Path) -> int:
         return 0
 
 
+# SamplerConfig fields added after samples were first cached: at their defaults they are left out of the caches'
+# names, so that the samples cached before keep their names.
+_LATER_SAMPLER_FIELDS = {"stochastic_from": None}
+
+
+def _sampler_key(sampler: SamplerConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(sampler).items()
+            if not (k in _LATER_SAMPLER_FIELDS and v == _LATER_SAMPLER_FIELDS[k])}
+
+
 def _cache_name(tag: str, **settings) -> str:
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"samples-{tag}-{digest}.npz"
@@ -500,7 +510,7 @@ def sample(run_dir: Path, n: int, sampler: Optional[SamplerConfig] = None, seed:
     sampler = SamplerConfig() if sampler is None else sampler
     if _SAMPLER.get():
         sampler = with_chosen(sampler, load_config(run_dir).diffusion.timesteps)
-    path = run_dir / _cache_name("hal", n=n, seed=seed, sampler=dataclasses.asdict(sampler))
+    path = run_dir / _cache_name("hal", n=n, seed=seed, sampler=_sampler_key(sampler))
     cached = load_cache(path, ("x", "hal"))
     if cached is not None:
         collect.check_finite(cached)

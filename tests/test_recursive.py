@@ -265,8 +265,9 @@ def test_cli_recursive_takes_the_sampler_options(tmp_path, monkeypatch, capsys):
     assert main(argv) == 0 and seen["config"].sampler == SamplerConfig()  # DDPM, as published
     capsys.readouterr()
     for extra, words in ((["--ddim-steps", "5"], "--ddim-steps and --skip apply to the step-skipping samplers"),
-                         (["--sampler", "heun", "--eta", "1"], "--eta, --stochastic-steps and --stochastic-at apply "
-                                                               "to --sampler ddim only (--sampler heun ignores them)"),
+                         (["--sampler", "heun", "--eta", "1"], "--eta, --stochastic-steps, --stochastic-at and "
+                                                               "--stochastic-from apply to --sampler ddim only "
+                                                               "(--sampler heun ignores them)"),
                          (["--sampler", "ddim", "--variance", "fixed_small"], "--variance applies to DDPM's steps"),
                          (["--hal-top-k", "3"], "--hal-top-k applies to --hal-reduction top_k only"),
                          (["--sampler", "euler"], "--sampler: unknown sampler.sampler 'euler'"),
