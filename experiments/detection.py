@@ -154,9 +154,8 @@ Timing (s): {timer.seconds}.
 def _figures_and_section(out, tag, dataset, mixture, x, hal, summary, windows, p) -> str:
     positives = np.asarray(labels(mixture, x, common.K))
     thr = detection.removal_at_retention(hal, positives, 0.96)["threshold"]
-    plots.plot_hal_histograms(out / f"hal_{tag}.png", hal, positives, threshold=thr,
-                              threshold_label="keeps 96% in-support",
-                              title=f"{dataset}, seed 0: Hal over t = 9..0 (k = 5)")
+    plots.plot_hal_histograms(hal, positives, threshold=thr, threshold_label="keeps 96% in-support",
+                              title=f"{dataset}, seed 0: Hal over t = 9..0 (k = 5)", path=out / f"hal_{tag}.png")
     curves = {}
     for k in common.KS:
         pos = np.asarray(labels(mixture, x, k))
@@ -167,7 +166,7 @@ def _figures_and_section(out, tag, dataset, mixture, x, hal, summary, windows, p
     if 0 < blurred.sum() < blurred.size:
         fpr, tpr, _ = detection.roc_curve(hal, blurred)
         curves["blur-adjusted k = 5"] = (fpr, tpr, detection.auroc(hal, blurred))
-    plots.plot_roc(out / f"roc_{tag}.png", curves, title=f"{dataset}, seed 0: detection by Hal")
+    plots.plot_roc(curves, title=f"{dataset}, seed 0: detection by Hal", path=out / f"roc_{tag}.png")
     ends = sorted({e for e, _ in windows})
     lengths = sorted({k for _, k in windows})
     grid = np.full((len(ends), len(lengths)), np.nan)

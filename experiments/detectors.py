@@ -277,7 +277,7 @@ def _setting(out: Path, tag: str, config, sampler: SamplerConfig, num_samples: i
         if 0 < positives[0].sum() < positives[0].size and not np.isnan(score).any():
             fpr, tpr, _ = detection.roc_curve(score, positives[0])
             curves[name] = (fpr, tpr, detection.auroc(score, positives[0]))
-    plots.plot_roc(out / f"roc_{tag}.png", curves, title=f"{config.data.dataset}, seed 0: every detector")
+    plots.plot_roc(curves, title=f"{config.data.dataset}, seed 0: every detector", path=out / f"roc_{tag}.png")
     if abort:
         block["abort"] = abort_study(run_dir, p, data, result, positives, progress)
         timer.lap("abort")

@@ -55,8 +55,9 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     gaps = {name: common.ci(dens[:, i]) for i, name in enumerate(names)}
     far, near_ci = gaps[names[1]], common.ci(near)
     holds = None if near_ci["mean"] in (None, 0.0) else bool(far["mean"] < 0.5 * near_ci["mean"])
-    plots.plot_histogram_1d(out / "histogram.png", result["x"][0], mixture, labels(mixture, result["x"][0], common.K), k=common.K,
-                            title=f"modes 1, 2, 4, 5, seed 0: {p['num_samples']:,} samples vs the true density")
+    plots.plot_histogram_1d(result["x"][0], mixture, labels(mixture, result["x"][0], common.K), k=common.K,
+                            title=f"modes 1, 2, 4, 5, seed 0: {p['num_samples']:,} samples vs the true density",
+                            path=out / "histogram.png")
     figure = common.new_figure(5.0, 3.8)
     ax = figure.subplots()
     means = [gaps[n]["mean"] or 0.0 for n in names]
