@@ -15,6 +15,11 @@ from mijax.data.mixtures import blur_adjusted_labels, labels
 from mijax.mixtures import mass_beyond
 
 SUMMARY = "Hal detects hallucinations (1D, 2D): ROC/AUROC, 95%-removal / 96%-retention points, window sweep, vs random"
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 0.7 min, with the models
+# interp-1d and grid-2d had trained in the same folder of runs (`--runs`); alone it trains them first, a run not
+# measured.
+QUICK_MINUTES: Optional[float] = 0.7
+QUICK_REUSES = ("interp-1d", "grid-2d")  # the experiments whose models that run reused
 ENDS = (0, 10, 25, 50, 100)
 LENGTHS = (5, 10, 20, 50)
 DEFAULT_WINDOW = (0, 10)  # t = 9..0, the published code's

@@ -14,6 +14,9 @@ from mijax import plots
 from mijax.config import build
 
 SUMMARY = "5x5 grid and rotated grid (Fig. 3): hallucinations lie between nearest modes, none along x when rotated"
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 10.7 min (`/usr/bin/time`;
+# training both grids 10.1 min).
+QUICK_MINUTES: Optional[float] = 10.7
 DATASETS = ("gaussian25", "gaussian25_rotated")
 ORIENTATIONS = ("horizontal", "vertical", "diagonal", "other")
 

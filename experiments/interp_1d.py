@@ -13,6 +13,9 @@ from mijax import plots
 from mijax.config import ConfigError, TrainConfig, build, setting
 
 SUMMARY = "1D modes (1,2,3): samples between modes (Fig. 2); hallucination rate vs training-set size"
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 7.8 min (`/usr/bin/time`;
+# training 6.6 min).
+QUICK_MINUTES: Optional[float] = 7.8
 MODES = (1.0, 2.0, 3.0)
 
 

@@ -25,6 +25,9 @@ from mijax.experiments.recursive import (FILTER_COLOURS, IMAGE_STUDY, ImageStudy
 from mijax.config import RecursiveConfig
 
 SUMMARY = "recursive training on digits: Fréchet distance per generation, none vs random vs variance (Hal) filtering"
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 13.1 min (`/usr/bin/time`:
+# 13:08).
+QUICK_MINUTES: Optional[float] = 13.1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

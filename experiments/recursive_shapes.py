@@ -26,6 +26,9 @@ from mijax.experiments.recursive import (FILTER_COLOURS, IMAGE_STUDY, ImageStudy
 from mijax.config import RecursiveConfig
 
 SUMMARY = "recursive training on SHAPES: duplicate share per generation, none vs random vs variance (Hal) filtering"
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 26.0 min (`/usr/bin/time`:
+# 25:58).
+QUICK_MINUTES: Optional[float] = 26.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

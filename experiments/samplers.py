@@ -26,6 +26,9 @@ from mijax.training import eval_params
 
 SUMMARY = ("DDIM against DDPM and the ODE solvers: hallucination rate by sampler, steps, eta and stochastic steps, "
            "learned and exact score")
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 16 min 54 s (`/usr/bin/time`;
+# training 664 s, sampling 341 s), every model trained by the experiment itself.
+QUICK_MINUTES: Optional[float] = 16.9
 SETTINGS = {"gaussian1d": ("1d", (1.0, 2.0, 3.0)), "gaussian25": ("2d", None), "gaussian25_rotated": ("2d", None)}
 SCORES = ("learned", "exact")
 HOLDS = {"more": "**yes**", "less": "**no** (less, apart)", "not apart": "**not decided** (overlap)",

@@ -19,6 +19,10 @@ from mijax.config import SamplerConfig, setting
 from mijax.sampling import sample
 
 SUMMARY = "learned eps_theta (smooth) vs exact eps* (jumps) at small t (Fig. 4); exact-score sampling does not interpolate"
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 0.2 min, with the 1D models
+# interp-1d had trained in the same folder of runs (`--runs`); alone it trains them first, a run not measured.
+QUICK_MINUTES: Optional[float] = 0.2
+QUICK_REUSES = ("interp-1d",)  # the experiments whose models that run reused
 MODES = (1.0, 2.0, 3.0)
 TIMES = (0, 5, 10, 25, 50)
 
