@@ -7,6 +7,10 @@ overrides: dict | None = None) -> dict`` (``overrides`` changes some of the prof
 converted to its field's type, as ``--set`` does), which writes ``metrics.json``, ``report.md`` and PNG figures
 into ``out`` and returns the metrics. Modules are imported only when run or listed.
 
+Each also gives ``QUICK_MINUTES``, the quick profile's wall time measured on 2 CPU cores (None: not measured),
+and where that run reused the models of experiments run before it in the same folder of runs, their names
+(``QUICK_REUSES``); ``mijax experiment --list`` prints both beside the profiles.
+
 Every experiment draws its samples with the reverse sampler chosen around it
 (:func:`mijax.experiments.common.sampler_choice`, ``mijax experiment --sampler ...``; DDPM as published by
 default). A module that cannot also defines ``refuses_sampler(p: dict) -> str | None``: for its resolved

@@ -658,10 +658,11 @@ def save_figure(figure, path) -> str:
 def plot_ci_lines(path, xs: Sequence[float], series: Mapping[str, list[dict]], xlabel: str, ylabel: str,
                   title: str, logx: bool = False, logy: bool = False, reference: Optional[Mapping[str, float]] = None,
                   scale: float = 1.0, bounds: Optional[tuple[float, float]] = None) -> str:
-    """Lines of per-seed means with 95% CI bands, one per series ({name: [ci dict per x]}); ``bounds``: the
-    values' range, bands clipped to it (the intervals of shares and AUROCs are inside (0, 1) already)."""
-    return plots.plot_ci_bands(path, xs, series, xlabel, ylabel, title, scale=scale, logx=logx, logy=logy,
-                               reference=reference, bounds=bounds)
+    """Lines of per-seed means with 95% CI bands, one per series ({name: [ci dict per x]}), written to ``path``
+    (returned as a string); ``bounds``: the values' range, bands clipped to it (the intervals of shares and
+    AUROCs are inside (0, 1) already)."""
+    return plots.save(plots.plot_ci_bands(xs, series, xlabel, ylabel, title, scale=scale, logx=logx, logy=logy,
+                                          reference=reference, bounds=bounds), path)
 
 
 def start(profiles: Mapping[str, Profile], profile: str, seeds: Optional[int], overrides: Optional[dict],

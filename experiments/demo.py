@@ -98,16 +98,17 @@ def _run(out: Path, config: DemoConfig, progress: bool) -> dict:
         "detection": plain,
         "detection_blur_adjusted": blurred,
     }
-    plots.plot_histogram_1d(out / "histogram.png", x, mixture, positives, k=config.k,
-                            title=f"{config.num_samples:,} samples of the trained DDPM vs the true density")
+    plots.plot_histogram_1d(x, mixture, positives, k=config.k,
+                            title=f"{config.num_samples:,} samples of the trained DDPM vs the true density",
+                            path=out / "histogram.png")
     threshold = plain["removal_at_retention"]["threshold"]
-    plots.plot_hal_histograms(out / "hal_histograms.png", hal, positives, threshold=threshold,
-                              threshold_label="keeps 96% in-support",
-                              title=f"Hal (variance of x0_hat over t = 9..0), k = {config.k:g}")
+    plots.plot_hal_histograms(hal, positives, threshold=threshold, threshold_label="keeps 96% in-support",
+                              title=f"Hal (variance of x0_hat over t = 9..0), k = {config.k:g}",
+                              path=out / "hal_histograms.png")
     curves = {f"k = {config.k:g} sigma": (*detection.roc_curve(hal, positives)[:2], plain["auroc"])}
     if blurred["auroc"] is not None:
         curves["blur-adjusted"] = (*detection.roc_curve(hal, blurred_positives)[:2], blurred["auroc"])
-    plots.plot_roc(out / "roc.png", curves, title="Detecting hallucinations by Hal")
+    plots.plot_roc(curves, title="Detecting hallucinations by Hal", path=out / "roc.png")
     write_text(out / "report.md", _report(config, metrics))
     write_json(out / "metrics.json", metrics)  # last: it marks the demo finished
     return metrics

@@ -15,6 +15,11 @@ from mijax.data.mixtures import blur_adjusted_labels, labels
 from mijax.mixtures import mass_beyond
 
 SUMMARY = "Hal detects hallucinations (1D, 2D): ROC/AUROC, 95%-removal / 96%-retention points, window sweep, vs random"
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 0.7 min, with the models
+# interp-1d and grid-2d had trained in the same folder of runs (`--runs`); alone it trains them first, a run not
+# measured.
+QUICK_MINUTES: Optional[float] = 0.7
+QUICK_REUSES = ("interp-1d", "grid-2d")  # the experiments whose models that run reused
 ENDS = (0, 10, 25, 50, 100)
 LENGTHS = (5, 10, 20, 50)
 DEFAULT_WINDOW = (0, 10)  # t = 9..0, the published code's
@@ -154,9 +159,8 @@ Timing (s): {timer.seconds}.
 def _figures_and_section(out, tag, dataset, mixture, x, hal, summary, windows, p) -> str:
     positives = np.asarray(labels(mixture, x, common.K))
     thr = detection.removal_at_retention(hal, positives, 0.96)["threshold"]
-    plots.plot_hal_histograms(out / f"hal_{tag}.png", hal, positives, threshold=thr,
-                              threshold_label="keeps 96% in-support",
-                              title=f"{dataset}, seed 0: Hal over t = 9..0 (k = 5)")
+    plots.plot_hal_histograms(hal, positives, threshold=thr, threshold_label="keeps 96% in-support",
+                              title=f"{dataset}, seed 0: Hal over t = 9..0 (k = 5)", path=out / f"hal_{tag}.png")
     curves = {}
     for k in common.KS:
         pos = np.asarray(labels(mixture, x, k))
@@ -167,7 +171,7 @@ def _figures_and_section(out, tag, dataset, mixture, x, hal, summary, windows, p
     if 0 < blurred.sum() < blurred.size:
         fpr, tpr, _ = detection.roc_curve(hal, blurred)
         curves["blur-adjusted k = 5"] = (fpr, tpr, detection.auroc(hal, blurred))
-    plots.plot_roc(out / f"roc_{tag}.png", curves, title=f"{dataset}, seed 0: detection by Hal")
+    plots.plot_roc(curves, title=f"{dataset}, seed 0: detection by Hal", path=out / f"roc_{tag}.png")
     ends = sorted({e for e, _ in windows})
     lengths = sorted({k for _, k in windows})
     grid = np.full((len(ends), len(lengths)), np.nan)

@@ -23,6 +23,9 @@ from mijax.config import SamplerConfig
 from mijax.training import eval_params
 
 SUMMARY = "Beyond the paper: 8 hallucination detectors compared on the same samples (1D, 2D, rotated 2D), cost, how early"
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 33.7 min (`/usr/bin/time`;
+# every model trained from scratch: training 26.8 min, sampling 4.1 min).
+QUICK_MINUTES: Optional[float] = 33.7
 NAMES = tuple(detectors_lib.DETECTORS)  # every registered detector, default windows (t = 9..0; lid at t0 = 10)
 EARLY = ("hal", "xt_var", "path_length", "eps_norm", "jac_trace", "jac_frob")  # the windowed ones, swept in t_e
 EARLY_ENDS = (0, 10, 25, 50, 100, 200, 400)  # windows of EARLY_LENGTH steps ending t_e steps before the last
@@ -277,7 +280,7 @@ def _setting(out: Path, tag: str, config, sampler: SamplerConfig, num_samples: i
         if 0 < positives[0].sum() < positives[0].size and not np.isnan(score).any():
             fpr, tpr, _ = detection.roc_curve(score, positives[0])
             curves[name] = (fpr, tpr, detection.auroc(score, positives[0]))
-    plots.plot_roc(out / f"roc_{tag}.png", curves, title=f"{config.data.dataset}, seed 0: every detector")
+    plots.plot_roc(curves, title=f"{config.data.dataset}, seed 0: every detector", path=out / f"roc_{tag}.png")
     if abort:
         block["abort"] = abort_study(run_dir, p, data, result, positives, progress)
         timer.lap("abort")

@@ -14,6 +14,9 @@ from mijax import plots
 from mijax.config import build
 
 SUMMARY = "5x5 grid and rotated grid (Fig. 3): hallucinations lie between nearest modes, none along x when rotated"
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 10.7 min (`/usr/bin/time`;
+# training both grids 10.1 min).
+QUICK_MINUTES: Optional[float] = 10.7
 DATASETS = ("gaussian25", "gaussian25_rotated")
 ORIENTATIONS = ("horizontal", "vertical", "diagonal", "other")
 
@@ -122,8 +125,8 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
             test = (f"under 5% of hallucinations lie between x-axis neighbours: {common.fmt(f['horizontal'], pct=True)} (k = 5), "
                     f"{common.fmt(fb['horizontal'], pct=True)} (blur-adjusted)")
         metrics["datasets"][dataset] = block
-        plots.plot_scatter_2d(out / f"scatter_{dataset}.png", x[0], mixture, labels(mixture, x[0], common.K), k=common.K,
-                              title=f"{dataset}, seed 0: {p['num_samples']:,} samples")
+        plots.plot_scatter_2d(x[0], mixture, labels(mixture, x[0], common.K), k=common.K,
+                              title=f"{dataset}, seed 0: {p['num_samples']:,} samples", path=out / f"scatter_{dataset}.png")
         tallies = " | ".join(common.fmt(f[name], pct=True) for name in ORIENTATIONS + ("nearest",))
         tallies_blur = " | ".join(common.fmt(fb[name], pct=True) for name in ORIENTATIONS + ("nearest",))
         sections.append(f"""## {dataset}

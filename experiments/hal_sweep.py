@@ -186,15 +186,15 @@ def hal_figures(out: Path, classes, table: np.ndarray, windows, results: dict, r
         scores = np.concatenate([table[s, rows, w, r] for s, (rows, _) in enumerate(classes)])
         positives = np.concatenate([pos for _, pos in classes])
         d = results[keys[w]]
-        figures[f"hal_{reduction}"] = plots.plot_hal_histograms(
-            out / f"hal_{reduction}.png", scores, positives, threshold=d["removal_at_retention"]["threshold"],
+        figures[f"hal_{reduction}"] = plots.save(plots.plot_hal_histograms(
+            scores, positives, threshold=d["removal_at_retention"]["threshold"],
             threshold_label=f"96% of {kept} kept", names=names,
-            title=f"Hal ({reduction}, {window_text(windows[w])}): {names[0]} vs {names[1]}")
+            title=f"Hal ({reduction}, {window_text(windows[w])}): {names[0]} vs {names[1]}"), out / f"hal_{reduction}.png")
         if 0 < positives.sum() < positives.size:
             fpr, tpr, _ = detection.roc_curve(scores, positives)
             curves[f"{reduction}, {window_text(windows[w])}"] = (fpr, tpr, d["auroc"])
     if curves:
-        figures["roc"] = plots.plot_roc(out / "roc.png", curves, roc_title)
+        figures["roc"] = plots.save(plots.plot_roc(curves, roc_title), out / "roc.png")
     return figures
 
 

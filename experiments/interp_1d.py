@@ -13,6 +13,9 @@ from mijax import plots
 from mijax.config import ConfigError, TrainConfig, build, setting
 
 SUMMARY = "1D modes (1,2,3): samples between modes (Fig. 2); hallucination rate vs training-set size"
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 7.8 min (`/usr/bin/time`;
+# training 6.6 min).
+QUICK_MINUTES: Optional[float] = 7.8
 MODES = (1.0, 2.0, 3.0)
 
 
@@ -72,8 +75,9 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     figures = []
     for n_train in (p["sizes"][0], p["sizes"][-1]):
         name = f"histogram_n{n_train}.png"
-        plots.plot_histogram_1d(out / name, samples_by_size[n_train][0], mixture, labels(mixture, samples_by_size[n_train][0], common.K), k=common.K,
-                                title=f"N = {n_train:,} (seed 0): {p['num_samples']:,} samples vs the true density")
+        plots.plot_histogram_1d(samples_by_size[n_train][0], mixture, labels(mixture, samples_by_size[n_train][0], common.K),
+                                k=common.K, title=f"N = {n_train:,} (seed 0): {p['num_samples']:,} samples vs the true density",
+                                path=out / name)
         figures.append(name)
     common.plot_ci_lines(out / "rate_vs_n.png", list(p["sizes"]),
                          {f"k = {k:g}": [row["rates"][i]["rate"] for row in per_size]

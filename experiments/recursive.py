@@ -235,9 +235,10 @@ def write_figures(out: Path, config: RecursiveConfig, result: dict) -> dict:
             ("sliced_w1", "sliced_w1", 1.0, "sliced W1 to the true law", "Distance to the true distribution")):
         series = {f"{f} filter": result["summary"][f][key] for f in config.filters}
         colours = {f"{f} filter": FILTER_COLOURS.get(f) for f in config.filters}
-        figures[name] = plots.plot_ci_bands(out / f"{key}.png", list(range(config.generations)), series, "generation", ylabel,
-                                            f"{title} (mean, 95% CI over {config.num_seeds} seeds)", scale=scale,
-                                            colours=colours, integer_x=True)
+        figures[name] = plots.save(plots.plot_ci_bands(
+            list(range(config.generations)), series, "generation", ylabel,
+            f"{title} (mean, 95% CI over {config.num_seeds} seeds)", scale=scale, colours=colours, integer_x=True),
+            out / f"{key}.png")
     if dataset.shape == (2,):
         figures["scatter"] = str(_scatter_grid(out / "scatter.png", config, dataset))
     else:

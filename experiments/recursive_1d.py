@@ -10,6 +10,8 @@ from mijax.experiments import common
 from mijax.experiments.recursive import MixtureStudyProfile, mixture_profiles, mixture_study, run_mixture_study
 
 SUMMARY = "recursive training on own samples, 1D: none vs random vs variance (Hal) filtering"
+# The quick profile's wall time, measured on 2 CPU cores (docs/guide/recursive.md): 13.2 min.
+QUICK_MINUTES: Optional[float] = 13.2
 MODES = (1.0, 2.0, 3.0)
 
 

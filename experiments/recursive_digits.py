@@ -25,6 +25,9 @@ from mijax.experiments.recursive import (FILTER_COLOURS, IMAGE_STUDY, ImageStudy
 from mijax.config import RecursiveConfig
 
 SUMMARY = "recursive training on digits: Fréchet distance per generation, none vs random vs variance (Hal) filtering"
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 13.1 min (`/usr/bin/time`:
+# 13:08).
+QUICK_MINUTES: Optional[float] = 13.1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -71,9 +74,10 @@ def _figures(out: Path, config: RecursiveConfig, result: dict) -> dict:
             ("unconfident_share", 100.0, "% the classifier cannot name", "Unnamed digits per generation", (0.0, 1.0)),
             ("classes_present", 1.0, "classes present (>= 1% each)", "Classes per generation", (0.0, 10.0))):
         series = {f"{f} filter": result["summary"][f][key] for f in config.filters}
-        figures[key] = plots.plot_ci_bands(out / f"{key}.png", list(range(config.generations)), series, "generation",
-                                           ylabel, f"{title} (mean, 95% CI over {config.num_seeds} seeds)",
-                                           scale=scale, colours=colours, integer_x=True, bounds=bounds)
+        figures[key] = plots.save(plots.plot_ci_bands(
+            list(range(config.generations)), series, "generation", ylabel,
+            f"{title} (mean, 95% CI over {config.num_seeds} seeds)", scale=scale, colours=colours, integer_x=True,
+            bounds=bounds), out / f"{key}.png")
     figures["samples"] = pool_grid(out / "samples.png", config, lambda pool: f"{len(pool):,} samples", per_cell=6)
     return figures
 

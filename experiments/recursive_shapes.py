@@ -26,6 +26,9 @@ from mijax.experiments.recursive import (FILTER_COLOURS, IMAGE_STUDY, ImageStudy
 from mijax.config import RecursiveConfig
 
 SUMMARY = "recursive training on SHAPES: duplicate share per generation, none vs random vs variance (Hal) filtering"
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 26.0 min (`/usr/bin/time`:
+# 25:58).
+QUICK_MINUTES: Optional[float] = 26.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -71,11 +74,10 @@ def _figures(out: Path, config: RecursiveConfig, result: dict) -> dict:
         series = {f"{f} filter": result["summary"][f][key] for f in config.filters}
         seeds = {f"{f} filter": [[row[key] for row in g["filters"][f]] for g in result["generations"]]
                  for f in config.filters}
-        figures[key] = plots.plot_ci_bands(out / f"{key}.png", list(range(config.generations)), series, "generation",
-                                           f"% of the pool ({key.replace('_share', '')})",
-                                           f"{title}\n(mean and 95% CI over {config.num_seeds} seeds; dots: each seed)",
-                                           scale=100.0, colours=colours, integer_x=True, bounds=(0.0, 1.0),
-                                           points=seeds)
+        figures[key] = plots.save(plots.plot_ci_bands(
+            list(range(config.generations)), series, "generation", f"% of the pool ({key.replace('_share', '')})",
+            f"{title}\n(mean and 95% CI over {config.num_seeds} seeds; dots: each seed)",
+            scale=100.0, colours=colours, integer_x=True, bounds=(0.0, 1.0), points=seeds), out / f"{key}.png")
     figures["samples"] = pool_grid(out / "samples.png", config, _duplicates)
     return figures
 

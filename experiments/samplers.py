@@ -26,6 +26,9 @@ from mijax.training import eval_params
 
 SUMMARY = ("DDIM against DDPM and the ODE solvers: hallucination rate by sampler, steps, eta and stochastic steps, "
            "learned and exact score")
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 16 min 54 s (`/usr/bin/time`;
+# training 664 s, sampling 341 s), every model trained by the experiment itself.
+QUICK_MINUTES: Optional[float] = 16.9
 SETTINGS = {"gaussian1d": ("1d", (1.0, 2.0, 3.0)), "gaussian25": ("2d", None), "gaussian25_rotated": ("2d", None)}
 SCORES = ("learned", "exact")
 HOLDS = {"more": "**yes**", "less": "**no** (less, apart)", "not apart": "**not decided** (overlap)",
@@ -278,10 +281,10 @@ def plot_steps(path: Path, p: dict, block: dict, title: str) -> str:
     xs = sorted({steps for fam in families.values() for steps in fam})
     series = {f: [fam.get(s, {"mean": None, "low": None, "high": None}) for s in xs] for f, fam in families.items()}
     ddpm = block["ddpm"]["rate"]["mean"]
-    return plots.plot_ci_bands(path, xs, series, "steps", "hallucination rate (%)", title, scale=100.0, logx=True,
-                               logy=True,
-                               reference={"ddpm, all T steps": ddpm} if ddpm is not None else None,
-                               bounds=(0.0, 1.0))
+    return plots.save(plots.plot_ci_bands(xs, series, "steps", "hallucination rate (%)", title, scale=100.0,
+                                          logx=True, logy=True,
+                                          reference={"ddpm, all T steps": ddpm} if ddpm is not None else None,
+                                          bounds=(0.0, 1.0)), path)
 
 
 def plot_stochastic(path: Path, p: dict, blocks: dict, title: str) -> str:
@@ -295,8 +298,8 @@ def plot_stochastic(path: Path, p: dict, blocks: dict, title: str) -> str:
             series[f"{score}, {at}"] = row
         if block["ddpm"]["rate"]["mean"] is not None:
             reference[f"ddpm ({score})"] = block["ddpm"]["rate"]["mean"]
-    return plots.plot_ci_bands(path, xs, series, "stochastic (DDPM) steps inside DDIM", "hallucination rate (%)",
-                               title, scale=100.0, reference=reference, bounds=(0.0, 1.0))
+    return plots.save(plots.plot_ci_bands(xs, series, "stochastic (DDPM) steps inside DDIM", "hallucination rate (%)",
+                                          title, scale=100.0, reference=reference, bounds=(0.0, 1.0)), path)
 
 
 def plot_trajectories(path: Path, run_dir: Path, p: dict) -> str:

@@ -19,6 +19,10 @@ from mijax.config import SamplerConfig, setting
 from mijax.sampling import sample
 
 SUMMARY = "learned eps_theta (smooth) vs exact eps* (jumps) at small t (Fig. 4); exact-score sampling does not interpolate"
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 0.2 min, with the 1D models
+# interp-1d had trained in the same folder of runs (`--runs`); alone it trains them first, a run not measured.
+QUICK_MINUTES: Optional[float] = 0.2
+QUICK_REUSES = ("interp-1d",)  # the experiments whose models that run reused
 MODES = (1.0, 2.0, 3.0)
 TIMES = (0, 5, 10, 25, 50)
 
@@ -110,10 +114,11 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     axes[0].set_ylabel("eps(x_t, t)")
     axes[0].legend(fontsize=7)
     common.save_figure(figure, out / "eps_vs_x.png")
-    plots.plot_histogram_1d(out / "histogram_exact.png", exact_x[0], mixture, labels(mixture, exact_x[0], common.K), k=common.K,
-                            title=f"exact eps* through the sampler, seed 0 ({p['num_samples']:,} samples)")
-    plots.plot_histogram_1d(out / "histogram_trained.png", trained["x"][0], mixture, labels(mixture, trained["x"][0], common.K), k=common.K,
-                            title=f"trained model, seed 0 ({p['num_samples']:,} samples)")
+    plots.plot_histogram_1d(exact_x[0], mixture, labels(mixture, exact_x[0], common.K), k=common.K,
+                            title=f"exact eps* through the sampler, seed 0 ({p['num_samples']:,} samples)",
+                            path=out / "histogram_exact.png")
+    plots.plot_histogram_1d(trained["x"][0], mixture, labels(mixture, trained["x"][0], common.K), k=common.K,
+                            title=f"trained model, seed 0 ({p['num_samples']:,} samples)", path=out / "histogram_trained.png")
     metrics = {"experiment": "score", "profile": p, "times": times, "gap_slope": slopes,
                "rates_trained": rates_trained, "rates_exact": rates_exact,
                "claim_holds": {"exact_does_not_interpolate": bool(no_interp), "learned_smoother": bool(smoother),

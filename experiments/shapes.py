@@ -30,6 +30,9 @@ from mijax.runs import load_run
 from mijax.training import eval_params
 
 SUMMARY = "SIMPLE SHAPES: a UNet makes two copies of a shape it never saw twice (claim 7); Hal on images (claim 5)"
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 11.4 min (`/usr/bin/time`:
+# 11:26; training 554 s, sampling 124 s).
+QUICK_MINUTES: Optional[float] = 11.4
 REDUCTIONS = ("mean", "max", "top_k", "region_max")
 PUBLISHED = hal_sweep.PUBLISHED
 

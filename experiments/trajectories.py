@@ -13,6 +13,11 @@ from mijax.config import setting
 from mijax.data.mixtures import labels
 
 SUMMARY = "x0_hat over the last 100 reverse steps: hallucinated samples keep moving, in-support ones settle (1D, 2D)"
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 0.4 min, with the models
+# interp-1d and grid-2d had trained in the same folder of runs (`--runs`); alone it trains them first, a run not
+# measured.
+QUICK_MINUTES: Optional[float] = 0.4
+QUICK_REUSES = ("interp-1d", "grid-2d")  # the experiments whose models that run reused
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -198,19 +198,19 @@ def plot_evaluation(samples: dict[str, Any], result: dict[str, Any], directory: 
     mixture = getattr(dataset, "mixture", None)
     if mixture is not None and x.ndim == 2 and x.shape[1] in (1, 2):
         plot = plots.plot_histogram_1d if x.shape[1] == 1 else plots.plot_scatter_2d
-        written.append(plot(directory / "samples.png", x, mixture, positives, title=title))
+        written.append(plots.save(plot(x, mixture, positives, title=title), directory / "samples.png"))
     elif x.ndim == 4 and x.shape[-1] == 1:
         import jax
 
         reference = np.asarray(dataset.reference(jax.random.key(0), 8))
         rule = result.get("label") or "by the data set's rule"
-        written.append(plots.plot_image_grid(directory / "samples.png", {
+        written.append(plots.save(plots.plot_image_grid({
             "the data set's images": reference, "generated, in support": x[~positives][:16],
-            f"generated, hallucinated ({rule})": x[positives][:16]}, title=title))
+            f"generated, hallucinated ({rule})": x[positives][:16]}, title=title), directory / "samples.png"))
     if not (positives.all() or not positives.any()):
         scores = {"hal": samples["hal"], **samples.get("scores", {})}
         curves = {name: (*detection.roc_curve(np.asarray(v[0]), positives)[:2],
                          result["per_seed"][0]["scores"][name]["auroc"]) for name, v in scores.items()}
-        written.append(plots.plot_roc(directory / "roc.png", curves,
-                                      title=f"Detecting hallucinations (seed {result['seeds'][0]})"))
+        written.append(plots.save(plots.plot_roc(curves, title=f"Detecting hallucinations (seed {result['seeds'][0]})"),
+                                  directory / "roc.png"))
     return written

@@ -1,14 +1,23 @@
 """Figures: sample histograms against the true density (the paper's Figure 2), Hal histograms, ROC
-curves and 2D scatters.
+curves, 2D scatters, lines with confidence bands, loss curves and image grids.
 
-Every function draws on its own ``matplotlib.figure.Figure`` with an Agg canvas (:func:`new_figure`),
-never through pyplot, so nothing touches pyplot's global figure registry or the process-wide backend,
-and figures are freed when the function returns. Each writes one PNG atomically (:func:`save`) and
-returns its path. Hallucination labels come from the caller (a data set's labels, see :mod:`mijax.data`).
+Every ``plot_*`` function takes its data first and returns the ``matplotlib.figure.Figure`` it drew; given
+the keyword ``path``, it also writes the figure there as a PNG, atomically (:func:`save`)::
+
+    figure = plots.plot_roc(curves)                  # only drawn: show it, change it, save it later
+    plots.plot_roc(curves, path="figures/roc.png")   # drawn and written; the same figure is returned
+
+Each figure has its own Agg canvas (:func:`new_figure`) and is never made through pyplot, so nothing touches
+pyplot's global figure registry or the process-wide backend and nothing needs closing: a figure, written or
+not, is freed once its caller drops it, and one that is kept stays usable (``figure.axes``,
+``figure.savefig`` or :func:`save` to write it elsewhere; in Jupyter, with the inline backend on, a figure
+that is a cell's value is shown). Hallucination labels come from the caller (a data set's labels, see
+:mod:`mijax.data`).
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+import os
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -36,6 +45,23 @@ def save(figure: Figure, path) -> str:
     return store.save_figure(figure, path, DPI)
 
 
+PathLike = Union[str, os.PathLike]
+
+
+def _data_first(name: str, first) -> None:
+    """Refuse a path where the data belongs: the plot functions once took the PNG's path first."""
+    if isinstance(first, (str, os.PathLike)):
+        raise TypeError(f"{name} takes its data first and the PNG as the keyword path=..., got the path {first!r} "
+                        "as its first argument")
+
+
+def _done(figure: Figure, path: Optional[PathLike]) -> Figure:
+    """``figure``, written to ``path`` first unless that is None."""
+    if path is not None:
+        save(figure, path)
+    return figure
+
+
 def _points(x, mixture: GaussianMixture, positives, dim: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Validated float64 samples [N, dim] of a dim-D mixture and their bool labels [N]."""
     x = np.asarray(x, dtype=np.float64)
@@ -51,8 +77,9 @@ def _percent(positives: np.ndarray) -> str:
     return f"{100.0 * positives.mean():.3g}%" if positives.size else "n/a"
 
 
-def plot_histogram_1d(path, x, mixture: GaussianMixture, positives, bins: int = 300, k: float = 5.0,
-                      title: Optional[str] = None, value_range: Optional[Sequence[float]] = None) -> str:
+def plot_histogram_1d(x, mixture: GaussianMixture, positives, bins: int = 300, k: float = 5.0,
+                      title: Optional[str] = None, value_range: Optional[Sequence[float]] = None, *,
+                      path: Optional[PathLike] = None) -> Figure:
     """1D samples against the true density on a log scale (the paper's Figure 2).
 
     The histogram is a density over all N samples, its hallucinated part (farther than k stds from
@@ -60,13 +87,15 @@ def plot_histogram_1d(path, x, mixture: GaussianMixture, positives, bins: int = 
     intervals mu +- k std are shaded and the true mixture density drawn over them.
 
     Args:
-      path: the PNG to write. x: samples [N, 1]. mixture: the true 1D mixture.
+      x: samples [N, 1]. mixture: the true 1D mixture.
       positives: bool [N] hallucination labels (e.g. the data set's ``hallucinated(x)``).
       bins: histogram bins over ``value_range`` (default: the samples' and modes' range).
       k: the support radius in stds (shaded). title: the figure title (default: a summary).
+      path: where to write the PNG (default: nowhere).
     Returns:
-      the path written.
+      the figure (written to ``path`` first when one is given).
     """
+    _data_first("plot_histogram_1d", x)
     x, positives = _points(x, mixture, positives, 1, "plot_histogram_1d")
     values = x[:, 0]
     means = np.asarray(mixture.means, dtype=np.float64)[:, 0]
@@ -106,7 +135,7 @@ def plot_histogram_1d(path, x, mixture: GaussianMixture, positives, bins: int = 
     ax.set_ylabel("density (log scale)")
     ax.set_title(title or f"{values.size} samples against the true density")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
-    return save(figure, path)
+    return _done(figure, path)
 
 
 def _log_bins(values: np.ndarray, bins: int) -> np.ndarray:
@@ -120,20 +149,23 @@ def _log_bins(values: np.ndarray, bins: int) -> np.ndarray:
     return np.geomspace(lo, hi * (1 + 1e-9), bins + 1)
 
 
-def plot_hal_histograms(path, hal, positives, bins: int = 60, threshold: Optional[float] = None,
+def plot_hal_histograms(hal, positives, bins: int = 60, threshold: Optional[float] = None,
                         title: Optional[str] = None, threshold_label: str = "threshold",
-                        names: tuple[str, str] = ("in support", "hallucinated")) -> str:
+                        names: tuple[str, str] = ("in support", "hallucinated"), *,
+                        path: Optional[PathLike] = None) -> Figure:
     """Hal of in-support vs hallucinated samples on a log x axis, each class normalised to 1.
 
     Args:
-      path: the PNG to write. hal: [N] Hal scores. positives: [N] bool, True for hallucinations.
+      hal: [N] Hal scores. positives: [N] bool, True for hallucinations.
       bins: log-spaced bins over the positive Hal values (Hal <= 0 is clipped into the first bin).
       threshold: an operating point's threshold, drawn as a vertical line (samples at or above it
         are removed). threshold_label: its legend entry.
       names: the legend names of the negatives and the positives.
+      path: where to write the PNG (default: nowhere).
     Returns:
-      the path written.
+      the figure (written to ``path`` first when one is given).
     """
+    _data_first("plot_hal_histograms", hal)
     hal = np.asarray(hal, dtype=np.float64)
     positives = np.asarray(positives, dtype=bool)
     if hal.ndim != 1 or positives.shape != hal.shape:
@@ -157,19 +189,21 @@ def plot_hal_histograms(path, hal, positives, bins: int = 60, threshold: Optiona
     ax.set_title(title or "Hal of in-support and hallucinated samples")
     if ax.get_legend_handles_labels()[0]:  # nothing to name when neither class has samples
         ax.legend(fontsize=8)
-    return save(figure, path)
+    return _done(figure, path)
 
 
-def plot_roc(path, curves: Mapping[str, tuple], title: Optional[str] = None) -> str:
+def plot_roc(curves: Mapping[str, tuple], title: Optional[str] = None, *,
+             path: Optional[PathLike] = None) -> Figure:
     """ROC curves of hallucination detectors.
 
     Args:
-      path: the PNG to write.
       curves: ``{name: (fpr [M], tpr [M], auroc)}``, e.g. from ``hallucination.roc_curve`` and
         ``hallucination.auroc``.
+      path: where to write the PNG (default: nowhere).
     Returns:
-      the path written.
+      the figure (written to ``path`` first when one is given).
     """
+    _data_first("plot_roc", curves)
     figure = new_figure(5.2, 5.0)
     ax = figure.subplots()
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="chance")
@@ -182,22 +216,24 @@ def plot_roc(path, curves: Mapping[str, tuple], title: Optional[str] = None) -> 
     ax.set_ylabel("true positive rate (hallucinations removed)")
     ax.set_title(title or "Detecting hallucinations")
     ax.legend(loc="lower right", fontsize=8)
-    return save(figure, path)
+    return _done(figure, path)
 
 
-def plot_scatter_2d(path, x, mixture: GaussianMixture, positives, max_points: int = 20_000,
-                    k: float = 5.0, title: Optional[str] = None, seed: int = 0) -> str:
+def plot_scatter_2d(x, mixture: GaussianMixture, positives, max_points: int = 20_000,
+                    k: float = 5.0, title: Optional[str] = None, seed: int = 0, *,
+                    path: Optional[PathLike] = None) -> Figure:
     """2D samples over the modes, hallucinated ones in another colour, k-std circles around the modes.
 
     Args:
-      path: the PNG to write. x: samples [N, 2]. mixture: the true 2D mixture.
+      x: samples [N, 2]. mixture: the true 2D mixture.
       positives: bool [N] hallucination labels (e.g. the data set's ``hallucinated(x)``).
       max_points: draw at most this many samples, a subset fixed by ``seed``; the counts in the
         legend are of all N.
-      k: the support radius in stds.
+      k: the support radius in stds. path: where to write the PNG (default: nowhere).
     Returns:
-      the path written.
+      the figure (written to ``path`` first when one is given).
     """
+    _data_first("plot_scatter_2d", x)
     x, positives = _points(x, mixture, positives, 2, "plot_scatter_2d")
     shown = np.arange(x.shape[0])
     if x.shape[0] > max_points:
@@ -226,18 +262,19 @@ def plot_scatter_2d(path, x, mixture: GaussianMixture, positives, max_points: in
         if hasattr(handle, "set_sizes"):
             handle.set_sizes([16.0])
             handle.set_alpha(1.0)
-    return save(figure, path)
+    return _done(figure, path)
 
 
-def plot_ci_bands(path, xs: Sequence[float], series: Mapping[str, Sequence[dict]], xlabel: str, ylabel: str,
+def plot_ci_bands(xs: Sequence[float], series: Mapping[str, Sequence[dict]], xlabel: str, ylabel: str,
                   title: str, scale: float = 1.0, logx: bool = False, logy: bool = False,
                   reference: Optional[Mapping[str, float]] = None, colours: Optional[Mapping[str, str]] = None,
                   integer_x: bool = False, bounds: Optional[tuple[float, float]] = None,
-                  points: Optional[Mapping[str, Sequence[Sequence[float]]]] = None) -> str:
+                  points: Optional[Mapping[str, Sequence[Sequence[float]]]] = None, *,
+                  path: Optional[PathLike] = None) -> Figure:
     """Lines of means over seeds with their 95% CI bands, one per series.
 
     Args:
-      path: the PNG to write. xs: the x values [X].
+      xs: the x values [X].
       series: ``{name: [ci per x]}``, each ci a dict with ``mean``, ``low``, ``high`` (None or NaN where
         undefined: no band there), e.g. from :func:`mijax.stats.mean_ci`.
       scale: multiplies every value (100 for percent). reference: horizontal lines ``{label: value}``.
@@ -245,9 +282,11 @@ def plot_ci_bands(path, xs: Sequence[float], series: Mapping[str, Sequence[dict]
       bounds: the range the quantity can take, (0, 1) for a share (before ``scale``): bands are cut to it
         (a t interval over 2 seeds easily reaches past 0% and 100%).
       points: ``{name: [values of the seeds at each x]}``: each seed's value as a dot beside its series' mean.
+      path: where to write the PNG (default: nowhere).
     Returns:
-      the path written.
+      the figure (written to ``path`` first when one is given).
     """
+    _data_first("plot_ci_bands", xs)
     def values(cis, key):
         return np.array([np.nan if c[key] is None else c[key] for c in cis], dtype=np.float64) * scale
 
@@ -276,16 +315,18 @@ def plot_ci_bands(path, xs: Sequence[float], series: Mapping[str, Sequence[dict]
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    return save(figure, path)
+    return _done(figure, path)
 
 
-def plot_losses(path, steps, losses, names: Sequence[str] = (), window: int = 0) -> str:
+def plot_losses(steps, losses, names: Sequence[str] = (), window: int = 0, *,
+                path: Optional[PathLike] = None) -> Figure:
     """The training loss against the step: each model's loss [K, models] at ``steps`` [K] as a faint line, its
     running mean over ``window`` steps (default: a fiftieth of the steps, at least 1) as a solid one, log y.
 
     Returns:
-      the path written.
+      the figure (written to ``path`` first when one is given).
     """
+    _data_first("plot_losses", steps)
     steps, losses = np.asarray(steps, dtype=np.float64), np.asarray(losses, dtype=np.float64)
     if losses.ndim != 2 or losses.shape[0] != steps.shape[0]:
         raise ValueError(f"plot_losses needs steps [K] and losses [K, models], got {steps.shape} and {losses.shape}")
@@ -305,18 +346,19 @@ def plot_losses(path, steps, losses, names: Sequence[str] = (), window: int = 0)
     ax.set_title("training loss", fontsize=10)
     if losses.shape[1] and losses.shape[1] <= 10 and steps.size:
         ax.legend(fontsize=8)
-    return save(figure, path)
+    return _done(figure, path)
 
 
-def plot_image_grid(path, sections: Mapping[str, np.ndarray], columns: int = 8, cell: float = 0.9,
-                    title: Optional[str] = None) -> str:
+def plot_image_grid(sections: Mapping[str, np.ndarray], columns: int = 8, cell: float = 0.9,
+                    title: Optional[str] = None, *, path: Optional[PathLike] = None) -> Figure:
     """Labelled rows of grey images: each section (e.g. "training images", "generated: hallucinated") is a
     titled block of rows of its images [n, H, W, 1] (or [n, H, W]) in the models' scale [-1, 1], ``columns``
     to a row; an empty section says so in its title row.
 
     Returns:
-      the path written.
+      the figure (written to ``path`` first when one is given).
     """
+    _data_first("plot_image_grid", sections)
     blocks = []
     for name, images in sections.items():
         images = np.asarray(images, dtype=np.float64)
@@ -343,4 +385,4 @@ def plot_image_grid(path, sections: Mapping[str, np.ndarray], columns: int = 8, 
         row += max(1, -(-len(images) // columns))
     if title:
         figure.suptitle(title, fontsize=10)
-    return save(figure, path)
+    return _done(figure, path)

@@ -183,7 +183,7 @@ def _finish(directory: Path, log_file: LossLog, last_step: int, steps: int, bega
         "steps_per_second": speed})
     from mijax import plots
 
-    plots.plot_losses(directory / "loss.png", *log_file.losses(), log_file.header.split(",")[1:])
+    plots.plot_losses(*log_file.losses(), log_file.header.split(",")[1:], path=directory / "loss.png")
 
 
 def train_run(out: os.PathLike, config: RunConfig, resume: bool = False, overwrite: bool = False,

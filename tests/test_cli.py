@@ -1,5 +1,6 @@
 """The ``mijax`` command: train -> sample round trip, resume, and every bad input (exit 2, one line)."""
 import os
+import re
 import subprocess
 import sys
 
@@ -438,15 +439,26 @@ def test_experiment_takes_the_sampler_options_and_refuses_what_it_cannot_draw(tm
                    "sampler (--sampler heun); pass --overwrite to rerun it, or choose another --out")
 
 
-def test_experiment_list_names_each_experiments_profiles(capsys):
+def test_experiment_list_names_each_experiments_profiles(capsys, monkeypatch):
     from mijax import experiments
 
     assert main(["experiment", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == experiments.names()
-    assert all("(profiles: smoke, quick, paper" in line for line in lines)
-    assert [line for line in lines if line.startswith("samplers")][0].endswith("(profiles: smoke, quick, paper, peer)")
-    capsys.readouterr()
+    # every experiment's profiles, the quick one with its measured time (each module's QUICK_MINUTES)
+    assert all(isinstance(experiments.load(name).QUICK_MINUTES, (int, float)) for name in experiments.names())
+    assert all(re.search(r"\(profiles: smoke, quick (~\d+ min|under 1 min) on 2 cores[^,]*, paper(, \w+)*\)$", line)
+               for line in lines), lines
+    line = dict(zip(experiments.names(), lines))
+    assert line["samplers"].endswith("(profiles: smoke, quick ~17 min on 2 cores, paper, peer)")  # 16 min 54 s
+    assert line["grid-2d"].endswith("(profiles: smoke, quick ~11 min on 2 cores, paper)")
+    assert line["detection"].endswith("(profiles: smoke, quick under 1 min on 2 cores reusing the models of interp-1d "
+                                      "and grid-2d, paper)")
+    # an experiment without a measurement: its profiles alone
+    monkeypatch.setattr(experiments.load("grid-2d"), "QUICK_MINUTES", None)
+    assert main(["experiment", "--list"]) == 0
+    line = dict(zip(experiments.names(), capsys.readouterr().out.splitlines()))
+    assert line["grid-2d"].endswith("(profiles: smoke, quick, paper)")
     assert "grid-2d has no profile 'peer'" in _error(capsys, ["experiment", "grid-2d", "--profile", "peer", "--out",
                                                               "unused"])
 

@@ -64,7 +64,8 @@ def check_grid(ns: dict, here: Path) -> None:
     assert ns["hallucinated"].shape == (2000,) and 0.0 <= ns["rate"] <= 1.0
     assert ns["exact_rate"] < 0.01  # the exact score does not interpolate, even at T = 50
     assert 0.0 <= ns["between"].mean() <= 1.0 and len(ns["between"]) == ns["hallucinated"].sum()
-    for name in ("grid.png", "samples.png", "roc.png"):
+    assert ns["figure"].axes[0].get_xlim() == (-0.9, 0.9)  # the returned figure, changed after it was written
+    for name in ("grid.png", "grid-middle.png", "samples.png", "roc.png"):
         assert (here / "figures" / name).is_file(), name
     assert (here / "runs" / "grid" / "train.json").is_file() and (here / "grid.npz").is_file()
 
