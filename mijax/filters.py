@@ -3,7 +3,9 @@
 - ``none``: the first n of the pool (the pool is i.i.d., so this is "sample n, keep all");
 - ``random``: n of the pool at random (the paper's control);
 - ``variance``: the n with the lowest Hal (the paper's filter);
-- ``threshold``: the samples with Hal below a threshold, as n rows (see :func:`threshold_keep_indices`).
+- ``threshold``: the samples with Hal below a threshold, as n rows (see :func:`threshold_keep_indices`);
+- ``certified``: the same with a threshold certified by :func:`certify_threshold` (Learn-then-Test), so that
+  the hallucination rate among the samples it keeps is at most ``alpha`` with probability >= 1 - ``delta``.
 
 One convention throughout mijax: a threshold ``t`` KEEPS a sample when ``score < t`` and removes it when
 ``score >= t`` (:mod:`mijax.detection` uses the same).
@@ -14,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-FILTERS = ("none", "random", "variance", "threshold")
+FILTERS = ("none", "random", "variance", "threshold", "certified")
 
 
 def variance_filter(hal: jnp.ndarray, n: int) -> jnp.ndarray:
@@ -75,7 +77,8 @@ def filter_indices(name: str, key: jax.Array, hal: jnp.ndarray, n: int, threshol
     """Indices [n] of the pool samples (Hal [P]) that filter ``name`` keeps, and how many it accepted.
 
     ``none`` keeps the first n, ``random`` n at random (key), ``variance`` the n lowest Hal,
-    ``threshold`` see :func:`threshold_keep_indices`. The count is n except for ``threshold``.
+    ``threshold`` and ``certified`` see :func:`threshold_keep_indices` (they differ in where their threshold
+    comes from, not in how it is applied). The count is n except for these two.
     """
     p = hal.shape[0]
     if not 0 < n <= p:
@@ -87,7 +90,7 @@ def filter_indices(name: str, key: jax.Array, hal: jnp.ndarray, n: int, threshol
         return random_filter(key, p, n), full
     if name == "variance":
         return variance_filter(hal, n), full
-    if name == "threshold":
+    if name in ("threshold", "certified"):
         return threshold_keep_indices(key, hal, threshold, n)
     raise ValueError(f"unknown filter {name!r}; choose from {', '.join(FILTERS)}")
 
@@ -166,3 +169,4 @@ def certify_threshold(scores, hallucinated, alpha: float, delta: float = 0.1, gr
     bound = float(scipy_stats.beta.ppf(1.0 - delta, k + 1, m - k)) if m and k < m else 1.0
     return {**best, "accepted": m / halves[1][0].size, "bound": bound, "alpha": alpha, "delta": delta,
             "calibration": int(scores.size), "certified": certified}
+
