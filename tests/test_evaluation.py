@@ -175,6 +175,21 @@ def test_the_certify_splits_benchmark_reads_a_samples_file(samples_file, tmp_pat
     assert "alpha 0.5, delta 0.1" in capsys.readouterr().out
 
 
+def test_a_certified_threshold_that_keeps_everything_is_not_reported_as_none():
+    """In JSON both infinite thresholds are None: +inf (every sample kept, certified) is told apart from -inf
+    (nothing certified) by what it keeps."""
+    from mijax.filters import certify_threshold
+    from mijax.store import json_safe
+
+    rows = [certify_threshold(np.arange(1000.0), np.zeros(1000, bool), 0.01),  # no hallucination: keep all
+            certify_threshold(np.arange(10.0), np.ones(10, bool), 0.01)]  # every sample hallucinated: keep none
+    assert rows[0]["threshold"] == np.inf and rows[0]["kept"] == 500 and rows[1]["kept"] == 0
+    text = evaluation.format_certified(json_safe({"score": "hal", "alpha": 0.01, "delta": 0.1, "per_seed": rows}),
+                                       [0, 1])
+    assert "seed 0: every sample can be kept (no threshold needed)" in text
+    assert "seed 1: no threshold can be certified from 10 samples" in text
+
+
 def test_mijax_eval_certifies_a_threshold_per_seed(samples_file, tmp_path, capsys):
     out = tmp_path / "c.json"
     assert main(["eval", str(samples_file), "--target-rate", "0.05", "--delta", "0.2", "--json-out", str(out)]) == 0
