@@ -29,7 +29,8 @@ SUMMARY = "recursive training on generated data: none vs random vs variance (Hal
 # put 4.5% of their samples beyond 5 std; with t^1.5, 1.2% (Hal AUROC 0.94 against 0.89; 1D: 0.01%, 0.998;
 # 4 seeds of 16,000 steps of 500 on N = 2,500, docs/results/calibration).
 QUICK_TRAINING = {**QUICK_OPTIMISER, "t_power": QUICK_T_POWER}
-FILTER_COLOURS = {"none": "tab:gray", "random": "tab:orange", "variance": "tab:blue", "threshold": "tab:green"}
+FILTER_COLOURS = {"none": "tab:gray", "random": "tab:orange", "variance": "tab:blue", "threshold": "tab:green",
+                  "certified": "tab:red"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -48,6 +48,7 @@ detection and filters | mijax.detectors     | DETECTORS DetectorSpec parse_detec
                       |                     | retained_at_removal
                       | mijax.filters       | FILTERS filter_indices calibrate_threshold random_filter
                       |                     | threshold_filter variance_filter certify_threshold
+                      |                     | split_check
                       | mijax.recursive     | run_recursive
 how it runs           | mijax.execution     | plan_for use_cpu_cores use_xla_cpu_kernels
 """

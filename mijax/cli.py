@@ -335,7 +335,8 @@ def _add_recursive_arguments(p: argparse.ArgumentParser) -> None:
 
     _add_train_arguments(p, resume=False)  # a study resumes by rerunning the same command
     _add_fields(p, config.RecursiveConfig, "recursive", ("generations", "filters", "pool_extra", "pool_ratio",
-                                                          "threshold_keep", "chunk_size"))
+                                                          "threshold_keep", "certified_alpha",
+                                                          "certified_delta", "chunk_size"))
     _add_fields(p.add_argument_group("how the pools are sampled"), config.SamplerConfig, "sampler",
                 config.SamplerConfig.CHOICE + HAL_FIELDS)
 

@@ -407,6 +407,12 @@ class RecursiveConfig(Config):
       pool_extra: the pool is N + pool_extra samples (the paper: 2,500) ...
       pool_ratio: ... or, if set, ceil(N * pool_ratio) samples.
       threshold_keep: fraction of generation 0's pool the threshold keeps (None: N / P).
+      certified_alpha, certified_delta: the ``certified`` filter's target and failure probability: per seed, a
+        Hal threshold certified (:func:`mijax.filters.certify_threshold`) on a calibration draw of generation
+        0's models, independent of their pool, to keep the hallucination rate among the samples it keeps at
+        most alpha with probability >= 1 - delta. The guarantee holds for generation 0's pools (drawn as the
+        calibration draw is); later generations' models drift from generation 0's, and the same threshold
+        carries no guarantee for their pools.
       sampler: how every pool is drawn (:class:`SamplerConfig`): the reverse sampler (default DDPM, as
         published) and Hal, ``hal_window`` K reverse steps ending ``hal_end`` before the last (DDPM over all T
         steps: t = hal_end + K - 1 .. hal_end), reduced by ``hal_reduction`` (``region_max`` takes the data
@@ -419,11 +425,16 @@ class RecursiveConfig(Config):
     run: RunConfig = RunConfig()
     generations: int = setting(5, "generations 0..G-1", above=0)
     filters: tuple[str, ...] = setting(("none", "random", "variance"), "the filters compared, of none, random, "
-                                       "variance, threshold", choices=FILTERS)
+                                       "variance, threshold, certified", choices=FILTERS)
     pool_extra: int = setting(2_500, "pool = N + this many samples (published: 2,500)", low=0)
     pool_ratio: Optional[float] = setting(None, "pool = ceil(N * ratio) instead", low=1)
     threshold_keep: Optional[float] = setting(None, "fraction of generation 0's pool the threshold filter keeps "
                                                     "(None: N / pool)", above=0, high=1)
+    certified_alpha: float = setting(0.01, "the certified filter's target hallucination rate among the samples it "
+                                           "keeps", above=0, below=1)
+    certified_delta: float = setting(0.1, "the certified filter's failure probability: its rate holds with "
+                                          "probability >= 1 - this over generation 0's calibration draw",
+                                     above=0, below=1)
     sampler: SamplerConfig = SamplerConfig()
     chunk_size: int = setting(20_000, "samples per compiled chunk", above=0)
 

@@ -141,13 +141,17 @@ def certify(samples: dict[str, Any], alpha: float, delta: float = 0.1, score: st
 
 
 def format_certified(result: dict[str, Any], seeds) -> str:
-    """One line per seed of :func:`certify`'s result."""
+    """One line per seed of :func:`certify`'s result (a threshold of None keeps every sample, +inf, where it
+    keeps any, and none, -inf, where it keeps none)."""
     lines = [f"{result['score']} < threshold keeps the hallucination rate <= {result['alpha']:g} with probability >= "
              f"{1 - result['delta']:g} (Learn-then-Test on these samples as calibration):"]
     for seed, row in zip(seeds, result["per_seed"]):
-        if row["threshold"] is None:
+        if row["kept"] == 0:  # threshold -inf (None in JSON)
             lines.append(f"  seed {seed}: no threshold can be certified from {row['calibration']:,} samples (keep "
                          "none, or calibrate on more)")
+        elif row["threshold"] is None:  # +inf: keeping every sample is certified
+            lines.append(f"  seed {seed}: every sample can be kept (no threshold needed); their hallucination rate "
+                         f"<= {row['bound']:.3g} ({1 - result['delta']:g} upper bound)")
         else:
             lines.append(f"  seed {seed}: threshold {row['threshold']:.4g} keeps {row['accepted']:.1%} of the samples; "
                          f"their hallucination rate <= {row['bound']:.3g} ({1 - result['delta']:g} upper bound)")

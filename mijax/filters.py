@@ -3,7 +3,9 @@
 - ``none``: the first n of the pool (the pool is i.i.d., so this is "sample n, keep all");
 - ``random``: n of the pool at random (the paper's control);
 - ``variance``: the n with the lowest Hal (the paper's filter);
-- ``threshold``: the samples with Hal below a threshold, as n rows (see :func:`threshold_keep_indices`).
+- ``threshold``: the samples with Hal below a threshold, as n rows (see :func:`threshold_keep_indices`);
+- ``certified``: the same with a threshold certified by :func:`certify_threshold` (Learn-then-Test), so that
+  the hallucination rate among the samples it keeps is at most ``alpha`` with probability >= 1 - ``delta``.
 
 One convention throughout mijax: a threshold ``t`` KEEPS a sample when ``score < t`` and removes it when
 ``score >= t`` (:mod:`mijax.detection` uses the same).
@@ -14,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-FILTERS = ("none", "random", "variance", "threshold")
+FILTERS = ("none", "random", "variance", "threshold", "certified")
 
 
 def variance_filter(hal: jnp.ndarray, n: int) -> jnp.ndarray:
@@ -75,7 +77,8 @@ def filter_indices(name: str, key: jax.Array, hal: jnp.ndarray, n: int, threshol
     """Indices [n] of the pool samples (Hal [P]) that filter ``name`` keeps, and how many it accepted.
 
     ``none`` keeps the first n, ``random`` n at random (key), ``variance`` the n lowest Hal,
-    ``threshold`` see :func:`threshold_keep_indices`. The count is n except for ``threshold``.
+    ``threshold`` and ``certified`` see :func:`threshold_keep_indices` (they differ in where their threshold
+    comes from, not in how it is applied). The count is n except for these two.
     """
     p = hal.shape[0]
     if not 0 < n <= p:
@@ -87,7 +90,7 @@ def filter_indices(name: str, key: jax.Array, hal: jnp.ndarray, n: int, threshol
         return random_filter(key, p, n), full
     if name == "variance":
         return variance_filter(hal, n), full
-    if name == "threshold":
+    if name in ("threshold", "certified"):
         return threshold_keep_indices(key, hal, threshold, n)
     raise ValueError(f"unknown filter {name!r}; choose from {', '.join(FILTERS)}")
 
@@ -166,3 +169,70 @@ def certify_threshold(scores, hallucinated, alpha: float, delta: float = 0.1, gr
     bound = float(scipy_stats.beta.ppf(1.0 - delta, k + 1, m - k)) if m and k < m else 1.0
     return {**best, "accepted": m / halves[1][0].size, "bound": bound, "alpha": alpha, "delta": delta,
             "calibration": int(scores.size), "certified": certified}
+
+
+def split_check(scores, hallucinated, alpha: float, delta: float = 0.1, splits: int = 200, seed: int = 0,
+                grid: int = 100, certify=None) -> dict:
+    """Does :func:`certify_threshold` hold its guarantee on one labelled pool? Split the pool at random into a
+    calibration half and a test half ``splits`` times; each time certify a threshold on the calibration half
+    and measure the hallucination rate among the test samples it keeps.
+
+    The guarantee says that the share of splits whose test rate exceeds ``alpha`` is at most ``delta`` (up to
+    the test half's own sampling error, which a finite test half adds). The splits reuse one pool, so they are
+    not independent draws: the share estimates the failure probability of calibration sets drawn from this
+    pool, and its binomial interval understates the error of that estimate as a statement about the model.
+
+    Args:
+      scores: [N] the score of each sample (higher = more suspicious; a threshold keeps ``score < t``).
+      hallucinated: bool [N] the samples' labels.
+      alpha, delta: the target rate and failure probability, both in (0, 1).
+      splits: how many random splits; seed: their generator's seed (split i certifies with seed + i).
+      grid: :func:`certify_threshold`'s candidates. certify: another way to choose the threshold, called as
+        ``certify(scores, hallucinated, alpha, delta, seed)`` and returning {"threshold": t, ...} (default:
+        :func:`certify_threshold`), e.g. to see what the check says of a threshold without the guarantee.
+    Returns:
+      {"splits", "alpha", "delta", "n": N, "base_rate": the pool's hallucination rate,
+      "over_alpha": the number of splits whose test rate among kept samples exceeds alpha,
+      "share_over_alpha": that number / splits, "share_ci": its two-sided 95% Clopper-Pearson interval,
+      "tolerance": delta + 3 sqrt(delta (1 - delta) / splits), the share that a failure probability of exactly
+      delta stays below but for ~0.2% of the time (binomial error), "holds": share_over_alpha <= tolerance,
+      "mean_accepted": the mean share of the test half kept, "mean_test_rate": the mean hallucination rate
+      among the kept test samples (over the splits that keep any), "empty": the splits that keep no test
+      sample, "mean_threshold": the mean finite certified threshold (None if none is)}.
+    """
+    from scipy import stats as scipy_stats
+
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    hallucinated = np.asarray(hallucinated, dtype=bool).reshape(-1)
+    if scores.shape != hallucinated.shape:
+        raise ValueError(f"scores {scores.shape} and labels {hallucinated.shape} differ in length")
+    if splits < 1:
+        raise ValueError(f"splits must be >= 1, got {splits}")
+    rng = np.random.default_rng(seed)
+    half = scores.size // 2
+    over, accepted, rates, thresholds = 0, [], [], []
+    for i in range(splits):
+        order = rng.permutation(scores.size)
+        calibration, test = order[:half], order[half:]
+        if certify is None:
+            c = certify_threshold(scores[calibration], hallucinated[calibration], alpha, delta, grid=grid,
+                                  seed=seed + i)
+        else:
+            c = certify(scores[calibration], hallucinated[calibration], alpha, delta, seed + i)
+        kept = scores[test] < c["threshold"]
+        accepted.append(float(kept.mean()))
+        if kept.any():
+            rate = float(hallucinated[test][kept].mean())
+            rates.append(rate)
+            over += rate > alpha
+        if np.isfinite(c["threshold"]):
+            thresholds.append(c["threshold"])
+    low = float(scipy_stats.beta.ppf(0.025, over, splits - over + 1)) if over else 0.0
+    high = float(scipy_stats.beta.ppf(0.975, over + 1, splits - over)) if over < splits else 1.0
+    share = over / splits
+    tolerance = delta + 3.0 * float(np.sqrt(delta * (1.0 - delta) / splits))
+    return {"splits": splits, "alpha": alpha, "delta": delta, "n": int(scores.size),
+            "base_rate": float(hallucinated.mean()), "over_alpha": int(over), "share_over_alpha": share,
+            "share_ci": [low, high], "tolerance": tolerance, "holds": bool(share <= tolerance),
+            "mean_accepted": float(np.mean(accepted)), "mean_test_rate": float(np.mean(rates)) if rates else None,
+            "empty": splits - len(rates), "mean_threshold": float(np.mean(thresholds)) if thresholds else None}

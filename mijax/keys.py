@@ -14,6 +14,7 @@ draws what an uninterrupted one draws; a chunk of samples what the whole batch d
 ``FILTER``             6  a recursive study's random and threshold filters, folded with the filter
 ``REFERENCE``          7  reference draws of the true law (distances to it)
 ``DROPOUT``            8  optimiser step j's dropout masks (models with dropout), folded with j
+``CALIBRATION``        9  a recursive study's calibration draw (generation 0, the certified filter)
 ====================  ==  ===============================================================
 
 Sampling keys: sample ``i`` of a call uses ``fold_in(key, i)`` (its start noise ``fold_in(key_i, T)``, the
@@ -27,7 +28,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-INIT, SHUFFLE, STEP, TRAINING_SET, SAMPLE, FILTER, REFERENCE, DROPOUT = 0, 1, 2, 3, 5, 6, 7, 8
+INIT, SHUFFLE, STEP, TRAINING_SET, SAMPLE, FILTER, REFERENCE, DROPOUT, CALIBRATION = 0, 1, 2, 3, 5, 6, 7, 8, 9
 SEED_LIMIT = 2**32  # seeds are uint32: jax.random.key(seed) reads them modulo 2^32
 
 

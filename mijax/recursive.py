@@ -3,12 +3,22 @@ registered data set.
 
 Generation 0 trains S models (one per seed) on real data. Each later generation trains NEW models from
 scratch, with the same recipe, on the samples the previous generation kept. Every model draws a pool of
-P samples with Hal (by ``config.sampler``: DDPM by default, as published), and a filter (:mod:`mijax.filters`) keeps N of them: ``none``, ``random``, ``variance``
-or ``threshold``. The threshold is calibrated on generation 0 (per seed: the Hal below which generation
+P samples with Hal (by ``config.sampler``: DDPM by default, as published), and a filter (:mod:`mijax.filters`) keeps N of them: ``none``, ``random``, ``variance``,
+``threshold`` or ``certified``. The threshold is calibrated on generation 0 (per seed: the Hal below which generation
 0's pool keeps a fraction ``threshold_keep`` of P; default N / P, so at generation 0 it keeps what
 ``variance`` keeps). The number it accepts varies, but the training set keeps N rows so every model shares
 one vmapped program (accepted samples cycled or cut, see :func:`mijax.filters.threshold_keep_indices`);
 the accepted count is logged.
+
+The ``certified`` filter applies its threshold as ``threshold`` does; its threshold is certified per seed
+(:func:`mijax.filters.certify_threshold`, ``config.certified_alpha`` and ``certified_delta``) on a calibration
+draw of P more samples from generation 0's models, with the pools' sampler and a stream of their keys of its
+own (so independent of the pools), labelled by the data set's ``hallucinated``. Its guarantee (the
+hallucination rate among the samples it keeps <= alpha with probability >= 1 - delta) holds for generation
+0's pools, which are exchangeable with the calibration draw; later generations' models drift from generation
+0's, and for their pools the same threshold carries no guarantee. Where a certified threshold keeps none of
+a pool (no threshold could be certified: too few samples, or too many hallucinations), the filter passes on
+the N lowest-Hal samples (the variance filter, as ``threshold`` does), without the guarantee, and warns.
 
 What a generation measures comes from the data set (``dataset.measure`` of each model's pool against a
 reference draw of the true law, ``dataset.hallucinated`` of what each filter kept) plus Hal quantiles;
@@ -31,7 +41,12 @@ Directory layout (``run_recursive(out, config)``)::
              loss.png        the loss curve
              pool.npz        x [M, P, *shape], hal [M, P]: every model's pool
              kept.npz        data [F*S, N, *shape]: what each (filter, seed) keeps; next generation's data
-             calibration.json  (generation 0) the threshold filter's per-seed thresholds
+             calibration_pool.npz  (generation 0, with the certified filter) x [S, P, *shape], hal [S, P]:
+                             the calibration draw
+             calibration.json  (generation 0) the threshold filter's per-seed thresholds ("keep",
+                             "thresholds"); with the certified filter also "certified": its alpha, delta,
+                             per-seed thresholds (numbers, or "inf" / "-inf": keep all / none) and
+                             :func:`~mijax.filters.certify_threshold`'s result per seed
              metrics.json    the generation's measurements; its presence marks the generation finished
     metrics.json             all generations with means and 95% CIs over seeds (written at the end)
 
@@ -42,6 +57,7 @@ the step index) or from its saved pool, and the numbers equal an uninterrupted r
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -54,7 +70,7 @@ from mijax import collect, store
 from mijax import keys as streams
 from mijax.config import (RecursiveConfig, RunError, SamplerConfig, build, config_from_dict, config_to_dict,
                           sampler_from_dict, training_data, validate_config, validate_training_size)
-from mijax.filters import calibrate_threshold, filter_indices
+from mijax.filters import calibrate_threshold, certify_threshold, filter_indices
 from mijax.store import load_cache, read_json, save_npz, write_json
 from mijax.runs import data_sampler, fit
 from mijax.sampling import validate as validate_sampler
@@ -128,21 +144,26 @@ def _filter_batch(name: str, keys: jax.Array, hal: jnp.ndarray, n: int, threshol
 
 
 def apply_filters(config: RecursiveConfig, generation: int, pool_x: np.ndarray, pool_hal: np.ndarray,
-                  model_keys: jax.Array, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                  model_keys: jax.Array, thresholds: np.ndarray,
+                  certified: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Filter every model's pool into the next generation's data.
 
     Args:
       pool_x, pool_hal: [M, P, *shape], [M, P]; M = S at generation 0 (pools shared by the filters), F * S later.
       model_keys: [M] the models' keys. thresholds: [S] the threshold filter's per-seed thresholds.
+      certified: [S] the certified filter's (needed when ``config.filters`` holds it; -inf keeps none).
     Returns:
       (kept data [F * S, N, *shape], accepted counts [F * S]) filter-major.
     """
     S, n = config.num_seeds, config.n
+    if "certified" in config.filters and certified is None:
+        raise ValueError("the certified filter needs its thresholds")
     kept, counts = [], []
     for f, name in enumerate(config.filters):
         rows = np.arange(S) if generation == 0 else f * S + np.arange(S)
         keys = jax.vmap(lambda k: jax.random.fold_in(k, f))(streams.stream(model_keys[rows], streams.FILTER))
-        idx, count = _filter_batch(name, keys, jnp.asarray(pool_hal[rows]), n, jnp.asarray(thresholds, jnp.float32))
+        chosen = certified if name == "certified" else thresholds
+        idx, count = _filter_batch(name, keys, jnp.asarray(pool_hal[rows]), n, jnp.asarray(chosen, jnp.float32))
         kept.append(np.asarray(_gather(jnp.asarray(pool_x[rows]), idx)))
         counts.append(np.asarray(count))
     return np.concatenate(kept), np.concatenate(counts)
@@ -169,14 +190,11 @@ def _no_hook(event: str, generation: int, step: int) -> None:
     return None
 
 
-def _pool(out: Path, config: RecursiveConfig, generation: int, progress: bool,
-          hook: Callable[[str, int, int], None]) -> dict:
-    """Generation ``generation``'s pools {"x": [M, P, *shape], "hal": [M, P]}: ``pool.npz``, or trained (resumed
-    from the checkpoints) and sampled into it. Samples that are not finite stop the study, naming the generation."""
+def _models(out: Path, config: RecursiveConfig, generation: int, progress: bool,
+            hook: Callable[[str, int, int], None]) -> tuple:
+    """(pieces, the trained TrainState of the generation's M models, their keys [M]): trained, resumed from
+    the checkpoints, or restored from the last one."""
     directory = gen_dir(out, generation)
-    pool = load_cache(directory / "pool.npz", ("x", "hal"))
-    if pool is not None:
-        return pool
     pieces = build(config.run)
     keys = model_keys(config, generation)
     if generation == 0:
@@ -188,15 +206,83 @@ def _pool(out: Path, config: RecursiveConfig, generation: int, progress: bool,
                 desc=f"gen {generation}: train", on_checkpoint=lambda step: hook("checkpoint", generation, step))
     if not trained:  # fit wrote train.json
         hook("trained", generation, config.run.train.steps)
+    return pieces, state, keys
+
+
+def _draw(config: RecursiveConfig, models: tuple, keys: jax.Array, what: str) -> dict:
+    """P samples with Hal from each model, with the pools' sampler and the sampling keys [M]; samples that are
+    not finite stop the study (RunError naming ``what``)."""
+    pieces, state, _ = models
     try:
-        pool = collect.draw(pieces.denoise_fn, eval_params(state, config.run.train), pieces.schedule,
-                            streams.stream(keys, streams.SAMPLE), config.pool_size, pieces.shape, pool_sampler(config),
-                            config.chunk_size)
+        pool = collect.draw(pieces.denoise_fn, eval_params(state, config.run.train), pieces.schedule, keys,
+                            config.pool_size, pieces.shape, pool_sampler(config), config.chunk_size)
     except collect.NotFinite as e:
-        raise RunError(f"generation {generation}: {e}") from None
+        raise RunError(f"{what}: {e}") from None
+    return {"x": pool["x"], "hal": pool["hal"]}
+
+
+def _pool(out: Path, config: RecursiveConfig, generation: int, progress: bool,
+          hook: Callable[[str, int, int], None]) -> dict:
+    """Generation ``generation``'s pools {"x": [M, P, *shape], "hal": [M, P]}: ``pool.npz``, or trained (resumed
+    from the checkpoints) and sampled into it. Samples that are not finite stop the study, naming the generation.
+    At generation 0 with the certified filter, the calibration draw follows from the same models."""
+    directory = gen_dir(out, generation)
+    pool = load_cache(directory / "pool.npz", ("x", "hal"))
+    if pool is not None:
+        return pool
+    models = _models(out, config, generation, progress, hook)
+    pool = _draw(config, models, streams.stream(models[2], streams.SAMPLE), f"generation {generation}")
     save_npz(directory / "pool.npz", x=pool["x"], hal=pool["hal"])
     hook("sampled", generation, 0)
-    return {"x": pool["x"], "hal": pool["hal"]}
+    if generation == 0 and "certified" in config.filters:
+        _calibration_pool(out, config, progress, hook, models)
+    return pool
+
+
+def _calibration_pool(out: Path, config: RecursiveConfig, progress: bool, hook: Callable[[str, int, int], None],
+                      models: tuple | None = None) -> dict:
+    """Generation 0's calibration draw {"x": [S, P, *shape], "hal": [S, P]} for the certified filter:
+    ``calibration_pool.npz``, or drawn into it from generation 0's models (``models``, or restored) with the
+    pools' sampler and the keys' own stream (:data:`mijax.keys.CALIBRATION`), so independent of the pools."""
+    path = gen_dir(out, 0) / "calibration_pool.npz"
+    draw = load_cache(path, ("x", "hal"))
+    if draw is not None:
+        return draw
+    models = _models(out, config, 0, progress, hook) if models is None else models
+    draw = _draw(config, models, streams.stream(models[2], streams.CALIBRATION), "generation 0's calibration draw")
+    save_npz(path, x=draw["x"], hal=draw["hal"])
+    hook("calibrated", 0, 0)
+    return draw
+
+
+def _threshold_json(t: float):
+    """A threshold as JSON: a finite number, or the string "inf" / "-inf" (read back by ``float``)."""
+    return float(t) if np.isfinite(t) else ("inf" if t > 0 else "-inf")
+
+
+def certify_seeds(config: RecursiveConfig, dataset, calibration: dict) -> dict:
+    """The certified filter's per-seed Hal thresholds, certified on the calibration draw ``calibration``
+    (x [S, P, *shape], hal [S, P]) labelled by ``dataset.hallucinated``.
+
+    Returns:
+      {"alpha", "delta", "calibration": P, "thresholds": [S] (numbers, or "inf" / "-inf"), "per_seed": [S]
+      :func:`~mijax.filters.certify_threshold`'s results (their threshold as in "thresholds"), "assumption"}.
+    """
+    rows = []
+    for s, seed in enumerate(config.run.seed_values):
+        x = np.asarray(calibration["x"][s])
+        row = certify_threshold(np.asarray(calibration["hal"][s]), dataset.hallucinated(x), config.certified_alpha,
+                                config.certified_delta, seed=int(seed))
+        rows.append({**row, "threshold": _threshold_json(row["threshold"]), "seed": int(seed)})
+    return {"alpha": config.certified_alpha, "delta": config.certified_delta, "calibration": config.pool_size,
+            "thresholds": [row["threshold"] for row in rows], "per_seed": rows,
+            "assumption": "the rate holds with probability >= 1 - delta for pools exchangeable with the calibration "
+                          "draw: generation 0's, not later generations'"}
+
+
+def _certified_thresholds(calibration: dict) -> np.ndarray:
+    """float64 [S] of calibration.json's "certified" section."""
+    return np.asarray([float(t) for t in calibration["certified"]["thresholds"]], np.float64)
 
 
 def read_pool(out: Path, config: RecursiveConfig, generation: int) -> dict:
@@ -207,29 +293,39 @@ def read_pool(out: Path, config: RecursiveConfig, generation: int) -> dict:
 
 def _kept(out: Path, config: RecursiveConfig, generation: int, progress: bool,
           hook: Callable[[str, int, int], None]):
-    """(pool x, pool hal, thresholds, kept data [F*S, N, *shape], accepted counts [F*S]) of generation
-    ``generation``: ``kept.npz``, or filtered from the pool into it."""
+    """(pool x, pool hal, thresholds, kept data [F*S, N, *shape], accepted counts [F*S], certified thresholds
+    [S] or None) of generation ``generation``: ``kept.npz``, or filtered from the pool into it."""
     directory = gen_dir(out, generation)
     pool = _pool(out, config, generation, progress, hook)
     x, hal = pool["x"], pool["hal"]
     bad, total = collect.count_not_finite(pool)
     if bad:  # a pool of an earlier mijax: NaN samples are never measured as "not hallucinated"
         raise RunError(f"generation {generation}: {collect.NotFinite(bad, total)}")
+    certified = None
     if generation == 0:
         keep = config.n if config.threshold_keep is None else int(round(config.threshold_keep * config.pool_size))
         keep = min(max(keep, 1), config.pool_size)
         thresholds = calibrate_threshold(hal, keep)
-        write_json(directory / "calibration.json", {"keep": keep, "thresholds": [float(t) for t in thresholds]})
+        calibration = {"keep": keep, "thresholds": [float(t) for t in thresholds]}
+        if "certified" in config.filters:
+            draw = _calibration_pool(out, config, progress, hook)
+            calibration["certified"] = certify_seeds(config, build(config.run).dataset, draw)
+            certified = _certified_thresholds(calibration)
+        write_json(directory / "calibration.json", calibration)
     else:
-        thresholds = np.asarray(read_json(gen_dir(out, 0) / "calibration.json")["thresholds"], np.float64)
+        calibration = read_json(gen_dir(out, 0) / "calibration.json")
+        thresholds = np.asarray(calibration["thresholds"], np.float64)
+        if "certified" in config.filters:
+            certified = _certified_thresholds(calibration)
     kept_file = load_cache(directory / "kept.npz", ("data", "accepted"))
     if kept_file is None:
-        kept, counts = apply_filters(config, generation, x, hal, model_keys(config, generation), thresholds)
+        kept, counts = apply_filters(config, generation, x, hal, model_keys(config, generation), thresholds,
+                                     certified)
         save_npz(directory / "kept.npz", data=kept, accepted=counts)
         hook("filtered", generation, 0)
     else:
         kept, counts = kept_file["data"], kept_file["accepted"]
-    return x, hal, thresholds, kept, counts
+    return x, hal, thresholds, kept, counts, certified
 
 
 def run_generation(out: Path, config: RecursiveConfig, generation: int, progress: bool = False,
@@ -237,9 +333,14 @@ def run_generation(out: Path, config: RecursiveConfig, generation: int, progress
     """Run (or resume, or read back) generation ``generation``; returns its metrics dict.
 
     ``hook(event, generation, step)`` is called after each checkpoint ("checkpoint"), once training is
-    finished ("trained"), after the pools are saved ("sampled") and the kept data ("filtered"): tests
-    raise from it to simulate a kill. ``pool.npz`` and ``kept.npz`` are caches: one that cannot be read
+    finished ("trained"), after the pools are saved ("sampled"), generation 0's calibration draw
+    ("calibrated", with the certified filter) and the kept data ("filtered"): tests raise from it to simulate
+    a kill. ``pool.npz``, ``calibration_pool.npz`` and ``kept.npz`` are caches: one that cannot be read
     (:func:`mijax.store.load_cache`) is made again, the same numbers, from the checkpoints and the pool.
+
+    Where the certified filter's threshold keeps none of a seed's pool, a warning says so: that seed's
+    certified data are then the N lowest-Hal samples (the variance filter's), without the guarantee, and its
+    row's ``accepted`` is 0.
     """
     out = Path(out)
     directory = gen_dir(out, generation)
@@ -250,7 +351,7 @@ def run_generation(out: Path, config: RecursiveConfig, generation: int, progress
     directory.mkdir(parents=True, exist_ok=True)
     dataset = build(config.run).dataset
     S = config.num_seeds
-    x, hal, thresholds, kept, counts = _kept(out, config, generation, progress, hook)
+    x, hal, thresholds, kept, counts, certified = _kept(out, config, generation, progress, hook)
     reference_keys = streams.stream(streams.seed_keys(config.run.seed_values), streams.REFERENCE)
     references = np.asarray(jax.vmap(lambda k: dataset.reference(k, config.pool_size))(reference_keys))
     per_filter = {}
@@ -270,6 +371,16 @@ def run_generation(out: Path, config: RecursiveConfig, generation: int, progress
         per_filter[name] = rows
     metrics = {"generation": generation, "n": config.n, "pool": config.pool_size,
                "thresholds": [float(t) for t in thresholds], "filters": per_filter}
+    if certified is not None:
+        metrics["certified_thresholds"] = [_threshold_json(t) for t in certified]
+        f = config.filters.index("certified")
+        empty = [int(config.run.seed_values[s]) for s in range(S) if int(counts[f * S + s]) == 0]
+        if empty:
+            warnings.warn(f"generation {generation}: the certified filter's threshold (alpha "
+                          f"{config.certified_alpha:g}, delta {config.certified_delta:g}) keeps none of the pool of "
+                          f"seed(s) {', '.join(map(str, empty))}; their certified data are the {config.n:,} "
+                          f"lowest-Hal samples instead (the variance filter), without the guarantee",
+                          stacklevel=2)
     write_json(directory / "metrics.json", metrics)
     return read_json(directory / "metrics.json")  # as a resumed run reads it back
 

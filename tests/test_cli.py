@@ -342,7 +342,7 @@ def test_experiment_set_is_checked_against_the_profile_fields(tmp_path, capsys):
              "--set generations=0: experiment recursive-1d profile: generations must be > 0, got 0"),
             ("recursive-shapes", ["--set", "filters=[\"best\"]"],
              "--set filters=[\"best\"]: experiment recursive-shapes profile: unknown filters 'best'; choose from none, "
-             "random, variance, threshold")):
+             "random, variance, threshold, certified")):
         msg = _error(capsys, ["experiment", name, "--no-progress", "--out", str(out), *argv])
         assert msg == f"mijax: error: {line}"
     msg = _error(capsys, ["experiment", "score", "--out", str(out), "--set", "stepz=3"])

@@ -121,6 +121,75 @@ def test_a_certified_threshold_holds_its_rate_over_many_calibration_draws():
         certify_threshold(np.arange(10.0), np.zeros(10, bool), 1.5)
 
 
+def _synthetic_pool(rng, n):
+    """Scores whose hallucination probability rises with the score (base rate ~3%)."""
+    s = rng.exponential(size=n)
+    return s, rng.random(n) < 1.0 / (1.0 + np.exp(-2.0 * (s - 4.0)))
+
+
+def test_the_split_check_finds_the_guarantee_held_and_a_plug_in_threshold_not():
+    """split_check on one synthetic pool: certified thresholds exceed alpha on the test half in at most about a
+    delta share of the splits, keeping most samples; a plug-in threshold (the largest whose calibration rate is
+    <= alpha, no guarantee) exceeds it far more often, so the check can tell the two apart."""
+    from mijax.filters import split_check
+
+    scores, labels = _synthetic_pool(np.random.default_rng(1), 20_000)
+    alpha, delta = 0.01, 0.1
+    check = split_check(scores, labels, alpha, delta, splits=100, seed=0)
+    assert check["splits"] == 100 and check["n"] == 20_000 and check["alpha"] == alpha
+    assert check["base_rate"] == pytest.approx(labels.mean())
+    assert check["holds"] and check["share_over_alpha"] <= check["tolerance"]
+    assert check["share_ci"][0] <= check["share_over_alpha"] <= check["share_ci"][1]
+    assert check["mean_accepted"] > 0.8 and check["mean_test_rate"] <= alpha and check["empty"] == 0
+    assert split_check(scores, labels, alpha, delta, splits=100, seed=0) == check  # reproducible
+
+    def plug_in(s, h, a, d, seed):  # the largest threshold whose calibration rate is <= a
+        order = np.argsort(s)
+        rate = np.cumsum(h[order]) / np.arange(1, s.size + 1)
+        ok = np.flatnonzero(rate <= a)
+        return {"threshold": float(s[order][ok[-1] + 1]) if ok.size and ok[-1] + 1 < s.size else np.inf}
+
+    naive = split_check(scores, labels, alpha, delta, splits=100, seed=0, certify=plug_in)
+    assert naive["share_over_alpha"] > 0.3 and not naive["holds"]
+    nothing = split_check(np.arange(100.0), np.ones(100, bool), alpha, delta, splits=5)
+    assert nothing["empty"] == 5 and nothing["mean_accepted"] == 0 and nothing["mean_test_rate"] is None
+    assert nothing["share_over_alpha"] == 0 and nothing["mean_threshold"] is None
+
+
+def test_the_certify_splits_benchmark_reads_a_samples_file(samples_file, tmp_path, capsys):
+    """benchmarks/certify_splits.py on a samples file: split_check per seed and alpha, written as JSON."""
+    from benchmarks import certify_splits
+    from mijax.filters import split_check
+    from mijax.store import json_safe
+
+    out = tmp_path / "splits.json"
+    result = certify_splits.main(["--samples", str(samples_file), "--alphas", "0.5,0.9", "--splits", "5",
+                                  "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["n_per_seed"] == 256 and len(saved["seeds"]) == 2 and set(saved["alphas"]) == {"0.5", "0.9"}
+    samples = mijax.load_samples(samples_file)
+    labels = evaluation._dataset(samples["config"]).hallucinated(samples["x"][1])
+    assert saved["alphas"]["0.5"]["per_seed"][1] == json_safe(split_check(samples["hal"][1], labels, 0.5, splits=5,
+                                                                          seed=1))
+    assert saved["alphas"]["0.9"]["splits"] == 10 and result["base_rate"][1] == pytest.approx(labels.mean())
+    assert "alpha 0.5, delta 0.1" in capsys.readouterr().out
+
+
+def test_a_certified_threshold_that_keeps_everything_is_not_reported_as_none():
+    """In JSON both infinite thresholds are None: +inf (every sample kept, certified) is told apart from -inf
+    (nothing certified) by what it keeps."""
+    from mijax.filters import certify_threshold
+    from mijax.store import json_safe
+
+    rows = [certify_threshold(np.arange(1000.0), np.zeros(1000, bool), 0.01),  # no hallucination: keep all
+            certify_threshold(np.arange(10.0), np.ones(10, bool), 0.01)]  # every sample hallucinated: keep none
+    assert rows[0]["threshold"] == np.inf and rows[0]["kept"] == 500 and rows[1]["kept"] == 0
+    text = evaluation.format_certified(json_safe({"score": "hal", "alpha": 0.01, "delta": 0.1, "per_seed": rows}),
+                                       [0, 1])
+    assert "seed 0: every sample can be kept (no threshold needed)" in text
+    assert "seed 1: no threshold can be certified from 10 samples" in text
+
+
 def test_mijax_eval_certifies_a_threshold_per_seed(samples_file, tmp_path, capsys):
     out = tmp_path / "c.json"
     assert main(["eval", str(samples_file), "--target-rate", "0.05", "--delta", "0.2", "--json-out", str(out)]) == 0

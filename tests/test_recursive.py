@@ -1,6 +1,8 @@
 """Recursive training: filters keep exactly N and the right ones, threshold calibration, distances,
 generation bookkeeping, and resume after a kill = an uninterrupted run."""
+import dataclasses
 import json
+import warnings
 
 import chex
 import jax
@@ -199,6 +201,10 @@ def test_generations_bookkeeping(uninterrupted):
             for row in rows:
                 assert 0 <= row["hallucination_rate_blur_adjusted"] <= row["hallucination_rate"]
     assert [row["accepted"] for row in g0["threshold"]] == [N, N]
+    # without the certified filter: no calibration draw, calibration.json and the metrics as before
+    assert not (gen_dir(out, 0) / "calibration_pool.npz").exists()
+    assert set(json.loads((gen_dir(out, 0) / "calibration.json").read_text())) == {"keep", "thresholds"}
+    assert "certified_thresholds" not in result["generations"][0]
     summary = result["summary"]["variance"]["hallucination_rate"]
     assert len(summary) == 3 and summary[0]["n"] == S
     assert json.loads((out / "metrics.json").read_text())["summary"].keys() == result["summary"].keys()
@@ -353,3 +359,129 @@ def test_variance_below_random_verdict_from_hand_made_cis():
     blur = result(apart, random, "hallucination_rate_blur_adjusted")
     assert variance_below_random(config, blur, "hallucination_rate_blur_adjusted")["means"] is True
     assert variance_below_random(config, result(apart, random), "hallucination_rate_blur_adjusted")["means"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The certified filter.
+
+CERTIFIED_ALPHA = 0.9  # the toy models hallucinate most of their samples: only a generous rate can be certified
+CERTIFIED = dataclasses.replace(TOY, generations=2, filters=("variance", "certified"), certified_alpha=CERTIFIED_ALPHA)
+
+
+@pytest.fixture(scope="module")
+def certified_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("certified") / "study"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_recursive(out, CERTIFIED)
+    return out, result, [str(w.message) for w in caught]
+
+
+def test_the_certified_filter_keeps_below_a_threshold_certified_on_its_own_draw(certified_study):
+    """Generation 0 draws a calibration set of the pool's size with keys of its own, certifies a threshold per
+    seed on it with the data set's labels, and every generation keeps the pool's samples below it; a seed whose
+    threshold keeps nothing is named in a warning and passes on the variance filter's samples."""
+    from mijax.config import build
+    from mijax.filters import certify_threshold
+
+    out, result, warned = certified_study
+    S, N, P = 2, 64, 96
+    d0 = gen_dir(out, 0)
+    pool, draw = np.load(d0 / "pool.npz"), np.load(d0 / "calibration_pool.npz")
+    assert draw["x"].shape == pool["x"].shape == (S, P, 1) and draw["hal"].shape == (S, P)
+    assert not np.any(np.isin(draw["x"], pool["x"]))  # independent of the pool
+    saved = json.loads((d0 / "calibration.json").read_text())
+    assert saved["keep"] == N and len(saved["thresholds"]) == S  # the threshold filter's, as before
+    certified = saved["certified"]
+    assert (certified["alpha"], certified["delta"], certified["calibration"]) == (CERTIFIED_ALPHA, 0.1, P)
+    dataset = build(CERTIFIED.run).dataset
+    thresholds = np.asarray([float(t) for t in certified["thresholds"]])
+    for s, seed in enumerate(CERTIFIED.run.seed_values):
+        expected = certify_threshold(draw["hal"][s], dataset.hallucinated(draw["x"][s]), CERTIFIED_ALPHA, 0.1,
+                                     seed=seed)
+        assert thresholds[s] == expected["threshold"] and certified["per_seed"][s]["kept"] == expected["kept"]
+    for g, metrics in enumerate(result["generations"]):
+        assert metrics["certified_thresholds"] == certified["thresholds"]  # certified once, at generation 0
+        pool = np.load(gen_dir(out, g) / "pool.npz")
+        kept = np.load(gen_dir(out, g) / "kept.npz")["data"]
+        rows = metrics["filters"]["certified"]
+        for s in range(S):
+            m = s if g == 0 else S + s
+            below = pool["hal"][m] < np.float32(thresholds[s])
+            assert rows[s]["accepted"] == int(below.sum())
+            if below.any():
+                assert set(kept[S + s, :, 0].tolist()) <= set(pool["x"][m, below, 0].tolist())
+            else:
+                lowest = np.sort(np.argsort(pool["hal"][m], kind="stable")[:N])
+                np.testing.assert_array_equal(np.sort(kept[S + s, :, 0]), np.sort(pool["x"][m, lowest, 0]))
+        empty = [str(seed) for s, seed in enumerate(CERTIFIED.run.seed_values) if rows[s]["accepted"] == 0]
+        said = [w for w in warned if w.startswith(f"generation {g}: the certified filter's threshold")]
+        assert len(said) == (1 if empty else 0)
+        if empty:
+            assert f"keeps none of the pool of seed(s) {', '.join(empty)}" in said[0]
+    assert not (gen_dir(out, 1) / "calibration_pool.npz").exists()
+
+
+def test_the_certified_filter_applies_its_own_thresholds_and_falls_back_when_they_keep_nothing():
+    """apply_filters: the certified filter reads its own per-seed thresholds (not the threshold filter's);
+    -inf keeps nothing, and the variance filter's samples stand in."""
+    config = dataclasses.replace(TOY, filters=("threshold", "certified"))
+    rng = np.random.default_rng(0)
+    hal = rng.random((2, 96)).astype(np.float32)
+    x = np.arange(2 * 96, dtype=np.float32).reshape(2, 96, 1)
+    kept, counts = recursive.apply_filters(config, 0, x, hal, model_keys(config, 0), np.full(2, np.inf),
+                                           np.asarray([-np.inf, 0.5]))
+    assert counts.tolist() == [96, 96, 0, int((hal[1] < 0.5).sum())]
+    lowest = np.sort(np.argsort(hal[0], kind="stable")[:64])
+    np.testing.assert_array_equal(np.sort(kept[2, :, 0]), x[0, lowest, 0])
+    assert set(kept[3, :, 0].tolist()) == set(x[1, hal[1] < 0.5, 0].tolist())
+    with pytest.raises(ValueError, match="certified filter needs its thresholds"):
+        recursive.apply_filters(config, 0, x, hal, model_keys(config, 0), np.full(2, np.inf))
+
+
+def test_a_certified_study_resumes_after_a_kill_before_its_calibration_draw(certified_study, tmp_path):
+    """Killed after the pool is saved and before the calibration draw, a study restores generation 0's models,
+    draws the same calibration set and ends as an uninterrupted one."""
+    out, expected, _ = certified_study
+
+    def hook(e, g, step):
+        if e == "sampled" and g == 0:
+            raise Kill
+
+    with pytest.raises(Kill):
+        run_recursive(tmp_path / "study", CERTIFIED, hook=hook)
+    assert not (gen_dir(tmp_path / "study", 0) / "calibration_pool.npz").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run_recursive(tmp_path / "study", CERTIFIED)
+    assert result["generations"] == expected["generations"]
+    for name in ("calibration_pool.npz", "kept.npz"):
+        for key, value in np.load(gen_dir(out, 0) / name).items():
+            np.testing.assert_array_equal(np.load(gen_dir(tmp_path / "study", 0) / name)[key], value)
+
+
+def test_certified_settings_are_checked_and_studies_without_them_load(tmp_path, monkeypatch, capsys):
+    from mijax.cli import main
+
+    default = RecursiveConfig()
+    assert (default.certified_alpha, default.certified_delta) == (0.01, 0.1)
+    assert default.filters == ("none", "random", "variance")  # not a default filter
+    for field in ("certified_alpha", "certified_delta"):
+        for bad in (0.0, 1.0, -0.5):
+            with pytest.raises(RunError, match=f"recursive.{field} must be"):
+                RecursiveConfig(**{field: bad})
+    old = recursive.recursive_config_to_dict(TOY)  # a study written before the certified filter
+    del old["certified_alpha"], old["certified_delta"]
+    assert recursive.recursive_config_from_dict(json.loads(json.dumps(old))) == TOY
+    seen = {}
+    monkeypatch.setattr(recursive, "run_recursive", lambda out, config, **kw: seen.update(config=config) or
+                        {"summary": {}})
+    argv = ["recursive", "--dataset", "gaussian1d", "--n-train", "64", "--batch-size", "32", "--timesteps", "20",
+            "--no-progress", "--out", str(tmp_path / "study"), "--filters", "random,certified"]
+    assert main(argv + ["--certified-alpha", "0.05", "--certified-delta", "0.2"]) == 0
+    assert seen["config"].filters == ("random", "certified")
+    assert (seen["config"].certified_alpha, seen["config"].certified_delta) == (0.05, 0.2)
+    assert main(argv) == 0 and (seen["config"].certified_alpha, seen["config"].certified_delta) == (0.01, 0.1)
+    capsys.readouterr()
+    assert main(argv + ["--certified-alpha", "1"]) == 2
+    assert "--certified-alpha: recursive.certified_alpha must be < 1" in capsys.readouterr().err

@@ -179,6 +179,8 @@ RECURSIVE_INPUTS = {
     "pool ratio inf": ["--pool-ratio", "inf"],
     "pool ratio nan": ["--pool-ratio", "nan"],
     "threshold keep nan": ["--threshold-keep", "nan"],
+    "certified alpha 0": ["--certified-alpha", "0"],
+    "certified delta nan": ["--certified-delta", "nan"],
     "resume (recursive resumes by rerunning)": ["--resume"],
     "unknown filter": ["--filters", "none,best"],
 }
