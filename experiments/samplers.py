@@ -83,7 +83,7 @@ class SamplersProfile(common.Mixture2DProfile):
 QUICK = SamplersProfile(**common.QUICK_1D, **common.two_d({**common.QUICK_2D, "steps": 24_000}), num_samples=3_000,
                         chunk_size=3_000, **common.QUICK_OPTIMISER, **common.QUICK_SAVING)
 PROFILES = {
-    "smoke": common.smoke(QUICK, datasets=("gaussian1d",), sweep_samplers=("ddim",), sweep_steps=(5, 10),
+    "smoke": common.smoke(QUICK, datasets=("gaussian1d",), sweep_samplers=("ddim",), sweep_steps=(10,),
                           stochastic=(2,), stochastic_at=("last",), etas=(0.0,), base_steps=10, shown=3),
     "quick": QUICK,
     "paper": SamplersProfile(**common.PAPER_1D, **common.two_d(common.PAPER_2D), num_samples=100_000,
