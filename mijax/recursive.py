@@ -3,10 +3,10 @@ registered data set.
 
 Generation 0 trains S models (one per seed) on real data. Each later generation trains NEW models from
 scratch, with the same recipe, on the samples the previous generation kept. Every model draws a pool of
-P samples with Hal (by ``config.sampler``: DDPM by default, as published), and a filter (:mod:`mijax.filters`) keeps N of them: ``none``, ``random``, ``variance``,
-``threshold`` or ``certified``. The threshold is calibrated on generation 0 (per seed: the Hal below which generation
-0's pool keeps a fraction ``threshold_keep`` of P; default N / P, so at generation 0 it keeps what
-``variance`` keeps). The number it accepts varies, but the training set keeps N rows so every model shares
+P samples with Hal (by ``config.sampler``: DDPM by default, as published), and a filter (:mod:`mijax.filters`)
+keeps N of them: ``none``, ``random``, ``variance``, ``threshold`` or ``certified``. The threshold is
+calibrated on generation 0 (per seed: the Hal below which generation 0's pool keeps a fraction
+``threshold_keep`` of P; default N / P, so at generation 0 it keeps what ``variance`` keeps). The number it accepts varies, but the training set keeps N rows so every model shares
 one vmapped program (accepted samples cycled or cut, see :func:`mijax.filters.threshold_keep_indices`);
 the accepted count is logged.
 
