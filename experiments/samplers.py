@@ -188,12 +188,14 @@ def in_region(x_t: np.ndarray, abar: float, means: np.ndarray, radius: float) ->
     return np.any(gap <= radius, axis=1)
 
 
-def _record_from(sampler: SamplerConfig, T: int, region_t: int) -> tuple[SamplerConfig, int]:
-    """``sampler`` recording x_t from its first visited t <= region_t to the end; that t."""
-    ts = reverse_timesteps(sampler, T)
+def _record_from(sampler: SamplerConfig, T: int, region_t: int) -> tuple[SamplerConfig, int, int]:
+    """``sampler`` recording x_t from its first visited t <= region_t to the end; that t; the sampler's network
+    evaluations per sample."""
+    ts, kinds = samplers.timesteps(sampler.sampler, T, sampler.ddim_steps, sampler.skip, sampler.stochastic_steps,
+                                   sampler.stochastic_at, sampler.stochastic_from)
     last = int(np.sum(ts <= region_t))
-    return dataclasses.replace(sampler, trajectory_stride=1, trajectory_last=last, trajectory_xt=True), \
-        int(ts[len(ts) - last])
+    recording = dataclasses.replace(sampler, trajectory_stride=1, trajectory_last=last, trajectory_xt=True)
+    return recording, int(ts[len(ts) - last]), samplers.evaluations(sampler.sampler, kinds)
 
 
 def draw(run_dir: Path, loaded: tuple, score: str, sampler: SamplerConfig, p: dict,
@@ -204,7 +206,7 @@ def draw(run_dir: Path, loaded: tuple, score: str, sampler: SamplerConfig, p: di
     config, pieces, state = loaded
     T = config.diffusion.timesteps
     region_t = min(T - 1, int(round(p["region_time"] * T)))
-    recording, t_region = _record_from(data_sampler(config, sampler), T, region_t)
+    recording, t_region, evaluations = _record_from(data_sampler(config, sampler), T, region_t)
     settings = {"score": score, "n": p["num_samples"], "sampler": dataclasses.asdict(recording)}
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
     path = Path(run_dir) / f"samples-sweep-{digest}.npz"
@@ -221,10 +223,8 @@ def draw(run_dir: Path, loaded: tuple, score: str, sampler: SamplerConfig, p: di
     drawn = collect.draw(fn, params, pieces.schedule, keys, p["num_samples"], pieces.shape, recording,
                          p["chunk_size"], show_progress=progress, desc=f"{config.data.dataset} {score}",
                          require_finite=False)
-    kinds = samplers.timesteps(sampler.sampler, T, sampler.ddim_steps, sampler.skip, sampler.stochastic_steps,
-                               sampler.stochastic_at, sampler.stochastic_from)[1]
     result = {"x": drawn["x"], "hal": drawn["hal"], "x_region": drawn["trajectory_xt"][:, :, 0],
-              "region_t": np.int32(t_region), "evaluations": np.int32(samplers.evaluations(sampler.sampler, kinds))}
+              "region_t": np.int32(t_region), "evaluations": np.int32(evaluations)}
     save_npz(path, **result)
     return result
 
@@ -302,10 +302,10 @@ def plot_stochastic(path: Path, p: dict, blocks: dict, title: str) -> str:
                                           title, scale=100.0, reference=reference, bounds=(0.0, 1.0)), path)
 
 
-def plot_trajectories(path: Path, run_dir: Path, p: dict) -> str:
+def plot_trajectories(path: Path, loaded: tuple, p: dict) -> str:
     """x_t of a few samples of the first seed's learned model, DDPM and DDIM over base_steps from the same x_T:
     up to half of them samples DDIM ends hallucinated, the rest samples it ends in a mode (none that diverged)."""
-    config, pieces, state = load_run(run_dir)
+    config, pieces, state = loaded
     T = config.diffusion.timesteps
     params = jax.tree.map(lambda a: a[:1], eval_params(state, config.train))
     keys = sample_keys(config, 0)[:1]
@@ -378,7 +378,7 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
         figures[f"stochastic_{dataset}"] = plot_stochastic(out / f"stochastic_{dataset}.png", p, blocks,
                                                            f"{dataset}: DDIM {p['base_steps']} with stochastic steps")
         if SETTINGS[dataset][0] == "1d":
-            figures["trajectories"] = plot_trajectories(out / "trajectories.png", run_dir, p)
+            figures["trajectories"] = plot_trajectories(out / "trajectories.png", loaded, p)
         sections.append(_section(p, dataset, blocks, verdicts))
         timer.lap("figures")
     metrics["figures"] = {k: Path(v).name for k, v in figures.items()}
