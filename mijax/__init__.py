@@ -34,6 +34,7 @@ data and mixtures     | mijax.data          | data=
                       |                     | mass_beyond
 diffusion             | mijax.diffusion     | Schedule SCHEDULES make_schedule beta_values OBJECTIVES q_sample
                       |                     | denoising_loss denoising_loss_at loss_draws sample_timesteps
+                      |                     | smoothness_penalty
                       |                     | model_predictions posterior_mean_variance predict_eps_from_x0
                       |                     | predict_x0_from_eps
 models                | mijax.models        | ToyDenoiser FusedDenoiser KERNELS make_denoiser
@@ -43,6 +44,7 @@ sampling with Hal     | mijax.sampling      | sample sample_chunks Samples
                       | mijax.samplers      | samplers=
                       | mijax.hal           | HAL_REDUCTIONS
                       | mijax.abort         | sample_with_abort
+                      | mijax.guidance      | Guidance guided make_guidance mode_gradient
 detection and filters | mijax.detectors     | DETECTORS DetectorSpec parse_detectors=parse
                       | mijax.detection     | auroc roc_curve detection_summary removal_at_retention
                       |                     | retained_at_removal

@@ -211,7 +211,7 @@ def _config(build, *args, **kwargs):
 
 
 TRAIN_FIELDS = ("steps", "batch_size", "learning_rate", "warmup_steps", "lr_decay", "lr_final", "grad_clip",
-                "ema_decay", "t_power", "batch_groups", "shuffle", "steps_per_call")
+                "ema_decay", "t_power", "batch_groups", "smoothness", "smoothness_rows", "shuffle", "steps_per_call")
 
 
 def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> None:
@@ -316,11 +316,20 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
                         "[S, N] per detector (higher = more suspicious)")
     p.add_argument("--abort", default=None, metavar="DETECTOR@END:LENGTH",
                    help="abort and resample: at the end of this detector's window (END steps before the last) redraw "
-                        "the samples scoring >= --abort-threshold from fresh noise; the .npz gains redraws and steps "
-                        "[S, N] (one device, in memory)")
-    _add_fields(p, config.AbortConfig, "abort", ("threshold", "max_redraws"),
+                        "the samples scoring >= --abort-threshold (or a threshold certified for "
+                        "--abort-target-rate) from fresh noise; the .npz gains redraws and steps [S, N] (one device, "
+                        "in memory)")
+    _add_fields(p, config.AbortConfig, "abort", ("threshold", "max_redraws", "target_rate", "delta", "calibration"),
                 help={"threshold": "the --abort detector's threshold",
-                      "max_redraws": "--abort: redraws per sample at most, the last kept (default: 3)"})
+                      "max_redraws": "--abort: redraws per sample at most, the last kept (default: 3)",
+                      "target_rate": "--abort without a threshold: certify one per model from a labelled "
+                                     "calibration draw, so that the hallucination rate among the samples accepted "
+                                     "below it is at most this with probability >= 1 - --abort-delta; the .npz "
+                                     "gains abort_threshold, abort_accepted, abort_bound [S] and still_flagged "
+                                     "[S, N] (the samples kept because their redraws ran out, not covered)",
+                      "delta": "--abort-target-rate's failure probability (default: 0.1)",
+                      "calibration": "--abort-target-rate's calibration samples per model, drawn apart "
+                                     "(default: 10000)"})
     p.add_argument("--overwrite", action="store_true", help="replace an existing samples file made by mijax")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, type=_path,
@@ -511,10 +520,12 @@ def _sample_config(a):
         except ValueError as e:
             raise UsageError(f"--detectors: {e}") from None
     abort = _given(a, "abort")
-    if (a.abort is None) != ("threshold" not in abort):
-        raise UsageError("--abort and --abort-threshold go together")
-    if a.abort is None and "max_redraws" in abort:
-        raise UsageError("--max-redraws applies to --abort only")
+    if a.abort is None and abort:
+        raise UsageError("--abort-threshold, --abort-target-rate and --max-redraws apply to --abort only")
+    if a.abort is not None and ("threshold" in abort) == ("target_rate" in abort):
+        raise UsageError("--abort takes --abort-threshold or --abort-target-rate (one of them)")
+    if "target_rate" not in abort and {"delta", "calibration"} & set(abort):
+        raise UsageError("--abort-delta and --abort-calibration apply to --abort-target-rate only")
     if a.abort is not None:
         try:
             specs = parse(a.abort)

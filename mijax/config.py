@@ -249,6 +249,12 @@ class TrainConfig(Config):
                                    "computed apart, each group on its own device when the seeds leave devices "
                                    "free (a power of two dividing the batch; the same numbers on any device "
                                    "count). 1: one gradient over the batch, as published", above=0)
+    smoothness: float = setting(0.0, "add this weight times the score-smoothness penalty mean 1 / (1 + J_ii^2) "
+                                     "(J: the model score's Jacobian at the loss's x_t) to the loss; it pushes the "
+                                     "score to turn sharply between modes (0: off, as published)", low=0)
+    smoothness_rows: int = setting(0, "the smoothness penalty's mean over the first this many rows of each batch "
+                                      "(of each group with batch_groups; 0: all rows): an unbiased estimate at a "
+                                      "fraction of the cost", low=0)
 
     def check(self):
         g = self.batch_groups
@@ -370,13 +376,29 @@ class SamplerConfig(Config):
 @dataclasses.dataclass(frozen=True)
 class AbortConfig(Config):
     """When to abort: ``detector``'s window ends t_e = ``detector.end`` steps before the last; a sample whose
-    score there is ``>= threshold`` is redrawn, at most ``max_redraws`` times."""
+    score there is ``>= threshold`` is redrawn, at most ``max_redraws`` times.
+
+    Instead of a threshold, a ``target_rate``: the threshold is then certified per model from ``calibration``
+    labelled samples of a separate draw (:func:`mijax.abort.certify_abort`), so that the hallucination rate among
+    the samples accepted below it is at most ``target_rate`` with probability at least ``1 - delta`` over that
+    draw (the samples kept only because their redraws ran out are outside the guarantee)."""
 
     SECTION: ClassVar[str] = "abort"
     detector: DetectorSpec = setting(help="the detector whose window ends where samples are aborted")
-    threshold: float = setting(help="the detector's threshold: a score >= it is redrawn (inf: never)",
-                               infinite=True, option="abort_threshold")
+    threshold: Optional[float] = setting(None, "the detector's threshold: a score >= it is redrawn (inf: never; "
+                                               "None: certified from target_rate)",
+                                         infinite=True, option="abort_threshold")
     max_redraws: int = setting(3, "redraws per sample at most, the last kept", low=0)
+    target_rate: Optional[float] = setting(None, "certify the threshold instead: the hallucination rate among the "
+                                                 "samples accepted below it at most this, with probability >= "
+                                                 "1 - delta", above=0, below=1, option="abort_target_rate")
+    delta: float = setting(0.1, "target_rate's failure probability", above=0, below=1, option="abort_delta")
+    calibration: int = setting(10_000, "target_rate: labelled calibration samples per model", above=3,
+                               option="abort_calibration")
+
+    def check(self):
+        if (self.threshold is None) == (self.target_rate is None):
+            _fail("abort.threshold", "abort takes a threshold or a target rate, one of them")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-JAC_EXACT_MAX = 16  # samples of at most this many coordinates get the exact Jacobian (one jvp per coordinate)
+from mijax.diffusion import JAC_EXACT_MAX  # samples of at most this many coordinates: the exact Jacobian
 DEFAULT_END, DEFAULT_LENGTH = 0, 10  # the paper's window, t = 9..0
 PROBE_STREAM = 0x5EED0000  # Hutchinson probes of sample i at step t: fold_in(fold_in(key_i, PROBE_STREAM), t)
 LID_END = 10  # lid's default t0

@@ -255,7 +255,8 @@ def sample_timesteps(key: jax.Array, n: int, num_timesteps: int, power: float = 
 
 
 def denoising_loss(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, x0: jnp.ndarray,
-                   objective: str = "eps", t_power: float = 1.0) -> jnp.ndarray:
+                   objective: str = "eps", t_power: float = 1.0, smoothness: float = 0.0,
+                   smoothness_rows: int = 0) -> jnp.ndarray:
     """The simple DDPM loss: mean over the batch of the mean over dims of (target - output)^2.
 
     t is uniform on 0..T-1 (or drawn by :func:`sample_timesteps` with ``t_power``) and the noise standard
@@ -269,11 +270,17 @@ def denoising_loss(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Ar
       x0: a batch of clean data, [N, *shape].
       objective: ``eps`` (the paper's), ``x0`` or ``mean``.
       t_power: 1 (uniform t, the paper's) or the power of :func:`sample_timesteps`.
+      smoothness: the weight of :func:`smoothness_penalty` added to the loss (0: none, as published); its
+        probes (for data of more than ``JAC_EXACT_MAX`` coordinates) come from ``fold_in(key, PROBE_STREAM)``.
+      smoothness_rows: the penalty's mean over the first this many rows of the batch (0: all); an unbiased
+        estimate of the full mean at a fraction of its cost.
     Returns:
       The scalar loss.
     """
     t, noise = loss_draws(key, x0, schedule.num_timesteps, t_power)
-    return denoising_loss_at(denoise_fn, params, schedule, x0, t, noise, objective)
+    probes = smoothness_probes(key, x0) if smoothness else None
+    return denoising_loss_at(denoise_fn, params, schedule, x0, t, noise, objective, smoothness, probes,
+                             smoothness_rows)
 
 
 def loss_draws(key: jax.Array, x0: jnp.ndarray, num_timesteps: int,
@@ -286,10 +293,57 @@ def loss_draws(key: jax.Array, x0: jnp.ndarray, num_timesteps: int,
 
 
 def denoising_loss_at(denoise_fn: Denoiser, params, schedule: Schedule, x0: jnp.ndarray, t: jnp.ndarray,
-                      noise: jnp.ndarray, objective: str = "eps") -> jnp.ndarray:
-    """:func:`denoising_loss` at given timesteps t [N] and noise [N, *shape] (see :func:`loss_draws`)."""
+                      noise: jnp.ndarray, objective: str = "eps", smoothness: float = 0.0,
+                      probes=None, smoothness_rows: int = 0) -> jnp.ndarray:
+    """:func:`denoising_loss` at given timesteps t [N] and noise [N, *shape] (see :func:`loss_draws`), plus
+    ``smoothness`` times :func:`smoothness_penalty` at the same x_t (``probes``: see there) over its first
+    ``smoothness_rows`` rows (0: all)."""
     n = x0.shape[0]
     x_t = q_sample(schedule, x0, t, noise)
     target = loss_target(schedule, x0, x_t, t, noise, objective)
     err = (target - denoise_fn(params, x_t, t)) ** 2
-    return jnp.mean(err.reshape(n, -1))
+    loss = jnp.mean(err.reshape(n, -1))
+    if smoothness:
+        rows = slice(0, smoothness_rows or n)
+        loss = loss + smoothness * smoothness_penalty(denoise_fn, params, schedule, x_t[rows], t[rows], objective,
+                                                      None if probes is None else probes[rows])
+    return loss
+
+
+JAC_EXACT_MAX = 16  # data of at most this many coordinates get exact Jacobians (one jvp per coordinate)
+PROBE_STREAM = 0x5A00_0000  # the smoothness penalty's Rademacher probes: fold_in(loss key, PROBE_STREAM)
+
+
+def smoothness_probes(key: jax.Array, x0: jnp.ndarray):
+    """One Rademacher probe per row, [N, *shape], from ``fold_in(key, PROBE_STREAM)`` for data of more than
+    ``JAC_EXACT_MAX`` coordinates; None (the exact diagonal) for smaller data."""
+    if math.prod(x0.shape[1:]) <= JAC_EXACT_MAX:
+        return None
+    return jax.random.rademacher(jax.random.fold_in(key, PROBE_STREAM), x0.shape, x0.dtype)
+
+
+def smoothness_penalty(denoise_fn: Denoiser, params, schedule: Schedule, x_t: jnp.ndarray, t: jnp.ndarray,
+                       objective: str = "eps", probes=None) -> jnp.ndarray:
+    """The score-smoothness penalty mean_i 1 / (1 + J_ii^2) over the batch and the coordinates, J the Jacobian
+    of the model's score -eps_hat(x_t, t) / sqrt(1 - abar_t) in x_t. Small where the score turns sharply
+    (near and between modes at small t), close to 1 where it is smooth: adding it to the loss pushes the
+    model's score to change sharply. The diagonal is exact (one jvp per coordinate) when ``probes`` is None,
+    else Hutchinson's one-probe estimate v * (J v) with the Rademacher ``probes`` [N, *shape]. A scalar."""
+    n, shape = x_t.shape[0], x_t.shape[1:]
+    sigma = extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
+
+    def score(x):
+        output = denoise_fn(params, x, t)
+        eps = output if objective == "eps" else predict_eps_from_x0(
+            schedule, x, t, model_predictions(schedule, output, x, t, objective)[0])
+        return -eps / sigma
+
+    push = jax.linearize(score, x_t)[1]
+    if probes is None:
+        size = math.prod(shape)
+        basis = jnp.eye(size, dtype=x_t.dtype).reshape((size, 1) + shape)
+        columns = jax.vmap(lambda e: push(jnp.broadcast_to(e, x_t.shape)).reshape(n, size))(basis)  # [D, N, D]
+        diagonal = jnp.diagonal(columns, axis1=0, axis2=2)  # [N, D]
+    else:
+        diagonal = (probes * push(probes)).reshape(n, -1)
+    return jnp.mean(1.0 / (1.0 + jnp.square(diagonal)))

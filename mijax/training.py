@@ -18,7 +18,8 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from mijax import execution
-from mijax.diffusion import Denoiser, Schedule, denoising_loss, denoising_loss_at, loss_draws
+from mijax.diffusion import (Denoiser, Schedule, denoising_loss, denoising_loss_at, loss_draws,
+                             smoothness_probes)
 from mijax.execution import compile_init, plan_for
 from mijax.keys import DROPOUT, INIT, SHUFFLE, STEP
 from mijax.config import TrainConfig
@@ -190,35 +191,40 @@ def batch_gradient(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig
     if groups == 1:
         fn = denoise_fn if training is None else training(dropout_key)
         return jax.value_and_grad(lambda p: denoising_loss(fn, p, schedule, step_key, batch, config.objective,
-                                                           config.t_power))(params)
+                                                           config.t_power, config.smoothness,
+                                                           config.smoothness_rows))(params)
     t, noise = loss_draws(step_key, batch, schedule.num_timesteps, config.t_power)
+    probes = smoothness_probes(step_key, batch) if config.smoothness else None
     size = batch.shape[0] // groups
 
-    def local(params, x0, t, noise, first):
+    def local(params, x0, t, noise, first, probes=None):
         # the groups x0 [k * size, ...] of this device, first index `first`: their pairwise sum
         parts = []
         for i in range(x0.shape[0] // size):
             fn = denoise_fn if training is None else training(jax.random.fold_in(dropout_key, first + i))
             rows = slice(i * size, (i + 1) * size)
             # a barrier per group: XLA may not merge the groups' products (that would change their numbers)
-            p, x, tt, e = jax.lax.optimization_barrier((params, x0[rows], t[rows], noise[rows]))
+            p, x, tt, e, v = jax.lax.optimization_barrier(
+                (params, x0[rows], t[rows], noise[rows], None if probes is None else probes[rows]))
             parts.append(jax.lax.optimization_barrier(jax.value_and_grad(
-                lambda p: denoising_loss_at(fn, p, schedule, x, tt, e, config.objective))(p)))
+                lambda p: denoising_loss_at(fn, p, schedule, x, tt, e, config.objective, config.smoothness, v,
+                                            config.smoothness_rows))(p)))
         return _pairwise_sum(parts)
 
+    extra = () if probes is None else (probes,)
     if mesh is None:
-        loss, grads = local(params, batch, t, noise, 0)
+        loss, grads = local(params, batch, t, noise, 0, *extra)
     else:
         devices = execution.mesh_size(mesh)
 
-        def spread(params, x0, t, noise):
-            part = local(params, x0, t, noise, jax.lax.axis_index(execution.BATCH) * (groups // devices))
+        def spread(params, x0, t, noise, *probes):
+            part = local(params, x0, t, noise, jax.lax.axis_index(execution.BATCH) * (groups // devices), *probes)
             every = jax.lax.all_gather(part, execution.BATCH)  # [D, ...]: summed in a fixed order, not by psum
             return _pairwise_sum([jax.tree.map(lambda a: a[d], every) for d in range(devices)])
 
         split = P(execution.BATCH)
-        loss, grads = jax.shard_map(spread, mesh=mesh, in_specs=(P(), split, split, split), out_specs=P(),
-                                    check_vma=False)(params, batch, t, noise)
+        loss, grads = jax.shard_map(spread, mesh=mesh, in_specs=(P(), split, split, split) + (split,) * len(extra),
+                                    out_specs=P(), check_vma=False)(params, batch, t, noise, *extra)
     # materialised: the optimiser's update then compiles the same way whatever D (no fused multiply-adds
     # that reach into the sums on some device counts and not on others)
     return jax.lax.optimization_barrier((loss / groups, jax.tree.map(lambda g: g / groups, grads)))

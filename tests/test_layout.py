@@ -43,8 +43,8 @@ LAYERS = {
     "mijax.signals": UTILITIES, "mijax.timing": UTILITIES, "mijax.allocator": UTILITIES,
     "mijax.execution": UTILITIES, "mijax.registry": UTILITIES,
     # noise schedules, the diffusion maths, the mixtures' exact scores, statistics, Hal's reductions, the
-    # detectors' reductions, the filters
-    "mijax.diffusion": MATHS, "mijax.mixtures": MATHS, "mijax.stats": MATHS,
+    # detectors' reductions, the filters, guidance toward a mode
+    "mijax.diffusion": MATHS, "mijax.mixtures": MATHS, "mijax.stats": MATHS, "mijax.guidance": MATHS,
     "mijax.hal": MATHS, "mijax.detectors": MATHS, "mijax.filters": MATHS, "mijax.samplers": MATHS,
     # data sets (and the digits' feature classifier), denoisers
     "mijax.data": DATA_AND_MODELS, "mijax.features": DATA_AND_MODELS, "mijax.models": DATA_AND_MODELS,
