@@ -69,7 +69,7 @@ def validate_abort(abort: AbortConfig, config: SamplerConfig, num_timesteps: int
         raise ValueError(f"abort needs a windowed detector (not {spec.name!r}); e.g. hal@25:10")
     if abort.max_redraws < 0:
         raise ValueError(f"max redraws must be >= 0, got {abort.max_redraws}")
-    if math.isnan(abort.threshold):
+    if abort.threshold is not None and math.isnan(abort.threshold):
         raise ValueError("the abort threshold must not be NaN")
     validate(with_abort_detector(config, abort), num_timesteps, has_oracle=has_oracle)
 
@@ -102,6 +102,8 @@ def sample_with_abort(denoise_fn: Denoiser, params, schedule: Schedule, key: jax
     shape = tuple(int(s) for s in shape)
     if n <= 0:
         raise ValueError(f"the number of samples must be > 0, got {n}")
+    if abort.threshold is None:
+        raise ValueError("abort with a target rate needs its threshold certified first (certify_abort)")
     spec = abort.detector
     config = with_abort_detector(config, abort)
     validate_abort(abort, config, schedule.num_timesteps, has_oracle=oracle is not None)
@@ -143,4 +145,34 @@ def sample_with_abort(denoise_fn: Denoiser, params, schedule: Schedule, key: jax
     return out, info
 
 
-__all__ = ["AbortConfig", "REDRAW_STREAM", "sample_with_abort", "validate_abort", "with_abort_detector"]
+def certify_abort(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, shape: Sequence[int],
+                  abort: AbortConfig, hallucinated, config: SamplerConfig = SamplerConfig(), oracle=None) -> dict:
+    """A threshold for ``abort.detector`` certified from a calibration draw: the hallucination rate among the
+    samples the abort accepts below it is at most ``abort.target_rate`` with probability at least ``1 -
+    abort.delta`` (:func:`mijax.filters.certify_threshold`).
+
+    Draws ``abort.calibration`` samples of one model with the plain sampler ``config`` from the calibration
+    stream of ``key`` (sample i: ``fold_in(fold_in(key, CALIBRATION), i)``, apart from the samples the abort
+    draws), scores them at t_e, labels their end points with ``hallucinated`` (``x [N, *shape] -> bool [N]``,
+    the data set's rule) and certifies. A draw the abort accepts (score below the threshold) is a fresh
+    trajectory of the same sampler scoring below it, exchangeable with the calibration samples below it; a
+    sample kept only because its redraws ran out (``still_flagged``) is not covered.
+
+    Returns:
+      certify_threshold's dict (``threshold``: -inf where nothing is certified, and every sample is redrawn).
+    """
+    from mijax.filters import certify_threshold
+    from mijax.keys import CALIBRATION
+    from mijax.sampling import sample
+
+    if abort.target_rate is None:
+        raise ValueError("certify_abort needs the abort's target_rate")
+    config = with_abort_detector(config, abort)
+    got = sample(denoise_fn, params, schedule, jax.random.fold_in(key, CALIBRATION), abort.calibration, shape,
+                 config, oracle=oracle)
+    scores = np.asarray(got.scores[abort.detector.key], np.float64)
+    return certify_threshold(scores, np.asarray(hallucinated(np.asarray(got.x))), abort.target_rate, abort.delta)
+
+
+__all__ = ["AbortConfig", "REDRAW_STREAM", "certify_abort", "sample_with_abort", "validate_abort",
+           "with_abort_detector"]

@@ -14,7 +14,7 @@ draws what an uninterrupted one draws; a chunk of samples what the whole batch d
 ``FILTER``             6  a recursive study's random and threshold filters, folded with the filter
 ``REFERENCE``          7  reference draws of the true law (distances to it)
 ``DROPOUT``            8  optimiser step j's dropout masks (models with dropout), folded with j
-``CALIBRATION``        9  a recursive study's calibration draw (generation 0, the certified filter)
+``CALIBRATION``        9  calibration draws (the certified filter, a certified abort)
 ====================  ==  ===============================================================
 
 Sampling keys: sample ``i`` of a call uses ``fold_in(key, i)`` (its start noise ``fold_in(key_i, T)``, the

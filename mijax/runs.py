@@ -405,19 +405,37 @@ def sample_run(run_dir: os.PathLike, n: int, seed: int = 0, sampler: Optional[Sa
 
 def _sample_with_abort(denoise_fn, params, pieces: Pieces, keys, n: int, sampler: SamplerConfig, abort, oracle,
                        out, show_progress: bool, provenance: dict) -> dict:
-    """:func:`sample_run` with abort and resample: each seed's model in turn."""
-    from mijax.abort import sample_with_abort
+    """:func:`sample_run` with abort and resample: each seed's model in turn (with a target rate, its threshold
+    certified first from that model's calibration draw: :func:`mijax.abort.certify_abort`)."""
+    from mijax.abort import certify_abort, sample_with_abort
 
     if jax.process_count() > 1:
         raise RunError("abort and resample runs in one process (this job has several)")
+    certified = abort.target_rate is not None
+    if certified and not hasattr(pieces.dataset, "hallucinated"):
+        raise RunError("abort with a target rate needs a data set that labels hallucinations")
     parts = []
     bar = execution.progress_bar(show_progress, total=int(keys.shape[0]), desc="sample with abort", unit="model")
     try:
         for s in range(keys.shape[0]):
-            got, info = sample_with_abort(denoise_fn, jax.tree.map(lambda a: a[s], params), pieces.schedule,
-                                          keys[s], n, pieces.shape, abort, sampler, oracle=oracle)
+            model, extra = jax.tree.map(lambda a: a[s], params), {}
+            if certified:
+                c = certify_abort(denoise_fn, model, pieces.schedule, keys[s], pieces.shape, abort,
+                                  pieces.dataset.hallucinated, sampler, oracle=oracle)
+                if c["threshold"] == -np.inf:
+                    warnings.warn(f"model {s}: no abort threshold is certified at target rate {abort.target_rate:g} "
+                                  f"(delta {abort.delta:g}, {abort.calibration} calibration samples): every sample "
+                                  "is redrawn and the last draws are kept, outside the guarantee", stacklevel=4)
+                extra = {"abort_threshold": np.float64(c["threshold"]), "abort_accepted": np.float64(c["accepted"]),
+                         "abort_bound": np.float64(c["bound"])}
+                abort_s = dataclasses.replace(abort, threshold=float(c["threshold"]), target_rate=None)
+            else:
+                abort_s = abort
+            got, info = sample_with_abort(denoise_fn, model, pieces.schedule, keys[s], n, pieces.shape, abort_s,
+                                          sampler, oracle=oracle)
             parts.append({**{k: np.asarray(v) for k, v in collect.fields(got).items()},
-                          "redraws": info["redraws"], "steps": info["steps"]})
+                          "redraws": info["redraws"], "steps": info["steps"],
+                          **({"still_flagged": info["still_flagged"]} if certified else {}), **extra})
             bar.update(1)
             signals.check()
     finally:

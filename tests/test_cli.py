@@ -87,6 +87,32 @@ def test_sample_with_abort_and_resample(trained, tmp_path):
         assert "config" in f.files and "seeds" in f.files
 
 
+def test_sample_with_abort_at_a_certified_threshold(trained, tmp_path):
+    """--abort-target-rate: per model, the threshold certify_abort finds on its own calibration draw; every sample
+    accepted below it (not still flagged) scores below it."""
+    from mijax.abort import certify_abort
+    from mijax.config import AbortConfig
+    from mijax.detectors import parse
+    from mijax.runs import load_run, sample_keys
+    from mijax.training import eval_params
+
+    out = tmp_path / "c.npz"
+    assert main(["sample", "--run", str(trained), "--n", "20", "--no-progress", "--abort", "hal@5:10",
+                 "--abort-target-rate", "0.85", "--abort-calibration", "200", "--out", str(out)]) == 0
+    config, pieces, state = load_run(trained)
+    abort = AbortConfig(parse("hal@5:10")[0], target_rate=0.85, calibration=200)  # the toy models: ~70% hallucinated
+    params = eval_params(state, config.train)
+    with np.load(out) as f:
+        assert f["abort_threshold"].shape == f["abort_bound"].shape == (2,) and f["still_flagged"].shape == (2, 20)
+        assert np.isfinite(f["abort_threshold"]).any() and np.all(f["abort_bound"] <= 0.85)
+        for s in range(2):
+            c = certify_abort(pieces.denoise_fn, jax.tree.map(lambda a: a[s], params), pieces.schedule,
+                              sample_keys(config, 0)[s], pieces.shape, abort, pieces.dataset.hallucinated)
+            assert f["abort_threshold"][s] == c["threshold"] and f["abort_bound"][s] == c["bound"]
+            accepted = ~f["still_flagged"][s]
+            assert np.all(f["score_hal_e5_k10"][s][accepted] < c["threshold"])
+
+
 def test_sample_kernel_option(trained, tmp_path):
     """--kernel pallas samples with the fused kernel on a GPU; elsewhere it says so and uses the XLA path."""
     out, ref = tmp_path / "k.npz", tmp_path / "ref.npz"
@@ -263,7 +289,15 @@ BAD_SAMPLE = {
     "unknown detector": (["--n", "4", "--detectors", "hal,foo"], "unknown detector 'foo'"),
     "detector window beyond T": (["--n", "4", "--detectors", "hal@25:10"], "must lie in the sampler's 30 steps"),
     "jac probes zero": (["--n", "4", "--jac-probes", "0"], "sampler.jac_probes must be >= 1, got 0"),
-    "abort without threshold": (["--n", "4", "--abort", "hal@5:10"], "--abort and --abort-threshold go together"),
+    "abort without threshold": (["--n", "4", "--abort", "hal@5:10"], "--abort takes --abort-threshold or "
+                                                                      "--abort-target-rate (one of them)"),
+    "abort with both": (["--n", "4", "--abort", "hal@5:10", "--abort-threshold", "1", "--abort-target-rate", "0.1"],
+                        "--abort takes --abort-threshold or --abort-target-rate"),
+    "threshold without abort": (["--n", "4", "--abort-threshold", "1"], "--abort-threshold, --abort-target-rate and "
+                                                                       "--max-redraws apply to --abort only"),
+    "delta without target": (["--n", "4", "--abort", "hal@5:10", "--abort-threshold", "1", "--abort-delta", "0.2"],
+                             "--abort-delta and --abort-calibration apply to --abort-target-rate only"),
+    "target rate above 1": (["--n", "4", "--abort", "hal@5:10", "--abort-target-rate", "1.5"], "--abort-target-rate"),
     "abort at the final sample": (["--n", "4", "--abort", "lid", "--abort-threshold", "1"], "windowed detector"),
     "abort with two detectors": (["--n", "4", "--abort", "hal,xt_var", "--abort-threshold", "1"], "one detector"),
 }
@@ -417,7 +451,9 @@ def test_experiment_takes_the_sampler_options_and_refuses_what_it_cannot_draw(tm
             ("score", ["--sampler", "ddim"], "experiment score does not take --sampler ddim: it compares the trained "
                                              "denoiser with the exact one through the published DDPM on purpose"),
             ("detectors", ["--sampler", "ddim"], "experiment detectors does not take --sampler ddim: its "
-                                                 "abort-and-resample study redraws with DDPM")):
+                                                 "abort-and-resample study redraws with DDPM"),
+            ("mitigations", ["--sampler", "ddim"], "experiment mitigations does not take --sampler ddim: its "
+                                                   "baseline is DDPM over all steps")):
         msg = _error(capsys, ["experiment", name, "--profile", "smoke", "--out", str(tmp_path / "refused"), *argv])
         assert msg.startswith(f"mijax: error: {line}"), msg
     assert not (tmp_path / "refused").exists()
@@ -430,7 +466,7 @@ def test_experiment_takes_the_sampler_options_and_refuses_what_it_cannot_draw(tm
     assert main(["experiment", "all", "--profile", "smoke", "--out", str(tmp_path / "all"), "--sampler", "heun"]) == 0
     printed = capsys.readouterr().out
     assert "score: left out, it does not take --sampler heun" in printed and "detectors: left out" in printed
-    left_out = ("score", "samplers", "detectors")
+    left_out = ("score", "samplers", "detectors", "mitigations")
     assert [name for name, _ in seen] == [n for n in experiments.names() if n not in left_out]
     assert all(chosen == {"sampler": "heun"} for _, chosen in seen)
     store.write_json(tmp_path / "all" / "interp-1d" / "metrics.json", {"sampler": {"sampler": "heun"}})
