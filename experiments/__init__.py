@@ -36,6 +36,7 @@ EXPERIMENTS: dict[str, str] = {
     "recursive-shapes": "mijax.experiments.recursive_shapes",
     "digits": "mijax.experiments.digits",
     "recursive-digits": "mijax.experiments.recursive_digits",
+    "mitigations": "mijax.experiments.mitigations",
     "detectors": "mijax.experiments.detectors",  # last: it reuses the runs of the others
 }
 # smoke: toy sizes, end to end in seconds to a minute on 2 CPU cores (a check that everything runs, not a

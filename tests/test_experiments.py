@@ -370,3 +370,32 @@ def test_between_mode_region_and_the_peer_profile():
     assert "ddim eta 0 50" in {c.label for c in samplers.cells(p)}
     with pytest.raises(ConfigError, match="exceed T = 1000"):
         common.resolve_profile(samplers.PROFILES, "peer", overrides={"sweep_steps": (1001,)})
+
+
+def test_mitigations_end_to_end(tmp_path, shared):
+    from mijax.experiments import mitigations
+
+    out = tmp_path / "mitigations"
+    with common.shared_runs(shared):
+        m = mitigations.run(out, "smoke", progress=False)
+    _check_outputs(out, m, ["pareto.png"])
+    rows = m["datasets"]["gaussian1d"]["results"]
+    assert [r["family"] for r in rows.values()] == ["none", "filter", "filter", "abort", "stochastic", "stochastic",
+                                                    "guidance", "smoothness"]
+    none, hal_filter = rows["none (DDPM)"], rows["filter hal, keep 90%"]
+    # network evaluations per returned sample: T = 40 for DDPM, guidance and the retrained model; T / share kept for
+    # a filter; DDIM's 10 steps; abort: at least T (redraws run again from the start to t_e)
+    assert none["evaluations"]["mean"] == rows["guidance 1 from t = 12"]["evaluations"]["mean"] == 40
+    assert rows["smoothness penalty 0.1"]["evaluations"]["mean"] == 40
+    assert hal_filter["kept"]["mean"] == pytest.approx(115 / 128)  # round(0.9 * 128) of 128 samples
+    assert hal_filter["evaluations"]["mean"] == pytest.approx(40 * 128 / 115)
+    assert rows["DDIM 10"]["evaluations"]["mean"] == rows["DDIM 10 + 2 stochastic (last)"]["evaluations"]["mean"] == 10
+    assert rows["abort at t_e = 5, flag 10%"]["evaluations"]["mean"] >= 40
+    for r in rows.values():
+        for key in ("rate", "rate_blur", "weights_tv"):
+            c = r[key]
+            assert c["mean"] is None or 0.0 <= c["low"] <= c["mean"] <= c["high"] <= 1.0, key
+        assert r["w1"]["mean"] is not None and r["w1"]["mean"] > 0
+    v = m["datasets"]["gaussian1d"]["verdict"]
+    assert v["winner"] is None or v["winner"] in v["best"]
+    assert "Headline" in (out / "report.md").read_text()
