@@ -395,7 +395,7 @@ def test_mitigations_end_to_end(tmp_path, shared):
         for key in ("rate", "rate_blur", "weights_tv"):
             c = r[key]
             assert c["mean"] is None or 0.0 <= c["low"] <= c["mean"] <= c["high"] <= 1.0, key
-        assert r["w1"]["mean"] is not None and r["w1"]["mean"] > 0
+        assert r["mmd"]["mean"] is not None and r["mmd"]["mean"] > 0
     v = m["datasets"]["gaussian1d"]["verdict"]
     assert v["winner"] is None or v["winner"] in v["best"]
     assert "Headline" in (out / "report.md").read_text()

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from mijax import stats
 from mijax.stats import METHODS, format_ci, mean_ci, proportion_ci, t_quantile_975
 
 
@@ -76,3 +77,19 @@ def test_proportion_ci_reduces_to_sensible_values():
 def test_interval_methods_are_named():
     assert mean_ci([0.1, 0.2])["method"] == "t" and proportion_ci([0.1, 0.2])["method"] == "logit-t"
     assert set(METHODS) == {"t", "logit-t"}
+
+
+def test_mmd_is_zero_for_equal_samples_and_the_closed_form_for_two_gaussians():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 1))
+    assert stats.mmd(x, x) == 0.0
+    # one kernel of width w between N(0, 1) and N(mu, 1): E k over a difference Z ~ N(m, s^2) is
+    # w / sqrt(w^2 + s^2) exp(-m^2 / (2 (w^2 + s^2))), with s^2 = 2 for two independent points
+    mu, w, n = 1.0, 0.8, 4000
+    a, b = rng.normal(size=(n, 1)), rng.normal(mu, 1.0, size=(n, 1))
+    same = w / np.sqrt(w**2 + 2.0)
+    expected = np.sqrt(2 * same - 2 * same * np.exp(-mu**2 / (2 * (w**2 + 2.0))))
+    got = stats.mmd(a, b, scales=(1.0,), bandwidth=w)
+    assert abs(got - expected) < 0.03 * expected, (got, expected)
+    far = np.concatenate([a[:-1], [[1e30]]])  # one far outlier moves it by about 1 / n, not without bound
+    assert abs(stats.mmd(far, b, scales=(1.0,), bandwidth=w) - got) < 5e-3
