@@ -151,7 +151,7 @@ def test_seed_loop_equals_separate_runs_bit_for_bit():
     init_fn = lambda k: model.init(k, jnp.zeros((1, 1)), jnp.zeros((1,), jnp.int32))  # noqa: E731
     schedule = mijax.make_schedule(num_timesteps=4)
     config = mijax.SamplerConfig(hal_window=2)
-    stacked = jax.vmap(init_fn)(jax.random.split(jax.random.key(0), 2))
+    stacked = jax.jit(jax.vmap(init_fn))(jax.random.split(jax.random.key(0), 2))  # one program, not op by op
     keys = jax.random.split(jax.random.key(1), 2)
     both = mijax.sample(model.apply, stacked, schedule, keys, 64, (1,), config, seed_axis=True, seed_batch=1)
     for s in range(2):

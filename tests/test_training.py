@@ -326,7 +326,7 @@ def test_unrolled_steps_equal_the_scan_and_the_unet_steps_from_the_host(schedule
 
     config = TrainConfig(steps=2, batch_size=100, steps_per_call=2)  # two steps: the state passes between them
     keys = jax.vmap(jax.random.key)(jnp.arange(2))
-    states = jax.vmap(lambda k: init_state(init_fn, config, k))(keys)
+    states = jax.jit(jax.vmap(lambda k: init_state(init_fn, config, k)))(keys)  # one program, not op by op
     stacked = jnp.stack([data, data[::-1]])
     scanned, l1 = train_steps(toy, schedule, config, _copy(states), keys, stacked, 2, True, 1)
     unrolled, l2 = train_steps(toy, schedule, config, _copy(states), keys, stacked, 2, True, 1, None, True)
