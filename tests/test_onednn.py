@@ -93,7 +93,10 @@ def test_the_unet_on_onednn_has_the_same_parameters_and_numbers():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # random values everywhere (the zero-initialised convolutions would hide the gradients' paths)
     leaves, tree = jax.tree.flatten(params)
-    params = tree.unflatten([0.2 * jax.random.normal(jax.random.key(i), a.shape) for i, a in enumerate(leaves)])
+    # one draw cut into the leaves (a draw per leaf compiles once per leaf's shape)
+    flat = 0.2 * np.asarray(jax.random.normal(jax.random.key(0), (sum(a.size for a in leaves),)))
+    cuts = np.cumsum([a.size for a in leaves])[:-1]
+    params = tree.unflatten([jnp.asarray(p.reshape(a.shape)) for p, a in zip(np.split(flat, cuts), leaves)])
     x, t = jax.random.normal(jax.random.key(9), (2, 8, 8, 1)), jnp.asarray([3, 700])
 
     def loss(module):

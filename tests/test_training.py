@@ -324,12 +324,12 @@ def test_unrolled_steps_equal_the_scan_and_the_unet_steps_from_the_host(schedule
     from mijax.models.denoiser import ModuleDenoiser
     from mijax.execution import plan_for
 
-    config = TrainConfig(steps=3, batch_size=100, steps_per_call=3)
+    config = TrainConfig(steps=2, batch_size=100, steps_per_call=2)  # two steps: the state passes between them
     keys = jax.vmap(jax.random.key)(jnp.arange(2))
-    states = jax.vmap(lambda k: init_state(init_fn, config, k))(keys)
+    states = jax.jit(jax.vmap(lambda k: init_state(init_fn, config, k)))(keys)  # one program, not op by op
     stacked = jnp.stack([data, data[::-1]])
-    scanned, l1 = train_steps(toy, schedule, config, _copy(states), keys, stacked, 3, True, 1)
-    unrolled, l2 = train_steps(toy, schedule, config, _copy(states), keys, stacked, 3, True, 1, None, True)
+    scanned, l1 = train_steps(toy, schedule, config, _copy(states), keys, stacked, 2, True, 1)
+    unrolled, l2 = train_steps(toy, schedule, config, _copy(states), keys, stacked, 2, True, 1, None, True)
     chex.assert_trees_all_close(scanned.params, unrolled.params, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.asarray(l1), np.asarray(l2), rtol=1e-5)
     assert not plan_for(toy).host_loops
