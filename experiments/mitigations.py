@@ -14,6 +14,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 from mijax import collect, detectors as detectors_lib, keys as keys_lib, plots
 from mijax.abort import sample_with_abort
@@ -28,7 +29,9 @@ from mijax.training import eval_params
 
 SUMMARY = ("Mitigations compared: filtering by Hal or a detector, abort and resample, stochastic DDIM steps, "
            "guidance toward the likeliest mode, a smoothness penalty; rate, distortion and cost")
-QUICK_MINUTES: Optional[float] = None
+# The quick profile's wall time, measured on 2 CPU cores (docs/results/index.md): 20 min 26 s (`/usr/bin/time`;
+# training 461 s, the penalty's models 335 s, sampling 423 s), every model trained by the experiment itself.
+QUICK_MINUTES: Optional[float] = 20.4
 SETTINGS = {"gaussian1d": ("1d", (1.0, 2.0, 3.0)), "gaussian25": ("2d", None), "gaussian25_rotated": ("2d", None)}
 FAMILIES = ("none", "filter", "abort", "stochastic", "guidance", "smoothness")
 FILTER_DETECTORS = tuple(name for name in detectors_lib.DETECTORS if name not in ("hal", "oracle"))
@@ -311,16 +314,18 @@ def plot_pareto(path: Path, blocks: dict, T: int) -> str:
             y = 100 * r["rate"]["mean"]
             low = 100 * (r["rate"]["low"] if r["rate"]["low"] is not None else r["rate"]["mean"])
             high = 100 * (r["rate"]["high"] if r["rate"]["high"] is not None else r["rate"]["mean"])
-            size = 40.0 * max(r["evaluations"]["mean"], 1.0) / T
+            size = 50.0 * max(r["evaluations"]["mean"], 1.0) / T
             ax.errorbar([r["mmd"]["mean"]], [y], yerr=[[y - low], [high - y]], fmt="none", ecolor=COLOURS[family],
                         alpha=0.5, lw=1)
-            ax.scatter([r["mmd"]["mean"]], [y], s=max(size, 6.0), color=COLOURS[family], alpha=0.75,
+            ax.scatter([r["mmd"]["mean"]], [y], s=max(size, 10.0), color=COLOURS[family], alpha=0.75,
                        label=family if family not in seen else None, edgecolors="none")
             seen.add(family)
         ax.set_xlabel("MMD to the true mixture")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("hallucination rate (%)")
         ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_ylim(bottom=0.0)
         ax.set_title(dataset, fontsize=10)
         ax.legend(fontsize=7)
     figure.suptitle("mitigations: rate against distortion (marker area: network evaluations per returned sample)",
