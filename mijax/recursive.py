@@ -44,7 +44,8 @@ Directory layout (``run_recursive(out, config)``)::
              calibration_pool.npz  (generation 0, with the certified filter) x [S, P, *shape], hal [S, P]:
                              the calibration draw
              calibration.json  (generation 0) the threshold filter's per-seed thresholds ("keep",
-                             "thresholds"); with the certified filter also "certified": its alpha, delta,
+                             "thresholds": numbers, or "inf" where it keeps the whole pool); with the
+                             certified filter also "certified": its alpha, delta,
                              per-seed thresholds (numbers, or "inf" / "-inf": keep all / none) and
                              :func:`~mijax.filters.certify_threshold`'s result per seed
              metrics.json    the generation's measurements; its presence marks the generation finished
@@ -306,7 +307,7 @@ def _kept(out: Path, config: RecursiveConfig, generation: int, progress: bool,
         keep = config.n if config.threshold_keep is None else int(round(config.threshold_keep * config.pool_size))
         keep = min(max(keep, 1), config.pool_size)
         thresholds = calibrate_threshold(hal, keep)
-        calibration = {"keep": keep, "thresholds": [float(t) for t in thresholds]}
+        calibration = {"keep": keep, "thresholds": [_threshold_json(t) for t in thresholds]}
         if "certified" in config.filters:
             draw = _calibration_pool(out, config, progress, hook)
             calibration["certified"] = certify_seeds(config, build(config.run).dataset, draw)
@@ -314,7 +315,7 @@ def _kept(out: Path, config: RecursiveConfig, generation: int, progress: bool,
         write_json(directory / "calibration.json", calibration)
     else:
         calibration = read_json(gen_dir(out, 0) / "calibration.json")
-        thresholds = np.asarray(calibration["thresholds"], np.float64)
+        thresholds = np.asarray([float(t) for t in calibration["thresholds"]], np.float64)
         if "certified" in config.filters:
             certified = _certified_thresholds(calibration)
     kept_file = load_cache(directory / "kept.npz", ("data", "accepted"))

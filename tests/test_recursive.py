@@ -232,6 +232,18 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(uninterrupted, tmp_path
                                       np.load(gen_dir(out, g) / "kept.npz")["data"])
 
 
+def test_a_threshold_that_keeps_the_whole_pool_carries_to_later_generations(tmp_path):
+    """threshold_keep = 1: the threshold is +inf, written as "inf" and read back as +inf by generation 1, whose
+    threshold filter then accepts its whole pool (a null there would read as NaN and accept nothing)."""
+    config = dataclasses.replace(TOY, generations=2, threshold_keep=1.0)
+    run_recursive(tmp_path / "study", config)
+    calibration = json.loads((gen_dir(tmp_path / "study", 0) / "calibration.json").read_text())
+    assert calibration["thresholds"] == ["inf", "inf"]
+    accepted = np.load(gen_dir(tmp_path / "study", 1) / "kept.npz")["accepted"]  # [F * S], filters in order
+    pool = config.pool_size
+    np.testing.assert_array_equal(accepted[2 * config.run.seeds:], pool)
+
+
 def test_another_config_is_refused(uninterrupted):
     out, _ = uninterrupted
     with pytest.raises(RunError):
