@@ -214,6 +214,9 @@ class TrainConfig(Config):
     paper's toy recipe, and then the optimiser (and its state) is plain Adam. ``t_power`` draws the loss's
     timesteps as ``floor(T u^t_power)`` (:func:`mijax.diffusion.sample_timesteps`): 1 is uniform, as published;
     above 1 the small t that shape the modes come more often (the quick 2D and recursive models: 1.5).
+    ``smoothness`` adds that weight times the score-smoothness penalty
+    (:func:`mijax.diffusion.smoothness_penalty`) to the loss, over the first ``smoothness_rows`` rows of the
+    batch (0: all); off (0) as published.
     Dropout is an option of the model (the UNet's ``dropout``); its masks come from the ``DROPOUT`` stream.
     ``batch_groups`` G > 1 (a power of two dividing the batch) takes each step's loss and gradient as the mean
     of G equal consecutive groups of the batch, computed apart and summed pairwise, with the same t and noise
