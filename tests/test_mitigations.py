@@ -30,10 +30,10 @@ def _broadcast(tree, s):
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (s,) + jnp.shape(a)), tree)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
-def test_guidance_at_scale_zero_is_plain_sampling_bit_for_bit(setting, sampler):
+def test_guidance_at_scale_zero_is_plain_sampling_bit_for_bit(setting):
+    """(The guided denoiser stands in for the network, so this holds for every sampler: DDPM here.)"""
     mixture, schedule = setting
-    config = SamplerConfig(sampler=sampler, ddim_steps=20 if sampler == "ddim" else None, hal_window=5)
+    config = SamplerConfig(hal_window=5)
     plain = mijax.sample(mijax.exact_denoiser, setting, schedule, jax.random.key(3), 256, (1,), config)
     zero = make_guidance(mixture, schedule, 0.0, T - 1)
     out = mijax.sample(guided(mijax.exact_denoiser), (setting, zero), schedule, jax.random.key(3), 256, (1,), config)
@@ -146,10 +146,9 @@ def test_the_smoothness_penalty_is_off_by_default_and_a_training_step_descends_t
         config = TrainConfig(steps=1, batch_size=100, smoothness=w, batch_groups=groups)
         state0 = init_state(init, config, jax.random.key(1))
         state, loss = jax.jit(train_step, static_argnums=(0, 2))(toy, schedule, config, state0, key, data)
-        want = loss_fn(state0.params, w)
+        want, grads = jax.jit(jax.value_and_grad(loss_fn), static_argnums=1)(state0.params, w)
         assert float(want) > float(loss_fn(state0.params, 0.0))
         np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)
-        grads = jax.jit(jax.grad(loss_fn), static_argnums=1)(state0.params, w)
         for new, old, g in zip(*(jax.tree.leaves(t) for t in (state.params, state0.params, grads))):
             g = np.asarray(g, np.float64)
             big = np.abs(g) > 1e-4

@@ -232,18 +232,6 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(uninterrupted, tmp_path
                                       np.load(gen_dir(out, g) / "kept.npz")["data"])
 
 
-def test_a_threshold_that_keeps_the_whole_pool_carries_to_later_generations(tmp_path):
-    """threshold_keep = 1: the threshold is +inf, written as "inf" and read back as +inf by generation 1, whose
-    threshold filter then accepts its whole pool (a null there would read as NaN and accept nothing)."""
-    config = dataclasses.replace(TOY, generations=2, threshold_keep=1.0)
-    run_recursive(tmp_path / "study", config)
-    calibration = json.loads((gen_dir(tmp_path / "study", 0) / "calibration.json").read_text())
-    assert calibration["thresholds"] == ["inf", "inf"]
-    accepted = np.load(gen_dir(tmp_path / "study", 1) / "kept.npz")["accepted"]  # [F * S], filters in order
-    pool = config.pool_size
-    np.testing.assert_array_equal(accepted[2 * config.run.seeds:], pool)
-
-
 def test_another_config_is_refused(uninterrupted):
     out, _ = uninterrupted
     with pytest.raises(RunError):
@@ -377,7 +365,9 @@ def test_variance_below_random_verdict_from_hand_made_cis():
 # The certified filter.
 
 CERTIFIED_ALPHA = 0.9  # the toy models hallucinate most of their samples: only a generous rate can be certified
-CERTIFIED = dataclasses.replace(TOY, generations=2, filters=("variance", "certified"), certified_alpha=CERTIFIED_ALPHA)
+# beside it, a threshold filter that keeps the whole pool (+inf, carried from generation 0 to the next as "inf")
+CERTIFIED = dataclasses.replace(TOY, generations=2, filters=("threshold", "certified"), certified_alpha=CERTIFIED_ALPHA,
+                                threshold_keep=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -403,7 +393,7 @@ def test_the_certified_filter_keeps_below_a_threshold_certified_on_its_own_draw(
     assert draw["x"].shape == pool["x"].shape == (S, P, 1) and draw["hal"].shape == (S, P)
     assert not np.any(np.isin(draw["x"], pool["x"]))  # independent of the pool
     saved = json.loads((d0 / "calibration.json").read_text())
-    assert saved["keep"] == N and len(saved["thresholds"]) == S  # the threshold filter's, as before
+    assert saved["keep"] == P and saved["thresholds"] == ["inf"] * S  # the threshold filter's: keep the pool
     certified = saved["certified"]
     assert (certified["alpha"], certified["delta"], certified["calibration"]) == (CERTIFIED_ALPHA, 0.1, P)
     dataset = build(CERTIFIED.run).dataset
@@ -417,6 +407,7 @@ def test_the_certified_filter_keeps_below_a_threshold_certified_on_its_own_draw(
         pool = np.load(gen_dir(out, g) / "pool.npz")
         kept = np.load(gen_dir(out, g) / "kept.npz")["data"]
         rows = metrics["filters"]["certified"]
+        assert [r["accepted"] for r in metrics["filters"]["threshold"]] == [P] * S  # +inf, read back at g = 1
         for s in range(S):
             m = s if g == 0 else S + s
             below = pool["hal"][m] < np.float32(thresholds[s])
