@@ -2,7 +2,6 @@
 bit for bit; its gradient is the exact log posterior's; at scale 1 with the exact score it is one mode's score)
 and the score-smoothness penalty in training (weight 0 leaves training unchanged; its value is the closed form of
 a linear denoiser, exactly and by Hutchinson's probes)."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp
