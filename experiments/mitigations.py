@@ -20,7 +20,7 @@ from mijax import collect, detectors as detectors_lib, keys as keys_lib, plots
 from mijax.abort import sample_with_abort
 from mijax.config import AbortConfig, ConfigError, SamplerConfig, setting
 from mijax.data.mixtures import blur_adjusted_labels, labels, mode_mass
-from mijax.stats import mmd
+from mijax.stats import mmd_to
 from mijax.experiments import common
 from mijax.guidance import guided, make_guidance
 from mijax.runs import load_run, sample_keys
@@ -167,12 +167,12 @@ def draw_with_abort(run_dir: Path, loaded: tuple, end: int, flagged: float, plai
 # ---------------------------------------------------------------------------------------------
 # Measurements.
 
-def assess(dataset, x: np.ndarray, reference: np.ndarray) -> dict:
+def assess(dataset, x: np.ndarray, distance) -> dict:
     """One seed's returned samples x [n, d] against the true mixture: the hallucination rate (beyond k stds of
     every mode; a sample that is not finite counts), blur-adjusted, the total-variation distance between the mode
     weights of the in-support samples and the true weights, the mean over modes of each mode's spread / its true
-    std, and the MMD between the finite samples and ``reference`` (a true sample, equal counts per mode;
-    :func:`mijax.stats.mmd`: bounded, so a few far outliers do not swamp it)."""
+    std, and ``distance`` of the finite samples (the MMD to a true sample, equal counts per mode:
+    :func:`mijax.stats.mmd_to`; bounded, so a few far outliers do not swamp it)."""
     mixture = dataset.mixture
     finite = np.all(np.isfinite(x), axis=-1)
     kept = x[finite]
@@ -186,7 +186,7 @@ def assess(dataset, x: np.ndarray, reference: np.ndarray) -> dict:
             "rate_blur": (np.asarray(blur).sum() + (~finite).sum()) / n,
             "weights_tv": 0.5 * float(np.abs(weights - np.asarray(mixture.weights, np.float64)).sum()),
             "spread": float(np.nanmean(spread)) if np.isfinite(spread).any() else math.nan,
-            "mmd": mmd(kept, reference) if kept.shape[0] else math.nan}
+            "mmd": distance(kept) if kept.shape[0] else math.nan}
 
 
 MEASURES = {"rate": True, "rate_blur": True, "weights_tv": True, "spread": False, "mmd": False}
@@ -217,13 +217,13 @@ def study(out: Path, p: dict, dataset: str, progress: bool, timer) -> dict:
     loaded = load_run(run_dir)
     pieces = loaded[1]
     data, T = pieces.dataset, config.diffusion.timesteps
-    reference = np.asarray(data.reference(keys_lib.stream(jax.random.key(config.seed), keys_lib.REFERENCE),
-                                          p["num_samples"]))
+    distance = mmd_to(np.asarray(data.reference(keys_lib.stream(jax.random.key(config.seed), keys_lib.REFERENCE),
+                                                p["num_samples"])))
     S = config.seeds
     rows = {}
 
     def add(label, family, strength, xs, cost, kept=None):
-        per_seed = [assess(data, np.asarray(x), reference) for x in xs]
+        per_seed = [assess(data, np.asarray(x), distance) for x in xs]
         rows[label] = {"family": family, "strength": strength,
                        **summarise(per_seed, list(cost), [1.0] * len(xs) if kept is None else list(kept))}
 

@@ -20,6 +20,7 @@ denoiser's output bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +43,7 @@ class Guidance:
 def make_guidance(mixture: GaussianMixture, schedule: Schedule, scale: float, start: int) -> Guidance:
     """Validated :class:`Guidance`: ``scale`` >= 0 (finite), ``start`` a timestep 0 .. T - 1 (T - 1: every step)."""
     scale, start = float(scale), int(start)
-    if not (scale >= 0.0 and jnp.isfinite(scale)):
+    if not (scale >= 0.0 and math.isfinite(scale)):
         raise ValueError(f"the guidance scale is a finite number >= 0, got {scale}")
     if not 0 <= start < schedule.num_timesteps:
         raise ValueError(f"the guidance start is a timestep 0 .. {schedule.num_timesteps - 1}, got {start}")

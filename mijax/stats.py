@@ -115,7 +115,14 @@ def mmd(x: np.ndarray, y: np.ndarray, scales: Sequence[float] = MMD_SCALES, band
     the biased (V-statistic) MMD^2 with the kernel mean_s exp(-|a - b|^2 / (2 (s h)^2)) over ``scales`` s, h the
     ``bandwidth`` (default: the median distance between the points of y, on at most 1,000 of them). Bounded (at
     most sqrt(2)) and so robust to far outliers, unlike a Wasserstein distance; 0 for equal samples."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return mmd_to(y, scales, bandwidth, block)(x)
+
+
+def mmd_to(y: np.ndarray, scales: Sequence[float] = MMD_SCALES, bandwidth: Optional[float] = None,
+           block: int = 2048):
+    """:func:`mmd` to a fixed sample y [Q, d] as a function of x [P, d]: the bandwidth and y's own kernel mean
+    are computed once, for many x."""
+    y = np.asarray(y, np.float64)
     if bandwidth is None:
         ref = y[:1000]
         gaps = np.sqrt(np.sum((ref[:, None] - ref[None]) ** 2, axis=-1))
@@ -129,5 +136,10 @@ def mmd(x: np.ndarray, y: np.ndarray, scales: Sequence[float] = MMD_SCALES, band
             total += sum(np.exp(-sq / w).sum() for w in widths) / len(widths)
         return total / (a.shape[0] * b.shape[0])
 
-    value = mean_kernel(x, x) + mean_kernel(y, y) - 2.0 * mean_kernel(x, y)
-    return float(np.sqrt(max(value, 0.0)))
+    yy = mean_kernel(y, y)
+
+    def distance(x: np.ndarray) -> float:
+        x = np.asarray(x, np.float64)
+        return float(np.sqrt(max(mean_kernel(x, x) + yy - 2.0 * mean_kernel(x, y), 0.0)))
+
+    return distance
