@@ -443,7 +443,7 @@ def config_digest(config: RunConfig) -> str:
     d.pop("checkpoint_every", None)  # how often a run is saved does not change it
     d["train"].pop("steps_per_call", None)  # nor how its steps are split into dispatches
     for name, default in (("t_power", 1.0), ("batch_groups", 1), ("smoothness", 0.0),  # added later: at their
-                          ("smoothness_rows", 0)):                                      # defaults, runs keep
+                          ("smoothness_rows", 0), ("min_snr", 0.0)):                    # defaults, runs keep
         if d["train"].get(name) == default:                                             # their earlier names
             d["train"].pop(name)
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -37,12 +37,16 @@ class ImageProfile(common.Saving, common.Sampling):
     timesteps: int = field_like(DiffusionConfig, "timesteps")
     beta_start: float = field_like(DiffusionConfig, "beta_start")
     beta_end: float = field_like(DiffusionConfig, "beta_end")
+    schedule: Optional[str] = field_like(DiffusionConfig, "schedule", None, published=True)
+    objective: Optional[str] = field_like(DiffusionConfig, "objective", None, published=True)
+    min_snr: Optional[float] = common.published("min_snr")
     steps: int = field_like(TrainConfig, "steps")
     batch_size: int = field_like(TrainConfig, "batch_size")
     learning_rate: float = field_like(TrainConfig, "learning_rate")
     warmup_steps: int = field_like(TrainConfig, "warmup_steps")
     grad_clip: float = field_like(TrainConfig, "grad_clip", 1.0)
     ema_decay: float = field_like(TrainConfig, "ema_decay")
+    lr_decay: Optional[str] = common.published("lr_decay")
     top_k: int = setting(help="k of Hal's top_k reduction", above=0)
     windows: tuple[tuple[int, int], ...] = setting(help="Hal's windows (end, length), the published (0, 10) put first")
 
@@ -64,18 +68,22 @@ IMAGE_SMOKE = {"seeds": 1, "channels": 8, "mults": (1,), "groups": 4, "timesteps
 
 def unet_run_config(data, p: dict):
     """The training run of an image experiment's profile ``p``: data set ``data`` (a DataConfig) and a UNet
-    with the image DDPM's options (EMA, warm-up, clipping, dropout), shuffled batches, seeds 0..S-1."""
+    with the image DDPM's options (EMA, warm-up, clipping, dropout), shuffled batches, seeds 0..S-1; the beta
+    schedule, objective, min-SNR weighting and learning-rate decay the profile names (else the published ones)."""
     from mijax.config import DiffusionConfig, ModelConfig, RunConfig
     from mijax.config import TrainConfig
 
     model = {k: p[k] for k in ("channels", "mults", "res_blocks", "attn_levels", "groups", "dropout")}
+    diffusion = DiffusionConfig(timesteps=p["timesteps"], beta_start=p["beta_start"], beta_end=p["beta_end"],
+                                **{k: p[k] for k in ("schedule", "objective") if p.get(k) is not None})
     return RunConfig(
         data=data, model=ModelConfig("unet", options=model),
-        diffusion=DiffusionConfig("linear", p["timesteps"], p["beta_start"], p["beta_end"]),
+        diffusion=diffusion,
         train=TrainConfig(steps=p["steps"], batch_size=min(p["batch_size"], data.n_train),
-                          learning_rate=p["learning_rate"], shuffle=True,
+                          learning_rate=p["learning_rate"], shuffle=True, objective=diffusion.objective,
                           steps_per_call=min(p["steps_per_call"], p["steps"]), warmup_steps=p["warmup_steps"],
-                          grad_clip=p["grad_clip"], ema_decay=p["ema_decay"]),
+                          grad_clip=p["grad_clip"], ema_decay=p["ema_decay"],
+                          **{k: p[k] for k in ("min_snr", "lr_decay") if p.get(k) is not None}),
         seed=0, seeds=p["seeds"], checkpoint_every=min(p["checkpoint_every"], p["steps"]))
 
 

@@ -14,6 +14,7 @@ import dataclasses
 from pathlib import Path
 from typing import Optional
 
+import jax
 import numpy as np
 
 from mijax import data, plots
@@ -90,6 +91,10 @@ def _report(config: RecursiveConfig, m: dict, profile: str) -> str:
                                                    "kept_hallucination_rate"),
                             {"frechet": 1.0, "classes_present": 1.0})
     first = m["summary"][config.filters[0]]["frechet"][0]
+    # the floor: as many real training digits as a pool, against held-out digits, as each pool is measured
+    n = min(config.pool_size, dataset.training_size())
+    real = dataset.measure(dataset.training_set(jax.random.key(0), n),
+                           dataset.reference(jax.random.key(1), config.pool_size))
     return f"""# Recursive training on handwritten digits with and without Hal filtering ({profile} profile)
 
 **Claim (paper, claim 6, MNIST panel):** retraining on a model's own samples drifts away from the data (the
@@ -103,7 +108,9 @@ filtering at random.
 Hal: {h.hal_reduction} over t = {h.hal_end}..{h.hal_end + h.hal_window - 1}, x0_hat clipped. The
 judge: a CNN trained on the training split, held-out accuracy {100 * clf.accuracy:.1f}%; the Fréchet distance
 is between Gaussian fits of its penultimate features of each model's whole pool and of the held-out digits (not
-Inception FID; compare within this study only). Generation 0's distance: {np.round(first['mean'], 2)}. This call
+Inception FID; compare within this study only). Generation 0's distance: {np.round(first['mean'], 2)}. Real
+training digits ({n:,}, against held-out digits): Fréchet distance {real['frechet']:.2f}, the classifier cannot name
+{100 * real['unconfident_share']:.2f}%. This call
 took {m['seconds_this_call']:.0f} s. {CI_TEXT}.
 
 **Variance vs random filtering (Fréchet distance):** {verdict_text(m['verdict'])}.

@@ -88,8 +88,10 @@ def _duplicates(pool: np.ndarray) -> str:
 
 def _report(config: RecursiveConfig, m: dict, profile: str) -> str:
     r, h = config.run, config.sampler
-    tables = summary_tables(config, m["summary"], ("duplicate_share", "valid_share", "outside_share",
-                                                   "malformed_share", "blank_share", "kept_hallucination_rate"), {})
+    tables = summary_tables(config, m["summary"], ("duplicate_share", "valid_share", "well_formed_share",
+                                                   "outside_share", "malformed_share", "blank_share",
+                                                   "background_noise", "kept_hallucination_rate"),
+                            {"background_noise": 1.0})
     verdict = verdict_text(m["verdict"])
     return f"""# Recursive training on SIMPLE SHAPES with and without Hal filtering ({profile} profile)
 
@@ -101,7 +103,8 @@ filtering each generation's samples by Hal keeps the share of duplicates lower t
 seeds, filters {', '.join(config.filters)}; a new UNet per generation ({dict(r.model.options)}), {r.train.steps:,} Adam
 steps of batch {r.train.batch_size} (EMA {r.train.ema_decay:g}); T = {r.diffusion.timesteps}; Hal: {h.hal_reduction}
 over t = {h.hal_end}..{h.hal_end + h.hal_window - 1}, x0_hat clipped. Shares are of each model's whole
-pool (before filtering). {CI_TEXT}. This call took {m['seconds_this_call']:.0f} s.
+pool (before filtering); well formed: valid or duplicate; background noise: the mean absolute deviation from
+black of the pixels off the shapes ([-1, 1] scale; 0 in the training images). {CI_TEXT}. This call took {m['seconds_this_call']:.0f} s.
 
 **Variance vs random filtering (duplicate share):** {verdict}.
 

@@ -83,6 +83,11 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     duplicates_per_strip = {name: common.ci([np.mean((c.shapes[:, k] >= 2) & (c.labels == shapes.LABELS.index(
         "duplicate"))) for c in counts], proportion=True) for k, name in enumerate(shapes.SHAPES)}
 
+    quality = {"well_formed": common.ci([np.mean(c.well_formed()) for c in counts], proportion=True),
+               "background_noise": common.ci([np.mean(c.background) for c in counts])}
+    training_quality = {"well_formed": float(np.mean(training_counts.well_formed())),
+                        "background_noise": float(np.mean(training_counts.background))}
+
     sweep = hal_sweep.sweep(table, [_classes(c) for c in counts], windows, REDUCTIONS)
     timer.lap("count and detect")
     features = _bottleneck(run_dir, x[0], counts[0], p)
@@ -113,7 +118,8 @@ def run(out: Path, profile: str = "quick", seeds: Optional[int] = None, progress
     metrics = {
         "profile": profile, "sizes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()},
         "config": dataclasses.asdict(config), "run": str(run_dir), "seconds": timer.seconds,
-        "labels": labels, "training_labels": training_labels, "square_position": positions,
+        "labels": labels, "training_labels": training_labels, "quality": quality,
+        "training_quality": training_quality, "square_position": positions,
         "duplicates_per_strip": duplicates_per_strip, "detection": sweep, "best": best,
         "bottleneck": None if features is None else {k: v for k, v in features.items() if k not in ("points",)},
         "claims": claims, "figures": figures,
@@ -195,24 +201,36 @@ def _label_figure(path: Path, labels: dict, training: dict, seeds: int) -> str:
 
 
 def _gallery(path: Path, x: np.ndarray, counts, real: np.ndarray, columns: int = 8) -> str:
-    """Top rows: real training images; bottom rows: generated duplicates (two copies of a shape)."""
+    """Training images, generated images as they come (seed 0's first, each with its counter label below) and
+    generated duplicates (two copies of a shape), a row or two each, at a size where a shape is visible."""
     dup = [(s, i) for s, c in enumerate(counts) for i in np.flatnonzero(c.labels == shapes.LABELS.index("duplicate"))]
     dup = dup[:2 * columns]
-    rows = 1 + max(1, -(-len(dup) // columns))
-    figure = plots.new_figure(1.1 * columns, 1.2 * rows + 0.4)
-    axes = np.asarray(figure.subplots(rows, columns, squeeze=False))
+    plain = [(0, i) for i in range(min(2 * columns, x.shape[1]))]
+    blocks = [("training images (each shape at most once)", [real[j] for j in range(min(columns, len(real)))],
+               [None] * columns),
+              ("generated images, as they come (the counter's label below each)",
+               [np.asarray(x[s, i, ..., 0]) for s, i in plain], [counts[s].label_names()[i] for s, i in plain]),
+              ("generated: two copies of a shape (hallucinations)" if dup else
+               "no generated image with two copies of a shape", [np.asarray(x[s, i, ..., 0]) for s, i in dup],
+               [f"seed {s}" for s, _ in dup])]
+    heights = [max(1, -(-len(images) // columns)) for _, images, _ in blocks]
+    figure = plots.new_figure(1.4 * columns, 1.75 * sum(heights) + 0.2)
+    figure.set_layout_engine("none")  # the block titles run over the columns to their right
+    axes = np.asarray(figure.subplots(sum(heights), columns, squeeze=False, gridspec_kw=dict(
+        left=0.01, right=0.99, bottom=0.04, top=1 - 0.45 / (1.75 * sum(heights) + 0.2), hspace=0.55, wspace=0.08)))
     for ax in axes.ravel():
         ax.set_axis_off()
-    for j in range(columns):
-        axes[0, j].imshow(real[j], cmap="gray", vmin=0, vmax=255)
-    axes[0, 0].set_title("training images (each shape at most once)", fontsize=8, loc="left")
-    for k, (s, i) in enumerate(dup):
-        ax = axes[1 + k // columns, k % columns]
-        ax.imshow(np.asarray(x[s, i, ..., 0]), cmap="gray", vmin=-1, vmax=1)
-    if dup:
-        axes[1, 0].set_title("generated: two copies of a shape (hallucinations)", fontsize=8, loc="left")
-    else:
-        axes[1, 0].set_title("no generated image with two copies of a shape", fontsize=8, loc="left")
+    row = 0
+    for (title, images, names), height in zip(blocks, heights):
+        for k, (image, name) in enumerate(zip(images, names)):
+            ax = axes[row + k // columns, k % columns]
+            real_image = image.dtype == np.uint8
+            ax.imshow(image, cmap="gray", vmin=0 if real_image else -1, vmax=255 if real_image else 1,
+                      interpolation="nearest")
+            if name:
+                ax.text(0.5, -0.04, name, ha="center", va="top", transform=ax.transAxes, fontsize=8)
+        axes[row, 0].set_title(title, fontsize=10, loc="left")
+        row += height
     return plots.save(figure, path)
 
 
@@ -272,6 +290,13 @@ a UNet with {p['channels']} channels, mults {tuple(p['mults'])}, {p['res_blocks'
 {p['warmup_steps']:,}, gradient clip {p['grad_clip']:g}, EMA {p['ema_decay']:g}); {seeds} seeds; {p['num_samples']:,}
 samples per seed, DDPM with x0_hat clipped to [-1, 1]. {common.CI_TEXT}. Wall time: {sum(m['seconds'].values()):.0f} s
 ({', '.join(f'{k} {v:.0f} s' for k, v in m['seconds'].items())}).
+
+## Sample quality
+
+| | training set | generated |
+|---|---|---|
+| well formed (valid or duplicate) | {100 * m['training_quality']['well_formed']:.2f}% | {_pct(m['quality']['well_formed'])} |
+| background noise (mean abs. deviation from black off the shapes, [-1, 1] scale) | {m['training_quality']['background_noise']:.4f} | {common.fmt(m['quality']['background_noise'], digits=3)} |
 
 ## Claim 7: two copies of a shape that never occur together in training
 

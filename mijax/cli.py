@@ -211,7 +211,8 @@ def _config(build, *args, **kwargs):
 
 
 TRAIN_FIELDS = ("steps", "batch_size", "learning_rate", "warmup_steps", "lr_decay", "lr_final", "grad_clip",
-                "ema_decay", "t_power", "batch_groups", "smoothness", "smoothness_rows", "shuffle", "steps_per_call")
+                "ema_decay", "t_power", "batch_groups", "smoothness", "smoothness_rows", "min_snr", "shuffle",
+                "steps_per_call")
 
 
 def _add_train_arguments(p: argparse.ArgumentParser, resume: bool = True) -> None:

@@ -216,7 +216,8 @@ class TrainConfig(Config):
     above 1 the small t that shape the modes come more often (the quick 2D and recursive models: 1.5).
     ``smoothness`` adds that weight times the score-smoothness penalty
     (:func:`mijax.diffusion.smoothness_penalty`) to the loss, over the first ``smoothness_rows`` rows of the
-    batch (0: all); off (0) as published.
+    batch (0: all); off (0) as published. ``min_snr`` gamma > 0 weights each sample's error by
+    :func:`mijax.diffusion.min_snr_weights` (min-SNR-gamma); 0 (off) as published.
     Dropout is an option of the model (the UNet's ``dropout``); its masks come from the ``DROPOUT`` stream.
     ``batch_groups`` G > 1 (a power of two dividing the batch) takes each step's loss and gradient as the mean
     of G equal consecutive groups of the batch, computed apart and summed pairwise, with the same t and noise
@@ -258,6 +259,8 @@ class TrainConfig(Config):
     smoothness_rows: int = setting(0, "the smoothness penalty's mean over the first this many rows of each batch "
                                       "(of each group with batch_groups; 0: all rows): an unbiased estimate at a "
                                       "fraction of the cost", low=0)
+    min_snr: float = setting(0.0, "weight each sample's loss by min(SNR_t, gamma) over the objective's own weight "
+                                  "(min-SNR-gamma weighting, gamma 5 in its paper; 0: off, as published)", low=0)
 
     def check(self):
         g = self.batch_groups

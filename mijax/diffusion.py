@@ -21,7 +21,7 @@ SCHEDULES: tuple[str, ...] = ("linear", "quad", "const", "warmup10", "warmup50",
 # A denoiser maps (params, x_t [N, *shape], t [N] or []) to the model output [N, *shape].
 Denoiser = Callable[[object, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 Objective = Literal["eps", "x0", "mean"]
-OBJECTIVES: tuple[str, ...] = ("eps", "x0", "mean")
+OBJECTIVES: tuple[str, ...] = ("eps", "x0", "mean", "v")
 
 
 @struct.dataclass
@@ -99,7 +99,9 @@ def check_objective(name: str, num_timesteps: int, beta_start: float, beta_end: 
     reverse step (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t), both divided by zero there, so
     it needs every beta below 1. The ``mean`` objective recovers x0_hat = (mean - c2 x_t) / c1 with
     c1 = beta_t sqrt(alpha_bar_{t-1}) / (1 - alpha_bar_t), zero at a second step of beta = 1. The ``x0``
-    objective predicts x0_hat itself and samples any schedule (jsd ends with beta = 1 by construction).
+    objective predicts x0_hat itself and samples any schedule (jsd ends with beta = 1 by construction), as does
+    the ``v`` objective (x0_hat = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v: x0_hat = -v where alpha_bar_t
+    = 0).
     """
     betas = beta_values(name, num_timesteps, beta_start, beta_end)
     ones = np.flatnonzero(betas >= 1.0)
@@ -214,7 +216,9 @@ def model_predictions(schedule: Schedule, output: jnp.ndarray, x_t: jnp.ndarray,
     """Turn a denoiser's output into (x0_hat, reverse mean) for the given training objective.
 
     For ``eps`` the mean is taken as ``coef_x x_t - coef_eps eps``, the posterior mean at x0_hat folded
-    in float64 (equal to ``c1 x0_hat + c2 x_t`` up to float32 rounding). Shapes [N, *shape].
+    in float64 (equal to ``c1 x0_hat + c2 x_t`` up to float32 rounding). For ``v`` (the velocity
+    v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0) x0_hat = sqrt(abar_t) x_t - sqrt(1 - abar_t) v and the mean is the
+    posterior mean at x0_hat. Shapes [N, *shape].
     """
     if objective == "eps":
         x0 = predict_x0_from_eps(schedule, x_t, t, output)
@@ -227,6 +231,10 @@ def model_predictions(schedule: Schedule, output: jnp.ndarray, x_t: jnp.ndarray,
         mean = output
         x0 = ((mean - extract(schedule.posterior_mean_coef2, t, x_t) * x_t)
               / extract(schedule.posterior_mean_coef1, t, x_t))
+    elif objective == "v":
+        x0 = (extract(schedule.sqrt_alphas_cumprod, t, x_t) * x_t
+              - extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * output)
+        mean = posterior_mean_variance(schedule, x0, x_t, t)[0]
     else:
         raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
     return x0, mean
@@ -234,13 +242,17 @@ def model_predictions(schedule: Schedule, output: jnp.ndarray, x_t: jnp.ndarray,
 
 def loss_target(schedule: Schedule, x0: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray, noise: jnp.ndarray,
                 objective: str = "eps") -> jnp.ndarray:
-    """What the denoiser regresses on: the noise, x0, or the posterior mean. [N, *shape]."""
+    """What the denoiser regresses on: the noise, x0, the posterior mean, or the velocity
+    v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0. [N, *shape]."""
     if objective == "eps":
         return noise
     if objective == "x0":
         return x0
     if objective == "mean":
         return posterior_mean_variance(schedule, x0, x_t, t)[0]
+    if objective == "v":
+        return (extract(schedule.sqrt_alphas_cumprod, t, x_t) * noise
+                - extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * x0)
     raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
 
 
@@ -254,9 +266,27 @@ def sample_timesteps(key: jax.Array, n: int, num_timesteps: int, power: float = 
     return jnp.minimum(jnp.floor(num_timesteps * u ** power).astype(jnp.int32), num_timesteps - 1)
 
 
+def min_snr_weights(schedule: Schedule, t: jnp.ndarray, objective: str, gamma: float) -> jnp.ndarray:
+    """The min-SNR-gamma loss weights [N] of timesteps t [N] (Hang et al. 2023): each sample's error is weighted
+    as min(SNR_t, gamma) times its x0 error, SNR_t = abar_t / (1 - abar_t), which caps the weight of the nearly
+    clean steps. On a network's own target the weight is min(SNR_t, gamma) times the x0 error per unit of target
+    error, squared: 1 for ``x0``, 1 / SNR_t for ``eps``, 1 / (SNR_t + 1) for ``v``, 1 / c1_t^2 for ``mean``
+    (c1_t: the posterior mean's coefficient of x0)."""
+    abar = schedule.alphas_cumprod[t]
+    snr = abar / jnp.maximum(1.0 - abar, 1e-20)
+    capped = jnp.minimum(snr, gamma)
+    if objective == "x0":
+        return capped
+    if objective == "v":
+        return capped / (snr + 1.0)
+    if objective == "mean":
+        return capped / schedule.posterior_mean_coef1[t] ** 2
+    return capped / jnp.maximum(snr, 1e-20)
+
+
 def denoising_loss(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Array, x0: jnp.ndarray,
                    objective: str = "eps", t_power: float = 1.0, smoothness: float = 0.0,
-                   smoothness_rows: int = 0) -> jnp.ndarray:
+                   smoothness_rows: int = 0, min_snr: float = 0.0) -> jnp.ndarray:
     """The simple DDPM loss: mean over the batch of the mean over dims of (target - output)^2.
 
     t is uniform on 0..T-1 (or drawn by :func:`sample_timesteps` with ``t_power``) and the noise standard
@@ -274,13 +304,15 @@ def denoising_loss(denoise_fn: Denoiser, params, schedule: Schedule, key: jax.Ar
         probes (for data of more than ``JAC_EXACT_MAX`` coordinates) come from ``fold_in(key, PROBE_STREAM)``.
       smoothness_rows: the penalty's mean over the first this many rows of the batch (0: all); an unbiased
         estimate of the full mean at a fraction of its cost.
+      min_snr: gamma of the min-SNR weighting of each sample's error (:func:`min_snr_weights`); 0: every
+        sample weighs the same (the paper's).
     Returns:
       The scalar loss.
     """
     t, noise = loss_draws(key, x0, schedule.num_timesteps, t_power)
     probes = smoothness_probes(key, x0) if smoothness else None
     return denoising_loss_at(denoise_fn, params, schedule, x0, t, noise, objective, smoothness, probes,
-                             smoothness_rows)
+                             smoothness_rows, min_snr)
 
 
 def loss_draws(key: jax.Array, x0: jnp.ndarray, num_timesteps: int,
@@ -294,15 +326,19 @@ def loss_draws(key: jax.Array, x0: jnp.ndarray, num_timesteps: int,
 
 def denoising_loss_at(denoise_fn: Denoiser, params, schedule: Schedule, x0: jnp.ndarray, t: jnp.ndarray,
                       noise: jnp.ndarray, objective: str = "eps", smoothness: float = 0.0,
-                      probes=None, smoothness_rows: int = 0) -> jnp.ndarray:
+                      probes=None, smoothness_rows: int = 0, min_snr: float = 0.0) -> jnp.ndarray:
     """:func:`denoising_loss` at given timesteps t [N] and noise [N, *shape] (see :func:`loss_draws`), plus
     ``smoothness`` times :func:`smoothness_penalty` at the same x_t (``probes``: see there) over its first
-    ``smoothness_rows`` rows (0: all)."""
+    ``smoothness_rows`` rows (0: all); with ``min_snr`` > 0 each sample's error weighted by
+    :func:`min_snr_weights`."""
     n = x0.shape[0]
     x_t = q_sample(schedule, x0, t, noise)
     target = loss_target(schedule, x0, x_t, t, noise, objective)
     err = (target - denoise_fn(params, x_t, t)) ** 2
-    loss = jnp.mean(err.reshape(n, -1))
+    if min_snr:
+        loss = jnp.mean(jnp.mean(err.reshape(n, -1), axis=1) * min_snr_weights(schedule, t, objective, min_snr))
+    else:
+        loss = jnp.mean(err.reshape(n, -1))
     if smoothness:
         rows = slice(0, smoothness_rows or n)
         loss = loss + smoothness * smoothness_penalty(denoise_fn, params, schedule, x_t[rows], t[rows], objective,

@@ -192,7 +192,7 @@ def batch_gradient(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig
         fn = denoise_fn if training is None else training(dropout_key)
         return jax.value_and_grad(lambda p: denoising_loss(fn, p, schedule, step_key, batch, config.objective,
                                                            config.t_power, config.smoothness,
-                                                           config.smoothness_rows))(params)
+                                                           config.smoothness_rows, config.min_snr))(params)
     t, noise = loss_draws(step_key, batch, schedule.num_timesteps, config.t_power)
     probes = smoothness_probes(step_key, batch) if config.smoothness else None
     size = batch.shape[0] // groups
@@ -208,7 +208,7 @@ def batch_gradient(denoise_fn: Denoiser, schedule: Schedule, config: TrainConfig
                 (params, x0[rows], t[rows], noise[rows], None if probes is None else probes[rows]))
             parts.append(jax.lax.optimization_barrier(jax.value_and_grad(
                 lambda p: denoising_loss_at(fn, p, schedule, x, tt, e, config.objective, config.smoothness, v,
-                                            config.smoothness_rows))(p)))
+                                            config.smoothness_rows, config.min_snr))(p)))
         return _pairwise_sum(parts)
 
     extra = () if probes is None else (probes,)

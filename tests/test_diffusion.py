@@ -145,7 +145,10 @@ def test_model_predictions_consistent_across_objectives(schedule, t):
     tt = jnp.full((64,), t)
     eps = predict_eps_from_x0(schedule, x_t, tt, x0)
     mean = posterior_mean_variance(schedule, x0, x_t, tt)[0]
-    outputs = {"eps": eps, "x0": x0, "mean": mean}
+    abar = float(schedule.alphas_cumprod[t])
+    v = np.sqrt(abar) * eps - np.sqrt(1 - abar) * x0  # the velocity
+    outputs = {"eps": eps, "x0": x0, "mean": mean, "v": v}
+    assert set(outputs) == set(mijax.OBJECTIVES)
     scale = float(schedule.sqrt_recip_alphas_cumprod[t])
     for objective, output in outputs.items():
         x0_hat, mean_hat = model_predictions(schedule, output, x_t, tt, objective=objective)
@@ -156,7 +159,7 @@ def test_model_predictions_consistent_across_objectives(schedule, t):
                                    err_msg=objective)
         np.testing.assert_allclose(np.asarray(mean_hat), np.asarray(mean), atol=3e-5 * scale, err_msg=objective)
     with pytest.raises(ValueError):
-        mijax.model_predictions(schedule, eps, x_t, tt, objective="v")
+        mijax.model_predictions(schedule, eps, x_t, tt, objective="score")
 
 
 def test_model_predictions_eps_mean_is_finite_where_abar_underflows():
@@ -202,6 +205,8 @@ def _hand_loss(denoise_fn, params, schedule, key, x0, objective, t_power=1.0):
         target = np.asarray(noise, np.float64)
     elif objective == "x0":
         target = x0_64
+    elif objective == "v":
+        target = np.sqrt(abar) * np.asarray(noise, np.float64) - np.sqrt(1 - abar) * x0_64
     else:
         b = np.asarray(schedule.betas, np.float64)[np.asarray(t)].reshape(abar.shape)
         prev = np.asarray(schedule.alphas_cumprod_prev, np.float64)[np.asarray(t)].reshape(abar.shape)
@@ -217,6 +222,31 @@ def test_denoising_loss_matches_hand_computation(schedule, objective):
     loss = denoising_loss(linear_denoiser, params, schedule, key, x0, objective=objective)
     chex.assert_shape(loss, ())
     np.testing.assert_allclose(float(loss), _hand_loss(linear_denoiser, params, schedule, key, x0, objective),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("objective", mijax.OBJECTIVES)
+def test_min_snr_weights_every_objective_as_min_snr_gamma_times_its_x0_error(schedule, objective):
+    """Weighted by min_snr_weights, a network's error on its own target is min(SNR_t, gamma) times the error of
+    the x0_hat it implies, whatever it predicts; the weighted loss is the mean of the weighted errors."""
+    gamma, n = 5.0, 512
+    t = jax.random.randint(jax.random.key(40), (n,), 0, 400)  # SNR_t from ~1e3 down to ~1e-30 (T = 1000: 1e-88)
+    x0 = jax.random.normal(jax.random.key(41), (n, 2))
+    noise = jax.random.normal(jax.random.key(42), (n, 2))
+    x_t = q_sample(schedule, x0, t, noise)
+    target = loss_target(schedule, x0, x_t, t, noise, objective)
+    output = target + 1e-2 * jax.random.normal(jax.random.key(43), (n, 2))  # a slightly wrong network
+    x0_hat = model_predictions(schedule, output, x_t, t, objective=objective)[0]
+    abar = np.asarray(schedule.alphas_cumprod, np.float64)[np.asarray(t)]
+    snr = abar / (1 - abar)
+    weights = np.asarray(mijax.diffusion.min_snr_weights(schedule, t, objective, gamma), np.float64)
+    chex.assert_shape(weights, (n,))
+    ok = snr > 1e-6  # where x0_hat is swamped by float32 rounding of x_t / sqrt(abar) the check says nothing
+    np.testing.assert_allclose((weights * np.sum(np.square(np.asarray(output - target, np.float64)), 1))[ok],
+                               (np.minimum(snr, gamma) * np.sum(np.square(np.asarray(x0_hat - x0, np.float64)), 1))[ok],
+                               rtol=2e-2)
+    loss = mijax.denoising_loss_at(lambda p, x, tt: output, None, schedule, x0, t, noise, objective, min_snr=gamma)
+    np.testing.assert_allclose(float(loss), np.mean(weights * np.mean(np.square(np.asarray(output - target)), 1)),
                                rtol=1e-5)
 
 

@@ -56,6 +56,7 @@ def test_every_training_image_counts_valid_with_its_shapes(generated, size):
     assert sh.summarize_labels(counts) == {"blank": 0, "valid": 1500, "duplicate": 0, "outside": 0, "malformed": 0}
     want = np.array([[sum(m[0] == s for m in meta) for s in sh.SHAPES] for meta in metadata[:1500]])
     np.testing.assert_array_equal(counts.shapes, want)
+    assert counts.well_formed().all() and np.array_equal(counts.background, np.zeros(1500))  # black, exactly
 
 
 def _square(image, row, col):
@@ -231,6 +232,23 @@ def test_two_separate_copies_anywhere_in_a_strip_are_a_duplicate(size):
 def test_noise_is_not_valid():
     noise = (np.random.default_rng(0).random((20, 64, 64)) < 0.3).astype(np.uint8) * 255
     assert "valid" not in sh.count(noise).label_names()
+
+
+@pytest.mark.parametrize("size", [64, 32])
+def test_background_noise_is_the_deviation_from_black_off_the_shapes(generated, size):
+    """Grey noise below the threshold off the shapes is measured, the shapes themselves are not; the images stay
+    valid, so the well-formed share does not see the noise."""
+    images = generated[0][:40] if size == 64 else sh.half_size(generated[0][:40])
+    x = to_model(images)
+    shape = x > 0
+    noise = np.random.default_rng(1).uniform(0.0, 0.8, x.shape).astype(np.float32)  # below mid-grey
+    noisy = np.where(shape, x, x + noise)
+    counts = sh.count(noisy)
+    assert counts.well_formed().all()
+    want = [np.mean(n[~s]) for n, s in zip(noise, shape)]  # shapes' own pixels never count
+    np.testing.assert_allclose(counts.background, want, rtol=1e-5)
+    measured = sh.ShapesDataset("shapes", size, 0, 5_000).measure(noisy, None)
+    assert measured["well_formed_share"] == 1.0 and measured["background_noise"] == pytest.approx(np.mean(want))
 
 
 def test_the_counter_rejects_other_shapes():

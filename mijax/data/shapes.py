@@ -181,9 +181,15 @@ class Counts:
     labels: np.ndarray  # int [M], indices into LABELS
     shapes: np.ndarray  # int [M, 3], shapes counted per strip (a merged pair counts 2)
     square_position: np.ndarray  # int [M], indices into POSITIONS
+    background: np.ndarray  # float [M], the mean |pixel + 1| (in [-1, 1]) outside every counted component
 
     def label_names(self) -> list[str]:
         return [LABELS[i] for i in self.labels]
+
+    def well_formed(self) -> np.ndarray:
+        """bool [M]: the images whose every shape is drawn as the generator draws it, valid or duplicate
+        (not blank, malformed or across a strip border)."""
+        return (self.labels == LABELS.index("valid")) | (self.labels == LABELS.index("duplicate"))
 
 
 @functools.lru_cache(maxsize=2)
@@ -281,7 +287,9 @@ def count(images, size: int | None = None) -> Counts:
 
     See the module docstring for the labels; ``shapes`` counts the shapes per strip, ``square_position`` is
     ``top`` / ``bottom`` for one square centred above / below the middle row, ``two`` for two or more
-    (malformed components are not counted as shapes).
+    (malformed components are not counted as shapes). ``background`` is each image's noise off the shapes: the
+    mean absolute deviation from black (-1 on the [-1, 1] scale) of the pixels outside every counted
+    component (specks included); 0 for an image whose background is black.
     """
     x = np.asarray(images)
     if x.ndim == 4:
@@ -291,6 +299,8 @@ def count(images, size: int | None = None) -> Counts:
     geometry = GEOMETRY[size or x.shape[1]]
     outlines = _outlines(geometry.size)
     binary = x > (127.5 if x.dtype == np.uint8 else 0.0)
+    level = x / 127.5 - 1.0 if x.dtype == np.uint8 else x.astype(np.float64)
+    background = np.zeros(len(x))
     labels = np.zeros(len(x), np.int32)
     shapes = np.zeros((len(x), 3), np.int32)
     position = np.zeros(len(x), np.int32)
@@ -299,7 +309,9 @@ def count(images, size: int | None = None) -> Counts:
         outside = malformed = False
         found = 0
         square_rows = []
+        shape_pixels = np.zeros(image.shape, bool)
         for rows, cols in _components(image, geometry):
+            shape_pixels[rows, cols] = True
             strip = geometry.strip_of(cols)
             parts = {int(k): (rows[strip == k], cols[strip == k]) for k in np.unique(strip)}
             parts = {k: part for k, part in parts.items() if part[0].size >= geometry.speck}
@@ -313,12 +325,13 @@ def count(images, size: int | None = None) -> Counts:
                 shapes[i, k] += n
                 if k == 1:
                     square_rows += [parts[k][0].mean()] * n
+        background[i] = float(np.mean(np.abs(level[i][~shape_pixels] + 1.0))) if not shape_pixels.all() else 0.0
         duplicate = bool(np.any(shapes[i] >= 2))
         labels[i] = LABELS.index("blank" if found == 0 else "duplicate" if duplicate else "outside" if outside
                                  else "malformed" if malformed else "valid")
         position[i] = POSITIONS.index("none" if not square_rows else "two" if len(square_rows) >= 2
                                       else "top" if square_rows[0] < middle else "bottom")
-    return Counts(labels, shapes, position)
+    return Counts(labels, shapes, position, background)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,7 +351,7 @@ class ShapesDataset:
     seed: int
     num_images: int
     summary_keys: tuple[str, ...] = ("duplicate_share", "valid_share", "outside_share", "malformed_share",
-                                     "blank_share")
+                                     "blank_share", "well_formed_share", "background_noise")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -379,10 +392,13 @@ class ShapesDataset:
                 "not_valid": counts.labels != LABELS.index("valid")}
 
     def measure(self, x, reference) -> dict:
-        """The share of samples x [N, size, size, 1] per counter label and per square position."""
+        """The share of samples x [N, size, size, 1] per counter label, well formed (valid or duplicate) and
+        per square position, and their mean background noise (:func:`count`'s ``background``)."""
         counts = count(x)
         n = max(len(counts.labels), 1)
         out = {f"{name}_share": float(np.sum(counts.labels == i) / n) for i, name in enumerate(LABELS)}
+        out["well_formed_share"] = float(np.sum(counts.well_formed()) / n)
+        out["background_noise"] = float(np.mean(counts.background)) if len(counts.labels) else 0.0
         out["square_position"] = {name: float(np.sum(counts.square_position == i) / n)
                                   for i, name in enumerate(POSITIONS)}
         return out
