@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jax.extend import core as jcore
 
 from benchmarks import bench, bench_images
+from mijax.execution import compile_init
 from mijax.store import write_json
 from mijax.models import build as build_model
 
@@ -53,12 +54,15 @@ def _best(fn: Callable[[], object], repeats: int) -> float:
 
 def loss_and_grad(o: dict):
     """(value_and_grad of the mean squared error of the UNet's output against its input, params, loss): the
-    network's own work of a step, without the random draws and the optimiser."""
+    network's own work of a step, without the random draws and the optimiser. The parameters are initialised
+    as the library initialises a UNet (``mijax.execution.compile_init``: unoptimised on CPU, a one-off
+    program)."""
     size = int(o["size"])
     module = build_model("unet", (size, size, 1), options=bench_images._options(o))
     x = jax.random.normal(jax.random.key(0), (int(o["batch"]), size, size, 1))
     t = jnp.arange(int(o["batch"]), dtype=jnp.int32) % 1000
-    params = jax.jit(module.init)(jax.random.key(1), x[:1], t[:1])
+    args = (jax.random.key(1), x[:1], t[:1])
+    params = compile_init(module.init, *args)(*args)
 
     def loss(p):
         return jnp.mean((module.apply(p, x, t) - x) ** 2)
@@ -66,9 +70,10 @@ def loss_and_grad(o: dict):
     return jax.value_and_grad(loss), params, loss
 
 
-def whole(o: dict, repeats: int) -> dict:
-    """ms of the loss-and-gradient program and of the forward pass; page faults and CPU seconds per call."""
-    vg, params, loss = loss_and_grad(o)
+def whole(pieces: tuple, repeats: int) -> dict:
+    """ms of the loss-and-gradient program and of the forward pass; page faults and CPU seconds per call.
+    ``pieces``: :func:`loss_and_grad`'s (value_and_grad, params, loss)."""
+    vg, params, loss = pieces
     step, forward = (jax.jit(fn).lower(params).compile() for fn in (vg, loss))  # compiled once, kept
     timing = bench.time_best(lambda: step(params), repeats)
     out = {"loss_and_grad_ms": 1e3 * timing["seconds"], "other_cores": timing.get("other_cores"),
@@ -98,10 +103,11 @@ def conv_kind(params: dict) -> str:
     return "forward"
 
 
-def operations(o: dict, repeats: int = 3, limit: Optional[int] = None) -> dict:
+def operations(pieces: tuple, repeats: int = 3, limit: Optional[int] = None) -> dict:
     """Every equation of the loss-and-gradient jaxpr jitted and timed alone (best of ``repeats``), in order
-    (the first ``limit``); ms summed by primitive (``conv:<kind>`` for the convolutions), with counts."""
-    vg, params, _ = loss_and_grad(o)
+    (the first ``limit``); ms summed by primitive (``conv:<kind>`` for the convolutions), with counts.
+    ``pieces``: :func:`loss_and_grad`'s (value_and_grad, params, loss)."""
+    vg, params, _ = pieces
     closed = jax.make_jaxpr(vg)(params)
     env = dict(zip(closed.jaxpr.constvars, closed.consts))
     env.update(zip(closed.jaxpr.invars, jax.tree.leaves(params)))
@@ -177,8 +183,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         p.error(str(e))
     if a.torch_baseline is not None and not a.torch_baseline.is_file():
         p.error(f"--torch-baseline: no file {a.torch_baseline}")
-    results = {"machine": bench.machine_info(), "options": o, "whole": whole(o, max(1, a.repeats)),
-               "operations": operations(o, limit=a.limit)}
+    pieces = loss_and_grad(o)  # one UNet and its parameters for both measurements
+    results = {"machine": bench.machine_info(), "options": o, "whole": whole(pieces, max(1, a.repeats)),
+               "operations": operations(pieces, limit=a.limit)}
     if a.torch_baseline is not None:
         results["torch"] = torch_profile(a.torch_baseline, o)
     write_json(a.out, results)
