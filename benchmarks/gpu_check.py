@@ -37,6 +37,7 @@ short keeps what it measured) and stops starting new ones after ``--budget`` sec
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import time
@@ -72,10 +73,18 @@ QUICK = dict(n=512, big_n=2048, timesteps=20, tune_timesteps=5, check_n=300, che
              seed_precisions=("float32",), unrolls=(2,), row_blocks=(None, 128))
 
 
+@functools.lru_cache(maxsize=None)
+def _initial_params(d: int):
+    """The paper's MLP's parameters for d features at random initialisation, in one compiled program (op by
+    op, a first initialisation compiles ~50 small programs, seconds in each child of ``kernel_compile``).
+    The matmul precision changes no parameter: one set per d serves every precision."""
+    model = ToyDenoiser(features=d)
+    return jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, d)), jnp.zeros((1,), jnp.int32))
+
+
 def paper_mlp(d: int, precision: str):
     """(the paper's MLP for d features in ``precision``, its parameters at random initialisation)."""
-    model = ToyDenoiser(features=d, precision=precision)
-    return model, model.init(jax.random.key(0), jnp.zeros((1, d)), jnp.zeros((1,), jnp.int32))
+    return ToyDenoiser(features=d, precision=precision), _initial_params(d)
 
 
 def kernel_check(check_n: int, sample_n: int, timesteps: int, interpret: Optional[bool],
