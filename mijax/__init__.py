@@ -34,7 +34,7 @@ data and mixtures     | mijax.data          | data=
                       |                     | mass_beyond
 diffusion             | mijax.diffusion     | Schedule SCHEDULES make_schedule beta_values OBJECTIVES q_sample
                       |                     | denoising_loss denoising_loss_at loss_draws sample_timesteps
-                      |                     | smoothness_penalty
+                      |                     | smoothness_penalty min_snr_weights
                       |                     | model_predictions posterior_mean_variance predict_eps_from_x0
                       |                     | predict_x0_from_eps
 models                | mijax.models        | ToyDenoiser FusedDenoiser KERNELS make_denoiser

@@ -363,7 +363,7 @@ def test_experiment_set_is_checked_against_the_profile_fields(tmp_path, capsys):
     out = tmp_path / "e"
     for name, argv, line in (
             ("shapes", ["--set", "steps=abc"],
-             "--set steps=abc: experiment shapes profile field steps is an integer like 1400, got 'abc'"),
+             "--set steps=abc: experiment shapes profile field steps is an integer like 2400, got 'abc'"),
             ("distance-1d", ["--set", "steps=2.5"],
              "--set steps=2.5: experiment distance-1d profile field steps is an integer like 10000, got 2.5"),
             ("distance-1d", ["--profile", "paper", "--set", "learning_rate=fast"],

@@ -59,7 +59,7 @@ def test_the_detection_sweep_scores_duplicates_against_valid_images():
     from mijax.experiments.shapes import REDUCTIONS, _classes
 
     counts = shapes_data.Counts(labels=np.array([1, 1, 2, 2, 0, 4]), shapes=np.zeros((6, 3), int),
-                                square_position=np.zeros(6, int))
+                                square_position=np.zeros(6, int), background=np.zeros(6))
     table = np.zeros((1, 6, 1, len(REDUCTIONS)))
     table[0, :, 0, 0] = [0.1, 0.2, 0.9, 0.8, 5.0, 5.0]  # blank and malformed rows are left out
     table[0, :, 0, 1] = [0.9, 0.8, 0.1, 0.2, 0.0, 0.0]
