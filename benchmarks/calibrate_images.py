@@ -5,7 +5,7 @@ The run is the experiment's training run for ``--profile`` (default quick) with 
 its profile (as ``mijax experiment shapes --set``: e.g. ``objective=v``, ``min_snr=5``, ``schedule=cosine``,
 ``channels=16``, ``batch_size=32``, ``steps=8000``), trained into ``--out/runs/<tag>`` (resumed when rerun). At
 each of ``--stops`` it trains on to that step, draws ``--samples`` samples per seed with DDPM (x0_hat clipped,
-as the experiments sample) and appends one JSON line to ``--out/results.jsonl``: the step, the training wall
+as the experiments sample) and appends one JSON line to ``--out/results.jsonl``: the step, this call's training wall
 time up to it, and per seed and in the mean the quality measures of the data set beside the training set's own:
 SHAPES: the share well formed (valid or duplicate), the background noise, the share per counter label; digits:
 the share the classifier cannot name and the Fréchet distance to held-out digits. For example:
