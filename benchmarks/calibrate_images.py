@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.calibrate import record
-from mijax.config import SamplerConfig
+from mijax.config import SamplerConfig, build
 from mijax.experiments import common
 from mijax.experiments import digits as digits_experiment
 from mijax.experiments import shapes as shapes_experiment
-from mijax.runs import Run, sample_run, train_run
+from mijax.runs import sample_run, train_run
 
 EXPERIMENTS = {"shapes": shapes_experiment, "digits": digits_experiment}
 
@@ -48,28 +48,40 @@ def _changes(items) -> dict:
     return changes
 
 
-def quality(name: str, run_dir: Path, x: np.ndarray) -> tuple[list[dict], dict]:
-    """Per seed of samples x [S, N, H, W, 1], the data set's quality measures; and the training set's own."""
-    dataset = Run.open(run_dir).pieces.dataset
-    if name == "shapes":
-        from mijax.data import shapes
-
-        def measure(images):
-            m = dataset.measure(images, None)
-            return {k: m[k] for k in ("well_formed_share", "background_noise", "valid_share", "duplicate_share",
-                                      "outside_share", "malformed_share", "blank_share")}
-        real = shapes.training_images(dataset.seed, dataset.size, dataset.num_images)
-        return [measure(xs) for xs in x], measure((real[..., None] / 127.5 - 1.0).astype(np.float32))
-    import jax
-
-    reference = np.asarray(dataset.reference(jax.random.key(1), x.shape[1]))
+def _measure(name: str, dataset, reference=None):
+    """``images [N, H, W, 1] -> the quality measures`` of the data set ``name`` (digits: against ``reference``)."""
+    keys = (("well_formed_share", "background_noise", "valid_share", "duplicate_share", "outside_share",
+             "malformed_share", "blank_share") if name == "shapes" else
+            ("unconfident_share", "frechet", "classes_present"))
 
     def measure(images):
         m = dataset.measure(images, reference)
-        return {"unconfident_share": m["unconfident_share"], "frechet": m["frechet"],
-                "classes_present": m["classes_present"]}
-    real = np.asarray(dataset.training_set(jax.random.key(0), min(x.shape[1], dataset.training_size())))
-    return [measure(xs) for xs in x], measure(real)
+        return {k: m[k] for k in keys}
+    return measure
+
+
+def training_quality(name: str, dataset, n: int) -> dict:
+    """The quality measures of the training set itself (SHAPES: all its images; digits: n of them, against n
+    held-out digits), the floor a model's samples are held against."""
+    import jax
+
+    if name == "shapes":
+        from mijax.data import shapes
+
+        real = shapes.training_images(dataset.seed, dataset.size, dataset.num_images)
+        return _measure(name, dataset)((real[..., None] / 127.5 - 1.0).astype(np.float32))
+    reference = np.asarray(dataset.reference(jax.random.key(1), n))
+    real = np.asarray(dataset.training_set(jax.random.key(0), min(n, dataset.training_size())))
+    return _measure(name, dataset, reference)(real)
+
+
+def quality(name: str, dataset, x: np.ndarray) -> list[dict]:
+    """Per seed of samples x [S, N, H, W, 1], the data set's quality measures (digits: against N held-out
+    digits, the draw :func:`training_quality` measures against)."""
+    import jax
+
+    reference = None if name == "shapes" else np.asarray(dataset.reference(jax.random.key(1), x.shape[1]))
+    return [_measure(name, dataset, reference)(xs) for xs in x]
 
 
 def main(argv=None) -> list[dict]:
@@ -89,10 +101,11 @@ def main(argv=None) -> list[dict]:
     config = experiment.run_config(profile)
     steps = config.train.steps
     stops = sorted({min(int(s), steps) for s in a.stops.split(",")}) if a.stops else [steps]
-    if a.dataset == "digits":  # the digits classifier is trained (or read from the cache) before any timing
-        from mijax.data import make
-        make(config.data.dataset, config.data.options).classifier(progress=True)
     run_dir = a.out / "runs" / a.tag
+    dataset = build(config).dataset
+    if a.dataset == "digits":  # the digits classifier is trained (or read from the cache) before any timing
+        dataset.classifier(progress=True)
+    real = training_quality(a.dataset, dataset, a.samples)  # once: the floor does not change between stops
     results = []
     trained = 0.0
     for stop in stops:
@@ -105,7 +118,7 @@ def main(argv=None) -> list[dict]:
             drawn = sample_run(run_dir, a.samples, sampler=SamplerConfig(clip_x0=True), progress=True,
                                chunk_size=min(a.samples, profile["chunk_size"]))
         sampled = time.perf_counter() - began
-        per_seed, real = quality(a.dataset, run_dir, drawn["x"])
+        per_seed = quality(a.dataset, dataset, drawn["x"])
         results.append(record(a.out, {"dataset": a.dataset, "tag": a.tag, "profile": a.profile,
                                       "changes": _changes(a.changes),
                                       "step": int(drawn["step"]), "steps": steps, "seeds": a.seeds,

@@ -20,7 +20,7 @@ ScheduleName = Literal["linear", "quad", "const", "warmup10", "warmup50", "jsd",
 SCHEDULES: tuple[str, ...] = ("linear", "quad", "const", "warmup10", "warmup50", "jsd", "cosine")
 # A denoiser maps (params, x_t [N, *shape], t [N] or []) to the model output [N, *shape].
 Denoiser = Callable[[object, jnp.ndarray, jnp.ndarray], jnp.ndarray]
-Objective = Literal["eps", "x0", "mean"]
+Objective = Literal["eps", "x0", "mean", "v"]
 OBJECTIVES: tuple[str, ...] = ("eps", "x0", "mean", "v")
 
 
